@@ -1,0 +1,297 @@
+"""Typed configuration: YAML -> dataclasses, one section per stage, with defaults.
+
+Rules:
+- Unknown keys are errors that name the key, its section and the closest valid key.
+- ``--set section.key=value`` overrides are parsed as YAML scalars and type-checked against the field.
+- Fields with ``metadata={"choices": ...}`` only accept those values.
+- Relative paths in a YAML file are resolved against that file's folder (so recipes work from any working
+  directory); relative paths given with ``--set`` are resolved against the current directory.
+- Each stage hashes only the sections it reads (:func:`section_hash`), so editing one stage's settings re-runs
+  that stage and what follows it, not the stages before.
+
+Every stage's section lives here, so that one place lists every knob and its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wsss.errors import ConfigError
+
+
+def _choices(*values: str, default: str) -> Any:
+    return field(default=default, metadata={"choices": values})
+
+
+def _path_field(default: str | None = None) -> Any:
+    return field(default=default, metadata={"path": True})
+
+
+@dataclass
+class RunConfig:
+    """Run-wide settings."""
+
+    name: str = ""  # run folder name under runs/; default: the config file's stem
+    pipeline: str = "full"  # pipeline definition in pipelines/ (see `wsss stages`)
+    seed: int = 0
+    device: str = _choices("auto", "cpu", "cuda", default="auto")
+
+
+@dataclass
+class SyntheticConfig:
+    """Procedural demo/test data (kind: synthetic)."""
+
+    n_ok: int = 48
+    n_defect: int = 32
+    size: int = 128  # square images of size x size pixels
+    seed: int = 0
+    defects: list[str] = field(default_factory=lambda: ["scratch", "crack", "blob", "stain"])
+    textures: list[str] = field(default_factory=lambda: ["noise", "stripes", "brushed"])
+
+
+@dataclass
+class DatasetConfig:
+    """Where the images are and how to read them (see README, "Dataset formats")."""
+
+    kind: str = "synthetic"  # folder, csv, mtd, ksdd, ksdd2, dagm, mvtec, neu, synthetic
+    root: str | None = _path_field()  # dataset folder (kind csv: the CSV file)
+    ok_names: list[str] = field(default_factory=lambda: ["ok", "good"])  # folder names meaning defect-free
+    binary: bool = False  # collapse all defect classes into one class "defect"
+    mask_threshold: int | None = None  # gt pixel is defect iff value >= this; None: the adapter's default
+    categories: list[str] = field(default_factory=list)  # mvtec categories / dagm classes (empty: all)
+    extensions: list[str] = field(default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"])
+    high_bit_depth: str = _choices("refuse", "scale", default="refuse")  # 16-bit images: refuse or scale to 8
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class SplitConfig:
+    """Deterministic grouped, stratified splits."""
+
+    mode: str = _choices("ratios", "kfold", "official", default="ratios")
+    train: float = 0.6
+    val: float = 0.2
+    test: float = 0.2
+    folds: int = 3  # kfold: number of folds; test = fold `fold`, val carved from the rest by `val` ratio
+    fold: int = 0
+    seed: int = 0
+
+
+@dataclass
+class PrepareConfig:
+    """`prepare`: index the dataset, validate every file, split."""
+
+    split: SplitConfig = field(default_factory=SplitConfig)
+    workers: int = 0  # threads used to validate images; 0 = number of CPU cores
+
+
+@dataclass
+class EvaluateConfig:
+    """`evaluate`: METHOD.md section 8 metrics of a masks folder against ground truth."""
+
+    masks: str = ""  # stage whose masks/ folder to evaluate; empty = the pipeline's last mask-writing stage
+    scores: str = ""  # stage whose scores.csv gives sample scores; empty = the masks stage's own, if any
+    split: str = _choices("test", "val", "train", "all", default="test")
+    score_threshold: float = 0.5  # sample decision: defective iff score >= threshold
+    ignore_as: str = _choices("background", "defect", default="background")  # how 255 (ignore) pixels count
+
+
+@dataclass
+class Config:
+    """The whole recipe. Each attribute is a YAML section."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------------
+# loading and validation
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str, meta: typing.Mapping[str, Any]) -> Any:
+    """Check ``value`` against annotation ``tp`` (after ``get_type_hints``) and return the typed value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where, meta)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(where, f"expected {_type_name(tp)}, got {value!r}", "fix the value's type")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and item is not str:
+            value = [value]
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] if "," in value else [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(where, f"expected a list, got {value!r}", "write a YAML list, e.g. [a, b]")
+        return [_coerce(v, item, f"{where}[{i}]", {}) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(where, f"expected true/false, got {value!r}", "write true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(where, f"expected an integer, got {value!r}", "write a whole number")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(where, f"expected a number, got {value!r}", "write a number such as 0.5")
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(where, f"expected a string, got {value!r}", "write a plain string")
+        value = str(value)
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(where, f"invalid value {value!r}", f"{hint}valid values: {', '.join(choices)}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {where}")
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}? valid keys: {', '.join(valid)}" if close else f"valid keys: {', '.join(valid)}"
+
+
+def _build(cls: type, data: Any, section: str, source: str, base_dir: Path | None) -> Any:
+    """Build dataclass ``cls`` from mapping ``data``; ``section`` is the dotted path for messages."""
+    label = section or "top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {label}", f"expected a mapping of keys, got {type(data).__name__}",
+                          "indent the section's keys under its name")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(source, f"unknown key {key!r} in section {label!r}", _closest(str(key), list(fields)))
+        f, tp = fields[key], hints[key]
+        where = f"{source}: {section + '.' if section else ''}{key}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{section}.{key}" if section else key, source, base_dir)
+            continue
+        v = _coerce(value, tp, where, f.metadata)
+        if f.metadata.get("path") and v is not None and base_dir is not None:
+            v = _resolve_path(v, base_dir)
+        kwargs[key] = v
+    return cls(**kwargs)
+
+
+def _resolve_path(value: str, base_dir: Path) -> str:
+    p = Path(os.path.expandvars(os.path.expanduser(value)))
+    return str(p if p.is_absolute() else (base_dir / p).resolve())
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML recipe (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    if path is None:
+        cfg = Config()
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(path, "config file not found", "pass an existing YAML file, e.g. configs/demo.yaml")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(path, f"not valid YAML: {e}", "fix the syntax at the line shown") from None
+        cfg = _build(Config, data, "", str(path), path.parent.resolve())
+        if not cfg.run.name:
+            cfg.run.name = path.stem
+    for item in overrides:
+        apply_override(cfg, item)
+    validate(cfg)
+    return cfg
+
+
+def apply_override(cfg: Config, item: str) -> None:
+    """Apply one ``section.key=value`` override in place, with the same checks as the YAML loader."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item}", "expected section.key=value", "e.g. --set prepare.split.seed=1")
+    dotted, raw = item.split("=", 1)
+    parts = dotted.strip().split(".")
+    obj: Any = cfg
+    for i, name in enumerate(parts):
+        section = ".".join(parts[:i]) or "top level"
+        if not dataclasses.is_dataclass(obj):
+            raise ConfigError(f"--set {item}", f"{section!r} is a value, not a section", "set the key itself")
+        names = [f.name for f in dataclasses.fields(obj)]
+        if name not in names:
+            raise ConfigError(f"--set {item}", f"unknown key {name!r} in section {section!r}", _closest(name, names))
+        if i < len(parts) - 1:
+            obj = getattr(obj, name)
+    f = next(f for f in dataclasses.fields(obj) if f.name == parts[-1])
+    tp = typing.get_type_hints(type(obj))[f.name]
+    if dataclasses.is_dataclass(tp):
+        raise ConfigError(f"--set {item}", f"{dotted!r} is a section", "set one of its keys, e.g. " + dotted + ".KEY=V")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    v = _coerce(value, tp, f"--set {dotted}", f.metadata)
+    if f.metadata.get("path") and v is not None:
+        v = _resolve_path(v, Path.cwd())
+    setattr(obj, f.name, v)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a single field's type cannot express."""
+    s = cfg.prepare.split
+    for name in ("train", "val", "test"):
+        if not 0.0 <= getattr(s, name) <= 1.0:
+            raise ConfigError(f"prepare.split.{name}", f"ratio {getattr(s, name)} outside [0, 1]", "use a fraction")
+    if s.mode == "ratios" and abs(s.train + s.val + s.test - 1.0) > 1e-6:
+        raise ConfigError("prepare.split", f"train+val+test = {s.train + s.val + s.test:g}, not 1",
+                          "make the three ratios sum to 1")
+    if s.mode == "kfold" and not (2 <= s.folds and 0 <= s.fold < s.folds):
+        raise ConfigError("prepare.split", f"fold {s.fold} of {s.folds} folds is invalid",
+                          "use folds >= 2 and 0 <= fold < folds")
+    if cfg.dataset.kind != "synthetic" and not cfg.dataset.root:
+        raise ConfigError("dataset.root", f"dataset kind {cfg.dataset.kind!r} needs a root",
+                          "set dataset.root in the config or with --set dataset.root=PATH")
+
+
+def section_dict(cfg: Config, sections: tuple[str, ...]) -> dict[str, Any]:
+    """The named sections as plain data (what a stage's manifest records and hashes)."""
+    return {s: dataclasses.asdict(getattr(cfg, s)) for s in sections}
+
+
+def section_hash(cfg: Config, sections: tuple[str, ...]) -> str:
+    """Stable hash of the named sections."""
+    blob = json.dumps(section_dict(cfg, sections), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

@@ -1,0 +1,58 @@
+"""Pipeline definitions: which stages run, in which order (YAML files in the top-level ``pipelines/`` folder).
+
+A pipeline file holds ``description`` and ``stages`` (a list of registered stage names). ``run.pipeline`` in the
+config names one (``full``) or gives a path to a YAML file of the same shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from wsss.errors import ConfigError
+from wsss.stages import load_stages
+
+PIPELINE_DIR = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    description: str
+    stages: tuple[str, ...]
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in PIPELINE_DIR.glob("*.yaml"))
+
+
+def load_pipeline(name: str) -> Pipeline:
+    """Load a pipeline by name (from ``pipelines/``) or by path; every stage must be registered."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PIPELINE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError("run.pipeline", f"pipeline {name!r} not found ({path})",
+                          f"available pipelines: {', '.join(available()) or 'none'}; or give a YAML path")
+    data = yaml.safe_load(path.read_text()) or {}
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise ConfigError(path, "a pipeline needs a non-empty `stages:` list", "list stage names in run order")
+    unknown = [s for s in stages if s not in load_stages()]
+    if unknown:
+        raise ConfigError(path, f"unknown stage(s) {unknown}", f"registered stages: {', '.join(load_stages())}")
+    return Pipeline(name=path.stem, description=str(data.get("description", "")).strip(), stages=tuple(stages))
+
+
+def select(pipeline: Pipeline, start: str | None, stop: str | None) -> list[str]:
+    """The stages of ``pipeline`` from ``start`` to ``stop`` inclusive."""
+    stages = list(pipeline.stages)
+    for flag, s in (("--from", start), ("--to", stop)):
+        if s is not None and s not in stages:
+            raise ConfigError(f"{flag} {s}", f"stage not in pipeline {pipeline.name!r}",
+                              f"choose one of: {', '.join(stages)}")
+    i = stages.index(start) if start else 0
+    j = stages.index(stop) + 1 if stop else len(stages)
+    if i >= j:
+        raise ConfigError(f"--from {start} --to {stop}", "empty range", "--from must come before --to")
+    return stages[i:j]

@@ -1,0 +1,272 @@
+"""Run directories, per-stage manifests, atomic stage outputs and up-to-date checks.
+
+Layout: ``runs/<name>/<stage>/`` holds a finished stage's outputs, its ``manifest.json`` and the resolved
+``config.yaml``. A stage writes into ``<stage>.partial/`` and the folder is renamed into place only when the
+stage returns, so a killed stage never leaves a ``done`` manifest over partial outputs. A later attempt with the
+same config and inputs keeps ``<stage>.partial/`` (training stages resume from the checkpoints in it); a
+different config wipes it.
+
+A finished stage is up to date when its config sections hash the same, its upstream stages' output digests are
+unchanged, and its external inputs (the dataset files) have the same fingerprint. Digests are content hashes
+of every output file, so a stage that re-runs with identical output does not invalidate the stages after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import click
+
+from wsss import __version__
+from wsss.config import Config, dump_yaml, section_dict, section_hash
+from wsss.errors import StageError
+from wsss.stages import Stage, get_stage
+
+MANIFEST = "manifest.json"
+PACKAGES = ("torch", "torchvision", "timm", "numpy", "opencv-python-headless", "scikit-image", "pydensecrf2")
+
+
+# ------------------------------------------------------------------------------------------------ file helpers
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    p = stage_dir / MANIFEST
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_outputs(stage_dir: Path) -> tuple[dict[str, dict[str, Any]], str]:
+    """Content hash of every file in a stage folder (manifest and config excluded) and their combined digest."""
+    files = {}
+    for p in sorted(stage_dir.rglob("*")):
+        rel = p.relative_to(stage_dir).as_posix()
+        if p.is_file() and rel not in (MANIFEST, "config.yaml") and not rel.startswith("checkpoints/"):
+            files[rel] = {"sha256": file_sha256(p), "size": p.stat().st_size}
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    return files, digest
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """Cheap fingerprint of external inputs: relative path, size and mtime of every file under each path."""
+    h = hashlib.sha256()
+    for root in paths:
+        root = Path(root)
+        h.update(str(root.resolve()).encode())
+        items = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+        for p in items:
+            st = p.stat()
+            h.update(f"{p.relative_to(root) if p != root else p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def environment() -> dict[str, Any]:
+    """Versions and provenance recorded in each manifest."""
+    versions = {"wsss": __version__, "python": platform.python_version()}
+    for name in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return {"versions": versions, "git_commit": _git_commit(), "host": platform.node(), "argv": sys.argv}
+
+
+def _git_commit() -> str | None:
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def stage_lock(run_dir: Path, stage: str) -> Iterator[None]:
+    """Refuse to run one stage of one run folder twice at the same time."""
+    lock_dir = run_dir / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{stage}.lock", "w") as f:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on POSIX
+            yield
+            return
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StageError(run_dir / stage, "another wsss process is running this stage now",
+                             "wait for it to finish, or use another --run-dir") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------------------------------------ the run
+class Run:
+    """One run folder: finds stage folders, decides what is up to date and runs stages atomically."""
+
+    def __init__(self, run_dir: Path, cfg: Config, echo=click.echo):
+        self.dir = Path(run_dir)
+        self.cfg = cfg
+        self.echo = echo
+
+    def stage_dir(self, name: str) -> Path:
+        return self.dir / name
+
+    def _recover(self, name: str) -> None:
+        """Finish or undo a swap interrupted between the two renames of :meth:`_publish`."""
+        final, old = self.stage_dir(name), self.dir / f"{name}.old"
+        if old.exists():
+            if final.exists():
+                shutil.rmtree(old)
+            else:
+                os.replace(old, final)
+
+    def inputs_of(self, stage: Stage) -> dict[str, Path]:
+        """Folders of the upstream stages; each must have finished and be current for this config."""
+        inputs = {}
+        for up_name in stage.inputs(self.cfg):
+            up = get_stage(up_name)
+            self._recover(up_name)
+            d = self.stage_dir(up_name)
+            m = read_manifest(d)
+            if m is None or m.get("status") != "done":
+                raise StageError(d, f"stage {stage.name!r} needs the output of {up_name!r}, which has not finished",
+                                 f"run `wsss run --to {stage.name}` or `wsss run-stage {up_name}` first")
+            if m.get("config_hash") != section_hash(self.cfg, up.sections):
+                raise StageError(d, f"{up_name!r} ran with a different config than the current one",
+                                 f"re-run it: `wsss run --to {stage.name}` re-runs stale stages in order")
+            inputs[up_name] = d
+        return inputs
+
+    def expected(self, stage: Stage, inputs: dict[str, Path]) -> dict[str, Any]:
+        """What a current manifest of ``stage`` must record: config hash, input digests, external fingerprint."""
+        return {
+            "config_hash": section_hash(self.cfg, stage.sections),
+            "inputs": {k: read_manifest(v)["digest"] for k, v in inputs.items()},
+            "external": fingerprint(stage.external(self.cfg)),
+        }
+
+    def status(self, stage: Stage) -> str:
+        """``done`` (up to date), ``stale``, ``missing``, ``running``/``failed`` (partial attempt), or ``blocked``."""
+        self._recover(stage.name)
+        m = read_manifest(self.stage_dir(stage.name))
+        if m is None or m.get("status") != "done":
+            pm = read_manifest(self.dir / f"{stage.name}.partial")
+            return pm.get("status", "missing") if pm else "missing"
+        try:
+            exp = self.expected(stage, self.inputs_of(stage))
+        except StageError:
+            return "blocked"
+        return "done" if self._is_current(stage.name, m, exp) else "stale"
+
+    def _is_current(self, name: str, manifest: dict[str, Any] | None, expected: dict[str, Any]) -> bool:
+        if manifest is None or manifest.get("status") != "done":
+            return False
+        files_ok = all((self.stage_dir(name) / f).is_file() for f in manifest.get("files", {}))
+        return files_ok and all(manifest.get(k) == v for k, v in expected.items())
+
+    def run_stage(self, name: str, force: bool = False) -> Path:
+        """Run one stage unless it is up to date; return its output folder."""
+        stage = get_stage(name)
+        final = self.stage_dir(name)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with stage_lock(self.dir, name):
+            self._recover(name)
+            inputs = self.inputs_of(stage)
+            expected = self.expected(stage, inputs)
+            if not force and self._is_current(name, read_manifest(final), expected):
+                self.echo(f"{name}: up to date ({final}), skipped")
+                return final
+            partial = self.dir / f"{name}.partial"
+            pm = read_manifest(partial)
+            if pm is None or any(pm.get(k) != v for k, v in expected.items()) or force:
+                shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True, exist_ok=True)
+            manifest = {
+                "stage": name, "status": "running", **expected,
+                "config": section_dict(self.cfg, stage.sections),
+                "input_dirs": {k: str(v) for k, v in inputs.items()},
+                **environment(), "started": _now(),
+            }
+            write_json(partial / MANIFEST, manifest)
+            atomic_write_text(partial / "config.yaml", dump_yaml(self.cfg.to_dict()))
+            self.echo(f"{name}: running -> {final}")
+            t0 = time.perf_counter()
+            try:
+                outputs = stage.run(self.cfg, inputs, partial) or {}
+            except BaseException as e:
+                manifest.update(status="failed", finished=_now(), error=f"{type(e).__name__}: {e}",
+                                traceback=traceback.format_exc(limit=20))
+                write_json(partial / MANIFEST, manifest)
+                raise
+            files, digest = hash_outputs(partial)
+            manifest.update(
+                status="done", finished=_now(), seconds=round(time.perf_counter() - t0, 3), files=files,
+                digest=digest, outputs={k: Path(v).relative_to(partial).as_posix() for k, v in outputs.items()},
+            )
+            write_json(partial / MANIFEST, manifest)
+            self._publish(name, partial)
+            self.echo(f"{name}: done in {manifest['seconds']:.1f} s")
+            return final
+
+    def _publish(self, name: str, partial: Path) -> None:
+        """Move the finished ``partial`` folder into place, replacing an older output."""
+        final, old = self.stage_dir(name), self.dir / f"{name}.old"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(partial, final)
+        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):  # persist the renames
+            fd = os.open(self.dir, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+
+    def run_pipeline(self, stages: list[str], force: bool = False) -> None:
+        """Run ``stages`` in order; each re-runs only if stale (a re-run makes later stages stale in turn)."""
+        for name in stages:
+            self.run_stage(name, force=force)

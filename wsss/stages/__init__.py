@@ -1,0 +1,83 @@
+"""The stage table: every pipeline stage registered by name.
+
+A stage is a function ``run(cfg, inputs, out) -> dict[str, Path]``: ``inputs`` maps upstream stage names to
+their finished output folders, ``out`` is the (temporary) folder to write into, and the return value names the
+artifacts it wrote. The CLI offers exactly the names registered here. Later stages register themselves the
+same way; nothing is listed before it is implemented.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wsss.errors import ConfigError
+
+if TYPE_CHECKING:
+    from wsss.config import Config
+
+StageFn = Callable[["Config", dict[str, Path], Path], dict[str, Path]]
+
+
+def _no_inputs(cfg: Config) -> tuple[str, ...]:
+    return ()
+
+
+def _no_external(cfg: Config) -> list[Path]:
+    return []
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A registered stage.
+
+    Attributes:
+        name: CLI name, e.g. ``prepare``.
+        run: the stage function.
+        sections: config sections whose values define the result (hashed into the manifest).
+        help: one line for ``wsss stages``.
+        inputs: upstream stage names it reads, as a function of the config.
+        external: files or folders outside the run it reads (fingerprinted for staleness).
+        writes_masks: True if it writes ``masks/<id>.png`` that ``evaluate`` can score.
+    """
+
+    name: str
+    run: StageFn
+    sections: tuple[str, ...]
+    help: str
+    inputs: Callable[[Config], tuple[str, ...]] = _no_inputs
+    external: Callable[[Config], list[Path]] = _no_external
+    writes_masks: bool = False
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def register_stage(stage: Stage) -> Stage:
+    if stage.name in STAGES:
+        raise ValueError(f"stage {stage.name!r} registered twice")
+    STAGES[stage.name] = stage
+    return stage
+
+
+# Stage modules in pipeline order; each registers itself on import. Add new stages here.
+STAGE_MODULES = ("prepare", "evaluate")
+
+
+def load_stages() -> dict[str, Stage]:
+    """Import the stage modules (each registers itself) and return the table, in pipeline order."""
+    for module in STAGE_MODULES:
+        importlib.import_module(f"wsss.stages.{module}")
+    return STAGES
+
+
+def get_stage(name: str) -> Stage:
+    stages = load_stages()
+    if name not in stages:
+        raise ConfigError(name, "unknown stage", f"available stages: {', '.join(stages)}")
+    return stages[name]

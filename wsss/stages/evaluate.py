@@ -1,0 +1,76 @@
+"""`evaluate`: METHOD.md section 8 metrics of a mask-writing stage's ``masks/`` against the ground truth.
+
+The only stage that reads ground-truth masks. Which masks: ``evaluate.masks`` names the stage, or by default the
+last mask-writing stage of the configured pipeline. Sample scores for gating and image AP come from that stage's
+``scores.csv`` (or the stage named by ``evaluate.scores``); without one, an image's score is 1 if its predicted
+mask is non-empty, else 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wsss.config import Config, EvaluateConfig
+from wsss.errors import ConfigError
+from wsss.stages import STAGES, Stage, register_stage
+
+
+def masks_stage(cfg: Config) -> str:
+    """The stage whose masks are evaluated."""
+    if cfg.evaluate.masks:
+        stage = STAGES.get(cfg.evaluate.masks)
+        if stage is None or not stage.writes_masks:
+            valid = [s.name for s in STAGES.values() if s.writes_masks]
+            raise ConfigError("evaluate.masks", f"{cfg.evaluate.masks!r} is not a stage that writes masks",
+                              f"mask-writing stages: {', '.join(valid) or 'none registered yet'}")
+        return cfg.evaluate.masks
+    from wsss.pipelines import load_pipeline
+
+    pipeline = load_pipeline(cfg.run.pipeline)
+    before = pipeline.stages[: pipeline.stages.index("evaluate")] if "evaluate" in pipeline.stages else pipeline.stages
+    writers = [s for s in before if STAGES[s].writes_masks]
+    if not writers:
+        raise ConfigError("evaluate.masks", f"pipeline {pipeline.name!r} has no stage that writes masks before evaluate",
+                          "set evaluate.masks to a mask-writing stage, or use `wsss evaluate --masks DIR`")
+    return writers[-1]
+
+
+def _inputs(cfg: Config) -> tuple[str, ...]:
+    names = ["prepare", masks_stage(cfg)]
+    if cfg.evaluate.scores and cfg.evaluate.scores not in names:
+        names.append(cfg.evaluate.scores)
+    return tuple(names)
+
+
+def evaluate_index(index_csv: Path, masks_dir: Path, scores_csv: Path | None, cfg: EvaluateConfig, out: Path):
+    """Evaluate ``masks_dir`` against the index's ground truth and write the report files into ``out``."""
+    from wsss.data.index import read_dataset_info, read_eval_index
+    from wsss.evaluation import evaluate_masks, read_scores, write_report
+
+    split = None if cfg.split == "all" else cfg.split
+    rows = read_eval_index(index_csv, split=split)
+    if not rows:
+        raise ConfigError("evaluate.split", f"no images in split {cfg.split!r} of {index_csv}",
+                          "choose a split that has images, or `all`")
+    if not Path(masks_dir).is_dir():
+        raise ConfigError(masks_dir, "masks folder not found", "pass the folder holding <id>.png masks")
+    scores = read_scores(scores_csv) if scores_csv is not None else None
+    report = evaluate_masks(rows, read_dataset_info(index_csv), Path(masks_dir), scores, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(report, out)
+    return report
+
+
+def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    masks_dir = inputs[masks_stage(cfg)]
+    scores_csv = (inputs[cfg.evaluate.scores] if cfg.evaluate.scores else masks_dir) / "scores.csv"
+    report = evaluate_index(inputs["prepare"] / "index.csv", masks_dir / "masks",
+                            scores_csv if scores_csv.is_file() else None, cfg.evaluate, out)
+    print(report.to_markdown())
+    return {"report": out / "report.json", "summary": out / "report.md", "per_image": out / "per_image.csv"}
+
+
+STAGE = register_stage(Stage(
+    name="evaluate", run=run, sections=("evaluate",), inputs=_inputs,
+    help="score a stage's masks against ground truth (image AP/AUROC, mIoU_def, Seg_mIoU, Seg_Recall)",
+))

@@ -1,0 +1,72 @@
+"""`prepare`: find the images, validate every file, split, and write ``index.csv`` + a validation report."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from wsss.config import Config
+from wsss.data.base import DatasetAdapter, Sample, create_adapter
+from wsss.data.index import SPLITS, DatasetInfo, EvalRow, write_dataset_info, write_index
+from wsss.data.splits import assign_splits
+from wsss.stages import Stage, register_stage
+
+
+def make_adapter(cfg: Config, out: Path) -> DatasetAdapter:
+    """The configured adapter; the synthetic demo set is generated into ``out/data`` and read as a CSV set."""
+    if cfg.dataset.kind == "synthetic":
+        from wsss.data.synthetic import generate
+
+        csv_path = generate(out / "data", cfg.dataset.synthetic)
+        return create_adapter(replace(cfg.dataset, kind="csv", root=str(csv_path)), csv_path)
+    return create_adapter(cfg.dataset, Path(cfg.dataset.root))
+
+
+def split_table(rows: list[EvalRow]) -> dict[str, dict[str, int]]:
+    """Images and defective images per split."""
+    table = {}
+    for split in SPLITS:
+        part = [r for r in rows if r.split == split]
+        table[split] = {"images": len(part), "defective": sum(r.defective for r in part),
+                        "groups": len({r.group for r in part})}
+    return table
+
+
+def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    from wsss.data.validate import validate_samples
+
+    adapter = make_adapter(cfg, out)
+    samples: list[Sample] = adapter.scan()
+    report = validate_samples(samples, adapter, workers=cfg.prepare.workers)
+    assignment = assign_splits(samples, cfg.prepare.split, kind=cfg.dataset.kind)
+    rows = [
+        EvalRow(id=s.id, path=s.path, labels=s.labels, split=assignment[s.id].split, group=s.group,
+                fold=assignment[s.id].fold, mask=s.mask)
+        for s in sorted(samples, key=lambda s: s.id)
+    ]
+    classes = tuple(sorted({lbl for s in samples for lbl in s.labels}))
+    info = DatasetInfo(kind=cfg.dataset.kind, classes=classes, mask_threshold=adapter.threshold(),
+                       channels=report.channels)
+    write_index(out / "index.csv", rows, relative_to=out)
+    write_dataset_info(out / "dataset.json", info)
+
+    splits = split_table(rows)
+    data = {"dataset": info.to_json(), "validation": report.to_json(), "splits": splits,
+            "labels": dict(Counter(";".join(r.labels) or "ok" for r in rows))}
+    (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    lines = [report.to_markdown(), "", "## Splits", "", "| split | images | defective | groups |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['images']} | {v['defective']} | {v['groups']} |" for k, v in splits.items()]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return {"index": out / "index.csv", "dataset": out / "dataset.json", "report": out / "report.md"}
+
+
+def _external(cfg: Config) -> list[Path]:
+    return [] if cfg.dataset.kind == "synthetic" else [Path(cfg.dataset.root)]
+
+
+STAGE = register_stage(Stage(
+    name="prepare", run=run, sections=("dataset", "prepare"), external=_external,
+    help="index the dataset, validate every image and mask, make grouped stratified splits",
+))
