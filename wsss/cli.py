@@ -29,12 +29,27 @@ class WsssGroup(click.Group):
             ctx.exit(e.exit_code)
 
 
-config_option = click.option("--config", "-c", "config", type=click.Path(dir_okay=False, path_type=Path),
-                             required=True, help="YAML recipe, e.g. configs/ksdd.yaml")
-set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-                          help="override a config value (repeatable), e.g. --set prepare.split.seed=1")
-run_dir_option = click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                              help="run folder (default: runs/<run.name>)")
+config_option = click.option(
+    "--config",
+    "-c",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="YAML recipe, e.g. configs/ksdd.yaml",
+)
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="override a config value (repeatable), e.g. --set prepare.split.seed=1",
+)
+run_dir_option = click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="run folder (default: runs/<run.name>)",
+)
 force_option = click.option("--force", is_flag=True, help="re-run even if up to date")
 
 
@@ -84,8 +99,9 @@ def run_stage(stage: str, config: Path, run_dir: Path | None, force: bool, overr
 @run_dir_option
 @force_option
 @set_option
-def run_pipeline(config: Path, start: str | None, stop: str | None, run_dir: Path | None, force: bool,
-                 overrides: tuple[str, ...]) -> None:
+def run_pipeline(
+    config: Path, start: str | None, stop: str | None, run_dir: Path | None, force: bool, overrides: tuple[str, ...]
+) -> None:
     """Run the config's pipeline in order, skipping up-to-date stages."""
     from wsss.pipelines import load_pipeline, select
 
@@ -110,8 +126,14 @@ def status(config: Path, run_dir: Path | None, overrides: tuple[str, ...]) -> No
 
 
 @cli.command("show-config")
-@click.option("--config", "-c", "config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="YAML recipe (default: the built-in defaults)")
+@click.option(
+    "--config",
+    "-c",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML recipe (default: the built-in defaults)",
+)
 @set_option
 def show_config(config: Path | None, overrides: tuple[str, ...]) -> None:
     """Print the resolved config (defaults + file + overrides) as YAML."""
@@ -119,19 +141,38 @@ def show_config(config: Path | None, overrides: tuple[str, ...]) -> None:
 
 
 @cli.command()
-@click.option("--index", "index", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="index.csv written by the prepare stage")
+@click.option(
+    "--index",
+    "index",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="index.csv written by the prepare stage",
+)
 @click.option("--masks", type=click.Path(path_type=Path), required=True, help="folder of <id>.png masks")
-@click.option("--scores", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="CSV with id,score columns (sample scores for gating and image AP)")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="report folder (default: the masks folder's parent)")
+@click.option(
+    "--scores",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV with id,score columns (sample scores for gating and image AP)",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="report folder (default: the masks folder's parent)",
+)
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="sample score threshold")
-@click.option("--ignore-as", type=click.Choice(["background", "defect"]), default="background", show_default=True,
-              help="how ignore (255) pixels count")
-def evaluate(index: Path, masks: Path, scores: Path | None, out: Path | None, split: str, threshold: float,
-             ignore_as: str) -> None:
+@click.option(
+    "--ignore-as",
+    type=click.Choice(["background", "defect"]),
+    default="background",
+    show_default=True,
+    help="how ignore (255) pixels count",
+)
+def evaluate(
+    index: Path, masks: Path, scores: Path | None, out: Path | None, split: str, threshold: float, ignore_as: str
+) -> None:
     """Evaluate a folder of predicted masks against the ground truth; writes report.json and report.md."""
     from wsss.config import EvaluateConfig
     from wsss.stages.evaluate import evaluate_index

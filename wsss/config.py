@@ -189,8 +189,11 @@ def _build(cls: type, data: Any, section: str, source: str, base_dir: Path | Non
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {label}", f"expected a mapping of keys, got {type(data).__name__}",
-                          "indent the section's keys under its name")
+        raise ConfigError(
+            f"{source}: {label}",
+            f"expected a mapping of keys, got {type(data).__name__}",
+            "indent the section's keys under its name",
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -272,14 +275,19 @@ def validate(cfg: Config) -> None:
         if not 0.0 <= getattr(s, name) <= 1.0:
             raise ConfigError(f"prepare.split.{name}", f"ratio {getattr(s, name)} outside [0, 1]", "use a fraction")
     if s.mode == "ratios" and abs(s.train + s.val + s.test - 1.0) > 1e-6:
-        raise ConfigError("prepare.split", f"train+val+test = {s.train + s.val + s.test:g}, not 1",
-                          "make the three ratios sum to 1")
-    if s.mode == "kfold" and not (2 <= s.folds and 0 <= s.fold < s.folds):
-        raise ConfigError("prepare.split", f"fold {s.fold} of {s.folds} folds is invalid",
-                          "use folds >= 2 and 0 <= fold < folds")
+        raise ConfigError(
+            "prepare.split", f"train+val+test = {s.train + s.val + s.test:g}, not 1", "make the three ratios sum to 1"
+        )
+    if s.mode == "kfold" and not (s.folds >= 2 and 0 <= s.fold < s.folds):
+        raise ConfigError(
+            "prepare.split", f"fold {s.fold} of {s.folds} folds is invalid", "use folds >= 2 and 0 <= fold < folds"
+        )
     if cfg.dataset.kind != "synthetic" and not cfg.dataset.root:
-        raise ConfigError("dataset.root", f"dataset kind {cfg.dataset.kind!r} needs a root",
-                          "set dataset.root in the config or with --set dataset.root=PATH")
+        raise ConfigError(
+            "dataset.root",
+            f"dataset kind {cfg.dataset.kind!r} needs a root",
+            "set dataset.root in the config or with --set dataset.root=PATH",
+        )
 
 
 def section_dict(cfg: Config, sections: tuple[str, ...]) -> dict[str, Any]:

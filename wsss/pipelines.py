@@ -32,8 +32,11 @@ def load_pipeline(name: str) -> Pipeline:
     """Load a pipeline by name (from ``pipelines/``) or by path; every stage must be registered."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else PIPELINE_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError("run.pipeline", f"pipeline {name!r} not found ({path})",
-                          f"available pipelines: {', '.join(available()) or 'none'}; or give a YAML path")
+        raise ConfigError(
+            "run.pipeline",
+            f"pipeline {name!r} not found ({path})",
+            f"available pipelines: {', '.join(available()) or 'none'}; or give a YAML path",
+        )
     data = yaml.safe_load(path.read_text()) or {}
     stages = data.get("stages")
     if not isinstance(stages, list) or not stages:
@@ -49,8 +52,9 @@ def select(pipeline: Pipeline, start: str | None, stop: str | None) -> list[str]
     stages = list(pipeline.stages)
     for flag, s in (("--from", start), ("--to", stop)):
         if s is not None and s not in stages:
-            raise ConfigError(f"{flag} {s}", f"stage not in pipeline {pipeline.name!r}",
-                              f"choose one of: {', '.join(stages)}")
+            raise ConfigError(
+                f"{flag} {s}", f"stage not in pipeline {pipeline.name!r}", f"choose one of: {', '.join(stages)}"
+            )
     i = stages.index(start) if start else 0
     j = stages.index(stop) + 1 if stop else len(stages)
     if i >= j:

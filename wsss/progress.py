@@ -23,5 +23,7 @@ def progress_enabled() -> bool:
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "img") -> Iterator[T]:
     """Wrap ``iterable`` in a tqdm bar written to stderr, disabled off-terminal."""
     return iter(
-        tqdm(iterable, desc=desc, total=total, unit=unit, disable=not progress_enabled(), leave=False, dynamic_ncols=True)
+        tqdm(
+            iterable, desc=desc, total=total, unit=unit, disable=not progress_enabled(), leave=False, dynamic_ncols=True
+        )
     )

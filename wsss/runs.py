@@ -110,8 +110,12 @@ def _git_commit() -> str | None:
     repo = Path(__file__).resolve().parents[1]
     try:
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -137,8 +141,11 @@ def stage_lock(run_dir: Path, stage: str) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise StageError(run_dir / stage, "another wsss process is running this stage now",
-                             "wait for it to finish, or use another --run-dir") from None
+            raise StageError(
+                run_dir / stage,
+                "another wsss process is running this stage now",
+                "wait for it to finish, or use another --run-dir",
+            ) from None
         try:
             yield
         finally:
@@ -175,11 +182,17 @@ class Run:
             d = self.stage_dir(up_name)
             m = read_manifest(d)
             if m is None or m.get("status") != "done":
-                raise StageError(d, f"stage {stage.name!r} needs the output of {up_name!r}, which has not finished",
-                                 f"run `wsss run --to {stage.name}` or `wsss run-stage {up_name}` first")
+                raise StageError(
+                    d,
+                    f"stage {stage.name!r} needs the output of {up_name!r}, which has not finished",
+                    f"run `wsss run --to {stage.name}` or `wsss run-stage {up_name}` first",
+                )
             if m.get("config_hash") != section_hash(self.cfg, up.sections):
-                raise StageError(d, f"{up_name!r} ran with a different config than the current one",
-                                 f"re-run it: `wsss run --to {stage.name}` re-runs stale stages in order")
+                raise StageError(
+                    d,
+                    f"{up_name!r} ran with a different config than the current one",
+                    f"re-run it: `wsss run --to {stage.name}` re-runs stale stages in order",
+                )
             inputs[up_name] = d
         return inputs
 
@@ -228,10 +241,13 @@ class Run:
                 shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True, exist_ok=True)
             manifest = {
-                "stage": name, "status": "running", **expected,
+                "stage": name,
+                "status": "running",
+                **expected,
                 "config": section_dict(self.cfg, stage.sections),
                 "input_dirs": {k: str(v) for k, v in inputs.items()},
-                **environment(), "started": _now(),
+                **environment(),
+                "started": _now(),
             }
             write_json(partial / MANIFEST, manifest)
             atomic_write_text(partial / "config.yaml", dump_yaml(self.cfg.to_dict()))
@@ -240,14 +256,22 @@ class Run:
             try:
                 outputs = stage.run(self.cfg, inputs, partial) or {}
             except BaseException as e:
-                manifest.update(status="failed", finished=_now(), error=f"{type(e).__name__}: {e}",
-                                traceback=traceback.format_exc(limit=20))
+                manifest.update(
+                    status="failed",
+                    finished=_now(),
+                    error=f"{type(e).__name__}: {e}",
+                    traceback=traceback.format_exc(limit=20),
+                )
                 write_json(partial / MANIFEST, manifest)
                 raise
             files, digest = hash_outputs(partial)
             manifest.update(
-                status="done", finished=_now(), seconds=round(time.perf_counter() - t0, 3), files=files,
-                digest=digest, outputs={k: Path(v).relative_to(partial).as_posix() for k, v in outputs.items()},
+                status="done",
+                finished=_now(),
+                seconds=round(time.perf_counter() - t0, 3),
+                files=files,
+                digest=digest,
+                outputs={k: Path(v).relative_to(partial).as_posix() for k, v in outputs.items()},
             )
             write_json(partial / MANIFEST, manifest)
             self._publish(name, partial)

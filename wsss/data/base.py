@@ -129,6 +129,7 @@ def create_adapter(cfg: DatasetConfig, root: Path) -> DatasetAdapter:
     import wsss.data.adapters  # noqa: F401  (registers the built-in adapters)
 
     if cfg.kind not in ADAPTERS:
-        raise ConfigError("dataset.kind", f"unknown dataset kind {cfg.kind!r}",
-                          f"available kinds: {', '.join(sorted(ADAPTERS))}")
+        raise ConfigError(
+            "dataset.kind", f"unknown dataset kind {cfg.kind!r}", f"available kinds: {', '.join(sorted(ADAPTERS))}"
+        )
     return ADAPTERS[cfg.kind](cfg, root)

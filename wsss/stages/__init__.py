@@ -9,7 +9,6 @@ same way; nothing is listed before it is implemented.
 from __future__ import annotations
 
 import importlib
-
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path

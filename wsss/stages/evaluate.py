@@ -21,8 +21,11 @@ def masks_stage(cfg: Config) -> str:
         stage = STAGES.get(cfg.evaluate.masks)
         if stage is None or not stage.writes_masks:
             valid = [s.name for s in STAGES.values() if s.writes_masks]
-            raise ConfigError("evaluate.masks", f"{cfg.evaluate.masks!r} is not a stage that writes masks",
-                              f"mask-writing stages: {', '.join(valid) or 'none registered yet'}")
+            raise ConfigError(
+                "evaluate.masks",
+                f"{cfg.evaluate.masks!r} is not a stage that writes masks",
+                f"mask-writing stages: {', '.join(valid) or 'none registered yet'}",
+            )
         return cfg.evaluate.masks
     from wsss.pipelines import load_pipeline
 
@@ -30,8 +33,11 @@ def masks_stage(cfg: Config) -> str:
     before = pipeline.stages[: pipeline.stages.index("evaluate")] if "evaluate" in pipeline.stages else pipeline.stages
     writers = [s for s in before if STAGES[s].writes_masks]
     if not writers:
-        raise ConfigError("evaluate.masks", f"pipeline {pipeline.name!r} has no stage that writes masks before evaluate",
-                          "set evaluate.masks to a mask-writing stage, or use `wsss evaluate --masks DIR`")
+        raise ConfigError(
+            "evaluate.masks",
+            f"pipeline {pipeline.name!r} has no stage that writes masks before evaluate",
+            "set evaluate.masks to a mask-writing stage, or use `wsss evaluate --masks DIR`",
+        )
     return writers[-1]
 
 
@@ -50,8 +56,11 @@ def evaluate_index(index_csv: Path, masks_dir: Path, scores_csv: Path | None, cf
     split = None if cfg.split == "all" else cfg.split
     rows = read_eval_index(index_csv, split=split)
     if not rows:
-        raise ConfigError("evaluate.split", f"no images in split {cfg.split!r} of {index_csv}",
-                          "choose a split that has images, or `all`")
+        raise ConfigError(
+            "evaluate.split",
+            f"no images in split {cfg.split!r} of {index_csv}",
+            "choose a split that has images, or `all`",
+        )
     if not Path(masks_dir).is_dir():
         raise ConfigError(masks_dir, "masks folder not found", "pass the folder holding <id>.png masks")
     scores = read_scores(scores_csv) if scores_csv is not None else None
@@ -64,13 +73,23 @@ def evaluate_index(index_csv: Path, masks_dir: Path, scores_csv: Path | None, cf
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     masks_dir = inputs[masks_stage(cfg)]
     scores_csv = (inputs[cfg.evaluate.scores] if cfg.evaluate.scores else masks_dir) / "scores.csv"
-    report = evaluate_index(inputs["prepare"] / "index.csv", masks_dir / "masks",
-                            scores_csv if scores_csv.is_file() else None, cfg.evaluate, out)
+    report = evaluate_index(
+        inputs["prepare"] / "index.csv",
+        masks_dir / "masks",
+        scores_csv if scores_csv.is_file() else None,
+        cfg.evaluate,
+        out,
+    )
     print(report.to_markdown())
     return {"report": out / "report.json", "summary": out / "report.md", "per_image": out / "per_image.csv"}
 
 
-STAGE = register_stage(Stage(
-    name="evaluate", run=run, sections=("evaluate",), inputs=_inputs,
-    help="score a stage's masks against ground truth (image AP/AUROC, mIoU_def, Seg_mIoU, Seg_Recall)",
-))
+STAGE = register_stage(
+    Stage(
+        name="evaluate",
+        run=run,
+        sections=("evaluate",),
+        inputs=_inputs,
+        help="score a stage's masks against ground truth (image AP/AUROC, mIoU_def, Seg_mIoU, Seg_Recall)",
+    )
+)

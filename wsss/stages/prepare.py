@@ -29,8 +29,11 @@ def split_table(rows: list[EvalRow]) -> dict[str, dict[str, int]]:
     table = {}
     for split in SPLITS:
         part = [r for r in rows if r.split == split]
-        table[split] = {"images": len(part), "defective": sum(r.defective for r in part),
-                        "groups": len({r.group for r in part})}
+        table[split] = {
+            "images": len(part),
+            "defective": sum(r.defective for r in part),
+            "groups": len({r.group for r in part}),
+        }
     return table
 
 
@@ -42,19 +45,31 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     report = validate_samples(samples, adapter, workers=cfg.prepare.workers)
     assignment = assign_splits(samples, cfg.prepare.split, kind=cfg.dataset.kind)
     rows = [
-        EvalRow(id=s.id, path=s.path, labels=s.labels, split=assignment[s.id].split, group=s.group,
-                fold=assignment[s.id].fold, mask=s.mask)
+        EvalRow(
+            id=s.id,
+            path=s.path,
+            labels=s.labels,
+            split=assignment[s.id].split,
+            group=s.group,
+            fold=assignment[s.id].fold,
+            mask=s.mask,
+        )
         for s in sorted(samples, key=lambda s: s.id)
     ]
     classes = tuple(sorted({lbl for s in samples for lbl in s.labels}))
-    info = DatasetInfo(kind=cfg.dataset.kind, classes=classes, mask_threshold=adapter.threshold(),
-                       channels=report.channels)
+    info = DatasetInfo(
+        kind=cfg.dataset.kind, classes=classes, mask_threshold=adapter.threshold(), channels=report.channels
+    )
     write_index(out / "index.csv", rows, relative_to=out)
     write_dataset_info(out / "dataset.json", info)
 
     splits = split_table(rows)
-    data = {"dataset": info.to_json(), "validation": report.to_json(), "splits": splits,
-            "labels": dict(Counter(";".join(r.labels) or "ok" for r in rows))}
+    data = {
+        "dataset": info.to_json(),
+        "validation": report.to_json(),
+        "splits": splits,
+        "labels": dict(Counter(";".join(r.labels) or "ok" for r in rows)),
+    }
     (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
     lines = [report.to_markdown(), "", "## Splits", "", "| split | images | defective | groups |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['images']} | {v['defective']} | {v['groups']} |" for k, v in splits.items()]
@@ -66,7 +81,12 @@ def _external(cfg: Config) -> list[Path]:
     return [] if cfg.dataset.kind == "synthetic" else [Path(cfg.dataset.root)]
 
 
-STAGE = register_stage(Stage(
-    name="prepare", run=run, sections=("dataset", "prepare"), external=_external,
-    help="index the dataset, validate every image and mask, make grouped stratified splits",
-))
+STAGE = register_stage(
+    Stage(
+        name="prepare",
+        run=run,
+        sections=("dataset", "prepare"),
+        external=_external,
+        help="index the dataset, validate every image and mask, make grouped stratified splits",
+    )
+)

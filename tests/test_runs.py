@@ -1,0 +1,174 @@
+"""Stage runner: manifests, skipping, staleness, atomic outputs, kill and resume, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import toy_stages  # noqa: F401  (registers toy-a and toy-b)
+from click.testing import CliRunner
+
+from wsss.cli import cli
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture()
+def recipe(tmp_path: Path) -> Path:
+    (tmp_path / "toy.yaml").write_text("stages: [toy-a, toy-b]\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"run: {{name: toy, pipeline: {tmp_path / 'toy.yaml'}}}\n")
+    return cfg
+
+
+def wsss(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """The real CLI in a subprocess, with the toy stages registered."""
+    code = "import sys, toy_stages; from wsss.cli import main; sys.argv[0] = 'wsss'; main()"
+    full_env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def manifest(run_dir: Path, stage: str) -> dict:
+    return json.loads((run_dir / stage / "manifest.json").read_text())
+
+
+def test_run_writes_manifests_and_skips_up_to_date(recipe: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    r = invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
+    assert r.exit_code == 0, r.output
+    m = manifest(run_dir, "toy-a")
+    assert m["status"] == "done" and m["stage"] == "toy-a"
+    assert set(m["files"]) == {"a.txt"} and m["files"]["a.txt"]["size"] > 0
+    assert m["versions"]["wsss"] and m["config"]["prepare"]["split"]["seed"] == 0
+    assert "digest" in m and m["seconds"] >= 0
+    assert manifest(run_dir, "toy-b")["inputs"] == {"toy-a": m["digest"]}
+    assert (run_dir / "toy-a" / "config.yaml").is_file()
+    assert not (run_dir / "toy-a.partial").exists()
+
+    r = invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
+    assert r.exit_code == 0
+    assert "toy-a: up to date" in r.output and "toy-b: up to date" in r.output
+
+
+def test_changed_value_reruns_that_stage_and_later_ones_only(recipe: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
+    # a value of toy-b's section: toy-a stays, toy-b re-runs
+    r = invoke("run", "--config", str(recipe), "--run-dir", str(run_dir), "--set", "evaluate.score_threshold=0.7")
+    assert "toy-a: up to date" in r.output and "toy-b: running" in r.output
+    assert (run_dir / "toy-b" / "b.txt").read_text() == "seed=0 thr=0.7"
+    # a value of toy-a's section: both re-run
+    r = invoke(
+        "run",
+        "--config",
+        str(recipe),
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        "prepare.split.seed=3",
+        "--set",
+        "evaluate.score_threshold=0.7",
+    )
+    assert "toy-a: running" in r.output and "toy-b: running" in r.output
+    assert (run_dir / "toy-b" / "b.txt").read_text() == "seed=3 thr=0.7"
+
+
+def test_force_and_from_to(recipe: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    r = invoke("run", "--config", str(recipe), "--run-dir", str(run_dir), "--to", "toy-a")
+    assert "toy-a: done" in r.output and not (run_dir / "toy-b").exists()
+    r = invoke("run", "--config", str(recipe), "--run-dir", str(run_dir), "--from", "toy-b", "--force")
+    assert "toy-a" not in r.output and "toy-b: done" in r.output
+
+
+def test_stage_before_its_input_is_a_clear_error(recipe: Path, tmp_path: Path):
+    r = CliRunner().invoke(cli, ["run-stage", "toy-b", "--config", str(recipe), "--run-dir", str(tmp_path / "r")])
+    assert r.exit_code == 1
+    assert "needs the output of 'toy-a', which has not finished" in r.output
+    assert "wsss run --to toy-b" in r.output
+
+
+def test_upstream_with_other_config_is_refused(recipe: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
+    r = CliRunner().invoke(
+        cli, ["run-stage", "toy-b", "--config", str(recipe), "--run-dir", str(run_dir), "--set", "prepare.split.seed=9"]
+    )
+    assert r.exit_code == 1 and "ran with a different config" in r.output
+
+
+def test_sigkill_leaves_no_done_manifest_and_rerun_resumes(recipe: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    args = ("run-stage", "toy-a", "--config", str(recipe), "--run-dir", str(run_dir))
+    proc = wsss(*args, env={"TOY_HANG": "1"})
+    marker = run_dir / "toy-a.partial" / "started"
+    deadline = time.time() + 60
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "stage did not start"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "toy-a").exists()  # no done manifest, no final folder
+    partial = json.loads((run_dir / "toy-a.partial" / "manifest.json").read_text())
+    assert partial["status"] == "running"
+
+    proc = wsss(*args)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert manifest(run_dir, "toy-a")["status"] == "done"
+    # the re-run found the killed attempt's checkpoint (same config): it resumed instead of starting over
+    assert (run_dir / "toy-a" / "a.txt").read_text() == "seed=0 resumed=True"
+    proc = wsss(*args)
+    out, _ = proc.communicate(timeout=120)
+    assert "toy-a: up to date" in out
+
+
+def test_killed_attempt_with_other_config_restarts_clean(recipe: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    (run_dir / "toy-a.partial").mkdir(parents=True)
+    (run_dir / "toy-a.partial" / "checkpoint.txt").write_text("stale")
+    (run_dir / "toy-a.partial" / "manifest.json").write_text(json.dumps({"status": "running", "config_hash": "x"}))
+    invoke("run-stage", "toy-a", "--config", str(recipe), "--run-dir", str(run_dir))
+    assert (run_dir / "toy-a" / "a.txt").read_text() == "seed=0 resumed=False"
+
+
+def test_failing_stage_exits_nonzero_and_records_failure(recipe: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    proc = wsss("run-stage", "toy-a", "--config", str(recipe), "--run-dir", str(run_dir), env={"TOY_FAIL": "1"})
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "toy failure" in err
+    assert not (run_dir / "toy-a").exists()
+    m = json.loads((run_dir / "toy-a.partial" / "manifest.json").read_text())
+    assert m["status"] == "failed" and "toy failure" in m["error"]
+    r = invoke("status", "--config", str(recipe), "--run-dir", str(run_dir))
+    assert "toy-a" in r.output and "failed" in r.output
+
+
+def test_interrupted_swap_is_recovered(recipe: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
+    os.replace(run_dir / "toy-a", run_dir / "toy-a.old")  # as if killed between the two renames
+    r = invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
+    assert "toy-a: up to date" in r.output and not (run_dir / "toy-a.old").exists()
+
+
+def test_deleted_output_file_makes_stage_stale(recipe: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
+    (run_dir / "toy-b" / "b.txt").unlink()
+    r = invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
+    assert "toy-a: up to date" in r.output and "toy-b: running" in r.output
