@@ -15,7 +15,20 @@ from wsss.config import Config, dump_yaml, load_config
 from wsss.errors import WsssError
 from wsss.stages import load_stages
 
-STAGE_NAMES = list(load_stages())
+
+class StageChoice(click.Choice):
+    """``click.Choice`` over the registered stage names, read when the command line is parsed."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property
+    def choices(self) -> list[str]:  # type: ignore[override]
+        return list(load_stages())
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns it; the registry is the source
+        pass
 
 
 class WsssGroup(click.Group):
@@ -81,7 +94,7 @@ def stages() -> None:
 
 
 @cli.command("run-stage")
-@click.argument("stage", type=click.Choice(STAGE_NAMES))
+@click.argument("stage", type=StageChoice())
 @config_option
 @run_dir_option
 @force_option
@@ -94,8 +107,8 @@ def run_stage(stage: str, config: Path, run_dir: Path | None, force: bool, overr
 
 @cli.command("run")
 @config_option
-@click.option("--from", "start", type=click.Choice(STAGE_NAMES), default=None, help="first stage to run")
-@click.option("--to", "stop", type=click.Choice(STAGE_NAMES), default=None, help="last stage to run")
+@click.option("--from", "start", type=StageChoice(), default=None, help="first stage to run")
+@click.option("--to", "stop", type=StageChoice(), default=None, help="last stage to run")
 @run_dir_option
 @force_option
 @set_option

@@ -29,13 +29,19 @@ def _stratum(samples: list[Sample]) -> str:
 
 
 def _greedy(groups: dict[str, list[Sample]], bins: dict[str, float], seed: int) -> dict[str, str]:
-    """Assign groups to bins (name -> target fraction), per stratum, by largest deficit."""
+    """Assign groups to bins (name -> target fraction), per stratum, by largest deficit.
+
+    Ties within a stratum (common in small strata) go to the bin furthest below its target over all strata
+    so far, so rounding does not always favour the same bin.
+    """
     strata: dict[str, list[str]] = defaultdict(list)
     for g in sorted(groups):
         strata[_stratum(groups[g])].append(g)
     out: dict[str, str] = {}
     names = [b for b, frac in bins.items() if frac > 0]
     total = sum(bins[b] for b in names)
+    overall = dict.fromkeys(names, 0)
+    n_all = 0
     for stratum in sorted(strata):
         order = strata[stratum][:]
         random.Random(f"{seed}:{stratum}").shuffle(order)
@@ -43,9 +49,16 @@ def _greedy(groups: dict[str, list[Sample]], bins: dict[str, float], seed: int) 
         counts = dict.fromkeys(names, 0)
         n = 0
         for g in order:
-            n += len(groups[g])
-            best = max(names, key=lambda b: (bins[b] / total * n - counts[b], bins[b]))
-            counts[best] += len(groups[g])
+            size = len(groups[g])
+            n += size
+            n_all += size
+
+            def key(b: str) -> tuple[float, float]:
+                return round(bins[b] / total * n - counts[b], 9), bins[b] / total * n_all - overall[b]
+
+            best = max(names, key=key)
+            counts[best] += size
+            overall[best] += size
             out[g] = best
     return out
 
@@ -62,8 +75,9 @@ def assign_splits(samples: list[Sample], cfg: SplitConfig, kind: str = "") -> di
 
     if cfg.mode == "kfold":
         if len(groups) < cfg.folds:
-            raise ConfigError("prepare.split.folds", f"{cfg.folds} folds but only {len(groups)} groups",
-                              "use fewer folds")
+            raise ConfigError(
+                "prepare.split.folds", f"{cfg.folds} folds but only {len(groups)} groups", "use fewer folds"
+            )
         fold_of = {g: int(b) for g, b in _greedy(groups, {str(k): 1.0 for k in range(cfg.folds)}, cfg.seed).items()}
         rest = {g: v for g, v in groups.items() if fold_of[g] != cfg.fold}
         inner = _greedy(rest, {"train": 1.0 - cfg.val, "val": cfg.val}, cfg.seed + 1)
@@ -75,8 +89,11 @@ def assign_splits(samples: list[Sample], cfg: SplitConfig, kind: str = "") -> di
     # official: the dataset's own train/test split, validation carved from its train part
     missing = [s.id for s in samples if s.split not in ("train", "test")]
     if missing:
-        raise ConfigError("prepare.split.mode", f"dataset kind {kind!r} has no official split for {len(missing)} "
-                          f"image(s), e.g. {missing[0]}", "use mode: ratios or kfold")
+        raise ConfigError(
+            "prepare.split.mode",
+            f"dataset kind {kind!r} has no official split for {len(missing)} image(s), e.g. {missing[0]}",
+            "use mode: ratios or kfold",
+        )
     mixed = [g for g, v in groups.items() if len({s.split for s in v}) > 1]
     train_groups = {g: v for g, v in groups.items() if v[0].split == "train" and g not in mixed}
     inner = _greedy(train_groups, {"train": 1.0 - cfg.val, "val": cfg.val}, cfg.seed)

@@ -1,0 +1,238 @@
+"""Evaluate a folder of predicted masks against the index's ground truth (the `evaluate` stage and command).
+
+Predicted masks are ``<masks_dir>/<id>.png``, 8-bit single channel: 0 = background, 1..254 = defect class
+(value k = ``info.classes[k - 1]``), 255 = ignore, counted as background or defect per ``evaluate.ignore_as``.
+
+Sample decision: with a scores file, an image is defective iff its score >= ``evaluate.score_threshold`` and its
+mask is emptied when it is called OK (METHOD.md section 8: P_i is gated by the sample decision). Without one, the
+score is 1.0 when the predicted mask has a defect pixel, else 0.0. Image-level ground truth is the image label.
+
+Ground truth for pixel metrics: the row's mask, binarised at ``info.mask_threshold``; an image labelled
+defect-free without a mask has an empty ground truth; an image labelled defective without a mask is left out of
+the pixel metrics (counted as ``n_no_gt``) but kept in the image-level ones.
+
+Only per-image pixel counts are kept, so memory stays flat over any number of images.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from wsss import metrics
+from wsss.config import EvaluateConfig
+from wsss.data.images import read_mask
+from wsss.data.index import DatasetInfo, EvalRow
+from wsss.errors import DataError
+from wsss.eval_report import ClassResult, EvalReport, ImageResult, write_report
+from wsss.progress import progress
+
+__all__ = [
+    "ClassResult",
+    "EvalReport",
+    "ImageResult",
+    "evaluate_masks",
+    "read_pred_mask",
+    "read_scores",
+    "write_report",
+]
+
+IGNORE = 255
+SHOW_IDS = 5  # ids named in an error message
+
+
+def _first_ids(ids: list[str]) -> str:
+    more = f", ... ({len(ids) - SHOW_IDS} more)" if len(ids) > SHOW_IDS else ""
+    return ", ".join(ids[:SHOW_IDS]) + more
+
+
+def read_scores(path: Path) -> dict[str, float]:
+    """Sample scores from a CSV with ``id`` and ``score`` columns (other columns are ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "scores file not found", "pass the scores.csv written by the cam or segmenter stage")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(path, "not a text (UTF-8) CSV file", "pass the scores.csv written by a stage") from None
+    scores: dict[str, float] = {}
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in next(reader, [])]
+    missing = [c for c in ("id", "score") if c not in header]
+    if missing:
+        raise DataError(
+            f"{path}:1",
+            f"missing column(s) {', '.join(missing)} in header {header}",
+            "the first line must name the columns, including id and score",
+        )
+    i_id, i_score = header.index("id"), header.index("score")
+    for row in reader:
+        line = f"{path}:{reader.line_num}"
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= max(i_id, i_score):
+            raise DataError(line, f"{len(row)} values, header has {len(header)}", "give every row all columns")
+        sid, cell = row[i_id].strip(), row[i_score].strip()
+        if not sid:
+            raise DataError(line, "empty id", "give every row the image id used in the index")
+        try:
+            value = float(cell)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise DataError(line, f"score {cell!r} of {sid!r} is not a finite number", "write a number such as 0.73")
+        if sid in scores:
+            raise DataError(line, f"duplicate id {sid!r}", "keep one score per image")
+        scores[sid] = value
+    return scores
+
+
+def read_pred_mask(path: Path) -> np.ndarray:
+    """A predicted mask as a 2-D uint8 array; DataError when unreadable or not 8-bit single channel."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, arr = im.mode, np.asarray(im)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(path, f"cannot read predicted mask: {e}", "rewrite it as an 8-bit single-channel PNG") from None
+    if mode not in ("L", "P", "1"):
+        raise DataError(
+            path,
+            f"predicted mask has image mode {mode}, expected 8-bit single channel",
+            "write masks as 8-bit grayscale PNG: 0 background, 1..254 class, 255 ignore",
+        )
+    return arr.astype(np.uint8, copy=False)
+
+
+def _check_inputs(rows: list[EvalRow], masks_dir: Path, scores: dict[str, float] | None, split: str) -> None:
+    if not rows:
+        raise DataError(
+            f"evaluate.split={split}",
+            "no indexed images to evaluate",
+            "choose a split that has images, e.g. --set evaluate.split=all",
+        )
+    if not masks_dir.is_dir():
+        raise DataError(masks_dir, "masks folder not found", "run the stage that writes masks first")
+    missing = [r.id for r in rows if not (masks_dir / f"{r.id}.png").is_file()]
+    if missing:
+        raise DataError(
+            masks_dir,
+            f"{len(missing)} of {len(rows)} indexed images have no predicted mask: {_first_ids(missing)}",
+            "run the stage that writes masks, or evaluate a split that it covered",
+        )
+    if scores is not None:
+        missing = [r.id for r in rows if r.id not in scores]
+        if missing:
+            raise DataError(
+                "scores",
+                f"{len(missing)} of {len(rows)} indexed images have no score: {_first_ids(missing)}",
+                "pass the scores file written with these masks",
+            )
+
+
+class _ClassStats:
+    """Per-class accumulator: segmentation counts plus how many predicted pixels carry the class's value."""
+
+    def __init__(self, value: int):
+        self.value = value
+        self.seg = metrics.SegAccumulator()
+        self.agree = 0
+        self.predicted = 0
+
+    def add(self, raw: np.ndarray, pred: np.ndarray, gt: np.ndarray) -> None:
+        self.seg.add(pred, gt)
+        defect = pred & (raw != IGNORE)
+        self.predicted += int(np.count_nonzero(defect))
+        self.agree += int(np.count_nonzero(defect & (raw == self.value)))
+
+    def result(self, name: str) -> ClassResult:
+        return ClassResult(
+            name=name,
+            n_images=len(self.seg),
+            miou=self.seg.miou_def(),
+            seg_recall_0_5=self.seg.seg_recall(0.5),
+            class_agreement=self.agree / self.predicted if self.predicted else math.nan,
+        )
+
+
+def evaluate_masks(
+    rows: list[EvalRow], info: DatasetInfo, masks_dir: Path, scores: dict[str, float] | None, cfg: EvaluateConfig
+) -> EvalReport:
+    """METHOD.md section 8 metrics of ``masks_dir`` over ``rows`` (see the module docstring for the rules)."""
+    masks_dir = Path(masks_dir)
+    _check_inputs(rows, masks_dir, scores, cfg.split)
+    seg = metrics.SegAccumulator()
+    per_class = {c: _ClassStats(k + 1) for k, c in enumerate(info.classes)}
+    results: list[ImageResult] = []
+    for row in progress(rows, desc="evaluate", total=len(rows)):
+        pred_path = masks_dir / f"{row.id}.png"
+        raw = read_pred_mask(pred_path)
+        pred = raw != 0 if cfg.ignore_as == "defect" else (raw != 0) & (raw != IGNORE)
+        score = scores[row.id] if scores is not None else float(pred.any())
+        decision = score >= cfg.score_threshold
+        if not decision:
+            pred = np.zeros_like(pred)
+        if row.mask is None and row.defective:
+            results.append(ImageResult(row.id, row.labels, score, decision, None, None, int(pred.sum())))
+            continue
+        gt = np.zeros_like(pred) if row.mask is None else read_mask(row.mask, threshold=info.mask_threshold)
+        if gt.shape != pred.shape:
+            raise DataError(
+                pred_path,
+                f"predicted mask is {pred.shape[1]}x{pred.shape[0]} (WxH) but the ground "
+                f"truth {row.mask} is {gt.shape[1]}x{gt.shape[0]}",
+                "write predicted masks at the original image size",
+            )
+        value = seg.add(pred, gt)
+        if gt.any():
+            for label in row.labels:
+                if label in per_class:
+                    per_class[label].add(raw, pred, gt)
+        results.append(ImageResult(row.id, row.labels, score, decision, value, seg.gt_areas[-1], seg.pred_areas[-1]))
+    return _report(results, seg, per_class, masks_dir, cfg, scores is not None)
+
+
+def _report(
+    results: list[ImageResult],
+    seg: metrics.SegAccumulator,
+    per_class: dict[str, _ClassStats],
+    masks_dir: Path,
+    cfg: EvaluateConfig,
+    from_scores: bool,
+) -> EvalReport:
+    y = np.array([r.defective for r in results], dtype=bool)
+    s = np.array([r.score for r in results], dtype=np.float64)
+    stats = metrics.threshold_stats(y, s, cfg.score_threshold)
+    return EvalReport(
+        masks_dir=str(masks_dir),
+        score_source="scores" if from_scores else "masks",
+        ignore_as=cfg.ignore_as,
+        threshold=cfg.score_threshold,
+        n_images=len(results),
+        n_defective=int(y.sum()),
+        n_no_gt=sum(r.iou is None for r in results),
+        n_seg_images=len(seg),
+        n_gt_defective=seg.n_defective,
+        ap=metrics.average_precision(y, s),
+        auroc=metrics.auroc(y, s),
+        accuracy=float(stats["accuracy"]),
+        fpr=float(stats["fpr"]),
+        fnr=float(stats["fnr"]),
+        tp=int(stats["tp"]),
+        fp=int(stats["fp"]),
+        tn=int(stats["tn"]),
+        fn=int(stats["fn"]),
+        miou_def=seg.miou_def(),
+        pooled_iou=seg.pooled_iou(),
+        seg_miou=seg.seg_miou(),
+        seg_recall_0_1=seg.seg_recall(0.1),
+        seg_recall_0_5=seg.seg_recall(0.5),
+        pixel_auroc=None,
+        per_class=[st.result(name) for name, st in per_class.items()],
+        images=results,
+    )
