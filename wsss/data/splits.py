@@ -52,11 +52,10 @@ def _greedy(groups: dict[str, list[Sample]], bins: dict[str, float], seed: int) 
             size = len(groups[g])
             n += size
             n_all += size
-
-            def key(b: str) -> tuple[float, float]:
-                return round(bins[b] / total * n - counts[b], 9), bins[b] / total * n_all - overall[b]
-
-            best = max(names, key=key)
+            deficit = {
+                b: (round(bins[b] / total * n - counts[b], 9), bins[b] / total * n_all - overall[b]) for b in names
+            }
+            best = max(names, key=deficit.__getitem__)
             counts[best] += size
             overall[best] += size
             out[g] = best
