@@ -39,3 +39,37 @@ if "toy-a" not in STAGES:
     register_stage(
         Stage(name="toy-b", run=run_b, sections=("evaluate",), help="toy stage b", inputs=lambda cfg: ("toy-a",))
     )
+
+
+def run_oracle(cfg, inputs, out: Path):
+    """A test-only mask writer: copies the ground truth (TOY_EMPTY=1: writes empty masks) with scores."""
+    import cv2
+    import numpy as np
+
+    from wsss.data.images import read_mask
+    from wsss.data.index import read_dataset_info, read_eval_index
+
+    index = inputs["prepare"] / "index.csv"
+    threshold = read_dataset_info(index).mask_threshold
+    (out / "masks").mkdir()
+    lines = ["id,score"]
+    for row in read_eval_index(index):
+        gt = read_mask(row.mask, threshold)
+        mask = np.zeros(gt.shape, np.uint8) if os.environ.get("TOY_EMPTY") == "1" else gt.astype(np.uint8)
+        cv2.imwrite(str(out / "masks" / f"{row.id}.png"), mask)
+        lines.append(f"{row.id},{0.9 if row.defective else 0.1}")
+    (out / "scores.csv").write_text("\n".join(lines) + "\n")
+    return {"masks": out / "masks", "scores": out / "scores.csv"}
+
+
+if "toy-oracle" not in STAGES:
+    register_stage(
+        Stage(
+            name="toy-oracle",
+            run=run_oracle,
+            sections=("dataset",),
+            help="test-only mask writer",
+            inputs=lambda cfg: ("prepare",),
+            writes_masks=True,
+        )
+    )
