@@ -56,13 +56,21 @@ class DatasetInfo:
     channels: int = 1  # 1 for grayscale sets, 3 when any image is colour
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "classes": list(self.classes), "mask_threshold": self.mask_threshold,
-                "channels": self.channels}
+        return {
+            "kind": self.kind,
+            "classes": list(self.classes),
+            "mask_threshold": self.mask_threshold,
+            "channels": self.channels,
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> DatasetInfo:
-        return cls(kind=d["kind"], classes=tuple(d["classes"]), mask_threshold=int(d["mask_threshold"]),
-                   channels=int(d.get("channels", 1)))
+        return cls(
+            kind=d["kind"],
+            classes=tuple(d["classes"]),
+            mask_threshold=int(d["mask_threshold"]),
+            channels=int(d.get("channels", 1)),
+        )
 
 
 def join_labels(labels: tuple[str, ...] | list[str]) -> str:
@@ -96,12 +104,16 @@ def write_index(path: Path, rows: list[EvalRow], relative_to: Path | None = None
 def _read_rows(path: Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, "index file not found", "run `wsss run-stage prepare` first, or pass the index.csv it wrote")
+        raise DataError(
+            path, "index file not found", "run `wsss run-stage prepare` first, or pass the index.csv it wrote"
+        )
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise DataError(path, f"not a wsss index: missing columns {missing}", "regenerate it with the prepare stage")
+            raise DataError(
+                path, f"not a wsss index: missing columns {missing}", "regenerate it with the prepare stage"
+            )
         return list(reader)
 
 
@@ -114,8 +126,14 @@ def read_train_index(path: Path, split: str | None = None) -> list[TrainRow]:
     """Rows for training/pseudo-labelling (no mask paths), optionally only one split."""
     base = Path(path).parent
     rows = [
-        TrainRow(id=d["id"], path=_resolve(base, d["path"]), labels=split_labels(d["labels"]), split=d["split"],
-                 group=d["group"], fold=int(d["fold"] or -1))
+        TrainRow(
+            id=d["id"],
+            path=_resolve(base, d["path"]),
+            labels=split_labels(d["labels"]),
+            split=d["split"],
+            group=d["group"],
+            fold=int(d["fold"] or -1),
+        )
         for d in _read_rows(path)
     ]
     return [r for r in rows if split is None or r.split == split]
@@ -125,8 +143,15 @@ def read_eval_index(path: Path, split: str | None = None) -> list[EvalRow]:
     """Rows with ground-truth mask paths: for evaluation and export only, never for training."""
     base = Path(path).parent
     rows = [
-        EvalRow(id=d["id"], path=_resolve(base, d["path"]), labels=split_labels(d["labels"]), split=d["split"],
-                group=d["group"], fold=int(d["fold"] or -1), mask=_resolve(base, d["mask"]) if d["mask"] else None)
+        EvalRow(
+            id=d["id"],
+            path=_resolve(base, d["path"]),
+            labels=split_labels(d["labels"]),
+            split=d["split"],
+            group=d["group"],
+            fold=int(d["fold"] or -1),
+            mask=_resolve(base, d["mask"]) if d["mask"] else None,
+        )
         for d in _read_rows(path)
     ]
     return [r for r in rows if split is None or r.split == split]
