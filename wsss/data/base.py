@@ -124,12 +124,16 @@ def register(cls: type[DatasetAdapter]) -> type[DatasetAdapter]:
     return cls
 
 
-def create_adapter(cfg: DatasetConfig, root: Path) -> DatasetAdapter:
-    """Build the adapter named by ``cfg.kind``; unknown kinds list the valid ones."""
+def adapter_kinds() -> list[str]:
+    """Names of the registered dataset kinds (importing the built-in adapters first)."""
     import wsss.data.adapters  # noqa: F401  (registers the built-in adapters)
 
-    if cfg.kind not in ADAPTERS:
-        raise ConfigError(
-            "dataset.kind", f"unknown dataset kind {cfg.kind!r}", f"available kinds: {', '.join(sorted(ADAPTERS))}"
-        )
+    return sorted(ADAPTERS)
+
+
+def create_adapter(cfg: DatasetConfig, root: Path) -> DatasetAdapter:
+    """Build the adapter named by ``cfg.kind``; unknown kinds list the valid ones."""
+    kinds = adapter_kinds()
+    if cfg.kind not in kinds:
+        raise ConfigError("dataset.kind", f"unknown dataset kind {cfg.kind!r}", f"available kinds: {', '.join(kinds)}")
     return ADAPTERS[cfg.kind](cfg, root)

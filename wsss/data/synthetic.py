@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from wsss.errors import ConfigError, DataError
+from wsss.progress import progress
 
 if TYPE_CHECKING:
     from wsss.config import SyntheticConfig
@@ -236,7 +237,7 @@ def generate(out_dir: Path, cfg: SyntheticConfig) -> Path:
     jobs = [(f"ok_{i:0{width}d}", [cfg.seed, 0, i], None) for i in range(cfg.n_ok)]
     jobs += [(f"def_{j:0{width}d}", [cfg.seed, 1, j], cfg.defects[j % len(cfg.defects)]) for j in range(cfg.n_defect)]
     rows = []
-    for sid, seed, defect in jobs:
+    for sid, seed, defect in progress(jobs, desc="synthetic data"):
         img, mask, labels = generate_sample(seed, cfg.size, defect, cfg.textures, cfg.defects)
         for sub, arr in (("images", img), ("masks", mask)):
             path = out_dir / sub / f"{sid}.png"

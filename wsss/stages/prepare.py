@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 from wsss.config import Config
@@ -15,13 +14,9 @@ from wsss.stages import Stage, register_stage
 
 
 def make_adapter(cfg: Config, out: Path) -> DatasetAdapter:
-    """The configured adapter; the synthetic demo set is generated into ``out/data`` and read as a CSV set."""
-    if cfg.dataset.kind == "synthetic":
-        from wsss.data.synthetic import generate
-
-        csv_path = generate(out / "data", cfg.dataset.synthetic)
-        return create_adapter(replace(cfg.dataset, kind="csv", root=str(csv_path)), csv_path)
-    return create_adapter(cfg.dataset, Path(cfg.dataset.root))
+    """The configured adapter; the synthetic demo set is generated into this stage's ``data/`` folder."""
+    root = out / "data" if cfg.dataset.kind == "synthetic" else Path(cfg.dataset.root)
+    return create_adapter(cfg.dataset, root)
 
 
 def split_table(rows: list[EvalRow]) -> dict[str, dict[str, int]]:
