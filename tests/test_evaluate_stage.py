@@ -62,9 +62,14 @@ def test_evaluate_command_on_a_masks_folder(recipe: Path, tmp_path: Path, monkey
     assert report["miou_def"] == 0.0 and report["seg_miou"] == 0.0 and report["ap"] == 1.0
 
 
-def test_evaluate_command_errors(tmp_path: Path):
+def test_evaluate_command_errors(tmp_path: Path, prepared_run: Path):
     r = CliRunner().invoke(cli, ["evaluate", "--index", str(tmp_path / "none.csv"), "--masks", str(tmp_path)])
     assert r.exit_code == 1 and "none.csv: index file not found" in r.stderr
+    index = str(prepared_run / "prepare" / "index.csv")
+    r = CliRunner().invoke(cli, ["evaluate", "--index", index, "--masks", str(tmp_path / "nomasks")])
+    assert r.exit_code == 2 and "nomasks: masks folder not found" in r.stderr
+    r = CliRunner().invoke(cli, ["evaluate", "--index", index, "--masks", str(tmp_path)])  # empty folder
+    assert r.exit_code == 1 and "5 of 5 indexed images have no predicted mask" in r.stderr
 
 
 def test_evaluate_needs_a_mask_stage():

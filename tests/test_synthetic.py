@@ -175,3 +175,12 @@ def test_invalid_config_names_the_key(tmp_path: Path, change: dict, key: str) ->
     if "defects" in change and change["defects"]:
         assert "scratch, crack, blob, stain" in str(info.value)
     assert not (tmp_path / "labels.csv").exists()
+
+
+def test_session_fixture_reads_back_through_the_csv_adapter(synthetic_csv: Path):
+    from wsss.config import DatasetConfig
+    from wsss.data.base import create_adapter
+
+    samples = create_adapter(DatasetConfig(kind="csv", root=str(synthetic_csv)), synthetic_csv).scan()
+    assert len(samples) == 24 and sum(bool(s.labels) for s in samples) == 12
+    assert all(s.mask is not None and s.mask.is_file() for s in samples)
