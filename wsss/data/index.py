@@ -16,6 +16,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from wsss.errors import DataError
 
@@ -122,20 +123,22 @@ def _resolve(base: Path, text: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
+def _fields(d: dict[str, str], base: Path) -> dict[str, Any]:
+    """The :class:`TrainRow` fields of one CSV row (everything but the mask)."""
+    return {
+        "id": d["id"],
+        "path": _resolve(base, d["path"]),
+        "labels": split_labels(d["labels"]),
+        "split": d["split"],
+        "group": d["group"],
+        "fold": int(d["fold"]) if d["fold"] else -1,
+    }
+
+
 def read_train_index(path: Path, split: str | None = None) -> list[TrainRow]:
     """Rows for training/pseudo-labelling (no mask paths), optionally only one split."""
     base = Path(path).parent
-    rows = [
-        TrainRow(
-            id=d["id"],
-            path=_resolve(base, d["path"]),
-            labels=split_labels(d["labels"]),
-            split=d["split"],
-            group=d["group"],
-            fold=int(d["fold"] or -1),
-        )
-        for d in _read_rows(path)
-    ]
+    rows = [TrainRow(**_fields(d, base)) for d in _read_rows(path)]
     return [r for r in rows if split is None or r.split == split]
 
 
@@ -143,16 +146,7 @@ def read_eval_index(path: Path, split: str | None = None) -> list[EvalRow]:
     """Rows with ground-truth mask paths: for evaluation and export only, never for training."""
     base = Path(path).parent
     rows = [
-        EvalRow(
-            id=d["id"],
-            path=_resolve(base, d["path"]),
-            labels=split_labels(d["labels"]),
-            split=d["split"],
-            group=d["group"],
-            fold=int(d["fold"] or -1),
-            mask=_resolve(base, d["mask"]) if d["mask"] else None,
-        )
-        for d in _read_rows(path)
+        EvalRow(**_fields(d, base), mask=_resolve(base, d["mask"]) if d["mask"] else None) for d in _read_rows(path)
     ]
     return [r for r in rows if split is None or r.split == split]
 
