@@ -97,6 +97,76 @@ class PrepareConfig:
 
 
 @dataclass
+class BackboneConfig:
+    """A timm backbone (any name timm knows); weights only from a local file, never from the network."""
+
+    name: str = "resnet18"
+    weights: str | None = _path_field()  # local .safetensors / .pth state_dict; None = from scratch
+    output_stride: int = 16  # 8 or 16 where the model supports it (CAM resolution), 32 = unchanged
+    in_chans: int = 0  # 0 = the dataset's channels (grayscale stays 1-channel)
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentations suited to textures (applied on the fly, never to validation images)."""
+
+    flips: bool = True
+    rot90: bool = True  # only when the input is square
+    affine_degrees: float = 10.0
+    affine_scale: float = 0.1  # scale in [1 - s, 1 + s]
+    affine_translate: float = 0.05  # fraction of the size
+    brightness: float = 0.15
+    contrast: float = 0.15
+    gamma: float = 0.15
+    blur_prob: float = 0.1
+
+
+@dataclass
+class CLMConfig:
+    """Contrastive learning module (METHOD.md 1)."""
+
+    enabled: bool = True
+    dim: int = 128
+    hidden: int = 256
+    temperature: float = 0.1
+    weight: float = 0.1
+
+
+@dataclass
+class GCMConfig:
+    """Guided cropping module (METHOD.md 1)."""
+
+    enabled: bool = True
+    crop_frac: float = 0.5  # crop side as a fraction of the image side
+    jitter: float = 0.25  # random shift of the crop centre, as a fraction of the crop side
+    consistency_weight: float = 0.0  # lambda_gcm; 0 = no consistency loss
+
+
+@dataclass
+class ClassifierConfig:
+    """`train-classifier`: the Defect Focus Classifier (METHOD.md 1)."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    input_size: list[int] = field(default_factory=lambda: [128, 128])  # H, W the images are resized to
+    binary: bool = True  # one "defect" class; false = multi-label over the dataset's classes
+    lse_r: float = 5.0  # log-sum-exp pooling sharpness (r -> 0: mean, r -> inf: max)
+    clm: CLMConfig = field(default_factory=CLMConfig)
+    gcm: GCMConfig = field(default_factory=GCMConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 2
+    grad_clip: float = 5.0  # max gradient norm; 0 = off
+    balance: str = _choices("sampler", "pos_weight", "none", default="sampler")
+    patience: int = 8  # early stopping: epochs without a better validation image AP
+    amp: bool = False  # bf16 autocast (GPU)
+    channels_last: bool = False
+    workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
 class EvaluateConfig:
     """`evaluate`: METHOD.md section 8 metrics of a masks folder against ground truth."""
 
@@ -114,6 +184,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, Any]:

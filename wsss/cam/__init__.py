@@ -1,0 +1,1 @@
+"""Class activation maps: guided cropping (GCM), extraction and the inpainting extension (IEM)."""

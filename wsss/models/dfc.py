@@ -1,0 +1,92 @@
+"""The Defect Focus Classifier (METHOD.md section 1): backbone -> 1x1 CAM head -> log-sum-exp pooling.
+
+The CAM head's score map *is* the class activation map, so CAM extraction at inference is one forward pass.
+The CLM projection head embeds CAM-weighted foreground and background features for the contrastive loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def lse_pool(maps: torch.Tensor, r: float) -> torch.Tensor:
+    """Log-sum-exp pooling ``(1/r) log(mean(exp(r A)))`` over the spatial dims, computed stably.
+
+    ``maps`` is (B, K, h, w); returns (B, K). r -> 0 approaches the mean, r -> inf the max, so a small defect
+    can drive the score without one hot pixel deciding alone.
+    """
+    if r <= 0:
+        raise ValueError(f"lse_r must be > 0, got {r}")
+    flat = maps.flatten(2)
+    return (torch.logsumexp(r * flat, dim=2) - math.log(flat.shape[2])) / r
+
+
+class ProjectionHead(nn.Module):
+    """CLM head g: a 2-layer MLP to ``dim``, L2-normalised."""
+
+    def __init__(self, in_features: int, hidden: int = 256, dim: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(x), dim=1)
+
+
+@dataclass
+class DFCOutput:
+    logits: torch.Tensor  # (B, K) sample scores before the sigmoid
+    cams: torch.Tensor  # (B, K, h, w) class score maps (the CAMs, as logits)
+    features: torch.Tensor  # (B, C, h, w) backbone features
+
+
+class DFC(nn.Module):
+    """Backbone + CAM head + LSE pooling (+ the CLM projection head when ``clm_dim`` > 0).
+
+    Args:
+        backbone: a module mapping (B, C_in, H, W) to (B, C, h, w), with an ``out_channels`` attribute.
+        num_classes: K (1 for defect/OK).
+        lse_r: pooling sharpness r.
+        clm_dim, clm_hidden: projection head sizes; ``clm_dim=0`` builds no head.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, lse_r: float = 5.0, clm_dim: int = 0, clm_hidden: int = 256
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.lse_r = lse_r
+        channels = int(backbone.out_channels)
+        self.cam_head = nn.Conv2d(channels, num_classes, kernel_size=1)
+        self.projection = ProjectionHead(channels, clm_hidden, clm_dim) if clm_dim > 0 else None
+
+    def forward(self, x: torch.Tensor) -> DFCOutput:
+        features = self.backbone(x)
+        cams = self.cam_head(features)
+        return DFCOutput(logits=lse_pool(cams.float(), self.lse_r), cams=cams, features=features)
+
+    @staticmethod
+    def defect_map(cams: torch.Tensor) -> torch.Tensor:
+        """The per-pixel "any defect" score map (B, h, w): the class maps' maximum (the map itself when K=1)."""
+        return cams.max(dim=1).values
+
+    def embeddings(self, out: DFCOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """CLM embeddings (z_fg, z_bg, z_img), each (B, dim).
+
+        a = sigmoid(defect map), detached: z_fg = g(sum(a F) / sum(a)), z_bg = g(sum((1 - a) F) / sum(1 - a)),
+        z_img = g(mean F). For several classes, a is the sigmoid of the maximum class map (our choice: CLM
+        separates "defect" from "texture", whatever the defect type).
+        """
+        if self.projection is None:
+            raise RuntimeError("this DFC was built without a CLM head (clm_dim=0)")
+        f = out.features.float()
+        a = torch.sigmoid(self.defect_map(out.cams.float())).detach().unsqueeze(1)  # (B, 1, h, w)
+        eps = 1e-6
+        fg = (a * f).sum((2, 3)) / (a.sum((2, 3)) + eps)
+        bg = ((1 - a) * f).sum((2, 3)) / ((1 - a).sum((2, 3)) + eps)
+        return self.projection(fg), self.projection(bg), self.projection(f.mean((2, 3)))
