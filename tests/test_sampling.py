@@ -1,0 +1,75 @@
+"""Class-balanced DDP sampling and BCE pos_weight."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+
+from wsss.train.sampling import BalancedDistributedSampler, make_train_sampler, pos_weight
+
+LABELS = np.array([True] * 6 + [False] * 45)  # 51 images, 12% defective
+
+
+def _ranks(epoch: int, world: int = 2, **kw) -> list[list[int]]:
+    out = []
+    for r in range(world):
+        s = BalancedDistributedSampler(LABELS, num_replicas=world, rank=r, seed=3, **kw)
+        s.set_epoch(epoch)
+        out.append(list(s))
+    return out
+
+
+def test_balanced_fraction_and_equal_rank_lengths():
+    shards = _ranks(0)
+    assert len(shards[0]) == len(shards[1]) == 26  # 51 rounded up to 52, split in two
+    full = BalancedDistributedSampler(LABELS, num_replicas=2, rank=0, seed=3).epoch_indices()
+    assert sorted(shards[0] + shards[1]) == sorted(full.tolist())
+    assert abs(LABELS[full].mean() - 0.5) < 0.05
+    assert set(full[LABELS[full]].tolist()) == set(range(6))  # every defective image drawn
+    assert len(set(full[~LABELS[full]].tolist())) == len(full[~LABELS[full]])  # majority without repetition
+    quarter = np.concatenate(_ranks(0, pos_fraction=0.25, num_samples=100))
+    assert len(quarter) == 100 and abs(LABELS[quarter].mean() - 0.25) < 0.05
+
+
+def test_deterministic_per_epoch_and_changes_across_epochs():
+    assert _ranks(0) == _ranks(0)
+    assert _ranks(0) != _ranks(1)
+    assert len(np.concatenate(_ranks(1))) == len(np.concatenate(_ranks(0)))
+
+
+def test_single_kind_and_invalid_args():
+    s = BalancedDistributedSampler(np.zeros(5, bool), num_replicas=1, rank=0)
+    assert sorted(s) == list(range(5))
+    with pytest.raises(ValueError, match="rank"):
+        BalancedDistributedSampler(LABELS, num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match="pos_fraction"):
+        BalancedDistributedSampler(LABELS, pos_fraction=1.0)
+
+
+def test_make_train_sampler_without_and_with_ddp(tmp_path):
+    assert isinstance(make_train_sampler("sampler", LABELS, 0), BalancedDistributedSampler)
+    assert make_train_sampler("none", LABELS, 0) is None
+    assert make_train_sampler("pos_weight", LABELS, 0) is None
+    with pytest.raises(ValueError, match="valid"):
+        make_train_sampler("oversample", LABELS, 0)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", world_size=1, rank=0)
+    try:
+        plain = make_train_sampler("none", LABELS, 0)
+        assert isinstance(plain, DistributedSampler) and len(plain) == len(LABELS)
+        bal = make_train_sampler("sampler", LABELS, 0)
+        assert (bal.num_replicas, bal.rank) == (1, 0)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_pos_weight():
+    t = np.array([[1, 0, 0], [0, 0, 1], [0, 0, 1], [0, 0, 1], [0, 0, 0]], dtype=np.float32)
+    w = pos_weight(t)
+    assert w.dtype == torch.float32
+    assert torch.allclose(w, torch.tensor([4.0, 1.0, 1.0]))  # 4/1; no positives -> 1; 2/3 clamped up to 1
+    rare = np.zeros((500, 1), np.float32)
+    rare[0] = 1
+    assert pos_weight(rare).item() == 100.0

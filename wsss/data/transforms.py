@@ -1,0 +1,116 @@
+"""Image transforms for classifier training: texture-friendly augmentation, resizing, tensor conversion.
+
+Images are ``uint8`` numpy arrays, ``(H, W)`` or ``(H, W, C)``. Every random choice is drawn from an explicit
+:class:`numpy.random.Generator`, so an augmented sample is reproducible from the generator's seed alone
+(the dataset seeds it from ``(seed, epoch, index)``).
+
+Normalisation uses a fixed ``MEAN = 0.5`` / ``STD = 0.25`` for every channel (our choice): the default is training
+from scratch on gray industrial textures, where ImageNet statistics mean nothing; 0.25 maps ``[0, 1]`` to
+``[-2, 2]``, roughly unit variance for typical surfaces.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+
+from wsss.config import AugmentConfig
+
+MEAN = 0.5
+STD = 0.25
+BLUR_SIGMA = (0.5, 1.2)
+
+
+class Augment:
+    """Flips, rot90 (square images only), a small affine warp, photometric jitter and occasional blur.
+
+    Geometric steps come first, then brightness (additive), contrast (around the image mean), gamma, blur. The
+    output has the input's shape and dtype (``uint8``).
+    """
+
+    def __init__(self, cfg: AugmentConfig):
+        self.cfg = cfg
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        c = self.cfg
+        if img.dtype != np.uint8:
+            raise TypeError(f"Augment expects a uint8 image, got {img.dtype}")
+        if c.flips:
+            if rng.random() < 0.5:
+                img = img[:, ::-1]
+            if rng.random() < 0.5:
+                img = img[::-1]
+        if c.rot90 and img.shape[0] == img.shape[1]:
+            img = np.rot90(img, int(rng.integers(4)))
+        img = np.ascontiguousarray(img)
+        if c.affine_degrees > 0 or c.affine_scale > 0 or c.affine_translate > 0:
+            img = self._affine(img, rng)
+        x = img.astype(np.float32)
+        if c.brightness > 0:
+            x += rng.uniform(-c.brightness, c.brightness) * 255.0
+        if c.contrast > 0:
+            mean = float(x.mean())
+            x = (x - mean) * rng.uniform(1 - c.contrast, 1 + c.contrast) + mean
+        if c.gamma > 0:
+            x = 255.0 * (np.clip(x, 0, 255) / 255.0) ** math.exp(rng.uniform(-c.gamma, c.gamma))
+        if c.blur_prob > 0 and rng.random() < c.blur_prob:
+            x = _keep_shape(x, cv2.GaussianBlur(x, (0, 0), rng.uniform(*BLUR_SIGMA)))
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+    def _affine(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        c = self.cfg
+        h, w = img.shape[:2]
+        angle = rng.uniform(-c.affine_degrees, c.affine_degrees)
+        scale = rng.uniform(1 - c.affine_scale, 1 + c.affine_scale)
+        tx, ty = rng.uniform(-c.affine_translate, c.affine_translate, size=2) * (w, h)
+        m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
+        m[:, 2] += (tx, ty)
+        out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        return _keep_shape(img, out)
+
+
+def _keep_shape(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """cv2 drops a trailing channel axis of size 1; put it back."""
+    return out.reshape(ref.shape)
+
+
+def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to ``size = (H, W)``: area averaging when shrinking (no aliasing of fine texture), bilinear otherwise."""
+    h, w = int(size[0]), int(size[1])
+    if img.shape[:2] == (h, w):
+        return img
+    shrink = h <= img.shape[0] and w <= img.shape[1]
+    out = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return out.reshape((h, w, *img.shape[2:]))
+
+
+def to_channels(img: np.ndarray, in_chans: int) -> np.ndarray:
+    """Grayscale ``(H, W)`` for ``in_chans == 1`` (RGB -> gray), ``(H, W, 3)`` for 3 (gray repeated)."""
+    if in_chans == 1:
+        return (
+            cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 and img.shape[2] == 3 else img.reshape(img.shape[:2])
+        )
+    if in_chans == 3:
+        return img if img.ndim == 3 and img.shape[2] == 3 else np.repeat(img.reshape(*img.shape[:2], 1), 3, axis=2)
+    raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """``uint8`` ``(H, W[, C])`` -> float ``(C, H, W)``: scaled to ``[0, 1]``, then ``(x - MEAN) / STD``."""
+    a = img[:, :, None] if img.ndim == 2 else img
+    t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float().div_(255.0)
+    return t.sub_(MEAN).div_(STD)
+
+
+def denormalize(t: torch.Tensor) -> torch.Tensor:
+    """Inverse of the normalisation in :func:`to_tensor`: back to ``[0, 1]`` (clipped), any leading dims."""
+    return (t * STD + MEAN).clamp_(0.0, 1.0)
+
+
+def to_image(t: torch.Tensor) -> np.ndarray:
+    """Inverse of :func:`to_tensor` for visualisation: ``(C, H, W)`` -> ``uint8`` ``(H, W)`` or ``(H, W, C)``."""
+    a = (denormalize(t.detach().float().cpu()) * 255.0).round_().to(torch.uint8).numpy()
+    return a[0] if a.shape[0] == 1 else np.ascontiguousarray(a.transpose(1, 2, 0))

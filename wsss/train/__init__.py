@@ -1,0 +1,1 @@
+"""Training: samplers, losses and loops for the classifier and the segmenter."""

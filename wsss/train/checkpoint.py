@@ -1,0 +1,36 @@
+"""Training checkpoints: plain tensors and numbers only, so loading never unpickles code.
+
+A checkpoint is a dict of state_dicts (model, optimizer, scheduler) plus the epoch and bookkeeping numbers,
+written atomically and loaded with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsss.errors import StageError
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path``, or None if there is none; a corrupt file is an error naming it."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt/foreign files
+        raise StageError(
+            path,
+            f"unreadable checkpoint ({type(e).__name__}: {e})",
+            "delete it to restart the stage from scratch (or re-run with --force)",
+        ) from None

@@ -1,0 +1,126 @@
+"""Class balance for training: a balanced sampler that shards across DDP ranks, and BCE ``pos_weight``.
+
+Industrial sets are mostly defect-free, so ``classifier.balance`` chooses how to compensate:
+
+- ``sampler``: :class:`BalancedDistributedSampler` draws ~``pos_fraction`` defective images per epoch.
+- ``pos_weight``: plain shuffling, and the loss weighs positives by :func:`pos_weight`.
+- ``none``: plain shuffling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler, Sampler
+
+BALANCE = ("sampler", "pos_weight", "none")
+POS_WEIGHT_RANGE = (1.0, 100.0)
+
+
+def _dist_world() -> tuple[int, int] | None:
+    """``(num_replicas, rank)`` when torch.distributed is initialised, else None."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return None
+
+
+def _draw(rng: np.random.Generator, pool: np.ndarray, n: int) -> np.ndarray:
+    """``n`` items of ``pool``: whole shuffled passes, then a partial one without replacement, so oversampled
+    items repeat as evenly as possible and an undersampled class is a fresh random subset each epoch."""
+    reps, rem = divmod(n, len(pool))
+    parts = [rng.permutation(pool) for _ in range(reps)] + [rng.choice(pool, rem, replace=False)]
+    return np.concatenate(parts)
+
+
+class BalancedDistributedSampler(Sampler[int]):
+    """Each epoch, an index list with a fixed share of defective images, split across DDP ranks.
+
+    The epoch's list is a function of ``(seed, epoch)`` only, identical on every rank; rank ``r`` takes
+    ``indices[r::num_replicas]``, so ranks get equal, disjoint shares of it. The minority class is drawn with
+    repetition, the majority is subsampled. When all images are of one kind the list is a plain shuffle.
+
+    Args:
+        labels: ``(N,)`` bool, True = defective.
+        num_replicas, rank: default to torch.distributed's world size and rank when it is initialised, else 1, 0.
+        seed: the run's seed; must be the same on every rank.
+        pos_fraction: share of defective images per epoch, in (0, 1).
+        num_samples: length of the whole epoch's list (all ranks together); default N. Rounded up to a multiple
+            of ``num_replicas``; ``len(sampler)`` is the per-rank share.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        seed: int = 0,
+        pos_fraction: float = 0.5,
+        num_samples: int | None = None,
+    ):
+        labels = np.asarray(labels).astype(bool).reshape(-1)
+        world = _dist_world()
+        if num_replicas is None:
+            num_replicas = world[0] if world else 1
+        if rank is None:
+            rank = world[1] if world else 0
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"invalid rank {rank} for num_replicas {num_replicas}")
+        if not 0.0 < pos_fraction < 1.0:
+            raise ValueError(f"pos_fraction must be in (0, 1), got {pos_fraction}")
+        if len(labels) == 0:
+            raise ValueError("no training images to sample from")
+        total = len(labels) if num_samples is None else int(num_samples)
+        if total < 1:
+            raise ValueError(f"num_samples must be positive, got {num_samples}")
+        self.pos = np.flatnonzero(labels)
+        self.neg = np.flatnonzero(~labels)
+        self.num_replicas, self.rank, self.seed = num_replicas, rank, int(seed)
+        self.pos_fraction = pos_fraction
+        self.total_size = -(-total // num_replicas) * num_replicas
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def epoch_indices(self) -> np.ndarray:
+        """The whole epoch's index list (all ranks), before sharding."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if len(self.pos) == 0 or len(self.neg) == 0:
+            return _draw(rng, np.arange(len(self.pos) + len(self.neg)), self.total_size)
+        n_pos = min(max(round(self.total_size * self.pos_fraction), 1), self.total_size - 1)
+        idx = np.concatenate([_draw(rng, self.pos, n_pos), _draw(rng, self.neg, self.total_size - n_pos)])
+        return rng.permutation(idx)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_indices()[self.rank :: self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.total_size // self.num_replicas
+
+
+def make_train_sampler(balance: str, labels: np.ndarray, seed: int) -> Sampler[int] | None:
+    """The training sampler for ``classifier.balance``; None means "let the DataLoader shuffle".
+
+    ``labels`` is ``(N,)`` bool (defective). Under DDP, ``pos_weight``/``none`` get a shuffling
+    :class:`~torch.utils.data.DistributedSampler`. Call ``set_epoch`` on the result every epoch.
+    """
+    if balance == "sampler":
+        return BalancedDistributedSampler(labels, seed=seed)
+    if balance not in BALANCE:
+        raise ValueError(f"unknown balance {balance!r}; valid: {', '.join(BALANCE)}")
+    if _dist_world() is not None:
+        return DistributedSampler(range(len(labels)), shuffle=True, seed=seed)
+    return None
+
+
+def pos_weight(targets: np.ndarray) -> torch.Tensor:
+    """BCE ``pos_weight`` per class: ``n_neg / n_pos`` clamped to [1, 100]; 1.0 for a class without positives."""
+    t = np.asarray(targets, dtype=bool).reshape(len(targets), -1)
+    n_pos = t.sum(axis=0).astype(np.float64)
+    n_neg = len(t) - n_pos
+    w = np.divide(n_neg, n_pos, out=np.ones_like(n_pos), where=n_pos > 0)
+    w = np.where(n_pos > 0, np.clip(w, *POS_WEIGHT_RANGE), 1.0)
+    return torch.as_tensor(w, dtype=torch.float32)
