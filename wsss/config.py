@@ -371,8 +371,14 @@ def validate(cfg: Config) -> None:
 
 
 def section_dict(cfg: Config, sections: tuple[str, ...]) -> dict[str, Any]:
-    """The named sections as plain data (what a stage's manifest records and hashes)."""
-    return {s: dataclasses.asdict(getattr(cfg, s)) for s in sections}
+    """The named sections (or single dotted keys such as ``run.seed``) as plain data, for manifests and hashes."""
+    out: dict[str, Any] = {}
+    for name in sections:
+        obj: Any = cfg
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        out[name] = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    return out
 
 
 def section_hash(cfg: Config, sections: tuple[str, ...]) -> str:

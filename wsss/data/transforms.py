@@ -101,7 +101,7 @@ def to_channels(img: np.ndarray, in_chans: int) -> np.ndarray:
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """``uint8`` ``(H, W[, C])`` -> float ``(C, H, W)``: scaled to ``[0, 1]``, then ``(x - MEAN) / STD``."""
     a = img[:, :, None] if img.ndim == 2 else img
-    t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float().div_(255.0)
+    t = torch.from_numpy(a.transpose(2, 0, 1).copy()).float().div_(255.0)  # copy: decoded arrays are read-only
     return t.sub_(MEAN).div_(STD)
 
 

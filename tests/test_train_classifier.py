@@ -1,0 +1,173 @@
+"""`train-classifier` on tiny synthetic data: loss goes down, module switches, exact resume, CAMs on defects."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from wsss.config import load_config
+from wsss.data.images import read_mask
+from wsss.data.index import read_eval_index
+from wsss.runs import Run
+from wsss.train.classifier import ClassifierTrainer, build_dfc
+
+TINY = [
+    "classifier.backbone.name=test_resnet",
+    "classifier.input_size=[64, 64]",
+    "classifier.batch_size=8",
+    "classifier.warmup_epochs=1",
+    "classifier.lr=0.003",
+    "classifier.clm.dim=16",
+    "classifier.clm.hidden=32",
+    "run.device=cpu",
+]
+
+
+def config(*overrides: str):
+    return load_config(None, [*TINY, *overrides])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """One tiny DFC trained for 15 epochs on 80 synthetic images (64 px, stride 8), shared by the tests below."""
+    run_dir = tmp_path_factory.mktemp("trained")
+    synth = {"n_ok": 40, "n_defect": 40, "size": 64, "seed": 1, "defects": "[scratch, blob, crack]"}
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            "classifier.epochs=15",
+            "classifier.patience=100",
+            "classifier.backbone.output_stride=8",
+            "classifier.batch_size=16",
+            "prepare.split.train=0.7",
+            "prepare.split.val=0.15",
+            "prepare.split.test=0.15",
+            *[f"dataset.synthetic.{k}={v}" for k, v in synth.items()],
+        ],
+    )
+    run = Run(run_dir, cfg, echo=lambda *_: None)
+    run.run_stage("prepare")
+    ClassifierTrainer(cfg, run_dir / "prepare" / "index.csv", run_dir / "dfc", echo=lambda *_: None).fit()
+    return run_dir, cfg
+
+
+def test_loss_decreases_and_outputs_are_written(trained):
+    run_dir, cfg = trained
+    rows = (run_dir / "dfc" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 16 and rows[0].startswith("epoch,lr,loss,loss_cls")
+    loss_cls = [float(r.split(",")[3]) for r in rows[1:]]
+    assert np.mean(loss_cls[-3:]) < 0.7 * np.mean(loss_cls[:3]), loss_cls
+    assert max(float(r.split(",")[7]) for r in rows[1:]) >= 0.9  # validation image AP
+    meta = json.loads((run_dir / "dfc" / "dfc.json").read_text())
+    assert meta["classes"] == ["defect"] and meta["in_chans"] == 1 and meta["stride"] == 8
+    assert meta["backbone"]["weights"] is None
+    model = build_dfc(cfg.classifier, 1, 1)
+    model.load_state_dict(load_file(run_dir / "dfc" / "dfc.safetensors"))  # rebuilt from its config alone
+
+
+@pytest.mark.parametrize(
+    ("clm", "gcm", "consistency"), [(False, False, 0.0), (True, False, 0.0), (False, True, 0.5), (True, True, 0.0)]
+)
+def test_module_switches(prepared_run: Path, tmp_path: Path, clm: bool, gcm: bool, consistency: float):
+    cfg = config(
+        "classifier.epochs=1",
+        f"classifier.clm.enabled={str(clm).lower()}",
+        f"classifier.gcm.enabled={str(gcm).lower()}",
+        f"classifier.gcm.consistency_weight={consistency}",
+    )
+    trainer = ClassifierTrainer(cfg, prepared_run / "prepare" / "index.csv", tmp_path, echo=lambda *_: None)
+    assert (trainer.model.projection is not None) == clm
+    trainer.fit()
+    row = (tmp_path / "metrics.csv").read_text().splitlines()[1].split(",")
+    loss_clm, loss_gcm = float(row[4]), float(row[5])
+    assert (loss_clm != 0.0) == clm and (loss_gcm > 0.0) == (gcm and consistency > 0)
+
+
+def test_resume_continues_at_the_right_epoch_with_identical_state(
+    prepared_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    index = prepared_run / "prepare" / "index.csv"
+    cfg = config("classifier.epochs=3", "classifier.patience=100")
+    ClassifierTrainer(cfg, index, tmp_path / "straight", echo=lambda *_: None).fit()
+
+    killed = ClassifierTrainer(cfg, index, tmp_path / "resumed", echo=lambda *_: None)
+    calls = {"n": 0}
+    original = ClassifierTrainer.validate
+
+    def dies_in_epoch_two(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as if killed during the second epoch
+        return original(self)
+
+    monkeypatch.setattr(ClassifierTrainer, "validate", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    monkeypatch.setattr(ClassifierTrainer, "validate", original)
+    log: list[str] = []
+    ClassifierTrainer(cfg, index, tmp_path / "resumed", echo=log.append).fit()
+    assert "resuming after epoch 1" in log
+    a, b = load_file(tmp_path / "straight" / "dfc.safetensors"), load_file(tmp_path / "resumed" / "dfc.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ca = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    cb = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
+    assert ca["epoch"] == cb["epoch"] == 2
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    assert (tmp_path / "straight" / "metrics.csv").read_text().count("\n") == 4
+    assert len((tmp_path / "resumed" / "metrics.csv").read_text().splitlines()) == 4
+
+
+def test_stage_through_the_runner(prepared_run: Path, tmp_path: Path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepared_run, run_dir)
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            "classifier.epochs=1",
+            *[f"dataset.synthetic.{k}={v}" for k, v in {"n_ok": 12, "n_defect": 12, "size": 64}.items()],
+        ],
+    )
+    Run(run_dir, cfg, echo=lambda *_: None).run_stage("train-classifier")
+    m = json.loads((run_dir / "train-classifier" / "manifest.json").read_text())
+    assert m["status"] == "done" and set(m["outputs"]) == {"model", "meta", "metrics"}
+    assert not (run_dir / "train-classifier" / "checkpoints").exists()
+    assert "classifier" in m["config"] and m["config"]["run.seed"] == 0
+
+
+def test_cam_peak_falls_on_the_defect_far_above_chance(trained):
+    """The CAM's peak cell touches the known defect much more often than a random cell would.
+
+    Chance for an image = the fraction of CAM cells that touch its mask. (The issue's target, "most defective
+    images", is not reached yet at this tiny scale: see the closing note.)
+    """
+    from wsss.data.index import read_train_index
+    from wsss.data.torch_data import ImageDataset
+
+    run_dir, cfg = trained
+    model = build_dfc(cfg.classifier, 1, 1)
+    model.load_state_dict(load_file(run_dir / "dfc" / "dfc.safetensors"))
+    model.eval()
+    index = run_dir / "prepare" / "index.csv"
+    rows = [r for r in read_train_index(index) if r.labels]
+    masks = {r.id: r.mask for r in read_eval_index(index)}
+    ds = ImageDataset(rows, ["defect"], (64, 64))
+    hits, chance = 0, 0.0
+    with torch.no_grad():
+        for i, row in enumerate(rows):
+            cam = model(ds[i]["image"][None]).cams[0, 0]
+            st = 64 // cam.shape[0]
+            gt = read_mask(masks[row.id], 1)
+            touched = gt.reshape(cam.shape[0], st, cam.shape[1], st).any(axis=(1, 3))
+            cy, cx = np.unravel_index(int(cam.argmax()), cam.shape)
+            hits += bool(touched[cy, cx])
+            chance += touched.mean()
+    assert hits / len(rows) >= 2 * chance / len(rows), (hits, len(rows), chance)

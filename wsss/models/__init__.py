@@ -1,0 +1,1 @@
+"""Networks: timm backbones and the heads built on them."""

@@ -1,0 +1,37 @@
+"""`train-classifier`: train the Defect Focus Classifier on image-level labels (METHOD.md section 1).
+
+Writes ``dfc.safetensors`` (the best epoch's state_dict), ``dfc.json`` (what rebuilds the model) and
+``metrics.csv``. Checkpoints live in ``checkpoints/`` while the stage runs, so a killed run resumes from its last
+epoch; they are removed when training has finished.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from wsss.config import Config
+from wsss.stages import Stage, register_stage
+
+
+def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    from wsss.train.classifier import META_FILE, METRICS_FILE, MODEL_FILE, ClassifierTrainer
+
+    trainer = ClassifierTrainer(cfg, inputs["prepare"] / "index.csv", out, echo=click.echo)
+    summary = trainer.fit()
+    click.echo(f"best epoch {summary['best_epoch'] + 1}: validation image AP {summary['best_val_ap']:.4f}")
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return {"model": out / MODEL_FILE, "meta": out / META_FILE, "metrics": out / METRICS_FILE}
+
+
+STAGE = register_stage(
+    Stage(
+        name="train-classifier",
+        run=run,
+        sections=("classifier", "run.seed"),
+        inputs=lambda cfg: ("prepare",),
+        help="train the defect focus classifier (CAM head, CLM, GCM) on image-level labels",
+    )
+)

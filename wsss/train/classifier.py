@@ -1,0 +1,302 @@
+"""Training the Defect Focus Classifier (METHOD.md section 1): the work of the `train-classifier` stage.
+
+One step: the batch goes through the DFC (BCE on the LSE-pooled scores, plus CLM's InfoNCE on CAM-weighted
+embeddings); with GCM, crops around each defective image's current CAM peak (random crops for OK images) form a
+second half-batch with the same labels (plus the optional consistency loss). The two halves are two
+forward/backward passes whose gradients accumulate (``no_sync`` on the first under DDP), so the step costs
+about twice a plain one and needs no extra CAM pass.
+
+Every epoch: validation image AP (early stopping on AP, validation loss breaking ties), ``metrics.csv``, and
+a checkpoint (model, optimizer, schedule, counters) from which a killed run resumes exactly: data order,
+augmentation and crop jitter are all seeded by (seed, epoch), so a resumed run repeats the same steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from wsss.cam.gcm import crop_and_resize, crop_boxes
+from wsss.config import ClassifierConfig, Config
+from wsss.data.index import read_dataset_info, read_train_index
+from wsss.data.torch_data import ImageDataset, target_classes
+from wsss.data.transforms import Augment
+from wsss.errors import StageError
+from wsss.metrics import auroc, average_precision
+from wsss.models.backbone import create_backbone, save_state_dict
+from wsss.models.dfc import DFC
+from wsss.progress import progress
+from wsss.train import dist
+from wsss.train.checkpoint import load_checkpoint, save_checkpoint
+from wsss.train.losses import gcm_consistency, supervised_infonce
+from wsss.train.sampling import make_train_sampler, pos_weight
+from wsss.train.schedule import warmup_cosine
+
+MODEL_FILE = "dfc.safetensors"
+META_FILE = "dfc.json"
+METRICS_FILE = "metrics.csv"
+CHECKPOINT = Path("checkpoints") / "last.pt"
+COLUMNS = (
+    "epoch",
+    "lr",
+    "loss",
+    "loss_cls",
+    "loss_clm",
+    "loss_gcm",
+    "val_loss",
+    "val_ap",
+    "val_auroc",
+    "images_per_s",
+    "seconds",
+)
+
+
+def build_dfc(ccfg: ClassifierConfig, num_classes: int, in_chans: int) -> DFC:
+    """A DFC as configured (backbone weights from the configured local file, if any)."""
+    backbone = create_backbone(ccfg.backbone, in_chans)
+    clm_dim = ccfg.clm.dim if ccfg.clm.enabled else 0
+    return DFC(backbone, num_classes, lse_r=ccfg.lse_r, clm_dim=clm_dim, clm_hidden=ccfg.clm.hidden)
+
+
+def model_meta(ccfg: ClassifierConfig, classes: list[str], in_chans: int, stride: int) -> dict[str, Any]:
+    """Everything needed to rebuild the trained DFC from its state_dict (saved as ``dfc.json``)."""
+    backbone = dataclasses.asdict(ccfg.backbone) | {"weights": None, "in_chans": in_chans}
+    return {
+        "backbone": backbone,
+        "classes": classes,
+        "in_chans": in_chans,
+        "stride": stride,
+        "input_size": list(ccfg.input_size),
+        "lse_r": ccfg.lse_r,
+        "clm": {"enabled": ccfg.clm.enabled, "dim": ccfg.clm.dim, "hidden": ccfg.clm.hidden},
+    }
+
+
+class ClassifierTrainer:
+    """Trains one DFC into ``out`` from the index of a finished `prepare` stage."""
+
+    def __init__(self, cfg: Config, index: Path, out: Path, echo: Callable[[str], None] = print):
+        self.cfg, self.ccfg, self.out = cfg, cfg.classifier, Path(out)
+        self.echo = echo if dist.is_main() else (lambda *_: None)
+        self.device = dist.resolve_device(cfg.run.device)
+        info = read_dataset_info(index)
+        self.classes = target_classes(info.classes, self.ccfg.binary)
+        self.in_chans = self.ccfg.backbone.in_chans or info.channels
+        train_rows, val_rows = read_train_index(index, "train"), read_train_index(index, "val")
+        if not train_rows or not any(r.labels for r in train_rows) or all(r.labels for r in train_rows):
+            raise StageError(
+                index,
+                "the train split needs both defective and defect-free images",
+                "check the dataset labels and prepare.split",
+            )
+        size = tuple(self.ccfg.input_size)
+        if len(size) != 2:
+            raise StageError("classifier.input_size", f"expected [H, W], got {list(size)}", "e.g. [128, 128]")
+        common = {
+            "classes": self.classes,
+            "input_size": size,
+            "in_chans": self.in_chans,
+            "seed": cfg.run.seed,
+            "high_bit_depth": cfg.dataset.high_bit_depth,
+        }
+        self.train_set = ImageDataset(train_rows, augment=Augment(self.ccfg.augment), **common)
+        self.val_set = ImageDataset(val_rows, **common) if val_rows else None
+        targets = self.train_set.targets()
+        self.sampler = make_train_sampler(self.ccfg.balance, targets.max(1) > 0, cfg.run.seed)
+        self.pos_weight = pos_weight(targets).to(self.device) if self.ccfg.balance == "pos_weight" else None
+
+        torch.manual_seed(cfg.run.seed)
+        self.model = build_dfc(self.ccfg, len(self.classes), self.in_chans).to(self.device)
+        if self.ccfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = self.model
+        if dist.is_distributed():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.ccfg.lr, weight_decay=self.ccfg.weight_decay
+        )
+        steps = len(self.loader(0))
+        self.scheduler = warmup_cosine(self.optimizer, self.ccfg.warmup_epochs * steps, self.ccfg.epochs * steps)
+        self.amp = self.ccfg.amp and self.device.type == "cuda"
+
+    # ----------------------------------------------------------------------------------------------- data
+    def loader(self, epoch: int) -> DataLoader:
+        self.train_set.set_epoch(epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(self.cfg.run.seed * 100_003 + epoch)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.ccfg.batch_size,
+            sampler=self.sampler,
+            shuffle=self.sampler is None,
+            generator=gen,
+            drop_last=len(self.train_set) > self.ccfg.batch_size,
+            num_workers=self.ccfg.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.ccfg.channels_last else x
+
+    # ----------------------------------------------------------------------------------------------- steps
+    def _half_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], Any]:
+        out = self.net(x)
+        loss_cls = F.binary_cross_entropy_with_logits(out.logits, y, pos_weight=self.pos_weight)
+        loss, parts = loss_cls, {"loss_cls": loss_cls.item(), "loss_clm": 0.0}
+        if self.ccfg.clm.enabled:
+            z_fg, z_bg, z_img = self.model.embeddings(out)
+            loss_clm = supervised_infonce(z_fg, z_bg, z_img, y.max(1).values > 0, self.ccfg.clm.temperature)
+            loss = loss + self.ccfg.clm.weight * loss_clm
+            parts["loss_clm"] = loss_clm.item()
+        return loss, parts, out
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        gcm = self.ccfg.gcm
+        self.optimizer.zero_grad(set_to_none=True)
+        sync_later = self.net.no_sync() if (gcm.enabled and dist.is_distributed()) else contextlib.nullcontext()
+        with sync_later:
+            with autocast:
+                loss, parts, out = self._half_loss(x, y)
+            (loss * (0.5 if gcm.enabled else 1.0)).backward()
+        total, parts["loss_gcm"] = loss.item(), 0.0
+        if gcm.enabled:
+            cams = out.cams.detach().float()
+            boxes = crop_boxes(
+                DFC.defect_map(cams), y.max(1).values > 0, tuple(x.shape[-2:]), gcm.crop_frac, gcm.jitter, gen
+            )
+            with autocast:
+                loss_c, parts_c, out_c = self._half_loss(crop_and_resize(x, boxes), y)
+                if gcm.consistency_weight > 0:
+                    loss_g = gcm_consistency(out_c.cams, cams, boxes, 1.0 / self.model.backbone.stride)
+                    loss_c = loss_c + gcm.consistency_weight * loss_g
+                    parts["loss_gcm"] = loss_g.item()
+            (loss_c * 0.5).backward()
+            total = (total + loss_c.item()) / 2
+            parts = {k: (parts[k] + parts_c.get(k, parts[k])) / 2 if k != "loss_gcm" else parts[k] for k in parts}
+        if self.ccfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.ccfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": total, **parts}
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.net.train()
+        gen = torch.Generator().manual_seed(self.cfg.run.seed * 7919 + epoch)
+        sums: dict[str, float] = {}
+        n_images, t0 = 0, time.perf_counter()
+        loader = self.loader(epoch)
+        for batch in progress(loader, desc=f"epoch {epoch + 1}/{self.ccfg.epochs}", total=len(loader), unit="batch"):
+            x, y = self._to_device(batch["image"]), batch["target"].to(self.device)
+            for k, v in self.train_step(x, y, gen).items():
+                sums[k] = sums.get(k, 0.0) + v * len(x)
+            n_images += len(x)
+        seconds = time.perf_counter() - t0
+        return {k: v / max(1, n_images) for k, v in sums.items()} | {
+            "images_per_s": n_images * dist.world_size() / seconds,
+            "seconds": seconds,
+        }
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Validation loss, image AP and AUROC of the "any defect" score max_k sigmoid(s_k)."""
+        if self.val_set is None:
+            return {"val_loss": float("nan"), "val_ap": float("nan"), "val_auroc": float("nan")}
+        self.net.eval()
+        scores, labels, loss_sum = [], [], 0.0
+        loader = DataLoader(self.val_set, batch_size=self.ccfg.batch_size, num_workers=self.ccfg.workers)
+        for batch in progress(loader, desc="validate", total=len(loader), unit="batch"):
+            x, y = self._to_device(batch["image"]), batch["target"].to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.model(x).logits.float()
+            loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").item() / y.shape[1]
+            scores.append(torch.sigmoid(logits).max(1).values.cpu().numpy())
+            labels.append((y.max(1).values > 0).cpu().numpy())
+        s, lab = np.concatenate(scores), np.concatenate(labels)
+        return {"val_loss": loss_sum / len(s), "val_ap": average_precision(lab, s), "val_auroc": auroc(lab, s)}
+
+    # ----------------------------------------------------------------------------------------------- fit
+    def _state(self, epoch: int, best: list[float], best_epoch: int, bad: int) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "best": best,
+            "best_epoch": best_epoch,
+            "bad_epochs": bad,
+        }
+
+    def fit(self) -> dict[str, Any]:
+        """Train (resuming from ``out/checkpoints/last.pt`` if present); returns a summary."""
+        start, best, best_epoch, bad, rows = 0, [-1.0, float("-inf")], -1, 0, []
+        state = load_checkpoint(self.out / CHECKPOINT)
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            start, best, best_epoch, bad = state["epoch"] + 1, state["best"], state["best_epoch"], state["bad_epochs"]
+            rows = [r for r in _read_metrics(self.out / METRICS_FILE) if int(r["epoch"]) < start]
+            self.echo(f"resuming after epoch {start}")
+        meta = model_meta(self.ccfg, self.classes, self.in_chans, self.model.backbone.stride)
+        for epoch in range(start, self.ccfg.epochs):
+            lr = self.optimizer.param_groups[0]["lr"]
+            row = {"epoch": epoch, "lr": lr} | self.train_epoch(epoch) | self.validate()
+            rows.append(row)
+            key = [row["val_ap"], -row["val_loss"]] if self.val_set is not None else [float(epoch), 0.0]
+            if key > best:
+                best, best_epoch, bad = key, epoch, 0
+                if dist.is_main():
+                    save_state_dict(self.model, self.out / MODEL_FILE)
+                    _write_json(self.out / META_FILE, meta | {"epoch": epoch})
+            else:
+                bad += 1
+            if dist.is_main():
+                _write_metrics(self.out / METRICS_FILE, rows)
+                save_checkpoint(self.out / CHECKPOINT, self._state(epoch, best, best_epoch, bad))
+            self.echo(
+                f"epoch {epoch + 1}/{self.ccfg.epochs}: loss {row['loss']:.4f}  val AP {row['val_ap']:.4f}  "
+                f"AUROC {row['val_auroc']:.4f}  (best epoch {best_epoch + 1})  {row['images_per_s']:.1f} img/s"
+            )
+            if self.val_set is not None and bad >= self.ccfg.patience:
+                self.echo(f"early stop: no better validation AP for {bad} epochs")
+                break
+            dist.barrier()
+        return {"best_epoch": best_epoch, "best_val_ap": best[0], "epochs_run": len(rows)}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) if k != "epoch" else int(v) for k, v in r.items()} for r in csv.DictReader(f)]
