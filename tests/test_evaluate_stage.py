@@ -96,7 +96,14 @@ def test_demo_runs_every_stage(tmp_path: Path):
         "dataset.synthetic.n_ok=8",
         "--set",
         "dataset.synthetic.n_defect=8",
+        "--set",
+        "classifier.backbone.name=test_resnet",
+        "--set",
+        "classifier.epochs=1",
+        "--set",
+        "classifier.input_size=[64, 64]",
     )
     assert r.exit_code == 0, r.output
-    assert "prepare: done" in r.output and "| train |" in r.output
-    assert (tmp_path / "demo" / "prepare" / "manifest.json").is_file()
+    assert "prepare: done" in r.output and "| train |" in r.output and "train-classifier: done" in r.output
+    for stage in ("prepare", "train-classifier"):
+        assert (tmp_path / "demo" / stage / "manifest.json").is_file()
