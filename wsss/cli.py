@@ -85,7 +85,7 @@ def stages() -> None:
 
     click.echo("Stages:")
     for s in load_stages().values():
-        reads = ", ".join(s.inputs(Config())) if s.name != "evaluate" else "prepare, a mask-writing stage"
+        reads = s.reads or ", ".join(s.inputs(Config()))
         click.echo(f"  {s.name:<18} {s.help}" + (f"  [reads: {reads}]" if reads else ""))
     click.echo("Pipelines:")
     for name in available():

@@ -14,6 +14,7 @@ Every stage's section lives here, so that one place lists every knob and its def
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -206,14 +207,11 @@ def _coerce(value: Any, tp: Any, where: str, meta: typing.Mapping[str, Any]) -> 
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
-            try:
+            with contextlib.suppress(ConfigError):
                 return _coerce(value, a, where, meta)
-            except ConfigError as e:
-                errors.append(e)
         raise ConfigError(where, f"expected {_type_name(tp)}, got {value!r}", "fix the value's type")
     if origin is list:
         (item,) = typing.get_args(tp)

@@ -10,10 +10,11 @@ import csv
 import io
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from wsss.atomic import atomic_write_text
 
 WORST_SHOWN = 10  # report.md lists this many defective images with the lowest IoU
 
@@ -194,15 +195,6 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_report(report: EvalReport, out_dir: Path) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and ``per_image.csv`` into ``out_dir``, each atomically."""
     out_dir = Path(out_dir)
@@ -215,5 +207,5 @@ def write_report(report: EvalReport, out_dir: Path) -> dict[str, Path]:
     paths = {}
     for name, text in texts.items():
         paths[name] = out_dir / name
-        _write_atomic(paths[name], text)
+        atomic_write_text(paths[name], text)
     return paths

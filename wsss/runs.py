@@ -32,6 +32,7 @@ from typing import Any
 import click
 
 from wsss import __version__
+from wsss.atomic import atomic_write_text, write_json
 from wsss.config import Config, dump_yaml, section_dict, section_hash
 from wsss.errors import StageError
 from wsss.stages import Stage, get_stage
@@ -41,20 +42,6 @@ PACKAGES = ("torch", "torchvision", "timm", "numpy", "opencv-python-headless", "
 
 
 # ------------------------------------------------------------------------------------------------ file helpers
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-
-
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
     p = stage_dir / MANIFEST
     if not p.is_file():

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch
 from timm.models import adapt_input_conv
 from torch import Tensor, nn
 
+from wsss.atomic import atomic_path
 from wsss.config import BackboneConfig
 from wsss.errors import ConfigError
 
@@ -250,16 +249,9 @@ def save_state_dict(module: nn.Module | Mapping[str, Tensor], path: str | Path) 
         raise ValueError(f"{path}: unsupported suffix; use one of {', '.join(_SUFFIXES)}")
     sd = module.state_dict() if isinstance(module, nn.Module) else module
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}  # clone: safetensors refuses shared storage
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix.lower() == ".safetensors":
             safetensors.torch.save_file(sd, tmp)
         else:
             torch.save(sd, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +42,7 @@ class Stage:
         inputs: upstream stage names it reads, as a function of the config.
         external: files or folders outside the run it reads (fingerprinted for staleness).
         writes_masks: True if it writes ``masks/<id>.png`` that ``evaluate`` can score.
+        reads: what ``wsss stages`` shows as its inputs when they depend on the config (default: ``inputs``).
     """
 
     name: str
@@ -51,7 +52,7 @@ class Stage:
     inputs: Callable[[Config], tuple[str, ...]] = _no_inputs
     external: Callable[[Config], list[Path]] = _no_external
     writes_masks: bool = False
-    tags: tuple[str, ...] = field(default_factory=tuple)
+    reads: str = ""
 
 
 STAGES: dict[str, Stage] = {}

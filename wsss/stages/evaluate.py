@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
+
 from wsss.config import Config, EvaluateConfig
 from wsss.errors import ConfigError
+from wsss.eval_report import pct
 from wsss.stages import STAGES, Stage, register_stage
 
 
@@ -80,7 +83,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         cfg.evaluate,
         out,
     )
-    print(report.to_markdown())
+    click.echo(f"evaluate: mIoU_def {pct(report.miou_def)}, image AP {pct(report.ap)} ({out / 'report.md'})")
     return {"report": out / "report.json", "summary": out / "report.md", "per_image": out / "per_image.csv"}
 
 
@@ -90,6 +93,7 @@ STAGE = register_stage(
         run=run,
         sections=("evaluate",),
         inputs=_inputs,
+        reads="prepare, a mask-writing stage",
         help="score a stage's masks against ground truth (image AP/AUROC, mIoU_def, Seg_mIoU, Seg_Recall)",
     )
 )

@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from wsss.atomic import atomic_path, write_json
 from wsss.cam.gcm import crop_and_resize, crop_boxes
 from wsss.config import ClassifierConfig, Config
 from wsss.data.index import read_dataset_info, read_train_index
@@ -188,7 +187,8 @@ class ClassifierTrainer:
                     parts["loss_gcm"] = loss_g.item()
             (loss_c * 0.5).backward()
             total = (total + loss_c.item()) / 2
-            parts = {k: (parts[k] + parts_c.get(k, parts[k])) / 2 if k != "loss_gcm" else parts[k] for k in parts}
+            for k in ("loss_cls", "loss_clm"):  # mean over the two half-batches
+                parts[k] = (parts[k] + parts_c[k]) / 2
         if self.ccfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.ccfg.grad_clip)
         self.optimizer.step()
@@ -263,7 +263,7 @@ class ClassifierTrainer:
                 best, best_epoch, bad = key, epoch, 0
                 if dist.is_main():
                     save_state_dict(self.model, self.out / MODEL_FILE)
-                    _write_json(self.out / META_FILE, meta | {"epoch": epoch})
+                    write_json(self.out / META_FILE, meta | {"epoch": epoch})
             else:
                 bad += 1
             if dist.is_main():
@@ -280,19 +280,11 @@ class ClassifierTrainer:
         return {"best_epoch": best_epoch, "best_val_ap": best[0], "epochs_run": len(rows)}
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
