@@ -6,12 +6,23 @@ The CLM projection head embeds CAM-weighted foreground and background features f
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from wsss.config import BackboneConfig, ClassifierConfig
+from wsss.errors import StageError
+from wsss.models.backbone import create_backbone, load_state_dict_file
+
+MODEL_FILE = "dfc.safetensors"  # the trained DFC's state_dict
+META_FILE = "dfc.json"  # what rebuilds it (model_meta)
 
 
 def lse_pool(maps: torch.Tensor, r: float) -> torch.Tensor:
@@ -90,3 +101,48 @@ class DFC(nn.Module):
         fg = (a * f).sum((2, 3)) / (a.sum((2, 3)) + eps)
         bg = ((1 - a) * f).sum((2, 3)) / ((1 - a).sum((2, 3)) + eps)
         return self.projection(fg), self.projection(bg), self.projection(f.mean((2, 3)))
+
+
+# --------------------------------------------------------------------------------------------- build and load
+def build_dfc(ccfg: ClassifierConfig, num_classes: int, in_chans: int) -> DFC:
+    """A DFC as configured (backbone weights from the configured local file, if any)."""
+    backbone = create_backbone(ccfg.backbone, in_chans)
+    clm_dim = ccfg.clm.dim if ccfg.clm.enabled else 0
+    return DFC(backbone, num_classes, lse_r=ccfg.lse_r, clm_dim=clm_dim, clm_hidden=ccfg.clm.hidden)
+
+
+def model_meta(ccfg: ClassifierConfig, classes: list[str], in_chans: int, stride: int) -> dict[str, Any]:
+    """Everything needed to rebuild the trained DFC from its state_dict (saved as ``dfc.json``)."""
+    backbone = dataclasses.asdict(ccfg.backbone) | {"weights": None, "in_chans": in_chans}
+    return {
+        "backbone": backbone,
+        "classes": classes,
+        "in_chans": in_chans,
+        "stride": stride,
+        "input_size": list(ccfg.input_size),
+        "lse_r": ccfg.lse_r,
+        "clm": {"enabled": ccfg.clm.enabled, "dim": ccfg.clm.dim, "hidden": ccfg.clm.hidden},
+    }
+
+
+def load_dfc(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[DFC, dict[str, Any]]:
+    """The trained DFC in ``model_dir`` (``dfc.safetensors`` + ``dfc.json``), in eval mode, and its meta."""
+    model_dir = Path(model_dir)
+    meta_path = model_dir / META_FILE
+    fix = "re-run `wsss run-stage train-classifier --force`"
+    try:
+        meta = json.loads(meta_path.read_text())
+        bcfg = BackboneConfig(**meta["backbone"])
+        clm = meta["clm"]
+        backbone = create_backbone(bcfg, int(meta["in_chans"]))
+        model = DFC(
+            backbone, len(meta["classes"]), float(meta["lse_r"]), clm["dim"] if clm["enabled"] else 0, clm["hidden"]
+        )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StageError(meta_path, f"cannot rebuild the classifier: {type(e).__name__}: {e}", fix) from e
+    state = load_state_dict_file(model_dir / MODEL_FILE, str(model_dir / MODEL_FILE))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        what = f"weights do not match {META_FILE}: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        raise StageError(model_dir / MODEL_FILE, what, fix)
+    return model.to(device).eval(), meta

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,14 +27,14 @@ from torch.utils.data import DataLoader
 
 from wsss.atomic import atomic_path, write_json
 from wsss.cam.gcm import crop_and_resize, crop_boxes
-from wsss.config import ClassifierConfig, Config
+from wsss.config import Config
 from wsss.data.index import read_dataset_info, read_train_index
 from wsss.data.torch_data import ImageDataset, target_classes
 from wsss.data.transforms import Augment
 from wsss.errors import StageError
 from wsss.metrics import auroc, average_precision
-from wsss.models.backbone import create_backbone, save_state_dict
-from wsss.models.dfc import DFC
+from wsss.models.backbone import save_state_dict
+from wsss.models.dfc import DFC, META_FILE, MODEL_FILE, build_dfc, model_meta
 from wsss.progress import progress
 from wsss.train import dist
 from wsss.train.checkpoint import load_checkpoint, save_checkpoint
@@ -43,8 +42,6 @@ from wsss.train.losses import gcm_consistency, supervised_infonce
 from wsss.train.sampling import make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
 
-MODEL_FILE = "dfc.safetensors"
-META_FILE = "dfc.json"
 METRICS_FILE = "metrics.csv"
 CHECKPOINT = Path("checkpoints") / "last.pt"
 COLUMNS = (
@@ -60,27 +57,6 @@ COLUMNS = (
     "images_per_s",
     "seconds",
 )
-
-
-def build_dfc(ccfg: ClassifierConfig, num_classes: int, in_chans: int) -> DFC:
-    """A DFC as configured (backbone weights from the configured local file, if any)."""
-    backbone = create_backbone(ccfg.backbone, in_chans)
-    clm_dim = ccfg.clm.dim if ccfg.clm.enabled else 0
-    return DFC(backbone, num_classes, lse_r=ccfg.lse_r, clm_dim=clm_dim, clm_hidden=ccfg.clm.hidden)
-
-
-def model_meta(ccfg: ClassifierConfig, classes: list[str], in_chans: int, stride: int) -> dict[str, Any]:
-    """Everything needed to rebuild the trained DFC from its state_dict (saved as ``dfc.json``)."""
-    backbone = dataclasses.asdict(ccfg.backbone) | {"weights": None, "in_chans": in_chans}
-    return {
-        "backbone": backbone,
-        "classes": classes,
-        "in_chans": in_chans,
-        "stride": stride,
-        "input_size": list(ccfg.input_size),
-        "lse_r": ccfg.lse_r,
-        "clm": {"enabled": ccfg.clm.enabled, "dim": ccfg.clm.dim, "hidden": ccfg.clm.hidden},
-    }
 
 
 class ClassifierTrainer:
@@ -212,23 +188,21 @@ class ClassifierTrainer:
             "seconds": seconds,
         }
 
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Validation loss, image AP and AUROC of the "any defect" score max_k sigmoid(s_k)."""
         if self.val_set is None:
             return {"val_loss": float("nan"), "val_ap": float("nan"), "val_auroc": float("nan")}
         self.net.eval()
-        scores, labels, loss_sum = [], [], 0.0
-        loader = DataLoader(self.val_set, batch_size=self.ccfg.batch_size, num_workers=self.ccfg.workers)
-        for batch in progress(loader, desc="validate", total=len(loader), unit="batch"):
-            x, y = self._to_device(batch["image"]), batch["target"].to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = self.model(x).logits.float()
-            loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").item() / y.shape[1]
-            scores.append(torch.sigmoid(logits).max(1).values.cpu().numpy())
-            labels.append((y.max(1).values > 0).cpu().numpy())
-        s, lab = np.concatenate(scores), np.concatenate(labels)
-        return {"val_loss": loss_sum / len(s), "val_ap": average_precision(lab, s), "val_auroc": auroc(lab, s)}
+        s, lab, loss = score_dataset(
+            self.model,
+            self.val_set,
+            self.device,
+            self.ccfg.batch_size,
+            self.amp,
+            self.ccfg.channels_last,
+            self.ccfg.workers,
+        )
+        return {"val_loss": loss, "val_ap": average_precision(lab, s), "val_auroc": auroc(lab, s)}
 
     # ----------------------------------------------------------------------------------------------- fit
     def _state(self, epoch: int, best: list[float], best_epoch: int, bad: int) -> dict[str, Any]:
@@ -278,6 +252,33 @@ class ClassifierTrainer:
                 break
             dist.barrier()
         return {"best_epoch": best_epoch, "best_val_ap": best[0], "epochs_run": len(rows)}
+
+
+@torch.no_grad()
+def score_dataset(
+    model: DFC,
+    dataset: ImageDataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+    amp: bool = False,
+    channels_last: bool = False,
+    workers: int = 0,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Sample scores max_k sigmoid(s_k), binary labels and the mean BCE of ``model`` (in eval mode) on ``dataset``."""
+    device = torch.device(device)
+    scores, labels, loss_sum = [], [], 0.0
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    for batch in progress(loader, desc="score", total=len(loader), unit="batch"):
+        x, y = batch["image"].to(device), batch["target"].to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x).logits.float()
+        loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").item() / y.shape[1]
+        scores.append(torch.sigmoid(logits).max(1).values.cpu().numpy())
+        labels.append((y.max(1).values > 0).cpu().numpy())
+    s, lab = np.concatenate(scores), np.concatenate(labels)
+    return s, lab, loss_sum / max(1, len(s))
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
