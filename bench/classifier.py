@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--datasets", default="mtd,ksdd")
     p.add_argument("--variants", default="plain,clm,gcm,both")
     p.add_argument("--ksdd-folds", default=None, help="comma list of KSDD folds (default: 0 on CPU, 0,1,2 with --full)")
-    p.add_argument("--epochs", type=int, default=None, help="default 15 (40 with --full)")
+    p.add_argument("--epochs", type=int, default=None, help="default 12 (40 with --full)")
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--device", default="cpu")
     p.add_argument("--full", action="store_true", help="full resolution (for a GPU)")
@@ -61,6 +61,7 @@ def test_scores(stage_dir: Path, index: Path, device: str) -> tuple[float, float
     model, meta = load_dfc(stage_dir, device)
     rows = read_train_index(index, "test")
     ds = ImageDataset(rows, classes=meta["classes"], input_size=meta["input_size"], in_chans=meta["in_chans"])
+    ds.preload()
     s, lab, _ = score_dataset(model, ds, device)
     return average_precision(lab, s), auroc(lab, s), len(lab), int(lab.sum())
 
@@ -79,7 +80,7 @@ def epoch_seconds(metrics_csv: Path) -> tuple[float, float, int]:
 
 def run_one(args, dataset: str, fold: int | None, variant: str) -> dict:
     size = SIZES[dataset][1 if args.full else 0]
-    epochs = args.epochs or (40 if args.full else 15)
+    epochs = args.epochs or (40 if args.full else 12)
     overrides = [
         f"dataset.root={args.data / dataset}",
         f"classifier.backbone.name={args.backbone}",

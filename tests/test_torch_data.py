@@ -130,3 +130,17 @@ def test_eval_rows_refused_and_read_errors_name_the_file(index, tmp_path):
     row = replace(read_train_index(index)[0], path=bad)
     with pytest.raises(DataError, match="broken.png"):
         ImageDataset([row], ["defect"], (32, 32))[0]
+
+
+def test_preload_changes_nothing_but_speed(index):
+    rows = read_train_index(index)[:6]
+    plain = ImageDataset(rows, ["defect"], (24, 40), augment=Augment(STRONG), seed=3)
+    cached = ImageDataset(rows, ["defect"], (24, 40), augment=Augment(STRONG), seed=3)
+    assert cached.cache_bytes() == 6 * 24 * 40
+    cached.preload(threads=2)
+    for ds in (plain, cached):
+        ds.set_epoch(2)
+    for i in range(len(rows)):
+        assert torch.equal(plain[i]["image"], cached[i]["image"])
+    cached.rows[0] = replace(rows[0], path=Path("/nonexistent.png"))  # served from memory now
+    assert torch.equal(cached[0]["image"], plain[0]["image"])

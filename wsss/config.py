@@ -165,6 +165,7 @@ class ClassifierConfig:
     amp: bool = False  # bf16 autocast (GPU)
     channels_last: bool = False
     workers: int = 0  # DataLoader worker processes
+    cache_mb: int = 2048  # keep the resized train/val images in memory when they fit in this many MiB; 0 = off
 
 
 @dataclass

@@ -88,6 +88,10 @@ class ClassifierTrainer:
         }
         self.train_set = ImageDataset(train_rows, augment=Augment(self.ccfg.augment), **common)
         self.val_set = ImageDataset(val_rows, **common) if val_rows else None
+        datasets = [d for d in (self.train_set, self.val_set) if d is not None]
+        if sum(d.cache_bytes() for d in datasets) <= self.ccfg.cache_mb * 2**20:
+            for d in datasets:
+                d.preload(threads=max(2, self.ccfg.workers))
         targets = self.train_set.targets()
         self.sampler = make_train_sampler(self.ccfg.balance, targets.max(1) > 0, cfg.run.seed)
         self.pos_weight = pos_weight(targets).to(self.device) if self.ccfg.balance == "pos_weight" else None
