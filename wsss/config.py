@@ -169,6 +169,79 @@ class ClassifierConfig:
 
 
 @dataclass
+class IEMConfig:
+    """Inpainting extension module (METHOD.md 3): erase the CAM's peak region, look again, keep what lights up."""
+
+    enabled: bool = True
+    rounds: int = 3  # T: at most this many erase-and-look-again rounds
+    theta_peak: float = 0.5  # R_t = pixels where the current CAM >= theta_peak * max(CAM)
+    dilation: float = 0.02  # R_t is dilated by this fraction of the image's shorter side before inpainting
+    tau_stop: float = 0.5  # stop when the inpainted image's sample score falls below this (the defect is gone)
+    method: str = _choices("telea", "ns", default="telea")  # cv2.inpaint: Telea or Navier-Stokes
+    radius: int = 5  # cv2.inpaint neighbourhood radius, pixels
+
+
+@dataclass
+class CamConfig:
+    """`cam`: CAMs from the trained DFC with test-time augmentation, normalised, gated, extended by IEM."""
+
+    scales: list[float] = field(default_factory=lambda: [0.75, 1.0, 1.5])  # x classifier.input_size
+    flips: bool = True  # also horizontally and vertically flipped views
+    tile_size: list[int] = field(default_factory=lambda: [0, 0])  # [H, W] windows (original pixels); 0 = off
+    tile_overlap: float = 0.25  # overlap of neighbouring windows, fraction of the window
+    norm_percentile: float = 50.0  # dataset scale: this percentile of the CAM peaks of defective training images
+    score_threshold: float = 0.5  # images whose sample score is below get an all-zero CAM (called OK)
+    iem: IEMConfig = field(default_factory=IEMConfig)
+    batch_size: int = 8  # images per forward batch (every view of each)
+
+
+@dataclass
+class CRFConfig:
+    """Dense CRF (pydensecrf2 DenseCRF2D) parameters: Gaussian (smoothness) and bilateral (appearance) kernels."""
+
+    iterations: int = 10
+    gauss_sxy: float = 3.0
+    gauss_compat: float = 3.0
+    bilateral_sxy: float = 50.0
+    bilateral_srgb: float = 13.0
+    bilateral_compat: float = 10.0
+
+
+@dataclass
+class PseudoConfig:
+    """`pseudo-labels`: refine the extended CAMs into masks (0 background, k class k, 255 ignore)."""
+
+    method: str = _choices("crf", "threshold", default="crf")  # threshold: argmax of [bg_prior, CAM] only
+    bg_prior: float = 0.4  # background score against the normalised CAM (the CAM level where defect = background)
+    crf: CRFConfig = field(default_factory=CRFConfig)
+    confidence: float = 0.7  # pixels whose winning probability is below this become 255 (ignore)
+    ignore_band: int = 2  # pixels on each side of a defect boundary also become 255; 0 = off
+    workers: int = 0  # processes for the CRF; 0 = every available core
+
+
+@dataclass
+class RetrainConfig:
+    """`retrain`: additional training rounds (METHOD.md 5) of a segmenter on the pseudo-masks."""
+
+    rounds: int = 1
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(output_stride=32))
+    input_size: list[int] = field(default_factory=lambda: [128, 128])  # H, W
+    decoder_channels: int = 64
+    epochs: int = 15
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    dice_weight: float = 1.0  # segmentation loss = CE + dice_weight * Dice (ignore pixels excluded)
+    cls_weight: float = 0.5  # + cls_weight * image-level BCE on the classification head
+    fuse_weight: float = 0.5  # fused map = fuse_weight * segmenter probability + (1 - fuse_weight) * extended CAM
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    amp: bool = False
+    channels_last: bool = False
+    workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
 class EvaluateConfig:
     """`evaluate`: METHOD.md section 8 metrics of a masks folder against ground truth."""
 
@@ -187,6 +260,9 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -367,6 +443,40 @@ def validate(cfg: Config) -> None:
             f"dataset kind {cfg.dataset.kind!r} needs a root",
             "set dataset.root in the config or with --set dataset.root=PATH",
         )
+    _check_ranges(cfg)
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Numeric fields that only make sense in a range: named, with the range, before any stage starts."""
+    checks = [
+        ("cam.scales", all(x > 0 for x in cfg.cam.scales) and bool(cfg.cam.scales), "positive factors, e.g. [1.0]"),
+        ("cam.tile_size", len(cfg.cam.tile_size) == 2 and min(cfg.cam.tile_size) >= 0, "[H, W] >= 0 ([0, 0] = off)"),
+        ("cam.tile_overlap", 0 <= cfg.cam.tile_overlap < 1, "a fraction in [0, 1)"),
+        ("cam.norm_percentile", 0 < cfg.cam.norm_percentile <= 100, "a percentile in (0, 100]"),
+        ("cam.score_threshold", 0 <= cfg.cam.score_threshold <= 1, "a probability in [0, 1]"),
+        ("cam.iem.rounds", cfg.cam.iem.rounds >= 1, "at least 1 (or cam.iem.enabled=false)"),
+        ("cam.iem.theta_peak", 0 < cfg.cam.iem.theta_peak <= 1, "a fraction in (0, 1]"),
+        ("cam.iem.dilation", 0 <= cfg.cam.iem.dilation < 0.5, "a fraction of the shorter side in [0, 0.5)"),
+        ("cam.iem.tau_stop", 0 <= cfg.cam.iem.tau_stop <= 1, "a probability in [0, 1]"),
+        ("pseudo.bg_prior", 0 < cfg.pseudo.bg_prior < 1, "a value in (0, 1)"),
+        ("pseudo.confidence", 0 <= cfg.pseudo.confidence <= 1, "a probability in [0, 1] (0 = no ignore pixels)"),
+        ("pseudo.ignore_band", cfg.pseudo.ignore_band >= 0, "pixels >= 0"),
+        ("pseudo.crf.iterations", cfg.pseudo.crf.iterations >= 1, "at least 1"),
+        ("pseudo.workers", cfg.pseudo.workers >= 0, "0 (every core) or a process count"),
+        ("retrain.rounds", cfg.retrain.rounds >= 1, "at least 1"),
+        ("retrain.fuse_weight", 0 <= cfg.retrain.fuse_weight <= 1, "a weight in [0, 1]"),
+    ]
+    for key, ok, fix in checks:
+        if not ok:
+            raise ConfigError(key, f"invalid value {section_value(cfg, key)!r}", fix)
+
+
+def section_value(cfg: Config, key: str) -> Any:
+    """The value at a dotted key such as ``cam.iem.rounds``."""
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def section_dict(cfg: Config, sections: tuple[str, ...]) -> dict[str, Any]:

@@ -141,8 +141,20 @@ def load_dfc(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StageError(meta_path, f"cannot rebuild the classifier: {type(e).__name__}: {e}", fix) from e
     state = load_state_dict_file(model_dir / MODEL_FILE, str(model_dir / MODEL_FILE))
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        what = f"weights do not match {META_FILE}: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
-        raise StageError(model_dir / MODEL_FILE, what, fix)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = [
+            f"{n} {keys[:4]}"
+            for n, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched))
+            if keys
+        ]
+        raise StageError(model_dir / MODEL_FILE, f"weights do not match {META_FILE}: " + "; ".join(parts), fix)
+    model.load_state_dict(state)
     return model.to(device).eval(), meta

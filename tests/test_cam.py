@@ -1,0 +1,234 @@
+"""CAM extraction (TTA, tiling), IEM and the `cam` stage on tiny synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY
+from torch import nn
+
+from wsss.cam.extract import CamExtractor, windows
+from wsss.cam.iem import extend_cams
+from wsss.cam.io import read_cam, write_cam
+from wsss.config import CamConfig, IEMConfig, load_config
+from wsss.data.images import read_image
+from wsss.data.index import read_train_index
+from wsss.errors import DataError, StageError
+from wsss.runs import Run
+from wsss.stages.cam import run as cam_stage
+
+
+class DarknessDFC(nn.Module):
+    """A hand-made, non-local "classifier": its CAM is local darkness minus 60% of the image's darkest response.
+
+    Like a trained CNN whose evidence competes across the image, it lights up only the darkest part of a defect;
+    the score says whether anything is clearly darker than the texture.
+    """
+
+    num_classes = 1
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = SimpleNamespace(stride=4)
+
+    def forward(self, x: torch.Tensor):
+        d = F.avg_pool2d(torch.relu(-x), 4)  # darkness (to_tensor maps mid-gray to 0)
+        peak = d.amax(dim=(2, 3), keepdim=True)
+        cams = 8 * (d - 0.6 * peak)
+        logits = 20 * (peak.flatten(1) - 0.2)
+        return SimpleNamespace(cams=cams, logits=logits)
+
+
+def _scratch_image(size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """Mid-gray noisy texture with a long horizontal scratch whose darkness fades along its length."""
+    rng = np.random.default_rng(0)
+    img = np.clip(128 + rng.normal(0, 3, (size, size)), 0, 255)
+    mask = np.zeros((size, size), bool)
+    for x in range(8, size - 8):
+        depth = 110 - 70 * (x - 8) / (size - 16)  # 110 levels darker at the left end, 40 at the right
+        img[46:50, x] -= depth
+        mask[46:50, x] = True
+    return np.clip(img, 0, 255).astype(np.uint8), mask
+
+
+def test_windows_cover_the_image_without_leaving_it():
+    for shape, tile in [((100, 260), (64, 64)), ((50, 50), (0, 0)), ((64, 30), (64, 64)), ((130, 70), (40, 0))]:
+        wins = windows(shape, tile, 0.25)
+        cover = np.zeros(shape, int)
+        for w in wins:
+            assert 0 <= w.y0 < w.y1 <= shape[0] and 0 <= w.x0 < w.x1 <= shape[1]
+            cover[w.y0 : w.y1, w.x0 : w.x1] += 1
+        assert cover.min() >= 1
+    assert len(windows((100, 260), (64, 64), 0.25)) > 1
+    assert windows((50, 50), (0, 0), 0.25) == windows((50, 50), (80, 80), 0.25)
+
+
+def test_extractor_returns_maps_at_original_size_and_flip_averages():
+    img, mask = _scratch_image()
+    ext = CamExtractor(DarknessDFC(), (64, 64), 1, CamConfig(scales=[1.0, 1.5]), "cpu")
+    cams, scores = ext([img, img[:80, :50]])
+    assert cams[0].shape == (1, 96, 96) and cams[1].shape == (1, 80, 50)
+    assert scores.shape == (2, 1) and np.all((scores >= 0) & (scores <= 1))
+    assert cams[0].min() >= 0 and cams[0][0][mask].mean() > 5 * cams[0][0][~mask].mean()
+    # a horizontally mirrored image gives the mirrored CAM (flip TTA is symmetric)
+    mirrored, _ = ext([img[:, ::-1].copy()])
+    np.testing.assert_allclose(mirrored[0][0], cams[0][0][:, ::-1], atol=1e-4)
+    # tiling with windows as large as the image changes nothing
+    tiled = CamExtractor(DarknessDFC(), (64, 64), 1, CamConfig(scales=[1.0, 1.5], tile_size=[96, 96]), "cpu")
+    np.testing.assert_allclose(tiled([img])[0][0], cams[0], atol=1e-5)
+    # real tiles: still full size, the scratch still found
+    tiled = CamExtractor(DarknessDFC(), (32, 32), 1, CamConfig(scales=[1.0], tile_size=[48, 48]), "cpu")
+    cam = tiled([img])[0][0][0]
+    assert cam.shape == (96, 96) and cam[mask].mean() > 3 * cam[~mask].mean()
+
+
+def test_iem_grows_coverage_of_a_long_scratch():
+    img, mask = _scratch_image()
+    ext = CamExtractor(DarknessDFC(), (96, 96), 1, CamConfig(scales=[1.0], flips=False), "cpu")
+    cams, scores = ext([img])
+    assert scores[0, 0] > 0.5
+    level = 0.5 * cams[0].max()
+    plain = (cams[0][0] >= level)[mask].mean()
+    cfg = IEMConfig(rounds=4, theta_peak=0.5, dilation=0.03, tau_stop=0.5)
+    extended, rounds = extend_cams(ext, [img], cams, [True], cfg)
+    grown = (extended[0][0] >= level)[mask].mean()
+    assert rounds[0] >= 1
+    assert grown > plain + 0.15, (plain, grown)
+    assert np.all(extended[0] >= cams[0] - 1e-6)  # IEM only adds
+    # an image that is not active is left alone
+    same, none = extend_cams(ext, [img], cams, [False], cfg)
+    assert none == [0] and np.array_equal(same[0], cams[0])
+
+
+def test_iem_stops_when_the_defect_is_gone():
+    img = np.full((96, 96), 128, np.uint8)
+    img[40:52, 40:52] = 20  # one compact pit: round 1 erases all of it
+    ext = CamExtractor(DarknessDFC(), (96, 96), 1, CamConfig(scales=[1.0], flips=False), "cpu")
+    cams, scores = ext([img])
+    assert scores[0, 0] > 0.9
+    _, rounds = extend_cams(ext, [img], cams, [True], IEMConfig(rounds=5, theta_peak=0.5, dilation=0.05))
+    assert rounds == [0]
+
+
+def test_cam_files_roundtrip_and_bad_files_name_themselves(tmp_path: Path):
+    cam = np.random.default_rng(0).random((2, 7, 5)).astype(np.float32)
+    path = write_cam(tmp_path / "a.npz", cam)
+    np.testing.assert_allclose(read_cam(path, (7, 5), 2), cam, atol=1e-3)
+    with pytest.raises(DataError, match="b.npz.*missing"):
+        read_cam(tmp_path / "b.npz")
+    (tmp_path / "c.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="c.npz.*corrupt"):
+        read_cam(tmp_path / "c.npz")
+    with pytest.raises(DataError, match="a.npz.*image is"):
+        read_cam(path, (8, 5))
+    with pytest.raises(DataError, match="a.npz.*2 class maps, expected 1"):
+        read_cam(path, classes=1)
+
+
+TINY_DFC = [
+    "classifier.backbone.name=test_resnet",
+    "classifier.input_size=[64, 64]",
+    "classifier.epochs=3",
+    "classifier.batch_size=8",
+    "classifier.clm.dim=16",
+    "classifier.clm.hidden=32",
+    "cam.scales=[1.0]",
+    "cam.score_threshold=0.3",
+    "cam.iem.rounds=2",
+    "cam.iem.tau_stop=0.3",
+    "run.device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def cam_run(prepared_run: Path, tmp_path_factory) -> tuple[Path, object]:
+    """A tiny DFC trained for 3 epochs on the shared prepared run (a copy of it), and its `cam` stage."""
+    run_dir = tmp_path_factory.mktemp("camrun")
+    shutil.copytree(prepared_run / "prepare", run_dir / "prepare")
+    cfg = load_config(None, [*[f"dataset.synthetic.{k}={v}" for k, v in TINY.items()], *TINY_DFC])
+    run = Run(run_dir, cfg, echo=lambda *_: None)
+    run.run_stage("train-classifier")
+    run.run_stage("cam")
+    return run_dir, cfg
+
+
+def test_cam_stage_outputs(cam_run):
+    run_dir, cfg = cam_run
+    out = run_dir / "cam"
+    meta = json.loads((out / "cam.json").read_text())
+    assert meta["classes"] == ["defect"] and meta["scale"] > 0
+    rows = read_train_index(run_dir / "prepare" / "index.csv")
+    with open(out / "scores.csv") as f:
+        scores = {r["id"]: r for r in csv.DictReader(f)}
+    assert set(scores) == {r.id for r in rows}
+    assert set(next(iter(scores.values()))) == {"id", "score", "iem_rounds", "peak"}
+    assert not (out / "raw").exists() and not (out / "rows.jsonl").exists()
+    peaks_at_one = 0
+    for r in rows:
+        cam = read_cam(out / "cams" / f"{r.id}.npz", read_image(r.path).shape[:2], 1)
+        assert cam.min() >= 0 and cam.max() <= 1
+        s = float(scores[r.id]["score"])
+        if s < cfg.cam.score_threshold:
+            assert cam.max() == 0 and scores[r.id]["iem_rounds"] == "0"  # called OK: empty, no IEM
+        peaks_at_one += bool(np.isclose(cam.max(), 1.0, atol=1e-3))
+    assert peaks_at_one < len(rows)  # a dataset-level scale, not per-image min-max
+    assert cam.dtype == np.float32 and np.load(out / "cams" / f"{r.id}.npz")["cam"].dtype == np.float16
+
+
+def test_cam_stage_refuses_a_classifier_of_another_config(cam_run, tmp_path: Path):
+    run_dir, cfg = cam_run
+    bad = tmp_path / "run"
+    shutil.copytree(run_dir, bad)
+    meta_path = bad / "train-classifier" / "dfc.json"
+    meta = json.loads(meta_path.read_text())
+    meta["classes"] = ["a", "b", "c"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StageError, match="dfc"):
+        cam_stage(cfg, {"prepare": bad / "prepare", "train-classifier": bad / "train-classifier"}, tmp_path / "o")
+    meta["classes"], meta["backbone"]["name"] = ["defect"], "resnet10t"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StageError, match="dfc.safetensors.*do not match"):
+        cam_stage(cfg, {"prepare": bad / "prepare", "train-classifier": bad / "train-classifier"}, tmp_path / "o")
+
+
+def test_cam_stage_resumes_after_a_kill(cam_run, tmp_path: Path):
+    """A partial pass 1 (rows.jsonl + raw files of some images) is continued, and gives the same CAMs."""
+    run_dir, cfg = cam_run
+    inputs = {"prepare": run_dir / "prepare", "train-classifier": run_dir / "train-classifier"}
+    full = tmp_path / "full"
+    cam_stage(cfg, inputs, full)
+    part = tmp_path / "part"
+    (part / "raw").mkdir(parents=True)
+    ids = [r.id for r in read_train_index(run_dir / "prepare" / "index.csv")][:5]
+    # what a killed run leaves: finished rows (and a half-written last line) with their raw CAMs
+    lines = []
+    for sid in ids:
+        with np.load(full / "cams" / f"{sid}.npz") as z:
+            np.save(part / "raw" / f"{sid}.npy", np.full_like(z["cam"], 7.0))  # marker values: must be reused
+    with open(full / "scores.csv") as f:
+        for r in csv.DictReader(f):
+            if r["id"] in ids:
+                lines.append(
+                    json.dumps(
+                        {
+                            "id": r["id"],
+                            "score": float(r["score"]),
+                            "scores": [float(r["score"])],
+                            "iem_rounds": int(r["iem_rounds"]),
+                            "peak": 7.0,
+                        }
+                    )
+                )
+    (part / "rows.jsonl").write_text("\n".join(lines) + '\n{"id": "trunc')
+    cam_stage(cfg, inputs, part)
+    for sid in ids:
+        cam = read_cam(part / "cams" / f"{sid}.npz")
+        assert cam.max() == 0 or np.allclose(cam[cam > 0], cam.max())  # built from the marker raw file

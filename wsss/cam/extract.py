@@ -1,0 +1,114 @@
+"""CAM extraction with test-time augmentation (METHOD.md section 2).
+
+Each image (or each window of it, with tiling) is resized to every configured scale of the classifier's input size,
+run through the DFC as is and flipped horizontally and vertically, the class score maps are flipped back, upsampled
+bilinearly to the window's original size and averaged over views; windows are pasted back (overlaps averaged).
+Sample scores are the mean over views of sigmoid(s_k); with tiling an image's score is its highest window's (a
+defect in one window makes the image defective).
+
+The raw CAM returned here is ``relu`` of the averaged score map, in logit units and unnormalised: the `cam` stage
+divides by a dataset-level scale afterwards (never per-image min-max, which would give OK images full-strength maps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsss.config import CamConfig
+from wsss.data.transforms import resize, to_channels, to_tensor
+from wsss.models.dfc import DFC
+
+
+@dataclass(frozen=True)
+class Window:
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+
+
+def windows(shape: tuple[int, int], tile: Sequence[int], overlap: float) -> list[Window]:
+    """Windows of ``tile`` (H, W) covering ``shape`` with at least ``overlap`` between neighbours.
+
+    ``tile`` 0 (or larger than the image) in a dimension means the whole extent; the last window of a row or column
+    is aligned to the image's end, so every pixel is covered and no window leaves the image.
+    """
+    h, w = shape
+
+    def starts(size: int, t: int) -> list[int]:
+        if t <= 0 or t >= size:
+            return [0]
+        step = max(1, int(t * (1 - overlap)))
+        out = list(range(0, size - t, step))
+        return [*out, size - t]
+
+    th = tile[0] if 0 < tile[0] < h else h
+    tw = tile[1] if 0 < tile[1] < w else w
+    return [Window(y, x, y + th, x + tw) for y in starts(h, tile[0]) for x in starts(w, tile[1])]
+
+
+class CamExtractor:
+    """Multi-scale, flip-averaged CAMs of a trained DFC, batched over images and windows.
+
+    Args:
+        model: the DFC (eval mode).
+        input_size: the classifier's (H, W); scales multiply it.
+        in_chans: the classifier's input channels (images are converted to it).
+        cfg: the `cam` section (scales, flips, tiling, batch size).
+    """
+
+    def __init__(
+        self, model: DFC, input_size: Sequence[int], in_chans: int, cfg: CamConfig, device: torch.device | str
+    ):
+        self.model, self.cfg, self.in_chans = model, cfg, in_chans
+        self.device = torch.device(device)
+        self.num_classes = model.num_classes
+        stride = int(getattr(model.backbone, "stride", 8))
+        self.sizes = [
+            (max(stride, round(input_size[0] * s)), max(stride, round(input_size[1] * s))) for s in cfg.scales
+        ]
+
+    @torch.no_grad()
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flip-averaged score maps (B, K, h, w) and probabilities (B, K) of a batch at one scale."""
+        views = [x, x.flip(-1), x.flip(-2)] if self.cfg.flips else [x]
+        out = self.model(torch.cat(views).to(self.device))
+        cams = out.cams.float().chunk(len(views))
+        probs = torch.sigmoid(out.logits.float()).chunk(len(views))
+        unflipped = [cams[0]] + ([cams[1].flip(-1), cams[2].flip(-2)] if self.cfg.flips else [])
+        return torch.stack(unflipped).mean(0).cpu(), torch.stack(probs).mean(0).cpu()
+
+    def __call__(self, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        """Raw CAMs, each (K, H, W) float32 >= 0 at its image's size, and sample scores (N, K) in [0, 1]."""
+        k = self.num_classes
+        items = [
+            (i, win)
+            for i, img in enumerate(images)
+            for win in windows(img.shape[:2], self.cfg.tile_size, self.cfg.tile_overlap)
+        ]
+        canvas = [np.zeros((k, *img.shape[:2]), np.float32) for img in images]
+        weight = [np.zeros(img.shape[:2], np.float32) for img in images]
+        win_scores = np.zeros((len(items), k), np.float32)
+        crops = [to_channels(images[i][w.y0 : w.y1, w.x0 : w.x1], self.in_chans) for i, w in items]
+        n_scales = len(self.sizes)
+        for size in self.sizes:
+            for start in range(0, len(items), self.cfg.batch_size):
+                chunk = range(start, min(start + self.cfg.batch_size, len(items)))
+                x = torch.stack([to_tensor(resize(crops[j], size)) for j in chunk])
+                maps, probs = self._forward(x)
+                win_scores[start : chunk.stop] += probs.numpy() / n_scales
+                for j, m in zip(chunk, maps, strict=True):
+                    i, w = items[j]
+                    up = F.interpolate(m[None], size=(w.y1 - w.y0, w.x1 - w.x0), mode="bilinear", align_corners=False)
+                    canvas[i][:, w.y0 : w.y1, w.x0 : w.x1] += up[0].numpy() / n_scales
+                    weight[i][w.y0 : w.y1, w.x0 : w.x1] += 1.0 / n_scales
+        scores = np.zeros((len(images), k), np.float32)
+        for j, (i, _) in enumerate(items):
+            scores[i] = np.maximum(scores[i], win_scores[j])
+        cams = [np.maximum(c / np.maximum(wt, 1e-6)[None], 0.0) for c, wt in zip(canvas, weight, strict=True)]
+        return cams, scores

@@ -1,0 +1,82 @@
+"""The `cam` stage's artifacts: one ``cams/<id>.npz`` per image, ``scores.csv`` and ``cam.json``.
+
+``cams/<id>.npz`` holds ``cam``: float16 (K, H, W) at the image's original size, values in [0, 1] after the
+dataset-level normalisation and the sample-score gate (an image called OK has an all-zero CAM), one map per class of
+``cam.json``'s ``classes``. Files are compressed and written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsss.atomic import atomic_path
+from wsss.errors import DataError
+
+CAMS_DIR = "cams"
+SCORES_FILE = "scores.csv"
+META_FILE = "cam.json"
+FIX = "re-run the cam stage: `wsss run-stage cam --force`"
+
+
+def cam_path(cam_dir: Path, sample_id: str) -> Path:
+    return Path(cam_dir) / CAMS_DIR / f"{sample_id}.npz"
+
+
+def write_cam(path: Path, cam: np.ndarray) -> Path:
+    """Write a (K, H, W) CAM as compressed float16, atomically."""
+    if cam.ndim != 3:
+        raise ValueError(f"a CAM is (K, H, W), got shape {cam.shape}")
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, cam=np.clip(cam, 0.0, 1.0).astype(np.float16))
+    return path
+
+
+def read_cam(path: Path, shape: Sequence[int] | None = None, classes: int | None = None) -> np.ndarray:
+    """A CAM as float32 (K, H, W); ``shape`` (H, W) and ``classes`` (K) are checked when given.
+
+    A missing, corrupt or mis-shaped file is a DataError naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "CAM file missing for an indexed image", FIX)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            cam = np.asarray(z["cam"], dtype=np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(path, f"corrupt CAM file ({type(e).__name__}: {e})", FIX) from None
+    if cam.ndim != 3:
+        raise DataError(path, f"CAM has shape {cam.shape}, expected (K, H, W)", FIX)
+    if classes is not None and cam.shape[0] != classes:
+        raise DataError(path, f"CAM has {cam.shape[0]} class maps, expected {classes}", FIX)
+    if shape is not None and tuple(cam.shape[1:]) != tuple(shape):
+        raise DataError(path, f"CAM is {cam.shape[1:]} but its image is {tuple(shape)}", FIX)
+    return cam
+
+
+SCORE_COLUMNS = ("id", "score", "iem_rounds", "peak")
+
+
+def write_scores(path: Path, rows: Iterable[dict[str, Any]], classes: Sequence[str]) -> None:
+    """``scores.csv``: id, score (max over classes), IEM rounds used, raw CAM peak, and per-class scores if K > 1."""
+    extra = [f"score_{c}" for c in classes] if len(classes) > 1 else []
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*SCORE_COLUMNS, *extra], extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def read_cam_meta(cam_dir: Path) -> dict[str, Any]:
+    path = Path(cam_dir) / META_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(path, f"cannot read the cam stage's metadata ({e})", FIX) from None

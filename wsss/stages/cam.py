@@ -1,0 +1,164 @@
+"""`cam`: class activation maps of every indexed image from the trained DFC, extended by IEM (METHOD.md 2-3).
+
+Two streaming passes, so memory stays flat however many images there are:
+
+1. per batch of images: multi-scale + flip CAMs at the original size, IEM for images called defective, the raw
+   extended CAM written to ``raw/<id>.npy`` (float16) and its row (scores, IEM rounds, peak) appended to
+   ``rows.jsonl``. A killed run resumes after the last finished image.
+2. the dataset scale = the ``norm_percentile`` percentile of the CAM peaks of the *training* images labelled
+   defective (image labels only); every CAM is divided by it, clipped to [0, 1], gated by the sample score (a class
+   whose score is below ``score_threshold`` gets an all-zero map) and written to ``cams/<id>.npz``.
+
+Outputs: ``cams/``, ``scores.csv`` (id, score, iem_rounds, peak, per-class scores when K > 1), ``cam.json`` (classes,
+scale, thresholds).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from wsss.atomic import atomic_path, write_json
+from wsss.config import Config
+from wsss.errors import StageError
+from wsss.stages import Stage, register_stage
+
+RAW_DIR = "raw"
+ROWS_FILE = "rows.jsonl"
+
+
+def _check_classes(meta: dict, index: Path, model_dir: Path) -> None:
+    from wsss.data.index import read_dataset_info
+    from wsss.data.torch_data import BINARY_CLASSES
+
+    info = read_dataset_info(index)
+    classes = meta["classes"]
+    if tuple(classes) != BINARY_CLASSES and not set(classes) <= set(info.classes):
+        raise StageError(
+            model_dir / "dfc.json",
+            f"the classifier predicts {classes}, the dataset has classes {info.classes}",
+            "re-run `wsss run-stage train-classifier --force` for this dataset",
+        )
+    if int(meta["in_chans"]) not in (1, 3):
+        raise StageError(model_dir / "dfc.json", f"in_chans {meta['in_chans']} is not 1 or 3", "retrain the DFC")
+
+
+def _read_rows(path: Path) -> dict[str, dict]:
+    rows: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:  # a line cut short by a kill: that image is simply redone
+                continue
+            rows[r["id"]] = r
+    return rows
+
+
+def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    from wsss.cam.extract import CamExtractor
+    from wsss.cam.iem import extend_cams
+    from wsss.cam.io import CAMS_DIR, META_FILE, SCORES_FILE, write_cam, write_scores
+    from wsss.data.images import read_image
+    from wsss.data.index import read_train_index
+    from wsss.models.dfc import load_dfc
+    from wsss.progress import progress
+    from wsss.train import dist
+
+    ccfg = cfg.cam
+    index = inputs["prepare"] / "index.csv"
+    model_dir = inputs["train-classifier"]
+    device = dist.resolve_device(cfg.run.device)
+    model, meta = load_dfc(model_dir, device)
+    _check_classes(meta, index, model_dir)
+    classes = list(meta["classes"])
+    extractor = CamExtractor(model, meta["input_size"], int(meta["in_chans"]), ccfg, device)
+    rows_all = read_train_index(index)
+
+    # pass 1: raw extended CAMs, streamed to disk batch by batch (resumable)
+    raw_dir, rows_path = out / RAW_DIR, out / ROWS_FILE
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    done = {k: v for k, v in _read_rows(rows_path).items() if (raw_dir / f"{k}.npy").is_file()}
+    todo = [r for r in rows_all if r.id not in done]
+    if done:
+        click.echo(f"cam: resuming, {len(done)} of {len(rows_all)} images already done")
+    t0 = time.perf_counter()
+    with open(rows_path, "a") as log:
+        for start in progress(range(0, len(todo), ccfg.batch_size), desc="cam", unit="batch"):
+            batch = todo[start : start + ccfg.batch_size]
+            images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
+            cams, scores = extractor(images)
+            active = [float(s.max()) >= ccfg.score_threshold for s in scores]
+            rounds = [0] * len(batch)
+            if ccfg.iem.enabled and any(active):
+                cams, rounds = extend_cams(extractor, images, cams, active, ccfg.iem)
+            for r, cam, s, n in zip(batch, cams, scores, rounds, strict=True):
+                with atomic_path(raw_dir / f"{r.id}.npy") as tmp, open(tmp, "wb") as f:
+                    np.save(f, cam.astype(np.float16))
+                row = {"id": r.id, "score": float(s.max()), "scores": [float(v) for v in s]}
+                row |= {"iem_rounds": n, "peak": float(cam.max())}
+                done[r.id] = row
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+    seconds = time.perf_counter() - t0
+
+    # pass 2: dataset-level normalisation and gating
+    peaks = [done[r.id]["peak"] for r in rows_all if r.split == "train" and r.labels]
+    if not peaks:
+        raise StageError(index, "no defective training images to set the CAM scale from", "check prepare.split")
+    scale = float(np.percentile(peaks, ccfg.norm_percentile))
+    if scale <= 0:
+        raise StageError(
+            model_dir / "dfc.safetensors",
+            "the classifier's CAMs are zero on every defective training image",
+            "check the classifier's validation AP in its metrics.csv and retrain it",
+        )
+    cams_dir = out / CAMS_DIR
+    cams_dir.mkdir(exist_ok=True)
+    for r in progress(rows_all, desc="normalise", unit="img"):
+        row = done[r.id]
+        gate = (np.asarray(row["scores"], np.float32) >= ccfg.score_threshold).astype(np.float32)
+        raw = np.load(raw_dir / f"{r.id}.npy").astype(np.float32)
+        write_cam(cams_dir / f"{r.id}.npz", np.clip(raw / scale, 0.0, 1.0) * gate[:, None, None])
+    score_rows = []
+    for r in rows_all:
+        row = done[r.id]
+        score_rows.append(row | {f"score_{c}": v for c, v in zip(classes, row["scores"], strict=True)})
+    write_scores(out / SCORES_FILE, score_rows, classes)
+    write_json(
+        out / META_FILE,
+        {
+            "classes": classes,
+            "scale": scale,
+            "norm_percentile": ccfg.norm_percentile,
+            "score_threshold": ccfg.score_threshold,
+            "images": len(rows_all),
+        },
+    )
+    shutil.rmtree(raw_dir)
+    rows_path.unlink()
+    n_def = sum(done[r.id]["score"] >= ccfg.score_threshold for r in rows_all)
+    mean_rounds = np.mean(
+        [done[r.id]["iem_rounds"] for r in rows_all if done[r.id]["score"] >= ccfg.score_threshold] or [0]
+    )
+    click.echo(
+        f"cam: {len(rows_all)} images, {n_def} called defective (mean IEM rounds {mean_rounds:.2f}), "
+        f"scale {scale:.3g}, {len(todo) / max(seconds, 1e-9):.2f} images/s"
+    )
+    return {"cams": cams_dir, "scores": out / SCORES_FILE, "meta": out / META_FILE}
+
+
+STAGE = register_stage(
+    Stage(
+        name="cam",
+        run=run,
+        sections=("cam",),
+        inputs=lambda cfg: ("prepare", "train-classifier"),
+        help="class activation maps with multi-scale/flip TTA, dataset-level normalisation and IEM extension",
+    )
+)
