@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--full", action="store_true", help="full resolution (for a GPU)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-classifier")
+    p.add_argument("--size", action="append", default=[], help="DATASET=HxW input size, e.g. mtd=96x96 (repeatable)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override KEY=VALUE")
     return p.parse_args(argv)
 
@@ -78,8 +79,16 @@ def epoch_seconds(metrics_csv: Path) -> tuple[float, float, int]:
     )
 
 
+def input_size(args: argparse.Namespace, dataset: str) -> list[int]:
+    for item in args.size:
+        name, _, hw = item.partition("=")
+        if name == dataset:
+            return [int(v) for v in hw.lower().split("x")]
+    return SIZES[dataset][1 if args.full else 0]
+
+
 def run_one(args, dataset: str, fold: int | None, variant: str) -> dict:
-    size = SIZES[dataset][1 if args.full else 0]
+    size = input_size(args, dataset)
     epochs = args.epochs or (40 if args.full else 12)
     overrides = [
         f"dataset.root={args.data / dataset}",
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"classifier benchmark: {args.backbone}, device {args.device}, "
         f"{'full' if args.full else 'reduced (CPU-feasible)'} resolution: "
-        + ", ".join(f"{d} {SIZES[d][1 if args.full else 0]}" for d in datasets),
+        + ", ".join(f"{d} {input_size(args, d)}" for d in datasets),
         flush=True,
     )
     results = []
