@@ -214,8 +214,8 @@ class PseudoConfig:
     method: str = _choices("crf", "threshold", default="crf")  # threshold: argmax of [bg_prior, CAM] only
     bg_prior: float = 0.4  # background score against the normalised CAM (the CAM level where defect = background)
     crf: CRFConfig = field(default_factory=CRFConfig)
-    confidence: float = 0.7  # pixels whose winning probability is below this become 255 (ignore)
-    ignore_band: int = 2  # pixels on each side of a defect boundary also become 255; 0 = off
+    confidence: float = 0.6  # pixels whose winning probability is below this become 255 (ignore)
+    ignore_band: int = 2  # background pixels this close to a defect also become 255; 0 = off
     workers: int = 0  # processes for the CRF; 0 = every available core
 
 
@@ -380,6 +380,14 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             cfg.run.name = path.stem
     for item in overrides:
         apply_override(cfg, item)
+    from wsss.pipelines import load_pipeline
+
+    pipeline = load_pipeline(cfg.run.pipeline)
+    if pipeline.settings:  # an ablation's settings beat the recipe; the command line beats both
+        for item in pipeline.settings:
+            apply_override(cfg, item)
+        for item in overrides:
+            apply_override(cfg, item)
     validate(cfg)
     return cfg
 

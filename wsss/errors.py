@@ -20,6 +20,9 @@ class WsssError(Exception):
         self.fix = fix
         super().__init__(self.format())
 
+    def __reduce__(self):  # picklable, so an error raised in a worker process arrives intact
+        return (type(self), (self.where, self.what, self.fix))
+
     def format(self) -> str:
         msg = f"{self.where}: {self.what}"
         return f"{msg} ({self.fix})" if self.fix else msg
@@ -49,6 +52,9 @@ class ManyErrors(WsssError):
         self.exit_code = max(e.exit_code for e in self.errors)
         Exception.__init__(self, self.format_all(summary))
         self.where, self.what, self.fix = "", summary, None
+
+    def __reduce__(self):
+        return (type(self), (self.errors, self.what))
 
     def format_all(self, summary: str) -> str:
         lines = [f"{len(self.errors)} problem(s): {summary}"]

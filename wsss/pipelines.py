@@ -1,11 +1,14 @@
 """Pipeline definitions: which stages run, in which order (YAML files in the top-level ``pipelines/`` folder).
 
-A pipeline file holds ``description`` and ``stages`` (a list of registered stage names). ``run.pipeline`` in the
-config names one (``full``) or gives a path to a YAML file of the same shape.
+A pipeline file holds ``description``, ``stages`` (a list of registered stage names) and optionally ``set`` (config
+values the pipeline needs, e.g. ``cam.iem.enabled: false`` for an ablation; they override the recipe, and ``--set``
+on the command line overrides them). ``run.pipeline`` in the config names one (``full``) or gives a path to a YAML
+file of the same shape.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,7 @@ class Pipeline:
     name: str
     description: str
     stages: tuple[str, ...]
+    settings: tuple[str, ...] = ()  # "section.key=value" overrides
 
 
 def available() -> list[str]:
@@ -44,7 +48,15 @@ def load_pipeline(name: str) -> Pipeline:
     unknown = [s for s in stages if s not in load_stages()]
     if unknown:
         raise ConfigError(path, f"unknown stage(s) {unknown}", f"registered stages: {', '.join(load_stages())}")
-    return Pipeline(name=path.stem, description=str(data.get("description", "")).strip(), stages=tuple(stages))
+    settings = data.get("set") or {}
+    if not isinstance(settings, dict):
+        raise ConfigError(path, "`set:` must map config keys to values", "e.g. set: {cam.iem.enabled: false}")
+    return Pipeline(
+        name=path.stem,
+        description=str(data.get("description", "")).strip(),
+        stages=tuple(stages),
+        settings=tuple(f"{k}={json.dumps(v)}" for k, v in settings.items()),
+    )
 
 
 def select(pipeline: Pipeline, start: str | None, stop: str | None) -> list[str]:

@@ -66,7 +66,7 @@ def register_stage(stage: Stage) -> Stage:
 
 
 # Stage modules in pipeline order; each registers itself on import. Add new stages here.
-STAGE_MODULES = ("prepare", "train_classifier", "cam", "evaluate")
+STAGE_MODULES = ("prepare", "train_classifier", "cam", "pseudo_labels", "retrain", "evaluate")
 
 
 def load_stages() -> dict[str, Stage]:

@@ -1,0 +1,196 @@
+"""The multi-task segmenter and its training on pseudo-masks: shapes, loss, learning, exact resume, save/load."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from wsss.config import BackboneConfig, RetrainConfig
+from wsss.data.index import TrainRow
+from wsss.errors import DataError
+from wsss.models.segmenter import build_segmenter, load_segmenter, predict_probs, predict_probs_batch
+from wsss.train.segmenter import PseudoMaskDataset, SegmenterTrainer, segmentation_loss
+
+SIZE = 32
+
+
+def rcfg(**kw) -> RetrainConfig:
+    base = RetrainConfig(
+        backbone=BackboneConfig(name="test_resnet", output_stride=32),
+        input_size=[SIZE, SIZE],
+        decoder_channels=16,
+        epochs=3,
+        batch_size=4,
+        lr=3e-3,
+        warmup_epochs=1,
+    )
+    return dataclasses.replace(base, **kw)
+
+
+def make_data(root: Path, n_defect: int = 6, n_ok: int = 2, seed: int = 0) -> tuple[list[TrainRow], Path, dict]:
+    """Noise textures with one bright rectangle each (defective) and its pseudo-mask: 1 inside, a 255 ring."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    rows, truth = [], {}
+    for i in range(n_defect + n_ok):
+        img = np.clip(rng.normal(90, 12, (SIZE, SIZE)), 0, 255).astype(np.uint8)
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        gt = np.zeros((SIZE, SIZE), bool)
+        if i < n_defect:
+            h, w = rng.integers(7, 13, size=2)
+            y, x = rng.integers(1, SIZE - h - 1), rng.integers(1, SIZE - w - 1)
+            img[y : y + h, x : x + w] = 200
+            gt[y : y + h, x : x + w] = True
+            mask[y - 1 : y + h + 1, x - 1 : x + w + 1] = 255
+            mask[y : y + h, x : x + w] = 1
+        sid = f"s{i:02d}"
+        cv2.imwrite(str(root / "img" / f"{sid}.png"), img)
+        cv2.imwrite(str(root / "masks" / f"{sid}.png"), mask)
+        labels = ("defect",) if i < n_defect else ()
+        rows.append(TrainRow(sid, root / "img" / f"{sid}.png", labels, "train", sid, 0))
+        truth[sid] = gt
+    return rows, root / "masks", truth
+
+
+@pytest.mark.parametrize(("k", "size"), [(1, (32, 32)), (2, (32, 32)), (1, (48, 80)), (2, (35, 51))])
+def test_output_shapes(k: int, size: tuple[int, int]):
+    torch.manual_seed(0)
+    model = build_segmenter(rcfg(), k, 1).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, *size))
+    assert out.mask_logits.shape == (2, k + 1, *size) and out.cls_logits.shape == (2, k)
+    probs, cls = predict_probs(model, np.zeros((50, 70, 3), np.uint8), size, 1)
+    assert probs.shape == (k + 1, 50, 70) and probs.dtype == np.float32 and cls.shape == (k,)
+    assert np.allclose(probs.sum(0), 1.0, atol=1e-5) and ((cls > 0) & (cls < 1)).all()
+
+
+def test_loss_ignores_255_pixels():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    mask = torch.randint(0, 3, (2, 8, 8))
+    mask[:, :3] = 255
+    base = segmentation_loss(logits, mask, dice_weight=1.0)
+    changed = logits.clone()
+    changed[:, :, :3] = torch.randn(2, 3, 3, 8) * 10
+    assert torch.equal(segmentation_loss(changed, mask, dice_weight=1.0), base)
+    changed[:, 0, 3] += 1.0  # a labelled pixel row does count
+    assert not torch.equal(segmentation_loss(changed, mask, dice_weight=1.0), base)
+    all_ignored = segmentation_loss(logits, torch.full((2, 8, 8), 255), dice_weight=1.0)
+    assert torch.isfinite(all_ignored) and all_ignored.item() == 0.0
+
+
+def test_dataset_augments_image_and_mask_together(tmp_path: Path):
+    from wsss.config import AugmentConfig
+    from wsss.data.transforms import Augment
+
+    rows, masks, _ = make_data(tmp_path, n_defect=2, n_ok=0)
+    aug = Augment(AugmentConfig(brightness=0.0, contrast=0.0, gamma=0.0, blur_prob=0.0))
+    ds = PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE), 1, aug, seed=3)
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        item = ds[0]
+        bright = item["image"][0] > 1.0  # the rectangle (200) after normalisation; noise stays below
+        assert item["mask"].dtype == torch.int64 and torch.equal(bright, item["mask"] == 1)
+        assert item["target"].tolist() == [1.0]
+    ds.set_epoch(1)
+    assert torch.equal(ds[0]["mask"], ds[0]["mask"])  # reproducible from (seed, epoch, index)
+
+
+def test_missing_mis_sized_or_out_of_range_pseudo_mask_is_a_data_error(tmp_path: Path):
+    rows, masks, _ = make_data(tmp_path, n_defect=2, n_ok=1)
+    (masks / "s01.png").unlink()
+    with pytest.raises(DataError, match=r"s01\.png.*pseudo-labels"):
+        PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE))
+    cv2.imwrite(str(masks / "s01.png"), np.zeros((SIZE, SIZE + 1), np.uint8))
+    with pytest.raises(DataError, match=r"s01\.png.*pseudo-labels"):
+        PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE))[1]
+    cv2.imwrite(str(masks / "s01.png"), np.full((SIZE, SIZE), 7, np.uint8))  # class 7 of a 1-class problem
+    with pytest.raises(DataError, match=r"s01\.png.*\[7\]"):
+        PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE))[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[TrainRow], dict]:
+    root = tmp_path_factory.mktemp("seg")
+    rows, masks, truth = make_data(root, n_defect=8, n_ok=4)
+    SegmenterTrainer(
+        rcfg(epochs=20), rows, masks, ["defect"], 1, root / "out", device="cpu", echo=lambda *_: None
+    ).fit()
+    return root / "out", rows, truth
+
+
+def test_training_lowers_the_loss_and_localises_the_rectangle(trained):
+    out, rows, truth = trained
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "epoch,lr,loss,loss_seg,loss_cls,images_per_s,seconds" and len(lines) == 21
+    loss = [float(r.split(",")[2]) for r in lines[1:]]
+    assert np.mean(loss[-3:]) < 0.7 * np.mean(loss[:3]), loss
+    model, meta = load_segmenter(out)
+    assert meta["classes"] == ["defect"] and meta["in_chans"] == 1 and meta["backbone"]["weights"] is None
+    ious, chance = [], []
+    for row in rows:
+        gt = truth[row.id]
+        if not gt.any():
+            continue
+        probs, _ = predict_probs(model, cv2.imread(str(row.path), cv2.IMREAD_UNCHANGED), meta["input_size"], 1)
+        pred = probs.argmax(0) == 1
+        ious.append((pred & gt).sum() / max(1, (pred | gt).sum()))
+        chance.append(gt.mean())  # IoU of predicting every pixel defective
+    assert np.mean(ious) > 2 * np.mean(chance), (ious, chance)
+
+
+def test_save_load_roundtrip_gives_identical_outputs(trained):
+    out, rows, _ = trained
+    a, meta = load_segmenter(out)
+    b, _ = load_segmenter(out)
+    images = [cv2.imread(str(r.path), cv2.IMREAD_UNCHANGED) for r in rows[:3]]
+    for (pa, ca), (pb, cb) in zip(
+        predict_probs_batch(a, images, (SIZE, SIZE), 1), predict_probs_batch(b, images, (SIZE, SIZE), 1)
+    ):
+        assert np.array_equal(pa, pb) and np.array_equal(ca, cb)
+    single, _ = predict_probs(a, images[1], (SIZE, SIZE), 1)
+    assert np.allclose(single, predict_probs_batch(a, images, (SIZE, SIZE), 1)[1][0], atol=1e-5)
+    x = torch.randn(1, 1, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(a(x).mask_logits, b(x).mask_logits)
+
+
+def test_resume_continues_at_the_right_epoch_with_identical_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    rows, masks, _ = make_data(tmp_path / "data", n_defect=4, n_ok=2)
+    cfg = rcfg(epochs=3)
+
+    def trainer(name: str, echo=lambda *_: None) -> SegmenterTrainer:
+        return SegmenterTrainer(cfg, rows, masks, ["defect"], 1, tmp_path / name, seed=1, device="cpu", echo=echo)
+
+    trainer("straight").fit()
+    original = SegmenterTrainer.train_epoch
+    calls = {"n": 0}
+
+    def dies_in_epoch_two(self, epoch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as if killed during the second epoch
+        return original(self, epoch)
+
+    monkeypatch.setattr(SegmenterTrainer, "train_epoch", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        trainer("resumed").fit()
+    monkeypatch.setattr(SegmenterTrainer, "train_epoch", original)
+    assert not (tmp_path / "resumed" / "segmenter.safetensors").exists()
+    log: list[str] = []
+    trainer("resumed", log.append).fit()
+    assert "resuming after epoch 1" in log
+    a = load_file(tmp_path / "straight" / "segmenter.safetensors")
+    b = load_file(tmp_path / "resumed" / "segmenter.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ca = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    cb = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
+    assert ca["epoch"] == cb["epoch"] == 2
+    assert len((tmp_path / "resumed" / "metrics.csv").read_text().splitlines()) == 4

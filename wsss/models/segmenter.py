@@ -1,0 +1,177 @@
+"""The multi-task segmenter (METHOD.md sections 5 and 6): shared timm encoder, light FPN decoder, image-level head.
+
+Mask logits have K+1 channels (0 = background, k = defect class k) at the input size, so one softmax gives a
+per-pixel class distribution that is directly comparable with the pseudo-masks. The classification head on the
+deepest map gives the sample-level decision (K sigmoid logits), which gates the mask at inference (METHOD.md 6).
+The additional training round (section 5) and the distillation (section 6) train this same model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss.config import BackboneConfig, RetrainConfig
+from wsss.data.transforms import resize, to_channels, to_tensor
+from wsss.errors import StageError
+from wsss.models.backbone import Backbone, create_backbone, load_state_dict_file
+
+MODEL_FILE = "segmenter.safetensors"  # the trained segmenter's state_dict
+META_FILE = "segmenter.json"  # what rebuilds it (segmenter_meta)
+FINEST_STRIDE = 4  # the decoder fuses down to this stride; stride-2 stem maps cost much and add little
+
+
+@dataclass
+class SegmenterOutput:
+    mask_logits: torch.Tensor  # (B, K+1, H, W) at the input size; channel 0 = background
+    cls_logits: torch.Tensor  # (B, K) sample-level logits (sigmoid -> per-class image probability)
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class FPNDecoder(nn.Module):
+    """Top-down FPN over the encoder stages of stride >= 4 (or the deepest stage alone when none is that coarse).
+
+    Each used stage gets a 1x1 lateral conv to ``channels``; from the deepest map down, the running map is
+    upsampled bilinearly to the next stage's size (exact sizes, so odd inputs work), added to its lateral and
+    smoothed by a 3x3 conv + BN + ReLU. Returns the finest fused map (B, channels, h, w).
+    """
+
+    def __init__(self, in_channels: Sequence[int], reductions: Sequence[int], channels: int):
+        super().__init__()
+        used = [i for i, r in enumerate(reductions) if r >= FINEST_STRIDE] or [len(reductions) - 1]
+        self.used = used
+        self.stride = int(reductions[used[0]])
+        self.lateral = nn.ModuleList(nn.Conv2d(in_channels[i], channels, 1) for i in used)
+        self.smooth = nn.ModuleList(_conv_bn_relu(channels, channels) for _ in used)
+
+    def forward(self, stages: Sequence[torch.Tensor]) -> torch.Tensor:
+        feats = [stages[i] for i in self.used]
+        p = self.smooth[-1](self.lateral[-1](feats[-1]))
+        for j in range(len(feats) - 2, -1, -1):
+            lat = self.lateral[j](feats[j])
+            p = self.smooth[j](lat + F.interpolate(p, size=lat.shape[-2:], mode="bilinear", align_corners=False))
+        return p
+
+
+class Segmenter(nn.Module):
+    """Encoder (``Backbone.forward_stages``) + FPN decoder -> K+1 mask logits, and GAP + linear -> K image logits.
+
+    Args:
+        backbone: a :class:`~wsss.models.backbone.Backbone` (any timm model it supports).
+        num_classes: K defect classes (1 for defect/OK).
+        decoder_channels: width of the FPN decoder.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, decoder_channels: int = 64):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.decoder = FPNDecoder(backbone.channels, backbone.reductions, decoder_channels)
+        self.mask_head = nn.Conv2d(decoder_channels, num_classes + 1, 1)
+        self.cls_head = nn.Linear(backbone.channels[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> SegmenterOutput:
+        stages = self.backbone.forward_stages(x)
+        logits = self.mask_head(self.decoder(stages))
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        cls = self.cls_head(stages[-1].mean(dim=(2, 3)))
+        return SegmenterOutput(mask_logits=logits, cls_logits=cls)
+
+
+# --------------------------------------------------------------------------------------------- build and load
+def build_segmenter(rcfg: RetrainConfig, num_classes: int, in_chans: int) -> Segmenter:
+    """A segmenter as configured (encoder weights from the configured local file, if any)."""
+    backbone = create_backbone(rcfg.backbone, in_chans, section="retrain.backbone")
+    return Segmenter(backbone, num_classes, rcfg.decoder_channels)
+
+
+def segmenter_meta(rcfg: RetrainConfig, classes: Sequence[str], in_chans: int) -> dict[str, Any]:
+    """Everything needed to rebuild the trained segmenter from its state_dict (saved as ``segmenter.json``)."""
+    chans = rcfg.backbone.in_chans or in_chans
+    return {
+        "backbone": dataclasses.asdict(rcfg.backbone) | {"weights": None, "in_chans": chans},
+        "classes": list(classes),
+        "in_chans": chans,
+        "input_size": list(rcfg.input_size),
+        "decoder_channels": rcfg.decoder_channels,
+    }
+
+
+def load_segmenter(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Segmenter, dict[str, Any]]:
+    """The trained segmenter in ``model_dir`` (``segmenter.safetensors`` + ``segmenter.json``), in eval mode."""
+    model_dir = Path(model_dir)
+    meta_path = model_dir / META_FILE
+    fix = "re-run the stage that trained it with --force (e.g. `wsss run-stage retrain --force`)"
+    try:
+        meta = json.loads(meta_path.read_text())
+        backbone = create_backbone(BackboneConfig(**meta["backbone"]), int(meta["in_chans"]), "retrain.backbone")
+        model = Segmenter(backbone, len(meta["classes"]), int(meta["decoder_channels"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StageError(meta_path, f"cannot rebuild the segmenter: {type(e).__name__}: {e}", fix) from e
+    state = load_state_dict_file(model_dir / MODEL_FILE, str(model_dir / MODEL_FILE))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        what = f"weights do not match {META_FILE}: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        raise StageError(model_dir / MODEL_FILE, what, fix)
+    return model.to(device).eval(), meta
+
+
+# --------------------------------------------------------------------------------------------- inference
+@torch.no_grad()
+def predict_probs_batch(
+    model: Segmenter,
+    images: Sequence[np.ndarray],
+    input_size: Sequence[int],
+    in_chans: int,
+    device: str | torch.device = "cpu",
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`predict_probs` for several images (any original sizes) in one forward pass."""
+    if not images:
+        return []
+    size = (int(input_size[0]), int(input_size[1]))
+    x = torch.stack([to_tensor(resize(to_channels(im, in_chans), size)) for im in images]).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x)
+    finally:
+        model.train(was_training)
+    cls = torch.sigmoid(out.cls_logits.float()).cpu().numpy()
+    results = []
+    for i, im in enumerate(images):
+        logits = F.interpolate(
+            out.mask_logits[i : i + 1].float(), size=im.shape[:2], mode="bilinear", align_corners=False
+        )
+        probs = torch.softmax(logits[0], dim=0).cpu().numpy().astype(np.float32)
+        results.append((probs, cls[i].astype(np.float32)))
+    return results
+
+
+def predict_probs(
+    model: Segmenter,
+    image: np.ndarray,
+    input_size: Sequence[int],
+    in_chans: int,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel class probabilities of one ``uint8`` image at its ORIGINAL size, and its image probabilities.
+
+    The image is resized to ``input_size`` as in training; the logits are upsampled bilinearly back to (H0, W0)
+    before the softmax (interpolating logits, not probabilities, keeps boundaries sharp). Returns
+    ``(probs float32 (K+1, H0, W0), cls_prob float32 (K,))``; the model is run in eval mode without gradients.
+    """
+    return predict_probs_batch(model, [image], input_size, in_chans, device)[0]

@@ -1,0 +1,48 @@
+"""Dense CRF (Kraehenbuehl & Koltun) over per-pixel class probabilities, via pydensecrf2's ``DenseCRF2D``.
+
+The CRF pulls a blurry, shifted CAM onto the image's edges: the bilateral kernel makes pixels of similar intensity
+that are close together agree, the Gaussian kernel removes isolated specks. METHOD.md section 4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wsss.config import CRFConfig
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """The image as C-contiguous uint8 (H, W, 3): the bilateral kernel of pydensecrf needs three channels."""
+    if image.dtype != np.uint8:
+        raise ValueError(f"dense_crf needs a uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"dense_crf needs an (H, W) or (H, W, 3) image, got shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarray:
+    """Refine ``probs`` (float32 (C, H, W), summing to 1 over C) against ``image``; returns float32 (C, H, W).
+
+    CPU-bound and single-threaded (measured at 10 iterations: 0.4-0.6 s for a 512x512 grayscale image, ~2.7 s
+    for a 512x512 image of random colours, whose permutohedral lattice is far larger): callers parallelise over
+    images.
+    """
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    if probs.ndim != 3:
+        raise ValueError(f"dense_crf needs (C, H, W) probabilities, got shape {probs.shape}")
+    c, h, w = probs.shape
+    if image.shape[:2] != (h, w):
+        raise ValueError(f"image is {image.shape[:2]} but the probabilities are {(h, w)}")
+    crf = dcrf.DenseCRF2D(w, h, c)
+    unary = unary_from_softmax(np.ascontiguousarray(probs, dtype=np.float32), clip=1e-5)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    crf.addPairwiseGaussian(sxy=cfg.gauss_sxy, compat=cfg.gauss_compat)
+    crf.addPairwiseBilateral(
+        sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb, rgbim=_rgb(image), compat=cfg.bilateral_compat
+    )
+    q = crf.inference(cfg.iterations)
+    return np.asarray(q, dtype=np.float32).reshape(c, h, w)

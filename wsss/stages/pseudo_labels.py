@@ -1,0 +1,145 @@
+"""`pseudo-labels`: refine the cam stage's extended CAMs into mask PNGs (METHOD.md section 4).
+
+Writes ``masks/<id>.png`` for every indexed image (0 background, k class k, 255 ignore; the rule is
+:mod:`wsss.refine.pseudo`), ``confidence.csv`` (id, score, confidence, defect_fraction, ignore_fraction; sort by
+confidence to pick images for review) and a copy of the cam stage's ``scores.csv``, so that `evaluate` finds the
+sample scores beside the masks. Never reads ground-truth masks.
+
+Resumable: each finished image appends its row to ``rows.jsonl``; a re-run after a kill skips images whose PNG and
+row both exist, and the log is removed when the stage finishes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from wsss.config import Config
+from wsss.errors import DataError, StageError
+from wsss.stages import Stage, register_stage
+
+CONFIDENCE_FILE = "confidence.csv"
+ROWS_LOG = "rows.jsonl"
+COLUMNS = ("id", "score", "confidence", "defect_fraction", "ignore_fraction")
+
+
+def _read_done(log: Path, masks: Path) -> dict[str, dict[str, Any]]:
+    """Rows of an earlier, killed attempt whose PNG exists; a torn last line (killed mid-write) is skipped."""
+    done: dict[str, dict[str, Any]] = {}
+    if not log.is_file():
+        return done
+    for line in log.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "id" in row and (masks / f"{row['id']}.png").is_file():
+            done[row["id"]] = row
+    return done
+
+
+def _cam_meta(cam_dir: Path) -> tuple[list[str], float]:
+    from wsss.cam.io import FIX, META_FILE, read_cam_meta
+
+    meta = read_cam_meta(cam_dir)
+    try:
+        classes, threshold = list(meta["classes"]), float(meta["score_threshold"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(cam_dir / META_FILE, f"missing or invalid 'classes'/'score_threshold' ({e})", FIX) from None
+    if not classes:
+        raise DataError(cam_dir / META_FILE, "empty class list", FIX)
+    return classes, threshold
+
+
+def write_confidence(path: Path, rows: list[dict[str, Any]], scores: dict[str, float]) -> None:
+    """``confidence.csv`` (atomically): ``rows`` from :func:`wsss.refine.pseudo.label_all` in the given order, each
+    with its sample score from ``scores``. Also used by the `retrain` stage."""
+    from wsss.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            r = {**r, "score": scores[r["id"]]}
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    from wsss.atomic import atomic_path
+    from wsss.cam.io import FIX, SCORES_FILE, cam_path
+    from wsss.data.index import read_train_index
+    from wsss.evaluation import read_scores
+    from wsss.refine.pseudo import LabelTask, label_all
+
+    t0 = time.perf_counter()
+    index = read_train_index(inputs["prepare"] / "index.csv")
+    classes, threshold = _cam_meta(inputs["cam"])
+    scores_csv = inputs["cam"] / SCORES_FILE
+    scores = read_scores(scores_csv)
+    missing = [r.id for r in index if r.id not in scores]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise StageError(scores_csv, f"no sample score for {len(missing)} indexed image(s): {shown}", FIX)
+
+    masks = out / "masks"
+    masks.mkdir(parents=True, exist_ok=True)
+    for stray in masks.glob(".*.tmp"):  # temporary files of writes cut short by a kill
+        stray.unlink(missing_ok=True)
+    log = out / ROWS_LOG
+    done = _read_done(log, masks)
+    tasks = [
+        LabelTask(
+            id=r.id,
+            image=r.path,
+            cam=cam_path(inputs["cam"], r.id),
+            out=masks / f"{r.id}.png",
+            called_defective=scores[r.id] >= threshold,
+            classes=len(classes),
+            cfg=cfg.pseudo,
+            high_bit_depth=cfg.dataset.high_bit_depth,
+        )
+        for r in index
+        if r.id not in done
+    ]
+    if done:
+        click.echo(f"pseudo-labels: resuming, {len(done)} image(s) already labelled")
+    with open(log, "a") as f:
+
+        def record(row: dict[str, Any]) -> None:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+        new = label_all(tasks, cfg.pseudo.workers, click.echo, on_done=record)
+    by_id = {**done, **{r["id"]: r for r in new}}
+    rows = [by_id[r.id] for r in index]
+    write_confidence(out / CONFIDENCE_FILE, rows, scores)
+    with atomic_path(out / SCORES_FILE) as tmp:
+        shutil.copyfile(scores_csv, tmp)
+    log.unlink(missing_ok=True)
+
+    seconds = time.perf_counter() - t0
+    called = [r for r in rows if scores[r["id"]] >= threshold]
+    mean_conf = f"{sum(r['confidence'] for r in called) / len(called):.3f}" if called else "-"
+    click.echo(
+        f"pseudo-labels: {len(rows)} images, {len(called)} called defective (mean confidence {mean_conf}), "
+        f"{seconds:.1f} s, {len(tasks) / max(seconds, 1e-9):.2f} images/s"
+    )
+    return {"masks": masks, "confidence": out / CONFIDENCE_FILE, "scores": out / SCORES_FILE}
+
+
+STAGE = register_stage(
+    Stage(
+        name="pseudo-labels",
+        run=run,
+        sections=("pseudo",),
+        inputs=lambda cfg: ("prepare", "cam"),
+        writes_masks=True,
+        help="refine the extended CAMs with a dense CRF into pseudo-masks (255 = ignore) and confidence scores",
+    )
+)

@@ -1,0 +1,122 @@
+"""`retrain`: the additional training round(s) of METHOD.md section 5.
+
+Per round: train the multi-task segmenter on the current pseudo-masks of the *training* split (ignore pixels excluded
+from the loss), predict every indexed image, fuse with the extended CAM
+(``fuse_weight * segmenter probability + (1 - fuse_weight) * CAM``, per class), and label the fused map with the
+same rule as `pseudo-labels` (dense CRF, ignore regions, gating by the DFC's sample score). The next round trains
+on these masks. Writes the last round's ``masks/``, ``confidence.csv``, ``scores.csv`` (the DFC's, for evaluation)
+and its segmenter (``segmenter.safetensors`` + ``segmenter.json``).
+
+A killed run resumes: the segmenter from its epoch checkpoint, prediction after the last fused map written.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import click
+
+from wsss.config import Config
+from wsss.stages import Stage, register_stage
+
+
+def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    from wsss.cam.io import SCORES_FILE, cam_path, read_cam, read_cam_meta, write_cam
+    from wsss.data.images import read_image
+    from wsss.data.index import read_dataset_info, read_train_index
+    from wsss.evaluation import read_scores
+    from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter, predict_probs_batch
+    from wsss.progress import progress
+    from wsss.refine.pseudo import LabelTask, label_all
+    from wsss.stages.pseudo_labels import CONFIDENCE_FILE, write_confidence
+    from wsss.train import dist
+    from wsss.train.segmenter import SegmenterTrainer
+
+    rcfg = cfg.retrain
+    index = inputs["prepare"] / "index.csv"
+    cam_dir = inputs["cam"]
+    meta = read_cam_meta(cam_dir)
+    classes = list(meta["classes"])
+    scores = read_scores(cam_dir / SCORES_FILE)
+    called = {sid: s >= float(meta["score_threshold"]) for sid, s in scores.items()}
+    in_chans = rcfg.backbone.in_chans or read_dataset_info(index).channels
+    rows = read_train_index(index)
+    train_rows = [r for r in rows if r.split == "train"]
+    device = dist.resolve_device(cfg.run.device)
+    masks = inputs["pseudo-labels"] / "masks"
+    w = rcfg.fuse_weight
+    label_rows: list[dict] = []
+    for k in range(1, rcfg.rounds + 1):
+        rdir = out / f"round{k}"
+        click.echo(f"retrain: round {k}/{rcfg.rounds}: training the segmenter on {masks}")
+        if not (rdir / "model" / MODEL_FILE).is_file():  # else: trained before a kill, predicting was interrupted
+            SegmenterTrainer(
+                rcfg,
+                train_rows,
+                masks,
+                classes,
+                in_chans,
+                rdir / "model",
+                cfg.run.seed + k - 1,
+                device,
+                click.echo,
+                cfg.dataset.high_bit_depth,
+            ).fit()
+        model, smeta = load_segmenter(rdir / "model", device)
+        fused_dir = rdir / "fused"
+        fused_dir.mkdir(parents=True, exist_ok=True)
+        todo = [r for r in rows if not (fused_dir / f"{r.id}.npz").is_file()]
+        t0 = time.perf_counter()
+        for start in progress(range(0, len(todo), rcfg.batch_size), desc=f"predict round {k}", unit="batch"):
+            batch = todo[start : start + rcfg.batch_size]
+            images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
+            preds = predict_probs_batch(model, images, smeta["input_size"], in_chans, device)
+            for r, img, (probs, _) in zip(batch, images, preds, strict=True):
+                cam = read_cam(cam_path(cam_dir, r.id), img.shape[:2], len(classes))
+                write_cam(fused_dir / f"{r.id}.npz", w * probs[1:] + (1 - w) * cam)
+        predict_s = time.perf_counter() - t0
+        tasks = [
+            LabelTask(
+                r.id,
+                r.path,
+                fused_dir / f"{r.id}.npz",
+                rdir / "masks" / f"{r.id}.png",
+                called[r.id],
+                len(classes),
+                cfg.pseudo,
+                cfg.dataset.high_bit_depth,
+            )
+            for r in rows
+        ]
+        (rdir / "masks").mkdir(exist_ok=True)
+        t0 = time.perf_counter()
+        label_rows = label_all(tasks, cfg.pseudo.workers, click.echo)
+        click.echo(
+            f"retrain: round {k}: predicted {len(todo) / max(predict_s, 1e-9):.1f} images/s, "
+            f"labelled {len(tasks) / max(time.perf_counter() - t0, 1e-9):.2f} images/s"
+        )
+        shutil.rmtree(fused_dir)
+        masks = rdir / "masks"
+    last = out / f"round{rcfg.rounds}"
+    shutil.move(last / "masks", out / "masks")
+    for name in (MODEL_FILE, META_FILE):
+        shutil.move(last / "model" / name, out / name)
+    for k in range(1, rcfg.rounds + 1):
+        shutil.rmtree(out / f"round{k}")
+    write_confidence(out / CONFIDENCE_FILE, label_rows, scores)
+    shutil.copyfile(cam_dir / SCORES_FILE, out / SCORES_FILE)
+    return {"masks": out / "masks", "confidence": out / CONFIDENCE_FILE, "model": out / MODEL_FILE}
+
+
+STAGE = register_stage(
+    Stage(
+        name="retrain",
+        run=run,
+        sections=("retrain", "pseudo", "run.seed"),
+        inputs=lambda cfg: ("prepare", "cam", "pseudo-labels"),
+        writes_masks=True,
+        help="additional training round(s): a segmenter on the pseudo-masks, fused with the CAM, CRF again",
+    )
+)
