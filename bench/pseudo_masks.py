@@ -1,0 +1,156 @@
+"""Benchmark: pseudo-mask quality of the full method and its ablations on real data (issue 4).
+
+For each dataset this trains the DFC once (the `full` pipeline's run), copies its `prepare` and `train-classifier`
+stages into one run folder per ablation (their manifests still match, so they are reused, not retrained), runs
+each pipeline, and reports on the test split: mIoU_def, pooled IoU, Seg_mIoU, Seg_Recall@0.1/0.5 and image AP
+(METHOD.md section 8), plus each stage's throughput (images/s) and the CRF process pool's speed-up over one worker,
+measured on the same images in the same run.
+
+    python bench/pseudo_masks.py                        # CPU, reduced resolution, KSDD fold 0 and MTD
+    python bench/pseudo_masks.py --reuse runs/bench-classifier  # start from bench/classifier.py's `both` runs
+
+Results go to ``<out>/results.json`` and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from classifier import input_size  # noqa: E402  (same sizes and --size handling as the classifier benchmark)
+
+from wsss.config import load_config  # noqa: E402
+from wsss.data.index import read_train_index  # noqa: E402
+from wsss.pipelines import load_pipeline  # noqa: E402
+from wsss.runs import Run  # noqa: E402
+
+PIPELINES = ("cam-threshold", "cam-crf", "cam-iem-crf", "full")
+METRICS = ("miou_def", "pooled_iou", "seg_miou", "seg_recall_0_1", "seg_recall_0_5", "ap")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--datasets", default="ksdd,mtd")
+    p.add_argument("--pipelines", default=",".join(PIPELINES))
+    p.add_argument("--epochs", type=int, default=12, help="classifier epochs")
+    p.add_argument("--full", action="store_true", help="full resolution (for a GPU)")
+    p.add_argument("--size", action="append", default=[], help="DATASET=HxW classifier input size")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--pool-images", type=int, default=16, help="images for the CRF pool speed-up measurement")
+    p.add_argument("--reuse", type=Path, default=None, help="a bench/classifier.py output folder to start from")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-pseudo-masks")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    return p.parse_args(argv)
+
+
+def config(args, dataset: str, pipeline: str):
+    size = input_size(args, dataset)
+    overrides = [
+        f"dataset.root={args.data / dataset}",
+        f"classifier.input_size=[{size[0]},{size[1]}]",
+        f"retrain.input_size=[{size[0]},{size[1]}]",
+        f"classifier.epochs={args.epochs}",
+        f"run.device={args.device}",
+        f"run.pipeline={pipeline}",
+        *args.overrides,
+    ]
+    return load_config(ROOT / "configs" / f"{dataset}.yaml", overrides)
+
+
+def stage_rates(run_dir: Path, n_images: int, stages: tuple[str, ...]) -> dict[str, float]:
+    rates = {}
+    for s in stages:
+        m = run_dir / s / "manifest.json"
+        if m.is_file():
+            rates[s] = n_images / max(json.loads(m.read_text()).get("seconds", 0.0), 1e-9)
+    return rates
+
+
+def pool_speedup(run_dir: Path, cfg, n: int) -> dict[str, float]:
+    """Seconds to label the same ``n`` images with 1 worker and with every core, in this run."""
+    import os
+    import tempfile
+
+    from wsss.cam.io import cam_path, read_cam_meta
+    from wsss.evaluation import read_scores
+    from wsss.refine.pseudo import LabelTask, default_workers, label_all
+
+    rows = read_train_index(run_dir / "prepare" / "index.csv")
+    scores = read_scores(run_dir / "cam" / "scores.csv")
+    meta = read_cam_meta(run_dir / "cam")
+    called = [r for r in rows if scores[r.id] >= meta["score_threshold"]][:n]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in (1, default_workers(0)):
+            d = Path(tmp) / str(workers)
+            tasks = [
+                LabelTask(r.id, r.path, cam_path(run_dir / "cam", r.id), d / f"{r.id}.png", True, 1, cfg.pseudo)
+                for r in called
+            ]
+            t0 = time.perf_counter()
+            label_all(tasks, workers, lambda *_: None)
+            out[f"seconds_{workers}w"] = time.perf_counter() - t0
+    out["images"], out["cores"] = len(called), os.cpu_count()
+    out["speedup"] = out[f"seconds_{1}w"] / out[f"seconds_{default_workers(0)}w"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for dataset in [d for d in args.datasets.split(",") if d]:
+        base = args.out / f"{dataset}-full"
+        if args.reuse is not None:
+            src = args.reuse / (f"{dataset}-fold0-both" if dataset == "ksdd" else f"{dataset}-both")
+            for stage in ("prepare", "train-classifier"):
+                if (src / stage).is_dir() and not (base / stage).exists():
+                    shutil.copytree(src / stage, base / stage)
+        for pipeline in [p for p in args.pipelines.split(",") if p]:
+            cfg = config(args, dataset, pipeline)
+            run_dir = base if pipeline == "full" else args.out / f"{dataset}-{pipeline}"
+            if run_dir != base:
+                cfg_full = config(args, dataset, "full")
+                Run(base, cfg_full, echo=print).run_pipeline(["prepare", "train-classifier"])
+                for stage in ("prepare", "train-classifier"):
+                    if not (run_dir / stage).exists():
+                        shutil.copytree(base / stage, run_dir / stage)
+            stages = list(load_pipeline(pipeline).stages)
+            Run(run_dir, cfg, echo=lambda m, tag=f"[{dataset} {pipeline}]": print(tag, m, flush=True)).run_pipeline(
+                stages
+            )
+            report = json.loads((run_dir / "evaluate" / "report.json").read_text())
+            n = len(read_train_index(run_dir / "prepare" / "index.csv"))
+            row = {"dataset": dataset, "pipeline": pipeline} | {k: report[k] for k in METRICS}
+            row["images_per_s"] = stage_rates(run_dir, n, ("cam", "pseudo-labels", "retrain"))
+            if pipeline == "cam-iem-crf":
+                row["crf_pool"] = pool_speedup(run_dir, cfg, args.pool_images)
+            results.append(row)
+            (args.out / "results.json").write_text(json.dumps(results, indent=2))
+            print(json.dumps(row), flush=True)
+    print()
+    print("| dataset | pipeline | mIoU_def | pooled IoU | Seg_mIoU | Seg_Recall@0.1 | @0.5 | image AP | images/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        rates = ", ".join(f"{k} {v:.2f}" for k, v in r["images_per_s"].items())
+        print(
+            f"| {r['dataset']} | {r['pipeline']} | "
+            + " | ".join(f"{100 * r[k]:.2f}%" if k != "ap" else f"{r[k]:.4f}" for k in METRICS)
+            + f" | {rates} |"
+        )
+    for r in results:
+        if "crf_pool" in r:
+            print(f"CRF pool ({r['dataset']}): {json.dumps(r['crf_pool'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
