@@ -242,6 +242,30 @@ def load_state_dict_file(path: str | Path, where: str | None = None) -> dict[str
     return {str(k): v for k, v in sd.items()}
 
 
+def load_trained_state(model: nn.Module, path: str | Path, fix: str) -> None:
+    """Load a stage's own saved state_dict into the model rebuilt from its metadata, strictly.
+
+    Any missing, unexpected or differently shaped key (a checkpoint from another config: class count, backbone) is a
+    StageError naming the file and the keys, instead of torch's RuntimeError.
+    """
+    from wsss.errors import StageError
+
+    state = load_state_dict_file(path, str(path))
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        found = (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched))
+        parts = [f"{n} {keys[:4]}" for n, keys in found if keys]
+        raise StageError(path, "weights do not match the model's metadata: " + "; ".join(parts), fix)
+    model.load_state_dict(state)
+
+
 def save_state_dict(module: nn.Module | Mapping[str, Tensor], path: str | Path) -> Path:
     """Write a state_dict atomically (temp file + ``os.replace``): safetensors for ``.safetensors``, else torch."""
     path = Path(path)

@@ -19,7 +19,7 @@ from torch import nn
 
 from wsss.config import BackboneConfig, ClassifierConfig
 from wsss.errors import StageError
-from wsss.models.backbone import create_backbone, load_state_dict_file
+from wsss.models.backbone import create_backbone, load_trained_state
 
 MODEL_FILE = "dfc.safetensors"  # the trained DFC's state_dict
 META_FILE = "dfc.json"  # what rebuilds it (model_meta)
@@ -140,21 +140,5 @@ def load_dfc(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         )
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StageError(meta_path, f"cannot rebuild the classifier: {type(e).__name__}: {e}", fix) from e
-    state = load_state_dict_file(model_dir / MODEL_FILE, str(model_dir / MODEL_FILE))
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = [
-            f"{n} {keys[:4]}"
-            for n, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched))
-            if keys
-        ]
-        raise StageError(model_dir / MODEL_FILE, f"weights do not match {META_FILE}: " + "; ".join(parts), fix)
-    model.load_state_dict(state)
+    load_trained_state(model, model_dir / MODEL_FILE, fix)
     return model.to(device).eval(), meta

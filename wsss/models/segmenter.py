@@ -23,7 +23,7 @@ from torch import nn
 from wsss.config import BackboneConfig, RetrainConfig
 from wsss.data.transforms import resize, to_channels, to_tensor
 from wsss.errors import StageError
-from wsss.models.backbone import Backbone, create_backbone, load_state_dict_file
+from wsss.models.backbone import Backbone, create_backbone, load_trained_state
 
 MODEL_FILE = "segmenter.safetensors"  # the trained segmenter's state_dict
 META_FILE = "segmenter.json"  # what rebuilds it (segmenter_meta)
@@ -122,11 +122,7 @@ def load_segmenter(model_dir: str | Path, device: str | torch.device = "cpu") ->
         model = Segmenter(backbone, len(meta["classes"]), int(meta["decoder_channels"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StageError(meta_path, f"cannot rebuild the segmenter: {type(e).__name__}: {e}", fix) from e
-    state = load_state_dict_file(model_dir / MODEL_FILE, str(model_dir / MODEL_FILE))
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        what = f"weights do not match {META_FILE}: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
-        raise StageError(model_dir / MODEL_FILE, what, fix)
+    load_trained_state(model, model_dir / MODEL_FILE, fix)
     return model.to(device).eval(), meta
 
 

@@ -6,6 +6,8 @@ written atomically and loaded with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +34,19 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
             f"unreadable checkpoint ({type(e).__name__}: {e})",
             "delete it to restart the stage from scratch (or re-run with --force)",
         ) from None
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    """The per-epoch ``metrics.csv`` (rewritten atomically each epoch, so it always matches the checkpoint)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.csv`` written by :func:`write_metrics` (none if it does not exist), for resuming."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) if k != "epoch" else int(v) for k, v in r.items()} for r in csv.DictReader(f)]

@@ -14,7 +14,6 @@ augmentation and crop jitter are all seeded by (seed, epoch), so a resumed run r
 from __future__ import annotations
 
 import contextlib
-import csv
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from wsss.atomic import atomic_path, write_json
+from wsss.atomic import write_json
 from wsss.cam.gcm import crop_and_resize, crop_boxes
 from wsss.config import Config
 from wsss.data.index import read_dataset_info, read_train_index
@@ -37,7 +36,7 @@ from wsss.models.backbone import save_state_dict
 from wsss.models.dfc import DFC, META_FILE, MODEL_FILE, build_dfc, model_meta
 from wsss.progress import progress
 from wsss.train import dist
-from wsss.train.checkpoint import load_checkpoint, save_checkpoint
+from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
 from wsss.train.losses import gcm_consistency, supervised_infonce
 from wsss.train.sampling import make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
@@ -229,7 +228,7 @@ class ClassifierTrainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             start, best, best_epoch, bad = state["epoch"] + 1, state["best"], state["best_epoch"], state["bad_epochs"]
-            rows = [r for r in _read_metrics(self.out / METRICS_FILE) if int(r["epoch"]) < start]
+            rows = [r for r in read_metrics(self.out / METRICS_FILE) if int(r["epoch"]) < start]
             self.echo(f"resuming after epoch {start}")
         meta = model_meta(self.ccfg, self.classes, self.in_chans, self.model.backbone.stride)
         for epoch in range(start, self.ccfg.epochs):
@@ -245,7 +244,7 @@ class ClassifierTrainer:
             else:
                 bad += 1
             if dist.is_main():
-                _write_metrics(self.out / METRICS_FILE, rows)
+                write_metrics(self.out / METRICS_FILE, rows, COLUMNS)
                 save_checkpoint(self.out / CHECKPOINT, self._state(epoch, best, best_epoch, bad))
             self.echo(
                 f"epoch {epoch + 1}/{self.ccfg.epochs}: loss {row['loss']:.4f}  val AP {row['val_ap']:.4f}  "
@@ -283,17 +282,3 @@ def score_dataset(
         labels.append((y.max(1).values > 0).cpu().numpy())
     s, lab = np.concatenate(scores), np.concatenate(labels)
     return s, lab, loss_sum / max(1, len(s))
-
-
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(v) if k != "epoch" else int(v) for k, v in r.items()} for r in csv.DictReader(f)]

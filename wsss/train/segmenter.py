@@ -12,7 +12,6 @@ same steps.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from wsss.atomic import atomic_path, write_json
+from wsss.atomic import write_json
 from wsss.config import RetrainConfig
 from wsss.data.images import read_image
 from wsss.data.index import TrainRow
@@ -37,7 +36,7 @@ from wsss.models.backbone import save_state_dict
 from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, segmenter_meta
 from wsss.progress import progress
 from wsss.train import dist
-from wsss.train.checkpoint import load_checkpoint, save_checkpoint
+from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
 from wsss.train.sampling import make_train_sampler
 from wsss.train.schedule import warmup_cosine
 
@@ -332,13 +331,13 @@ class SegmenterTrainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             start = int(state["epoch"]) + 1
-            rows = [r for r in _read_metrics(self.out / METRICS_FILE) if int(r["epoch"]) < start]
+            rows = [r for r in read_metrics(self.out / METRICS_FILE) if int(r["epoch"]) < start]
             self.echo(f"resuming after epoch {start}")
         for epoch in range(start, self.rcfg.epochs):
             row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]} | self.train_epoch(epoch)
             rows.append(row)
             if dist.is_main():
-                _write_metrics(self.out / METRICS_FILE, rows)
+                write_metrics(self.out / METRICS_FILE, rows, COLUMNS)
                 save_checkpoint(self.out / CHECKPOINT, self._state(epoch))
             self.echo(
                 f"epoch {epoch + 1}/{self.rcfg.epochs}: loss {row['loss']:.4f} (seg {row['loss_seg']:.4f}, "
@@ -351,17 +350,3 @@ class SegmenterTrainer:
             write_json(self.out / META_FILE, meta | {"epochs": self.rcfg.epochs, "seed": self.seed})
         dist.barrier()
         return {"epochs_run": len(rows), "final_loss": rows[-1]["loss"] if rows else float("nan")}
-
-
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(v) if k != "epoch" else int(v) for k, v in r.items()} for r in csv.DictReader(f)]
