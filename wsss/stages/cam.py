@@ -15,7 +15,6 @@ scale, thresholds).
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -29,7 +28,6 @@ from wsss.errors import StageError
 from wsss.stages import Stage, register_stage
 
 RAW_DIR = "raw"
-ROWS_FILE = "rows.jsonl"
 
 
 def _check_classes(meta: dict, index: Path, model_dir: Path) -> None:
@@ -48,18 +46,6 @@ def _check_classes(meta: dict, index: Path, model_dir: Path) -> None:
         raise StageError(model_dir / "dfc.json", f"in_chans {meta['in_chans']} is not 1 or 3", "retrain the DFC")
 
 
-def _read_rows(path: Path) -> dict[str, dict]:
-    rows: dict[str, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:  # a line cut short by a kill: that image is simply redone
-                continue
-            rows[r["id"]] = r
-    return rows
-
-
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.cam.extract import CamExtractor
     from wsss.cam.iem import extend_cams
@@ -68,6 +54,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.data.index import read_train_index
     from wsss.models.dfc import load_dfc
     from wsss.progress import progress
+    from wsss.resume import ROWS_FILE, RowLog
     from wsss.train import dist
 
     ccfg = cfg.cam
@@ -81,14 +68,14 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     rows_all = read_train_index(index)
 
     # pass 1: raw extended CAMs, streamed to disk batch by batch (resumable)
-    raw_dir, rows_path = out / RAW_DIR, out / ROWS_FILE
+    raw_dir, log = out / RAW_DIR, RowLog(out / ROWS_FILE)
     raw_dir.mkdir(parents=True, exist_ok=True)
-    done = {k: v for k, v in _read_rows(rows_path).items() if (raw_dir / f"{k}.npy").is_file()}
+    done = log.done(lambda i: raw_dir / f"{i}.npy")
     todo = [r for r in rows_all if r.id not in done]
     if done:
         click.echo(f"cam: resuming, {len(done)} of {len(rows_all)} images already done")
     t0 = time.perf_counter()
-    with open(rows_path, "a") as log:
+    with log:
         for start in progress(range(0, len(todo), ccfg.batch_size), desc="cam", unit="batch"):
             batch = todo[start : start + ccfg.batch_size]
             images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
@@ -103,8 +90,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
                 row = {"id": r.id, "score": float(s.max()), "scores": [float(v) for v in s]}
                 row |= {"iem_rounds": n, "peak": float(cam.max())}
                 done[r.id] = row
-                log.write(json.dumps(row) + "\n")
-                log.flush()
+                log.append(row)
     seconds = time.perf_counter() - t0
 
     # pass 2: dataset-level normalisation and gating
@@ -141,7 +127,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         },
     )
     shutil.rmtree(raw_dir)
-    rows_path.unlink()
+    log.remove()
     n_def = sum(done[r.id]["score"] >= ccfg.score_threshold for r in rows_all)
     mean_rounds = np.mean(
         [done[r.id]["iem_rounds"] for r in rows_all if done[r.id]["score"] >= ccfg.score_threshold] or [0]

@@ -12,7 +12,6 @@ row both exist, and the log is removed when the stage finishes.
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 import time
 from pathlib import Path
@@ -25,23 +24,7 @@ from wsss.errors import DataError, StageError
 from wsss.stages import Stage, register_stage
 
 CONFIDENCE_FILE = "confidence.csv"
-ROWS_LOG = "rows.jsonl"
 COLUMNS = ("id", "score", "confidence", "defect_fraction", "ignore_fraction")
-
-
-def _read_done(log: Path, masks: Path) -> dict[str, dict[str, Any]]:
-    """Rows of an earlier, killed attempt whose PNG exists; a torn last line (killed mid-write) is skipped."""
-    done: dict[str, dict[str, Any]] = {}
-    if not log.is_file():
-        return done
-    for line in log.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and "id" in row and (masks / f"{row['id']}.png").is_file():
-            done[row["id"]] = row
-    return done
 
 
 def _cam_meta(cam_dir: Path) -> tuple[list[str], float]:
@@ -76,6 +59,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.data.index import read_train_index
     from wsss.evaluation import read_scores
     from wsss.refine.pseudo import LabelTask, label_all
+    from wsss.resume import ROWS_FILE, RowLog
 
     t0 = time.perf_counter()
     index = read_train_index(inputs["prepare"] / "index.csv")
@@ -91,8 +75,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     masks.mkdir(parents=True, exist_ok=True)
     for stray in masks.glob(".*.tmp"):  # temporary files of writes cut short by a kill
         stray.unlink(missing_ok=True)
-    log = out / ROWS_LOG
-    done = _read_done(log, masks)
+    log = RowLog(out / ROWS_FILE)
+    done = log.done(lambda i: masks / f"{i}.png")
     tasks = [
         LabelTask(
             id=r.id,
@@ -109,19 +93,14 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     ]
     if done:
         click.echo(f"pseudo-labels: resuming, {len(done)} image(s) already labelled")
-    with open(log, "a") as f:
-
-        def record(row: dict[str, Any]) -> None:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-
-        new = label_all(tasks, cfg.pseudo.workers, click.echo, on_done=record)
+    with log:
+        new = label_all(tasks, cfg.pseudo.workers, click.echo, on_done=log.append)
     by_id = {**done, **{r["id"]: r for r in new}}
     rows = [by_id[r.id] for r in index]
     write_confidence(out / CONFIDENCE_FILE, rows, scores)
     with atomic_path(out / SCORES_FILE) as tmp:
         shutil.copyfile(scores_csv, tmp)
-    log.unlink(missing_ok=True)
+    log.remove()
 
     seconds = time.perf_counter() - t0
     called = [r for r in rows if scores[r["id"]] >= threshold]

@@ -1,0 +1,30 @@
+"""The per-image progress log that lets killed stages resume."""
+
+from pathlib import Path
+
+from wsss.resume import RowLog
+
+
+def test_rows_survive_and_torn_or_orphan_rows_are_redone(tmp_path: Path):
+    art = tmp_path / "out"
+    art.mkdir()
+    log = RowLog(tmp_path / "rows.jsonl")
+    assert log.done(lambda i: art / i) == {}
+    with log:
+        for i in ("a", "b", "c"):
+            (art / i).write_text("x")
+            log.append({"id": i, "v": 1})
+        log.append({"id": "a", "v": 2})  # a redone image: the later row wins
+    (art / "b").unlink()  # row written but artifact lost: redo b
+    with open(log.path, "a") as f:
+        f.write('{"id": "d", "v"')  # torn by a kill mid-write
+    (art / "d").write_text("x")
+    done = log.done(lambda i: art / i)
+    assert done == {"a": {"id": "a", "v": 2}, "c": {"id": "c", "v": 1}}
+    with log:  # appending after a torn line starts a fresh line
+        log.append({"id": "e"})
+    (art / "e").write_text("x")
+    assert "e" in log.done(lambda i: art / i)
+    log.remove()
+    assert not log.path.exists()
+    log.remove()  # idempotent
