@@ -81,7 +81,7 @@ class ImageDataset(Dataset):
         for r in rows:
             if type(r) is not TrainRow:
                 raise TypeError(
-                    f"ImageDataset takes TrainRow objects only (no ground-truth masks in training), got "
+                    f"{type(self).__name__} takes TrainRow objects only (no ground-truth masks in training), got "
                     f"{type(r).__name__} for {getattr(r, 'id', r)!r}; read the index with read_train_index"
                 )
         if in_chans not in (1, 3):
@@ -99,7 +99,7 @@ class ImageDataset(Dataset):
         self.high_bit_depth = high_bit_depth
         self._targets = label_matrix(self.rows, self.classes)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self._cache: list[np.ndarray] | None = None
+        self._cache: list | None = None  # what load() returns, per sample, once preloaded
 
     def __len__(self) -> int:
         return len(self.rows)

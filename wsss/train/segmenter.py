@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,13 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from wsss.atomic import write_json
 from wsss.config import RetrainConfig
 from wsss.data.images import read_image
 from wsss.data.index import TrainRow
-from wsss.data.torch_data import label_matrix
+from wsss.data.torch_data import ImageDataset
 from wsss.data.transforms import Augment, resize, to_channels, to_tensor
 from wsss.errors import ConfigError, DataError, StageError
 from wsss.models.backbone import save_state_dict
@@ -76,13 +75,13 @@ def read_pseudo_mask(path: Path, shape: Sequence[int] | None = None, num_classes
     return mask
 
 
-class PseudoMaskDataset(Dataset):
+class PseudoMaskDataset(ImageDataset):
     """Training images with their pseudo-masks (``masks_dir/<id>.png``) and image-level targets.
 
     Each item is ``{"image": (C, H, W) float, "mask": (H, W) int64 (0..K, 255 = ignore), "target": (K,) float,
     "index": int}`` at ``input_size``. Only lossless geometry (flips, rot90 on square inputs) is applied, to image and
-    mask alike, so the mask stays exact; the photometric part of ``augment`` touches the image only. Random draws
-    come from ``np.random.default_rng([seed, epoch, index])``, as in :class:`~wsss.data.torch_data.ImageDataset`.
+    mask alike, so the mask stays exact; the photometric part of ``augment`` touches the image only. Seeding, epochs,
+    targets and the in-memory cache are :class:`~wsss.data.torch_data.ImageDataset`'s.
     """
 
     def __init__(
@@ -96,55 +95,21 @@ class PseudoMaskDataset(Dataset):
         seed: int = 0,
         high_bit_depth: str = "refuse",
     ):
-        for r in rows:
-            if type(r) is not TrainRow:
-                raise TypeError(
-                    f"PseudoMaskDataset takes TrainRow objects only (no ground-truth masks in training), got "
-                    f"{type(r).__name__} for {getattr(r, 'id', r)!r}; read the index with read_train_index"
-                )
-        if in_chans not in (1, 3):
-            raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
-        if len(input_size) != 2 or min(input_size) < 1:
-            raise ValueError(f"input_size must be (H, W) with positive sizes, got {input_size}")
-        if not classes:
-            raise ValueError("classes is empty")
-        self.rows, self.masks_dir, self.classes = list(rows), Path(masks_dir), list(classes)
-        self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.in_chans, self.seed, self.high_bit_depth = in_chans, int(seed), high_bit_depth
-        self.augment = augment
+        super().__init__(rows, classes, input_size, in_chans, augment, seed, high_bit_depth)
+        self.masks_dir = Path(masks_dir)
         self.photometric = None
         if augment is not None:
             no_geometry = {"flips": False, "rot90": False, "affine_degrees": 0.0, "affine_scale": 0.0}
             self.photometric = Augment(dataclasses.replace(augment.cfg, **no_geometry, affine_translate=0.0))
-        self._targets = label_matrix(self.rows, self.classes)
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
         missing = [p for p in (self.mask_path(i) for i in range(len(self.rows))) if not p.is_file()]
         if missing:  # fail before training starts, not in the middle of an epoch
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise DataError(missing[0], f"pseudo-mask missing for a training image{more}", MASK_FIX)
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch.item())
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation stream of ``epoch``; call before iterating the DataLoader each epoch."""
-        self._epoch.fill_(int(epoch))
-
-    def targets(self) -> np.ndarray:
-        return self._targets.copy()
-
-    def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
-
     def mask_path(self, index: int) -> Path:
         return pseudo_mask_path(self.masks_dir, self.rows[index].id)
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[override]
         """Image (``uint8``) and pseudo-mask of sample ``index`` at ``input_size``, before augmentation."""
         if self._cache is not None:
             return self._cache[index]
@@ -154,13 +119,7 @@ class PseudoMaskDataset(Dataset):
         return resize(img, self.input_size), cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
 
     def cache_bytes(self) -> int:
-        return len(self.rows) * self.input_size[0] * self.input_size[1] * (self.in_chans + 1)
-
-    def preload(self, threads: int = 2) -> None:
-        """Decode and resize every image and mask once and keep them in memory (see ``ImageDataset.preload``)."""
-        if self._cache is None:
-            with ThreadPoolExecutor(max(1, threads)) as pool:
-                self._cache = list(pool.map(self.load, range(len(self.rows))))
+        return super().cache_bytes() + len(self.rows) * self.input_size[0] * self.input_size[1]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         index = int(index) % len(self.rows) if index < 0 else int(index)
