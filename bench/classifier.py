@@ -87,23 +87,28 @@ def input_size(args: argparse.Namespace, dataset: str) -> list[int]:
     return SIZES[dataset][1 if args.full else 0]
 
 
-def run_one(args, dataset: str, fold: int | None, variant: str) -> dict:
+def bench_overrides(args: argparse.Namespace, dataset: str, fold: int | None, variant: str) -> list[str]:
+    """The config overrides of one benchmark run (bench/pseudo_masks.py builds on the same ones)."""
     size = input_size(args, dataset)
-    epochs = args.epochs or (40 if args.full else 12)
     overrides = [
         f"dataset.root={args.data / dataset}",
         f"classifier.backbone.name={args.backbone}",
         f"classifier.input_size=[{size[0]},{size[1]}]",
-        f"classifier.epochs={epochs}",
+        f"classifier.epochs={args.epochs or (40 if args.full else 12)}",
         f"run.device={args.device}",
         "run.pipeline=full",
         *VARIANTS[variant],
-        *args.overrides,
     ]
     if args.device.startswith("cuda"):
         overrides += ["classifier.amp=true", "classifier.channels_last=true", "classifier.workers=8"]
     if fold is not None:
         overrides.append(f"prepare.split.fold={fold}")
+    return overrides + list(args.overrides)
+
+
+def run_one(args, dataset: str, fold: int | None, variant: str) -> dict:
+    size = input_size(args, dataset)
+    overrides = bench_overrides(args, dataset, fold, variant)
     cfg = load_config(ROOT / "configs" / f"{dataset}.yaml", overrides)
     name = f"{dataset}{'' if fold is None else f'-fold{fold}'}-{variant}"
     run = Run(args.out / name, cfg, echo=lambda m: print(f"[{name}] {m}", flush=True))

@@ -24,15 +24,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from classifier import input_size  # noqa: E402  (same sizes and --size handling as the classifier benchmark)
+from classifier import bench_overrides, input_size  # noqa: E402  (the classifier benchmark's runs, reusable)
 
 from wsss.config import load_config  # noqa: E402
 from wsss.data.index import read_train_index  # noqa: E402
 from wsss.pipelines import load_pipeline  # noqa: E402
 from wsss.runs import Run  # noqa: E402
+from wsss.stages import get_stage  # noqa: E402
 
 PIPELINES = ("cam-threshold", "cam-crf", "cam-iem-crf", "full")
-METRICS = ("miou_def", "pooled_iou", "seg_miou", "seg_recall_0_1", "seg_recall_0_5", "ap")
+METRICS = ("miou_def", "pooled_iou", "seg_miou", "seg_recall@0.1", "seg_recall@0.5", "ap")  # report.json keys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,29 +41,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--datasets", default="ksdd,mtd")
     p.add_argument("--pipelines", default=",".join(PIPELINES))
-    p.add_argument("--epochs", type=int, default=12, help="classifier epochs")
+    p.add_argument("--epochs", type=int, default=None, help="classifier epochs: default 12 (40 with --full)")
+    p.add_argument("--backbone", default="resnet18", help="classifier backbone")
     p.add_argument("--full", action="store_true", help="full resolution (for a GPU)")
     p.add_argument("--size", action="append", default=[], help="DATASET=HxW classifier input size")
     p.add_argument("--device", default="cpu")
     p.add_argument("--pool-images", type=int, default=16, help="images for the CRF pool speed-up measurement")
-    p.add_argument("--reuse", type=Path, default=None, help="a bench/classifier.py output folder to start from")
+    p.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="a bench/classifier.py output folder to take the `both` classifiers from (pass the same --epochs, "
+        "--backbone, --size and --set as that run)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-pseudo-masks")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     return p.parse_args(argv)
 
 
 def config(args, dataset: str, pipeline: str):
+    """The classifier benchmark's `both` run of ``dataset`` (KSDD fold 0), with ``pipeline`` after it."""
     size = input_size(args, dataset)
-    overrides = [
-        f"dataset.root={args.data / dataset}",
-        f"classifier.input_size=[{size[0]},{size[1]}]",
-        f"retrain.input_size=[{size[0]},{size[1]}]",
-        f"classifier.epochs={args.epochs}",
-        f"run.device={args.device}",
-        f"run.pipeline={pipeline}",
-        *args.overrides,
-    ]
-    return load_config(ROOT / "configs" / f"{dataset}.yaml", overrides)
+    overrides = bench_overrides(args, dataset, 0 if dataset == "ksdd" else None, "both")
+    overrides += [f"retrain.input_size=[{size[0]},{size[1]}]", f"run.pipeline={pipeline}"]
+    if args.device.startswith("cuda"):
+        overrides += ["retrain.amp=true", "retrain.channels_last=true", "retrain.workers=8"]
+    return load_config(ROOT / "configs" / f"{dataset}.yaml", overrides + list(args.overrides))
 
 
 def stage_rates(run_dir: Path, n_images: int, stages: tuple[str, ...]) -> dict[str, float]:
@@ -92,7 +96,16 @@ def pool_speedup(run_dir: Path, cfg, n: int) -> dict[str, float]:
         for workers in (1, default_workers(0)):
             d = Path(tmp) / str(workers)
             tasks = [
-                LabelTask(r.id, r.path, cam_path(run_dir / "cam", r.id), d / f"{r.id}.png", True, 1, cfg.pseudo)
+                LabelTask(
+                    r.id,
+                    r.path,
+                    cam_path(run_dir / "cam", r.id),
+                    d / f"{r.id}.png",
+                    True,
+                    len(meta["classes"]),
+                    cfg.pseudo,
+                    cfg.dataset.high_bit_depth,
+                )
                 for r in called
             ]
             t0 = time.perf_counter()
@@ -101,6 +114,13 @@ def pool_speedup(run_dir: Path, cfg, n: int) -> dict[str, float]:
     out["images"], out["cores"] = len(called), os.cpu_count()
     out["speedup"] = out[f"seconds_{1}w"] / out[f"seconds_{default_workers(0)}w"]
     return out
+
+
+def fmt(v: float | None, plain: bool) -> str:
+    """A metric for the table: None (undefined, e.g. no defective test image) as n/a."""
+    if v is None:
+        return "n/a"
+    return f"{v:.4f}" if plain else f"{100 * v:.2f}%"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             for stage in ("prepare", "train-classifier"):
                 if (src / stage).is_dir() and not (base / stage).exists():
                     shutil.copytree(src / stage, base / stage)
+            state = Run(base, config(args, dataset, "full")).status(get_stage("train-classifier"))
+            if state != "done":
+                sys.exit(
+                    f"--reuse {src}: its classifier is {state} under this benchmark's config; pass the same "
+                    "--epochs/--backbone/--size/--set as the classifier benchmark run"
+                )
         for pipeline in [p for p in args.pipelines.split(",") if p]:
             cfg = config(args, dataset, pipeline)
             run_dir = base if pipeline == "full" else args.out / f"{dataset}-{pipeline}"
@@ -143,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         rates = ", ".join(f"{k} {v:.2f}" for k, v in r["images_per_s"].items())
         print(
             f"| {r['dataset']} | {r['pipeline']} | "
-            + " | ".join(f"{100 * r[k]:.2f}%" if k != "ap" else f"{r[k]:.4f}" for k in METRICS)
+            + " | ".join(fmt(r[k], k == "ap") for k in METRICS)
             + f" | {rates} |"
         )
     for r in results:
