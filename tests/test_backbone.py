@@ -217,3 +217,21 @@ def test_forward_features_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bb.timm, "create_model", pooled)
     with pytest.raises(ConfigError, match="choose a CNN backbone"):
         create_backbone(BackboneConfig(name=NAME), 1)
+
+
+def test_reflect_padding_changes_only_how_borders_are_filled() -> None:
+    torch.manual_seed(0)
+    zeros = create_backbone(BackboneConfig(name="resnet10t", output_stride=16), in_chans=1)
+    reflect = create_backbone(BackboneConfig(name="resnet10t", output_stride=16, padding="reflect"), in_chans=1)
+    reflect.load_state_dict(zeros.state_dict())  # same parameters: pretrained weights load unchanged
+    convs = [m for m in reflect.modules() if isinstance(m, nn.Conv2d) and max(m.padding) > 0]
+    assert convs and all(m.padding_mode == "reflect" for m in convs)
+    x, flat = torch.rand(1, 1, 64, 64), torch.full((1, 1, 64, 64), 0.5)
+    with torch.no_grad():
+        a, b = _eval_out(zeros, x), _eval_out(reflect, x)
+        assert a.shape == b.shape == (1, zeros.out_channels, 4, 4)
+        assert not torch.allclose(a, b)  # the border is filled differently...
+        # ...and only when the border continues the image does a uniform image give a uniform map
+        r, z = _eval_out(reflect, flat), _eval_out(zeros, flat)
+    assert (r[..., 0, 0] - r[..., 1, 1]).abs().max() < 1e-4
+    assert (z[..., 0, 0] - z[..., 1, 1]).abs().max() > 1e-3

@@ -172,3 +172,33 @@ def test_deleted_output_file_makes_stage_stale(recipe: Path, tmp_path: Path):
     (run_dir / "toy-b" / "b.txt").unlink()
     r = invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
     assert "toy-a: up to date" in r.output and "toy-b: running" in r.output
+
+
+def test_options_added_since_a_stage_ran_count_as_unchanged_at_their_default(recipe: Path, tmp_path: Path):
+    """A manifest from an older wsss lacks options added later: still current while those hold their defaults."""
+    run_dir = tmp_path / "run"
+    invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
+    path = run_dir / "toy-a" / "manifest.json"
+    m = manifest(run_dir, "toy-a")
+    del m["config"]["prepare"]["split"]["seed"]  # as written before `seed` existed (its default is 0)
+    m["config_hash"] = "0123456789abcdef"  # and hashed by that version
+    path.write_text(json.dumps(m))
+    r = invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
+    assert "toy-a: up to date" in r.output and "toy-b: up to date" in r.output, r.output
+
+    m["config"]["prepare"]["gone"] = 1  # an option this version no longer has: its meaning is unknown
+    path.write_text(json.dumps(m))
+    r = invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
+    assert "toy-a: running" in r.output, r.output  # (toy-b then stays: toy-a's output digest did not change)
+
+
+def test_option_added_since_but_set_away_from_its_default_is_a_change(recipe: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
+    path = run_dir / "toy-a" / "manifest.json"
+    m = manifest(run_dir, "toy-a")
+    del m["config"]["prepare"]["split"]["seed"]
+    m["config_hash"] = "0123456789abcdef"
+    path.write_text(json.dumps(m))
+    r = invoke("run", "--config", str(recipe), "--run-dir", str(run_dir), "--set", "prepare.split.seed=3")
+    assert "toy-a: running" in r.output, r.output

@@ -34,16 +34,17 @@ def config(*overrides: str):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
-    """One tiny DFC trained for 15 epochs on 80 synthetic images (64 px, stride 8), shared by the tests below."""
+    """One tiny DFC trained for 12 epochs on 120 synthetic images (64 px, stride 8, reflect padding), shared below."""
     run_dir = tmp_path_factory.mktemp("trained")
-    synth = {"n_ok": 40, "n_defect": 40, "size": 64, "seed": 1, "defects": "[scratch, blob, crack]"}
+    synth = {"n_ok": 60, "n_defect": 60, "size": 64, "seed": 1, "defects": "[scratch, blob, crack]"}
     cfg = load_config(
         None,
         [
             *TINY,
-            "classifier.epochs=15",
+            "classifier.epochs=12",
             "classifier.patience=100",
             "classifier.backbone.output_stride=8",
+            "classifier.backbone.padding=reflect",
             "classifier.batch_size=16",
             "prepare.split.train=0.7",
             "prepare.split.val=0.15",
@@ -60,7 +61,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
 def test_loss_decreases_and_outputs_are_written(trained):
     run_dir, cfg = trained
     rows = (run_dir / "dfc" / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 16 and rows[0].startswith("epoch,lr,loss,loss_cls")
+    assert len(rows) == 13 and rows[0].startswith("epoch,lr,loss,loss_cls")
     loss_cls = [float(r.split(",")[3]) for r in rows[1:]]
     assert np.mean(loss_cls[-3:]) < 0.7 * np.mean(loss_cls[:3]), loss_cls
     assert max(float(r.split(",")[7]) for r in rows[1:]) >= 0.9  # validation image AP
@@ -143,11 +144,11 @@ def test_stage_through_the_runner(prepared_run: Path, tmp_path: Path):
     assert "classifier" in m["config"] and m["config"]["run.seed"] == 0
 
 
-def test_cam_peak_falls_on_the_defect_far_above_chance(trained):
-    """The CAM's peak cell touches the known defect much more often than a random cell would.
+def test_cam_peak_falls_inside_the_defect_in_most_defective_images(trained):
+    """The CAM's peak cell touches the known defect in most defective images, and far more often than chance.
 
-    Chance for an image = the fraction of CAM cells that touch its mask. (The issue's target, "most defective
-    images", is not reached yet at this tiny scale: see the closing note.)
+    Chance for an image = the fraction of CAM cells that touch its mask (about 0.11 here). Measured: 34 of 60 with
+    reflect padding; 17 of 40 with zero padding, whose misses cluster on the image border.
     """
     from wsss.data.index import read_train_index
     from wsss.data.torch_data import ImageDataset
@@ -170,4 +171,5 @@ def test_cam_peak_falls_on_the_defect_far_above_chance(trained):
             cy, cx = np.unravel_index(int(cam.argmax()), cam.shape)
             hits += bool(touched[cy, cx])
             chance += touched.mean()
-    assert hits / len(rows) >= 2 * chance / len(rows), (hits, len(rows), chance)
+    assert hits > len(rows) / 2, (hits, len(rows), chance)
+    assert hits >= 3 * chance, (hits, len(rows), chance)

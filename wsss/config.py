@@ -105,6 +105,9 @@ class BackboneConfig:
     weights: str | None = _path_field()  # local .safetensors / .pth state_dict; None = from scratch
     output_stride: int = 16  # 8 or 16 where the model supports it (CAM resolution), 32 = unchanged
     in_chans: int = 0  # 0 = the dataset's channels (grayscale stays 1-channel)
+    # how convolutions pad: "reflect" continues the texture at the image border, so the border carries no signal a
+    # classifier can latch onto (zero padding makes CAMs peak on image borders); "zeros" = timm's default
+    padding: str = _choices("zeros", "reflect", "replicate", default="zeros")
 
 
 @dataclass
@@ -502,6 +505,39 @@ def section_hash(cfg: Config, sections: tuple[str, ...]) -> str:
     """Stable hash of the named sections."""
     blob = json.dumps(section_dict(cfg, sections), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it reads back from a JSON manifest (tuples -> lists, paths -> str)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _same_settings(recorded: Any, current: Any, default: Any) -> bool:
+    if not (isinstance(recorded, dict) and isinstance(current, dict)):
+        return recorded == current
+    if set(recorded) - set(current):  # an option that no longer exists: its meaning is gone
+        return False
+    default = default if isinstance(default, dict) else {}
+    for k, v in current.items():
+        if k in recorded:
+            if not _same_settings(recorded[k], v, default.get(k)):
+                return False
+        elif k not in default or v != default[k]:  # an option added since, set away from its default
+            return False
+    return True
+
+
+def settings_match(recorded: dict[str, Any] | None, cfg: Config, sections: tuple[str, ...]) -> bool:
+    """Whether the sections a manifest recorded (``section_dict`` as saved to JSON) are ``cfg``'s.
+
+    Options added to wsss after the manifest was written count as unchanged while they hold their default value,
+    because a new option's default is always the behaviour from before it existed (the rule for adding options).
+    So upgrading wsss does not invalidate finished stages; setting a new option away from its default does.
+    """
+    if not isinstance(recorded, dict):
+        return False
+    current = _plain(section_dict(cfg, sections))
+    return _same_settings(recorded, current, _plain(section_dict(Config(), sections)))
 
 
 def dump_yaml(data: dict[str, Any]) -> str:

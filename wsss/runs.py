@@ -33,7 +33,7 @@ import click
 
 from wsss import __version__
 from wsss.atomic import atomic_write_text, write_json
-from wsss.config import Config, dump_yaml, section_dict, section_hash
+from wsss.config import Config, dump_yaml, section_dict, section_hash, settings_match
 from wsss.errors import StageError
 from wsss.stages import Stage, get_stage
 
@@ -174,7 +174,7 @@ class Run:
                     f"stage {stage.name!r} needs the output of {up_name!r}, which has not finished",
                     f"run `wsss run --to {stage.name}` or `wsss run-stage {up_name}` first",
                 )
-            if m.get("config_hash") != section_hash(self.cfg, up.sections):
+            if not self._same_config(m, up.sections):
                 raise StageError(
                     d,
                     f"{up_name!r} ran with a different config than the current one",
@@ -204,11 +204,18 @@ class Run:
             return "blocked"
         return "done" if self._is_current(stage.name, m, exp) else "stale"
 
+    def _same_config(self, manifest: dict[str, Any], sections: tuple[str, ...]) -> bool:
+        """The manifest's stage ran with this config (options added to wsss since, at their defaults, match)."""
+        if manifest.get("config_hash") == section_hash(self.cfg, sections):
+            return True
+        return settings_match(manifest.get("config"), self.cfg, sections)
+
     def _is_current(self, name: str, manifest: dict[str, Any] | None, expected: dict[str, Any]) -> bool:
         if manifest is None or manifest.get("status") != "done":
             return False
         files_ok = all((self.stage_dir(name) / f).is_file() for f in manifest.get("files", {}))
-        return files_ok and all(manifest.get(k) == v for k, v in expected.items())
+        same = all(manifest.get(k) == v for k, v in expected.items() if k != "config_hash")
+        return files_ok and same and self._same_config(manifest, get_stage(name).sections)
 
     def run_stage(self, name: str, force: bool = False) -> Path:
         """Run one stage unless it is up to date; return its output folder."""

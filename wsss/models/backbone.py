@@ -99,9 +99,25 @@ def create_backbone(cfg: BackboneConfig, in_chans: int, section: str = "classifi
         backbone = _features_backbone(cfg.name, cfg.output_stride, kw)
     except (RuntimeError, AssertionError, NotImplementedError):  # no features_only support in this model
         backbone = _forward_features_backbone(cfg.name, kw, f"{section}.name")
+    set_padding_mode(backbone, cfg.padding)
     if cfg.weights:
         load_backbone_weights(backbone, cfg.weights, f"{section}.weights")
     return backbone
+
+
+def set_padding_mode(module: nn.Module, mode: str) -> int:
+    """Make every ``nn.Conv2d`` in ``module`` that pads use ``mode`` (zeros, reflect, replicate, circular).
+
+    The weights are untouched (pretrained weights load the same), only how the border is filled changes. Convs that
+    pad dynamically (timm's ``Conv2dSame``) keep zeros. Returns the number of convs changed.
+    """
+    n = 0
+    for m in module.modules():
+        pads = isinstance(m, nn.Conv2d) and not isinstance(m.padding, str) and any(p > 0 for p in m.padding)
+        if pads and m.padding_mode != mode:
+            m.padding_mode = mode
+            n += 1
+    return n
 
 
 def _check_name(name: str, where: str) -> None:
