@@ -174,6 +174,10 @@ class ClassifierTrainer:
         self.scheduler.step()
         return {"loss": total, **parts}
 
+    def train_batch(self, batch: dict[str, Any], gen: torch.Generator) -> dict[str, float]:
+        """One optimisation step on a DataLoader batch (moved to the device here); returns the loss parts."""
+        return self.train_step(self._to_device(batch["image"]), batch["target"].to(self.device), gen)
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.net.train()
         gen = torch.Generator().manual_seed(self.cfg.run.seed * 7919 + epoch)
@@ -181,10 +185,9 @@ class ClassifierTrainer:
         n_images, t0 = 0, time.perf_counter()
         loader = self.loader(epoch)
         for batch in progress(loader, desc=f"epoch {epoch + 1}/{self.ccfg.epochs}", total=len(loader), unit="batch"):
-            x, y = self._to_device(batch["image"]), batch["target"].to(self.device)
-            for k, v in self.train_step(x, y, gen).items():
-                sums[k] = sums.get(k, 0.0) + v * len(x)
-            n_images += len(x)
+            for k, v in self.train_batch(batch, gen).items():
+                sums[k] = sums.get(k, 0.0) + v * len(batch["image"])
+            n_images += len(batch["image"])
         seconds = time.perf_counter() - t0
         return {k: v / max(1, n_images) for k, v in sums.items()} | {
             "images_per_s": n_images * dist.world_size() / seconds,
