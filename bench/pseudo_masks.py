@@ -1,6 +1,7 @@
 """Benchmark: pseudo-mask quality of the full method and its ablations on real data (issue 4).
 
-For each dataset this trains the DFC once (the `full` pipeline's run), copies its `prepare` and `train-classifier`
+For each dataset this trains the DFC once (the `pseudo-masks` pipeline's run: the full method up to the retrain
+round), copies its `prepare` and `train-classifier`
 stages into one run folder per ablation (their manifests still match, so they are reused, not retrained), runs
 each pipeline, and reports on the test split: mIoU_def, pooled IoU, Seg_mIoU, Seg_Recall@0.1/0.5 and image AP
 (METHOD.md section 8), plus each stage's throughput (images/s) and the CRF process pool's speed-up over one worker,
@@ -32,7 +33,8 @@ from wsss.pipelines import load_pipeline  # noqa: E402
 from wsss.runs import Run  # noqa: E402
 from wsss.stages import get_stage  # noqa: E402
 
-PIPELINES = ("cam-threshold", "cam-crf", "cam-iem-crf", "full")
+PIPELINES = ("cam-threshold", "cam-crf", "cam-iem-crf", "pseudo-masks")
+BASE = "pseudo-masks"  # the method's pipeline; the ablations reuse its prepare and train-classifier stages
 METRICS = ("miou_def", "pooled_iou", "seg_miou", "seg_recall@0.1", "seg_recall@0.5", "ap")  # report.json keys
 
 
@@ -128,13 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for dataset in [d for d in args.datasets.split(",") if d]:
-        base = args.out / f"{dataset}-full"
+        base = args.out / f"{dataset}-{BASE}"
         if args.reuse is not None:
             src = args.reuse / (f"{dataset}-fold0-both" if dataset == "ksdd" else f"{dataset}-both")
             for stage in ("prepare", "train-classifier"):
                 if (src / stage).is_dir() and not (base / stage).exists():
                     shutil.copytree(src / stage, base / stage)
-            state = Run(base, config(args, dataset, "full")).status(get_stage("train-classifier"))
+            state = Run(base, config(args, dataset, BASE)).status(get_stage("train-classifier"))
             if state != "done":
                 sys.exit(
                     f"--reuse {src}: its classifier is {state} under this benchmark's config; pass the same "
@@ -142,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
         for pipeline in [p for p in args.pipelines.split(",") if p]:
             cfg = config(args, dataset, pipeline)
-            run_dir = base if pipeline == "full" else args.out / f"{dataset}-{pipeline}"
+            run_dir = base if pipeline == BASE else args.out / f"{dataset}-{pipeline}"
             if run_dir != base:
-                cfg_full = config(args, dataset, "full")
+                cfg_full = config(args, dataset, BASE)
                 Run(base, cfg_full, echo=print).run_pipeline(["prepare", "train-classifier"])
                 for stage in ("prepare", "train-classifier"):
                     if not (run_dir / stage).exists():

@@ -30,3 +30,47 @@ def prepared_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
     Run(run_dir, load_config(None, overrides), echo=lambda *_: None).run_stage("prepare")
     return run_dir
+
+
+# The whole method on the tiny set with tiny models: every stage runs, in seconds (tests/test_retrain.py and
+# tests/test_train_segmenter.py share one run).
+FAST = [
+    *[f"dataset.synthetic.{k}={v}" for k, v in TINY.items()],
+    "classifier.backbone.name=test_resnet",
+    "classifier.input_size=[64, 64]",
+    "classifier.epochs=3",
+    "classifier.batch_size=8",
+    "classifier.clm.dim=16",
+    "classifier.clm.hidden=32",
+    "cam.scales=[1.0]",
+    "cam.score_threshold=0.3",
+    "cam.iem.rounds=1",
+    "pseudo.workers=2",
+    "pseudo.crf.iterations=3",
+    "retrain.backbone.name=test_resnet",
+    "retrain.input_size=[64, 64]",
+    "retrain.epochs=2",
+    "retrain.rounds=2",
+    "retrain.batch_size=8",
+    "segmenter.backbone.name=test_resnet",
+    "segmenter.input_size=[64, 64]",
+    "segmenter.decoder_channels=16",
+    "segmenter.epochs=4",
+    "segmenter.batch_size=8",
+    "run.device=cpu",
+]
+
+
+@pytest.fixture(scope="session")
+def full_run(prepared_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A run folder where the `full` pipeline (every stage of the method) has run on the tiny set; and its config."""
+    import shutil
+
+    from wsss.pipelines import load_pipeline
+    from wsss.runs import Run
+
+    run_dir = tmp_path_factory.mktemp("full")
+    shutil.copytree(prepared_run / "prepare", run_dir / "prepare")
+    cfg = load_config(None, FAST)
+    Run(run_dir, cfg, echo=lambda *_: None).run_pipeline(list(load_pipeline("full").stages))
+    return run_dir, cfg

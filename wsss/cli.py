@@ -1,4 +1,4 @@
-"""The `wsss` command line: run stages and pipelines, evaluate masks, run the demo.
+"""The `wsss` command line: run stages and pipelines, evaluate masks, predict, export, run the demo.
 
 User errors (:class:`wsss.errors.WsssError`) print as ``Error: <file>: <what> (<how to fix>)`` and exit with the
 error's code: 2 for usage/config errors, 1 for bad data or a stage that cannot run.
@@ -12,7 +12,7 @@ import click
 
 from wsss import __version__
 from wsss.config import Config, dump_yaml, load_config
-from wsss.errors import WsssError
+from wsss.errors import ConfigError, WsssError
 from wsss.stages import load_stages
 
 
@@ -195,6 +195,78 @@ def evaluate(
     report = evaluate_index(index, masks, scores, cfg, out)
     click.echo(report.to_markdown())
     click.echo(f"wrote {out / 'report.json'} and {out / 'report.md'}")
+
+
+def _size(value: str) -> tuple[int, int] | None | str:
+    """``--size``: ``model`` (the training size), ``native`` (each image's own size) or ``HxW``."""
+    if value in ("model", "native"):
+        return None if value == "native" else "model"
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise ConfigError("--size", f"invalid size {value!r}", "use model, native or HxW, e.g. 320x128") from None
+    if min(h, w) < 1:
+        raise ConfigError("--size", f"invalid size {value!r}", "both sides must be positive")
+    return (h, w)
+
+
+@cli.command()
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="a run folder, its train-segmenter folder, a segmenter.safetensors or an exported .onnx file",
+)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="output folder")
+@click.option("--batch", type=int, default=8, show_default=True, help="images per forward pass")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--size", default="model", show_default=True, help="network input: model (training size), native, HxW")
+@click.option("--threshold", type=float, default=None, help="image-level gate (default: the model's)")
+@click.option("--no-overlays", is_flag=True, help="write masks and the CSV only")
+def predict(
+    model: Path,
+    inputs: tuple[Path, ...],
+    out: Path,
+    batch: int,
+    device: str,
+    size: str,
+    threshold: float | None,
+    no_overlays: bool,
+) -> None:
+    """Segment IMAGES (files or folders) with a trained segmenter: masks, overlays and predictions.csv in --out."""
+    from wsss.inference import load_predictor
+    from wsss.predict import predict_images, raise_failures
+    from wsss.progress import progress
+    from wsss.train.dist import resolve_device
+
+    predictor = load_predictor(model, str(resolve_device(device)), _size(size), threshold)
+    summary = predict_images(predictor, inputs, out, batch, not no_overlays, progress)
+    click.echo(f"predict: {summary.images} image(s), {summary.defective} called defective -> {out}")
+    raise_failures(summary)
+
+
+@cli.group()
+def export() -> None:
+    """Export a trained model or a run's masks for other tools."""
+
+
+@export.command("onnx")
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="a run folder, train-segmenter folder or .safetensors",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="the .onnx file to write")
+@click.option("--opset", type=int, default=18, show_default=True)
+def export_onnx_cmd(model: Path, out: Path, opset: int) -> None:
+    """Export the segmenter to ONNX (dynamic batch and size) and check it against PyTorch with onnxruntime."""
+    from wsss.export.onnx import export_onnx
+
+    report = export_onnx(model, out, opset=opset)
+    shapes = ", ".join("x".join(map(str, s)) for s in report.checked_shapes)
+    click.echo(f"wrote {out}; onnxruntime vs PyTorch on inputs {shapes}: max abs diff {report.max_abs_diff:.3g}")
 
 
 @cli.command()

@@ -223,10 +223,9 @@ class PseudoConfig:
 
 
 @dataclass
-class RetrainConfig:
-    """`retrain`: additional training rounds (METHOD.md 5) of a segmenter on the pseudo-masks."""
+class SegTrainConfig:
+    """Training a multi-task segmenter on pseudo-masks: what `retrain` and `train-segmenter` share."""
 
-    rounds: int = 1
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(output_stride=32))
     input_size: list[int] = field(default_factory=lambda: [128, 128])  # H, W
     decoder_channels: int = 64
@@ -237,11 +236,31 @@ class RetrainConfig:
     warmup_epochs: int = 1
     dice_weight: float = 1.0  # segmentation loss = CE + dice_weight * Dice (ignore pixels excluded)
     cls_weight: float = 0.5  # + cls_weight * image-level BCE on the classification head
-    fuse_weight: float = 0.5  # fused map = fuse_weight * segmenter probability + (1 - fuse_weight) * extended CAM
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     amp: bool = False
     channels_last: bool = False
     workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class RetrainConfig(SegTrainConfig):
+    """`retrain`: additional training rounds (METHOD.md 5) of a segmenter on the pseudo-masks."""
+
+    rounds: int = 1
+    fuse_weight: float = 0.5  # fused map = fuse_weight * segmenter probability + (1 - fuse_weight) * extended CAM
+
+
+@dataclass
+class SegmenterConfig(SegTrainConfig):
+    """`train-segmenter`: distillation into the fast multi-task segmenter the line runs (METHOD.md 6)."""
+
+    epochs: int = 30
+    masks: str = ""  # stage whose masks/ it learns from; empty = `retrain` if the pipeline has it, else pseudo-labels
+    kd_weight: float = 0.5  # + kd_weight * KL(teacher || student) of the per-pixel class distributions
+    kd_temperature: float = 2.0  # both distributions softened by this temperature (the loss is scaled by T^2)
+    score_kd_weight: float = 0.5  # + score_kd_weight * BCE(classification head, the DFC's sample scores)
+    score_threshold: float = 0.5  # inference: a class whose image probability is below this is gated off the mask
+    patience: int = 8  # early stopping: epochs without a better validation Seg_mIoU (against pseudo-masks)
 
 
 @dataclass
@@ -266,6 +285,7 @@ class Config:
     cam: CamConfig = field(default_factory=CamConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -476,6 +496,9 @@ def _check_ranges(cfg: Config) -> None:
         ("pseudo.workers", cfg.pseudo.workers >= 0, "0 (every core) or a process count"),
         ("retrain.rounds", cfg.retrain.rounds >= 1, "at least 1"),
         ("retrain.fuse_weight", 0 <= cfg.retrain.fuse_weight <= 1, "a weight in [0, 1]"),
+        ("segmenter.kd_temperature", cfg.segmenter.kd_temperature > 0, "a temperature > 0"),
+        ("segmenter.score_threshold", 0 <= cfg.segmenter.score_threshold <= 1, "a probability in [0, 1]"),
+        ("segmenter.patience", cfg.segmenter.patience >= 1, "at least 1 epoch"),
     ]
     for key, ok, fix in checks:
         if not ok:

@@ -51,8 +51,8 @@ def _first_ids(ids: list[str]) -> str:
     return ", ".join(ids[:SHOW_IDS]) + more
 
 
-def read_scores(path: Path) -> dict[str, float]:
-    """Sample scores from a CSV with ``id`` and ``score`` columns (other columns are ignored)."""
+def read_scores(path: Path, column: str = "score") -> dict[str, float]:
+    """Sample scores from a CSV with ``id`` and ``column`` (default ``score``) columns (other columns are ignored)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "scores file not found", "pass the scores.csv written by the cam or segmenter stage")
@@ -63,14 +63,14 @@ def read_scores(path: Path) -> dict[str, float]:
     scores: dict[str, float] = {}
     reader = csv.reader(io.StringIO(text, newline=""))
     header = [h.strip() for h in next(reader, [])]
-    missing = [c for c in ("id", "score") if c not in header]
+    missing = [c for c in ("id", column) if c not in header]
     if missing:
         raise DataError(
             f"{path}:1",
             f"missing column(s) {', '.join(missing)} in header {header}",
-            "the first line must name the columns, including id and score",
+            f"the first line must name the columns, including id and {column}",
         )
-    i_id, i_score = header.index("id"), header.index("score")
+    i_id, i_score = header.index("id"), header.index(column)
     for row in reader:
         line = f"{path}:{reader.line_num}"
         if not any(cell.strip() for cell in row):

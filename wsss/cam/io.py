@@ -64,14 +64,30 @@ def read_cam(path: Path, shape: Sequence[int] | None = None, classes: int | None
 SCORE_COLUMNS = ("id", "score", "iem_rounds", "peak")
 
 
-def write_scores(path: Path, rows: Iterable[dict[str, Any]], classes: Sequence[str]) -> None:
-    """``scores.csv``: id, score (max over classes), IEM rounds used, raw CAM peak, and per-class scores if K > 1."""
-    extra = [f"score_{c}" for c in classes] if len(classes) > 1 else []
+def write_scores(
+    path: Path, rows: Iterable[dict[str, Any]], classes: Sequence[str], columns: Sequence[str] = SCORE_COLUMNS
+) -> None:
+    """``scores.csv``: ``columns`` (the cam stage's: id, score = max over classes, IEM rounds used, raw CAM peak),
+    then per-class scores ``score_<class>`` if K > 1."""
     with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*SCORE_COLUMNS, *extra], extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=[*columns, *class_score_columns(classes)], extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def class_score_columns(classes: Sequence[str]) -> list[str]:
+    """The per-class score columns of a ``scores.csv`` (none for a single class: ``score`` is its score)."""
+    return [f"score_{c}" for c in classes] if len(classes) > 1 else []
+
+
+def read_class_scores(path: Path, classes: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per image id, the (K,) per-class sample scores of a ``scores.csv`` written by :func:`write_scores`."""
+    from wsss.evaluation import read_scores
+
+    columns = class_score_columns(classes) or ["score"]
+    per_column = [read_scores(path, c) for c in columns]
+    return {sid: np.array([col[sid] for col in per_column], np.float32) for sid in per_column[0]}
 
 
 def read_cam_meta(cam_dir: Path) -> dict[str, Any]:

@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.config import BackboneConfig, RetrainConfig
-from wsss.data.transforms import resize, to_channels, to_tensor
+from wsss.config import BackboneConfig, SegTrainConfig
 from wsss.errors import StageError
 from wsss.models.backbone import Backbone, create_backbone, load_trained_state
 
@@ -93,81 +92,50 @@ class Segmenter(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------- build and load
-def build_segmenter(rcfg: RetrainConfig, num_classes: int, in_chans: int) -> Segmenter:
-    """A segmenter as configured (encoder weights from the configured local file, if any)."""
-    backbone = create_backbone(rcfg.backbone, in_chans, section="retrain.backbone")
-    return Segmenter(backbone, num_classes, rcfg.decoder_channels)
+def build_segmenter(scfg: SegTrainConfig, num_classes: int, in_chans: int, section: str = "retrain") -> Segmenter:
+    """A segmenter as configured by a `retrain` or `segmenter` section (encoder weights from its local file, if any)."""
+    backbone = create_backbone(scfg.backbone, in_chans, section=f"{section}.backbone")
+    return Segmenter(backbone, num_classes, scfg.decoder_channels)
 
 
-def segmenter_meta(rcfg: RetrainConfig, classes: Sequence[str], in_chans: int) -> dict[str, Any]:
-    """Everything needed to rebuild the trained segmenter from its state_dict (saved as ``segmenter.json``)."""
-    chans = rcfg.backbone.in_chans or in_chans
+def segmenter_meta(
+    scfg: SegTrainConfig, classes: Sequence[str], in_chans: int, score_threshold: float = 0.5
+) -> dict[str, Any]:
+    """Everything needed to rebuild and run the trained segmenter (saved as ``segmenter.json``)."""
+    chans = scfg.backbone.in_chans or in_chans
     return {
-        "backbone": dataclasses.asdict(rcfg.backbone) | {"weights": None, "in_chans": chans},
+        "backbone": dataclasses.asdict(scfg.backbone) | {"weights": None, "in_chans": chans},
         "classes": list(classes),
         "in_chans": chans,
-        "input_size": list(rcfg.input_size),
-        "decoder_channels": rcfg.decoder_channels,
+        "input_size": list(scfg.input_size),
+        "decoder_channels": scfg.decoder_channels,
+        "score_threshold": float(score_threshold),
     }
+
+
+def gate_labels(probs: np.ndarray, cls_probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Per-pixel labels (H, W) uint8 from class probabilities (K+1, H, W), gated by the image-level decision.
+
+    A defect class whose image probability ``cls_probs[k-1]`` is below ``threshold`` is switched off: its pixels
+    become background (METHOD.md 6), so an image called OK always gets an empty mask and the mask never claims a
+    class the classification head rejects.
+    """
+    labels = probs.argmax(axis=0).astype(np.uint8)
+    off = np.concatenate([[False], np.asarray(cls_probs).reshape(-1) < threshold])
+    labels[off[labels]] = 0
+    return labels
 
 
 def load_segmenter(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Segmenter, dict[str, Any]]:
     """The trained segmenter in ``model_dir`` (``segmenter.safetensors`` + ``segmenter.json``), in eval mode."""
     model_dir = Path(model_dir)
     meta_path = model_dir / META_FILE
-    fix = "re-run the stage that trained it with --force (e.g. `wsss run-stage retrain --force`)"
+    fix = "re-run the stage that trained it with --force (`wsss run-stage train-segmenter --force`, or retrain)"
     try:
         meta = json.loads(meta_path.read_text())
-        backbone = create_backbone(BackboneConfig(**meta["backbone"]), int(meta["in_chans"]), "retrain.backbone")
+        backbone = create_backbone(BackboneConfig(**meta["backbone"]), int(meta["in_chans"]), f"{meta_path}: backbone")
         model = Segmenter(backbone, len(meta["classes"]), int(meta["decoder_channels"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StageError(meta_path, f"cannot rebuild the segmenter: {type(e).__name__}: {e}", fix) from e
     load_trained_state(model, model_dir / MODEL_FILE, fix)
     return model.to(device).eval(), meta
-
-
-# --------------------------------------------------------------------------------------------- inference
-@torch.no_grad()
-def predict_probs_batch(
-    model: Segmenter,
-    images: Sequence[np.ndarray],
-    input_size: Sequence[int],
-    in_chans: int,
-    device: str | torch.device = "cpu",
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """:func:`predict_probs` for several images (any original sizes) in one forward pass."""
-    if not images:
-        return []
-    size = (int(input_size[0]), int(input_size[1]))
-    x = torch.stack([to_tensor(resize(to_channels(im, in_chans), size)) for im in images]).to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        out = model(x)
-    finally:
-        model.train(was_training)
-    cls = torch.sigmoid(out.cls_logits.float()).cpu().numpy()
-    results = []
-    for i, im in enumerate(images):
-        logits = F.interpolate(
-            out.mask_logits[i : i + 1].float(), size=im.shape[:2], mode="bilinear", align_corners=False
-        )
-        probs = torch.softmax(logits[0], dim=0).cpu().numpy().astype(np.float32)
-        results.append((probs, cls[i].astype(np.float32)))
-    return results
-
-
-def predict_probs(
-    model: Segmenter,
-    image: np.ndarray,
-    input_size: Sequence[int],
-    in_chans: int,
-    device: str | torch.device = "cpu",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel class probabilities of one ``uint8`` image at its ORIGINAL size, and its image probabilities.
-
-    The image is resized to ``input_size`` as in training; the logits are upsampled bilinearly back to (H0, W0)
-    before the softmax (interpolating logits, not probabilities, keeps boundaries sharp). Returns
-    ``(probs float32 (K+1, H0, W0), cls_prob float32 (K,))``; the model is run in eval mode without gradients.
-    """
-    return predict_probs_batch(model, [image], input_size, in_chans, device)[0]

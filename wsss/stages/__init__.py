@@ -66,7 +66,7 @@ def register_stage(stage: Stage) -> Stage:
 
 
 # Stage modules in pipeline order; each registers itself on import. Add new stages here.
-STAGE_MODULES = ("prepare", "train_classifier", "cam", "pseudo_labels", "retrain", "evaluate")
+STAGE_MODULES = ("prepare", "train_classifier", "cam", "pseudo_labels", "retrain", "train_segmenter", "evaluate")
 
 
 def load_stages() -> dict[str, Stage]:
@@ -81,3 +81,29 @@ def get_stage(name: str) -> Stage:
     if name not in stages:
         raise ConfigError(name, "unknown stage", f"available stages: {', '.join(stages)}")
     return stages[name]
+
+
+def mask_source(cfg: Config, consumer: str, explicit: str, key: str) -> str:
+    """The stage whose ``masks/`` ``consumer`` reads: ``explicit`` (the config value at ``key``) if set, else the
+    last mask-writing stage before ``consumer`` in the configured pipeline (all of it if ``consumer`` is not in it)."""
+    stages = load_stages()
+    if explicit:
+        stage = stages.get(explicit)
+        if stage is None or not stage.writes_masks or explicit == consumer:
+            valid = [s.name for s in stages.values() if s.writes_masks and s.name != consumer]
+            raise ConfigError(
+                key, f"{explicit!r} is not a stage that writes masks", f"mask-writing stages: {', '.join(valid)}"
+            )
+        return explicit
+    from wsss.pipelines import load_pipeline
+
+    pipeline = load_pipeline(cfg.run.pipeline)
+    before = pipeline.stages[: pipeline.stages.index(consumer)] if consumer in pipeline.stages else pipeline.stages
+    writers = [s for s in before if stages[s].writes_masks and s != consumer]
+    if not writers:
+        raise ConfigError(
+            key,
+            f"pipeline {pipeline.name!r} has no stage that writes masks before {consumer}",
+            f"set {key} to a mask-writing stage",
+        )
+    return writers[-1]

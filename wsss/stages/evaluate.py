@@ -15,33 +15,15 @@ import click
 from wsss.config import Config, EvaluateConfig
 from wsss.errors import ConfigError
 from wsss.eval_report import pct
-from wsss.stages import STAGES, Stage, register_stage
+from wsss.stages import Stage, mask_source, register_stage
 
 
 def masks_stage(cfg: Config) -> str:
-    """The stage whose masks are evaluated."""
-    if cfg.evaluate.masks:
-        stage = STAGES.get(cfg.evaluate.masks)
-        if stage is None or not stage.writes_masks:
-            valid = [s.name for s in STAGES.values() if s.writes_masks]
-            raise ConfigError(
-                "evaluate.masks",
-                f"{cfg.evaluate.masks!r} is not a stage that writes masks",
-                f"mask-writing stages: {', '.join(valid) or 'none registered yet'}",
-            )
-        return cfg.evaluate.masks
-    from wsss.pipelines import load_pipeline
-
-    pipeline = load_pipeline(cfg.run.pipeline)
-    before = pipeline.stages[: pipeline.stages.index("evaluate")] if "evaluate" in pipeline.stages else pipeline.stages
-    writers = [s for s in before if STAGES[s].writes_masks]
-    if not writers:
-        raise ConfigError(
-            "evaluate.masks",
-            f"pipeline {pipeline.name!r} has no stage that writes masks before evaluate",
-            "set evaluate.masks to a mask-writing stage, or use `wsss evaluate --masks DIR`",
-        )
-    return writers[-1]
+    """The stage whose masks are evaluated (``evaluate.masks``, else the pipeline's last mask writer before it)."""
+    try:
+        return mask_source(cfg, "evaluate", cfg.evaluate.masks, "evaluate.masks")
+    except ConfigError as e:
+        raise ConfigError(e.where, e.what, f"{e.fix}, or use `wsss evaluate --masks DIR`") from None
 
 
 def _inputs(cfg: Config) -> tuple[str, ...]:

@@ -27,7 +27,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.data.images import read_image
     from wsss.data.index import read_dataset_info, read_train_index
     from wsss.evaluation import read_scores
-    from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter, predict_probs_batch
+    from wsss.inference import torch_predictor
+    from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter
     from wsss.progress import progress
     from wsss.refine.pseudo import LabelTask, label_all
     from wsss.stages.pseudo_labels import CONFIDENCE_FILE, write_confidence
@@ -64,7 +65,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
                 click.echo,
                 cfg.dataset.high_bit_depth,
             ).fit()
-        model, smeta = load_segmenter(rdir / "model", device)
+        predictor = torch_predictor(*load_segmenter(rdir / "model", device), device)
         fused_dir = rdir / "fused"
         fused_dir.mkdir(parents=True, exist_ok=True)
         todo = [r for r in rows if not (fused_dir / f"{r.id}.npz").is_file()]
@@ -72,10 +73,9 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         for start in progress(range(0, len(todo), rcfg.batch_size), desc=f"predict round {k}", unit="batch"):
             batch = todo[start : start + rcfg.batch_size]
             images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
-            preds = predict_probs_batch(model, images, smeta["input_size"], in_chans, device)
-            for r, img, (probs, _) in zip(batch, images, preds, strict=True):
+            for r, img, pred in zip(batch, images, predictor(images), strict=True):
                 cam = read_cam(cam_path(cam_dir, r.id), img.shape[:2], len(classes))
-                write_cam(fused_dir / f"{r.id}.npz", w * probs[1:] + (1 - w) * cam)
+                write_cam(fused_dir / f"{r.id}.npz", w * pred.probs[1:] + (1 - w) * cam)
         predict_s = time.perf_counter() - t0
         tasks = [
             LabelTask(

@@ -7,6 +7,7 @@ written atomically and loaded with ``torch.load(..., weights_only=True)``.
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,14 @@ def write_metrics(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``metrics.csv`` written by :func:`write_metrics` (none if it does not exist), for resuming."""
+    """Rows of a ``metrics.csv`` written by :func:`write_metrics` (none if it does not exist), for resuming.
+
+    An empty cell (a column the run has no value for, e.g. a loss term it does not use) reads as nan.
+    """
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return [{k: float(v) if k != "epoch" else int(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        return [
+            {k: int(v) if k == "epoch" else (float(v) if v != "" else math.nan) for k, v in r.items()}
+            for r in csv.DictReader(f)
+        ]

@@ -1,10 +1,15 @@
-"""Losses of the Defect Focus Classifier (METHOD.md section 1)."""
+"""Losses: the Defect Focus Classifier's (METHOD.md 1) and the segmenter's (METHOD.md 5-6: CE + Dice on pseudo-masks,
+distillation from the teacher)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
+
+from wsss.refine.pseudo import IGNORE  # pseudo-mask value excluded from the segmentation loss
+
+DICE_SMOOTH = 1.0
 
 
 def supervised_infonce(
@@ -52,3 +57,54 @@ def gcm_consistency(
         aligned=True,
     )
     return F.mse_loss(torch.sigmoid(crop_cams.float()), torch.sigmoid(region))
+
+
+def segmentation_loss(mask_logits: torch.Tensor, mask: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
+    """Cross-entropy over the K+1 classes plus ``dice_weight`` x soft Dice over the K defect classes.
+
+    Pixels labelled 255 count in neither term (they are where the pseudo-mask is unsure). CE is the mean over the
+    labelled pixels (0 when there are none). Dice is computed per defect class over the whole batch (so an OK image
+    does not produce an ill-defined per-image Dice), smoothed by 1, and averaged over the classes; it counters the
+    pixel imbalance of small defects that CE alone under-weights.
+
+    Args:
+        mask_logits: (B, K+1, H, W) logits; channel 0 = background.
+        mask: (B, H, W) int64 in {0..K, 255}.
+    """
+    logits = mask_logits.float()
+    valid = mask != IGNORE
+    ce = F.cross_entropy(logits, mask, ignore_index=IGNORE, reduction="sum") / valid.sum().clamp(min=1)
+    if dice_weight <= 0:
+        return ce
+    k1 = logits.shape[1]
+    v = valid.unsqueeze(1).to(logits.dtype)
+    probs = torch.softmax(logits, dim=1)[:, 1:] * v
+    target = F.one_hot(torch.where(valid, mask, 0), k1).permute(0, 3, 1, 2)[:, 1:].to(logits.dtype)
+    inter = (probs * target).sum((0, 2, 3))
+    denom = probs.sum((0, 2, 3)) + target.sum((0, 2, 3))
+    dice = 1.0 - (2.0 * inter + DICE_SMOOTH) / (denom + DICE_SMOOTH)
+    return ce + dice_weight * dice.mean()
+
+
+def distillation_kl(mask_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the per-pixel class distributions, both softened by ``temperature`` (METHOD.md 6).
+
+    The student's distribution is ``softmax(logits / T)``; the teacher's probabilities are softened the same way,
+    ``p^(1/T)`` renormalised (the softmax of its log-probabilities over T). The KL is summed over classes, averaged
+    over pixels and scaled by T^2, so its gradient does not shrink as T grows (Hinton et al.). Every pixel counts,
+    ignore pixels included: the soft target is defined where the hard pseudo-mask is not.
+
+    Args:
+        mask_logits: (B, K+1, H, W) student logits.
+        teacher_probs: (B, K+1, H, W) teacher class probabilities (rows sum to 1).
+    """
+    t = temperature
+    log_student = F.log_softmax(mask_logits.float() / t, dim=1)
+    log_teacher = F.log_softmax(teacher_probs.float().clamp_min(1e-8).log() / t, dim=1)
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1)
+    return kl.mean() * t * t
+
+
+def score_distillation(cls_logits: torch.Tensor, teacher_scores: torch.Tensor) -> torch.Tensor:
+    """Sample-level distillation: BCE of the classification head toward the DFC's sample probabilities (B, K)."""
+    return F.binary_cross_entropy_with_logits(cls_logits.float(), teacher_scores.float())

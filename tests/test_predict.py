@@ -1,0 +1,126 @@
+"""`wsss predict` and `wsss export onnx` on the tiny full run's segmenter: sizes, gating, bad input, ONNX parity."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from wsss.cli import cli
+from wsss.data.images import read_image
+from wsss.data.index import read_train_index
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def odd_images(full_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four synthetic images resized to odd sizes (one RGB), in a folder with a sub-folder."""
+    run_dir, _ = full_run
+    rows = read_train_index(run_dir / "prepare" / "index.csv")
+    folder = tmp_path_factory.mktemp("odd")
+    (folder / "sub").mkdir()
+    for (h, w), row, name in zip(
+        [(37, 53), (101, 67), (64, 64), (45, 130)], rows, ["a.png", "b.png", "sub/c.png", "d.jpg"], strict=False
+    ):
+        img = cv2.resize(read_image(row.path), (w, h))
+        if name == "b.png":
+            img = np.dstack([img, img // 2, img])
+        cv2.imwrite(str(folder / name), img)
+    return folder
+
+
+def read_predictions(out: Path) -> dict[str, dict]:
+    with open(out / "predictions.csv") as f:
+        return {r["name"]: r for r in csv.DictReader(f)}
+
+
+@pytest.mark.parametrize("size", ["model", "native", "48x80"])
+def test_predict_returns_masks_of_each_input_size(full_run, odd_images: Path, tmp_path: Path, size: str):
+    run_dir, _ = full_run
+    r = invoke("predict", "--model", run_dir, odd_images, "--out", tmp_path / "out", "--size", size, "--batch", "3")
+    assert r.exit_code == 0, r.output
+    preds = read_predictions(tmp_path / "out")
+    assert set(preds) == {"a", "b", "sub/c", "d"}
+    for name, row in preds.items():
+        src = next(odd_images.glob(f"{name}.*"))
+        shape = read_image(src).shape[:2]
+        mask = cv2.imread(str(tmp_path / "out" / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        overlay = cv2.imread(str(tmp_path / "out" / "overlays" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == shape and overlay.shape == (*shape, 3)
+        assert set(np.unique(mask)) <= {0, 1}
+        assert (row["decision"] == "ok") == (float(row["score"]) < 0.5) and (row["decision"] == "ok") <= (
+            not mask.any()
+        )
+    assert (tmp_path / "out" / "labelmap.txt").read_text() == "0 background\n1 defect\n"
+
+
+def test_a_threshold_of_one_gates_every_mask_off(full_run, odd_images: Path, tmp_path: Path):
+    run_dir, _ = full_run
+    r = invoke("predict", "--model", run_dir, odd_images, "--out", tmp_path, "--threshold", "1.0", "--no-overlays")
+    assert r.exit_code == 0, r.output
+    assert all(p["decision"] == "ok" for p in read_predictions(tmp_path).values())
+    assert not any(cv2.imread(str(m), cv2.IMREAD_UNCHANGED).any() for m in (tmp_path / "masks").rglob("*.png"))
+    assert not list((tmp_path / "overlays").iterdir())
+
+
+def test_a_folder_with_unreadable_images_segments_the_rest_and_lists_them(full_run, odd_images: Path, tmp_path: Path):
+    run_dir, _ = full_run
+    mixed = tmp_path / "mixed"
+    shutil.copytree(odd_images, mixed)
+    (mixed / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (mixed / "sub" / "empty.jpg").write_bytes(b"")
+    r = invoke("predict", "--model", run_dir, mixed, "--out", tmp_path / "out")
+    assert r.exit_code == 1
+    assert "2 image(s) could not be read" in r.output and "broken.png" in r.output and "empty.jpg" in r.output
+    assert set(read_predictions(tmp_path / "out")) == {"a", "b", "sub/c", "d"}
+
+
+def test_bad_model_and_output_paths_are_clear_errors(full_run, odd_images: Path, tmp_path: Path):
+    run_dir, _ = full_run
+    (tmp_path / "file").write_text("x")
+    r = invoke("predict", "--model", run_dir, odd_images, "--out", tmp_path / "file")
+    assert r.exit_code == 2 and "exists and is not a folder" in r.output
+    r = invoke("predict", "--model", tmp_path, odd_images, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "no trained segmenter here" in r.output
+    other = tmp_path / "other"
+    shutil.copytree(run_dir / "train-segmenter", other, ignore=shutil.ignore_patterns("masks"))
+    meta = json.loads((other / "segmenter.json").read_text())
+    meta["backbone"]["name"] = "resnet10t"  # a checkpoint that belongs to another architecture
+    (other / "segmenter.json").write_text(json.dumps(meta))
+    r = invoke("predict", "--model", other, odd_images, "--out", tmp_path / "o")
+    assert r.exit_code == 1 and "segmenter.safetensors" in r.output and "do not match" in r.output
+    assert not (tmp_path / "o").exists()
+    r = invoke("predict", "--model", run_dir, tmp_path / "missing", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "no such file or folder" in r.output
+
+
+def test_onnx_export_matches_pytorch_and_predicts_the_same_masks(full_run, odd_images: Path, tmp_path: Path):
+    pytest.importorskip("onnxruntime", reason="the `export` extra (onnx, onnxscript, onnxruntime) is not installed")
+    run_dir, _ = full_run
+    r = invoke("export", "onnx", "--model", run_dir, "--out", tmp_path / "seg.onnx")
+    assert r.exit_code == 0, r.output
+    diff = float(r.output.rsplit("max abs diff ", 1)[1])
+    assert diff < 1e-3
+    for model, out in ((run_dir, "torch"), (tmp_path / "seg.onnx", "onnx")):
+        r = invoke("predict", "--model", model, odd_images, "--out", tmp_path / out, "--size", "native")
+        assert r.exit_code == 0, r.output
+    a, b = read_predictions(tmp_path / "torch"), read_predictions(tmp_path / "onnx")
+    for name in a:
+        assert float(a[name]["score"]) == pytest.approx(float(b[name]["score"]), abs=1e-4)
+        ma = cv2.imread(str(tmp_path / "torch" / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        mb = cv2.imread(str(tmp_path / "onnx" / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert (ma != mb).mean() < 0.001  # identical up to pixels where the two classes tie within float error
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    r = invoke("predict", "--model", tmp_path / "junk.onnx", odd_images, "--out", tmp_path / "j")
+    assert r.exit_code == 1 and "junk.onnx" in r.output
+    r = invoke("export", "onnx", "--model", run_dir, "--out", tmp_path / "seg.txt")
+    assert r.exit_code == 2 and "must end in .onnx" in r.output

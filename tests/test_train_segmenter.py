@@ -1,0 +1,135 @@
+"""Distillation into the multi-task segmenter (METHOD.md 6): losses, gating, learning, the `train-segmenter` stage."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_segmenter import SIZE, make_data, rcfg
+
+from wsss.config import SegmenterConfig, SegTrainConfig
+from wsss.data.images import read_image
+from wsss.data.index import read_train_index
+from wsss.errors import ConfigError
+from wsss.models.segmenter import gate_labels, load_segmenter
+from wsss.train.losses import distillation_kl, score_distillation
+from wsss.train.seg_data import PseudoMaskDataset, Teacher
+from wsss.train.segmenter import SegmenterTrainer
+
+
+def test_distillation_kl_is_zero_when_the_student_matches_the_teacher_and_positive_otherwise():
+    torch.manual_seed(0)
+    teacher = torch.softmax(torch.randn(2, 3, 5, 5), dim=1)
+    for t in (1.0, 2.0, 4.0):
+        assert distillation_kl(teacher.log(), teacher, t).item() == pytest.approx(0.0, abs=1e-5)
+        assert distillation_kl(torch.randn(2, 3, 5, 5), teacher, t).item() > 0.01
+    logits = torch.randn(2, 3, 5, 5, requires_grad=True)
+    distillation_kl(logits, teacher, 2.0).backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_score_distillation_pulls_toward_the_dfc_scores():
+    target = torch.tensor([[0.9], [0.1]])
+    near, far = torch.logit(torch.tensor([[0.85], [0.15]])), torch.logit(torch.tensor([[0.2], [0.8]]))
+    assert score_distillation(near, target) < score_distillation(far, target)
+
+
+def test_gate_labels_empties_classes_the_image_head_rejects():
+    probs = np.zeros((3, 4, 4), np.float32)
+    probs[0] = 0.2
+    probs[1, :2] = 0.7  # class 1 wins the top half
+    probs[2, 2:] = 0.7  # class 2 the bottom half
+    both = gate_labels(probs, np.array([0.9, 0.8]), 0.5)
+    assert (both[:2] == 1).all() and (both[2:] == 2).all()
+    only_1 = gate_labels(probs, np.array([0.9, 0.1]), 0.5)
+    assert (only_1[:2] == 1).all() and (only_1[2:] == 0).all()
+    assert not gate_labels(probs, np.array([0.3, 0.1]), 0.5).any()  # called OK: an empty mask
+
+
+def test_teacher_targets_follow_the_augmentation(tmp_path: Path):
+    """The teacher's map gets the image's flips, so KD targets stay aligned with the image and the pseudo-mask."""
+    from wsss.cam.io import cam_path, write_cam
+    from wsss.config import AugmentConfig
+    from wsss.data.transforms import Augment
+
+    rows, masks, truth = make_data(tmp_path, n_defect=2, n_ok=1)
+    cam_dir = tmp_path / "cam"
+    for r in rows:
+        write_cam(cam_path(cam_dir, r.id), truth[r.id][None].astype(np.float32))
+    scores = {r.id: np.array([0.9 if r.labels else 0.1], np.float32) for r in rows}
+    teacher = Teacher(cam_dir, scores, bg_prior=0.4, kd_weight=1.0, temperature=2.0, score_weight=1.0)
+    aug = Augment(AugmentConfig(brightness=0.0, contrast=0.0, gamma=0.0, blur_prob=0.0))
+    ds = PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE), 1, aug, seed=5, teacher=teacher)
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        item = ds[0]
+        assert item["teacher"].shape == (2, SIZE, SIZE)
+        assert torch.allclose(item["teacher"].sum(0), torch.ones(SIZE, SIZE), atol=1e-5)
+        defect = item["teacher"][1] > 0.5  # the CAM is 1 exactly on the rectangle
+        assert torch.equal(defect, item["mask"] == 1) and item["teacher_score"].tolist() == pytest.approx([0.9])
+
+
+def test_distilled_segmenter_beats_its_initial_validation_seg_miou(tmp_path: Path):
+    """Trained on pseudo-masks (with a teacher), the validation Seg_mIoU against pseudo-masks rises from its start."""
+    from wsss.cam.io import cam_path, write_cam
+
+    rows, masks, truth = make_data(tmp_path, n_defect=12, n_ok=6, seed=2)
+    val = [dataclasses.replace(r, split="val") for r in rows[::3]]
+    train = [r for i, r in enumerate(rows) if i % 3]
+    for r in rows:
+        write_cam(cam_path(tmp_path / "cam", r.id), 0.8 * truth[r.id][None].astype(np.float32))
+    scores = {r.id: np.array([0.9 if r.labels else 0.1], np.float32) for r in rows}
+    teacher = Teacher(tmp_path / "cam", scores, bg_prior=0.4, kd_weight=0.5, temperature=2.0, score_weight=0.5)
+    shared = {f.name: getattr(rcfg(epochs=15), f.name) for f in dataclasses.fields(SegTrainConfig)}
+    cfg = SegmenterConfig(**shared)
+    trainer = SegmenterTrainer(
+        cfg, train, masks, ["defect"], 1, tmp_path / "out", device="cpu", echo=lambda *_: None,
+        teacher=teacher, val_rows=val, patience=100, section="segmenter",
+    )  # fmt: skip
+    initial = trainer.validate()["val_seg_miou"]
+    summary = trainer.fit()
+    with open(tmp_path / "out" / "metrics.csv") as f:
+        rows_csv = list(csv.DictReader(f))
+    best = max(float(r["val_seg_miou"]) for r in rows_csv)
+    assert best > max(initial, 0.0) + 0.2, (initial, best)
+    assert float(rows_csv[0]["loss_kd"]) > 0 and float(rows_csv[0]["loss_score_kd"]) > 0
+    assert float(rows_csv[summary["best_epoch"]]["val_seg_miou"]) == best  # the saved weights are the best epoch's
+    _, meta = load_segmenter(tmp_path / "out")
+    assert meta["score_threshold"] == 0.5
+
+
+def test_train_segmenter_stage_in_the_full_pipeline(full_run):
+    run_dir, cfg = full_run
+    out = run_dir / "train-segmenter"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "done" and set(manifest["inputs"]) == {"prepare", "cam", "retrain"}
+    assert not (out / "checkpoints").exists()
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"loss_kd", "loss_score_kd", "val_seg_miou"} <= set(header)
+    with open(out / "scores.csv") as f:
+        scores = {r["id"]: float(r["score"]) for r in csv.DictReader(f)}
+    rows = read_train_index(run_dir / "prepare" / "index.csv")
+    assert set(scores) == {r.id for r in rows}
+    import cv2
+
+    for r in rows:
+        mask = cv2.imread(str(out / "masks" / f"{r.id}.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == read_image(r.path).shape[:2] and set(np.unique(mask)) <= {0, 1}
+        if scores[r.id] < cfg.segmenter.score_threshold:
+            assert not mask.any(), r.id  # gated: an image the head calls OK has an empty mask
+
+
+def test_segmenter_masks_option_must_name_a_mask_writing_stage():
+    from wsss.config import load_config
+    from wsss.stages.train_segmenter import masks_input
+
+    assert masks_input(load_config(None, [])) == "retrain"
+    assert masks_input(load_config(None, ["run.pipeline=cam-crf"])) == "pseudo-labels"
+    assert masks_input(load_config(None, ["segmenter.masks=pseudo-labels"])) == "pseudo-labels"
+    with pytest.raises(ConfigError, match="segmenter.masks.*'cam' is not a stage that writes masks"):
+        masks_input(load_config(None, ["segmenter.masks=cam"]))

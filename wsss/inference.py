@@ -1,0 +1,181 @@
+"""Running a trained segmenter on images of any size: one path for PyTorch and ONNX models.
+
+Per image: convert to the model's channels, resize to the model's training ``input_size`` (or keep the native size
+with ``size=None``), pad (reflect) to a multiple of the encoder's stride, run the model, crop the padding off the
+logits, upsample them bilinearly to the image's original size (logits, not probabilities: boundaries stay sharp),
+softmax, and gate the mask by the image-level decision (:func:`~wsss.models.segmenter.gate_labels`). Images whose
+network input has the same shape share a batch.
+
+The model is anything with the :class:`Runner` call: :class:`TorchRunner` (a
+:class:`~wsss.models.segmenter.Segmenter`) or :class:`OnnxRunner` (an exported ``.onnx`` file run by onnxruntime).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsss.data.transforms import resize, to_channels, to_tensor
+from wsss.errors import ConfigError, StageError
+from wsss.models.segmenter import META_FILE, MODEL_FILE, Segmenter, gate_labels, load_segmenter
+
+ONNX_META_KEY = "wsss"  # ONNX metadata_props key holding the segmenter's meta (JSON)
+
+
+class Runner(Protocol):
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, C, H, W) float32 normalised input -> mask logits (B, K+1, H, W) and class logits (B, K)."""
+
+
+class TorchRunner:
+    """A :class:`Segmenter` in eval mode on ``device`` (bf16 autocast on CUDA when ``amp``)."""
+
+    def __init__(self, model: Segmenter, device: str | torch.device = "cpu", amp: bool = False):
+        self.model, self.device = model.eval(), torch.device(device)
+        self.amp = amp and self.device.type == "cuda"
+
+    @torch.no_grad()
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = self.model(torch.from_numpy(x).to(self.device))
+        return out.mask_logits.float().cpu().numpy(), out.cls_logits.float().cpu().numpy()
+
+
+class OnnxRunner:
+    """An exported segmenter run by onnxruntime (``pip install wsss[export]``)."""
+
+    def __init__(self, path: Path, device: str = "cpu"):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ConfigError(path, "running an .onnx model needs onnxruntime", 'pip install -e ".[export]"') from e
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable/invalid files
+            raise StageError(path, f"onnxruntime cannot load it: {type(e).__name__}: {e}", "re-export it") from e
+        props = self.session.get_modelmeta().custom_metadata_map
+        if ONNX_META_KEY not in props:
+            raise StageError(path, "not an ONNX model exported by `wsss export onnx`", "export it with that command")
+        self.meta = json.loads(props[ONNX_META_KEY])
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mask_logits, cls_logits = self.session.run(["mask_logits", "cls_logits"], {"image": x})
+        return mask_logits, cls_logits
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # uint8 (H0, W0): 0 background, k class k, gated by the image decision
+    probs: np.ndarray  # float32 (K+1, H0, W0) per-pixel class probabilities (before gating)
+    cls_probs: np.ndarray  # float32 (K,) image-level probabilities
+
+
+class Predictor:
+    """Segments images of any size with a runner and the segmenter's meta (``segmenter.json`` contents).
+
+    Args:
+        runner: a :class:`Runner`.
+        meta: needs ``classes``, ``in_chans``, ``input_size``, ``stride``; ``score_threshold`` defaults to 0.5.
+        size: (H, W) network input; default the model's ``input_size``; None = each image's native size.
+        score_threshold: overrides the meta's gate.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        meta: dict[str, Any],
+        size: Sequence[int] | None | str = "model",
+        score_threshold: float | None = None,
+    ):
+        self.runner, self.meta = runner, meta
+        self.classes = list(meta["classes"])
+        self.in_chans = int(meta["in_chans"])
+        self.stride = int(meta.get("stride", 32))
+        self.size = tuple(meta["input_size"]) if size == "model" else (None if size is None else tuple(size))
+        self.threshold = float(meta.get("score_threshold", 0.5) if score_threshold is None else score_threshold)
+
+    def _input(self, image: np.ndarray) -> np.ndarray:
+        """The padded network input (C, Hp, Wp) of one image, and nothing else: sizes come from the image."""
+        img = to_channels(image, self.in_chans)
+        if self.size is not None:
+            img = resize(img, self.size)
+        h, w = img.shape[:2]
+        ph, pw = -h % self.stride, -w % self.stride
+        if ph or pw:
+            pad = ((0, ph), (0, pw)) + ((0, 0),) * (img.ndim - 2)
+            img = np.pad(img, pad, mode="reflect" if min(h, w) > max(ph, pw) else "edge")
+        return to_tensor(img).numpy()
+
+    def _network_size(self, image: np.ndarray) -> tuple[int, int]:
+        return self.size if self.size is not None else image.shape[:2]
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predictions for ``images`` (uint8, gray or RGB, any sizes), in order."""
+        out: list[Prediction | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(self._network_size(im), []).append(i)
+        for (h, w), idx in groups.items():
+            x = np.stack([self._input(images[i]) for i in idx]).astype(np.float32)
+            mask_logits, cls_logits = self.runner(x)
+            cls = 1.0 / (1.0 + np.exp(-cls_logits.astype(np.float32)))
+            for j, i in enumerate(idx):
+                logits = torch.from_numpy(np.ascontiguousarray(mask_logits[j : j + 1, :, :h, :w], np.float32))
+                up = F.interpolate(logits, size=images[i].shape[:2], mode="bilinear", align_corners=False)
+                probs = torch.softmax(up[0], dim=0).numpy()
+                out[i] = Prediction(gate_labels(probs, cls[j], self.threshold), probs, cls[j].astype(np.float32))
+        return [p for p in out if p is not None]
+
+
+def segmenter_dir(model: Path) -> Path:
+    """The folder holding ``segmenter.json`` + ``segmenter.safetensors`` for ``--model``: that folder itself, a run
+    folder (its ``train-segmenter/``, else ``retrain/``), or the ``.safetensors`` file's folder."""
+    model = Path(model)
+    if model.is_file() and model.suffix == ".safetensors":
+        return model.parent
+    if model.is_dir():
+        for d in (model, model / "train-segmenter", model / "retrain"):
+            if (d / META_FILE).is_file() and (d / MODEL_FILE).is_file():
+                return d
+    raise ConfigError(
+        model,
+        "no trained segmenter here",
+        f"pass a run folder with a finished train-segmenter stage, a folder with {MODEL_FILE} and {META_FILE}, "
+        "or an exported .onnx file",
+    )
+
+
+def load_predictor(
+    model: Path, device: str = "cpu", size: Sequence[int] | None | str = "model", score_threshold: float | None = None
+) -> Predictor:
+    """A :class:`Predictor` for ``--model``: an ``.onnx`` file, or a trained segmenter (see :func:`segmenter_dir`)."""
+    model = Path(model)
+    if model.suffix == ".onnx":
+        if not model.is_file():
+            raise ConfigError(model, "ONNX file not found", "pass the file `wsss export onnx` wrote")
+        runner = OnnxRunner(model, device)
+        return Predictor(runner, runner.meta, size, score_threshold)
+    seg, meta = load_segmenter(segmenter_dir(model), device)
+    return torch_predictor(seg, meta, device, size, score_threshold)
+
+
+def torch_predictor(
+    seg: Segmenter,
+    meta: dict[str, Any],
+    device: str | torch.device = "cpu",
+    size: Sequence[int] | None | str = "model",
+    score_threshold: float | None = None,
+) -> Predictor:
+    """A :class:`Predictor` over a loaded segmenter and its ``segmenter.json`` meta."""
+    meta = meta | {"stride": max(seg.backbone.reductions)}
+    return Predictor(TorchRunner(seg, device), meta, size, score_threshold)

@@ -1,0 +1,131 @@
+"""`wsss predict`: segment new images (files or folders, any number) with a trained segmenter or ONNX export.
+
+Writes into ``--out``: ``masks/<name>.png`` (0 background, k class k, gated by the sample decision),
+``overlays/<name>.png`` (the mask drawn over the image), ``predictions.csv`` (one row per image: name, path,
+decision, score, per-class scores, defect fraction) and ``labelmap.txt`` (mask value -> class). ``<name>`` is the
+file's path relative to the folder it was found in (sub-folders kept), without its suffix.
+
+Images stream through in batches: memory stays flat however many there are. An image that cannot be read is
+skipped and listed at the end (non-zero exit); every other image is still segmented. ``predictions.csv`` is
+written to a temporary file and renamed when the run ends, so it never describes a half-finished run.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wsss.atomic import atomic_path, atomic_write_text
+from wsss.errors import ConfigError, DataError, ManyErrors, WsssError
+from wsss.inference import Predictor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+PREDICTIONS_FILE = "predictions.csv"
+
+
+@dataclass
+class PredictSummary:
+    images: int = 0
+    defective: int = 0
+    failed: list[WsssError] = field(default_factory=list)
+
+
+def find_images(inputs: Sequence[Path]) -> list[tuple[Path, str]]:
+    """``(path, name)`` of every image given: files as they are, folders searched recursively (sorted).
+
+    A missing input, a folder without images or two images that would write the same output name is a ConfigError.
+    """
+    found: list[tuple[Path, str]] = []
+    for item in map(Path, inputs):
+        if item.is_file():
+            found.append((item, item.stem))
+        elif item.is_dir():
+            files = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise ConfigError(item, "no images in this folder", f"image suffixes: {', '.join(IMAGE_SUFFIXES)}")
+            found += [(p, p.relative_to(item).with_suffix("").as_posix()) for p in files]
+        else:
+            raise ConfigError(item, "no such file or folder", "pass image files or folders of images")
+    seen: dict[str, Path] = {}
+    for path, name in found:
+        if name in seen:
+            raise ConfigError(
+                path,
+                f"its output name {name!r} is also that of {seen[name]}",
+                "predict them into separate --out folders",
+            )
+        seen[name] = path
+    return found
+
+
+def prepare_out(out: Path) -> None:
+    """Create ``out`` (and its masks/ and overlays/); a file in its place is a ConfigError."""
+    out = Path(out)
+    for d in (out, out / "masks", out / "overlays"):
+        if d.exists() and not d.is_dir():
+            raise ConfigError(d, "exists and is not a folder", "choose another --out folder or remove the file")
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    (out / "overlays").mkdir(exist_ok=True)
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def predict_images(
+    predictor: Predictor,
+    inputs: Sequence[Path],
+    out: Path,
+    batch: int = 8,
+    overlays: bool = True,
+    progress_fn: Callable = lambda it, **_: it,
+) -> PredictSummary:
+    """Segment every image of ``inputs`` into ``out``; returns counts and the errors of unreadable images."""
+    from wsss.data.images import read_image
+    from wsss.export.overlay import overlay, write_rgb_png
+    from wsss.refine.pseudo import write_mask
+
+    if batch < 1:
+        raise ConfigError("--batch", f"invalid batch size {batch}", "use 1 or more")
+    images = find_images(inputs)
+    prepare_out(out)
+    classes = predictor.classes
+    atomic_write_text(out / "labelmap.txt", "".join(f"{k} {c}\n" for k, c in enumerate(["background", *classes])))
+    summary = PredictSummary()
+    columns = ["name", "path", "decision", "score", *(f"score_{c}" for c in classes), "defect_fraction"]
+    with atomic_path(out / PREDICTIONS_FILE) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        chunks = progress_fn(_batches(images, batch), desc="predict", total=-(-len(images) // batch), unit="batch")
+        for chunk in chunks:
+            ok, arrays = [], []
+            for path, name in chunk:
+                try:
+                    arrays.append(read_image(path))
+                    ok.append((path, name))
+                except DataError as e:
+                    summary.failed.append(e)
+            for (path, name), image, pred in zip(ok, arrays, predictor(arrays), strict=True):
+                (out / "masks" / name).parent.mkdir(parents=True, exist_ok=True)
+                write_mask(out / "masks" / f"{name}.png", pred.labels)
+                if overlays:
+                    (out / "overlays" / name).parent.mkdir(parents=True, exist_ok=True)
+                    write_rgb_png(out / "overlays" / f"{name}.png", overlay(image, pred.labels))
+                called = [c for c, p in zip(classes, pred.cls_probs, strict=True) if p >= predictor.threshold]
+                row = {"name": name, "path": str(path), "decision": ";".join(called) or "ok"}
+                row["score"] = f"{float(pred.cls_probs.max()):.6g}"
+                row |= {f"score_{c}": f"{float(p):.6g}" for c, p in zip(classes, pred.cls_probs, strict=True)}
+                row["defect_fraction"] = f"{float((pred.labels > 0).mean()):.6g}"
+                writer.writerow(row)
+                summary.images += 1
+                summary.defective += bool(called)
+    return summary
+
+
+def raise_failures(summary: PredictSummary) -> None:
+    """After a run: the unreadable images, all of them, as one error (exit code 1)."""
+    if summary.failed:
+        raise ManyErrors(summary.failed, f"{len(summary.failed)} image(s) could not be read and were skipped")

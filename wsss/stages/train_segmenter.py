@@ -1,0 +1,109 @@
+"""`train-segmenter`: distil the pseudo-mask pipeline into the fast multi-task segmenter (METHOD.md section 6).
+
+Trains on the training split's pseudo-masks (from ``segmenter.masks``, by default the pipeline's last mask-writing
+stage before this one: `retrain` in the full method), with the image labels, the teacher's refined CAM
+probabilities and the DFC's sample scores (see :mod:`wsss.train.seg_data`); early stopping on the validation
+split's Seg_mIoU against its *pseudo-masks*. Ground truth is never read.
+
+Then it segments every indexed image with the trained model (mask gated by its own classification head) and
+writes ``masks/<id>.png`` + ``scores.csv`` (its image probabilities), so `evaluate` scores the segmenter like any
+mask-writing stage. Outputs: ``segmenter.safetensors`` + ``segmenter.json``, ``metrics.csv``, ``masks/``,
+``scores.csv``. A killed run resumes from its epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import click
+
+from wsss.config import Config
+from wsss.stages import Stage, mask_source, register_stage
+
+
+def masks_input(cfg: Config) -> str:
+    return mask_source(cfg, "train-segmenter", cfg.segmenter.masks, "segmenter.masks")
+
+
+def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    from wsss.cam.io import SCORES_FILE, read_cam_meta, read_class_scores, write_scores
+    from wsss.data.images import read_image
+    from wsss.data.index import read_dataset_info, read_train_index
+    from wsss.inference import torch_predictor
+    from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter
+    from wsss.progress import progress
+    from wsss.refine.pseudo import write_mask
+    from wsss.train import dist
+    from wsss.train.seg_data import Teacher
+    from wsss.train.segmenter import CHECKPOINT, METRICS_FILE, SegmenterTrainer
+
+    scfg = cfg.segmenter
+    index = inputs["prepare"] / "index.csv"
+    cam_dir = inputs["cam"]
+    classes = list(read_cam_meta(cam_dir)["classes"])
+    masks = inputs[masks_input(cfg)] / "masks"
+    rows = read_train_index(index)
+    teacher = Teacher(
+        cam_dir=cam_dir,
+        scores=read_class_scores(cam_dir / SCORES_FILE, classes),
+        bg_prior=cfg.pseudo.bg_prior,
+        kd_weight=scfg.kd_weight,
+        temperature=scfg.kd_temperature,
+        score_weight=scfg.score_kd_weight,
+    )
+    device = dist.resolve_device(cfg.run.device)
+    click.echo(f"train-segmenter: distilling into {scfg.backbone.name} from {masks}")
+    summary = SegmenterTrainer(
+        scfg,
+        [r for r in rows if r.split == "train"],
+        masks,
+        classes,
+        scfg.backbone.in_chans or read_dataset_info(index).channels,
+        out,
+        cfg.run.seed,
+        device,
+        click.echo,
+        cfg.dataset.high_bit_depth,
+        teacher=teacher,
+        val_rows=[r for r in rows if r.split == "val"],
+        patience=scfg.patience,
+        score_threshold=scfg.score_threshold,
+        section="segmenter",
+    ).fit()
+    click.echo(f"train-segmenter: best epoch {summary['best_epoch'] + 1} of {summary['epochs_run']}")
+
+    predictor = torch_predictor(*load_segmenter(out, device), device)
+    (out / "masks").mkdir(exist_ok=True)
+    score_rows, t0 = [], time.perf_counter()
+    for start in progress(range(0, len(rows), scfg.batch_size), desc="predict", unit="batch"):
+        batch = rows[start : start + scfg.batch_size]
+        images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
+        for r, pred in zip(batch, predictor(images), strict=True):
+            write_mask(out / "masks" / f"{r.id}.png", pred.labels)
+            row = {"id": r.id, "score": float(pred.cls_probs.max())}
+            score_rows.append(row | {f"score_{c}": float(v) for c, v in zip(classes, pred.cls_probs, strict=True)})
+    write_scores(out / SCORES_FILE, score_rows, classes, columns=("id", "score"))
+    click.echo(f"train-segmenter: segmented {len(rows)} images, {len(rows) / (time.perf_counter() - t0):.1f} images/s")
+    shutil.rmtree(out / CHECKPOINT.parent, ignore_errors=True)
+    return {
+        "model": out / MODEL_FILE,
+        "meta": out / META_FILE,
+        "metrics": out / METRICS_FILE,
+        "masks": out / "masks",
+        "scores": out / SCORES_FILE,
+    }
+
+
+STAGE = register_stage(
+    Stage(
+        name="train-segmenter",
+        run=run,
+        sections=("segmenter", "pseudo.bg_prior", "run.seed"),
+        inputs=lambda cfg: ("prepare", "cam", masks_input(cfg)),
+        reads="prepare, cam, pseudo-masks (retrain or pseudo-labels)",
+        writes_masks=True,
+        help="distil into the fast multi-task segmenter (KD from the CAM teacher), then segment every image",
+    )
+)

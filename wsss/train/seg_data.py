@@ -1,0 +1,172 @@
+"""The segmenter's training data: images with their pseudo-masks and, for distillation, the teacher's soft targets.
+
+Supervision is only what weak supervision produced: pseudo-masks (0 background, k class k, 255 ignore), the image
+labels of :class:`~wsss.data.index.TrainRow` and, when distilling (METHOD.md 6), the teacher's extended CAMs and
+sample scores from the `cam` stage. Ground-truth masks are never read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from wsss.data.images import read_image
+from wsss.data.index import TrainRow
+from wsss.data.torch_data import ImageDataset
+from wsss.data.transforms import Augment, resize, to_channels, to_tensor
+from wsss.errors import DataError
+from wsss.refine.pseudo import IGNORE, class_probs
+
+MASK_FIX = "re-run `wsss run-stage pseudo-labels`"
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """What the student distils from (METHOD.md 6), and how much.
+
+    The teacher's per-pixel class distribution is the pseudo-labelling rule's step 1 applied to the extended CAM,
+    ``normalise([bg_prior, cam_1..cam_K])`` (:func:`wsss.refine.pseudo.class_probs`): the refined CAM as
+    probabilities, before the CRF turns it into hard labels (our reading of "the teacher's refined CAM
+    probabilities"; the CRF's own marginals are not kept by `pseudo-labels`).
+
+    Attributes:
+        cam_dir: the `cam` stage's folder (its ``cams/<id>.npz``).
+        scores: per image id, the DFC's per-class sample probabilities (K,).
+        bg_prior: ``pseudo.bg_prior``.
+        kd_weight, temperature: weight and temperature of the per-pixel KL term.
+        score_weight: weight of the sample-level term (BCE toward the DFC's scores).
+    """
+
+    cam_dir: Path
+    scores: dict[str, np.ndarray]
+    bg_prior: float
+    kd_weight: float
+    temperature: float
+    score_weight: float
+
+
+def pseudo_mask_path(masks_dir: Path, sample_id: str) -> Path:
+    return Path(masks_dir) / f"{sample_id}.png"
+
+
+def read_pseudo_mask(path: Path, shape: Sequence[int] | None = None, num_classes: int | None = None) -> np.ndarray:
+    """A pseudo-mask as ``uint8`` (H, W); ``shape`` (H, W) and the value range {0..K, 255} are checked when given.
+
+    A missing, unreadable, mis-sized or out-of-range file is a DataError naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "pseudo-mask missing for a training image", MASK_FIX)
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None or mask.ndim != 2 or mask.dtype != np.uint8:
+        what = "unreadable pseudo-mask" if mask is None else f"pseudo-mask is {mask.dtype} {mask.shape}, not 8-bit gray"
+        raise DataError(path, what, MASK_FIX)
+    if shape is not None and mask.shape != tuple(shape[:2]):
+        raise DataError(path, f"pseudo-mask is {mask.shape} but its image is {tuple(shape[:2])}", MASK_FIX)
+    if num_classes is not None:
+        bad = np.unique(mask[(mask > num_classes) & (mask != IGNORE)])
+        if bad.size:
+            what = f"pseudo-mask values {bad[:5].tolist()} are neither 0..{num_classes} nor {IGNORE} (ignore)"
+            raise DataError(path, what, MASK_FIX)
+    return mask
+
+
+class PseudoMaskDataset(ImageDataset):
+    """Training images with their pseudo-masks (``masks_dir/<id>.png``), image-level targets and teacher targets.
+
+    Each item is ``{"image": (C, H, W) float, "mask": (H, W) int64 (0..K, 255 = ignore), "target": (K,) float,
+    "index": int}`` at ``input_size``; with a ``teacher`` also ``"teacher": (K+1, H, W)`` class probabilities and
+    ``"teacher_score": (K,)``. Only lossless geometry (flips, rot90 on square inputs) is applied, to image, mask and
+    teacher map alike, so they stay aligned; the photometric part of ``augment`` touches the image only. Seeding,
+    epochs, targets and the in-memory cache are :class:`~wsss.data.torch_data.ImageDataset`'s (the teacher's CAM is
+    cached as ``uint8``).
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[TrainRow],
+        masks_dir: Path,
+        classes: Sequence[str],
+        input_size: Sequence[int],
+        in_chans: int = 1,
+        augment: Augment | None = None,
+        seed: int = 0,
+        high_bit_depth: str = "refuse",
+        teacher: Teacher | None = None,
+    ):
+        super().__init__(rows, classes, input_size, in_chans, augment, seed, high_bit_depth)
+        self.masks_dir = Path(masks_dir)
+        self.teacher = teacher
+        self.photometric = None
+        if augment is not None:
+            no_geometry = {"flips": False, "rot90": False, "affine_degrees": 0.0, "affine_scale": 0.0}
+            self.photometric = Augment(dataclasses.replace(augment.cfg, **no_geometry, affine_translate=0.0))
+        missing = [p for p in (self.mask_path(i) for i in range(len(self.rows))) if not p.is_file()]
+        if missing:  # fail before training starts, not in the middle of an epoch
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DataError(missing[0], f"pseudo-mask missing for a training image{more}", MASK_FIX)
+        if teacher is not None:
+            no_score = [r.id for r in self.rows if r.id not in teacher.scores]
+            if no_score:
+                raise DataError(
+                    teacher.cam_dir / "scores.csv",
+                    f"no sample score for {len(no_score)} training image(s), e.g. {no_score[0]!r}",
+                    "re-run `wsss run-stage cam`",
+                )
+
+    def mask_path(self, index: int) -> Path:
+        return pseudo_mask_path(self.masks_dir, self.rows[index].id)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:  # type: ignore[override]
+        """Image, pseudo-mask and teacher CAM (``uint8`` (H, W, K), or None) of sample ``index`` at ``input_size``."""
+        if self._cache is not None:
+            return self._cache[index]
+        img = to_channels(read_image(self.rows[index].path, self.high_bit_depth), self.in_chans)
+        mask = read_pseudo_mask(self.mask_path(index), img.shape[:2], len(self.classes))
+        h, w = self.input_size
+        cam = None
+        if self.teacher is not None:
+            from wsss.cam.io import cam_path, read_cam
+
+            full = read_cam(cam_path(self.teacher.cam_dir, self.rows[index].id), img.shape[:2], len(self.classes))
+            small = np.stack([resize(np.ascontiguousarray(c), self.input_size) for c in full], axis=-1)
+            cam = np.clip(np.rint(small * 255.0), 0, 255).astype(np.uint8)
+        return resize(img, self.input_size), cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST), cam
+
+    def cache_bytes(self) -> int:
+        per_pixel = 1 + (len(self.classes) if self.teacher is not None else 0)
+        return super().cache_bytes() + len(self.rows) * self.input_size[0] * self.input_size[1] * per_pixel
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        index = int(index) % len(self.rows) if index < 0 else int(index)
+        img, mask, cam = self.load(index)
+        if self.augment is not None and self.photometric is not None:  # both or neither
+            rng, cfg = self.rng(index), self.augment.cfg
+            arrays = [img, mask] + ([cam] if cam is not None else [])
+            if cfg.flips:
+                if rng.random() < 0.5:
+                    arrays = [a[:, ::-1] for a in arrays]
+                if rng.random() < 0.5:
+                    arrays = [a[::-1] for a in arrays]
+            if cfg.rot90 and img.shape[0] == img.shape[1]:
+                k = int(rng.integers(4))
+                arrays = [np.rot90(a, k) for a in arrays]
+            img, mask = self.photometric(np.ascontiguousarray(arrays[0]), rng), arrays[1]
+            cam = arrays[2] if cam is not None else None
+        item = {
+            "image": to_tensor(img),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64)),
+            "target": torch.from_numpy(self._targets[index].copy()),
+            "index": index,
+        }
+        if self.teacher is not None and cam is not None:
+            chw = np.ascontiguousarray(cam.transpose(2, 0, 1)).astype(np.float32) / 255.0
+            item["teacher"] = torch.from_numpy(class_probs(chw, self.teacher.bg_prior))
+            item["teacher_score"] = torch.as_tensor(self.teacher.scores[self.rows[index].id], dtype=torch.float32)
+        return item
