@@ -34,8 +34,7 @@ def prepared_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # The whole method on the tiny set with tiny models: every stage runs, in seconds (tests/test_retrain.py and
 # tests/test_train_segmenter.py share one run).
-FAST = [
-    *[f"dataset.synthetic.{k}={v}" for k, v in TINY.items()],
+TINY_CLASSIFIER = [  # a DFC that trains in seconds, and single-scale CAMs gated low enough for it
     "classifier.backbone.name=test_resnet",
     "classifier.input_size=[64, 64]",
     "classifier.epochs=3",
@@ -44,6 +43,11 @@ FAST = [
     "classifier.clm.hidden=32",
     "cam.scales=[1.0]",
     "cam.score_threshold=0.3",
+    "run.device=cpu",
+]
+FAST = [
+    *[f"dataset.synthetic.{k}={v}" for k, v in TINY.items()],
+    *TINY_CLASSIFIER,
     "cam.iem.rounds=1",
     "pseudo.workers=2",
     "pseudo.crf.iterations=3",
@@ -57,7 +61,6 @@ FAST = [
     "segmenter.decoder_channels=16",
     "segmenter.epochs=4",
     "segmenter.batch_size=8",
-    "run.device=cpu",
 ]
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY
+from conftest import TINY, TINY_CLASSIFIER
 from torch import nn
 
 from wsss.cam.extract import CamExtractor, windows
@@ -133,19 +133,7 @@ def test_cam_files_roundtrip_and_bad_files_name_themselves(tmp_path: Path):
         read_cam(path, classes=1)
 
 
-TINY_DFC = [
-    "classifier.backbone.name=test_resnet",
-    "classifier.input_size=[64, 64]",
-    "classifier.epochs=3",
-    "classifier.batch_size=8",
-    "classifier.clm.dim=16",
-    "classifier.clm.hidden=32",
-    "cam.scales=[1.0]",
-    "cam.score_threshold=0.3",
-    "cam.iem.rounds=2",
-    "cam.iem.tau_stop=0.3",
-    "run.device=cpu",
-]
+TINY_DFC = [*TINY_CLASSIFIER, "cam.iem.rounds=2", "cam.iem.tau_stop=0.3"]
 
 
 @pytest.fixture(scope="module")

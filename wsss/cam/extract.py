@@ -112,3 +112,10 @@ class CamExtractor:
             scores[i] = np.maximum(scores[i], win_scores[j])
         cams = [np.maximum(c / np.maximum(wt, 1e-6)[None], 0.0) for c, wt in zip(canvas, weight, strict=True)]
         return cams, scores
+
+
+def normalise_cam(raw: np.ndarray, scores: np.ndarray, scale: float, threshold: float) -> np.ndarray:
+    """A raw (K, H, W) CAM in [0, 1] by the dataset-level ``scale`` (never per image), with every class whose sample
+    score is below ``threshold`` zeroed, so an image called OK has an all-zero CAM (METHOD.md section 2)."""
+    gate = (np.asarray(scores, np.float32).reshape(-1) >= threshold).astype(np.float32)
+    return np.clip(raw.astype(np.float32) / scale, 0.0, 1.0) * gate[:, None, None]

@@ -47,7 +47,7 @@ def _check_classes(meta: dict, index: Path, model_dir: Path) -> None:
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-    from wsss.cam.extract import CamExtractor
+    from wsss.cam.extract import CamExtractor, normalise_cam
     from wsss.cam.iem import extend_cams
     from wsss.cam.io import CAMS_DIR, META_FILE, SCORES_FILE, write_cam, write_scores
     from wsss.data.images import read_image
@@ -107,10 +107,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     cams_dir = out / CAMS_DIR
     cams_dir.mkdir(exist_ok=True)
     for r in progress(rows_all, desc="normalise", unit="img"):
-        row = done[r.id]
-        gate = (np.asarray(row["scores"], np.float32) >= ccfg.score_threshold).astype(np.float32)
-        raw = np.load(raw_dir / f"{r.id}.npy").astype(np.float32)
-        write_cam(cams_dir / f"{r.id}.npz", np.clip(raw / scale, 0.0, 1.0) * gate[:, None, None])
+        raw = np.load(raw_dir / f"{r.id}.npy")
+        write_cam(cams_dir / f"{r.id}.npz", normalise_cam(raw, done[r.id]["scores"], scale, ccfg.score_threshold))
     score_rows = []
     for r in rows_all:
         row = done[r.id]
