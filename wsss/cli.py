@@ -240,7 +240,7 @@ def predict(
     from wsss.progress import progress
     from wsss.train.dist import resolve_device
 
-    predictor = load_predictor(model, str(resolve_device(device)), _size(size), threshold)
+    predictor = load_predictor(model, str(resolve_device(device, "--device")), _size(size), threshold)
     summary = predict_images(predictor, inputs, out, batch, not no_overlays, progress)
     click.echo(f"predict: {summary.images} image(s), {summary.defective} called defective -> {out}")
     raise_failures(summary)
@@ -249,6 +249,50 @@ def predict(
 @cli.group()
 def export() -> None:
     """Export a trained model or a run's masks for other tools."""
+
+
+@export.command("review")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="run folder")
+@click.option("--masks", default=None, help="stage whose masks to review (default: the newest that ran)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="package folder")
+@click.option(
+    "--formats",
+    default="png,coco,cvat,labelstudio",
+    show_default=True,
+    help="comma list of png, coco, cvat, labelstudio",
+)
+@click.option("--coco-mode", type=click.Choice(["rle", "polygon"]), default="rle", show_default=True)
+@click.option(
+    "--image-prefix", default="/data/local-files/?d=", show_default=True, help="Label Studio image URL prefix"
+)
+def export_review(run_dir: Path, masks: str | None, out: Path, formats: str, coco_mode: str, image_prefix: str) -> None:
+    """Write a review package of a run's masks: overlays, index.html and the annotation tools' import files."""
+    from wsss.config import ExportConfig
+    from wsss.export.review import build_review, run_source
+    from wsss.progress import progress
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(out, "exists and is not a folder", "choose another --out folder")
+    cfg = ExportConfig(formats=[f.strip() for f in formats.split(",") if f.strip()], coco_mode=coco_mode)
+    cfg.image_prefix = image_prefix
+    written = build_review(run_source(run_dir, masks), out, cfg, progress)
+    click.echo(f"wrote {', '.join(str(p) for p in written.values())}")
+    click.echo(f"open {out / 'index.html'} in a browser")
+
+
+@cli.command("import-review")
+@click.option(
+    "--format", "fmt", type=click.Choice(["coco", "cvat", "labelstudio", "png"]), required=True, help="file format"
+)
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="run folder")
+def import_review_cmd(fmt: str, file: Path, run_dir: Path) -> None:
+    """Import corrected masks (FILE exported from the annotation tool) into RUN/reviewed for train-segmenter."""
+    from wsss.export.review_import import import_review
+
+    summary = import_review(fmt, file, run_dir)
+    click.echo(f"imported {len(summary.imported)} reviewed mask(s) into {summary.folder} ({summary.total} in all)")
+    click.echo(f"train-segmenter uses them with: --set segmenter.reviewed={summary.folder}")
 
 
 @export.command("onnx")

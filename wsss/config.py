@@ -261,6 +261,17 @@ class SegmenterConfig(SegTrainConfig):
     score_kd_weight: float = 0.5  # + score_kd_weight * BCE(classification head, the DFC's sample scores)
     score_threshold: float = 0.5  # inference: a class whose image probability is below this is gated off the mask
     patience: int = 8  # early stopping: epochs without a better validation Seg_mIoU (against pseudo-masks)
+    reviewed: str | None = _path_field()  # `wsss import-review` folder: human masks that replace pseudo-masks
+
+
+@dataclass
+class ExportConfig:
+    """`export`: the review package (overlays, index.html and the annotation tools' import files)."""
+
+    masks: str = ""  # stage whose masks/ to review; empty = the pipeline's last mask-writing stage before export
+    formats: list[str] = field(default_factory=lambda: ["png", "coco", "cvat", "labelstudio"])
+    coco_mode: str = _choices("rle", "polygon", default="rle")  # polygon: holes filled, tiny regions stay RLE
+    image_prefix: str = "/data/local-files/?d="  # Label Studio image URL = this + images/<id>.<ext>
 
 
 @dataclass
@@ -286,6 +297,7 @@ class Config:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -66,7 +66,16 @@ def register_stage(stage: Stage) -> Stage:
 
 
 # Stage modules in pipeline order; each registers itself on import. Add new stages here.
-STAGE_MODULES = ("prepare", "train_classifier", "cam", "pseudo_labels", "retrain", "train_segmenter", "evaluate")
+STAGE_MODULES = (
+    "prepare",
+    "train_classifier",
+    "cam",
+    "pseudo_labels",
+    "retrain",
+    "train_segmenter",
+    "evaluate",
+    "export",
+)
 
 
 def load_stages() -> dict[str, Stage]:

@@ -27,6 +27,22 @@ def masks_input(cfg: Config) -> str:
     return mask_source(cfg, "train-segmenter", cfg.segmenter.masks, "segmenter.masks")
 
 
+def reviewed_masks(cfg: Config) -> Path | None:
+    """``segmenter.reviewed``'s masks folder (written by `wsss import-review`), or None when not set."""
+    from wsss.errors import ConfigError
+
+    if not cfg.segmenter.reviewed:
+        return None
+    masks = Path(cfg.segmenter.reviewed) / "masks"
+    if not masks.is_dir():
+        raise ConfigError(
+            "segmenter.reviewed",
+            f"{cfg.segmenter.reviewed} holds no masks/ folder",
+            "run `wsss import-review ... --run RUN` first, then set segmenter.reviewed=RUN/reviewed",
+        )
+    return masks
+
+
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.cam.io import SCORES_FILE, read_cam_meta, read_class_scores, write_scores
     from wsss.data.images import read_image
@@ -54,7 +70,11 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         score_weight=scfg.score_kd_weight,
     )
     device = dist.resolve_device(cfg.run.device)
+    reviewed = reviewed_masks(cfg)
     click.echo(f"train-segmenter: distilling into {scfg.backbone.name} from {masks}")
+    if reviewed is not None:
+        n = len(list(reviewed.glob("*.png")))
+        click.echo(f"train-segmenter: {n} human-reviewed mask(s) from {reviewed} replace their pseudo-masks")
     summary = SegmenterTrainer(
         scfg,
         [r for r in rows if r.split == "train"],
@@ -71,6 +91,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         patience=scfg.patience,
         score_threshold=scfg.score_threshold,
         section="segmenter",
+        reviewed_dir=reviewed,
     ).fit()
     click.echo(f"train-segmenter: best epoch {summary['best_epoch'] + 1} of {summary['epochs_run']}")
 
@@ -102,6 +123,7 @@ STAGE = register_stage(
         run=run,
         sections=("segmenter", "pseudo.bg_prior", "run.seed"),
         inputs=lambda cfg: ("prepare", "cam", masks_input(cfg)),
+        external=lambda cfg: [Path(cfg.segmenter.reviewed)] if cfg.segmenter.reviewed else [],
         reads="prepare, cam, pseudo-masks (retrain or pseudo-labels)",
         writes_masks=True,
         help="distil into the fast multi-task segmenter (KD from the CAM teacher), then segment every image",

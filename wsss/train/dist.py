@@ -27,12 +27,12 @@ def barrier() -> None:
         dist.barrier()
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> this rank's CUDA device when there is one, else the CPU."""
+def resolve_device(name: str, where: str = "run.device") -> torch.device:
+    """``auto`` -> this rank's CUDA device when there is one, else the CPU; ``where`` names the setting in errors."""
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         from wsss.errors import ConfigError
 
-        raise ConfigError("run.device", "cuda requested but no CUDA device is available", "use run.device: auto or cpu")
+        raise ConfigError(where, "cuda requested but no CUDA device is available", f"set {where} to auto or cpu")
     return torch.device("cuda", rank() % torch.cuda.device_count())

@@ -86,7 +86,9 @@ def segmentation_loss(mask_logits: torch.Tensor, mask: torch.Tensor, dice_weight
     return ce + dice_weight * dice.mean()
 
 
-def distillation_kl(mask_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+def distillation_kl(
+    mask_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """KL(teacher || student) of the per-pixel class distributions, both softened by ``temperature`` (METHOD.md 6).
 
     The student's distribution is ``softmax(logits / T)``; the teacher's probabilities are softened the same way,
@@ -97,14 +99,25 @@ def distillation_kl(mask_logits: torch.Tensor, teacher_probs: torch.Tensor, temp
     Args:
         mask_logits: (B, K+1, H, W) student logits.
         teacher_probs: (B, K+1, H, W) teacher class probabilities (rows sum to 1).
+        weights: (B,) per-image weights (e.g. 0 for images a person labelled); the loss is their weighted mean.
     """
     t = temperature
     log_student = F.log_softmax(mask_logits.float() / t, dim=1)
     log_teacher = F.log_softmax(teacher_probs.float().clamp_min(1e-8).log() / t, dim=1)
-    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1)
-    return kl.mean() * t * t
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1).mean(dim=(1, 2))  # (B,)
+    if weights is None:
+        return kl.mean() * t * t
+    w = weights.float()
+    return (kl * w).sum() / w.sum().clamp(min=1e-6) * t * t
 
 
-def score_distillation(cls_logits: torch.Tensor, teacher_scores: torch.Tensor) -> torch.Tensor:
-    """Sample-level distillation: BCE of the classification head toward the DFC's sample probabilities (B, K)."""
-    return F.binary_cross_entropy_with_logits(cls_logits.float(), teacher_scores.float())
+def score_distillation(
+    cls_logits: torch.Tensor, teacher_scores: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sample-level distillation: BCE of the classification head toward the DFC's sample probabilities (B, K),
+    as the ``weights`` (B,)-weighted mean over images when given."""
+    bce = F.binary_cross_entropy_with_logits(cls_logits.float(), teacher_scores.float(), reduction="none").mean(1)
+    if weights is None:
+        return bce.mean()
+    w = weights.float()
+    return (bce * w).sum() / w.sum().clamp(min=1e-6)

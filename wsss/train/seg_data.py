@@ -81,7 +81,7 @@ class PseudoMaskDataset(ImageDataset):
     """Training images with their pseudo-masks (``masks_dir/<id>.png``), image-level targets and teacher targets.
 
     Each item is ``{"image": (C, H, W) float, "mask": (H, W) int64 (0..K, 255 = ignore), "target": (K,) float,
-    "index": int}`` at ``input_size``; with a ``teacher`` also ``"teacher": (K+1, H, W)`` class probabilities and
+    "index": int, "reviewed": 1.0 for a human mask else 0.0}`` at ``input_size``; with a ``teacher`` also ``"teacher": (K+1, H, W)`` class probabilities and
     ``"teacher_score": (K,)``. Only lossless geometry (flips, rot90 on square inputs) is applied, to image, mask and
     teacher map alike, so they stay aligned; the photometric part of ``augment`` touches the image only. Seeding,
     epochs, targets and the in-memory cache are :class:`~wsss.data.torch_data.ImageDataset`'s (the teacher's CAM is
@@ -99,9 +99,16 @@ class PseudoMaskDataset(ImageDataset):
         seed: int = 0,
         high_bit_depth: str = "refuse",
         teacher: Teacher | None = None,
+        reviewed_dir: Path | None = None,
     ):
         super().__init__(rows, classes, input_size, in_chans, augment, seed, high_bit_depth)
         self.masks_dir = Path(masks_dir)
+        self.reviewed = {  # images a person corrected (`wsss import-review`): their masks replace the pseudo-masks
+            i
+            for i, r in enumerate(self.rows)
+            if reviewed_dir is not None and (Path(reviewed_dir) / f"{r.id}.png").is_file()
+        }
+        self.reviewed_dir = Path(reviewed_dir) if reviewed_dir is not None else None
         self.teacher = teacher
         self.photometric = None
         if augment is not None:
@@ -121,6 +128,9 @@ class PseudoMaskDataset(ImageDataset):
                 )
 
     def mask_path(self, index: int) -> Path:
+        """The human mask of a reviewed image, else its pseudo-mask."""
+        if index in self.reviewed and self.reviewed_dir is not None:
+            return pseudo_mask_path(self.reviewed_dir, self.rows[index].id)
         return pseudo_mask_path(self.masks_dir, self.rows[index].id)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:  # type: ignore[override]
@@ -164,6 +174,7 @@ class PseudoMaskDataset(ImageDataset):
             "mask": torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64)),
             "target": torch.from_numpy(self._targets[index].copy()),
             "index": index,
+            "reviewed": torch.tensor(float(index in self.reviewed)),
         }
         if self.teacher is not None and cam is not None:
             chw = np.ascontiguousarray(cam.transpose(2, 0, 1)).astype(np.float32) / 255.0

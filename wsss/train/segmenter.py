@@ -75,6 +75,7 @@ class SegmenterTrainer:
         patience: stop after this many epochs without a better validation Seg_mIoU (0 = never).
         score_threshold: the gate used for validation predictions (and recorded in ``segmenter.json``).
         section: the config section, for error messages.
+        reviewed_dir: masks a person corrected (``<run>/reviewed/masks``); they replace those images' pseudo-masks.
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class SegmenterTrainer:
         patience: int = 0,
         score_threshold: float = 0.5,
         section: str = "retrain",
+        reviewed_dir: Path | None = None,
     ):
         self.scfg, self.out, self.seed, self.classes = scfg, Path(out), int(seed), list(classes)
         self.teacher, self.patience, self.score_threshold = teacher, patience, score_threshold
@@ -109,7 +111,7 @@ class SegmenterTrainer:
         if not rows_train:
             raise StageError(masks_dir, "no training images to train the segmenter on", "check the train split")
         common = {"classes": self.classes, "input_size": size, "in_chans": self.in_chans, "seed": self.seed}
-        common |= {"high_bit_depth": high_bit_depth}
+        common |= {"high_bit_depth": high_bit_depth, "reviewed_dir": reviewed_dir}
         self.train_set = PseudoMaskDataset(
             rows_train, masks_dir, augment=Augment(scfg.augment), teacher=teacher, **common
         )
@@ -163,8 +165,9 @@ class SegmenterTrainer:
         loss = parts["loss_seg"] + self.scfg.cls_weight * parts["loss_cls"]
         t = self.teacher
         if t is not None and "teacher" in batch:
-            parts["loss_kd"] = distillation_kl(out.mask_logits, batch["teacher"].to(self.device), t.temperature)
-            parts["loss_score_kd"] = score_distillation(out.cls_logits, batch["teacher_score"].to(self.device))
+            w = 1.0 - batch["reviewed"].to(self.device)  # a person's mask outranks the teacher
+            parts["loss_kd"] = distillation_kl(out.mask_logits, batch["teacher"].to(self.device), t.temperature, w)
+            parts["loss_score_kd"] = score_distillation(out.cls_logits, batch["teacher_score"].to(self.device), w)
             loss = loss + t.kd_weight * parts["loss_kd"] + t.score_weight * parts["loss_score_kd"]
         return {"loss": loss, **parts}
 

@@ -1,0 +1,103 @@
+"""Review formats: one small module per annotation tool on the :class:`ReviewFormat` base, registered by name.
+
+A format writes a review package's masks in its tool's import layout (:meth:`ReviewFormat.write`) and reads the
+corrected masks back from that tool's export (:meth:`ReviewFormat.read`). Masks are ``uint8`` label images:
+0 background, k class k (1..K), 255 uncertain (the pseudo-masks' ignore pixels, exported as a label of their own
+so a reviewer sees and resolves them; left unresolved they stay ignored in training).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsss.errors import ConfigError
+
+UNCERTAIN = 255
+UNCERTAIN_NAME = "uncertain"
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Mask values, names and colours: 0 background, 1..K the classes, 255 uncertain."""
+
+    classes: tuple[str, ...]
+
+    def entries(self) -> list[tuple[int, str, tuple[int, int, int]]]:
+        from wsss.export.overlay import class_colour
+
+        rows = [(0, "background", (0, 0, 0))]
+        rows += [(k, name, class_colour(k)) for k, name in enumerate(self.classes, start=1)]
+        return rows + [(UNCERTAIN, UNCERTAIN_NAME, class_colour(UNCERTAIN))]
+
+    def value_of(self, name: str) -> int | None:
+        return next((v for v, n, _ in self.entries() if n == name), None)
+
+    def name_of(self, value: int) -> str | None:
+        return next((n for v, n, _ in self.entries() if v == value), None)
+
+    def check(self, mask: np.ndarray) -> list[int]:
+        """Mask values that are not labels of this map (empty when the mask is valid)."""
+        valid = {v for v, _, _ in self.entries()}
+        return [int(v) for v in np.unique(mask) if int(v) not in valid]
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """One image of a review package; ``load_mask`` reads its mask when a format needs it (memory stays flat)."""
+
+    id: str
+    image_name: str  # the image's path inside the package, e.g. images/<id>.png
+    height: int
+    width: int
+    load_mask: Callable[[], np.ndarray]
+    score: float = float("nan")
+    confidence: float = float("nan")
+
+
+class ReviewFormat:
+    """Base of the review formats: ``name``, ``default_file`` inside the package, and the two hooks."""
+
+    name = ""
+    default_file = ""
+
+    def write(self, package: Path, items: Sequence[ReviewItem], labels: LabelMap) -> Path:
+        """Write the items' masks under ``package`` in this format; returns the file or folder written."""
+        raise NotImplementedError
+
+    def read(self, path: Path, labels: LabelMap) -> dict[str, np.ndarray]:
+        """Masks by image id from this format's file at ``path`` (a DataError naming it when malformed)."""
+        raise NotImplementedError
+
+
+FORMAT_MODULES = ("png", "coco", "cvat", "labelstudio")
+
+
+def formats() -> dict[str, ReviewFormat]:
+    """The registered formats by name."""
+    out = {}
+    for module in FORMAT_MODULES:
+        fmt = importlib.import_module(f"wsss.export.formats.{module}").FORMAT
+        out[fmt.name] = fmt
+    return out
+
+
+def get_format(name: str) -> ReviewFormat:
+    table = formats()
+    if name not in table:
+        raise ConfigError(name, "unknown review format", f"available formats: {', '.join(table)}")
+    return table[name]
+
+
+def components(mask: np.ndarray, values: Iterable[int]) -> Iterable[tuple[int, np.ndarray]]:
+    """``(value, bool region)`` per 8-connected component of each of ``values`` in ``mask`` (instances)."""
+    import cv2
+
+    for v in values:
+        n, comp = cv2.connectedComponents((mask == v).astype(np.uint8), connectivity=8)
+        for i in range(1, n):
+            yield v, comp == i

@@ -1,0 +1,115 @@
+"""CVAT "Segmentation mask 1.1" (``cvat.zip``), the layout CVAT imports and exports for masks:
+
+    labelmap.txt                         # label:color_rgb:parts:actions, one line per label, background first
+    ImageSets/Segmentation/default.txt   # image names (our ids), one per line
+    SegmentationClass/<id>.png           # RGB, each pixel the colour of its label in labelmap.txt
+    SegmentationObject/<id>.png          # RGB, each 8-connected component its own colour (instances)
+
+Masks are colour PNGs, never raw 0/255 values (CVAT rejects a colour it finds in no label as an undeclared label).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from wsss.atomic import atomic_path
+from wsss.errors import DataError
+from wsss.export.formats import LabelMap, ReviewFormat, ReviewItem, components
+
+FIX = "pass the zip exported from CVAT as 'Segmentation mask 1.1'"
+HEADER = "# label:color_rgb:parts:actions\n"
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def instance_colour(i: int) -> tuple[int, int, int]:
+    """A distinct, non-black colour for instance ``i`` (1-based), from the bits of i as in Pascal VOC's palette."""
+    r = g = b = 0
+    for shift in range(8):
+        r |= ((i >> (3 * shift)) & 1) << (7 - shift)
+        g |= ((i >> (3 * shift + 1)) & 1) << (7 - shift)
+        b |= ((i >> (3 * shift + 2)) & 1) << (7 - shift)
+    return r, g, b
+
+
+def labelmap_text(labels: LabelMap) -> str:
+    return HEADER + "".join(f"{n}:{c[0]},{c[1]},{c[2]}::\n" for _, n, c in labels.entries())
+
+
+def parse_labelmap(text: str) -> dict[tuple[int, int, int], str]:
+    colours = {}
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, colour = line.split(":")[:2]
+        colours[tuple(int(v) for v in colour.split(","))] = name.strip()
+    return colours
+
+
+class CvatFormat(ReviewFormat):
+    name = "cvat"
+    default_file = "cvat.zip"
+
+    def write(self, package: Path, items: Sequence[ReviewItem], labels: LabelMap) -> Path:
+        path = package / self.default_file
+        colour = {v: c for v, _, c in labels.entries()}
+        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("labelmap.txt", labelmap_text(labels))
+            z.writestr("ImageSets/Segmentation/default.txt", "".join(f"{it.id}\n" for it in items))
+            for item in items:
+                mask = item.load_mask()
+                cls = np.zeros((*mask.shape, 3), np.uint8)
+                obj = np.zeros_like(cls)
+                values = [int(v) for v in np.unique(mask) if v != 0]
+                for v in values:
+                    cls[mask == v] = colour[v]
+                for i, (_, region) in enumerate(components(mask, values), start=1):
+                    obj[region] = instance_colour(i)
+                z.writestr(f"SegmentationClass/{item.id}.png", _png(cls))
+                z.writestr(f"SegmentationObject/{item.id}.png", _png(obj))
+        return path
+
+    def read(self, path: Path, labels: LabelMap) -> dict[str, np.ndarray]:
+        try:
+            z = zipfile.ZipFile(path)
+        except (OSError, zipfile.BadZipFile) as e:
+            raise DataError(path, f"not a zip file ({e})", FIX) from None
+        with z:
+            names = z.namelist()
+            if "labelmap.txt" not in names:
+                raise DataError(path, "no labelmap.txt in the zip", FIX)
+            colours = parse_labelmap(z.read("labelmap.txt").decode())
+            masks, bad = {}, []
+            for name in sorted(n for n in names if n.startswith("SegmentationClass/") and n.endswith(".png")):
+                bgr = cv2.imdecode(np.frombuffer(z.read(name), np.uint8), cv2.IMREAD_COLOR)
+                if bgr is None:
+                    raise DataError(f"{path}:{name}", "unreadable PNG", FIX)
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                mask = np.zeros(rgb.shape[:2], np.uint8)
+                found = np.unique(rgb.reshape(-1, 3), axis=0)
+                for c in map(tuple, found.tolist()):
+                    label = colours.get(c)
+                    value = labels.value_of(label) if label is not None else None
+                    if value is None:
+                        bad.append(f"{name}: colour {c} ({label or 'not in labelmap.txt'})")
+                        continue
+                    mask[(rgb == c).all(axis=2)] = value
+                masks[Path(name).stem] = mask
+        if bad:
+            raise DataError(path, f"unknown label(s): {'; '.join(bad[:5])}", "use only the labels of the export")
+        if not masks:
+            raise DataError(path, "no SegmentationClass/*.png masks in the zip", FIX)
+        return masks
+
+
+FORMAT = CvatFormat()

@@ -1,0 +1,111 @@
+"""Label Studio import tasks (``labelstudio.json``) with ``brushlabels`` predictions in its own brush RLE.
+
+Each task is ``{"data": {"image": <prefix>images/<id>.<ext>, "wsss_id", "score", "confidence"}, "predictions":
+[{"model_version": "wsss", "score": confidence, "result": [one brushlabels result per label present]}]}``. The
+image prefix is ``export.image_prefix``: Label Studio's local-files route (``/data/local-files/?d=`` followed by the
+package's path under ``LOCAL_FILES_DOCUMENT_ROOT``) or a URL prefix where the package is served.
+``labelstudio_config.xml`` beside it is the labeling interface to create the project with.
+
+Reading a Label Studio JSON export: a task counts as reviewed when it has an annotation that was not cancelled (the
+last one wins); tasks with only predictions are not imported (nobody looked at them). An annotation with no brush
+result means "reviewed, no defect" and gives an empty mask.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+
+from wsss.atomic import atomic_write_text
+from wsss.errors import DataError
+from wsss.export import lsrle
+from wsss.export.formats import LabelMap, ReviewFormat, ReviewItem
+
+FIX = "pass the JSON export of the Label Studio project the review tasks were imported into"
+CONFIG_FILE = "labelstudio_config.xml"
+EMPTY = np.zeros((0, 0), np.uint8)  # "reviewed, no defect": the importer gives it the image's size
+
+
+def labeling_config(labels: LabelMap) -> str:
+    lines = [
+        "<View>",
+        '  <Image name="image" value="$image" zoom="true"/>',
+        '  <BrushLabels name="tag" toName="image">',
+    ]
+    for v, n, c in labels.entries():
+        if v != 0:
+            lines.append(f'    <Label value={quoteattr(n)} background="#{c[0]:02x}{c[1]:02x}{c[2]:02x}"/>')
+    return "\n".join([*lines, "  </BrushLabels>", "</View>", ""])
+
+
+class LabelStudioFormat(ReviewFormat):
+    name = "labelstudio"
+    default_file = "labelstudio.json"
+
+    def __init__(self, image_prefix: str = "/data/local-files/?d="):
+        self.image_prefix = image_prefix
+
+    def write(self, package: Path, items: Sequence[ReviewItem], labels: LabelMap) -> Path:
+        tasks = []
+        for item in items:
+            mask, results = item.load_mask(), []
+            for v in (int(v) for v in np.unique(mask) if v != 0):
+                value = {"format": "rle", "rle": lsrle.encode(mask == v), "brushlabels": [labels.name_of(v)]}
+                results.append(
+                    {"id": f"{item.id}-{v}", "from_name": "tag", "to_name": "image", "type": "brushlabels"}
+                    | {"original_width": item.width, "original_height": item.height, "image_rotation": 0}
+                    | {"value": value}
+                )
+            data = {"image": self.image_prefix + item.image_name, "wsss_id": item.id}
+            data |= {"score": _num(item.score), "confidence": _num(item.confidence)}
+            prediction = {"model_version": "wsss", "score": _num(item.confidence), "result": results}
+            tasks.append({"data": data, "predictions": [prediction]})
+        path = package / self.default_file
+        atomic_write_text(path, json.dumps(tasks))
+        atomic_write_text(package / CONFIG_FILE, labeling_config(labels))
+        return path
+
+    def read(self, path: Path, labels: LabelMap) -> dict[str, np.ndarray]:
+        try:
+            tasks = json.loads(Path(path).read_text())
+            if not isinstance(tasks, list):
+                raise TypeError("the top level is not a list of tasks")
+        except (OSError, ValueError, TypeError) as e:
+            raise DataError(path, f"not a Label Studio JSON export ({type(e).__name__}: {e})", FIX) from None
+        masks, bad = {}, []
+        for t, task in enumerate(tasks):
+            data = task.get("data", {})
+            sid = str(data.get("wsss_id") or Path(str(data.get("image", ""))).stem)
+            done = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+            if not done:
+                continue
+            mask = EMPTY
+            for r in done[-1].get("result", []):
+                if r.get("type") != "brushlabels":
+                    continue
+                h, w = int(r["original_height"]), int(r["original_width"])
+                mask = np.zeros((h, w), np.uint8) if mask.size == 0 else mask
+                names = r.get("value", {}).get("brushlabels", [])
+                value = labels.value_of(names[0]) if names else None
+                if value is None:
+                    bad.append(f"task {t} ({sid}): label {names} is not a label of this run")
+                    continue
+                try:
+                    mask[lsrle.decode(r["value"]["rle"], h, w)] = value
+                except (KeyError, ValueError) as e:
+                    bad.append(f"task {t} ({sid}): {e}")
+            masks[sid] = mask
+        if bad:
+            raise DataError(path, f"{len(bad)} unusable result(s): " + "; ".join(bad[:5]), FIX)
+        return masks
+
+
+def _num(x: float) -> float | None:
+    return None if x != x else round(float(x), 6)  # NaN is not JSON
+
+
+FORMAT = LabelStudioFormat()
