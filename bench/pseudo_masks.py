@@ -33,7 +33,7 @@ from wsss.pipelines import load_pipeline  # noqa: E402
 from wsss.runs import Run  # noqa: E402
 from wsss.stages import get_stage  # noqa: E402
 
-PIPELINES = ("cam-threshold", "cam-crf", "cam-iem-crf", "pseudo-masks")
+PIPELINES = ("pseudo-masks", "cam-iem-crf", "cam-threshold", "cam-crf")  # in this order, later runs reuse stages
 BASE = "pseudo-masks"  # the method's pipeline; the ablations reuse its prepare and train-classifier stages
 METRICS = ("miou_def", "pooled_iou", "seg_miou", "seg_recall@0.1", "seg_recall@0.5", "ap")  # report.json keys
 
@@ -118,6 +118,22 @@ def pool_speedup(run_dir: Path, cfg, n: int) -> dict[str, float]:
     return out
 
 
+def reuse_stages(run_dir: Path, cfg, stages: list[str], earlier: list[Path]) -> list[str]:
+    """Copy into ``run_dir`` each stage that an earlier run of this benchmark finished under the same config and
+    inputs (the runner's own staleness check decides); returns the stages copied. cam-iem-crf so reuses the method's
+    cam and pseudo-labels, cam-crf the cam of cam-threshold: only what differs is computed."""
+    copied = []
+    for name in stages:
+        if (run_dir / name).exists():
+            continue
+        for src in earlier:
+            if (src / name).is_dir() and Run(src, cfg, echo=lambda *_: None).status(get_stage(name)) == "done":
+                shutil.copytree(src / name, run_dir / name)
+                copied.append(name)
+                break
+    return copied
+
+
 def fmt(v: float | None, plain: bool) -> str:
     """A metric for the table: None (undefined, e.g. no defective test image) as n/a."""
     if v is None:
@@ -131,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for dataset in [d for d in args.datasets.split(",") if d]:
         base = args.out / f"{dataset}-{BASE}"
+        done_runs: list[Path] = []
         if args.reuse is not None:
             src = args.reuse / (f"{dataset}-fold0-both" if dataset == "ksdd" else f"{dataset}-both")
             for stage in ("prepare", "train-classifier"):
@@ -145,13 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         for pipeline in [p for p in args.pipelines.split(",") if p]:
             cfg = config(args, dataset, pipeline)
             run_dir = base if pipeline == BASE else args.out / f"{dataset}-{pipeline}"
+            stages = list(load_pipeline(pipeline).stages)
             if run_dir != base:
                 cfg_full = config(args, dataset, BASE)
                 Run(base, cfg_full, echo=print).run_pipeline(["prepare", "train-classifier"])
-                for stage in ("prepare", "train-classifier"):
-                    if not (run_dir / stage).exists():
-                        shutil.copytree(base / stage, run_dir / stage)
-            stages = list(load_pipeline(pipeline).stages)
+                copied = reuse_stages(run_dir, cfg, [s for s in stages if s != "evaluate"], [base, *done_runs])
+                print(f"[{dataset} {pipeline}] reusing finished stages: {', '.join(copied) or 'none'}", flush=True)
             Run(run_dir, cfg, echo=lambda m, tag=f"[{dataset} {pipeline}]": print(tag, m, flush=True)).run_pipeline(
                 stages
             )
@@ -162,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             if pipeline == "cam-iem-crf":
                 row["crf_pool"] = pool_speedup(run_dir, cfg, args.pool_images)
             results.append(row)
+            done_runs.append(run_dir)
             (args.out / "results.json").write_text(json.dumps(results, indent=2))
             print(json.dumps(row), flush=True)
     print()
