@@ -202,6 +202,10 @@ class CamConfig:
 class CRFConfig:
     """Dense CRF (pydensecrf2 DenseCRF2D) parameters: Gaussian (smoothness) and bilateral (appearance) kernels."""
 
+    # pydensecrf: pydensecrf2's permutohedral lattice (the reference); torch: our mean-field with a bilateral grid in
+    # PyTorch (wsss/refine/torch_crf.py), batched, on `device`
+    backend: str = _choices("pydensecrf", "torch", default="pydensecrf")
+    device: str = _choices("cpu", "cuda", default="cpu")  # the torch backend's device
     iterations: int = 10
     gauss_sxy: float = 3.0
     gauss_compat: float = 3.0

@@ -25,18 +25,24 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarray:
     """Refine ``probs`` (float32 (C, H, W), summing to 1 over C) against ``image``; returns float32 (C, H, W).
 
+    ``cfg.backend`` picks pydensecrf2 (the reference) or the PyTorch mean-field of :mod:`wsss.refine.torch_crf`.
+
     CPU-bound and single-threaded (measured at 10 iterations: 0.4-0.6 s for a 512x512 grayscale image, ~2.7 s
     for a 512x512 image of random colours, whose permutohedral lattice is far larger): callers parallelise over
     images.
     """
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
-
     if probs.ndim != 3:
         raise ValueError(f"dense_crf needs (C, H, W) probabilities, got shape {probs.shape}")
     c, h, w = probs.shape
     if image.shape[:2] != (h, w):
         raise ValueError(f"image is {image.shape[:2]} but the probabilities are {(h, w)}")
+    if cfg.backend == "torch":
+        from wsss.refine.torch_crf import dense_crf_fast
+
+        return dense_crf_fast(_rgb(image) if image.ndim == 3 else image, probs, cfg, cfg.device)
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
     crf = dcrf.DenseCRF2D(w, h, c)
     unary = unary_from_softmax(np.ascontiguousarray(probs, dtype=np.float32), clip=1e-5)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))

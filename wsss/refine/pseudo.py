@@ -202,8 +202,10 @@ class _RemoteTraceback(Exception):
 
 
 def _worker_init() -> None:
-    # One process per core already: OpenCV's own thread pool would only oversubscribe the cores.
+    # One process per core already: OpenCV's and (for the torch CRF backend) torch's thread pools would only
+    # oversubscribe the cores. torch is imported later, lazily, so the variable is set before it reads it.
     cv2.setNumThreads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def _label_in_worker(task: LabelTask) -> tuple[str, Any]:

@@ -1,0 +1,166 @@
+"""A fast dense CRF in PyTorch: the mean-field inference of pydensecrf2 with a bilateral grid (CPU or GPU).
+
+Same model and updates as :func:`wsss.refine.crf.dense_crf` (Kraehenbuehl & Koltun; pydensecrf2 stays the
+reference): unary ``U = -log P``, Potts pairwise terms with a Gaussian kernel (``gauss_sxy``, ``gauss_compat``) and a
+bilateral kernel (``bilateral_sxy``, ``bilateral_srgb``, ``bilateral_compat``), and ``iterations`` mean-field steps
+
+    Q <- softmax(-U + gauss_compat * G(Q) + bilateral_compat * B(Q)),
+
+where G and B are normalised kernel averages (pydensecrf2's symmetric normalisation gives messages of the same
+scale). What differs is how the kernels are evaluated:
+
+- G: a separable Gaussian blur at full resolution (exact; truncated at 3 sigma, normalised at the borders).
+- B: a bilateral grid (Chen, Paris & Durand 2007) instead of the permutohedral lattice. Values are splatted into a
+  grid over (y / sxy, x / sxy, intensity / s) at two cells per standard deviation, blurred there with a separable
+  binomial Gaussian and sliced back trilinearly (:class:`BilateralGrid`). For a grayscale image repeated to three channels (how pydensecrf2 sees ours) the
+  colour distance is sqrt(3) times the gray difference, so ``s = bilateral_srgb / sqrt(3)`` gives the same kernel.
+  Colour images use their mean intensity (an approximation: the grid is 3-D, the lattice 5-D).
+
+The splat weights are computed once per image, so an iteration costs a few tensor ops: fast on a CPU and batched
+on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsss.config import CRFConfig
+
+CLIP = 1e-5  # as pydensecrf2's unary_from_softmax(clip=1e-5)
+CELLS_PER_SIGMA = 2  # grid resolution: two cells per kernel standard deviation in every dimension
+GRID_BLUR = torch.tensor([1.0, 8.0, 28.0, 56.0, 70.0, 56.0, 28.0, 8.0, 1.0]) / 256.0  # binomial(8): std 2 cells
+
+
+def _gauss_1d(sigma: float, device: torch.device) -> torch.Tensor:
+    r = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-r, r + 1, dtype=torch.float32, device=device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur (B, C, H, W) with a Gaussian of ``sigma`` pixels (3-sigma support, zero outside the image).
+
+    On CUDA a separable convolution; on the CPU OpenCV's SIMD filter (about 50x faster there than torch's thin
+    convolutions, measured on 256 x 256: 0.3 ms against 17 ms per two channels).
+    """
+    if x.is_cuda:
+        k = _gauss_1d(sigma, x.device)
+        b, c, h, w = x.shape
+        y = F.conv2d(x.reshape(b * c, 1, h, w), k.view(1, 1, 1, -1), padding=(0, k.numel() // 2))
+        return F.conv2d(y, k.view(1, 1, -1, 1), padding=(k.numel() // 2, 0)).view(b, c, h, w)
+    import cv2
+
+    size = 2 * max(1, int(math.ceil(3 * sigma))) + 1
+    a = x.detach().float().cpu().numpy()
+    out = np.empty_like(a)
+    for i in np.ndindex(a.shape[:2]):
+        out[i] = cv2.GaussianBlur(a[i], (size, size), sigma, borderType=cv2.BORDER_CONSTANT)
+    return torch.from_numpy(out)
+
+
+def _separable(x: torch.Tensor, kernel: torch.Tensor, dims: int) -> torch.Tensor:
+    """Blur (B, C, *spatial) along its last ``dims`` axes with the same 1-D kernel, zero-padded (the small grid)."""
+    c, r = x.shape[1], kernel.numel() // 2
+    for axis in range(dims):
+        shape = [1] * dims
+        shape[axis] = kernel.numel()
+        weight = kernel.view(1, 1, *shape).expand(c, 1, *shape).contiguous()
+        pad = [0] * dims
+        pad[axis] = r
+        x = (F.conv2d if dims == 2 else F.conv3d)(x, weight, padding=tuple(pad), groups=c)
+    return x
+
+
+class BilateralGrid:
+    """Splat / blur / slice over (y, x, intensity) for a batch of same-size grayscale images.
+
+    The grid has :data:`CELLS_PER_SIGMA` cells per kernel standard deviation. A pixel is splatted into its nearest
+    cell (one ``index_add_`` per iteration; the position error, at most a quarter of a standard deviation, is small
+    next to the kernel), the grid is blurred with a separable binomial of two cells' std, and every pixel is
+    sliced back by trilinear interpolation: one sparse CSR product, built directly (rows are pixels, 8 corners each).
+    """
+
+    def __init__(self, gray: torch.Tensor, sxy: float, srange: float):
+        b, h, w = gray.shape
+        dev = gray.device
+        k = CELLS_PER_SIGMA
+        ys = torch.arange(h, device=dev, dtype=torch.float32).view(1, h, 1).expand(b, h, w) * (k / sxy)
+        xs = torch.arange(w, device=dev, dtype=torch.float32).view(1, 1, w).expand(b, h, w) * (k / sxy)
+        margin = GRID_BLUR.numel() // 2 + 1
+        coords = [c + margin for c in (ys, xs, gray.float() * (k / srange))]
+        self.size = [int(math.ceil(float(c.max()))) + margin + 1 for c in coords]  # (y, x, intensity) cells
+        self.b, self.h, self.w = b, h, w
+        self.cells = self.size[0] * self.size[1] * self.size[2]
+        offset = (torch.arange(b, device=dev) * self.cells).view(b, 1, 1)
+
+        def cell(y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            return ((y * self.size[1] + x) * self.size[2] + z).long() + offset
+
+        self.nearest = cell(*(c.round() for c in coords)).reshape(-1)  # (B*N,) splat target
+        base = [c.floor() for c in coords]
+        frac = [c - f for c, f in zip(coords, base, strict=True)]
+        cols, vals = [], []
+        for dy in (0, 1):
+            for dx in (0, 1):
+                for dz in (0, 1):
+                    wt = (frac[0] if dy else 1 - frac[0]) * (frac[1] if dx else 1 - frac[1])
+                    cols.append(cell(base[0] + dy, base[1] + dx, base[2] + dz).reshape(-1))
+                    vals.append((wt * (frac[2] if dz else 1 - frac[2])).reshape(-1))
+        n = b * h * w
+        crow = torch.arange(0, 8 * n + 1, 8, device=dev)
+        col, val = torch.stack(cols, 1).reshape(-1), torch.stack(vals, 1).reshape(-1)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
+            warnings.simplefilter("ignore", UserWarning)
+            self.slice = torch.sparse_csr_tensor(crow, col, val, (n, b * self.cells))
+        self.kernel = GRID_BLUR.to(dev)
+        self.norm = self.filter(torch.ones(b, 1, h, w, device=dev), normalise=False).clamp_min(1e-12)
+
+    def filter(self, values: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+        """Bilateral-filter (B, C, H, W) values; normalised by the kernel mass when ``normalise``."""
+        b, c = values.shape[:2]
+        grid = torch.zeros(b * self.cells, c, device=values.device)
+        grid.index_add_(0, self.nearest, values.permute(0, 2, 3, 1).reshape(-1, c).float())
+        grid = grid.view(b, *self.size, c).permute(0, 4, 1, 2, 3).contiguous()  # (B, C, y, x, z)
+        grid = _separable(grid, self.kernel, dims=3).permute(0, 2, 3, 4, 1).reshape(b * self.cells, c)
+        out = (self.slice @ grid).view(b, self.h, self.w, c).permute(0, 3, 1, 2)
+        return out / self.norm if normalise else out
+
+
+def dense_crf_torch(images: torch.Tensor, probs: torch.Tensor, cfg: CRFConfig) -> torch.Tensor:
+    """Mean-field CRF of a batch: ``images`` (B, H, W) or (B, H, W, 3) uint8, ``probs`` (B, C, H, W) summing to 1
+    over C; returns the refined (B, C, H, W) probabilities on the inputs' device."""
+    dev = probs.device
+    gray = images.float().mean(-1) if images.ndim == 4 else images.float()
+    srange = cfg.bilateral_srgb / (math.sqrt(3.0) if images.ndim == 3 or _equal_channels(images) else 1.0)
+    grid = BilateralGrid(gray.to(dev), cfg.bilateral_sxy, srange)
+    b, c, h, w = probs.shape
+    gauss_norm = gaussian_blur(torch.ones(b, 1, h, w, device=dev), cfg.gauss_sxy).to(dev).clamp_min(1e-12)
+    unary = -probs.float().clamp(CLIP, 1.0).log()
+    q = torch.softmax(-unary, dim=1)
+    for _ in range(cfg.iterations):
+        message = cfg.gauss_compat * gaussian_blur(q, cfg.gauss_sxy).to(dev) / gauss_norm
+        message = message + cfg.bilateral_compat * grid.filter(q)
+        q = torch.softmax(-unary + message, dim=1)
+    return q
+
+
+def _equal_channels(images: torch.Tensor) -> bool:
+    return bool((images[..., 0] == images[..., 1]).all() and (images[..., 0] == images[..., 2]).all())
+
+
+def dense_crf_fast(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig, device: str = "cpu") -> np.ndarray:
+    """:func:`dense_crf_torch` for one numpy image (H, W[, 3]) uint8 and probabilities (C, H, W): float32 (C, H, W)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from wsss.errors import ConfigError
+
+        raise ConfigError("pseudo.crf.device", "cuda requested but no CUDA device is available", "use cpu")
+    img = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
+    p = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))[None].to(device)
+    with torch.no_grad():
+        return dense_crf_torch(img, p, cfg)[0].cpu().numpy()
