@@ -67,9 +67,12 @@ force_option = click.option("--force", is_flag=True, help="re-run even if up to 
 
 
 def _run(cfg: Config, run_dir: Path | None):
+    """The run folder's runner; under torchrun, this process joins the process group (rank 0 alone prints)."""
     from wsss.runs import Run
+    from wsss.train import dist
 
-    return Run(run_dir or Path("runs") / cfg.run.name, cfg)
+    dist.init_from_env()
+    return Run(run_dir or Path("runs") / cfg.run.name, cfg, echo=click.echo if dist.is_main() else lambda *_: None)
 
 
 @click.group(cls=WsssGroup, context_settings={"help_option_names": ["-h", "--help"]})

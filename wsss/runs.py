@@ -218,61 +218,83 @@ class Run:
         return files_ok and same and self._same_config(manifest, get_stage(name).sections)
 
     def run_stage(self, name: str, force: bool = False) -> Path:
-        """Run one stage unless it is up to date; return its output folder."""
+        """Run one stage unless it is up to date; return its output folder.
+
+        Under torchrun, rank 0 alone locks, decides and writes the manifest; its decision reaches every rank. A
+        distributed stage (``Stage.distributed``) runs on every rank into the same partial folder; any other stage
+        runs on rank 0 while the others wait. Rank 0 publishes once every rank has finished, so a rank that dies
+        (which ends the whole process group) leaves no ``done`` manifest.
+        """
+        from wsss.train import dist  # torch: imported when a stage runs, not with the CLI
+
         stage = get_stage(name)
         final = self.stage_dir(name)
         self.dir.mkdir(parents=True, exist_ok=True)
-        with stage_lock(self.dir, name):
-            self._recover(name)
-            inputs = self.inputs_of(stage)
-            expected = self.expected(stage, inputs)
-            if not force and self._is_current(name, read_manifest(final), expected):
-                self.echo(f"{name}: up to date ({final}), skipped")
+        main = dist.is_main()
+        with stage_lock(self.dir, name) if main else contextlib.nullcontext():
+            plan = self._begin(stage, force) if main else None
+            plan = dist.broadcast_object(plan)
+            if plan is None:
                 return final
-            partial = self.dir / f"{name}.partial"
-            pm = read_manifest(partial)
-            if pm is None or any(pm.get(k) != v for k, v in expected.items()) or force:
-                shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True, exist_ok=True)
-            manifest = {
-                "stage": name,
-                "status": "running",
-                **expected,
-                "config": section_dict(self.cfg, stage.sections),
-                "input_dirs": {k: str(v) for k, v in inputs.items()},
-                **environment(),
-                "started": _now(),
-            }
-            write_json(partial / MANIFEST, manifest)
-            atomic_write_text(partial / "config.yaml", dump_yaml(self.cfg.to_dict()))
-            self.echo(f"{name}: running -> {final}")
+            partial, manifest = Path(plan["partial"]), plan["manifest"]
+            inputs = {k: Path(v) for k, v in manifest["input_dirs"].items()}
             t0 = time.perf_counter()
             try:
-                outputs = stage.run(self.cfg, inputs, partial) or {}
+                runs_here = main or stage.distributed
+                outputs = (stage.run(self.cfg, inputs, partial) or {}) if runs_here else {}
+                outputs = dist.broadcast_object(outputs)
             except BaseException as e:
+                if main:
+                    manifest.update(status="failed", finished=_now(), error=f"{type(e).__name__}: {e}")
+                    write_json(partial / MANIFEST, manifest | {"traceback": traceback.format_exc(limit=20)})
+                raise
+            dist.barrier()
+            if main:
+                files, digest = hash_outputs(partial)
                 manifest.update(
-                    status="failed",
+                    status="done",
                     finished=_now(),
-                    error=f"{type(e).__name__}: {e}",
-                    traceback=traceback.format_exc(limit=20),
+                    seconds=round(time.perf_counter() - t0, 3),
+                    files=files,
+                    digest=digest,
+                    outputs={k: Path(v).relative_to(partial).as_posix() for k, v in outputs.items()},
                 )
                 write_json(partial / MANIFEST, manifest)
-                raise
-            files, digest = hash_outputs(partial)
-            manifest.update(
-                status="done",
-                finished=_now(),
-                seconds=round(time.perf_counter() - t0, 3),
-                files=files,
-                digest=digest,
-                outputs={k: Path(v).relative_to(partial).as_posix() for k, v in outputs.items()},
-            )
-            write_json(partial / MANIFEST, manifest)
-            self._publish(name, partial)
-            self.echo(f"{name}: done in {manifest['seconds']:.1f} s")
+                self._publish(name, partial)
+                self.echo(f"{name}: done in {manifest['seconds']:.1f} s")
+            dist.barrier()
             return final
 
-    def _publish(self, name: str, partial: Path) -> None:
+    def _begin(self, stage: Stage, force: bool) -> dict[str, Any] | None:
+        """Decide whether ``stage`` runs; if so, prepare its partial folder and ``running`` manifest (rank 0)."""
+        name, final = stage.name, self.stage_dir(stage.name)
+        self._recover(name)
+        inputs = self.inputs_of(stage)
+        expected = self.expected(stage, inputs)
+        if not force and self._is_current(name, read_manifest(final), expected):
+            self.echo(f"{name}: up to date ({final}), skipped")
+            return None
+        partial = self.dir / f"{name}.partial"
+        pm = read_manifest(partial)
+        if pm is None or any(pm.get(k) != v for k, v in expected.items()) or force:
+            shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "stage": name,
+            "status": "running",
+            **expected,
+            "config": section_dict(self.cfg, stage.sections),
+            "input_dirs": {k: str(v) for k, v in inputs.items()},
+            **environment(),
+            "world_size": _world_size(),
+            "started": _now(),
+        }
+        write_json(partial / MANIFEST, manifest)
+        atomic_write_text(partial / "config.yaml", dump_yaml(self.cfg.to_dict()))
+        self.echo(f"{name}: running -> {final}")
+        return {"partial": str(partial), "manifest": manifest}
+
+    def _publish(self, name: str, partial: Path) -> None:  # rank 0 only
         """Move the finished ``partial`` folder into place, replacing an older output."""
         final, old = self.stage_dir(name), self.dir / f"{name}.old"
         if final.exists():
@@ -288,3 +310,9 @@ class Run:
         """Run ``stages`` in order; each re-runs only if stale (a re-run makes later stages stale in turn)."""
         for name in stages:
             self.run_stage(name, force=force)
+
+
+def _world_size() -> int:
+    from wsss.train import dist
+
+    return dist.world_size()

@@ -43,6 +43,7 @@ class Stage:
         external: files or folders outside the run it reads (fingerprinted for staleness).
         writes_masks: True if it writes ``masks/<id>.png`` that ``evaluate`` can score.
         reads: what ``wsss stages`` shows as its inputs when they depend on the config (default: ``inputs``).
+        distributed: under torchrun every rank runs it (DDP training); otherwise rank 0 alone does, the others wait.
     """
 
     name: str
@@ -53,6 +54,7 @@ class Stage:
     external: Callable[[Config], list[Path]] = _no_external
     writes_masks: bool = False
     reads: str = ""
+    distributed: bool = False
 
 
 STAGES: dict[str, Stage] = {}

@@ -17,12 +17,14 @@ from wsss.stages import Stage, register_stage
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    from wsss.train import dist
     from wsss.train.classifier import META_FILE, METRICS_FILE, MODEL_FILE, ClassifierTrainer
 
     trainer = ClassifierTrainer(cfg, inputs["prepare"] / "index.csv", out, echo=click.echo)
     summary = trainer.fit()
-    click.echo(f"best epoch {summary['best_epoch'] + 1}: validation image AP {summary['best_val_ap']:.4f}")
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    if dist.is_main():  # under torchrun every rank trains (DDP); rank 0 alone writes
+        click.echo(f"best epoch {summary['best_epoch'] + 1}: validation image AP {summary['best_val_ap']:.4f}")
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return {"model": out / MODEL_FILE, "meta": out / META_FILE, "metrics": out / METRICS_FILE}
 
 
@@ -33,5 +35,6 @@ STAGE = register_stage(
         sections=("classifier", "run.seed"),
         inputs=lambda cfg: ("prepare",),
         help="train the defect focus classifier (CAM head, CLM, GCM) on image-level labels",
+        distributed=True,
     )
 )

@@ -111,6 +111,10 @@ class ClassifierTrainer:
         self.amp = self.ccfg.amp and self.device.type == "cuda"
 
     # ----------------------------------------------------------------------------------------------- data
+    def _per_rank(self) -> int:
+        """Training images this process sees per epoch (its shard under DDP)."""
+        return len(self.sampler) if self.sampler is not None else len(self.train_set)
+
     def loader(self, epoch: int) -> DataLoader:
         self.train_set.set_epoch(epoch)
         if self.sampler is not None:
@@ -122,7 +126,7 @@ class ClassifierTrainer:
             sampler=self.sampler,
             shuffle=self.sampler is None,
             generator=gen,
-            drop_last=len(self.train_set) > self.ccfg.batch_size,
+            drop_last=self._per_rank() > self.ccfg.batch_size,  # a partial last batch only when it is the one
             num_workers=self.ccfg.workers,
             pin_memory=self.device.type == "cuda",
         )
@@ -189,6 +193,7 @@ class ClassifierTrainer:
                 sums[k] = sums.get(k, 0.0) + v * len(batch["image"])
             n_images += len(batch["image"])
         seconds = time.perf_counter() - t0
+        dist.sync_buffers(self.model)  # identical BatchNorm statistics on every rank before validating
         return {k: v / max(1, n_images) for k, v in sums.items()} | {
             "images_per_s": n_images * dist.world_size() / seconds,
             "seconds": seconds,

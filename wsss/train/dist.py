@@ -1,6 +1,14 @@
-"""Rank awareness for single-process and DDP runs: only rank 0 logs and writes."""
+"""Rank awareness for single-process and DDP runs: only rank 0 logs and writes.
+
+Under ``torchrun`` (which sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE`` and the rendezvous address),
+:func:`init_from_env` joins the process group: NCCL when CUDA is available (each rank on GPU ``LOCAL_RANK``), gloo on
+the CPU. Without those variables everything here is the single-process no-op.
+"""
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -36,3 +44,37 @@ def resolve_device(name: str, where: str = "run.device") -> torch.device:
 
         raise ConfigError(where, "cuda requested but no CUDA device is available", f"set {where} to auto or cpu")
     return torch.device("cuda", rank() % torch.cuda.device_count())
+
+
+def init_from_env() -> bool:
+    """Join the process group torchrun describes in the environment; True when running distributed."""
+    if is_distributed():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "RANK" not in os.environ:
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (picklable objects; the identity when not distributed)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    DDP broadcasts buffers at the start of each forward only, so after an epoch each rank holds the statistics of its
+    own last batches; validating with those, ranks could reach different early-stopping decisions and diverge.
+    """
+    if is_distributed():
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)

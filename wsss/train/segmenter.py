@@ -135,6 +135,10 @@ class SegmenterTrainer:
         self.scheduler = warmup_cosine(self.optimizer, scfg.warmup_epochs * steps, scfg.epochs * steps)
         self.amp = scfg.amp and self.device.type == "cuda"
 
+    def _per_rank(self) -> int:
+        """Training images this process sees per epoch (its shard under DDP)."""
+        return len(self.sampler) if self.sampler is not None else len(self.train_set)
+
     def loader(self, epoch: int) -> DataLoader:
         self.train_set.set_epoch(epoch)
         if self.sampler is not None:
@@ -146,7 +150,7 @@ class SegmenterTrainer:
             sampler=self.sampler,
             shuffle=self.sampler is None,
             generator=gen,
-            drop_last=len(self.train_set) > self.scfg.batch_size,
+            drop_last=self._per_rank() > self.scfg.batch_size,  # a partial last batch only when it is the one
             num_workers=self.scfg.workers,
             pin_memory=self.device.type == "cuda",
         )
@@ -192,6 +196,7 @@ class SegmenterTrainer:
                 sums[k] = sums.get(k, 0.0) + v * len(batch["image"])
             n_images += len(batch["image"])
         seconds = time.perf_counter() - t0
+        dist.sync_buffers(self.model)  # identical BatchNorm statistics on every rank before validating
         return {k: v / max(1, n_images) for k, v in sums.items()} | {
             "images_per_s": n_images * dist.world_size() / seconds,
             "seconds": seconds,

@@ -1,0 +1,76 @@
+"""Training under DDP (issue 7): 2 gloo processes on the CPU, rendezvous through a file in a temp folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import TINY, TINY_CLASSIFIER
+from safetensors.torch import load_file
+
+OVERRIDES = [
+    *[f"dataset.synthetic.{k}={v}" for k, v in TINY.items()],
+    *TINY_CLASSIFIER,
+    "classifier.epochs=2",
+    "classifier.gcm.enabled=true",
+]
+
+
+def _train_on_rank(rank: int, world: int, rendezvous: str, run_dir: str, out: str) -> None:
+    """One rank: join the group, run the real train-classifier stage, save the weights this rank ended with."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    import torch.distributed as td
+
+    from wsss.config import load_config
+    from wsss.runs import Run
+    from wsss.train.classifier import ClassifierTrainer
+
+    td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
+    original = ClassifierTrainer.fit
+
+    def fit_and_record(self):
+        summary = original(self)
+        torch.save({k: v.detach().clone() for k, v in self.model.state_dict().items()}, Path(out) / f"rank{rank}.pt")
+        return summary
+
+    ClassifierTrainer.fit = fit_and_record
+    try:
+        Run(Path(run_dir), load_config(None, OVERRIDES), echo=lambda *_: None).run_stage("train-classifier")
+    finally:
+        td.destroy_process_group()
+
+
+def test_two_process_ddp_training_ends_with_identical_weights_on_both_ranks(prepared_run: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepared_run / "prepare", run_dir / "prepare")
+    rendezvous = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_train_on_rank, args=(2, rendezvous, str(run_dir), str(tmp_path)), nprocs=2, join=True)
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    stage = run_dir / "train-classifier"
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["world_size"] == 2
+    assert not (run_dir / "train-classifier.partial").exists() and not (stage / "checkpoints").exists()
+    rows = (stage / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3  # two epochs, written once (by rank 0)
+    saved = load_file(stage / "dfc.safetensors")
+    assert saved.keys() <= a.keys()
+
+
+@pytest.mark.gpu
+def test_nccl_ddp_training_on_the_gpus(prepared_run: Path, tmp_path: Path):
+    if torch.cuda.device_count() < 1:
+        pytest.skip("no CUDA device")
+    world = min(2, torch.cuda.device_count())
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepared_run / "prepare", run_dir / "prepare")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
+    mp.spawn(_train_on_rank, args=(world, "env://", str(run_dir), str(tmp_path)), nprocs=world, join=True)
+    assert json.loads((run_dir / "train-classifier" / "manifest.json").read_text())["status"] == "done"
