@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY, TINY_CLASSIFIER
+from conftest import FAST, TINY, TINY_CLASSIFIER
 from safetensors.torch import load_file
 
 OVERRIDES = [
@@ -74,3 +74,76 @@ def test_nccl_ddp_training_on_the_gpus(prepared_run: Path, tmp_path: Path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
     mp.spawn(_train_on_rank, args=(world, "env://", str(run_dir), str(tmp_path)), nprocs=world, join=True)
     assert json.loads((run_dir / "train-classifier" / "manifest.json").read_text())["status"] == "done"
+
+
+def _label_on_rank(rank: int, world: int, rendezvous: str, run_dir: str, die_after: int) -> None:
+    """One rank of a sharded pseudo-labels run; with ``die_after`` > 0, rank 1 crashes after that many images."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch.distributed as td
+
+    import wsss.refine.pseudo as pseudo
+    from wsss.config import load_config
+    from wsss.runs import Run
+
+    td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
+    if die_after and rank == 1:
+        original, count = pseudo.label_one, {"n": 0}
+
+        def crashes(task):
+            count["n"] += 1
+            if count["n"] > die_after:
+                os._exit(3)  # as if killed: no exception handling, no clean-up
+            return original(task)
+
+        pseudo.label_one = crashes
+    try:
+        Run(Path(run_dir), load_config(None, [*FAST, "pseudo.workers=1"]), echo=lambda *_: None).run_stage(
+            "pseudo-labels"
+        )
+    finally:
+        td.destroy_process_group()
+
+
+def _copy_upstream(full: Path, dst: Path) -> None:
+    for stage in ("prepare", "train-classifier", "cam"):
+        shutil.copytree(full / stage, dst / stage)
+
+
+def _same_outputs(a: Path, b: Path) -> None:
+    names = sorted(p.name for p in (a / "masks").glob("*.png"))
+    assert names == sorted(p.name for p in (b / "masks").glob("*.png")) and names
+    assert all((a / "masks" / n).read_bytes() == (b / "masks" / n).read_bytes() for n in names)
+    assert (a / "confidence.csv").read_text() == (b / "confidence.csv").read_text()
+
+
+def test_sharded_pseudo_labels_over_two_processes_equal_one_process(full_run, tmp_path: Path):
+    full, _ = full_run
+    run_dir = tmp_path / "run"
+    _copy_upstream(full, run_dir)
+    mp.spawn(_label_on_rank, args=(2, f"file://{tmp_path / 'rdv'}", str(run_dir), 0), nprocs=2, join=True)
+    _same_outputs(run_dir / "pseudo-labels", full / "pseudo-labels")
+    assert json.loads((run_dir / "pseudo-labels" / "manifest.json").read_text())["world_size"] == 2
+    assert not list((run_dir / "pseudo-labels").glob("rows*.jsonl"))
+
+
+def test_a_dying_rank_fails_the_stage_and_a_rerun_redoes_only_the_missing_images(
+    full_run, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    from wsss.config import load_config
+    from wsss.runs import Run
+
+    full, _ = full_run
+    run_dir = tmp_path / "run"
+    _copy_upstream(full, run_dir)
+    with pytest.raises(mp.ProcessExitedException):
+        mp.spawn(_label_on_rank, args=(2, f"file://{tmp_path / 'rdv'}", str(run_dir), 3), nprocs=2, join=True)
+    assert not (run_dir / "pseudo-labels").exists()  # no done manifest over partial output
+    partial = run_dir / "pseudo-labels.partial"
+    logged = sum(len(p.read_text().splitlines()) for p in partial.glob("rows*.jsonl"))
+    total = len(list((full / "pseudo-labels" / "masks").glob("*.png")))
+    assert 3 <= logged < total
+    capsys.readouterr()
+    Run(run_dir, load_config(None, [*FAST, "pseudo.workers=1"]), echo=lambda *_: None).run_stage("pseudo-labels")
+    out = capsys.readouterr().out
+    assert f"resuming, {logged} image(s) already labelled" in out and f"labelling {total - logged} image(s)" in out
+    _same_outputs(run_dir / "pseudo-labels", full / "pseudo-labels")

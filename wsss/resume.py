@@ -4,6 +4,9 @@ A stage that works image by image appends one JSON row per finished image to ``r
 directory (flushed at once), next to that image's artifact. A re-run reads the log back and skips every image whose
 row *and* artifact both exist; a line torn by a kill mid-write is ignored, so that image is simply redone. The
 stage deletes the log when it finishes.
+
+Under torchrun each rank appends to its own ``rows.<rank>.jsonl`` (:func:`log_name`), and :meth:`RowLog.done_in`
+reads every log of the folder, so a re-run with any number of ranks (one included) redoes exactly what is missing.
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ from typing import Any
 ROWS_FILE = "rows.jsonl"
 
 
+def log_name(rank: int = 0, world: int = 1) -> str:
+    """This process's log file name: ``rows.jsonl`` alone, ``rows.<rank>.jsonl`` when ``world`` > 1."""
+    return ROWS_FILE if world <= 1 else f"rows.{rank}.jsonl"
+
+
 class RowLog:
     """Append-only ``rows.jsonl`` of one stage attempt; rows are dicts with at least an ``"id"``."""
 
@@ -26,10 +34,29 @@ class RowLog:
 
     def done(self, artifact: Callable[[str], Path]) -> dict[str, dict[str, Any]]:
         """Rows of earlier attempts whose ``artifact(id)`` file exists, by id (a later row for an id wins)."""
+        return self._read(self.path, artifact, {})
+
+    @classmethod
+    def done_in(cls, folder: Path, artifact: Callable[[str], Path]) -> dict[str, dict[str, Any]]:
+        """:meth:`done` over every ``rows*.jsonl`` in ``folder`` (the logs of all ranks of all attempts)."""
         rows: dict[str, dict[str, Any]] = {}
-        if not self.path.is_file():
+        for path in sorted(Path(folder).glob("rows*.jsonl")):
+            cls._read(path, artifact, rows)
+        return rows
+
+    @staticmethod
+    def remove_all(folder: Path) -> None:
+        """Delete every log of ``folder`` once the stage's outputs are complete."""
+        for path in Path(folder).glob("rows*.jsonl"):
+            path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _read(
+        path: Path, artifact: Callable[[str], Path], rows: dict[str, dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        if not path.is_file():
             return rows
-        for line in self.path.read_text().splitlines():
+        for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
             except ValueError:  # a line cut short by a kill: that image is redone

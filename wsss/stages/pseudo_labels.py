@@ -7,6 +7,11 @@ sample scores beside the masks. Never reads ground-truth masks.
 
 Resumable: each finished image appends its row to ``rows.jsonl``; a re-run after a kill skips images whose PNG and
 row both exist, and the log is removed when the stage finishes.
+
+Under torchrun the images still to do are sharded across ranks (rank r takes every world-th one, each rank with its
+own process pool and log); rank 0 writes ``confidence.csv`` in index order once every rank has finished, so the
+outputs do not depend on the number of ranks. A rank that dies ends the process group: no ``done`` manifest, and a
+re-run (with any number of ranks) labels only the images no log records.
 """
 
 from __future__ import annotations
@@ -59,7 +64,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.data.index import read_train_index
     from wsss.evaluation import read_scores
     from wsss.refine.pseudo import LabelTask, label_all
-    from wsss.resume import ROWS_FILE, RowLog
+    from wsss.resume import RowLog, log_name
+    from wsss.train import dist
 
     t0 = time.perf_counter()
     index = read_train_index(inputs["prepare"] / "index.csv")
@@ -73,10 +79,12 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
 
     masks = out / "masks"
     masks.mkdir(parents=True, exist_ok=True)
-    for stray in masks.glob(".*.tmp"):  # temporary files of writes cut short by a kill
-        stray.unlink(missing_ok=True)
-    log = RowLog(out / ROWS_FILE)
-    done = log.done(lambda i: masks / f"{i}.png")
+    rank, world = dist.rank(), dist.world_size()
+    if rank == 0:
+        for stray in masks.glob(".*.tmp"):  # temporary files of writes cut short by a kill
+            stray.unlink(missing_ok=True)
+    dist.barrier()
+    done = RowLog.done_in(out, lambda i: masks / f"{i}.png")
     tasks = [
         LabelTask(
             id=r.id,
@@ -90,26 +98,30 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         )
         for r in index
         if r.id not in done
-    ]
-    if done:
+    ][rank::world]
+    if done and rank == 0:
         click.echo(f"pseudo-labels: resuming, {len(done)} image(s) already labelled")
-    with log:
-        new = label_all(tasks, cfg.pseudo.workers, click.echo, on_done=log.append)
-    by_id = {**done, **{r["id"]: r for r in new}}
+    with RowLog(out / log_name(rank, world)) as log:
+        label_all(tasks, cfg.pseudo.workers, click.echo, on_done=log.append)
+    dist.barrier()  # every rank's images are labelled and logged
+    outputs = {"masks": masks, "confidence": out / CONFIDENCE_FILE, "scores": out / SCORES_FILE}
+    if rank != 0:
+        return outputs
+    by_id = RowLog.done_in(out, lambda i: masks / f"{i}.png")
     rows = [by_id[r.id] for r in index]
     write_confidence(out / CONFIDENCE_FILE, rows, scores)
     with atomic_path(out / SCORES_FILE) as tmp:
         shutil.copyfile(scores_csv, tmp)
-    log.remove()
+    RowLog.remove_all(out)
 
     seconds = time.perf_counter() - t0
     called = [r for r in rows if scores[r["id"]] >= threshold]
     mean_conf = f"{sum(r['confidence'] for r in called) / len(called):.3f}" if called else "-"
     click.echo(
         f"pseudo-labels: {len(rows)} images, {len(called)} called defective (mean confidence {mean_conf}), "
-        f"{seconds:.1f} s, {len(tasks) / max(seconds, 1e-9):.2f} images/s"
+        f"{seconds:.1f} s, {len(tasks) * world / max(seconds, 1e-9):.2f} images/s"
     )
-    return {"masks": masks, "confidence": out / CONFIDENCE_FILE, "scores": out / SCORES_FILE}
+    return outputs
 
 
 STAGE = register_stage(
@@ -120,5 +132,6 @@ STAGE = register_stage(
         inputs=lambda cfg: ("prepare", "cam"),
         writes_masks=True,
         help="refine the extended CAMs with a dense CRF into pseudo-masks (255 = ignore) and confidence scores",
+        distributed=True,
     )
 )
