@@ -147,3 +147,39 @@ def test_a_dying_rank_fails_the_stage_and_a_rerun_redoes_only_the_missing_images
     out = capsys.readouterr().out
     assert f"resuming, {logged} image(s) already labelled" in out and f"labelling {total - logged} image(s)" in out
     _same_outputs(run_dir / "pseudo-labels", full / "pseudo-labels")
+
+
+def _cam_on_rank(rank: int, world: int, rendezvous: str, run_dir: str) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch.distributed as td
+
+    from wsss.config import load_config
+    from wsss.runs import Run
+
+    td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
+    try:
+        Run(Path(run_dir), load_config(None, FAST), echo=lambda *_: None).run_stage("cam")
+    finally:
+        td.destroy_process_group()
+
+
+def test_sharded_cam_stage_over_two_processes_equals_one_process(full_run, tmp_path: Path):
+    import numpy as np
+
+    from wsss.cam.io import read_cam
+
+    full, _ = full_run
+    run_dir = tmp_path / "run"
+    for stage in ("prepare", "train-classifier"):
+        shutil.copytree(full / stage, run_dir / stage)
+    mp.spawn(_cam_on_rank, args=(2, f"file://{tmp_path / 'rdv'}", str(run_dir)), nprocs=2, join=True)
+    a, b = run_dir / "cam", full / "cam"
+    assert (a / "scores.csv").read_text().splitlines()[0] == (b / "scores.csv").read_text().splitlines()[0]
+    ids = sorted(p.stem for p in (b / "cams").glob("*.npz"))
+    assert ids == sorted(p.stem for p in (a / "cams").glob("*.npz"))
+    for i in ids:  # batches differ between 1 and 2 ranks, so equal up to float rounding
+        assert np.allclose(read_cam(a / "cams" / f"{i}.npz"), read_cam(b / "cams" / f"{i}.npz"), atol=2e-3)
+    assert json.loads((a / "cam.json").read_text())["scale"] == pytest.approx(
+        json.loads((b / "cam.json").read_text())["scale"], rel=1e-3
+    )
+    assert not (a / "raw").exists() and not list(a.glob("rows*.jsonl"))

@@ -9,6 +9,9 @@ Two streaming passes, so memory stays flat however many images there are:
    defective (image labels only); every CAM is divided by it, clipped to [0, 1], gated by the sample score (a class
    whose score is below ``score_threshold`` gets an all-zero map) and written to ``cams/<id>.npz``.
 
+Under torchrun both passes are sharded across ranks (each rank its own log and GPU; every rank computes the same
+scale from all logs) and rank 0 writes the tables once all have finished.
+
 Outputs: ``cams/``, ``scores.csv`` (id, score, iem_rounds, peak, per-class scores when K > 1), ``cam.json`` (classes,
 scale, thresholds).
 """
@@ -54,7 +57,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.data.index import read_train_index
     from wsss.models.dfc import load_dfc
     from wsss.progress import progress
-    from wsss.resume import ROWS_FILE, RowLog
+    from wsss.resume import RowLog, log_name
     from wsss.train import dist
 
     ccfg = cfg.cam
@@ -67,15 +70,18 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     extractor = CamExtractor(model, meta["input_size"], int(meta["in_chans"]), ccfg, device)
     rows_all = read_train_index(index)
 
-    # pass 1: raw extended CAMs, streamed to disk batch by batch (resumable)
-    raw_dir, log = out / RAW_DIR, RowLog(out / ROWS_FILE)
+    # pass 1: raw extended CAMs, streamed to disk batch by batch (resumable); under torchrun each rank takes every
+    # world-th image still to do, with its own log
+    rank, world = dist.rank(), dist.world_size()
+    raw_dir = out / RAW_DIR
     raw_dir.mkdir(parents=True, exist_ok=True)
-    done = log.done(lambda i: raw_dir / f"{i}.npy")
-    todo = [r for r in rows_all if r.id not in done]
-    if done:
+    done = RowLog.done_in(out, lambda i: raw_dir / f"{i}.npy")
+    todo = [r for r in rows_all if r.id not in done][rank::world]
+    dist.barrier()  # every rank has its share of the same list before any rank logs a new image
+    if done and rank == 0:
         click.echo(f"cam: resuming, {len(done)} of {len(rows_all)} images already done")
     t0 = time.perf_counter()
-    with log:
+    with RowLog(out / log_name(rank, world)) as log:
         for start in progress(range(0, len(todo), ccfg.batch_size), desc="cam", unit="batch"):
             batch = todo[start : start + ccfg.batch_size]
             images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
@@ -92,8 +98,10 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
                 done[r.id] = row
                 log.append(row)
     seconds = time.perf_counter() - t0
+    dist.barrier()  # every rank's raw CAMs are written and logged
+    done = RowLog.done_in(out, lambda i: raw_dir / f"{i}.npy")
 
-    # pass 2: dataset-level normalisation and gating
+    # pass 2: dataset-level normalisation and gating (every rank computes the same scale, normalises its share)
     peaks = [done[r.id]["peak"] for r in rows_all if r.split == "train" and r.labels]
     if not peaks:
         raise StageError(index, "no defective training images to set the CAM scale from", "check prepare.split")
@@ -106,9 +114,13 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         )
     cams_dir = out / CAMS_DIR
     cams_dir.mkdir(exist_ok=True)
-    for r in progress(rows_all, desc="normalise", unit="img"):
+    for r in progress(rows_all[rank::world], desc="normalise", unit="img"):
         raw = np.load(raw_dir / f"{r.id}.npy")
         write_cam(cams_dir / f"{r.id}.npz", normalise_cam(raw, done[r.id]["scores"], scale, ccfg.score_threshold))
+    dist.barrier()
+    outputs = {"cams": cams_dir, "scores": out / SCORES_FILE, "meta": out / META_FILE}
+    if rank != 0:
+        return outputs
     score_rows = []
     for r in rows_all:
         row = done[r.id]
@@ -125,16 +137,16 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         },
     )
     shutil.rmtree(raw_dir)
-    log.remove()
+    RowLog.remove_all(out)
     n_def = sum(done[r.id]["score"] >= ccfg.score_threshold for r in rows_all)
     mean_rounds = np.mean(
         [done[r.id]["iem_rounds"] for r in rows_all if done[r.id]["score"] >= ccfg.score_threshold] or [0]
     )
     click.echo(
         f"cam: {len(rows_all)} images, {n_def} called defective (mean IEM rounds {mean_rounds:.2f}), "
-        f"scale {scale:.3g}, {len(todo) / max(seconds, 1e-9):.2f} images/s"
+        f"scale {scale:.3g}, {len(todo) * world / max(seconds, 1e-9):.2f} images/s"
     )
-    return {"cams": cams_dir, "scores": out / SCORES_FILE, "meta": out / META_FILE}
+    return outputs
 
 
 STAGE = register_stage(
@@ -144,5 +156,6 @@ STAGE = register_stage(
         sections=("cam",),
         inputs=lambda cfg: ("prepare", "train-classifier"),
         help="class activation maps with multi-scale/flip TTA, dataset-level normalisation and IEM extension",
+        distributed=True,
     )
 )

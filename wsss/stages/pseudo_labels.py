@@ -99,6 +99,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         for r in index
         if r.id not in done
     ][rank::world]
+    dist.barrier()  # every rank has its share of the same list before any rank logs a new image
     if done and rank == 0:
         click.echo(f"pseudo-labels: resuming, {len(done)} image(s) already labelled")
     with RowLog(out / log_name(rank, world)) as log:
