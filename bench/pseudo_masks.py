@@ -38,16 +38,23 @@ BASE = "pseudo-masks"  # the method's pipeline; the ablations reuse its prepare 
 METRICS = ("miou_def", "pooled_iou", "seg_miou", "seg_recall@0.1", "seg_recall@0.5", "ap")  # report.json keys
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """The options that define this benchmark's configs (:func:`config`); the benchmarks built on its runs take the
+    same ones, so that they rebuild exactly the configs of the runs they reuse."""
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder holding mtd/ and ksdd/")
     p.add_argument("--datasets", default="ksdd,mtd")
-    p.add_argument("--pipelines", default=",".join(PIPELINES))
     p.add_argument("--epochs", type=int, default=None, help="classifier epochs: default 12 (40 with --full)")
     p.add_argument("--backbone", default="resnet18", help="classifier backbone")
     p.add_argument("--full", action="store_true", help="full resolution (for a GPU)")
     p.add_argument("--size", action="append", default=[], help="DATASET=HxW classifier input size")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override KEY=VALUE")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_config_options(p)
+    p.add_argument("--pipelines", default=",".join(PIPELINES))
     p.add_argument("--pool-images", type=int, default=16, help="images for the CRF pool speed-up measurement")
     p.add_argument(
         "--reuse",
@@ -57,7 +64,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--backbone, --size and --set as that run)",
     )
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-pseudo-masks")
-    p.add_argument("--set", dest="overrides", action="append", default=[])
     return p.parse_args(argv)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pseudo_masks import BASE, config, pool_speedup  # noqa: E402
+from pseudo_masks import BASE, add_config_options, config, pool_speedup  # noqa: E402
 
 from wsss.cam.io import cam_path, read_cam, read_cam_meta  # noqa: E402
 from wsss.data.images import read_image, read_mask  # noqa: E402
@@ -41,17 +41,9 @@ from wsss.refine.pseudo import label_image  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reuse", type=Path, required=True, help="a bench/pseudo_masks.py output folder")
-    p.add_argument("--datasets", default="ksdd,mtd")
     p.add_argument("--images", type=int, default=24, help="test images per dataset (defective ones first)")
-    p.add_argument("--device", default="cpu", help="cuda adds the GPU measurements")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-scale")
-    # the pseudo-mask benchmark's options, to rebuild its exact config
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--backbone", default="resnet18")
-    p.add_argument("--full", action="store_true")
-    p.add_argument("--size", action="append", default=[])
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    p.add_argument("--set", dest="overrides", action="append", default=[])
+    add_config_options(p)  # the pseudo-mask benchmark's (--device cuda runs the torch CRF on the GPU)
     return p.parse_args(argv)
 
 

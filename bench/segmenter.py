@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pseudo_masks import BASE, METRICS, config, fmt  # noqa: E402  (the pseudo-mask benchmark's runs)
+from pseudo_masks import BASE, METRICS, add_config_options, config, fmt  # noqa: E402  (its runs)
 
 from wsss.config import apply_override  # noqa: E402
 from wsss.data.images import read_image  # noqa: E402
@@ -40,18 +40,10 @@ from wsss.runs import Run  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reuse", type=Path, required=True, help="a bench/pseudo_masks.py output folder")
-    p.add_argument("--datasets", default="ksdd,mtd")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-segmenter")
     p.add_argument("--speed-images", type=int, default=12, help="test images timed on both paths")
     p.add_argument("--chunk", type=int, default=4, help="images per timed chunk (chunks alternate between paths)")
-    # the pseudo-mask benchmark's options, so that its configs (and so its finished stages) are reproduced exactly
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--backbone", default="resnet18")
-    p.add_argument("--full", action="store_true")
-    p.add_argument("--size", action="append", default=[])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    p.add_argument("--set", dest="overrides", action="append", default=[])
+    add_config_options(p)  # the pseudo-mask benchmark's, to rebuild the configs of the runs it reuses
     return p.parse_args(argv)
 
 
