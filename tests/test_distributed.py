@@ -183,3 +183,32 @@ def test_sharded_cam_stage_over_two_processes_equals_one_process(full_run, tmp_p
         json.loads((b / "cam.json").read_text())["scale"], rel=1e-3
     )
     assert not (a / "raw").exists() and not list(a.glob("rows*.jsonl"))
+
+
+def _stages_on_rank(rank: int, world: int, rendezvous: str, run_dir: str, stages: list[str]) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch.distributed as td
+
+    from wsss.config import load_config
+    from wsss.runs import Run
+
+    td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
+    try:
+        Run(Path(run_dir), load_config(None, FAST), echo=lambda *_: None).run_pipeline(stages)
+    finally:
+        td.destroy_process_group()
+
+
+def test_retrain_and_train_segmenter_train_with_ddp_and_write_their_outputs_once(full_run, tmp_path: Path):
+    full, _ = full_run
+    run_dir = tmp_path / "run"
+    for stage in ("prepare", "train-classifier", "cam", "pseudo-labels"):
+        shutil.copytree(full / stage, run_dir / stage)
+    stages = ["retrain", "train-segmenter"]
+    mp.spawn(_stages_on_rank, args=(2, f"file://{tmp_path / 'rdv'}", str(run_dir), stages), nprocs=2, join=True)
+    for stage in stages:
+        manifest = json.loads((run_dir / stage / "manifest.json").read_text())
+        assert manifest["status"] == "done" and manifest["world_size"] == 2
+        n = len(list((full / stage / "masks").glob("*.png")))
+        assert len(list((run_dir / stage / "masks").glob("*.png"))) == n
+    assert not list((run_dir / "retrain").glob("round*")) and not (run_dir / "train-segmenter" / "checkpoints").exists()

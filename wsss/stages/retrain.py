@@ -65,40 +65,45 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
                 click.echo,
                 cfg.dataset.high_bit_depth,
             ).fit()
-        predictor = torch_predictor(*load_segmenter(rdir / "model", device), device)
-        fused_dir = rdir / "fused"
-        fused_dir.mkdir(parents=True, exist_ok=True)
-        todo = [r for r in rows if not (fused_dir / f"{r.id}.npz").is_file()]
-        t0 = time.perf_counter()
-        for start in progress(range(0, len(todo), rcfg.batch_size), desc=f"predict round {k}", unit="batch"):
-            batch = todo[start : start + rcfg.batch_size]
-            images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
-            for r, img, pred in zip(batch, images, predictor(images), strict=True):
-                cam = read_cam(cam_path(cam_dir, r.id), img.shape[:2], len(classes))
-                write_cam(fused_dir / f"{r.id}.npz", w * pred.probs[1:] + (1 - w) * cam)
-        predict_s = time.perf_counter() - t0
-        tasks = [
-            LabelTask(
-                r.id,
-                r.path,
-                fused_dir / f"{r.id}.npz",
-                rdir / "masks" / f"{r.id}.png",
-                called[r.id],
-                len(classes),
-                cfg.pseudo,
-                cfg.dataset.high_bit_depth,
+        if dist.is_main():  # under torchrun every rank trained (DDP); rank 0 predicts and labels, the others wait
+            predictor = torch_predictor(*load_segmenter(rdir / "model", device), device)
+            fused_dir = rdir / "fused"
+            fused_dir.mkdir(parents=True, exist_ok=True)
+            todo = [r for r in rows if not (fused_dir / f"{r.id}.npz").is_file()]
+            t0 = time.perf_counter()
+            for start in progress(range(0, len(todo), rcfg.batch_size), desc=f"predict round {k}", unit="batch"):
+                batch = todo[start : start + rcfg.batch_size]
+                images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
+                for r, img, pred in zip(batch, images, predictor(images), strict=True):
+                    cam = read_cam(cam_path(cam_dir, r.id), img.shape[:2], len(classes))
+                    write_cam(fused_dir / f"{r.id}.npz", w * pred.probs[1:] + (1 - w) * cam)
+            predict_s = time.perf_counter() - t0
+            tasks = [
+                LabelTask(
+                    r.id,
+                    r.path,
+                    fused_dir / f"{r.id}.npz",
+                    rdir / "masks" / f"{r.id}.png",
+                    called[r.id],
+                    len(classes),
+                    cfg.pseudo,
+                    cfg.dataset.high_bit_depth,
+                )
+                for r in rows
+            ]
+            (rdir / "masks").mkdir(exist_ok=True)
+            t0 = time.perf_counter()
+            label_rows = label_all(tasks, cfg.pseudo.workers, click.echo)
+            click.echo(
+                f"retrain: round {k}: predicted {len(todo) / max(predict_s, 1e-9):.1f} images/s, "
+                f"labelled {len(tasks) / max(time.perf_counter() - t0, 1e-9):.2f} images/s"
             )
-            for r in rows
-        ]
-        (rdir / "masks").mkdir(exist_ok=True)
-        t0 = time.perf_counter()
-        label_rows = label_all(tasks, cfg.pseudo.workers, click.echo)
-        click.echo(
-            f"retrain: round {k}: predicted {len(todo) / max(predict_s, 1e-9):.1f} images/s, "
-            f"labelled {len(tasks) / max(time.perf_counter() - t0, 1e-9):.2f} images/s"
-        )
-        shutil.rmtree(fused_dir)
+            shutil.rmtree(fused_dir)
+        dist.barrier()
         masks = rdir / "masks"
+    outputs = {"masks": out / "masks", "confidence": out / CONFIDENCE_FILE, "model": out / MODEL_FILE}
+    if not dist.is_main():
+        return outputs
     last = out / f"round{rcfg.rounds}"
     shutil.move(last / "masks", out / "masks")
     for name in (MODEL_FILE, META_FILE):
@@ -107,7 +112,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         shutil.rmtree(out / f"round{k}")
     write_confidence(out / CONFIDENCE_FILE, label_rows, scores)
     shutil.copyfile(cam_dir / SCORES_FILE, out / SCORES_FILE)
-    return {"masks": out / "masks", "confidence": out / CONFIDENCE_FILE, "model": out / MODEL_FILE}
+    return outputs
 
 
 STAGE = register_stage(
@@ -118,5 +123,6 @@ STAGE = register_stage(
         inputs=lambda cfg: ("prepare", "cam", "pseudo-labels"),
         writes_masks=True,
         help="additional training round(s): a segmenter on the pseudo-masks, fused with the CAM, CRF again",
+        distributed=True,
     )
 )

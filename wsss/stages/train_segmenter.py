@@ -93,6 +93,15 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         section="segmenter",
         reviewed_dir=reviewed,
     ).fit()
+    outputs = {
+        "model": out / MODEL_FILE,
+        "meta": out / META_FILE,
+        "metrics": out / METRICS_FILE,
+        "masks": out / "masks",
+        "scores": out / SCORES_FILE,
+    }
+    if not dist.is_main():  # under torchrun every rank trained (DDP); rank 0 segments the images
+        return outputs
     click.echo(f"train-segmenter: best epoch {summary['best_epoch'] + 1} of {summary['epochs_run']}")
 
     predictor = torch_predictor(*load_segmenter(out, device), device)
@@ -108,13 +117,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     write_scores(out / SCORES_FILE, score_rows, classes, columns=("id", "score"))
     click.echo(f"train-segmenter: segmented {len(rows)} images, {len(rows) / (time.perf_counter() - t0):.1f} images/s")
     shutil.rmtree(out / CHECKPOINT.parent, ignore_errors=True)
-    return {
-        "model": out / MODEL_FILE,
-        "meta": out / META_FILE,
-        "metrics": out / METRICS_FILE,
-        "masks": out / "masks",
-        "scores": out / SCORES_FILE,
-    }
+    return outputs
 
 
 STAGE = register_stage(
@@ -127,5 +130,6 @@ STAGE = register_stage(
         reads="prepare, cam, pseudo-masks (retrain or pseudo-labels)",
         writes_masks=True,
         help="distil into the fast multi-task segmenter (KD from the CAM teacher), then segment every image",
+        distributed=True,
     )
 )
