@@ -212,3 +212,34 @@ def test_retrain_and_train_segmenter_train_with_ddp_and_write_their_outputs_once
         n = len(list((full / stage / "masks").glob("*.png")))
         assert len(list((run_dir / stage / "masks").glob("*.png"))) == n
     assert not list((run_dir / "retrain").glob("round*")) and not (run_dir / "train-segmenter" / "checkpoints").exists()
+
+
+def _predict_on_rank(rank: int, world: int, rendezvous: str, model: str, images: str, out: str) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch.distributed as td
+
+    from wsss.inference import load_predictor
+    from wsss.predict import predict_images
+
+    td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
+    try:
+        predict_images(load_predictor(Path(model)), [Path(images)], Path(out), batch=2)
+    finally:
+        td.destroy_process_group()
+
+
+def test_predict_sharded_over_two_processes_equals_one_process(full_run, tmp_path: Path):
+    from wsss.inference import load_predictor
+    from wsss.predict import predict_images
+
+    full, _ = full_run
+    images = full / "prepare" / "data" / "images"
+    predict_images(load_predictor(full), [images], tmp_path / "one", batch=2)
+    args = (2, f"file://{tmp_path / 'rdv'}", str(full), str(images), str(tmp_path / "two"))
+    mp.spawn(_predict_on_rank, args=args, nprocs=2, join=True)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert (two / "predictions.csv").read_text() == (one / "predictions.csv").read_text()
+    assert not list(two.glob("*.part"))
+    names = sorted(p.name for p in (one / "masks").glob("*.png"))
+    assert names and names == sorted(p.name for p in (two / "masks").glob("*.png"))
+    assert all((one / "masks" / n).read_bytes() == (two / "masks" / n).read_bytes() for n in names)

@@ -241,12 +241,14 @@ def predict(
     from wsss.inference import load_predictor
     from wsss.predict import predict_images, raise_failures
     from wsss.progress import progress
-    from wsss.train.dist import resolve_device
+    from wsss.train import dist
 
-    predictor = load_predictor(model, str(resolve_device(device, "--device")), _size(size), threshold)
+    dist.init_from_env()  # under torchrun the images are sharded across ranks
+    predictor = load_predictor(model, str(dist.resolve_device(device, "--device")), _size(size), threshold)
     summary = predict_images(predictor, inputs, out, batch, not no_overlays, progress)
-    click.echo(f"predict: {summary.images} image(s), {summary.defective} called defective -> {out}")
-    raise_failures(summary)
+    if dist.is_main():
+        click.echo(f"predict: {summary.images} image(s), {summary.defective} called defective -> {out}")
+        raise_failures(summary)
 
 
 @cli.group()

@@ -8,6 +8,10 @@ file's path relative to the folder it was found in (sub-folders kept), without i
 Images stream through in batches: memory stays flat however many there are. An image that cannot be read is
 skipped and listed at the end (non-zero exit); every other image is still segmented. ``predictions.csv`` is
 written to a temporary file and renamed when the run ends, so it never describes a half-finished run.
+
+Under torchrun each rank segments every world-th image (on its own GPU) and writes its rows to
+``predictions.<rank>.part``; once all have finished, rank 0 merges them in input order into ``predictions.csv`` and
+reports every rank's unreadable images.
 """
 
 from __future__ import annotations
@@ -87,18 +91,24 @@ def predict_images(
     from wsss.data.images import read_image
     from wsss.export.overlay import overlay, write_rgb_png
     from wsss.refine.pseudo import write_mask
+    from wsss.train import dist
 
     if batch < 1:
         raise ConfigError("--batch", f"invalid batch size {batch}", "use 1 or more")
     images = find_images(inputs)
-    prepare_out(out)
+    rank, world = dist.rank(), dist.world_size()
+    if rank == 0:
+        prepare_out(out)
+    dist.barrier()
     classes = predictor.classes
-    atomic_write_text(out / "labelmap.txt", "".join(f"{k} {c}\n" for k, c in enumerate(["background", *classes])))
     summary = PredictSummary()
     columns = ["name", "path", "decision", "score", *(f"score_{c}" for c in classes), "defect_fraction"]
-    with atomic_path(out / PREDICTIONS_FILE) as tmp, open(tmp, "w", newline="") as f:
+    part = out / (PREDICTIONS_FILE if world == 1 else f"predictions.{rank}.part")
+    images = images[rank::world]
+    with atomic_path(part) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
+        if world == 1:
+            writer.writeheader()
         chunks = progress_fn(_batches(images, batch), desc="predict", total=-(-len(images) // batch), unit="batch")
         for chunk in chunks:
             ok, arrays = [], []
@@ -122,6 +132,31 @@ def predict_images(
                 writer.writerow(row)
                 summary.images += 1
                 summary.defective += bool(called)
+    if world > 1:
+        summary = _merge_ranks(out, columns, summary, [name for _, name in find_images(inputs)])
+    if rank == 0:
+        atomic_write_text(out / "labelmap.txt", "".join(f"{k} {c}\n" for k, c in enumerate(["background", *classes])))
+    return summary
+
+
+def _merge_ranks(out: Path, columns: list[str], mine: PredictSummary, order: list[str]) -> PredictSummary:
+    """Rank 0: every rank's rows in input order into predictions.csv; every rank: the summary of all ranks."""
+    from wsss.train import dist
+
+    totals = dist.all_gather_object((mine.images, mine.defective, mine.failed))
+    summary = PredictSummary(sum(t[0] for t in totals), sum(t[1] for t in totals), [e for t in totals for e in t[2]])
+    if dist.rank() == 0:
+        rows: dict[str, dict] = {}
+        for part in sorted(out.glob("predictions.*.part")):
+            with open(part, newline="") as f:
+                rows |= {r["name"]: r for r in csv.DictReader(f, fieldnames=columns)}
+        with atomic_path(out / PREDICTIONS_FILE) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows[n] for n in order if n in rows)
+        for part in out.glob("predictions.*.part"):
+            part.unlink()
+    dist.barrier()
     return summary
 
 

@@ -78,3 +78,12 @@ def sync_buffers(module: torch.nn.Module) -> None:
     if is_distributed():
         for buf in module.buffers():
             dist.broadcast(buf, src=0)
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
