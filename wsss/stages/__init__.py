@@ -94,6 +94,12 @@ def get_stage(name: str) -> Stage:
     return stages[name]
 
 
+def published(out: Path) -> Path:
+    """Where a stage's output folder ``out`` (``<stage>.partial``) will be once the runner publishes it: the path
+    to show users in messages."""
+    return out.with_name(out.name.removesuffix(".partial"))
+
+
 def mask_source(cfg: Config, consumer: str, explicit: str, key: str) -> str:
     """The stage whose ``masks/`` ``consumer`` reads: ``explicit`` (the config value at ``key``) if set, else the
     last mask-writing stage before ``consumer`` in the configured pipeline (all of it if ``consumer`` is not in it)."""

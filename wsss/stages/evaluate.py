@@ -15,7 +15,7 @@ import click
 from wsss.config import Config, EvaluateConfig
 from wsss.errors import ConfigError
 from wsss.eval_report import pct
-from wsss.stages import Stage, mask_source, register_stage
+from wsss.stages import Stage, mask_source, published, register_stage
 
 
 def masks_stage(cfg: Config) -> str:
@@ -65,7 +65,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         cfg.evaluate,
         out,
     )
-    click.echo(f"evaluate: mIoU_def {pct(report.miou_def)}, image AP {pct(report.ap)} ({out / 'report.md'})")
+    click.echo(f"evaluate: mIoU_def {pct(report.miou_def)}, image AP {pct(report.ap)} ({published(out) / 'report.md'})")
     return {"report": out / "report.json", "summary": out / "report.md", "per_image": out / "per_image.csv"}
 
 

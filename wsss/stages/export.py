@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from wsss.config import Config
-from wsss.stages import Stage, mask_source, register_stage
+from wsss.stages import Stage, mask_source, published, register_stage
 
 
 def masks_input(cfg: Config) -> str:
@@ -38,7 +38,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         classes=review_classes(inputs["cam"].parent if "cam" in inputs else inputs["prepare"].parent),
     )
     written = build_review(src, out, cfg.export, progress)
-    click.echo(f"export: review package of {src.masks_stage.name} masks; open {out / 'index.html'}")
+    click.echo(f"export: review package of {src.masks_stage.name} masks; open {published(out) / 'index.html'}")
     return {name: Path(p) for name, p in written.items()}
 
 
