@@ -22,15 +22,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from wsss.config import load_config
 from wsss.data.index import read_train_index
-from wsss.data.torch_data import ImageDataset
 from wsss.metrics import auroc, average_precision
-from wsss.models.dfc import load_dfc
 from wsss.runs import Run
-from wsss.train.classifier import ClassifierTrainer, score_dataset
+
+# torch-importing modules are imported inside the functions that need them: bench/pseudo_masks.py imports this module,
+# and its CRF pool's forkserver workers re-run the main script's top-level imports (CPython ignores preloading
+# __main__), which with torch costs seconds per worker and made the pool look slower than one process.
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -63,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def test_scores(stage_dir: Path, index: Path, device: str) -> tuple[float, float, int, int]:
     """Image AP and AUROC of the trained DFC on the test split; also the test image and defect counts."""
+    from wsss.data.torch_data import ImageDataset
+    from wsss.models.dfc import load_dfc
+    from wsss.train.classifier import score_dataset
+
     model, meta = load_dfc(stage_dir, device)
     rows = read_train_index(index, "test")
     ds = ImageDataset(rows, classes=meta["classes"], input_size=meta["input_size"], in_chans=meta["in_chans"])
@@ -150,6 +154,10 @@ def throughput(args, dataset: str, fold: int | None, index: Path, variants: list
     rounds is returned. Background load so falls on all variants alike, and their ratio is the per-epoch cost
     ratio (an epoch is the same number of images for every variant).
     """
+    import torch
+
+    from wsss.train.classifier import ClassifierTrainer
+
     trainers = {}
     for v in variants:
         cfg = load_config(ROOT / "configs" / f"{dataset}.yaml", bench_overrides(args, dataset, fold, v))

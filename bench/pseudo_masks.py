@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_options(p)
     p.add_argument("--pipelines", default=",".join(PIPELINES))
-    p.add_argument("--pool-images", type=int, default=16, help="images for the CRF pool speed-up measurement")
+    p.add_argument("--pool-images", type=int, default=48, help="images for the CRF pool speed-up measurement")
     p.add_argument(
         "--reuse",
         type=Path,
