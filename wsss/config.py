@@ -244,6 +244,8 @@ class SegTrainConfig:
     amp: bool = False
     channels_last: bool = False
     workers: int = 0  # DataLoader worker processes
+    # defects are rare: "sampler" draws half defective images per epoch, "pos_weight" weighs the image BCE instead
+    balance: str = _choices("sampler", "pos_weight", "none", default="none")
 
 
 @dataclass
@@ -259,6 +261,8 @@ class SegmenterConfig(SegTrainConfig):
     """`train-segmenter`: distillation into the fast multi-task segmenter the line runs (METHOD.md 6)."""
 
     epochs: int = 30
+    # balanced, as the classifier: with rare defects an unbalanced image head stays below the gate on everything
+    balance: str = _choices("sampler", "pos_weight", "none", default="sampler")
     masks: str = ""  # stage whose masks/ it learns from; empty = `retrain` if the pipeline has it, else pseudo-labels
     kd_weight: float = 0.5  # + kd_weight * KL(teacher || student) of the per-pixel class distributions
     kd_temperature: float = 2.0  # both distributions softened by this temperature (the loss is scaled by T^2)

@@ -38,7 +38,7 @@ from wsss.progress import progress
 from wsss.train import dist
 from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
 from wsss.train.losses import distillation_kl, score_distillation, segmentation_loss
-from wsss.train.sampling import make_train_sampler
+from wsss.train.sampling import make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
 from wsss.train.seg_data import IGNORE, PseudoMaskDataset, Teacher
 
@@ -120,7 +120,9 @@ class SegmenterTrainer:
         if sum(d.cache_bytes() for d in datasets) <= cache_mb * 2**20:
             for d in datasets:
                 d.preload(threads=max(2, scfg.workers))
-        self.sampler = make_train_sampler("none", np.zeros(len(rows_train), dtype=bool), self.seed)
+        defective = self.train_set.targets().max(1) > 0
+        self.sampler = make_train_sampler(scfg.balance, defective, self.seed)
+        self.pos_weight = pos_weight(self.train_set.targets()).to(self.device) if scfg.balance == "pos_weight" else None
 
         torch.manual_seed(self.seed)
         self.model = build_segmenter(scfg, len(self.classes), self.in_chans, section).to(self.device)
@@ -164,7 +166,7 @@ class SegmenterTrainer:
         mask, y = batch["mask"].to(self.device), batch["target"].to(self.device)
         parts = {
             "loss_seg": segmentation_loss(out.mask_logits, mask, self.scfg.dice_weight),
-            "loss_cls": F.binary_cross_entropy_with_logits(out.cls_logits.float(), y),
+            "loss_cls": F.binary_cross_entropy_with_logits(out.cls_logits.float(), y, pos_weight=self.pos_weight),
         }
         loss = parts["loss_seg"] + self.scfg.cls_weight * parts["loss_cls"]
         t = self.teacher
