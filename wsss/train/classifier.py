@@ -38,7 +38,7 @@ from wsss.progress import progress
 from wsss.train import dist
 from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
 from wsss.train.losses import gcm_consistency, supervised_infonce
-from wsss.train.sampling import make_train_sampler, pos_weight
+from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
 
 METRICS_FILE = "metrics.csv"
@@ -111,24 +111,9 @@ class ClassifierTrainer:
         self.amp = self.ccfg.amp and self.device.type == "cuda"
 
     # ----------------------------------------------------------------------------------------------- data
-    def _per_rank(self) -> int:
-        """Training images this process sees per epoch (its shard under DDP)."""
-        return len(self.sampler) if self.sampler is not None else len(self.train_set)
-
     def loader(self, epoch: int) -> DataLoader:
-        self.train_set.set_epoch(epoch)
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(self.cfg.run.seed * 100_003 + epoch)
-        return DataLoader(
-            self.train_set,
-            batch_size=self.ccfg.batch_size,
-            sampler=self.sampler,
-            shuffle=self.sampler is None,
-            generator=gen,
-            drop_last=self._per_rank() > self.ccfg.batch_size,  # a partial last batch only when it is the one
-            num_workers=self.ccfg.workers,
-            pin_memory=self.device.type == "cuda",
+        return epoch_loader(
+            self.train_set, self.sampler, epoch, self.cfg.run.seed, self.ccfg.batch_size, self.ccfg.workers, self.device
         )
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 BALANCE = ("sampler", "pos_weight", "none")
 POS_WEIGHT_RANGE = (1.0, 100.0)
@@ -124,3 +124,27 @@ def pos_weight(targets: np.ndarray) -> torch.Tensor:
     w = np.divide(n_neg, n_pos, out=np.ones_like(n_pos), where=n_pos > 0)
     w = np.where(n_pos > 0, np.clip(w, *POS_WEIGHT_RANGE), 1.0)
     return torch.as_tensor(w, dtype=torch.float32)
+
+
+def epoch_loader(
+    dataset, sampler: Sampler[int] | None, epoch: int, seed: int, batch_size: int, workers: int, device: torch.device
+) -> DataLoader:
+    """The training DataLoader of ``epoch``: dataset and sampler set to the epoch, shuffling seeded by (seed, epoch).
+
+    A partial last batch is dropped only when there is more than one batch in this process's share (its shard under
+    DDP), so a small shard still trains. Shared by the classifier and segmenter trainers.
+    """
+    dataset.set_epoch(epoch)
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+    per_rank = len(sampler) if sampler is not None else len(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=sampler is None,
+        generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+        drop_last=per_rank > batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )

@@ -38,7 +38,7 @@ from wsss.progress import progress
 from wsss.train import dist
 from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
 from wsss.train.losses import distillation_kl, score_distillation, segmentation_loss
-from wsss.train.sampling import make_train_sampler, pos_weight
+from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
 from wsss.train.seg_data import IGNORE, PseudoMaskDataset, Teacher
 
@@ -120,9 +120,9 @@ class SegmenterTrainer:
         if sum(d.cache_bytes() for d in datasets) <= cache_mb * 2**20:
             for d in datasets:
                 d.preload(threads=max(2, scfg.workers))
-        defective = self.train_set.targets().max(1) > 0
-        self.sampler = make_train_sampler(scfg.balance, defective, self.seed)
-        self.pos_weight = pos_weight(self.train_set.targets()).to(self.device) if scfg.balance == "pos_weight" else None
+        targets = self.train_set.targets()
+        self.sampler = make_train_sampler(scfg.balance, targets.max(1) > 0, self.seed)
+        self.pos_weight = pos_weight(targets).to(self.device) if scfg.balance == "pos_weight" else None
 
         torch.manual_seed(self.seed)
         self.model = build_segmenter(scfg, len(self.classes), self.in_chans, section).to(self.device)
@@ -137,24 +137,9 @@ class SegmenterTrainer:
         self.scheduler = warmup_cosine(self.optimizer, scfg.warmup_epochs * steps, scfg.epochs * steps)
         self.amp = scfg.amp and self.device.type == "cuda"
 
-    def _per_rank(self) -> int:
-        """Training images this process sees per epoch (its shard under DDP)."""
-        return len(self.sampler) if self.sampler is not None else len(self.train_set)
-
     def loader(self, epoch: int) -> DataLoader:
-        self.train_set.set_epoch(epoch)
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return DataLoader(
-            self.train_set,
-            batch_size=self.scfg.batch_size,
-            sampler=self.sampler,
-            shuffle=self.sampler is None,
-            generator=gen,
-            drop_last=self._per_rank() > self.scfg.batch_size,  # a partial last batch only when it is the one
-            num_workers=self.scfg.workers,
-            pin_memory=self.device.type == "cuda",
+        return epoch_loader(
+            self.train_set, self.sampler, epoch, self.seed, self.scfg.batch_size, self.scfg.workers, self.device
         )
 
     def _input(self, batch: dict[str, Any]) -> torch.Tensor:
