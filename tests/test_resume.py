@@ -9,7 +9,7 @@ def test_rows_survive_and_torn_or_orphan_rows_are_redone(tmp_path: Path):
     art = tmp_path / "out"
     art.mkdir()
     log = RowLog(tmp_path / "rows.jsonl")
-    assert log.done(lambda i: art / i) == {}
+    assert RowLog.done_in(tmp_path, lambda i: art / i) == {}
     with log:
         for i in ("a", "b", "c"):
             (art / i).write_text("x")
@@ -19,12 +19,12 @@ def test_rows_survive_and_torn_or_orphan_rows_are_redone(tmp_path: Path):
     with open(log.path, "a") as f:
         f.write('{"id": "d", "v"')  # torn by a kill mid-write
     (art / "d").write_text("x")
-    done = log.done(lambda i: art / i)
+    done = RowLog.done_in(tmp_path, lambda i: art / i)
     assert done == {"a": {"id": "a", "v": 2}, "c": {"id": "c", "v": 1}}
     with log:  # appending after a torn line starts a fresh line
         log.append({"id": "e"})
     (art / "e").write_text("x")
-    assert "e" in log.done(lambda i: art / i)
-    log.remove()
+    assert "e" in RowLog.done_in(tmp_path, lambda i: art / i)
+    RowLog.remove_all(tmp_path)
     assert not log.path.exists()
-    log.remove()  # idempotent
+    RowLog.remove_all(tmp_path)  # idempotent

@@ -32,16 +32,19 @@ class RowLog:
         self.path = Path(path)
         self._f: Any = None
 
-    def done(self, artifact: Callable[[str], Path]) -> dict[str, dict[str, Any]]:
-        """Rows of earlier attempts whose ``artifact(id)`` file exists, by id (a later row for an id wins)."""
-        return self._read(self.path, artifact, {})
-
-    @classmethod
-    def done_in(cls, folder: Path, artifact: Callable[[str], Path]) -> dict[str, dict[str, Any]]:
-        """:meth:`done` over every ``rows*.jsonl`` in ``folder`` (the logs of all ranks of all attempts)."""
+    @staticmethod
+    def done_in(folder: Path, artifact: Callable[[str], Path]) -> dict[str, dict[str, Any]]:
+        """Rows of earlier attempts whose ``artifact(id)`` file exists, by id, from every ``rows*.jsonl`` in ``folder``
+        (the logs of all ranks of all attempts; a later row for an id wins)."""
         rows: dict[str, dict[str, Any]] = {}
         for path in sorted(Path(folder).glob("rows*.jsonl")):
-            cls._read(path, artifact, rows)
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:  # a line cut short by a kill: that image is redone
+                    continue
+                if isinstance(row, dict) and "id" in row and artifact(str(row["id"])).is_file():
+                    rows[str(row["id"])] = row
         return rows
 
     @staticmethod
@@ -49,21 +52,6 @@ class RowLog:
         """Delete every log of ``folder`` once the stage's outputs are complete."""
         for path in Path(folder).glob("rows*.jsonl"):
             path.unlink(missing_ok=True)
-
-    @staticmethod
-    def _read(
-        path: Path, artifact: Callable[[str], Path], rows: dict[str, dict[str, Any]]
-    ) -> dict[str, dict[str, Any]]:
-        if not path.is_file():
-            return rows
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:  # a line cut short by a kill: that image is redone
-                continue
-            if isinstance(row, dict) and "id" in row and artifact(str(row["id"])).is_file():
-                rows[str(row["id"])] = row
-        return rows
 
     def __enter__(self) -> RowLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +71,3 @@ class RowLog:
     ) -> None:
         self._f.close()
         self._f = None
-
-    def remove(self) -> None:
-        """Delete the log once the stage's outputs are complete."""
-        self.path.unlink(missing_ok=True)
