@@ -95,7 +95,7 @@ def predict_images(
 
     if batch < 1:
         raise ConfigError("--batch", f"invalid batch size {batch}", "use 1 or more")
-    images = find_images(inputs)
+    found = find_images(inputs)
     rank, world = dist.rank(), dist.world_size()
     if rank == 0:
         prepare_out(out)
@@ -104,7 +104,7 @@ def predict_images(
     summary = PredictSummary()
     columns = ["name", "path", "decision", "score", *(f"score_{c}" for c in classes), "defect_fraction"]
     part = out / (PREDICTIONS_FILE if world == 1 else f"predictions.{rank}.part")
-    images = images[rank::world]
+    images = found[rank::world]
     with atomic_path(part) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         if world == 1:
@@ -133,7 +133,7 @@ def predict_images(
                 summary.images += 1
                 summary.defective += bool(called)
     if world > 1:
-        summary = _merge_ranks(out, columns, summary, [name for _, name in find_images(inputs)])
+        summary = _merge_ranks(out, columns, summary, [name for _, name in found])
     if rank == 0:
         atomic_write_text(out / "labelmap.txt", "".join(f"{k} {c}\n" for k, c in enumerate(["background", *classes])))
     return summary

@@ -267,6 +267,8 @@ class Run:
 
     def _begin(self, stage: Stage, force: bool) -> dict[str, Any] | None:
         """Decide whether ``stage`` runs; if so, prepare its partial folder and ``running`` manifest (rank 0)."""
+        from wsss.train import dist
+
         name, final = stage.name, self.stage_dir(stage.name)
         self._recover(name)
         inputs = self.inputs_of(stage)
@@ -286,7 +288,7 @@ class Run:
             "config": section_dict(self.cfg, stage.sections),
             "input_dirs": {k: str(v) for k, v in inputs.items()},
             **environment(),
-            "world_size": _world_size(),
+            "world_size": dist.world_size(),
             "started": _now(),
         }
         write_json(partial / MANIFEST, manifest)
@@ -310,9 +312,3 @@ class Run:
         """Run ``stages`` in order; each re-runs only if stale (a re-run makes later stages stale in turn)."""
         for name in stages:
             self.run_stage(name, force=force)
-
-
-def _world_size() -> int:
-    from wsss.train import dist
-
-    return dist.world_size()
