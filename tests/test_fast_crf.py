@@ -50,6 +50,32 @@ def test_fast_crf_agrees_with_pydensecrf2(kind: str):
     assert iou(fast) >= iou(probs.argmax(0) > 0)  # and it snaps to the edges like the reference does
 
 
+@pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
+def test_downsampled_crf_keeps_the_masks(backend: str):
+    """pseudo.crf.scale: the mean-field at half the size (kernels scaled with it), upsampled: probabilities at the
+    full size that still sum to 1, the same masks as at full resolution on blob-like defects, and edges kept."""
+    for kind in ("rect", "disc", "blobs"):
+        img, gt, cam = case(kind, KINDS.index(kind))
+        probs = class_probs(cam[None], 0.4)
+        full = dense_crf(img, probs, CRFConfig(backend=backend))
+        half = dense_crf(img, probs, CRFConfig(backend=backend, scale=0.5))
+        assert half.shape == probs.shape and half.dtype == np.float32
+        np.testing.assert_allclose(half.sum(0), 1.0, atol=1e-5)
+        a, b = full.argmax(0) > 0, half.argmax(0) > 0
+        assert (a & b).sum() / (a | b).sum() >= 0.9, kind
+        assert (b & gt).sum() / (b | gt).sum() >= ((probs.argmax(0) > 0) & gt).sum() / (
+            (probs.argmax(0) > 0) | gt
+        ).sum()
+
+
+def test_crf_scale_is_validated():
+    from wsss.config import load_config
+    from wsss.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"pseudo\.crf\.scale"):
+        load_config(None, ["pseudo.crf.scale=0"])
+
+
 def test_batched_equals_one_by_one():
     imgs, probs = zip(
         *[(case(k, i)[0], class_probs(case(k, i)[2][None], 0.4)) for i, k in enumerate(KINDS[:2])], strict=True

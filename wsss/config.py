@@ -167,6 +167,7 @@ class ClassifierConfig:
     patience: int = 8  # early stopping: epochs without a better validation image AP
     amp: bool = False  # bf16 autocast (GPU)
     channels_last: bool = False
+    compile: bool = False  # torch.compile the model for training (GPU; off on the CPU by default)
     workers: int = 0  # DataLoader worker processes
     cache_mb: int = 2048  # keep the resized train/val images in memory when they fit in this many MiB; 0 = off
 
@@ -182,6 +183,8 @@ class IEMConfig:
     tau_stop: float = 0.5  # stop when the inpainted image's sample score falls below this (the defect is gone)
     method: str = _choices("telea", "ns", default="telea")  # cv2.inpaint: Telea or Navier-Stokes
     radius: int = 5  # cv2.inpaint neighbourhood radius, pixels
+    # threads that inpaint while the CAM passes run (results do not depend on it); 0 = min(4, cores), 1 = serial
+    workers: int = 0
 
 
 @dataclass
@@ -196,6 +199,7 @@ class CamConfig:
     score_threshold: float = 0.5  # images whose sample score is below get an all-zero CAM (called OK)
     iem: IEMConfig = field(default_factory=IEMConfig)
     batch_size: int = 8  # images per forward batch (every view of each)
+    compile: bool = False  # torch.compile the DFC for the CAM forward passes (GPU; off on the CPU by default)
 
 
 @dataclass
@@ -206,6 +210,9 @@ class CRFConfig:
     # PyTorch (wsss/refine/torch_crf.py), batched, on `device`
     backend: str = _choices("pydensecrf", "torch", default="pydensecrf")
     device: str = _choices("cpu", "cuda", default="cpu")  # the torch backend's device
+    # mean-field at this fraction of the image size (area-downsampled image and probabilities, kernel widths scaled
+    # with it), the refined probabilities upsampled bilinearly; 1 = full resolution (either backend)
+    scale: float = 1.0
     iterations: int = 10
     gauss_sxy: float = 3.0
     gauss_compat: float = 3.0
@@ -243,6 +250,7 @@ class SegTrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     amp: bool = False
     channels_last: bool = False
+    compile: bool = False  # torch.compile the model for training (GPU; off on the CPU by default)
     workers: int = 0  # DataLoader worker processes
     # defects are rare: "sampler" draws half defective images per epoch, "pos_weight" weighs the image BCE instead
     balance: str = _choices("sampler", "pos_weight", "none", default="none")
@@ -509,10 +517,12 @@ def _check_ranges(cfg: Config) -> None:
         ("cam.iem.theta_peak", 0 < cfg.cam.iem.theta_peak <= 1, "a fraction in (0, 1]"),
         ("cam.iem.dilation", 0 <= cfg.cam.iem.dilation < 0.5, "a fraction of the shorter side in [0, 0.5)"),
         ("cam.iem.tau_stop", 0 <= cfg.cam.iem.tau_stop <= 1, "a probability in [0, 1]"),
+        ("cam.iem.workers", cfg.cam.iem.workers >= 0, "0 (up to 4 cores), 1 (serial) or a thread count"),
         ("pseudo.bg_prior", 0 < cfg.pseudo.bg_prior < 1, "a value in (0, 1)"),
         ("pseudo.confidence", 0 <= cfg.pseudo.confidence <= 1, "a probability in [0, 1] (0 = no ignore pixels)"),
         ("pseudo.ignore_band", cfg.pseudo.ignore_band >= 0, "pixels >= 0"),
         ("pseudo.crf.iterations", cfg.pseudo.crf.iterations >= 1, "at least 1"),
+        ("pseudo.crf.scale", 0 < cfg.pseudo.crf.scale <= 1, "a fraction in (0, 1] (1 = full resolution)"),
         ("pseudo.workers", cfg.pseudo.workers >= 0, "0 (every core) or a process count"),
         ("retrain.rounds", cfg.retrain.rounds >= 1, "at least 1"),
         ("retrain.fuse_weight", 0 <= cfg.retrain.fuse_weight <= 1, "a weight in [0, 1]"),

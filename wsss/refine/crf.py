@@ -6,6 +6,9 @@ that are close together agree, the Gaussian kernel removes isolated specks. METH
 
 from __future__ import annotations
 
+import dataclasses
+
+import cv2
 import numpy as np
 
 from wsss.config import CRFConfig
@@ -36,6 +39,8 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarra
     c, h, w = probs.shape
     if image.shape[:2] != (h, w):
         raise ValueError(f"image is {image.shape[:2]} but the probabilities are {(h, w)}")
+    if cfg.scale < 1:
+        return _downsampled(image, probs, cfg)
     if cfg.backend == "torch":
         from wsss.refine.torch_crf import dense_crf_fast
 
@@ -52,3 +57,19 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarra
     )
     q = crf.inference(cfg.iterations)
     return np.asarray(q, dtype=np.float32).reshape(c, h, w)
+
+
+def _downsampled(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarray:
+    """Downsample-infer-upsample: the mean-field at ``cfg.scale`` of the size, with both kernels' spatial widths
+    scaled by it (the same neighbourhoods in image terms), refined probabilities upsampled bilinearly."""
+    c, h, w = probs.shape
+    size = (max(1, round(w * cfg.scale)), max(1, round(h * cfg.scale)))  # cv2 order (W, H)
+    small_img = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    small = np.stack([cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in probs.astype(np.float32)])
+    small /= np.maximum(small.sum(0, keepdims=True), 1e-12)
+    small_cfg = dataclasses.replace(
+        cfg, scale=1.0, gauss_sxy=cfg.gauss_sxy * cfg.scale, bilateral_sxy=cfg.bilateral_sxy * cfg.scale
+    )
+    q = dense_crf(small_img, small, small_cfg)
+    up = np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in q])
+    return up / np.maximum(up.sum(0, keepdims=True), 1e-12)
