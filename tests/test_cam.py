@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -116,6 +117,65 @@ def test_iem_stops_when_the_defect_is_gone():
     assert scores[0, 0] > 0.9
     _, rounds = extend_cams(ext, [img], cams, [True], IEMConfig(rounds=5, theta_peak=0.5, dilation=0.05))
     assert rounds == [0]
+
+
+def _iem_batch() -> list[np.ndarray]:
+    """Scratches of several sizes, a compact pit and plain texture (called OK), so images leave at different rounds."""
+    images = [_scratch_image(size)[0] for size in (96, 80, 112, 64, 72)]
+    pit = np.full((96, 96), 128, np.uint8)
+    pit[40:52, 40:52] = 20
+    return [*images[:2], pit, *images[2:], np.full((64, 64), 128, np.uint8)]
+
+
+@pytest.mark.parametrize("tile", [[0, 0], [48, 48]])
+def test_iem_on_inpainting_threads_equals_the_serial_run(tile: list[int]):
+    images = _iem_batch()
+    ext = CamExtractor(DarknessDFC(), (64, 64), 1, CamConfig(scales=[1.0], batch_size=2, tile_size=tile), "cpu")
+    cams, scores = ext(images)
+    active = [bool(s.max() >= 0.5) for s in scores]
+    active[1] = False  # an inactive image in the middle keeps its place
+    cfg = IEMConfig(rounds=3, dilation=0.05, workers=1)
+    serial, serial_rounds = extend_cams(ext, images, cams, active, cfg)
+    assert serial_rounds[1] == 0 and max(serial_rounds) == 2 and min(serial_rounds[i] for i in (0, 2, 3, 4, 5)) < 2
+    for workers in (3, 0):
+        threaded, rounds = extend_cams(ext, images, cams, active, dataclasses.replace(cfg, workers=workers))
+        assert rounds == serial_rounds
+        assert all(np.array_equal(a, b) for a, b in zip(threaded, serial, strict=True))
+    if tile == [0, 0]:  # chunks of batch_size images give the same CAMs as one call over the whole round
+        whole = CamExtractor(DarknessDFC(), (64, 64), 1, CamConfig(scales=[1.0], batch_size=64), "cpu")
+        one_call, rounds = extend_cams(whole, images, cams, active, cfg)
+        assert rounds == serial_rounds
+        assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(one_call, serial, strict=True))
+
+
+def test_iem_looks_at_the_first_chunk_while_later_images_are_inpainted(monkeypatch: pytest.MonkeyPatch):
+    """The last image's inpainting waits (up to 10 s) for the extractor's first call, which needs only chunk 1."""
+    import threading
+
+    import wsss.cam.iem as iem
+
+    images = _iem_batch()
+    ext = CamExtractor(DarknessDFC(), (64, 64), 1, CamConfig(scales=[1.0], batch_size=2), "cpu")
+    cams, scores = ext(images)
+    first_call, overlapped, last = threading.Event(), [], id(images[-2])  # the last active image
+    inpaint = iem._inpaint
+
+    def waits_for_the_extractor(image, region, cfg):
+        if id(image) == last:  # finishes only after the extractor has started (a serial round would hang here)
+            overlapped.append(first_call.wait(timeout=10))
+        return inpaint(image, region, cfg)
+
+    class Spy:
+        cfg = ext.cfg
+
+        def __call__(self, batch):
+            first_call.set()
+            return ext(batch)
+
+    monkeypatch.setattr(iem, "_inpaint", waits_for_the_extractor)
+    work = [np.ascontiguousarray(img) for img in images]
+    extend_cams(Spy(), work, cams, [True] * len(images), IEMConfig(rounds=1, workers=2))
+    assert overlapped == [True]
 
 
 def test_cam_files_roundtrip_and_bad_files_name_themselves(tmp_path: Path):

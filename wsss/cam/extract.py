@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from wsss.config import CamConfig
 from wsss.data.transforms import resize, to_channels, to_tensor
 from wsss.models.dfc import DFC
+from wsss.train.compile import maybe_compile
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,14 @@ class CamExtractor:
         model: the DFC (eval mode).
         input_size: the classifier's (H, W); scales multiply it.
         in_chans: the classifier's input channels (images are converted to it).
-        cfg: the `cam` section (scales, flips, tiling, batch size).
+        cfg: the `cam` section (scales, flips, tiling, batch size, compile).
     """
 
     def __init__(
         self, model: DFC, input_size: Sequence[int], in_chans: int, cfg: CamConfig, device: torch.device | str
     ):
         self.model, self.cfg, self.in_chans = model, cfg, in_chans
+        self.net = maybe_compile(model, cfg.compile, "cam.compile")  # forward passes only
         self.device = torch.device(device)
         self.num_classes = model.num_classes
         stride = int(getattr(model.backbone, "stride", 8))
@@ -77,7 +79,7 @@ class CamExtractor:
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flip-averaged score maps (B, K, h, w) and probabilities (B, K) of a batch at one scale."""
         views = [x, x.flip(-1), x.flip(-2)] if self.cfg.flips else [x]
-        out = self.model(torch.cat(views).to(self.device))
+        out = self.net(torch.cat(views).to(self.device))
         cams = out.cams.float().chunk(len(views))
         probs = torch.sigmoid(out.logits.float()).chunk(len(views))
         unflipped = [cams[0]] + ([cams[1].flip(-1), cams[2].flip(-2)] if self.cfg.flips else [])

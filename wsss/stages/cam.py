@@ -2,9 +2,9 @@
 
 Two streaming passes, so memory stays flat however many images there are:
 
-1. per batch of images: multi-scale + flip CAMs at the original size, IEM for images called defective, the raw
-   extended CAM written to ``raw/<id>.npy`` (float16) and its row (scores, IEM rounds, peak) appended to
-   ``rows.jsonl``. A killed run resumes after the last finished image.
+1. per group of images (a few batches): multi-scale + flip CAMs at the original size, IEM for images called
+   defective, the raw extended CAM written to ``raw/<id>.npy`` (float16) and its row (scores, IEM rounds, peak)
+   appended to ``rows.jsonl``. A killed run resumes after the last finished image.
 2. the dataset scale = the ``norm_percentile`` percentile of the CAM peaks of the *training* images labelled
    defective (image labels only); every CAM is divided by it, clipped to [0, 1], gated by the sample score (a class
    whose score is below ``score_threshold`` gets an all-zero map) and written to ``cams/<id>.npz``.
@@ -31,6 +31,9 @@ from wsss.errors import StageError
 from wsss.stages import Stage, register_stage
 
 RAW_DIR = "raw"
+# images per step of pass 1: several extractor batches, so that IEM's threaded inpainting of one batch overlaps the
+# CAM forward passes of the previous one (wsss/cam/iem.py); memory holds this many images and CAMs at a time
+GROUP_BATCHES = 4
 
 
 def _check_classes(meta: dict, index: Path, model_dir: Path) -> None:
@@ -82,8 +85,9 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         click.echo(f"cam: resuming, {len(done)} of {len(rows_all)} images already done")
     t0 = time.perf_counter()
     with RowLog(out / log_name(rank, world)) as log:
-        for start in progress(range(0, len(todo), ccfg.batch_size), desc="cam", unit="batch"):
-            batch = todo[start : start + ccfg.batch_size]
+        step = ccfg.batch_size * GROUP_BATCHES
+        for start in progress(range(0, len(todo), step), desc="cam", unit="group"):
+            batch = todo[start : start + step]
             images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
             cams, scores = extractor(images)
             active = [float(s.max()) >= ccfg.score_threshold for s in scores]

@@ -37,6 +37,7 @@ from wsss.models.dfc import DFC, META_FILE, MODEL_FILE, build_dfc, model_meta
 from wsss.progress import progress
 from wsss.train import dist
 from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
+from wsss.train.compile import maybe_compile
 from wsss.train.losses import gcm_consistency, supervised_infonce
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
@@ -103,6 +104,9 @@ class ClassifierTrainer:
         if dist.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        # training forward passes go through this one (classifier.compile); everything else (state_dicts,
+        # parameters, no_sync, validation) uses the eager self.model / self.net
+        self.train_net = maybe_compile(self.net, self.ccfg.compile, "classifier.compile")
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.ccfg.lr, weight_decay=self.ccfg.weight_decay
         )
@@ -122,7 +126,7 @@ class ClassifierTrainer:
 
     # ----------------------------------------------------------------------------------------------- steps
     def _half_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], Any]:
-        out = self.net(x)
+        out = self.train_net(x)
         loss_cls = F.binary_cross_entropy_with_logits(out.logits, y, pos_weight=self.pos_weight)
         loss, parts = loss_cls, {"loss_cls": loss_cls.item(), "loss_clm": 0.0}
         if self.ccfg.clm.enabled:

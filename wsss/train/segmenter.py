@@ -37,6 +37,7 @@ from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_l
 from wsss.progress import progress
 from wsss.train import dist
 from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
+from wsss.train.compile import maybe_compile
 from wsss.train.losses import distillation_kl, score_distillation, segmentation_loss
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
@@ -132,6 +133,9 @@ class SegmenterTrainer:
         if dist.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        # training forward passes go through this one (`section`.compile); state_dicts, parameters and validation
+        # use the eager self.model / self.net
+        self.train_net = maybe_compile(self.net, scfg.compile, f"{section}.compile")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=scfg.lr, weight_decay=scfg.weight_decay)
         steps = len(self.loader(0))
         self.scheduler = warmup_cosine(self.optimizer, scfg.warmup_epochs * steps, scfg.epochs * steps)
@@ -165,7 +169,7 @@ class SegmenterTrainer:
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = self.net(self._input(batch))
+            out = self.train_net(self._input(batch))
         parts = self.losses(out, batch)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)

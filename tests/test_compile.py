@@ -1,0 +1,168 @@
+"""The optional torch.compile switch: off = the same module, on = same outputs, eager fallback, clean checkpoints.
+
+Compiling here uses torch.compile's "eager" backend (TorchDynamo traces, no code generation), so the tests need no
+C compiler and stay fast; the real (inductor) backend is what a GPU run gets.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, TINY_CLASSIFIER
+from safetensors.torch import load_file
+from torch import nn
+
+import wsss.train.compile as compile_mod
+from wsss.cam.extract import CamExtractor
+from wsss.config import load_config
+from wsss.models.dfc import build_dfc
+from wsss.train.classifier import ClassifierTrainer
+from wsss.train.compile import maybe_compile
+
+
+@pytest.fixture
+def eager_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile as the trainers call it (no backend argument), with the "eager" backend."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+
+
+def test_disabled_returns_the_module_itself():
+    net = _net()
+    assert maybe_compile(net, False, "classifier.compile") is net
+
+
+def test_enabled_forward_matches_eager():
+    net = _net()
+    compiled = maybe_compile(net, True, "classifier.compile", backend="eager")
+    assert compiled is not net and compiled._orig_mod is net
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), net(x))
+    # why the trainers save the eager module: the compiled one's keys carry a prefix
+    assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
+
+
+def test_a_failing_compile_warns_once_naming_the_key_and_runs_eagerly(monkeypatch: pytest.MonkeyPatch):
+    def refuses(*_, **__):
+        raise RuntimeError("Dynamo is not supported on this Python")
+
+    monkeypatch.setattr(compile_mod, "_warned", set())
+    monkeypatch.setattr(torch, "compile", refuses)
+    net = _net()
+    with pytest.warns(UserWarning, match=r"cam\.compile: torch\.compile failed \(RuntimeError: Dynamo.*eagerly"):
+        assert maybe_compile(net, True, "cam.compile") is net
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second time: silent
+        assert maybe_compile(net, True, "cam.compile") is net
+    monkeypatch.delattr(torch, "compile")
+    with pytest.warns(UserWarning, match=r"segmenter\.compile: this torch .* has no torch\.compile"):
+        assert maybe_compile(net, True, "segmenter.compile") is net
+
+
+def test_compiled_classifier_training_saves_plain_keys(prepared_run: Path, tmp_path: Path, eager_backend: None):
+    """Training through the compiled module (GCM's two halves included) is eager training, saved without
+    `_orig_mod.` in any key."""
+    index = prepared_run / "prepare" / "index.csv"
+    cfg = load_config(None, [*TINY_CLASSIFIER, "classifier.epochs=2", "classifier.compile=true"])
+    trainer = ClassifierTrainer(cfg, index, tmp_path / "compiled", echo=lambda *_: None)
+    assert trainer.train_net._orig_mod is trainer.net is trainer.model
+    calls = []
+    trainer.train_net.register_forward_pre_hook(lambda *_: calls.append(1))  # the compiled module does the steps
+    trainer.fit()
+    assert calls
+    weights = load_file(tmp_path / "compiled" / "dfc.safetensors")
+    ckpt = torch.load(tmp_path / "compiled" / "checkpoints" / "last.pt", weights_only=True)
+    for keys in (weights.keys(), ckpt["model"].keys()):
+        assert keys and not any("_orig_mod" in k for k in keys)
+    build_dfc(cfg.classifier, 1, 1).load_state_dict(weights)  # strict: the exact keys of the plain model
+    cfg.classifier.compile = False
+    ClassifierTrainer(cfg, index, tmp_path / "eager", echo=lambda *_: None).fit()
+    eager = load_file(tmp_path / "eager" / "dfc.safetensors")
+    assert all(torch.allclose(weights[k], eager[k], atol=1e-5) for k in eager)
+
+
+def _train_compiled_on_rank(rank: int, world: int, rendezvous: str, run_dir: str, out: str) -> None:
+    """One DDP rank of a compiled (eager backend) train-classifier stage; saves the weights it ended with."""
+    torch.set_num_threads(1)
+    torch.compile = functools.partial(torch.compile, backend="eager")
+    import torch.distributed as td
+
+    from wsss.runs import Run
+
+    td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
+    original = ClassifierTrainer.fit
+
+    def fit_and_record(self):
+        assert isinstance(self.net, nn.parallel.DistributedDataParallel) and self.train_net._orig_mod is self.net
+        summary = original(self)
+        torch.save({k: v.detach().clone() for k, v in self.model.state_dict().items()}, Path(out) / f"rank{rank}.pt")
+        return summary
+
+    ClassifierTrainer.fit = fit_and_record
+    overrides = [*[f"dataset.synthetic.{k}={v}" for k, v in TINY.items()], *TINY_CLASSIFIER]
+    overrides += ["classifier.epochs=2", "classifier.gcm.enabled=true", "classifier.compile=true"]
+    try:
+        Run(Path(run_dir), load_config(None, overrides), echo=lambda *_: None).run_stage("train-classifier")
+    finally:
+        td.destroy_process_group()
+
+
+def test_compiled_ddp_training_over_two_processes(prepared_run: Path, tmp_path: Path):
+    """torch.compile of the DDP wrapper (GCM's no_sync half included): both ranks end with the same plain weights."""
+    import shutil
+
+    import torch.multiprocessing as mp
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepared_run / "prepare", run_dir / "prepare")
+    rendezvous = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_train_compiled_on_rank, args=(2, rendezvous, str(run_dir), str(tmp_path)), nprocs=2, join=True)
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    saved = load_file(run_dir / "train-classifier" / "dfc.safetensors")
+    assert saved.keys() <= a.keys() and not any("_orig_mod" in k for k in saved)
+
+
+def test_compiled_segmenter_training_saves_plain_keys(tmp_path: Path, eager_backend: None):
+    from test_segmenter import make_data, rcfg
+
+    from wsss.models.segmenter import build_segmenter
+    from wsss.train.segmenter import SegmenterTrainer
+
+    rows, masks, _ = make_data(tmp_path, n_defect=4, n_ok=2)
+    scfg = rcfg(epochs=1, compile=True)
+    trainer = SegmenterTrainer(scfg, rows, masks, ["defect"], 1, tmp_path / "out", device="cpu", echo=lambda *_: None)
+    assert trainer.train_net._orig_mod is trainer.model
+    trainer.fit()
+    weights = load_file(tmp_path / "out" / "segmenter.safetensors")
+    ckpt = torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=True)
+    for keys in (weights.keys(), ckpt["model"].keys()):
+        assert keys and not any("_orig_mod" in k for k in keys)
+    build_segmenter(scfg, 1, 1).load_state_dict(weights)
+
+
+def test_compiled_cam_extractor_gives_the_eager_cams(eager_backend: None):
+    cfg = load_config(None, [*[f"dataset.synthetic.{k}={v}" for k, v in TINY.items()], *TINY_CLASSIFIER])
+    torch.manual_seed(0)
+    model = build_dfc(cfg.classifier, 1, 1).eval()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (64, 64), dtype=np.uint8) for _ in range(3)]
+    eager = CamExtractor(model, (64, 64), 1, cfg.cam, "cpu")
+    cfg.cam.compile = True
+    compiled = CamExtractor(model, (64, 64), 1, cfg.cam, "cpu")
+    assert eager.net is model and compiled.net._orig_mod is model
+    (cams_a, scores_a), (cams_b, scores_b) = eager(images), compiled(images)
+    np.testing.assert_allclose(scores_b, scores_a, atol=1e-5)
+    for a, b in zip(cams_a, cams_b, strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-4)
