@@ -231,6 +231,52 @@ class PseudoConfig:
     confidence: float = 0.6  # pixels whose winning probability is below this become 255 (ignore)
     ignore_band: int = 2  # background pixels this close to a defect also become 255; 0 = off
     workers: int = 0  # processes for the CRF; 0 = every available core
+    # what the CRF's unary comes from (METHOD.md 7a): the extended CAM, the `anomaly` stage's map, or their fusion
+    unary: str = _choices("cam", "anomaly", "fusion", default="cam")
+    # fusion rule of two maps in [0, 1]: geometric = cam^(1-w) * anomaly^w, product = cam * anomaly
+    fusion: str = _choices("geometric", "product", default="geometric")
+    anomaly_weight: float = 0.5  # w of the geometric fusion
+
+
+@dataclass
+class AnomalyConfig:
+    """`anomaly`: PatchCore-style anomaly maps from a memory bank of the OK training images' patches (METHOD.md 7)."""
+
+    # dfc: the trained DFC's backbone; backbone: the timm backbone below (random init or its local weights file)
+    features: str = _choices("dfc", "backbone", default="dfc")
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(output_stride=16))
+    layers: list[int] = field(default_factory=lambda: [2, 3])  # backbone stages concatenated (resnet: layer2 + 3)
+    input_size: list[int] = field(default_factory=list)  # H, W images are resized to; empty = the classifier's
+    patch: int = 3  # each patch feature is averaged over this neighbourhood (PatchCore's local aggregation)
+    # each image to zero mean and unit variance before the backbone: a part that is brighter overall (lighting, a
+    # different batch) is not an anomaly everywhere
+    standardise: bool = True
+    max_patches: int = 200_000  # patches sampled into the bank before the coreset (evenly over the OK images)
+    coreset: int = 10_000  # memory bank size after greedy k-center subsampling; 0 = keep every sampled patch
+    coreset_dims: int = 128  # random projection the k-center distances are computed in
+    chunk: int = 2048  # query patches per cdist chunk (memory: chunk x bank floats)
+    smooth: float = 1.0  # Gaussian sigma in feature cells, applied before upsampling to the image size
+    ok_percentile: float = 99.0  # normalised map 0 = this percentile of the OK training images' (leave-one-out) map
+    norm_percentile: float = 50.0  # normalised map 1 = this percentile of the defective training images' peaks
+    batch_size: int = 16
+    seed: int = 0
+
+
+@dataclass
+class PretrainConfig:
+    """`pretrain`: anomaly-guided pretraining of the classifier's backbone (METHOD.md 7b), without labels.
+
+    The anomaly maps that guide it come from ``anomaly.backbone`` (a randomly initialised network by default, or a
+    local self-supervised weights file), never from a model that saw image labels: ``anomaly.features`` must stay
+    ``backbone``. The pretrained weights seed `train-classifier` in place of ``classifier.backbone.weights``."""
+
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    stages: list[int] = field(default_factory=list)  # backbone stages whose energy map is pulled; empty = all
+    anomaly: AnomalyConfig = field(default_factory=lambda: AnomalyConfig(features="backbone"))
+    workers: int = 0  # DataLoader worker processes
 
 
 @dataclass
@@ -311,6 +357,8 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     cam: CamConfig = field(default_factory=CamConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -524,6 +572,15 @@ def _check_ranges(cfg: Config) -> None:
         ("pseudo.crf.iterations", cfg.pseudo.crf.iterations >= 1, "at least 1"),
         ("pseudo.crf.scale", 0 < cfg.pseudo.crf.scale <= 1, "a fraction in (0, 1] (1 = full resolution)"),
         ("pseudo.workers", cfg.pseudo.workers >= 0, "0 (every core) or a process count"),
+        ("pseudo.anomaly_weight", 0 <= cfg.pseudo.anomaly_weight <= 1, "a weight in [0, 1]"),
+        *_anomaly_checks(cfg.anomaly, "anomaly"),
+        *_anomaly_checks(cfg.pretrain.anomaly, "pretrain.anomaly"),
+        ("pretrain.epochs", cfg.pretrain.epochs >= 1, "at least 1"),
+        (
+            "pretrain.anomaly.features",
+            cfg.pretrain.anomaly.features == "backbone",
+            "backbone: the maps that guide pretraining must come from a network that never saw labels",
+        ),
         ("retrain.rounds", cfg.retrain.rounds >= 1, "at least 1"),
         ("retrain.fuse_weight", 0 <= cfg.retrain.fuse_weight <= 1, "a weight in [0, 1]"),
         ("segmenter.kd_temperature", cfg.segmenter.kd_temperature > 0, "a temperature > 0"),
@@ -533,6 +590,21 @@ def _check_ranges(cfg: Config) -> None:
     for key, ok, fix in checks:
         if not ok:
             raise ConfigError(key, f"invalid value {section_value(cfg, key)!r}", fix)
+
+
+def _anomaly_checks(a: AnomalyConfig, key: str) -> list[tuple[str, bool, str]]:
+    return [
+        (f"{key}.layers", bool(a.layers), "backbone stage indices, e.g. [2, 3]"),
+        (f"{key}.input_size", len(a.input_size) in (0, 2) and all(x > 0 for x in a.input_size), "[H, W] or []"),
+        (f"{key}.patch", a.patch >= 1 and a.patch % 2 == 1, "an odd neighbourhood size >= 1"),
+        (f"{key}.max_patches", a.max_patches >= 1, "at least 1"),
+        (f"{key}.coreset", a.coreset >= 0, "a bank size, or 0 to keep every sampled patch"),
+        (f"{key}.coreset_dims", a.coreset_dims >= 1, "at least 1"),
+        (f"{key}.chunk", a.chunk >= 1, "query patches per chunk, at least 1"),
+        (f"{key}.smooth", a.smooth >= 0, "a sigma >= 0 (0 = off)"),
+        (f"{key}.ok_percentile", 0 <= a.ok_percentile <= 100, "a percentile in [0, 100]"),
+        (f"{key}.norm_percentile", 0 < a.norm_percentile <= 100, "a percentile in (0, 100]"),
+    ]
 
 
 def section_value(cfg: Config, key: str) -> Any:

@@ -15,6 +15,9 @@ Per image:
 5. An image called OK (sample score below the cam stage's threshold), or one whose CAM is all zero, gets an all-zero
    mask with confidence 1.0, and no CRF is run.
 
+With anomaly priors (``pseudo.unary`` anomaly or fusion, METHOD.md 7a) the "CAM" of steps 1-5 is
+:func:`wsss.anomaly.fusion.unary_map` of the CAM and the anomaly map; the gate of step 5 stays the classifier's.
+
 Confidence (ours), used to rank images for review: the mean winning probability over the defect region dilated by
 :data:`CONFIDENCE_RING` pixels, so both a hesitant interior and a soft edge lower it; an image called defective whose
 mask has no defect pixel gets the mean background probability instead.
@@ -80,6 +83,8 @@ class LabelTask:
     classes: int  # K, the number of class maps in the CAM
     cfg: PseudoConfig
     high_bit_depth: str = "refuse"  # dataset.high_bit_depth, to read the image as `prepare` validated it
+    anomaly: Path | None = None  # the anomaly stage's map, when cfg.unary is not "cam"
+    anomaly_range: tuple[float, float] = (0.0, 1.0)  # its normalisation (lo, hi) from anomaly.json
 
 
 def _disc(radius: int) -> np.ndarray:
@@ -166,6 +171,13 @@ def label_one(task: LabelTask) -> dict[str, Any]:
 
     image = read_image(task.image, task.high_bit_depth)
     cam = read_cam(task.cam, shape=image.shape[:2], classes=task.classes)
+    if task.cfg.unary != "cam":
+        from wsss.anomaly.fusion import unary_map
+        from wsss.anomaly.io import read_anomaly
+
+        if task.anomaly is None:
+            raise ValueError(f"pseudo.unary={task.cfg.unary} but no anomaly map was given for {task.id}")
+        cam = unary_map(cam, read_anomaly(task.anomaly, *task.anomaly_range, shape=image.shape[:2]), task.cfg)
     res = label_image(image, cam, task.cfg, task.called_defective)
     write_mask(task.out, res.mask)
     return {

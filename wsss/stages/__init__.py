@@ -70,8 +70,10 @@ def register_stage(stage: Stage) -> Stage:
 # Stage modules in pipeline order; each registers itself on import. Add new stages here.
 STAGE_MODULES = (
     "prepare",
+    "pretrain",
     "train_classifier",
     "cam",
+    "anomaly",
     "pseudo_labels",
     "retrain",
     "train_segmenter",
@@ -98,6 +100,14 @@ def published(out: Path) -> Path:
     """Where a stage's output folder ``out`` (``<stage>.partial``) will be once the runner publishes it: the path
     to show users in messages."""
     return out.with_name(out.name.removesuffix(".partial"))
+
+
+def in_pipeline(cfg: Config, stage: str) -> bool:
+    """Whether the configured pipeline (``run.pipeline``) runs ``stage``: optional stages (``pretrain``) feed their
+    consumers only in pipelines that have them."""
+    from wsss.pipelines import load_pipeline
+
+    return stage in load_pipeline(cfg.run.pipeline).stages
 
 
 def mask_source(cfg: Config, consumer: str, explicit: str, key: str) -> str:

@@ -3,7 +3,8 @@
 Writes ``masks/<id>.png`` for every indexed image (0 background, k class k, 255 ignore; the rule is
 :mod:`wsss.refine.pseudo`), ``confidence.csv`` (id, score, confidence, defect_fraction, ignore_fraction; sort by
 confidence to pick images for review) and a copy of the cam stage's ``scores.csv``, so that `evaluate` finds the
-sample scores beside the masks. Never reads ground-truth masks.
+sample scores beside the masks. Never reads ground-truth masks. With ``pseudo.unary`` anomaly or fusion it also reads
+the `anomaly` stage's maps (METHOD.md 7a; :mod:`wsss.anomaly.fusion`).
 
 Resumable: each finished image appends its row to ``rows.jsonl``; a re-run after a kill skips images whose PNG and
 row both exist, and the log is removed when the stage finishes.
@@ -59,6 +60,7 @@ def write_confidence(path: Path, rows: list[dict[str, Any]], scores: dict[str, f
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    from wsss.anomaly.io import anomaly_path
     from wsss.atomic import atomic_path
     from wsss.cam.io import FIX, SCORES_FILE, cam_path
     from wsss.data.index import read_train_index
@@ -76,6 +78,13 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     if missing:
         shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
         raise StageError(scores_csv, f"no sample score for {len(missing)} indexed image(s): {shown}", FIX)
+
+    anomaly_dir, anomaly_range = inputs.get("anomaly"), (0.0, 1.0)
+    if cfg.pseudo.unary != "cam":
+        from wsss.anomaly.io import read_meta
+
+        meta = read_meta(anomaly_dir)
+        anomaly_range = (float(meta["lo"]), float(meta["hi"]))
 
     masks = out / "masks"
     masks.mkdir(parents=True, exist_ok=True)
@@ -95,6 +104,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             classes=len(classes),
             cfg=cfg.pseudo,
             high_bit_depth=cfg.dataset.high_bit_depth,
+            anomaly=anomaly_path(anomaly_dir, r.id) if anomaly_dir and cfg.pseudo.unary != "cam" else None,
+            anomaly_range=anomaly_range,
         )
         for r in index
         if r.id not in done
@@ -130,7 +141,7 @@ STAGE = register_stage(
         name="pseudo-labels",
         run=run,
         sections=("pseudo",),
-        inputs=lambda cfg: ("prepare", "cam"),
+        inputs=lambda cfg: ("prepare", "cam") + (("anomaly",) if cfg.pseudo.unary != "cam" else ()),
         writes_masks=True,
         help="refine the extended CAMs with a dense CRF into pseudo-masks (255 = ignore) and confidence scores",
         distributed=True,

@@ -2,7 +2,8 @@
 
 Per round: train the multi-task segmenter on the current pseudo-masks of the *training* split (ignore pixels excluded
 from the loss), predict every indexed image, fuse with the extended CAM
-(``fuse_weight * segmenter probability + (1 - fuse_weight) * CAM``, per class), and label the fused map with the
+(``fuse_weight * segmenter probability + (1 - fuse_weight) * CAM``, per class; with anomaly priors the CAM term is
+the `pseudo-labels` unary, the CAM fused with the anomaly map), and label the fused map with the
 same rule as `pseudo-labels` (dense CRF, ignore regions, gating by the DFC's sample score). The next round trains
 on these masks. Writes the last round's ``masks/``, ``confidence.csv``, ``scores.csv`` (the DFC's, for evaluation)
 and its segmenter (``segmenter.safetensors`` + ``segmenter.json``).
@@ -12,14 +13,32 @@ A killed run resumes: the segmenter from its epoch checkpoint, prediction after 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from wsss.config import Config
 from wsss.stages import Stage, register_stage
+
+
+def _round1_unary(cfg: Config, inputs: dict[str, Path]) -> Callable:
+    """``(id, cam) -> map``: the `pseudo-labels` unary of an image (its CAM, or its fusion with the anomaly map)."""
+    if cfg.pseudo.unary == "cam":
+        return lambda sid, cam: cam
+    from wsss.anomaly.fusion import unary_map
+    from wsss.anomaly.io import anomaly_path, read_anomaly, read_meta
+
+    meta = read_meta(inputs["anomaly"])
+    lo, hi = float(meta["lo"]), float(meta["hi"])
+
+    def fused(sid: str, cam):
+        return unary_map(cam, read_anomaly(anomaly_path(inputs["anomaly"], sid), lo, hi, cam.shape[1:]), cfg.pseudo)
+
+    return fused
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
@@ -48,6 +67,10 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     device = dist.resolve_device(cfg.run.device)
     masks = inputs["pseudo-labels"] / "masks"
     w = rcfg.fuse_weight
+    # with anomaly priors, the round-1 unary (CAM fused with the anomaly map) stands in for the CAM in the fused map,
+    # which is then labelled as a plain map
+    unary_map = _round1_unary(cfg, inputs)
+    pcfg = dataclasses.replace(cfg.pseudo, unary="cam")
     label_rows: list[dict] = []
     for k in range(1, rcfg.rounds + 1):
         rdir = out / f"round{k}"
@@ -75,7 +98,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
                 batch = todo[start : start + rcfg.batch_size]
                 images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
                 for r, img, pred in zip(batch, images, predictor(images), strict=True):
-                    cam = read_cam(cam_path(cam_dir, r.id), img.shape[:2], len(classes))
+                    cam = unary_map(r.id, read_cam(cam_path(cam_dir, r.id), img.shape[:2], len(classes)))
                     write_cam(fused_dir / f"{r.id}.npz", w * pred.probs[1:] + (1 - w) * cam)
             predict_s = time.perf_counter() - t0
             tasks = [
@@ -86,7 +109,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
                     rdir / "masks" / f"{r.id}.png",
                     called[r.id],
                     len(classes),
-                    cfg.pseudo,
+                    pcfg,
                     cfg.dataset.high_bit_depth,
                 )
                 for r in rows
@@ -120,7 +143,7 @@ STAGE = register_stage(
         name="retrain",
         run=run,
         sections=("retrain", "pseudo", "run.seed"),
-        inputs=lambda cfg: ("prepare", "cam", "pseudo-labels"),
+        inputs=lambda cfg: ("prepare", "cam", "pseudo-labels") + (("anomaly",) if cfg.pseudo.unary != "cam" else ()),
         writes_masks=True,
         help="additional training round(s): a segmenter on the pseudo-masks, fused with the CAM, CRF again",
         distributed=True,

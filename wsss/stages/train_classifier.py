@@ -1,5 +1,8 @@
 """`train-classifier`: train the Defect Focus Classifier on image-level labels (METHOD.md section 1).
 
+In a pipeline with the `pretrain` stage, the backbone starts from its ``backbone.safetensors`` (anomaly-guided
+pretraining, METHOD.md 7b) in place of ``classifier.backbone.weights``.
+
 Writes ``dfc.safetensors`` (the best epoch's state_dict), ``dfc.json`` (what rebuilds the model) and
 ``metrics.csv``. Checkpoints live in ``checkpoints/`` while the stage runs, so a killed run resumes from its last
 epoch; they are removed when training has finished.
@@ -7,19 +10,32 @@ epoch; they are removed when training has finished.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import click
 
 from wsss.config import Config
-from wsss.stages import Stage, register_stage
+from wsss.stages import Stage, in_pipeline, register_stage
+
+
+def with_pretrained_backbone(cfg: Config, weights: Path) -> Config:
+    """``cfg`` with ``classifier.backbone.weights`` set to ``weights``."""
+    backbone = dataclasses.replace(cfg.classifier.backbone, weights=str(weights))
+    return dataclasses.replace(cfg, classifier=dataclasses.replace(cfg.classifier, backbone=backbone))
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.train import dist
     from wsss.train.classifier import META_FILE, METRICS_FILE, MODEL_FILE, ClassifierTrainer
 
+    if "pretrain" in inputs:
+        from wsss.stages.pretrain import MODEL_FILE as PRETRAINED
+
+        cfg = with_pretrained_backbone(cfg, inputs["pretrain"] / PRETRAINED)
+        if dist.is_main():
+            click.echo(f"train-classifier: backbone from the pretrain stage ({inputs['pretrain'] / PRETRAINED})")
     trainer = ClassifierTrainer(cfg, inputs["prepare"] / "index.csv", out, echo=click.echo)
     summary = trainer.fit()
     if dist.is_main():  # under torchrun every rank trains (DDP); rank 0 alone writes
@@ -33,7 +49,7 @@ STAGE = register_stage(
         name="train-classifier",
         run=run,
         sections=("classifier", "run.seed"),
-        inputs=lambda cfg: ("prepare",),
+        inputs=lambda cfg: ("prepare", "pretrain") if in_pipeline(cfg, "pretrain") else ("prepare",),
         help="train the defect focus classifier (CAM head, CLM, GCM) on image-level labels",
         distributed=True,
     )

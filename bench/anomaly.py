@@ -1,0 +1,171 @@
+"""Benchmark: anomaly priors (issue 8, METHOD.md 7) on real data: anomaly maps alone, CAM alone, their fusion, and
+the pseudo-mask pipeline with and without anomaly-guided pretraining.
+
+Starts from bench/pseudo_masks.py's runs (``--reuse``: its ``<dataset>-pseudo-masks`` run supplies the DFC, the
+extended CAMs and the CAM-alone pseudo-masks; its ``<dataset>-cam-iem-crf`` run the CAM-alone masks without the
+retrain round). Per dataset, on the test split (METHOD.md 8, masks gated by the DFC's sample decision unless said):
+
+1. ``anomaly map``: the `anomaly` stage's maps alone (PatchCore on the trained DFC's backbone): pixel AUROC, and
+   mIoU_def of the map thresholded at the normalised level that maximises validation mIoU_def (ungated: the map's
+   own quality);
+2. ``CAM -> CRF`` (cam-iem-crf), ``anomaly -> CRF`` (``pseudo.unary=anomaly``), ``fusion -> CRF``
+   (``pseudo.unary=fusion``): `pseudo-labels` from each unary, same DFC, same CRF;
+3. ``CAM + retrain`` (pseudo-masks), ``fusion + retrain``, ``pretrain + fusion + retrain``: the pseudo-mask pipeline
+   (no distillation) without and with anomaly priors; the last trains a new DFC from the anomaly-guided pretrained
+   backbone (its image AP is the DFC's: compare with the others' to see what pretraining did).
+
+    python bench/anomaly.py --reuse /tmp/bench/pm --datasets ksdd --epochs 20      # same options as that run
+
+Results go to ``<out>/results.json`` and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from pseudo_masks import BASE, METRICS, add_config_options, config, fmt, reuse_stages  # noqa: E402
+
+from wsss.anomaly.io import anomaly_path, read_map, read_meta  # noqa: E402
+from wsss.anomaly.patchcore import normalise  # noqa: E402
+from wsss.data.images import read_mask  # noqa: E402
+from wsss.data.index import read_dataset_info, read_eval_index  # noqa: E402
+from wsss.metrics import SegAccumulator, auroc  # noqa: E402
+from wsss.runs import Run  # noqa: E402
+
+THRESHOLDS = np.linspace(0.05, 1.0, 20)  # normalised anomaly levels tried on the validation split
+PIXEL_STRIDE = 2  # pixel AUROC on every 2nd row and column (a quarter of the pixels: same ranking, less memory)
+STAGES = {  # variant -> (run.pipeline, stages run, extra overrides)
+    "anomaly -> CRF": ("full-anomaly", ["cam", "anomaly", "pseudo-labels"], ["pseudo.unary=anomaly"]),
+    "fusion -> CRF": ("full-anomaly", ["cam", "anomaly", "pseudo-labels"], []),
+    "fusion + retrain": ("full-anomaly", ["cam", "anomaly", "pseudo-labels", "retrain"], []),
+    "pretrain + fusion + retrain": (
+        "full-pretrain",
+        ["pretrain", "train-classifier", "cam", "anomaly", "pseudo-labels", "retrain"],
+        [],
+    ),
+}
+REUSED = {"CAM -> CRF": "cam-iem-crf", "CAM + retrain": BASE}  # variant -> the pseudo-mask benchmark's run
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_config_options(p)
+    p.add_argument("--reuse", type=Path, required=True, help="a bench/pseudo_masks.py output folder")
+    p.add_argument("--variants", default=",".join(["anomaly map", *REUSED, *STAGES]))
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-anomaly")
+    return p.parse_args(argv)
+
+
+def map_quality(run_dir: Path) -> dict:
+    """Pixel AUROC of the raw maps on the test split, and test mIoU_def at the validation-best threshold."""
+    index = run_dir / "prepare" / "index.csv"
+    info = read_dataset_info(index)
+    meta = read_meta(run_dir / "anomaly")
+    lo, hi = float(meta["lo"]), float(meta["hi"])
+
+    def pairs(split: str):
+        for r in read_eval_index(index, split):
+            if r.mask is not None:
+                yield read_map(anomaly_path(run_dir / "anomaly", r.id)), read_mask(r.mask, info.mask_threshold)
+
+    val = [(normalise(m, lo, hi), g) for m, g in pairs("val") if g.any()]
+    best_t, best = None, -1.0
+    for t in THRESHOLDS:
+        acc = SegAccumulator()
+        for m, g in val:
+            acc.add(m >= t, g)
+        if val and acc.miou_def() > best:
+            best_t, best = float(t), acc.miou_def()
+    truth, scores, acc = [], [], SegAccumulator()
+    for m, g in pairs("test"):
+        truth.append(g[::PIXEL_STRIDE, ::PIXEL_STRIDE].ravel())
+        scores.append(m[::PIXEL_STRIDE, ::PIXEL_STRIDE].ravel())
+        if best_t is not None:
+            acc.add(normalise(m, lo, hi) >= best_t, g)
+    return {
+        "pixel_auroc": auroc(np.concatenate(truth), np.concatenate(scores)),
+        "threshold": best_t,
+        "val_miou_def": best,
+        "miou_def": acc.miou_def() if best_t is not None else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    wanted = [v for v in args.variants.split(",") if v]
+    results = []
+    for dataset in [d for d in args.datasets.split(",") if d]:
+        base = args.reuse / f"{dataset}-{BASE}"
+        if not (base / "cam" / "manifest.json").is_file():
+            sys.exit(f"--reuse {base}: no finished cam stage; run bench/pseudo_masks.py first")
+        done_runs = [base, args.reuse / f"{dataset}-cam-iem-crf"]
+        for variant in wanted:
+            row = {"dataset": dataset, "variant": variant}
+            if variant in REUSED:
+                report = json.loads(
+                    (args.reuse / f"{dataset}-{REUSED[variant]}" / "evaluate" / "report.json").read_text()
+                )
+                row |= {k: report[k] for k in METRICS}
+            else:
+                pipeline, stages, extra = STAGES.get(variant, STAGES["fusion -> CRF"])
+                masks = "retrain" if "retrain" in stages else "pseudo-labels"
+                cfg = config(args, dataset, pipeline)
+                if extra or masks != "retrain":
+                    from wsss.config import load_config
+
+                    cfg = load_config(
+                        ROOT / "configs" / f"{dataset}.yaml",
+                        [*_overrides(args, dataset, pipeline), *extra, f"evaluate.masks={masks}"],
+                    )
+                name = f"{dataset}-{variant.replace(' ', '').replace('->', '-').replace('+', '-')}"
+                run_dir = args.out / name
+                copied = reuse_stages(run_dir, cfg, ["prepare", "train-classifier", *stages], [*done_runs])
+                print(f"[{dataset} {variant}] reusing finished stages: {', '.join(copied) or 'none'}", flush=True)
+                t0 = time.perf_counter()
+                run = Run(run_dir, cfg, echo=lambda m, tag=f"[{dataset} {variant}]": print(tag, m, flush=True))
+                run.run_pipeline(["prepare", "train-classifier", *stages, "evaluate"])
+                row["seconds"] = time.perf_counter() - t0
+                report = json.loads((run_dir / "evaluate" / "report.json").read_text())
+                row |= {k: report[k] for k in METRICS}
+                if variant == "fusion -> CRF" or (variant == "anomaly map" and (run_dir / "anomaly").is_dir()):
+                    row["anomaly_seconds"] = json.loads((run_dir / "anomaly" / "manifest.json").read_text())["seconds"]
+                done_runs.append(run_dir)
+                if variant == "anomaly map":
+                    row = {"dataset": dataset, "variant": variant, **map_quality(run_dir)}
+            results.append(row)
+            (args.out / "results.json").write_text(json.dumps(results, indent=2))
+            print(json.dumps(row), flush=True)
+    print()
+    print("| dataset | variant | mIoU_def | pooled IoU | Seg_mIoU | Seg_Recall@0.1 | @0.5 | image AP | pixel AUROC |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        cells = [fmt(r.get(k), k == "ap") if k in r else "-" for k in METRICS]
+        px = f"{r['pixel_auroc']:.4f}" if "pixel_auroc" in r else "-"
+        print(f"| {r['dataset']} | {r['variant']} | " + " | ".join(cells) + f" | {px} |")
+    return 0
+
+
+def _overrides(args, dataset: str, pipeline: str) -> list[str]:
+    """:func:`pseudo_masks.config`'s overrides (the runs reused must see the same config)."""
+    from classifier import bench_overrides, input_size
+
+    size = input_size(args, dataset)
+    overrides = bench_overrides(args, dataset, 0 if dataset == "ksdd" else None, "both")
+    overrides += [f"retrain.input_size=[{size[0]},{size[1]}]", f"run.pipeline={pipeline}"]
+    if args.device.startswith("cuda"):
+        overrides += ["retrain.amp=true", "retrain.channels_last=true", "retrain.workers=8"]
+    return overrides + list(args.overrides)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""The `anomaly` stage's artifacts: one ``<id>.npz`` per image, ``scores.csv`` and ``anomaly.json``.
+
+``<id>.npz`` holds ``map``: float16 (H, W) at the image's original size, the raw smoothed nearest-neighbour distance
+(not normalised, so pixel AUROC keeps its full ranking). ``anomaly.json`` holds the dataset-level ``lo`` and ``hi``
+that :func:`wsss.anomaly.patchcore.normalise` maps to [0, 1]; :func:`read_anomaly` applies them. Files are written
+atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsss.atomic import atomic_path
+from wsss.errors import DataError
+
+META_FILE = "anomaly.json"
+SCORES_FILE = "scores.csv"
+FIX = "re-run the anomaly stage: `wsss run-stage anomaly --force`"
+
+
+def anomaly_path(anomaly_dir: Path, sample_id: str) -> Path:
+    return Path(anomaly_dir) / f"{sample_id}.npz"
+
+
+def write_map(path: Path, raw: np.ndarray) -> Path:
+    """Write a raw (H, W) anomaly map as compressed float16, atomically."""
+    if raw.ndim != 2:
+        raise ValueError(f"an anomaly map is (H, W), got shape {raw.shape}")
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, map=raw.astype(np.float16))
+    return Path(path)
+
+
+def read_map(path: Path, shape: Sequence[int] | None = None) -> np.ndarray:
+    """A raw anomaly map as float32 (H, W); a missing, corrupt or mis-shaped file is a DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "anomaly map missing for an indexed image", FIX)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            raw = np.asarray(z["map"], dtype=np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(path, f"corrupt anomaly map ({type(e).__name__}: {e})", FIX) from None
+    if raw.ndim != 2 or (shape is not None and tuple(raw.shape) != tuple(shape)):
+        raise DataError(path, f"anomaly map is {raw.shape}, expected {tuple(shape) if shape else '(H, W)'}", FIX)
+    return raw
+
+
+def read_meta(anomaly_dir: Path) -> dict[str, Any]:
+    path = Path(anomaly_dir) / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+        float(meta["lo"]), float(meta["hi"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(path, f"cannot read the anomaly stage's metadata ({e})", FIX) from None
+    return meta
+
+
+def read_anomaly(path: Path, lo: float, hi: float, shape: Sequence[int] | None = None) -> np.ndarray:
+    """The normalised (H, W) anomaly map in [0, 1] (``lo``, ``hi`` from ``anomaly.json``)."""
+    from wsss.anomaly.patchcore import normalise
+
+    return normalise(read_map(path, shape), lo, hi)

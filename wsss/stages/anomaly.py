@@ -1,0 +1,159 @@
+"""`anomaly`: PatchCore-style anomaly maps of every indexed image (METHOD.md 7; :mod:`wsss.anomaly.patchcore`).
+
+1. The memory bank: patch features of the OK *training* images (image labels only), from the trained DFC's backbone
+   (``anomaly.features: dfc``) or from ``anomaly.backbone`` (random init or its local weights file).
+2. Per image, the nearest-neighbour distance map (an OK training image's own patches left out), written raw to
+   ``<id>.npz`` (float16, original size) with its row (peak score, 101 quantiles) appended to ``rows.jsonl``: a
+   killed run rebuilds the bank (deterministic: seeded) and resumes after the last finished image.
+3. ``anomaly.json``: the dataset-level normalisation (lo from the OK training images' maps, hi from the defective
+   training images' peaks; image labels only) that fusion in `pseudo-labels` applies; ``scores.csv``: id, score (the
+   raw peak), normalised (the peak normalised).
+
+Anomaly priors need defect-free images: a training split without OK images is an error. Never reads a mask.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from wsss.config import Config
+from wsss.errors import StageError
+from wsss.stages import Stage, register_stage
+
+
+def embedder_for(cfg: Config, inputs: dict[str, Path], device):
+    """The patch embedder the config asks for: the trained DFC's backbone, or ``anomaly.backbone``."""
+    from wsss.anomaly.patchcore import PatchEmbedder
+    from wsss.data.index import read_dataset_info
+    from wsss.models.backbone import create_backbone
+
+    acfg = cfg.anomaly
+    if acfg.features == "dfc":
+        from wsss.models.dfc import load_dfc
+
+        model, meta = load_dfc(inputs["train-classifier"], device)
+        size = acfg.input_size or meta["input_size"]
+        return PatchEmbedder(model.backbone, acfg, size, int(meta["in_chans"]), device)
+    import torch
+
+    info = read_dataset_info(inputs["prepare"] / "index.csv")
+    torch.manual_seed(cfg.run.seed)
+    backbone = create_backbone(acfg.backbone, info.channels, section="anomaly.backbone")
+    return PatchEmbedder(backbone, acfg, acfg.input_size or cfg.classifier.input_size, backbone.in_chans, device)
+
+
+def ok_training_images(rows: list, index: Path) -> list:
+    ok = [r for r in rows if r.split == "train" and not r.labels]
+    if len(ok) < 2:
+        raise StageError(
+            index,
+            f"the training split has {len(ok)} OK (defect-free) image(s): anomaly priors need defect-free images to "
+            "build their memory bank from (at least 2)",
+            "add OK images to the training split, or run without anomaly priors (pseudo.unary=cam, no pretrain)",
+        )
+    return ok
+
+
+def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    from wsss.anomaly.io import META_FILE, SCORES_FILE, anomaly_path, write_map
+    from wsss.anomaly.patchcore import QUANTILES, anomaly_grid, build_bank, calibrate, upsample
+    from wsss.atomic import write_json
+    from wsss.cam.io import write_scores
+    from wsss.data.images import read_image
+    from wsss.data.index import read_train_index
+    from wsss.progress import progress
+    from wsss.resume import RowLog, log_name
+    from wsss.train import dist
+
+    acfg = cfg.anomaly
+    index = inputs["prepare"] / "index.csv"
+    rows = read_train_index(index)
+    ok = ok_training_images(rows, index)
+    device = dist.resolve_device(cfg.run.device)
+    embedder = embedder_for(cfg, inputs, device)
+
+    def read(r):
+        return read_image(r.path, cfg.dataset.high_bit_depth)
+
+    t0 = time.perf_counter()
+    bank = build_bank(embedder, ok, read, acfg, lambda it, desc: progress(it, desc=desc, unit="batch"))
+    owner_of = {r.id: i for i, r in enumerate(ok)}  # build_bank numbers the OK images in this order
+    click.echo(
+        f"anomaly: memory bank of {bank.features.shape[0]} patches x {bank.features.shape[1]} dims from {len(ok)} "
+        f"OK training images ({time.perf_counter() - t0:.1f} s)"
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    done = RowLog.done_in(out, lambda i: anomaly_path(out, i))
+    todo = [r for r in rows if r.id not in done]
+    if done:
+        click.echo(f"anomaly: resuming, {len(done)} of {len(rows)} images already done")
+    with RowLog(out / log_name()) as log:
+        for start in progress(range(0, len(todo), acfg.batch_size), desc="anomaly", unit="batch"):
+            batch = todo[start : start + acfg.batch_size]
+            images = [read(r) for r in batch]
+            for r, img, emb in zip(batch, images, embedder(images), strict=True):
+                grid = anomaly_grid(emb, bank, acfg, owner_of.get(r.id, -1))
+                write_map(anomaly_path(out, r.id), upsample(grid, img.shape[:2]))
+                row = {"id": r.id, "score": float(grid.max()), "quantiles": np.quantile(grid, QUANTILES).tolist()}
+                done[r.id] = row
+                log.append(row)
+
+    train = [r for r in rows if r.split == "train"]
+    lo, hi, warning = calibrate(
+        [done[r.id]["quantiles"] for r in ok],
+        [done[r.id]["score"] for r in train if r.labels],
+        [done[r.id]["score"] for r in ok],
+        acfg,
+    )
+    if warning:
+        click.echo(f"anomaly: warning: {warning}", err=True)
+    score_rows = [
+        {
+            "id": r.id,
+            "score": done[r.id]["score"],
+            "normalised": float(np.clip((done[r.id]["score"] - lo) / (hi - lo), 0, 1)),
+        }
+        for r in rows
+    ]
+    write_scores(out / SCORES_FILE, score_rows, ["defect"], columns=("id", "score", "normalised"))
+    write_json(
+        out / META_FILE,
+        {
+            "lo": lo,
+            "hi": hi,
+            "features": acfg.features,
+            "layers": embedder.layers,
+            "input_size": list(embedder.size),
+            "feature_dim": embedder.dim,
+            "bank_patches": int(bank.features.shape[0]),
+            "ok_images": len(ok),
+            "images": len(rows),
+            "warning": warning,
+        },
+    )
+    RowLog.remove_all(out)
+    click.echo(
+        f"anomaly: {len(rows)} maps, normalisation lo {lo:.4g} hi {hi:.4g}, {time.perf_counter() - t0:.1f} s in all"
+    )
+    return {"maps": out, "scores": out / SCORES_FILE, "meta": out / META_FILE}
+
+
+STAGE = register_stage(
+    Stage(
+        name="anomaly",
+        run=run,
+        sections=("anomaly", "run.seed"),
+        inputs=lambda cfg: ("prepare", "train-classifier") if cfg.anomaly.features == "dfc" else ("prepare",),
+        external=lambda cfg: (
+            [Path(cfg.anomaly.backbone.weights)]
+            if cfg.anomaly.features == "backbone" and cfg.anomaly.backbone.weights
+            else []
+        ),
+        help="PatchCore-style anomaly maps from a memory bank of the OK training images' patches (label-free prior)",
+    )
+)

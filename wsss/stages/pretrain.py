@@ -1,0 +1,117 @@
+"""`pretrain` (optional, before `train-classifier`): anomaly-guided pretraining of the classifier's backbone
+(METHOD.md 7b; the loss is :mod:`wsss.train.pretrain`).
+
+1. A *teacher* that never saw a label, ``pretrain.anomaly.backbone`` (randomly initialised with ``run.seed`` by
+   default, or a local self-supervised weights file), embeds the OK training images into a PatchCore memory bank
+   and gives every training image a leave-one-out anomaly map (:mod:`wsss.anomaly.patchcore`).
+2. The *student*, ``classifier.backbone`` as configured (random init, or its local weights file), is trained on all
+   training images, defective or not and without their labels, to put its channel energy where the maps are high.
+3. ``backbone.safetensors`` (the student's state_dict) is what `train-classifier` starts from when the pipeline has
+   this stage (in place of ``classifier.backbone.weights``); ``pretrain.json`` and ``metrics.csv`` record the run.
+
+The only label involved is which images are OK (for the bank). Not resumable mid-way: a killed stage restarts (the
+runner never publishes its partial folder); it is short next to the classifier's training.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from wsss.config import Config
+from wsss.stages import Stage, register_stage
+
+MODEL_FILE = "backbone.safetensors"
+META_FILE = "pretrain.json"
+METRICS_FILE = "metrics.csv"
+
+
+def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    import torch
+
+    from wsss.anomaly.patchcore import QUANTILES, PatchEmbedder, anomaly_grid, build_bank, pooled_percentile
+    from wsss.atomic import write_json
+    from wsss.data.images import read_image
+    from wsss.data.index import read_dataset_info, read_train_index
+    from wsss.data.transforms import resize, to_channels, to_tensor
+    from wsss.models.backbone import create_backbone, save_state_dict
+    from wsss.progress import progress
+    from wsss.stages.anomaly import ok_training_images
+    from wsss.train import dist
+    from wsss.train.checkpoint import write_metrics
+    from wsss.train.pretrain import normalised_targets, pretrain_backbone
+
+    pcfg, acfg = cfg.pretrain, cfg.pretrain.anomaly
+    index = inputs["prepare"] / "index.csv"
+    info = read_dataset_info(index)
+    train = read_train_index(index, "train")
+    ok = ok_training_images(train, index)
+    device = dist.resolve_device(cfg.run.device)
+    t0 = time.perf_counter()
+
+    def read(r):
+        return read_image(r.path, cfg.dataset.high_bit_depth)
+
+    torch.manual_seed(cfg.run.seed)
+    teacher = create_backbone(acfg.backbone, info.channels, section="pretrain.anomaly.backbone")
+    embedder = PatchEmbedder(
+        teacher, acfg, acfg.input_size or cfg.classifier.input_size, teacher.in_chans, device, "pretrain.anomaly.layers"
+    )
+    bank = build_bank(embedder, ok, read, acfg, lambda it, desc: progress(it, desc=desc, unit="batch"))
+    owner_of = {r.id: i for i, r in enumerate(ok)}
+
+    torch.manual_seed(cfg.run.seed + 1)
+    student = create_backbone(cfg.classifier.backbone, info.channels)
+    size = tuple(cfg.classifier.input_size)
+    images, grids = [], []
+    for start in progress(range(0, len(train), acfg.batch_size), desc="pretrain targets", unit="batch"):
+        batch = train[start : start + acfg.batch_size]
+        raw = [read(r) for r in batch]
+        for r, img, emb in zip(batch, raw, embedder(raw), strict=True):
+            grids.append(anomaly_grid(emb, bank, acfg, owner_of.get(r.id, -1)))
+            images.append(to_tensor(resize(to_channels(img, student.in_chans), size)))
+    ok_ids = set(owner_of)
+    ok_grids = [g for r, g in zip(train, grids, strict=True) if r.id in ok_ids]
+    lo = pooled_percentile([np.quantile(g, QUANTILES) for g in ok_grids], acfg.ok_percentile)
+    hi = max(float(max(g.max() for g in ok_grids)), lo + 1e-6)
+    targets = normalised_targets(grids, lo, hi)
+    click.echo(
+        f"pretrain: teacher bank of {bank.features.shape[0]} patches from {len(ok)} OK images; targets for "
+        f"{len(train)} training images ({time.perf_counter() - t0:.1f} s)"
+    )
+    rows = pretrain_backbone(student, torch.stack(images), targets, pcfg, device, cfg.run.seed, click.echo)
+    save_state_dict(student, out / MODEL_FILE)
+    write_metrics(out / METRICS_FILE, rows, ("epoch", "loss", "seconds"))
+    write_json(
+        out / META_FILE,
+        {
+            "student": cfg.classifier.backbone.name,
+            "teacher": acfg.backbone.name,
+            "teacher_weights": acfg.backbone.weights,
+            "bank_patches": int(bank.features.shape[0]),
+            "ok_images": len(ok),
+            "images": len(train),
+            "lo": lo,
+            "hi": hi,
+            "first_loss": rows[0]["loss"],
+            "last_loss": rows[-1]["loss"],
+        },
+    )
+    return {"model": out / MODEL_FILE, "meta": out / META_FILE, "metrics": out / METRICS_FILE}
+
+
+STAGE = register_stage(
+    Stage(
+        name="pretrain",
+        run=run,
+        sections=("pretrain", "classifier.backbone", "classifier.input_size", "run.seed"),
+        inputs=lambda cfg: ("prepare",),
+        external=lambda cfg: [
+            Path(p) for p in (cfg.pretrain.anomaly.backbone.weights, cfg.classifier.backbone.weights) if p
+        ],
+        help="anomaly-guided pretraining of the classifier's backbone (label-free; optional, before train-classifier)",
+    )
+)
