@@ -99,10 +99,28 @@ def map_quality(run_dir: Path) -> dict:
     }
 
 
+def run_variant(args, dataset: str, variant: str, done_runs: list[Path]) -> tuple[Path, float]:
+    """Run one variant's stages (reusing what earlier runs finished under the same config); its folder and seconds."""
+    pipeline, stages, extra = STAGES[variant]
+    masks = "retrain" if "retrain" in stages else "pseudo-labels"
+    overrides = [*args.overrides, *extra, f"evaluate.masks={masks}"]
+    cfg = config(argparse.Namespace(**{**vars(args), "overrides": overrides}), dataset, pipeline)
+    run_dir = args.out / f"{dataset}-{variant.replace(' ', '').replace('->', '-').replace('+', '-')}"
+    copied = reuse_stages(run_dir, cfg, ["prepare", "train-classifier", *stages], done_runs)
+    print(f"[{dataset} {variant}] reusing finished stages: {', '.join(copied) or 'none'}", flush=True)
+    t0 = time.perf_counter()
+    run = Run(run_dir, cfg, echo=lambda m, tag=f"[{dataset} {variant}]": print(tag, m, flush=True))
+    run.run_pipeline(["prepare", "train-classifier", *stages, "evaluate"])
+    return run_dir, time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     wanted = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in wanted if v not in ("anomaly map", *REUSED, *STAGES)]
+    if unknown:
+        sys.exit(f"unknown variant(s) {unknown}")
     results = []
     for dataset in [d for d in args.datasets.split(",") if d]:
         base = args.reuse / f"{dataset}-{BASE}"
@@ -116,32 +134,16 @@ def main(argv: list[str] | None = None) -> int:
                     (args.reuse / f"{dataset}-{REUSED[variant]}" / "evaluate" / "report.json").read_text()
                 )
                 row |= {k: report[k] for k in METRICS}
+            elif variant == "anomaly map":  # the fusion run's anomaly stage (run first if it is not there yet)
+                run_dir, _ = run_variant(args, dataset, "fusion -> CRF", done_runs)
+                done_runs.append(run_dir)
+                row |= map_quality(run_dir)
+                row["anomaly_seconds"] = json.loads((run_dir / "anomaly" / "manifest.json").read_text())["seconds"]
             else:
-                pipeline, stages, extra = STAGES.get(variant, STAGES["fusion -> CRF"])
-                masks = "retrain" if "retrain" in stages else "pseudo-labels"
-                cfg = config(args, dataset, pipeline)
-                if extra or masks != "retrain":
-                    from wsss.config import load_config
-
-                    cfg = load_config(
-                        ROOT / "configs" / f"{dataset}.yaml",
-                        [*_overrides(args, dataset, pipeline), *extra, f"evaluate.masks={masks}"],
-                    )
-                name = f"{dataset}-{variant.replace(' ', '').replace('->', '-').replace('+', '-')}"
-                run_dir = args.out / name
-                copied = reuse_stages(run_dir, cfg, ["prepare", "train-classifier", *stages], [*done_runs])
-                print(f"[{dataset} {variant}] reusing finished stages: {', '.join(copied) or 'none'}", flush=True)
-                t0 = time.perf_counter()
-                run = Run(run_dir, cfg, echo=lambda m, tag=f"[{dataset} {variant}]": print(tag, m, flush=True))
-                run.run_pipeline(["prepare", "train-classifier", *stages, "evaluate"])
-                row["seconds"] = time.perf_counter() - t0
+                run_dir, row["seconds"] = run_variant(args, dataset, variant, done_runs)
+                done_runs.append(run_dir)
                 report = json.loads((run_dir / "evaluate" / "report.json").read_text())
                 row |= {k: report[k] for k in METRICS}
-                if variant == "fusion -> CRF" or (variant == "anomaly map" and (run_dir / "anomaly").is_dir()):
-                    row["anomaly_seconds"] = json.loads((run_dir / "anomaly" / "manifest.json").read_text())["seconds"]
-                done_runs.append(run_dir)
-                if variant == "anomaly map":
-                    row = {"dataset": dataset, "variant": variant, **map_quality(run_dir)}
             results.append(row)
             (args.out / "results.json").write_text(json.dumps(results, indent=2))
             print(json.dumps(row), flush=True)
@@ -149,22 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| dataset | variant | mIoU_def | pooled IoU | Seg_mIoU | Seg_Recall@0.1 | @0.5 | image AP | pixel AUROC |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        cells = [fmt(r.get(k), k == "ap") if k in r else "-" for k in METRICS]
+        cells = [fmt(r[k], k == "ap") if k in r else "-" for k in METRICS]
         px = f"{r['pixel_auroc']:.4f}" if "pixel_auroc" in r else "-"
         print(f"| {r['dataset']} | {r['variant']} | " + " | ".join(cells) + f" | {px} |")
     return 0
-
-
-def _overrides(args, dataset: str, pipeline: str) -> list[str]:
-    """:func:`pseudo_masks.config`'s overrides (the runs reused must see the same config)."""
-    from classifier import bench_overrides, input_size
-
-    size = input_size(args, dataset)
-    overrides = bench_overrides(args, dataset, 0 if dataset == "ksdd" else None, "both")
-    overrides += [f"retrain.input_size=[{size[0]},{size[1]}]", f"run.pipeline={pipeline}"]
-    if args.device.startswith("cuda"):
-        overrides += ["retrain.amp=true", "retrain.channels_last=true", "retrain.workers=8"]
-    return overrides + list(args.overrides)
 
 
 if __name__ == "__main__":
