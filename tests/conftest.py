@@ -12,6 +12,19 @@ from wsss.data.synthetic import generate
 
 os.environ.setdefault("WSSS_PROGRESS", "0")
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests run whenever CUDA is there; without it they are skipped, and ``-ra`` prints why."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device: torch.cuda.is_available() is False on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 TINY = {"n_ok": 12, "n_defect": 12, "size": 64, "seed": 0}
 
 

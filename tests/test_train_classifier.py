@@ -173,3 +173,25 @@ def test_cam_peak_falls_inside_the_defect_in_most_defective_images(trained):
             chance += touched.mean()
     assert hits > len(rows) / 2, (hits, len(rows), chance)
     assert hits >= 3 * chance, (hits, len(rows), chance)
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_and_channels_last_train_on_the_gpu(prepared_run: Path, tmp_path: Path):
+    """The GPU fast paths: a DFC trained with bf16 autocast and channels_last, whose forward under autocast is bf16."""
+    import shutil
+
+    from conftest import TINY, TINY_CLASSIFIER
+
+    from wsss.models.dfc import load_dfc
+
+    shutil.copytree(prepared_run / "prepare", tmp_path / "prepare")
+    overrides = [f"dataset.synthetic.{k}={v}" for k, v in TINY.items()] + TINY_CLASSIFIER
+    overrides += ["run.device=cuda", "classifier.amp=true", "classifier.channels_last=true", "classifier.epochs=2"]
+    out = Run(tmp_path, load_config(None, overrides), echo=lambda *_: None).run_stage("train-classifier")
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3
+    model, meta = load_dfc(out, "cuda")
+    x = torch.rand(2, int(meta["in_chans"]), 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        res = model(x)
+    assert res.cams.dtype == torch.bfloat16 and torch.isfinite(res.cams.float()).all()
