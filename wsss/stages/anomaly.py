@@ -154,6 +154,7 @@ STAGE = register_stage(
             if cfg.anomaly.features == "backbone" and cfg.anomaly.backbone.weights
             else []
         ),
+        reads="prepare, train-classifier (anomaly.features=dfc)",
         help="PatchCore-style anomaly maps from a memory bank of the OK training images' patches (label-free prior)",
     )
 )

@@ -50,6 +50,7 @@ STAGE = register_stage(
         run=run,
         sections=("classifier", "run.seed"),
         inputs=lambda cfg: ("prepare", "pretrain") if in_pipeline(cfg, "pretrain") else ("prepare",),
+        reads="prepare (+ pretrain in pipelines that have it)",
         help="train the defect focus classifier (CAM head, CLM, GCM) on image-level labels",
         distributed=True,
     )
