@@ -9,15 +9,14 @@ atomically.
 from __future__ import annotations
 
 import json
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wsss.atomic import atomic_path
 from wsss.errors import DataError
+from wsss.npz import load_float32, save_float16
 
 META_FILE = "anomaly.json"
 SCORES_FILE = "scores.csv"
@@ -32,21 +31,12 @@ def write_map(path: Path, raw: np.ndarray) -> Path:
     """Write a raw (H, W) anomaly map as compressed float16, atomically."""
     if raw.ndim != 2:
         raise ValueError(f"an anomaly map is (H, W), got shape {raw.shape}")
-    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, map=raw.astype(np.float16))
-    return Path(path)
+    return save_float16(path, "map", raw)
 
 
 def read_map(path: Path, shape: Sequence[int] | None = None) -> np.ndarray:
     """A raw anomaly map as float32 (H, W); a missing, corrupt or mis-shaped file is a DataError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "anomaly map missing for an indexed image", FIX)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            raw = np.asarray(z["map"], dtype=np.float32)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(path, f"corrupt anomaly map ({type(e).__name__}: {e})", FIX) from None
+    raw = load_float32(path, "map", "anomaly map", FIX)
     if raw.ndim != 2 or (shape is not None and tuple(raw.shape) != tuple(shape)):
         raise DataError(path, f"anomaly map is {raw.shape}, expected {tuple(shape) if shape else '(H, W)'}", FIX)
     return raw

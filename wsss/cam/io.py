@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 
 from wsss.atomic import atomic_path
 from wsss.errors import DataError
+from wsss.npz import load_float32, save_float16
 
 CAMS_DIR = "cams"
 SCORES_FILE = "scores.csv"
@@ -33,10 +33,7 @@ def write_cam(path: Path, cam: np.ndarray) -> Path:
     """Write a (K, H, W) CAM as compressed float16, atomically."""
     if cam.ndim != 3:
         raise ValueError(f"a CAM is (K, H, W), got shape {cam.shape}")
-    path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, cam=np.clip(cam, 0.0, 1.0).astype(np.float16))
-    return path
+    return save_float16(path, "cam", np.clip(cam, 0.0, 1.0))
 
 
 def read_cam(path: Path, shape: Sequence[int] | None = None, classes: int | None = None) -> np.ndarray:
@@ -44,14 +41,7 @@ def read_cam(path: Path, shape: Sequence[int] | None = None, classes: int | None
 
     A missing, corrupt or mis-shaped file is a DataError naming it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "CAM file missing for an indexed image", FIX)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            cam = np.asarray(z["cam"], dtype=np.float32)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(path, f"corrupt CAM file ({type(e).__name__}: {e})", FIX) from None
+    cam = load_float32(path, "cam", "CAM file", FIX)
     if cam.ndim != 3:
         raise DataError(path, f"CAM has shape {cam.shape}, expected (K, H, W)", FIX)
     if classes is not None and cam.shape[0] != classes:
