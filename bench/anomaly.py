@@ -10,7 +10,9 @@ retrain round). Per dataset, on the test split (METHOD.md 8, masks gated by the 
    map values) that maximises validation mIoU_def (ungated: the map's own quality);
 2. ``CAM -> CRF`` (cam-iem-crf), ``anomaly -> CRF`` (``pseudo.unary=anomaly``), ``fusion -> CRF``
    (``pseudo.unary=fusion``): `pseudo-labels` from each unary, same DFC, same CRF;
-3. ``CAM + retrain`` (pseudo-masks), ``fusion + retrain``, ``pretrain + fusion + retrain``: the pseudo-mask pipeline
+3. ``pretrain -> DFC``: anomaly-guided pretraining, then the DFC trained from it; its test image AP (one view, as
+   bench/classifier.py measures) against the DFC trained from scratch;
+4. ``CAM + retrain`` (pseudo-masks), ``fusion + retrain``, ``pretrain + fusion + retrain``: the pseudo-mask pipeline
    (no distillation) without and with anomaly priors; the last trains a new DFC from the anomaly-guided pretrained
    backbone (its image AP is the DFC's: compare with the others' to see what pretraining did).
 
@@ -39,12 +41,14 @@ from wsss.anomaly.patchcore import normalise  # noqa: E402
 from wsss.data.images import read_mask  # noqa: E402
 from wsss.data.index import read_dataset_info, read_eval_index  # noqa: E402
 from wsss.metrics import SegAccumulator, auroc  # noqa: E402
+from wsss.pipelines import load_pipeline  # noqa: E402
 from wsss.runs import Run  # noqa: E402
 
 # thresholds tried on the validation split: these quantiles of its defective images' raw map values
 QUANTILES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
 PIXEL_STRIDE = 2  # pixel AUROC on every 2nd row and column (a quarter of the pixels: same ranking, less memory)
 STAGES = {  # variant -> (run.pipeline, stages run, extra overrides)
+    "pretrain -> DFC": ("full-pretrain", ["pretrain", "train-classifier"], []),
     "anomaly -> CRF": ("full-anomaly", ["cam", "anomaly", "pseudo-labels"], ["pseudo.unary=anomaly"]),
     "fusion -> CRF": ("full-anomaly", ["cam", "anomaly", "pseudo-labels"], []),
     "fusion + retrain": ("full-anomaly", ["cam", "anomaly", "pseudo-labels", "retrain"], []),
@@ -106,6 +110,7 @@ def run_variant(args, dataset: str, variant: str, done_runs: list[Path]) -> tupl
     """Run one variant's stages (reusing what earlier runs finished under the same config); its folder and seconds."""
     pipeline, stages, extra = STAGES[variant]
     masks = "retrain" if "retrain" in stages else "pseudo-labels"
+    evaluate = ["evaluate"] if "pseudo-labels" in stages else []  # "pretrain -> DFC" writes no masks
     overrides = [*args.overrides, *extra, f"evaluate.masks={masks}"]
     cfg = config(argparse.Namespace(**{**vars(args), "overrides": overrides}), dataset, pipeline)
     run_dir = args.out / f"{dataset}-{variant.replace(' ', '').replace('->', '-').replace('+', '-')}"
@@ -113,7 +118,8 @@ def run_variant(args, dataset: str, variant: str, done_runs: list[Path]) -> tupl
     print(f"[{dataset} {variant}] reusing finished stages: {', '.join(copied) or 'none'}", flush=True)
     t0 = time.perf_counter()
     run = Run(run_dir, cfg, echo=lambda m, tag=f"[{dataset} {variant}]": print(tag, m, flush=True))
-    run.run_pipeline(["prepare", "train-classifier", *stages, "evaluate"])
+    todo = {"prepare", "train-classifier", *stages, *evaluate}
+    run.run_pipeline([s for s in load_pipeline(pipeline).stages if s in todo])
     return run_dir, time.perf_counter() - t0
 
 
@@ -142,6 +148,18 @@ def main(argv: list[str] | None = None) -> int:
                 done_runs.append(run_dir)
                 row |= map_quality(run_dir)
                 row["anomaly_seconds"] = json.loads((run_dir / "anomaly" / "manifest.json").read_text())["seconds"]
+            elif variant == "pretrain -> DFC":  # test image AP of the DFC with and without the pretrained start
+                from classifier import test_scores
+
+                run_dir, row["seconds"] = run_variant(args, dataset, variant, done_runs)
+                done_runs.append(run_dir)
+                index = run_dir / "prepare" / "index.csv"
+                row["dfc_ap"], row["dfc_auroc"], _, _ = test_scores(run_dir / "train-classifier", index, args.device)
+                row["dfc_ap_without"], row["dfc_auroc_without"], _, _ = test_scores(
+                    base / "train-classifier", index, args.device
+                )
+                pre = json.loads((run_dir / "pretrain" / "pretrain.json").read_text())
+                row |= {"pretrain_first_loss": pre["first_loss"], "pretrain_last_loss": pre["last_loss"]}
             else:
                 run_dir, row["seconds"] = run_variant(args, dataset, variant, done_runs)
                 done_runs.append(run_dir)
@@ -157,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         cells = [fmt(r[k], k == "ap") if k in r else "-" for k in METRICS]
         px = f"{r['pixel_auroc']:.4f}" if "pixel_auroc" in r else "-"
         print(f"| {r['dataset']} | {r['variant']} | " + " | ".join(cells) + f" | {px} |")
+    for r in results:
+        if "dfc_ap" in r:
+            print(
+                f"[{r['dataset']}] DFC test image AP (single view): {r['dfc_ap']:.4f} from the pretrained backbone, "
+                f"{r['dfc_ap_without']:.4f} from scratch; pretraining loss {r['pretrain_first_loss']:.4f} -> "
+                f"{r['pretrain_last_loss']:.4f}"
+            )
     return 0
 
 
