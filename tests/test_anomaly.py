@@ -202,3 +202,30 @@ def test_energy_cosine_loss():
     assert energy_cosine_loss([aligned], target) < 1e-5
     flat = torch.ones(2, 3, 8, 8)
     assert energy_cosine_loss([flat], target) > energy_cosine_loss([aligned], target)
+
+
+def test_a_killed_anomaly_stage_resumes_with_the_same_maps(
+    anomaly_run: Path, prepared_run: Path, tmp_path: Path, monkeypatch, capsys
+):
+    import wsss.anomaly.io as aio
+
+    shutil.copytree(prepared_run / "prepare", tmp_path / "prepare")
+    cfg = load_config(None, [*FAST, *ANOMALY])
+    original, written = aio.write_map, []
+
+    def dies_after_five(path, raw):
+        if len(written) == 5:
+            raise RuntimeError("killed")
+        written.append(path)
+        return original(path, raw)
+
+    monkeypatch.setattr(aio, "write_map", dies_after_five)
+    with pytest.raises(RuntimeError, match="killed"):
+        Run(tmp_path, cfg, echo=quiet).run_stage("anomaly")
+    monkeypatch.setattr(aio, "write_map", original)
+    capsys.readouterr()
+    out = Run(tmp_path, cfg, echo=quiet).run_stage("anomaly")
+    assert f"anomaly: resuming, 5 of {TINY['n_ok'] + TINY['n_defect']} images already done" in capsys.readouterr().out
+    for path in sorted(out.glob("*.npz")):
+        np.testing.assert_array_equal(read_map(path), read_map(anomaly_run / "anomaly" / path.name))
+    assert (out / "anomaly.json").read_text() == (anomaly_run / "anomaly" / "anomaly.json").read_text()
