@@ -107,3 +107,7 @@ def test_demo_runs_every_stage(tmp_path: Path):
     assert "prepare: done" in r.output and "| train |" in r.output and "train-classifier: done" in r.output
     for stage in ("prepare", "train-classifier"):
         assert (tmp_path / "demo" / stage / "manifest.json").is_file()
+    # every mask-writing stage side by side, so the final row can be read against the pseudo-masks it learned from
+    summary = r.output[r.output.index("## Every mask-writing stage (test split)") :]
+    for stage in ("pseudo-labels", "retrain", "train-segmenter"):
+        assert f"| {stage} | " in summary

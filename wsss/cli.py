@@ -334,9 +334,37 @@ def demo(run_dir: Path | None, force: bool, overrides: tuple[str, ...]) -> None:
     click.echo((run.stage_dir("prepare") / "report.md").read_text())
     if "evaluate" in pipeline.stages:
         click.echo((run.stage_dir("evaluate") / "report.md").read_text())
+        click.echo(_stage_summary(run, list(pipeline.stages), cfg))
     else:
         click.echo("(no mask-writing stage is in the pipeline yet, so there is nothing to evaluate)")
     click.echo(f"run folder: {run.dir}")
+
+
+def _stage_summary(run, stages: list[str], cfg) -> str:
+    """Every mask-writing stage of the run on the evaluated split, side by side (METHOD.md 8): what each step of the
+    method gives, so a poor final row is seen next to the pseudo-masks it learned from."""
+    from wsss.data.index import read_dataset_info, read_eval_index
+    from wsss.eval_report import pct
+    from wsss.evaluation import evaluate_masks, read_scores
+    from wsss.stages import load_stages
+
+    index = run.stage_dir("prepare") / "index.csv"
+    rows = read_eval_index(index, split=None if cfg.evaluate.split == "all" else cfg.evaluate.split)
+    info = read_dataset_info(index)
+    lines = [
+        f"## Every mask-writing stage ({cfg.evaluate.split} split)",
+        "",
+        "| stage | image AP | mIoU_def | Seg_mIoU | Seg_Recall@0.5 |",
+        "|---|---|---|---|---|",
+    ]
+    for name in stages:
+        out = run.stage_dir(name)
+        if not load_stages()[name].writes_masks or not (out / "masks").is_dir():
+            continue
+        scores = read_scores(out / "scores.csv") if (out / "scores.csv").is_file() else None
+        r = evaluate_masks(rows, info, out / "masks", scores, cfg.evaluate)
+        lines.append(f"| {name} | {pct(r.ap)} | {pct(r.miou_def)} | {pct(r.seg_miou)} | {pct(r.seg_recall_0_5)} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
