@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from pseudo_masks import BASE, METRICS, add_config_options, config, fmt, reuse_stages  # noqa: E402
 
-from wsss.anomaly.io import anomaly_path, read_map, read_meta  # noqa: E402
+from wsss.anomaly.io import anomaly_path, read_map, read_range  # noqa: E402
 from wsss.anomaly.patchcore import normalise  # noqa: E402
 from wsss.data.images import read_mask  # noqa: E402
 from wsss.data.index import read_dataset_info, read_eval_index  # noqa: E402
@@ -74,8 +74,7 @@ def map_quality(run_dir: Path) -> dict:
     """Pixel AUROC of the raw maps on the test split, and test mIoU_def at the validation-best threshold."""
     index = run_dir / "prepare" / "index.csv"
     info = read_dataset_info(index)
-    meta = read_meta(run_dir / "anomaly")
-    lo, hi = float(meta["lo"]), float(meta["hi"])
+    lo, hi = read_range(run_dir / "anomaly")
 
     def pairs(split: str):
         for r in read_eval_index(index, split):

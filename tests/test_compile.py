@@ -91,30 +91,16 @@ def test_compiled_classifier_training_saves_plain_keys(prepared_run: Path, tmp_p
     assert all(torch.allclose(weights[k], eager[k], atol=1e-5) for k in eager)
 
 
+def _compiled_ddp(trainer: ClassifierTrainer) -> None:
+    assert isinstance(trainer.net, nn.parallel.DistributedDataParallel) and trainer.train_net._orig_mod is trainer.net
+
+
 def _train_compiled_on_rank(rank: int, world: int, rendezvous: str, run_dir: str, out: str) -> None:
     """One DDP rank of a compiled (eager backend) train-classifier stage; saves the weights it ended with."""
-    torch.set_num_threads(1)
+    from test_distributed import _train_on_rank
+
     torch.compile = functools.partial(torch.compile, backend="eager")
-    import torch.distributed as td
-
-    from wsss.runs import Run
-
-    td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
-    original = ClassifierTrainer.fit
-
-    def fit_and_record(self):
-        assert isinstance(self.net, nn.parallel.DistributedDataParallel) and self.train_net._orig_mod is self.net
-        summary = original(self)
-        torch.save({k: v.detach().clone() for k, v in self.model.state_dict().items()}, Path(out) / f"rank{rank}.pt")
-        return summary
-
-    ClassifierTrainer.fit = fit_and_record
-    overrides = [*[f"dataset.synthetic.{k}={v}" for k, v in TINY.items()], *TINY_CLASSIFIER]
-    overrides += ["classifier.epochs=2", "classifier.gcm.enabled=true", "classifier.compile=true"]
-    try:
-        Run(Path(run_dir), load_config(None, overrides), echo=lambda *_: None).run_stage("train-classifier")
-    finally:
-        td.destroy_process_group()
+    _train_on_rank(rank, world, rendezvous, run_dir, out, ("classifier.compile=true",), _compiled_ddp)
 
 
 def test_compiled_ddp_training_over_two_processes(prepared_run: Path, tmp_path: Path):

@@ -21,8 +21,11 @@ OVERRIDES = [
 ]
 
 
-def _train_on_rank(rank: int, world: int, rendezvous: str, run_dir: str, out: str) -> None:
-    """One rank: join the group, run the real train-classifier stage, save the weights this rank ended with."""
+def _train_on_rank(
+    rank: int, world: int, rendezvous: str, run_dir: str, out: str, extra: tuple[str, ...] = (), check=None
+) -> None:
+    """One rank: join the group, run the real train-classifier stage (``OVERRIDES`` + ``extra``), save the weights
+    this rank ended with; ``check(trainer)`` runs before training when given."""
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     import torch.distributed as td
@@ -35,13 +38,15 @@ def _train_on_rank(rank: int, world: int, rendezvous: str, run_dir: str, out: st
     original = ClassifierTrainer.fit
 
     def fit_and_record(self):
+        if check is not None:
+            check(self)
         summary = original(self)
         torch.save({k: v.detach().clone() for k, v in self.model.state_dict().items()}, Path(out) / f"rank{rank}.pt")
         return summary
 
     ClassifierTrainer.fit = fit_and_record
     try:
-        Run(Path(run_dir), load_config(None, OVERRIDES), echo=lambda *_: None).run_stage("train-classifier")
+        Run(Path(run_dir), load_config(None, [*OVERRIDES, *extra]), echo=lambda *_: None).run_stage("train-classifier")
     finally:
         td.destroy_process_group()
 

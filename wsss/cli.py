@@ -348,6 +348,7 @@ def _stage_summary(run, stages: list[str], cfg) -> str:
     from wsss.evaluation import evaluate_masks, read_scores
     from wsss.stages import load_stages
 
+    registered = load_stages()
     index = run.stage_dir("prepare") / "index.csv"
     rows = read_eval_index(index, split=None if cfg.evaluate.split == "all" else cfg.evaluate.split)
     info = read_dataset_info(index)
@@ -359,7 +360,7 @@ def _stage_summary(run, stages: list[str], cfg) -> str:
     ]
     for name in stages:
         out = run.stage_dir(name)
-        if not load_stages()[name].writes_masks or not (out / "masks").is_dir():
+        if not registered[name].writes_masks or not (out / "masks").is_dir():
             continue
         scores = read_scores(out / "scores.csv") if (out / "scores.csv").is_file() else None
         r = evaluate_masks(rows, info, out / "masks", scores, cfg.evaluate)

@@ -276,7 +276,6 @@ class PretrainConfig:
     weight_decay: float = 1e-4
     stages: list[int] = field(default_factory=list)  # backbone stages whose energy map is pulled; empty = all
     anomaly: AnomalyConfig = field(default_factory=lambda: AnomalyConfig(features="backbone"))
-    workers: int = 0  # DataLoader worker processes
 
 
 @dataclass

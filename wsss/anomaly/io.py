@@ -52,6 +52,12 @@ def read_meta(anomaly_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def read_range(anomaly_dir: Path) -> tuple[float, float]:
+    """The dataset-level normalisation (lo, hi) of ``anomaly.json``."""
+    meta = read_meta(anomaly_dir)
+    return float(meta["lo"]), float(meta["hi"])
+
+
 def read_anomaly(path: Path, lo: float, hi: float, shape: Sequence[int] | None = None) -> np.ndarray:
     """The normalised (H, W) anomaly map in [0, 1] (``lo``, ``hi`` from ``anomaly.json``)."""
     from wsss.anomaly.patchcore import normalise

@@ -1,8 +1,9 @@
 """PatchCore-style anomaly maps (Roth et al., CVPR 2022; METHOD.md 7, after AGSSP).
 
-1. **Patch features.** The image standardised (``standardise``: zero mean, unit variance), chosen stages of a backbone (``anomaly.layers``; resnet: layer2 + layer3), each averaged over
-   a ``patch`` x ``patch`` neighbourhood (local context), upsampled to the finest chosen stage and concatenated:
-   one D-dimensional feature per cell of an (h, w) grid.
+1. **Patch features.** The image standardised (``standardise``: zero mean, unit variance), then chosen stages of a
+   backbone (``anomaly.layers``; resnet: layer2 + layer3), each averaged over a ``patch`` x ``patch`` neighbourhood
+   (local context), upsampled to the finest chosen stage and concatenated: one D-dimensional feature per cell of an
+   (h, w) grid.
 2. **Memory bank.** Patches of the OK training images, ``max_patches`` sampled evenly over the images (so the memory
    stays bounded however many images there are: 200k x 384 floats = 0.3 GB), then greedy k-center subsampled to
    ``coreset`` patches in a ``coreset_dims`` random projection (each new centre is the patch farthest from every

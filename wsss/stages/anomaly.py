@@ -58,9 +58,19 @@ def ok_training_images(rows: list, index: Path) -> list:
     return ok
 
 
+def ok_bank(embedder, ok: list, read, acfg):
+    """The memory bank of the OK training images ``ok`` and, per image id, its owner index in the bank (for the
+    leave-one-out query); -1 for images not in it is the caller's ``.get(id, -1)``."""
+    from wsss.anomaly.patchcore import build_bank
+    from wsss.progress import progress
+
+    bank = build_bank(embedder, ok, read, acfg, lambda it, desc: progress(it, desc=desc, unit="batch"))
+    return bank, {r.id: i for i, r in enumerate(ok)}  # build_bank numbers the OK images in this order
+
+
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.anomaly.io import META_FILE, SCORES_FILE, anomaly_path, write_map
-    from wsss.anomaly.patchcore import QUANTILES, anomaly_grid, build_bank, calibrate, upsample
+    from wsss.anomaly.patchcore import QUANTILES, anomaly_grid, calibrate, normalise, upsample
     from wsss.atomic import write_json
     from wsss.cam.io import write_scores
     from wsss.data.images import read_image
@@ -80,8 +90,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         return read_image(r.path, cfg.dataset.high_bit_depth)
 
     t0 = time.perf_counter()
-    bank = build_bank(embedder, ok, read, acfg, lambda it, desc: progress(it, desc=desc, unit="batch"))
-    owner_of = {r.id: i for i, r in enumerate(ok)}  # build_bank numbers the OK images in this order
+    bank, owner_of = ok_bank(embedder, ok, read, acfg)
     click.echo(
         f"anomaly: memory bank of {bank.features.shape[0]} patches x {bank.features.shape[1]} dims from {len(ok)} "
         f"OK training images ({time.perf_counter() - t0:.1f} s)"
@@ -112,13 +121,10 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     )
     if warning:
         click.echo(f"anomaly: warning: {warning}", err=True)
+    peaks = np.array([done[r.id]["score"] for r in rows])
     score_rows = [
-        {
-            "id": r.id,
-            "score": done[r.id]["score"],
-            "normalised": float(np.clip((done[r.id]["score"] - lo) / (hi - lo), 0, 1)),
-        }
-        for r in rows
+        {"id": r.id, "score": float(p), "normalised": float(n)}
+        for r, p, n in zip(rows, peaks, normalise(peaks, lo, hi), strict=True)
     ]
     write_scores(out / SCORES_FILE, score_rows, ["defect"], columns=("id", "score", "normalised"))
     write_json(

@@ -32,14 +32,14 @@ METRICS_FILE = "metrics.csv"
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     import torch
 
-    from wsss.anomaly.patchcore import QUANTILES, PatchEmbedder, anomaly_grid, build_bank, pooled_percentile
+    from wsss.anomaly.patchcore import QUANTILES, PatchEmbedder, anomaly_grid, calibrate
     from wsss.atomic import write_json
     from wsss.data.images import read_image
     from wsss.data.index import read_dataset_info, read_train_index
     from wsss.data.transforms import resize, to_channels, to_tensor
     from wsss.models.backbone import create_backbone, save_state_dict
     from wsss.progress import progress
-    from wsss.stages.anomaly import ok_training_images
+    from wsss.stages.anomaly import ok_bank, ok_training_images
     from wsss.train import dist
     from wsss.train.checkpoint import write_metrics
     from wsss.train.pretrain import normalised_targets, pretrain_backbone
@@ -60,8 +60,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     embedder = PatchEmbedder(
         teacher, acfg, acfg.input_size or cfg.classifier.input_size, teacher.in_chans, device, "pretrain.anomaly.layers"
     )
-    bank = build_bank(embedder, ok, read, acfg, lambda it, desc: progress(it, desc=desc, unit="batch"))
-    owner_of = {r.id: i for i, r in enumerate(ok)}
+    bank, owner_of = ok_bank(embedder, ok, read, acfg)
 
     torch.manual_seed(cfg.run.seed + 1)
     student = create_backbone(cfg.classifier.backbone, info.channels)
@@ -73,10 +72,9 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         for r, img, emb in zip(batch, raw, embedder(raw), strict=True):
             grids.append(anomaly_grid(emb, bank, acfg, owner_of.get(r.id, -1)))
             images.append(to_tensor(resize(to_channels(img, student.in_chans), size)))
-    ok_ids = set(owner_of)
-    ok_grids = [g for r, g in zip(train, grids, strict=True) if r.id in ok_ids]
-    lo = pooled_percentile([np.quantile(g, QUANTILES) for g in ok_grids], acfg.ok_percentile)
-    hi = max(float(max(g.max() for g in ok_grids)), lo + 1e-6)
+    ok_grids = [g for r, g in zip(train, grids, strict=True) if r.id in owner_of]
+    # normalised as the anomaly stage does, but with no defect label: 1 = the highest OK peak
+    lo, hi, _ = calibrate([np.quantile(g, QUANTILES) for g in ok_grids], [], [float(g.max()) for g in ok_grids], acfg)
     targets = normalised_targets(grids, lo, hi)
     click.echo(
         f"pretrain: teacher bank of {bank.features.shape[0]} patches from {len(ok)} OK images; targets for "

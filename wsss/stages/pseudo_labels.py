@@ -60,7 +60,7 @@ def write_confidence(path: Path, rows: list[dict[str, Any]], scores: dict[str, f
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-    from wsss.anomaly.io import anomaly_path
+    from wsss.anomaly.io import anomaly_path, read_range
     from wsss.atomic import atomic_path
     from wsss.cam.io import FIX, SCORES_FILE, cam_path
     from wsss.data.index import read_train_index
@@ -79,12 +79,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
         raise StageError(scores_csv, f"no sample score for {len(missing)} indexed image(s): {shown}", FIX)
 
-    anomaly_dir, anomaly_range = inputs.get("anomaly"), (0.0, 1.0)
-    if cfg.pseudo.unary != "cam":
-        from wsss.anomaly.io import read_meta
-
-        meta = read_meta(anomaly_dir)
-        anomaly_range = (float(meta["lo"]), float(meta["hi"]))
+    anomaly_dir = inputs.get("anomaly")  # an input only when pseudo.unary is anomaly or fusion
+    anomaly_range = read_range(anomaly_dir) if anomaly_dir else (0.0, 1.0)
 
     masks = out / "masks"
     masks.mkdir(parents=True, exist_ok=True)
@@ -104,7 +100,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             classes=len(classes),
             cfg=cfg.pseudo,
             high_bit_depth=cfg.dataset.high_bit_depth,
-            anomaly=anomaly_path(anomaly_dir, r.id) if anomaly_dir and cfg.pseudo.unary != "cam" else None,
+            anomaly=anomaly_path(anomaly_dir, r.id) if anomaly_dir else None,
             anomaly_range=anomaly_range,
         )
         for r in index

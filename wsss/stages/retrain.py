@@ -30,10 +30,9 @@ def _round1_unary(cfg: Config, inputs: dict[str, Path]) -> Callable:
     if cfg.pseudo.unary == "cam":
         return lambda sid, cam: cam
     from wsss.anomaly.fusion import unary_map
-    from wsss.anomaly.io import anomaly_path, read_anomaly, read_meta
+    from wsss.anomaly.io import anomaly_path, read_anomaly, read_range
 
-    meta = read_meta(inputs["anomaly"])
-    lo, hi = float(meta["lo"]), float(meta["hi"])
+    lo, hi = read_range(inputs["anomaly"])
 
     def fused(sid: str, cam):
         return unary_map(cam, read_anomaly(anomaly_path(inputs["anomaly"], sid), lo, hi, cam.shape[1:]), cfg.pseudo)
