@@ -299,6 +299,10 @@ class SegTrainConfig:
     workers: int = 0  # DataLoader worker processes
     # defects are rare: "sampler" draws half defective images per epoch, "pos_weight" weighs the image BCE instead
     balance: str = _choices("sampler", "pos_weight", "none", default="none")
+    # a training image labelled defective whose pseudo-mask has no pixel of a labelled class (pseudo-labelling missed
+    # the defect): "ignore" leaves its mask out of the segmentation loss (it still trains the image head and the
+    # distillation terms); "background" trains on it as is, which teaches the student to erase defects
+    missed_defects: str = _choices("ignore", "background", default="ignore")
 
 
 @dataclass

@@ -24,6 +24,8 @@ from wsss.errors import DataError
 from wsss.refine.pseudo import IGNORE, class_probs
 
 MASK_FIX = "re-run `wsss run-stage pseudo-labels`"
+# what a pseudo-mask that misses a labelled defect trains as (see PseudoMaskDataset.missed)
+MISSED_DEFECTS = ("ignore", "background")
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ class PseudoMaskDataset(ImageDataset):
     """Training images with their pseudo-masks (``masks_dir/<id>.png``), image-level targets and teacher targets.
 
     Each item is ``{"image": (C, H, W) float, "mask": (H, W) int64 (0..K, 255 = ignore), "target": (K,) float,
-    "index": int, "reviewed": 1.0 for a human mask else 0.0}`` at ``input_size``; with a ``teacher`` also ``"teacher": (K+1, H, W)`` class probabilities and
+    "index": int, "reviewed": 1.0 for a human mask else 0.0}`` at ``input_size``
+    (a mask that misses a labelled defect is all ignore unless ``missed_defects="background"``, see :meth:`missed`); with a ``teacher`` also ``"teacher": (K+1, H, W)`` class probabilities and
     ``"teacher_score": (K,)``. Only lossless geometry (flips, rot90 on square inputs) is applied, to image, mask and
     teacher map alike, so they stay aligned; the photometric part of ``augment`` touches the image only. Seeding,
     epochs, targets and the in-memory cache are :class:`~wsss.data.torch_data.ImageDataset`'s (the teacher's CAM is
@@ -100,8 +103,12 @@ class PseudoMaskDataset(ImageDataset):
         high_bit_depth: str = "refuse",
         teacher: Teacher | None = None,
         reviewed_dir: Path | None = None,
+        missed_defects: str = "ignore",
     ):
         super().__init__(rows, classes, input_size, in_chans, augment, seed, high_bit_depth)
+        if missed_defects not in MISSED_DEFECTS:
+            raise ValueError(f"missed_defects must be one of {MISSED_DEFECTS}, got {missed_defects!r}")
+        self.missed_defects = missed_defects
         self.masks_dir = Path(masks_dir)
         self.reviewed = {  # images a person corrected (`wsss import-review`): their masks replace the pseudo-masks
             i
@@ -139,6 +146,8 @@ class PseudoMaskDataset(ImageDataset):
             return self._cache[index]
         img = to_channels(read_image(self.rows[index].path, self.high_bit_depth), self.in_chans)
         mask = read_pseudo_mask(self.mask_path(index), img.shape[:2], len(self.classes))
+        if self.missed_defects == "ignore" and self.missed(index, mask):
+            mask = np.full_like(mask, IGNORE)
         h, w = self.input_size
         cam = None
         if self.teacher is not None:
@@ -148,6 +157,19 @@ class PseudoMaskDataset(ImageDataset):
             small = np.stack([resize(np.ascontiguousarray(c), self.input_size) for c in full], axis=-1)
             cam = np.clip(np.rint(small * 255.0), 0, 255).astype(np.uint8)
         return resize(img, self.input_size), cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST), cam
+
+    def missed(self, index: int, mask: np.ndarray) -> bool:
+        """Whether the pseudo-mask of sample ``index`` has no pixel of a class its image label names.
+
+        Pseudo-labelling missed that defect (the CRF erased a weak CAM, or the CAM was empty), so "background" there
+        is not known: trained as is, such masks teach the student to erase defects on defective images. With
+        ``missed_defects="ignore"`` the whole mask is ignore (the image still trains the classification head and,
+        when distilling, the teacher's soft targets); OK images and human-reviewed masks are always trained as is.
+        """
+        if index in self.reviewed:
+            return False
+        labelled = np.flatnonzero(self._targets[index] > 0) + 1  # class k is mask value k
+        return bool(labelled.size) and not np.isin(labelled, mask).all()
 
     def cache_bytes(self) -> int:
         per_pixel = 1 + (len(self.classes) if self.teacher is not None else 0)

@@ -113,6 +113,7 @@ class SegmenterTrainer:
             raise StageError(masks_dir, "no training images to train the segmenter on", "check the train split")
         common = {"classes": self.classes, "input_size": size, "in_chans": self.in_chans, "seed": self.seed}
         common |= {"high_bit_depth": high_bit_depth, "reviewed_dir": reviewed_dir}
+        common |= {"missed_defects": scfg.missed_defects}
         self.train_set = PseudoMaskDataset(
             rows_train, masks_dir, augment=Augment(scfg.augment), teacher=teacher, **common
         )
