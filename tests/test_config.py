@@ -18,10 +18,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-def test_defaults_are_the_demo_recipe():
-    cfg = load_config(None)
-    assert cfg.dataset.kind == "synthetic" and cfg.prepare.split.train == 0.6
-    assert load_config(Path(__file__).parents[1] / "configs" / "demo.yaml").dataset == cfg.dataset
+def test_wsss_demo_runs_exactly_configs_demo_yaml():
+    from wsss.config import DEMO_SETTINGS
+
+    assert load_config(None).dataset.kind == "synthetic"  # the defaults' dataset is the demo set
+    demo = load_config(None, DEMO_SETTINGS)  # what `wsss demo` runs
+    assert demo.to_dict() == load_config(Path(__file__).parents[1] / "configs" / "demo.yaml").to_dict()
+    assert demo.pseudo.crf.bilateral_sxy != load_config(None).pseudo.crf.bilateral_sxy
 
 
 def test_yaml_values_are_typed_and_run_name_defaults_to_stem(tmp_path: Path):

@@ -324,9 +324,10 @@ def export_onnx_cmd(model: Path, out: Path, opset: int) -> None:
 @set_option
 def demo(run_dir: Path | None, force: bool, overrides: tuple[str, ...]) -> None:
     """Generate the built-in synthetic defect set and run every pipeline stage on it, end to end."""
+    from wsss.config import DEMO_SETTINGS
     from wsss.pipelines import load_pipeline
 
-    cfg = load_config(None, ("run.name=demo", *overrides))
+    cfg = load_config(None, (*DEMO_SETTINGS, *overrides))
     run = _run(cfg, run_dir)
     pipeline = load_pipeline(cfg.run.pipeline)
     run.run_pipeline(list(pipeline.stages), force=force)
