@@ -116,17 +116,18 @@ def test_dataset_augments_image_and_mask_together(tmp_path: Path):
 def test_pseudo_mask_that_misses_a_labelled_defect_is_ignored_not_background(tmp_path: Path):
     rows, masks, _ = make_data(tmp_path, n_defect=2, n_ok=1)
     cv2.imwrite(str(masks / "s01.png"), np.zeros((SIZE, SIZE), np.uint8))  # defective image, empty pseudo-mask
-    ignore = PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE))
+    ignore = PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE), missed_defects="ignore")
     missed = ignore[1]
     assert (missed["mask"] == 255).all() and missed["target"].tolist() == [1.0]  # still a defective image
     assert (ignore[0]["mask"] == 1).any()  # a mask that has its defect trains as is
     assert (ignore[2]["mask"] == 0).all()  # an OK image's empty mask is real background
-    as_is = PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE), missed_defects="background")
+    as_is = PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE))  # the default: "background"
     assert (as_is[1]["mask"] == 0).all()
     human = tmp_path / "reviewed"  # a person's empty mask on a defective image is trusted as background
     human.mkdir()
     cv2.imwrite(str(human / "s01.png"), np.zeros((SIZE, SIZE), np.uint8))
-    assert (PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE), reviewed_dir=human)[1]["mask"] == 0).all()
+    reviewed = PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE), reviewed_dir=human, missed_defects="ignore")
+    assert (reviewed[1]["mask"] == 0).all()
     with pytest.raises(ValueError, match="missed_defects"):
         PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE), missed_defects="drop")
 
@@ -137,10 +138,11 @@ def test_multi_class_mask_missing_one_labelled_class_is_ignored(tmp_path: Path):
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[2:6, 2:6] = 1  # scratch found, stain missed
     cv2.imwrite(str(masks / "s00.png"), mask)
-    assert (PseudoMaskDataset(both, masks, ["scratch", "stain"], (SIZE, SIZE))[0]["mask"] == 255).all()
+    classes, size = ["scratch", "stain"], (SIZE, SIZE)
+    assert (PseudoMaskDataset(both, masks, classes, size, missed_defects="ignore")[0]["mask"] == 255).all()
     mask[10:14, 10:14] = 2
     cv2.imwrite(str(masks / "s00.png"), mask)
-    assert (PseudoMaskDataset(both, masks, ["scratch", "stain"], (SIZE, SIZE))[0]["mask"] == 2).sum() == 16
+    assert (PseudoMaskDataset(both, masks, classes, size, missed_defects="ignore")[0]["mask"] == 2).sum() == 16
 
 
 def test_missing_mis_sized_or_out_of_range_pseudo_mask_is_a_data_error(tmp_path: Path):

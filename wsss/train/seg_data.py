@@ -25,7 +25,7 @@ from wsss.refine.pseudo import IGNORE, class_probs
 
 MASK_FIX = "re-run `wsss run-stage pseudo-labels`"
 # what a pseudo-mask that misses a labelled defect trains as (see PseudoMaskDataset.missed)
-MISSED_DEFECTS = ("ignore", "background")
+MISSED_DEFECTS = ("background", "ignore")
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,9 @@ class PseudoMaskDataset(ImageDataset):
     """Training images with their pseudo-masks (``masks_dir/<id>.png``), image-level targets and teacher targets.
 
     Each item is ``{"image": (C, H, W) float, "mask": (H, W) int64 (0..K, 255 = ignore), "target": (K,) float,
-    "index": int, "reviewed": 1.0 for a human mask else 0.0}`` at ``input_size``
-    (a mask that misses a labelled defect is all ignore unless ``missed_defects="background"``, see :meth:`missed`); with a ``teacher`` also ``"teacher": (K+1, H, W)`` class probabilities and
-    ``"teacher_score": (K,)``. Only lossless geometry (flips, rot90 on square inputs) is applied, to image, mask and
+    "index": int, "reviewed": 1.0 for a human mask else 0.0}`` at ``input_size`` (with ``missed_defects="ignore"``
+    a mask that misses a labelled defect is all ignore, see :meth:`missed`); with a ``teacher`` also
+    ``"teacher": (K+1, H, W)`` class probabilities and ``"teacher_score": (K,)``. Only lossless geometry (flips, rot90 on square inputs) is applied, to image, mask and
     teacher map alike, so they stay aligned; the photometric part of ``augment`` touches the image only. Seeding,
     epochs, targets and the in-memory cache are :class:`~wsss.data.torch_data.ImageDataset`'s (the teacher's CAM is
     cached as ``uint8``).
@@ -103,7 +103,7 @@ class PseudoMaskDataset(ImageDataset):
         high_bit_depth: str = "refuse",
         teacher: Teacher | None = None,
         reviewed_dir: Path | None = None,
-        missed_defects: str = "ignore",
+        missed_defects: str = "background",
     ):
         super().__init__(rows, classes, input_size, in_chans, augment, seed, high_bit_depth)
         if missed_defects not in MISSED_DEFECTS:
@@ -162,9 +162,10 @@ class PseudoMaskDataset(ImageDataset):
         """Whether the pseudo-mask of sample ``index`` has no pixel of a class its image label names.
 
         Pseudo-labelling missed that defect (the CRF erased a weak CAM, or the CAM was empty), so "background" there
-        is not known: trained as is, such masks teach the student to erase defects on defective images. With
+        is not known, and trained as is such masks push the student to erase defects. With
         ``missed_defects="ignore"`` the whole mask is ignore (the image still trains the classification head and,
         when distilling, the teacher's soft targets); OK images and human-reviewed masks are always trained as is.
+        Off by default: on KSDD it did not help (README, "Masks that miss their defect").
         """
         if index in self.reviewed:
             return False
