@@ -292,6 +292,9 @@ class SegTrainConfig:
     warmup_epochs: int = 1
     dice_weight: float = 1.0  # segmentation loss = CE + dice_weight * Dice (ignore pixels excluded)
     cls_weight: float = 0.5  # + cls_weight * image-level BCE on the classification head
+    # the classification head's pooling of its per-location logits: 0 = average (GAP), > 0 = log-sum-exp with this
+    # sharpness (the DFC's pooling, classifier.lse_r), so small defects are not averaged away
+    cls_lse_r: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     amp: bool = False
     channels_last: bool = False
@@ -599,6 +602,14 @@ def _check_ranges(cfg: Config) -> None:
             cfg.pretrain.anomaly.features == "backbone",
             "backbone: the maps that guide pretraining must come from a network that never saw labels",
         ),
+        *[
+            (
+                f"{sec}.cls_lse_r",
+                getattr(cfg, sec).cls_lse_r >= 0,
+                "0 (average pooling) or an LSE sharpness > 0, e.g. 5",
+            )
+            for sec in ("retrain", "segmenter")
+        ],
         ("retrain.rounds", cfg.retrain.rounds >= 1, "at least 1"),
         ("retrain.fuse_weight", 0 <= cfg.retrain.fuse_weight <= 1, "a weight in [0, 1]"),
         ("segmenter.kd_temperature", cfg.segmenter.kd_temperature > 0, "a temperature > 0"),

@@ -23,6 +23,7 @@ from torch import nn
 from wsss.config import BackboneConfig, SegTrainConfig
 from wsss.errors import StageError
 from wsss.models.backbone import Backbone, create_backbone, load_trained_state
+from wsss.models.dfc import lse_pool
 
 MODEL_FILE = "segmenter.safetensors"  # the trained segmenter's state_dict
 META_FILE = "segmenter.json"  # what rebuilds it (segmenter_meta)
@@ -65,20 +66,29 @@ class FPNDecoder(nn.Module):
 
 
 class Segmenter(nn.Module):
-    """Encoder (``Backbone.forward_stages``) + FPN decoder -> K+1 mask logits, and GAP + linear -> K image logits.
+    """Encoder (``Backbone.forward_stages``) + FPN decoder -> K+1 mask logits, and a pooled linear -> K image logits.
+
+    The image head applies its linear layer at every location of the deepest map and pools the K logit maps:
+    ``cls_lse_r = 0`` averages them (global average pooling, the same as a linear on the averaged features), and
+    ``cls_lse_r > 0`` takes their log-sum-exp with that sharpness (:func:`~wsss.models.dfc.lse_pool`, the DFC's
+    pooling), so a defect covering a few cells of the map still drives the score instead of being averaged away.
 
     Args:
         backbone: a :class:`~wsss.models.backbone.Backbone` (any timm model it supports).
         num_classes: K defect classes (1 for defect/OK).
         decoder_channels: width of the FPN decoder.
+        cls_lse_r: the image head's pooling (0 = average, > 0 = LSE with this r).
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int, decoder_channels: int = 64):
+    def __init__(self, backbone: Backbone, num_classes: int, decoder_channels: int = 64, cls_lse_r: float = 0.0):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if cls_lse_r < 0:
+            raise ValueError(f"cls_lse_r must be >= 0 (0 = average pooling), got {cls_lse_r}")
         self.backbone = backbone
         self.num_classes = num_classes
+        self.cls_lse_r = float(cls_lse_r)
         self.decoder = FPNDecoder(backbone.channels, backbone.reductions, decoder_channels)
         self.mask_head = nn.Conv2d(decoder_channels, num_classes + 1, 1)
         self.cls_head = nn.Linear(backbone.channels[-1], num_classes)
@@ -87,7 +97,12 @@ class Segmenter(nn.Module):
         stages = self.backbone.forward_stages(x)
         logits = self.mask_head(self.decoder(stages))
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        cls = self.cls_head(stages[-1].mean(dim=(2, 3)))
+        deepest = stages[-1]
+        if self.cls_lse_r > 0:
+            maps = F.conv2d(deepest, self.cls_head.weight[:, :, None, None], self.cls_head.bias)
+            cls = lse_pool(maps.float(), self.cls_lse_r).to(maps.dtype)
+        else:
+            cls = self.cls_head(deepest.mean(dim=(2, 3)))
         return SegmenterOutput(mask_logits=logits, cls_logits=cls)
 
 
@@ -95,7 +110,7 @@ class Segmenter(nn.Module):
 def build_segmenter(scfg: SegTrainConfig, num_classes: int, in_chans: int, section: str = "retrain") -> Segmenter:
     """A segmenter as configured by a `retrain` or `segmenter` section (encoder weights from its local file, if any)."""
     backbone = create_backbone(scfg.backbone, in_chans, section=f"{section}.backbone")
-    return Segmenter(backbone, num_classes, scfg.decoder_channels)
+    return Segmenter(backbone, num_classes, scfg.decoder_channels, scfg.cls_lse_r)
 
 
 def segmenter_meta(
@@ -109,6 +124,7 @@ def segmenter_meta(
         "in_chans": chans,
         "input_size": list(scfg.input_size),
         "decoder_channels": scfg.decoder_channels,
+        "cls_lse_r": float(scfg.cls_lse_r),
         "score_threshold": float(score_threshold),
     }
 
@@ -134,7 +150,8 @@ def load_segmenter(model_dir: str | Path, device: str | torch.device = "cpu") ->
     try:
         meta = json.loads(meta_path.read_text())
         backbone = create_backbone(BackboneConfig(**meta["backbone"]), int(meta["in_chans"]), f"{meta_path}: backbone")
-        model = Segmenter(backbone, len(meta["classes"]), int(meta["decoder_channels"]))
+        # segmenters saved before the image head's pooling was configurable averaged
+        model = Segmenter(backbone, len(meta["classes"]), int(meta["decoder_channels"]), meta.get("cls_lse_r", 0.0))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StageError(meta_path, f"cannot rebuild the segmenter: {type(e).__name__}: {e}", fix) from e
     load_trained_state(model, model_dir / MODEL_FILE, fix)
