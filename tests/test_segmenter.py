@@ -81,6 +81,47 @@ def test_output_shapes(k: int, size: tuple[int, int]):
     assert np.allclose(probs.sum(0), 1.0, atol=1e-5) and ((cls > 0) & (cls < 1)).all()
 
 
+def test_image_head_pooling_average_or_lse_of_the_per_location_logits():
+    from wsss.models.dfc import lse_pool
+
+    torch.manual_seed(0)
+    avg = build_segmenter(rcfg(), 2, 1).eval()
+    lse = build_segmenter(rcfg(cls_lse_r=5.0), 2, 1).eval()
+    lse.load_state_dict(avg.state_dict())  # the pooling has no weights: the same checkpoint serves both
+    x = torch.randn(3, 1, 64, 64)
+    with torch.no_grad():
+        deepest = avg.backbone.forward_stages(x)[-1]
+        maps = torch.einsum("bchw,kc->bkhw", deepest, avg.cls_head.weight) + avg.cls_head.bias[:, None, None]
+        assert torch.allclose(avg(x).cls_logits, maps.mean((2, 3)), atol=1e-5)  # GAP + linear, as before
+        assert torch.allclose(lse(x).cls_logits, lse_pool(maps, 5.0), atol=1e-5)
+        mean, peak = maps.mean((2, 3)), maps.amax((2, 3))
+        assert (lse(x).cls_logits >= mean - 1e-5).all() and (lse(x).cls_logits <= peak + 1e-5).all()
+        assert torch.equal(avg(x).mask_logits, lse(x).mask_logits)  # the mask path is untouched
+    with pytest.raises(ValueError, match="cls_lse_r"):
+        build_segmenter(rcfg(cls_lse_r=-1.0), 1, 1)
+
+
+def test_lse_head_is_saved_in_the_meta_and_old_metas_load_as_average(tmp_path: Path):
+    import json
+
+    rows, masks, _ = make_data(tmp_path / "data", n_defect=2, n_ok=2)
+    out = tmp_path / "out"
+    SegmenterTrainer(rcfg(epochs=1, cls_lse_r=5.0), rows, masks, ["defect"], 1, out, device="cpu").fit()
+    model, meta = load_segmenter(out)
+    assert meta["cls_lse_r"] == 5.0 and model.cls_lse_r == 5.0
+    meta.pop("cls_lse_r")  # a segmenter.json written before the pooling was configurable
+    (out / "segmenter.json").write_text(json.dumps(meta))
+    assert load_segmenter(out)[0].cls_lse_r == 0.0
+
+
+def test_negative_cls_lse_r_is_a_config_error():
+    from wsss.config import load_config
+    from wsss.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"segmenter\.cls_lse_r"):
+        load_config(None, ["segmenter.cls_lse_r=-1"])
+
+
 def test_loss_ignores_255_pixels():
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 8, 8)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,10 @@ def lse_pool(maps: torch.Tensor, r: float) -> torch.Tensor:
     if r <= 0:
         raise ValueError(f"lse_r must be > 0, got {r}")
     flat = maps.flatten(2)
-    return (torch.logsumexp(r * flat, dim=2) - math.log(flat.shape[2])) / r
+    # ``peak + log(mean(exp(r (A - peak)))) / r``: the mean, not ``logsumexp - log(h w)``, so no size is baked into
+    # a traced graph (the ONNX segmenter runs at any input size)
+    peak = flat.amax(dim=2, keepdim=True)
+    return peak.squeeze(2) + torch.log(torch.exp(r * (flat - peak)).mean(dim=2)) / r
 
 
 class ProjectionHead(nn.Module):
