@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,16 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path: Path):
     assert r.output.startswith("Error: ") and "unknown key 'nme' in section 'run'" in r.output
     r = CliRunner().invoke(cli, ["run", "--config", str(tmp_path / "missing.yaml")])
     assert r.exit_code == 2 and "config file not found" in r.output
+
+
+def test_a_default_that_changed_behaviour_makes_older_stages_stale():
+    from wsss.config import BEHAVIOUR_BEFORE, section_dict, settings_match
+
+    sections = ("segmenter", "run.seed")
+    recorded = json.loads(json.dumps(section_dict(load_config(None), sections), default=str))
+    del recorded["segmenter"]["cls_lse_r"]  # a manifest from before the option existed (the head averaged then)
+    assert BEHAVIOUR_BEFORE["segmenter.cls_lse_r"] == 0.0 != load_config(None).segmenter.cls_lse_r
+    assert not settings_match(recorded, load_config(None), sections)  # the new default computes something else
+    assert settings_match(recorded, load_config(None, ["segmenter.cls_lse_r=0"]), sections)  # the old behaviour
+    del recorded["segmenter"]["missed_defects"]  # an option whose default is the old behaviour stays unchanged
+    assert settings_match(recorded, load_config(None, ["segmenter.cls_lse_r=0"]), sections)

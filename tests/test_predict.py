@@ -126,22 +126,26 @@ def test_onnx_export_matches_pytorch_and_predicts_the_same_masks(full_run, odd_i
     assert r.exit_code == 2 and "must end in .onnx" in r.output
 
 
-def test_onnx_export_of_an_lse_image_head_matches_pytorch(full_run, tmp_path: Path):
+def test_onnx_export_matches_pytorch_for_either_image_head_pooling(full_run, tmp_path: Path):
+    """The run's segmenter pools its image head by LSE (the default, exported in the test above); a segmenter from
+    before that default averages: both export with the same class logits as PyTorch, at every checked size."""
     pytest.importorskip("onnxruntime", reason="the `export` extra (onnx, onnxscript, onnxruntime) is not installed")
     import torch
 
-    from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter
+    from wsss.models.segmenter import META_FILE, load_segmenter
 
     run_dir, _ = full_run
-    seg = tmp_path / "lse"  # the run's segmenter with its image head pooling by log-sum-exp
+    lse, meta = load_segmenter(run_dir / "train-segmenter")
+    assert meta["cls_lse_r"] == lse.cls_lse_r == 5.0
+    seg = tmp_path / "average"
     shutil.copytree(run_dir / "train-segmenter", seg, ignore=shutil.ignore_patterns("masks"))
-    meta = json.loads((seg / META_FILE).read_text()) | {"cls_lse_r": 5.0}
-    (seg / META_FILE).write_text(json.dumps(meta))
-    model, _ = load_segmenter(seg)
-    assert (seg / MODEL_FILE).is_file() and model.cls_lse_r == 5.0
-    r = invoke("export", "onnx", "--model", seg, "--out", tmp_path / "lse.onnx")
-    assert r.exit_code == 0, r.output
-    assert float(r.output.rsplit("max abs diff ", 1)[1]) < 1e-3  # the class logits are among the compared outputs
+    (seg / META_FILE).write_text(json.dumps({k: v for k, v in meta.items() if k != "cls_lse_r"}))  # an older meta
+    average, _ = load_segmenter(seg)
+    assert average.cls_lse_r == 0.0
     with torch.no_grad():
-        x = torch.randn(1, model.backbone.in_chans, 64, 64)
-        assert not torch.allclose(model(x).cls_logits, load_segmenter(run_dir / "train-segmenter")[0](x).cls_logits)
+        x = torch.randn(1, average.backbone.in_chans, 64, 64)
+        assert not torch.allclose(average(x).cls_logits, lse(x).cls_logits)
+    for model, name in ((seg, "average.onnx"), (run_dir, "lse.onnx")):
+        r = invoke("export", "onnx", "--model", model, "--out", tmp_path / name)
+        assert r.exit_code == 0, r.output
+        assert float(r.output.rsplit("max abs diff ", 1)[1]) < 1e-3  # class logits are among the compared outputs
