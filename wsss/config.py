@@ -477,7 +477,7 @@ def _resolve_path(value: str, base_dir: Path) -> str:
 DEMO_SETTINGS: tuple[str, ...] = (
     "run.name=demo",
     # 160 images, not the defaults' 80: at 80 the classifier gives half the defective images an empty CAM (test
-    # mIoU_def of pseudo-labels / retrain: 13.2% / 16.6% at 80 images, 41.2% / 41.1% at 160)
+    # mIoU_def of pseudo-labels / retrain at commit 50cbf46: 13.2% / 16.6% at 80 images, 41.2% / 41.1% at 160)
     "dataset.synthetic.n_ok=96",
     "dataset.synthetic.n_defect=64",
     # the bilateral kernel's reach for 128 px images: the default 50 px suits ~500 px parts, and on the demo it spans
