@@ -85,10 +85,10 @@ class PseudoMaskDataset(ImageDataset):
     Each item is ``{"image": (C, H, W) float, "mask": (H, W) int64 (0..K, 255 = ignore), "target": (K,) float,
     "index": int, "reviewed": 1.0 for a human mask else 0.0}`` at ``input_size`` (with ``missed_defects="ignore"``
     a mask that misses a labelled defect is all ignore, see :meth:`missed`); with a ``teacher`` also
-    ``"teacher": (K+1, H, W)`` class probabilities and ``"teacher_score": (K,)``. Only lossless geometry (flips, rot90 on square inputs) is applied, to image, mask and
-    teacher map alike, so they stay aligned; the photometric part of ``augment`` touches the image only. Seeding,
-    epochs, targets and the in-memory cache are :class:`~wsss.data.torch_data.ImageDataset`'s (the teacher's CAM is
-    cached as ``uint8``).
+    ``"teacher": (K+1, H, W)`` class probabilities and ``"teacher_score": (K,)``. Only lossless geometry (flips,
+    rot90 on square inputs) is applied, to image, mask and teacher map alike, so they stay aligned; the photometric
+    part of ``augment`` touches the image only. Seeding, epochs, targets and the in-memory cache are
+    :class:`~wsss.data.torch_data.ImageDataset`'s (the teacher's CAM is cached as ``uint8``).
     """
 
     def __init__(
