@@ -49,6 +49,7 @@ def prepared_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # tests/test_train_segmenter.py share one run).
 TINY_CLASSIFIER = [  # a DFC that trains in seconds, and single-scale CAMs gated low enough for it
     "classifier.backbone.name=test_resnet",
+    "classifier.backbone.weights=null",
     "classifier.input_size=[64, 64]",
     "classifier.epochs=3",
     "classifier.batch_size=8",
@@ -65,11 +66,13 @@ FAST = [
     "pseudo.workers=2",
     "pseudo.crf.iterations=3",
     "retrain.backbone.name=test_resnet",
+    "retrain.backbone.weights=null",
     "retrain.input_size=[64, 64]",
     "retrain.epochs=2",
     "retrain.rounds=2",
     "retrain.batch_size=8",
     "segmenter.backbone.name=test_resnet",
+    "segmenter.backbone.weights=null",
     "segmenter.input_size=[64, 64]",
     "segmenter.decoder_channels=16",
     "segmenter.epochs=4",

@@ -29,6 +29,7 @@ from wsss.train.pretrain import energy_cosine_loss
 ANOMALY = [
     "anomaly.features=backbone",
     "anomaly.backbone.name=test_resnet",
+    "anomaly.backbone.weights=null",
     "anomaly.layers=[1, 2]",
     "anomaly.coreset=200",
     "anomaly.max_patches=4000",

@@ -40,7 +40,7 @@ def _eval_out(model: Backbone, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("stride", [8, 16, 32])
 def test_resnet_output_stride(stride: int) -> None:
-    b = create_backbone(BackboneConfig(name=NAME, output_stride=stride), in_chans=1)
+    b = create_backbone(BackboneConfig(weights=None, name=NAME, output_stride=stride), in_chans=1)
     y = _eval_out(b, _x())
     assert b.stride == stride and b.out_channels == 512
     assert y.shape == (2, 512, 64 // stride, 64 // stride)
@@ -52,9 +52,9 @@ def test_resnet_output_stride(stride: int) -> None:
 
 
 def test_in_chans_override_and_grayscale() -> None:
-    gray = create_backbone(BackboneConfig(name=NAME), in_chans=1)
+    gray = create_backbone(BackboneConfig(weights=None, name=NAME), in_chans=1)
     assert gray.in_chans == 1 and gray(_x(1)).shape[1] == 512
-    rgb = create_backbone(BackboneConfig(name=NAME, in_chans=3), in_chans=1)
+    rgb = create_backbone(BackboneConfig(weights=None, name=NAME, in_chans=3), in_chans=1)
     assert rgb.in_chans == 3 and rgb(_x(3)).shape == (2, 512, 4, 4)
 
 
@@ -62,7 +62,7 @@ def test_in_chans_override_and_grayscale() -> None:
 def test_no_output_stride_falls_back_to_earlier_stage(name: str) -> None:
     with pytest.raises((TypeError, AssertionError)):  # timm cannot dilate these models
         timm.create_model(name, features_only=True, output_stride=8)
-    b = create_backbone(BackboneConfig(name=name, output_stride=8), in_chans=1)
+    b = create_backbone(BackboneConfig(weights=None, name=name, output_stride=8), in_chans=1)
     y = b(_x())
     assert b.stride == 8 and max(b.reductions) == 8
     assert y.shape == (2, b.out_channels, 8, 8)  # test_mambaout is channels-last inside timm: permuted to NCHW
@@ -70,19 +70,19 @@ def test_no_output_stride_falls_back_to_earlier_stage(name: str) -> None:
 
 def test_no_stage_fine_enough_warns() -> None:
     with pytest.warns(UserWarning, match="no stage has output stride <= 8"):
-        b = create_backbone(BackboneConfig(name="test_vit", output_stride=8), in_chans=1)
+        b = create_backbone(BackboneConfig(weights=None, name="test_vit", output_stride=8), in_chans=1)
     assert b.stride == 16 and b(_x()).shape == (2, b.out_channels, 4, 4)
 
 
 def test_unknown_name_suggests_close_matches() -> None:
     with pytest.raises(ConfigError, match="resnet18") as e:
-        create_backbone(BackboneConfig(name="resnet181"), in_chans=1)
+        create_backbone(BackboneConfig(weights=None, name="resnet181"), in_chans=1)
     assert e.value.where == "classifier.backbone.name" and "unknown timm model" in e.value.what
 
 
 def test_bad_output_stride() -> None:
     with pytest.raises(ConfigError, match="output_stride"):
-        create_backbone(BackboneConfig(name=NAME, output_stride=4), in_chans=1)
+        create_backbone(BackboneConfig(weights=None, name=NAME, output_stride=4), in_chans=1)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth", ".pth-wrapped"])
@@ -105,7 +105,7 @@ def test_weights_round_trip(tmp_path: Path, suffix: str) -> None:
 
 
 def test_weights_from_a_backbone_or_a_model_holding_one(tmp_path: Path) -> None:
-    src = create_backbone(BackboneConfig(name=TINY, output_stride=8), 1)
+    src = create_backbone(BackboneConfig(weights=None, name=TINY, output_stride=8), 1)
     holder = nn.Module()  # like the DFC: a backbone plus heads of its own
     holder.backbone, holder.cam_head = src, nn.Conv2d(96, 1, 1)
     save_state_dict(src, tmp_path / "backbone.safetensors")
@@ -198,9 +198,9 @@ def test_forward_features_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
         return create(name, **kwargs)
 
     monkeypatch.setattr(bb.timm, "create_model", no_features)
-    vit = create_backbone(BackboneConfig(name="test_vit"), 1)  # tokens reshaped to the 16 px patch grid
+    vit = create_backbone(BackboneConfig(weights=None, name="test_vit"), 1)  # tokens reshaped to the 16 px patch grid
     assert vit.stride == 16 and vit(_x()).shape == (2, vit.out_channels, 4, 4)
-    cnn = create_backbone(BackboneConfig(name=NAME), 1)
+    cnn = create_backbone(BackboneConfig(weights=None, name=NAME), 1)
     assert cnn.stride == 32 and cnn(_x()).shape == (2, 512, 2, 2)
 
     class Pooled(nn.Module):  # forward_features that gives no spatial map
@@ -216,13 +216,15 @@ def test_forward_features_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(bb.timm, "create_model", pooled)
     with pytest.raises(ConfigError, match="choose a CNN backbone"):
-        create_backbone(BackboneConfig(name=NAME), 1)
+        create_backbone(BackboneConfig(weights=None, name=NAME), 1)
 
 
 def test_reflect_padding_changes_only_how_borders_are_filled() -> None:
     torch.manual_seed(0)
-    zeros = create_backbone(BackboneConfig(name="resnet10t", output_stride=16), in_chans=1)
-    reflect = create_backbone(BackboneConfig(name="resnet10t", output_stride=16, padding="reflect"), in_chans=1)
+    zeros = create_backbone(BackboneConfig(weights=None, name="resnet10t", output_stride=16), in_chans=1)
+    reflect = create_backbone(
+        BackboneConfig(weights=None, name="resnet10t", output_stride=16, padding="reflect"), in_chans=1
+    )
     reflect.load_state_dict(zeros.state_dict())  # same parameters: pretrained weights load unchanged
     convs = [m for m in reflect.modules() if isinstance(m, nn.Conv2d) and max(m.padding) > 0]
     assert convs and all(m.padding_mode == "reflect" for m in convs)

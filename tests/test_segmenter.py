@@ -25,7 +25,7 @@ SIZE = 32
 
 def rcfg(**kw) -> RetrainConfig:
     base = RetrainConfig(
-        backbone=BackboneConfig(name="test_resnet", output_stride=32),
+        backbone=BackboneConfig(weights=None, name="test_resnet", output_stride=32),
         input_size=[SIZE, SIZE],
         decoder_channels=16,
         epochs=3,

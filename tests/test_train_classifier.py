@@ -18,6 +18,7 @@ from wsss.train.classifier import ClassifierTrainer, build_dfc
 
 TINY = [
     "classifier.backbone.name=test_resnet",
+    "classifier.backbone.weights=null",
     "classifier.input_size=[64, 64]",
     "classifier.batch_size=8",
     "classifier.warmup_epochs=1",

