@@ -69,6 +69,11 @@ def is_weights_name(value: str | None) -> bool:
     return value in WEIGHT_NAMES
 
 
+def weight_files(*values: str | None) -> list[Path]:
+    """The local files among backbone ``weights`` values (names and None left out): a stage's external inputs."""
+    return [Path(v) for v in values if v and not is_weights_name(v)]
+
+
 def unknown_name(value: str, where: str) -> ConfigError:
     """The error for a weights value that is neither a registered name nor a weights file."""
     return ConfigError(

@@ -22,6 +22,7 @@ import numpy as np
 
 from wsss.config import Config
 from wsss.errors import StageError
+from wsss.models.weights import weight_files
 from wsss.stages import Stage, register_stage
 
 
@@ -155,11 +156,7 @@ STAGE = register_stage(
         run=run,
         sections=("anomaly", "run.seed"),
         inputs=lambda cfg: ("prepare", "train-classifier") if cfg.anomaly.features == "dfc" else ("prepare",),
-        external=lambda cfg: (
-            [Path(cfg.anomaly.backbone.weights)]
-            if cfg.anomaly.features == "backbone" and cfg.anomaly.backbone.weights
-            else []
-        ),
+        external=lambda cfg: weight_files(cfg.anomaly.backbone.weights) if cfg.anomaly.features == "backbone" else [],
         reads="prepare, train-classifier (anomaly.features=dfc)",
         help="PatchCore-style anomaly maps from a memory bank of the OK training images' patches (label-free prior)",
     )

@@ -22,6 +22,7 @@ import click
 import numpy as np
 
 from wsss.config import Config
+from wsss.models.weights import weight_files
 from wsss.stages import Stage, register_stage
 
 MODEL_FILE = "backbone.safetensors"
@@ -107,9 +108,7 @@ STAGE = register_stage(
         run=run,
         sections=("pretrain", "classifier.backbone", "classifier.input_size", "run.seed"),
         inputs=lambda cfg: ("prepare",),
-        external=lambda cfg: [
-            Path(p) for p in (cfg.pretrain.anomaly.backbone.weights, cfg.classifier.backbone.weights) if p
-        ],
+        external=lambda cfg: weight_files(cfg.pretrain.anomaly.backbone.weights, cfg.classifier.backbone.weights),
         help="anomaly-guided pretraining of the classifier's backbone (label-free; optional, before train-classifier)",
     )
 )

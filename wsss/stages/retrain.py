@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from wsss.config import Config
+from wsss.models.weights import weight_files
 from wsss.stages import Stage, register_stage
 
 
@@ -142,6 +143,7 @@ STAGE = register_stage(
         name="retrain",
         run=run,
         sections=("retrain", "pseudo", "run.seed"),
+        external=lambda cfg: weight_files(cfg.retrain.backbone.weights),
         inputs=lambda cfg: ("prepare", "cam", "pseudo-labels") + (("anomaly",) if cfg.pseudo.unary != "cam" else ()),
         writes_masks=True,
         reads="prepare, cam, pseudo-labels (+ anomaly with pseudo.unary anomaly or fusion)",

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from wsss.config import Config
+from wsss.models.weights import weight_files
 from wsss.stages import Stage, in_pipeline, register_stage
 
 
@@ -50,6 +51,7 @@ STAGE = register_stage(
         run=run,
         sections=("classifier", "run.seed"),
         inputs=lambda cfg: ("prepare", "pretrain") if in_pipeline(cfg, "pretrain") else ("prepare",),
+        external=lambda cfg: [] if in_pipeline(cfg, "pretrain") else weight_files(cfg.classifier.backbone.weights),
         reads="prepare (+ pretrain in pipelines that have it)",
         help="train the defect focus classifier (CAM head, CLM, GCM) on image-level labels",
         distributed=True,

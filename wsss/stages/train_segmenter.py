@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from wsss.config import Config
+from wsss.models.weights import weight_files
 from wsss.stages import Stage, mask_source, register_stage
 
 
@@ -126,7 +127,10 @@ STAGE = register_stage(
         run=run,
         sections=("segmenter", "pseudo.bg_prior", "run.seed"),
         inputs=lambda cfg: ("prepare", "cam", masks_input(cfg)),
-        external=lambda cfg: [Path(cfg.segmenter.reviewed)] if cfg.segmenter.reviewed else [],
+        external=lambda cfg: (
+            weight_files(cfg.segmenter.backbone.weights)
+            + ([Path(cfg.segmenter.reviewed)] if cfg.segmenter.reviewed else [])
+        ),
         reads="prepare, cam, pseudo-masks (retrain or pseudo-labels)",
         writes_masks=True,
         help="distil into the fast multi-task segmenter (KD from the CAM teacher), then segment every image",
