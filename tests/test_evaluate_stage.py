@@ -98,6 +98,7 @@ def test_demo_runs_every_stage(tmp_path: Path):
         "dataset.synthetic.n_defect=8",
         "--set",
         "classifier.backbone.name=test_resnet",
+        "--set",
         "classifier.backbone.weights=null",
         "--set",
         "classifier.epochs=1",

@@ -196,3 +196,15 @@ def test_bf16_autocast_and_channels_last_train_on_the_gpu(prepared_run: Path, tm
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         res = model(x)
     assert res.cams.dtype == torch.bfloat16 and torch.isfinite(res.cams.float()).all()
+
+
+def test_kept_epoch_is_the_lowest_validation_loss(trained):
+    """classifier.select=loss (the default): dfc.json's epoch is the metrics row with the lowest validation BCE."""
+    import csv
+    import json
+
+    run_dir, _ = trained
+    rows = list(csv.DictReader((run_dir / "dfc" / "metrics.csv").open()))
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    assert json.loads((run_dir / "dfc" / "dfc.json").read_text())["epoch"] == int(best["epoch"])
+    assert len({r["val_loss"] for r in rows}) > 1  # the choice was not trivial

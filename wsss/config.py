@@ -175,7 +175,11 @@ class ClassifierConfig:
     warmup_epochs: int = 2
     grad_clip: float = 5.0  # max gradient norm; 0 = off
     balance: str = _choices("sampler", "pos_weight", "none", default="sampler")
-    patience: int = 8  # early stopping: epochs without a better validation image AP
+    # the epoch kept and early stopping: "loss" = the lowest validation BCE; "ap" = the highest validation image AP,
+    # ties broken by the loss. With a handful of defective validation images AP saturates at 1.0 on the first
+    # epoch (KSDD fold 0: 5 of them, AP 1.0 with an untrained head) and "ap" keeps that epoch
+    select: str = _choices("loss", "ap", default="loss")
+    patience: int = 8  # early stopping: epochs without a better validation score (select)
     amp: bool = False  # bf16 autocast (GPU)
     channels_last: bool = False
     compile: bool = False  # torch.compile the model for training (GPU; off on the CPU by default)
@@ -699,6 +703,7 @@ def _same_settings(recorded: Any, current: Any, default: Any) -> bool:
 # rule for adding options is that the default is the behaviour from before; an option whose better default breaks
 # that rule records the old behaviour here, so the finished stages it changes become stale on upgrade.)
 BEHAVIOUR_BEFORE: dict[str, Any] = {
+    "classifier.select": "ap",  # the classifier kept its best validation AP epoch before "loss" became the default
     "segmenter.cls_lse_r": 0.0,  # the image head averaged (GAP) before LSE pooling became the default
 }
 

@@ -6,7 +6,7 @@ second half-batch with the same labels (plus the optional consistency loss). The
 forward/backward passes whose gradients accumulate (``no_sync`` on the first under DDP), so the step costs
 about twice a plain one and needs no extra CAM pass.
 
-Every epoch: validation image AP (early stopping on AP, validation loss breaking ties), ``metrics.csv``, and
+Every epoch: validation image AP and loss (the epoch kept and early stopping follow ``classifier.select``), ``metrics.csv``, and
 a checkpoint (model, optimizer, schedule, counters) from which a killed run resumes exactly: data order,
 augmentation and crop jitter are all seeded by (seed, epoch), so a resumed run repeats the same steps.
 """
@@ -216,9 +216,18 @@ class ClassifierTrainer:
             "bad_epochs": bad,
         }
 
+    def _selection_key(self, row: dict[str, float], epoch: int) -> list[float]:
+        """Larger is better: validation AP then loss, or the loss alone (classifier.select); the last epoch without
+        a validation split."""
+        if self.val_set is None:
+            return [float(epoch), 0.0]
+        if self.ccfg.select == "loss":
+            return [-row["val_loss"], row["val_ap"]]
+        return [row["val_ap"], -row["val_loss"]]
+
     def fit(self) -> dict[str, Any]:
         """Train (resuming from ``out/checkpoints/last.pt`` if present); returns a summary."""
-        start, best, best_epoch, bad, rows = 0, [-1.0, float("-inf")], -1, 0, []
+        start, best, best_epoch, bad, rows = 0, [float("-inf"), float("-inf")], -1, 0, []
         state = load_checkpoint(self.out / CHECKPOINT)
         if state is not None:
             self.model.load_state_dict(state["model"])
@@ -232,7 +241,7 @@ class ClassifierTrainer:
             lr = self.optimizer.param_groups[0]["lr"]
             row = {"epoch": epoch, "lr": lr} | self.train_epoch(epoch) | self.validate()
             rows.append(row)
-            key = [row["val_ap"], -row["val_loss"]] if self.val_set is not None else [float(epoch), 0.0]
+            key = self._selection_key(row, epoch)
             if key > best:
                 best, best_epoch, bad = key, epoch, 0
                 if dist.is_main():
@@ -251,7 +260,8 @@ class ClassifierTrainer:
                 self.echo(f"early stop: no better validation AP for {bad} epochs")
                 break
             dist.barrier()
-        return {"best_epoch": best_epoch, "best_val_ap": best[0], "epochs_run": len(rows)}
+        best_row = next((r for r in rows if int(float(r["epoch"])) == best_epoch), {"val_ap": float("nan")})
+        return {"best_epoch": best_epoch, "best_val_ap": float(best_row["val_ap"]), "epochs_run": len(rows)}
 
 
 @torch.no_grad()

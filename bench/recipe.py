@@ -1,0 +1,117 @@
+"""Benchmark: a recipe from configs/ run exactly as a user runs it, on one or more folds, scored on the test split.
+
+Each fold is ``wsss run --config RECIPE --run-dir OUT/fold<k> --set prepare.split.fold=<k>`` in a subprocess (the
+run folder, the fold and the device are the only things it changes; ``--pipeline`` picks an ablation pipeline into
+its own folder). Then every mask-writing stage of the run is evaluated on the test split (METHOD.md 8: image AP of
+that stage's scores, mIoU_def, pooled IoU, Seg_mIoU, Seg_Recall@0.5), and each stage's wall time is read from its
+manifest. Finished stages are skipped by ``wsss run`` itself, so a re-run only collects.
+
+    python bench/recipe.py --config configs/ksdd.yaml --folds 0,1,2 --out /tmp/bench/ksdd
+    python bench/recipe.py --config configs/mtd.yaml --out /tmp/bench/mtd
+    python bench/recipe.py --config configs/ksdd.yaml --folds 0 --out /tmp/bench/ksdd --pipeline cam-crf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+MASK_STAGES = ("pseudo-labels", "retrain", "train-segmenter")
+METRICS = ("ap", "miou_def", "pooled_iou", "seg_miou", "seg_recall_0_5")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", type=Path, required=True, help="a recipe, e.g. configs/ksdd.yaml")
+    p.add_argument("--folds", default="", help="comma-separated prepare.split.fold values (kfold recipes)")
+    p.add_argument("--out", type=Path, required=True, help="folder of the run folders")
+    p.add_argument("--pipeline", default="", help="run this pipeline instead of the recipe's (an ablation)")
+    p.add_argument("--device", default="", help="run.device (cpu, cuda); default the recipe's")
+    p.add_argument("--collect", action="store_true", help="only collect finished runs, run nothing")
+    return p.parse_args(argv)
+
+
+def run_fold(args: argparse.Namespace, fold: str) -> Path:
+    name = f"fold{fold}" if fold else "run"
+    run_dir = args.out / (f"{name}-{args.pipeline}" if args.pipeline else name)
+    sets = [f"prepare.split.fold={fold}"] if fold else []
+    sets += [f"run.pipeline={args.pipeline}"] if args.pipeline else []
+    sets += [f"run.device={args.device}"] if args.device else []
+    if not args.collect:
+        cmd = [sys.executable, "-m", "wsss.cli", "run", "--config", str(args.config), "--run-dir", str(run_dir)]
+        for s in sets:
+            cmd += ["--set", s]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, env=os.environ | {"WSSS_PROGRESS": "0"})
+    return run_dir
+
+
+def score(run_dir: Path, config: Path, sets: list[str]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Test-split metrics of each mask-writing stage, and every stage's seconds (from its manifest)."""
+    from wsss.config import load_config
+    from wsss.data.index import read_dataset_info, read_eval_index
+    from wsss.evaluation import evaluate_masks, read_scores
+
+    cfg = load_config(config, sets)
+    index = run_dir / "prepare" / "index.csv"
+    rows, info = read_eval_index(index, split="test"), read_dataset_info(index)
+    metrics, seconds = {}, {}
+    for manifest in sorted(run_dir.glob("*/manifest.json")):
+        m = json.loads(manifest.read_text())
+        if m.get("status") == "done":
+            seconds[m["stage"]] = float(m["seconds"])
+    for stage in MASK_STAGES:
+        out = run_dir / stage
+        if not (out / "masks").is_dir():
+            continue
+        scores = read_scores(out / "scores.csv") if (out / "scores.csv").is_file() else None
+        r = evaluate_masks(rows, info, out / "masks", scores, cfg.evaluate)
+        metrics[stage] = {k: float(getattr(r, k)) for k in METRICS}
+    return metrics, seconds
+
+
+def pct(v: float) -> str:
+    return "n/a" if v != v else f"{100 * v:.2f}%"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.chdir(ROOT)
+    folds = [f.strip() for f in args.folds.split(",") if f.strip()] or [""]
+    results = []
+    for fold in folds:
+        run_dir = run_fold(args, fold)
+        sets = [f"prepare.split.fold={fold}"] if fold else []
+        results.append((fold, *score(run_dir, args.config, sets)))
+    print(f"\n## {args.config} ({args.pipeline or 'recipe pipeline'}), test split\n")
+    print("| fold | stage | image AP | mIoU_def | pooled IoU | Seg_mIoU | Seg_Recall@0.5 |")
+    print("|---|---|---|---|---|---|---|")
+    for fold, metrics, _ in results:
+        for stage, m in metrics.items():
+            print(f"| {fold or '-'} | {stage} | " + " | ".join(pct(m[k]) for k in METRICS) + " |")
+    if len(results) > 1:
+        for stage in MASK_STAGES:
+            vals = [r[1][stage] for r in results if stage in r[1]]
+            if len(vals) != len(results):
+                continue
+            cells = []
+            for k in METRICS:
+                a = np.array([v[k] for v in vals])
+                cells.append(f"{pct(a.mean())} ({pct(a.min())}-{pct(a.max())})")
+            print(f"| mean (min-max) | {stage} | " + " | ".join(cells) + " |")
+    print("\n| fold | " + " | ".join(f"{s} s" for s in results[0][2]) + " | total min |")
+    print("|---|" + "---|" * (len(results[0][2]) + 1))
+    for fold, _, seconds in results:
+        total = sum(seconds.values()) / 60
+        print(f"| {fold or '-'} | " + " | ".join(f"{v:.0f}" for v in seconds.values()) + f" | {total:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
