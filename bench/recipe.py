@@ -8,7 +8,13 @@ manifest. Finished stages are skipped by ``wsss run`` itself, so a re-run only c
 
     python bench/recipe.py --config configs/ksdd.yaml --folds 0,1,2 --out /tmp/bench/ksdd
     python bench/recipe.py --config configs/mtd.yaml --out /tmp/bench/mtd
-    python bench/recipe.py --config configs/ksdd.yaml --folds 0 --out /tmp/bench/ksdd --pipeline cam-crf
+    python bench/recipe.py --config configs/ksdd.yaml --folds 0 --out /tmp/bench/ksdd --pipeline cam-crf --reuse fold
+    python bench/recipe.py --config configs/ksdd.yaml --folds 0 --out /tmp/bench/ksdd --pipeline cam-threshold \
+        --reuse fold-cam-crf
+
+``--reuse NAME`` copies the finished stage folders of the run folder ``OUT/NAME`` (``fold`` = this fold's recipe run,
+``fold-cam-crf`` = its cam-crf ablation) into a new ablation run first; ``wsss run`` then re-runs whatever its
+manifests say is stale (the `cam` stage without IEM, say) and skips the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pipeline", default="", help="run this pipeline instead of the recipe's (an ablation)")
     p.add_argument("--device", default="", help="run.device (cpu, cuda); default the recipe's")
     p.add_argument("--collect", action="store_true", help="only collect finished runs, run nothing")
+    p.add_argument("--reuse", default="", help="copy finished stages from OUT/<this, 'fold' replaced by fold<k>>")
     return p.parse_args(argv)
 
 
@@ -44,6 +52,11 @@ def run_fold(args: argparse.Namespace, fold: str) -> Path:
     sets = [f"prepare.split.fold={fold}"] if fold else []
     sets += [f"run.pipeline={args.pipeline}"] if args.pipeline else []
     sets += [f"run.device={args.device}"] if args.device else []
+    source = args.out / args.reuse.replace("fold", name, 1) if args.reuse else None
+    if source is not None and not run_dir.exists() and not args.collect:
+        for stage in ("prepare", "train-classifier", "cam"):
+            if (source / stage / "manifest.json").is_file():
+                shutil.copytree(source / stage, run_dir / stage)
     if not args.collect:
         cmd = [sys.executable, "-m", "wsss.cli", "run", "--config", str(args.config), "--run-dir", str(run_dir)]
         for s in sets:
