@@ -117,6 +117,10 @@ class BackboneConfig:
     # the input statistics the weights expect: auto = imagenet for named (ImageNet) weights, else fixed (the data
     # side's own mean 0.5 / std 0.25, what a model trained from scratch by wsss saw)
     input_norm: str = _choices("auto", "imagenet", "fixed", default="auto")
+    # the network cut after its N-th feature stage (0 = all): fewer layers, a smaller receptive field, so a CAM on
+    # its last map fires on the defect rather than on everything that sees it (tf_efficientnet_lite0: 4 = stride 16,
+    # 112 channels, without the two deepest stages)
+    stages: int = 0
     # the stem and the first N feature stages stay as loaded (no gradients, BatchNorm statistics fixed); -1 = all
     freeze: int = 0
 

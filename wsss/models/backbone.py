@@ -95,7 +95,7 @@ class Backbone(nn.Module):
             self.frozen = [m for _, m in self.model.named_children()]
         else:
             info = getattr(self.model, "feature_info", None)
-            stages = [str(i["module"]) for i in info.info] if hasattr(info, "info") else []
+            stages = [str(m) for m in info.module_name()] if hasattr(info, "module_name") else []
             if n > len(stages):
                 what = f"{self.name} has {len(stages)} feature stages, cannot freeze {n}"
                 raise ConfigError("backbone.freeze", what, f"use 0 to {len(stages)}, or -1 for the whole backbone")
@@ -161,7 +161,7 @@ def create_backbone(cfg: BackboneConfig, in_chans: int, section: str = "classifi
         raise ConfigError(f"{section}.in_chans", f"invalid channel count {chans}", "use 1 (grayscale) or 3 (RGB)")
     kw = {"pretrained": False, "in_chans": chans}
     try:
-        backbone = _features_backbone(cfg.name, cfg.output_stride, kw)
+        backbone = _features_backbone(cfg.name, cfg.output_stride, kw, cfg.stages)
     except (RuntimeError, AssertionError, NotImplementedError):  # no features_only support in this model
         backbone = _forward_features_backbone(cfg.name, kw, f"{section}.name")
     set_padding_mode(backbone, cfg.padding)
@@ -223,7 +223,7 @@ def _check_name(name: str, where: str) -> None:
     raise ConfigError(where, f"unknown timm model {name!r}", f"{hint}see timm.list_models({pattern!r})")
 
 
-def _features_backbone(name: str, stride: int, kw: dict) -> Backbone:
+def _features_backbone(name: str, stride: int, kw: dict, stages: int = 0) -> Backbone:
     try:  # dilation, where the model supports it
         fm = timm.create_model(name, features_only=True, output_stride=stride, **kw)
         kw = {**kw, "output_stride": stride}
@@ -237,9 +237,24 @@ def _features_backbone(name: str, stride: int, kw: dict) -> Backbone:
     if not fine:
         warnings.warn(f"{name}: no stage has output stride <= {stride}; using its finest, {red[last]}", stacklevel=3)
     take = [i for i in default if i < last] + [last]
+    if stages > 0:  # the network cut after its stages-th feature stage
+        if stages > len(take):
+            what = f"{name} has {len(take)} feature stages at output stride {stride}, not {stages}"
+            raise ConfigError("backbone.stages", what, f"use 0 (all) to {len(take)}")
+        take = take[:stages]
     if take != default:
         fm = timm.create_model(name, features_only=True, out_indices=tuple(take), **kw)
+    _drop_unused_blocks(fm)
     return Backbone(fm, fm.feature_info.channels(), fm.feature_info.reduction(), name, kw["in_chans"])
+
+
+def _drop_unused_blocks(fm: nn.Module) -> None:
+    """Remove the blocks after the deepest returned stage where timm keeps and runs them (EfficientNet-style
+    ``blocks``), so a cut network also costs less; timm's FeatureListNet models are already pruned."""
+    blocks = getattr(fm, "blocks", None)
+    module = str(fm.feature_info.module_name()[-1])
+    if isinstance(blocks, nn.Sequential) and re.fullmatch(r"blocks\.\d+", module):
+        fm.blocks = blocks[: int(module.split(".")[1]) + 1]
 
 
 def _forward_features_backbone(name: str, kw: dict, where: str) -> Backbone:
