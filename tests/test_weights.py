@@ -171,3 +171,15 @@ def test_freeze_keeps_stem_and_stages_fixed():
     assert not torch.equal(before["model.layer4.0.bn2.weight"], after["model.layer4.0.bn2.weight"])
     with pytest.raises(ConfigError, match="cannot freeze 9"):
         create_backbone(BackboneConfig(weights=None, name="test_resnet", freeze=9), in_chans=1)
+
+
+def test_stages_cut_the_network_and_still_load_the_weights():
+    full = create_backbone(BackboneConfig(), in_chans=1)
+    cut = create_backbone(BackboneConfig(stages=4), in_chans=1)
+    assert cut.reductions == full.reductions[:4] and cut.out_channels == 112
+    assert len(cut.model.blocks) == 5 < len(full.model.blocks)  # the blocks after stride 16 are gone, not just unused
+    x = torch.randn(1, 1, 64, 96)
+    with torch.no_grad():
+        assert torch.allclose(cut.eval().forward_stages(x)[-1], full.eval().forward_stages(x)[3], atol=1e-5)
+    with pytest.raises(ConfigError, match="not 9"):
+        create_backbone(BackboneConfig(stages=9), in_chans=1)
