@@ -116,3 +116,12 @@ def test_a_default_that_changed_behaviour_makes_older_stages_stale():
     assert settings_match(recorded, load_config(None, ["segmenter.cls_lse_r=0"]), sections)  # the old behaviour
     del recorded["segmenter"]["missed_defects"]  # an option whose default is the old behaviour stays unchanged
     assert settings_match(recorded, load_config(None, ["segmenter.cls_lse_r=0"]), sections)
+
+
+def test_nested_sections_keep_their_own_defaults(tmp_path: Path):
+    """A YAML section that sets one key of a nested section keeps that section's field defaults, not the class's."""
+    path = tmp_path / "r.yaml"
+    path.write_text("segmenter: {backbone: {freeze: 3}}\npretrain: {anomaly: {layers: [1]}}\n")
+    cfg = load_config(path)
+    assert cfg.segmenter.backbone.freeze == 3 and cfg.segmenter.backbone.output_stride == 32
+    assert cfg.pretrain.anomaly.layers == [1] and cfg.pretrain.anomaly.features == "backbone"

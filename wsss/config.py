@@ -457,8 +457,12 @@ def _closest(key: str, valid: list[str]) -> str:
     return f"did you mean {close[0]!r}? valid keys: {', '.join(valid)}" if close else f"valid keys: {', '.join(valid)}"
 
 
-def _build(cls: type, data: Any, section: str, source: str, base_dir: Path | None) -> Any:
-    """Build dataclass ``cls`` from mapping ``data``; ``section`` is the dotted path for messages."""
+def _build(cls: type, data: Any, section: str, source: str, base_dir: Path | None, base: Any = None) -> Any:
+    """Build dataclass ``cls`` from mapping ``data``; ``section`` is the dotted path for messages.
+
+    Keys the mapping leaves out keep ``base``'s values: a nested section starts from its field's own default (a
+    segmenter's backbone defaults to output stride 32, not BackboneConfig's 16), not from the class defaults.
+    """
     label = section or "top level"
     if data is None:
         data = {}
@@ -477,13 +481,16 @@ def _build(cls: type, data: Any, section: str, source: str, base_dir: Path | Non
         f, tp = fields[key], hints[key]
         where = f"{source}: {section + '.' if section else ''}{key}"
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, f"{section}.{key}" if section else key, source, base_dir)
+            sub = getattr(base, key) if base is not None else None
+            if sub is None and f.default_factory is not dataclasses.MISSING:
+                sub = f.default_factory()
+            kwargs[key] = _build(tp, value, f"{section}.{key}" if section else key, source, base_dir, sub)
             continue
         v = _coerce(value, tp, where, f.metadata)
         if f.metadata.get("path") and v is not None and base_dir is not None and not is_weights_name(v):
             v = _resolve_path(v, base_dir)
         kwargs[key] = v
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
 def _resolve_path(value: str, base_dir: Path) -> str:
