@@ -169,6 +169,8 @@ def test_freeze_keeps_stem_and_stages_fixed():
     assert torch.equal(before["model.bn1.running_mean"], after["model.bn1.running_mean"])
     assert torch.equal(before["model.conv1.0.weight"], after["model.conv1.0.weight"])
     assert not torch.equal(before["model.layer4.0.bn2.weight"], after["model.layer4.0.bn2.weight"])
+    everything = create_backbone(BackboneConfig(weights=None, name="test_resnet", freeze=-1), in_chans=1)
+    assert not any(p.requires_grad for p in everything.parameters())
     with pytest.raises(ConfigError, match="cannot freeze 9"):
         create_backbone(BackboneConfig(weights=None, name="test_resnet", freeze=9), in_chans=1)
 

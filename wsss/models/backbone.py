@@ -92,7 +92,7 @@ class Backbone(nn.Module):
             return
         named = list(self.model.named_modules())[1:]
         if n < 0:
-            self.frozen = [m for _, m in self.model.named_children()]
+            self.frozen = [m for _, m in named]
         else:
             info = getattr(self.model, "feature_info", None)
             stages = [str(m) for m in info.module_name()] if hasattr(info, "module_name") else []
