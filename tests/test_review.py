@@ -296,3 +296,19 @@ def test_review_page_in_a_headless_browser(full_run, tmp_path: Path):
             assert errors == [], errors
         finally:
             context.close()
+
+
+def test_png_import_reads_a_tools_binary_0_255_masks_as_the_defect_class(review_run: Path, tmp_path: Path, capsys):
+    ids = sorted(p.stem for p in (review_run / "retrain" / "masks").glob("*.png"))[:2]
+    shape = cv2.imread(str(review_run / "retrain" / "masks" / f"{ids[0]}.png"), cv2.IMREAD_UNCHANGED).shape
+    folder = tmp_path / "binary"
+    folder.mkdir()
+    drawn = np.zeros(shape, np.uint8)
+    drawn[4:12, 6:20] = 255
+    for i in ids:
+        cv2.imwrite(str(folder / f"{i}.png"), drawn)
+    import_review("png", folder, review_run)
+    assert "read " in capsys.readouterr().err  # the one-line note on how the folder was read
+    back = cv2.imread(str(review_run / "reviewed" / "masks" / f"{ids[0]}.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(back, (drawn > 0).astype(np.uint8))  # value 1 = the run's one class, not 255 = uncertain
+    assert (review_run / "reviewed" / "masks" / "labelmap.txt").read_text().splitlines()[-1] == "255 uncertain"

@@ -186,16 +186,33 @@ def show_config(config: Path | None, overrides: tuple[str, ...]) -> None:
     show_default=True,
     help="how ignore (255) pixels count",
 )
+@click.option(
+    "--mask-format",
+    type=click.Choice(["auto", "labels", "binary"]),
+    default="auto",
+    show_default=True,
+    help="what mask values mean: labels (0 bg, k class k, 255 ignore), binary (0 ok, 255 defect), auto = the "
+    "folder's labelmap.txt, else decided from the values",
+)
 def evaluate(
-    index: Path, masks: Path, scores: Path | None, out: Path | None, split: str, threshold: float, ignore_as: str
+    index: Path,
+    masks: Path,
+    scores: Path | None,
+    out: Path | None,
+    split: str,
+    threshold: float,
+    ignore_as: str,
+    mask_format: str,
 ) -> None:
     """Evaluate a folder of predicted masks against the ground truth; writes report.json and report.md."""
     from wsss.config import EvaluateConfig
     from wsss.stages.evaluate import evaluate_index
 
-    cfg = EvaluateConfig(split=split, score_threshold=threshold, ignore_as=ignore_as)
+    cfg = EvaluateConfig(split=split, score_threshold=threshold, ignore_as=ignore_as, mask_format=mask_format)
     out = out or Path(masks).resolve().parent
     report = evaluate_index(index, masks, scores, cfg, out)
+    if report.mask_note:
+        click.echo(f"note: {report.mask_note}", err=True)
     click.echo(report.to_markdown())
     click.echo(f"wrote {out / 'report.json'} and {out / 'report.md'}")
 

@@ -374,6 +374,9 @@ class EvaluateConfig:
     split: str = _choices("test", "val", "train", "all", default="test")
     score_threshold: float = 0.5  # sample decision: defective iff score >= threshold
     ignore_as: str = _choices("background", "defect", default="background")  # how 255 (ignore) pixels count
+    # what the masks' values mean: auto = the folder's labelmap.txt, else a wsss stage's masks are labels (255 =
+    # ignore), else decided from the values (0/255 only on a one-class dataset = binary); see wsss/mask_format.py
+    mask_format: str = _choices("auto", "labels", "binary", default="auto")
 
 
 @dataclass

@@ -84,6 +84,8 @@ class EvalReport:
     seg_recall_0_1: float
     seg_recall_0_5: float
     pixel_auroc: float | None = None  # only for continuous maps; None for hard masks
+    mask_format: str = "labels"  # how the folder's values were read (wsss.mask_format): labels, binary, labelmap
+    mask_note: str = ""  # one line when a foreign folder's meaning was inferred from its values
     per_class: list[ClassResult] = field(default_factory=list)
     images: list[ImageResult] = field(default_factory=list)
 
@@ -105,7 +107,8 @@ class EvalReport:
             "",
             f"Masks: `{c.masks_dir}`. Images: {c.n_images} ({c.n_defective} labelled defective, {c.n_no_gt} of them "
             f"without ground truth). Sample score from {c.score_source}, threshold {c.threshold:g}; "
-            f"ignore pixels counted as {c.ignore_as}.",
+            f"ignore pixels counted as {c.ignore_as}. Mask values read as {c.mask_format}.",
+            *(["", f"Note: {c.mask_note}."] if c.mask_note else []),
             "",
             "## Image level",
             "",

@@ -1,7 +1,9 @@
 """Evaluate a folder of predicted masks against the index's ground truth (the `evaluate` stage and command).
 
 Predicted masks are ``<masks_dir>/<id>.png``, 8-bit single channel: 0 = background, 1..254 = defect class
-(value k = ``info.classes[k - 1]``), 255 = ignore, counted as background or defect per ``evaluate.ignore_as``.
+(value k = ``info.classes[k - 1]``), 255 = ignore, counted as background or defect per ``evaluate.ignore_as``. A
+folder of binary 0/255 masks (other tools' format) is read as such when its ``labelmap.txt``, ``evaluate.mask_format``
+or its values say so, never silently as ignore (:mod:`wsss.mask_format`).
 
 Sample decision: with a scores file, an image is defective iff its score >= ``evaluate.score_threshold`` and its
 mask is emptied when it is called OK (METHOD.md section 8: P_i is gated by the sample decision). Without one, the
@@ -30,6 +32,7 @@ from wsss.data.images import read_mask
 from wsss.data.index import DatasetInfo, EvalRow
 from wsss.errors import DataError
 from wsss.eval_report import ClassResult, EvalReport, ImageResult, write_report
+from wsss.mask_format import MaskEncoding, mask_encoding
 from wsss.progress import progress
 
 __all__ = [
@@ -168,10 +171,11 @@ def evaluate_masks(
     _check_inputs(rows, masks_dir, scores, cfg.split)
     seg = metrics.SegAccumulator()
     per_class = {c: _ClassStats(k + 1) for k, c in enumerate(info.classes)}
+    files = [masks_dir / f"{r.id}.png" for r in rows]
+    encoding = mask_encoding(masks_dir, info.classes, files, cfg.mask_format)
     results: list[ImageResult] = []
-    for row in progress(rows, desc="evaluate", total=len(rows)):
-        pred_path = masks_dir / f"{row.id}.png"
-        raw = read_pred_mask(pred_path)
+    for row, pred_path in progress(zip(rows, files, strict=True), desc="evaluate", total=len(rows)):
+        raw = encoding.to_labels(read_pred_mask(pred_path))
         pred = raw != 0 if cfg.ignore_as == "defect" else (raw != 0) & (raw != IGNORE)
         score = scores[row.id] if scores is not None else float(pred.any())
         decision = score >= cfg.score_threshold
@@ -194,7 +198,7 @@ def evaluate_masks(
                 if label in per_class:
                     per_class[label].add(raw, pred, gt)
         results.append(ImageResult(row.id, row.labels, score, decision, value, seg.gt_areas[-1], seg.pred_areas[-1]))
-    return _report(results, seg, per_class, masks_dir, cfg, scores is not None)
+    return _report(results, seg, per_class, masks_dir, cfg, scores is not None, encoding)
 
 
 def _report(
@@ -204,6 +208,7 @@ def _report(
     masks_dir: Path,
     cfg: EvaluateConfig,
     from_scores: bool,
+    encoding: MaskEncoding,
 ) -> EvalReport:
     y = np.array([r.defective for r in results], dtype=bool)
     s = np.array([r.score for r in results], dtype=np.float64)
@@ -233,6 +238,8 @@ def _report(
         seg_recall_0_1=seg.seg_recall(0.1),
         seg_recall_0_5=seg.seg_recall(0.5),
         pixel_auroc=None,
+        mask_format=encoding.kind,
+        mask_note=encoding.note,
         per_class=[st.result(name) for name, st in per_class.items()],
         images=results,
     )

@@ -24,6 +24,7 @@ from pathlib import Path
 from wsss.atomic import atomic_path, atomic_write_text
 from wsss.errors import ConfigError, DataError, ManyErrors, WsssError
 from wsss.inference import Predictor
+from wsss.mask_format import write_labelmap
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 PREDICTIONS_FILE = "predictions.csv"
@@ -97,10 +98,11 @@ def predict_images(
         raise ConfigError("--batch", f"invalid batch size {batch}", "use 1 or more")
     found = find_images(inputs)
     rank, world = dist.rank(), dist.world_size()
+    classes = predictor.classes
     if rank == 0:
         prepare_out(out)
+        write_labelmap(out / "masks", classes)
     dist.barrier()
-    classes = predictor.classes
     summary = PredictSummary()
     columns = ["name", "path", "decision", "score", *(f"score_{c}" for c in classes), "defect_fraction"]
     part = out / (PREDICTIONS_FILE if world == 1 else f"predictions.{rank}.part")

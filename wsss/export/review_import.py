@@ -25,6 +25,7 @@ from PIL import Image
 from wsss.errors import ConfigError, DataError, ManyErrors, WsssError
 from wsss.export.formats import LabelMap, get_format
 from wsss.export.review import review_classes
+from wsss.mask_format import write_labelmap
 
 REVIEWED_DIR = "reviewed"
 RECORD_FILE = "reviewed.json"
@@ -101,6 +102,7 @@ def import_review(fmt: str, path: Path, run_dir: Path) -> ImportSummary:
     if final.is_dir():
         shutil.copytree(final, tmp)
     (tmp / "masks").mkdir(parents=True, exist_ok=True)
+    write_labelmap(tmp / "masks", labels.classes)
     record_path = tmp / RECORD_FILE
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -27,6 +27,7 @@ import click
 
 from wsss.config import Config
 from wsss.errors import DataError, StageError
+from wsss.mask_format import write_labelmap
 from wsss.stages import Stage, register_stage
 
 CONFIDENCE_FILE = "confidence.csv"
@@ -88,6 +89,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     if rank == 0:
         for stray in masks.glob(".*.tmp"):  # temporary files of writes cut short by a kill
             stray.unlink(missing_ok=True)
+        write_labelmap(masks, classes)  # what the values mean, for `wsss evaluate` and annotation tools
     dist.barrier()
     done = RowLog.done_in(out, lambda i: masks / f"{i}.png")
     tasks = [

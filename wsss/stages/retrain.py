@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from wsss.config import Config
+from wsss.mask_format import write_labelmap
 from wsss.models.weights import weight_files
 from wsss.stages import Stage, register_stage
 
@@ -129,6 +130,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         return outputs
     last = out / f"round{rcfg.rounds}"
     shutil.move(last / "masks", out / "masks")
+    write_labelmap(out / "masks", classes)
     for name in (MODEL_FILE, META_FILE):
         shutil.move(last / "model" / name, out / name)
     for k in range(1, rcfg.rounds + 1):

@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from wsss.config import Config
+from wsss.mask_format import write_labelmap
 from wsss.models.weights import weight_files
 from wsss.stages import Stage, mask_source, register_stage
 
@@ -107,6 +108,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
 
     predictor = torch_predictor(*load_segmenter(out, device), device)
     (out / "masks").mkdir(exist_ok=True)
+    write_labelmap(out / "masks", classes)
     score_rows, t0 = [], time.perf_counter()
     for start in progress(range(0, len(rows), scfg.batch_size), desc="predict", unit="batch"):
         batch = rows[start : start + scfg.batch_size]

@@ -1,4 +1,8 @@
-"""Plain mask PNGs: ``masks/<id>.png`` (the label values themselves) and ``masks/labelmap.txt`` (value name)."""
+"""Plain mask PNGs: ``masks/<id>.png`` (the label values themselves) and ``masks/labelmap.txt`` (value name).
+
+Reading accepts what tools write too: a folder's ``labelmap.txt`` says what its values mean, and a folder without
+one is read by :func:`wsss.mask_format.mask_encoding` (binary 0/255 masks of a one-class run: 255 = defect, with a
+note; an ambiguous folder is refused)."""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from wsss.atomic import atomic_write_text
+import click
+
 from wsss.errors import DataError
 from wsss.export.formats import LabelMap, ReviewFormat, ReviewItem
+from wsss.mask_format import mask_encoding, write_labelmap
 
-FIX = "give 8-bit single-channel PNGs whose values are the label values of labelmap.txt"
+FIX = "give 8-bit single-channel PNGs: the label values of labelmap.txt, or binary 0/255 masks"
 
 
 class PngFormat(ReviewFormat):
@@ -25,7 +31,7 @@ class PngFormat(ReviewFormat):
         out = package / self.default_file
         for item in items:
             write_mask(out / f"{item.id}.png", item.load_mask())
-        atomic_write_text(out / "labelmap.txt", "".join(f"{v} {n}\n" for v, n, _ in labels.entries()))
+        write_labelmap(out, labels.classes)
         return out
 
     def read(self, path: Path, labels: LabelMap) -> dict[str, np.ndarray]:
@@ -39,7 +45,10 @@ class PngFormat(ReviewFormat):
             masks[f.stem] = mask
         if not masks:
             raise DataError(path, "no .png masks in this folder", FIX)
-        return masks
+        encoding = mask_encoding(path, labels.classes, [path / f"{k}.png" for k in masks], check_values=False)
+        if encoding.note:
+            click.echo(f"note: {encoding.note}", err=True)
+        return {k: encoding.to_labels(m) for k, m in masks.items()}
 
 
 FORMAT = PngFormat()

@@ -1,0 +1,169 @@
+"""What the values of a folder of mask PNGs mean, decided once per folder and used by `evaluate` and `import-review`.
+
+wsss writes **label masks**: 0 background, k = class k (1..K, ``classes[k - 1]``), 255 ignore (uncertain). Most
+tools write **binary masks**: 0 = OK, 255 = defect. The same value 255 means opposite things, so a folder is never
+read by guessing silently:
+
+1. ``labelmap.txt`` in the folder (one ``value name`` line per value; every wsss stage that writes masks writes one,
+   as does the png review export) says what each value is: ``background``, a class name, or ``ignore`` /
+   ``uncertain``. A user states what a foreign folder's 255 means by writing one, e.g. ``0 background`` and
+   ``255 defect``.
+2. A folder that is a wsss stage's ``masks/`` (its ``manifest.json`` beside it) holds label masks.
+3. Any other folder is read from the values its masks hold: only 0 and 255 on a one-class dataset are binary masks
+   (255 = defect, said in a one-line note); class values 1..K (with or without 255) are label masks; anything else,
+   or 0/255 on a dataset with several classes, is refused with an error that says how to state the meaning.
+
+``--mask-format labels|binary`` (``evaluate.mask_format``) overrides all of this; binary then reads any value >= 128
+as defect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsss.atomic import atomic_write_text
+from wsss.errors import DataError
+
+LABELMAP = "labelmap.txt"
+IGNORE = 255
+IGNORE_NAMES = ("ignore", "uncertain")
+BACKGROUND_NAMES = ("background", "ok", "good")
+FORMATS = ("auto", "labels", "binary")
+BINARY_CUT = 128  # binary masks: a pixel is defect iff its value >= this
+
+
+@dataclass(frozen=True)
+class MaskEncoding:
+    """How a folder's values map onto label values: ``lut[raw]`` is the label mask (0, 1..K, 255 ignore)."""
+
+    kind: str  # "labels", "binary" or "labelmap"
+    lut: np.ndarray  # (256,) uint8
+    note: str = ""  # one line saying how a foreign folder was read ("" for a folder wsss wrote)
+
+    def to_labels(self, raw: np.ndarray) -> np.ndarray:
+        return raw if self.kind == "labels" else self.lut[raw]
+
+
+def labelmap_text(classes: Sequence[str]) -> str:
+    """``labelmap.txt`` of label masks: ``0 background``, ``k <class k>``, ``255 uncertain``."""
+    lines = ["0 background", *(f"{k} {name}" for k, name in enumerate(classes, start=1)), f"{IGNORE} uncertain"]
+    return "\n".join(lines) + "\n"
+
+
+def write_labelmap(folder: Path, classes: Sequence[str]) -> Path:
+    """Write the folder's ``labelmap.txt`` (atomically): what its label masks' values mean."""
+    path = Path(folder) / LABELMAP
+    atomic_write_text(path, labelmap_text(classes))
+    return path
+
+
+def _identity() -> np.ndarray:
+    return np.arange(256, dtype=np.uint8)
+
+
+def _binary() -> np.ndarray:
+    return (np.arange(256) >= BINARY_CUT).astype(np.uint8)
+
+
+def _fix(folder: Path, classes: Sequence[str]) -> str:
+    first = classes[0] if classes else "defect"
+    return (
+        f"write {Path(folder) / LABELMAP} with one `value name` line per value (e.g. `0 background` and "
+        f"`255 {first}`, or `255 ignore`), or pass --mask-format binary (255 = defect) or labels (255 = ignore)"
+    )
+
+
+def parse_labelmap(path: Path, classes: Sequence[str]) -> np.ndarray:
+    """The look-up table of a ``labelmap.txt``: value -> label value. Unmapped values map to themselves.
+
+    A name that is not one of ``classes`` keeps its value when that is a defect value 1..254 (a binary run's
+    ``defect`` over a dataset of several classes); ``defect`` at 0 or 255 is the generic defect (value 1); any other
+    name at 0 or 255 is refused, as those two values must say what they are."""
+    lut, errors = _identity(), []
+    lower = {c.lower(): k for k, c in enumerate(classes, start=1)}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        value, _, name = line.strip().partition(" ")
+        name = name.strip().lower()
+        if not value.isdigit() or int(value) > 255 or not name:
+            errors.append(f"line {n}: {line.strip()!r} is not `value name` with a value 0..255")
+        elif name in BACKGROUND_NAMES:
+            lut[int(value)] = 0
+        elif name in IGNORE_NAMES:
+            lut[int(value)] = IGNORE
+        elif name in lower:
+            lut[int(value)] = lower[name]
+        elif 0 < int(value) < IGNORE:
+            continue
+        elif name == "defect":
+            lut[int(value)] = 1
+        else:
+            errors.append(f"line {n}: {name!r} is not background, ignore or a class ({', '.join(classes)})")
+    if errors:
+        raise DataError(path, "; ".join(errors), "name each value background, ignore or one of the dataset's classes")
+    return lut
+
+
+def _values(files: Iterable[Path]) -> set[int]:
+    from wsss.evaluation import read_pred_mask
+
+    seen: set[int] = set()
+    for f in files:
+        if Path(f).is_file():
+            seen.update(int(v) for v in np.unique(read_pred_mask(f)))
+    return seen
+
+
+def mask_encoding(
+    folder: Path, classes: Sequence[str], files: Iterable[Path], mode: str = "auto", check_values: bool = True
+) -> MaskEncoding:
+    """How to read the masks ``files`` of ``folder`` for a dataset of ``classes`` (see the module docstring).
+
+    ``check_values=False`` leaves values that are neither classes nor 255 to the caller (import-review lists every
+    bad mask with its id)."""
+    folder = Path(folder)
+    if mode not in FORMATS:
+        raise DataError(f"--mask-format {mode}", "unknown mask format", f"use one of {', '.join(FORMATS)}")
+    if mode == "binary":
+        if len(classes) != 1:
+            raise DataError(
+                folder,
+                f"binary masks name one defect class, the dataset has {len(classes)} ({', '.join(classes)})",
+                "write label masks (value k = class k) or a labelmap.txt naming each value",
+            )
+        return MaskEncoding("binary", _binary())
+    if mode == "labels":
+        return MaskEncoding("labels", _identity())
+    if (folder / LABELMAP).is_file():
+        return MaskEncoding("labelmap", parse_labelmap(folder / LABELMAP, classes))
+    if (folder.parent / "manifest.json").is_file():  # a wsss stage's masks/ (written before labelmap.txt existed)
+        return MaskEncoding("labels", _identity())
+    values = _values(files)
+    labels = set(range(1, len(classes) + 1))
+    if values <= {0, IGNORE} and IGNORE in values:
+        if len(classes) == 1:
+            note = (
+                f"read {folder} as binary masks (only values 0 and 255): 255 = {classes[0]}; "
+                f"if 255 means ignore there, add {LABELMAP} or pass --mask-format labels"
+            )
+            return MaskEncoding("binary", _binary(), note)
+        raise DataError(
+            folder,
+            f"its masks hold only 0 and 255 and the dataset has {len(classes)} classes: 255 could be any of them, "
+            "or ignore",
+            _fix(folder, classes),
+        )
+    odd = sorted(values - labels - {0, IGNORE})
+    if odd and check_values:
+        shown = ", ".join(map(str, odd[:8])) + (" ..." if len(odd) > 8 else "")
+        raise DataError(
+            folder,
+            f"mask values {shown} are neither classes (1..{len(classes)}) nor 255 (ignore), nor binary 0/255",
+            _fix(folder, classes),
+        )
+    return MaskEncoding("labels", _identity())
