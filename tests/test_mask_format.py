@@ -38,7 +38,9 @@ def _rows(tmp: Path) -> tuple[list[EvalRow], dict[str, np.ndarray]]:
     _write(tmp / "gt", gt)
     labels = {"a": ("defect",), "b": (), "c": ("defect",)}
     rows = [
-        EvalRow(id=k, path=tmp / f"{k}.png", labels=labels[k], split="test", group=k, fold=-1, mask=tmp / "gt" / f"{k}.png")
+        EvalRow(
+            id=k, path=tmp / f"{k}.png", labels=labels[k], split="test", group=k, fold=-1, mask=tmp / "gt" / f"{k}.png"
+        )
         for k in gt
     ]
     return rows, pred

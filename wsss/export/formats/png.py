@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import click
 import cv2
 import numpy as np
-
-import click
 
 from wsss.errors import DataError
 from wsss.export.formats import LabelMap, ReviewFormat, ReviewItem
