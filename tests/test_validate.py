@@ -46,11 +46,18 @@ def test_report_of_a_good_dataset(tmp_path: Path) -> None:
     assert r.class_counts == {"dent": 2, "ok": 2, "scratch": 1}
     assert (r.size_min, r.size_max, r.channels) == ((6, 8), (10, 12), 3)
     assert r.conversions == [(str(tmp_path / "dent" / "e.png"), "RGBA -> RGB (alpha dropped)")]
-    assert r.warnings == [f"{tmp_path / 'dent' / 'd_mask.png'}: image labelled defective (dent) but mask empty at >= 1"]
+    assert (
+        r.warnings[0] == f"{tmp_path / 'dent' / 'd_mask.png'}: image labelled defective (dent) but mask empty at >= 1"
+    )
+    # handled by themselves, but said: several sizes, gray mixed with colour, sides under 32 px
+    assert r.warnings[1].startswith("2 different image sizes (aspect H/W 0.80..2.00)")
+    assert r.warnings[2] == "4 grayscale and 1 colour images: grayscale images are repeated to 3 channels"
+    assert r.warnings[3] == "5 image(s) with a side under 32 px: they are upscaled to the input size"
+    assert r.sizes[samples[0].id] == (8, 10) and len(r.sizes) == 5
     data = json.loads(json.dumps(r.to_json()))
     assert data["n_ok"] == 2 and data["conversions"][0]["what"] == "RGBA -> RGB (alpha dropped)"
     md = r.to_markdown()
-    assert "- images: 5 (3 defective, 2 ok)" in md and "| dent | 2 |" in md and "## Warnings (1)" in md
+    assert "- images: 5 (3 defective, 2 ok)" in md and "| dent | 2 |" in md and "## Warnings (4)" in md
 
 
 def test_all_bad_files_reported_together(tmp_path: Path) -> None:
@@ -106,7 +113,7 @@ def test_defect_types_without_ok_images_only_warn(tmp_path: Path) -> None:
     img(tmp_path / "dent" / "b_mask.png", 0)
     samples, adapter = folder_set(tmp_path)
     r = validate_samples(samples, adapter)
-    assert r.warnings[-1].startswith("no defect-free images")
+    assert any(w.startswith("no defect-free images") for w in r.warnings)
 
 
 def test_ok_image_with_nonempty_mask_warns(tmp_path: Path) -> None:
@@ -150,3 +157,14 @@ def test_real_datasets() -> None:
     assert (r.n_images, r.n_defective, r.channels) == (399, 52, 1)
     groups = {s.group for s in samples}
     assert len(groups) == 48 and "kos26" not in groups and "kos34" not in groups
+
+
+def test_images_over_the_megapixel_limit_are_refused_with_the_fix(tmp_path: Path) -> None:
+    img(tmp_path / "ok" / "a.png", shape=(8, 10))
+    img(tmp_path / "scratch" / "big.png", shape=(40, 50))
+    samples, adapter = folder_set(tmp_path)
+    with pytest.raises(DataError) as e:
+        validate_samples(samples, adapter, max_megapixels=0.001)  # 1000 px: the 2000 px image is over it
+    text = str(e.value)
+    assert "big.png" in text and "50x40 is 0.0 megapixels, over prepare.max_megapixels (0.001)" in text
+    assert "crop or tile" in text and "a.png" not in text

@@ -150,10 +150,17 @@ def status(config: Path, run_dir: Path | None, overrides: tuple[str, ...]) -> No
     default=None,
     help="YAML recipe (default: the built-in defaults)",
 )
+@run_dir_option
 @set_option
-def show_config(config: Path | None, overrides: tuple[str, ...]) -> None:
-    """Print the resolved config (defaults + file + overrides) as YAML."""
-    click.echo(dump_yaml(load_config(config, overrides).to_dict()), nl=False)
+def show_config(config: Path | None, run_dir: Path | None, overrides: tuple[str, ...]) -> None:
+    """Print the resolved config (defaults + file + overrides) as YAML.
+
+    ``auto`` settings show the values the run's prepare stage resolved them to (the run folder of --run-dir, else
+    runs/<run.name>), or stay ``auto`` until prepare has run."""
+    from wsss.runs import Run
+
+    cfg = load_config(config, overrides)
+    click.echo(dump_yaml(Run(run_dir or Path("runs") / cfg.run.name, cfg).cfg.to_dict()), nl=False)
 
 
 @cli.command()
@@ -333,6 +340,21 @@ def export_onnx_cmd(model: Path, out: Path, opset: int) -> None:
     report = export_onnx(model, out, opset=opset)
     shapes = ", ".join("x".join(map(str, s)) for s in report.checked_shapes)
     click.echo(f"wrote {out}; onnxruntime vs PyTorch on inputs {shapes}: max abs diff {report.max_abs_diff:.3g}")
+
+
+@cli.command()
+@click.option("--kind", required=True, help="dataset kind: folder, csv, ksdd, mtd, ... (see README, Dataset formats)")
+@click.option("--root", type=click.Path(path_type=Path), required=True, help="dataset folder (kind csv: the CSV)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("recipe.yaml"), show_default=True)
+@click.option("--force", is_flag=True, help="replace an existing recipe file")
+def init(kind: str, root: Path, out: Path, force: bool) -> None:
+    """Scan a dataset, print what it holds, and write a recipe for it (sizes resolved from its images)."""
+    from wsss.init_recipe import write_recipe
+
+    path, summary = write_recipe(kind, root, out, force)
+    for line in summary.lines():
+        click.echo(line)
+    click.echo(f"wrote {path}; run it with: wsss run --config {path}")
 
 
 @cli.command()

@@ -96,6 +96,9 @@ class PrepareConfig:
 
     split: SplitConfig = field(default_factory=SplitConfig)
     workers: int = 0  # threads used to validate images; 0 = number of CPU cores
+    # images above this many megapixels are refused (every stage holds whole images; the CRF alone would take
+    # minutes per image): crop or tile them into parts first, or raise this
+    max_megapixels: float = 20.0
 
 
 @dataclass
@@ -166,7 +169,9 @@ class ClassifierConfig:
     """`train-classifier`: the Defect Focus Classifier (METHOD.md 1)."""
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    input_size: list[int] = field(default_factory=lambda: [128, 128])  # H, W the images are resized to
+    # H, W the images are resized to; auto = the median training image within max_pixels (wsss/auto.py)
+    input_size: list[int] | str = "auto"
+    max_pixels: int = 163_840  # auto input_size's budget: 640 x 256, what a 2-core CPU trains in minutes per epoch
     binary: bool = True  # one "defect" class; false = multi-label over the dataset's classes
     lse_r: float = 5.0  # log-sum-exp pooling sharpness (r -> 0: mean, r -> inf: max)
     clm: CLMConfig = field(default_factory=CLMConfig)
@@ -212,7 +217,8 @@ class CamConfig:
 
     scales: list[float] = field(default_factory=lambda: [0.75, 1.0, 1.5])  # x classifier.input_size
     flips: bool = True  # also horizontally and vertically flipped views
-    tile_size: list[int] = field(default_factory=lambda: [0, 0])  # [H, W] windows (original pixels); 0 = off
+    # [H, W] windows (original pixels); [0, 0] = off; auto = off unless images are shrunk over 4x (wsss/auto.py)
+    tile_size: list[int] | str = "auto"
     tile_overlap: float = 0.25  # overlap of neighbouring windows, fraction of the window
     norm_percentile: float = 50.0  # dataset scale: this percentile of the CAM peaks of defective training images
     score_threshold: float = 0.5  # images whose sample score is below get an all-zero CAM (called OK)
@@ -235,7 +241,7 @@ class CRFConfig:
     iterations: int = 10
     gauss_sxy: float = 3.0
     gauss_compat: float = 3.0
-    bilateral_sxy: float = 50.0
+    bilateral_sxy: float | str = "auto"  # pixels; auto = 0.1 x the median training image's shorter side
     bilateral_srgb: float = 13.0
     bilateral_compat: float = 10.0
 
@@ -302,7 +308,8 @@ class SegTrainConfig:
     """Training a multi-task segmenter on pseudo-masks: what `retrain` and `train-segmenter` share."""
 
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(output_stride=32))
-    input_size: list[int] = field(default_factory=lambda: [128, 128])  # H, W
+    input_size: list[int] | str = "auto"  # H, W; auto = the median training image within max_pixels
+    max_pixels: int = 86_016  # auto input_size's budget: 448 x 192
     decoder_channels: int = 64
     epochs: int = 15
     batch_size: int = 16
@@ -509,9 +516,6 @@ DEMO_SETTINGS: tuple[str, ...] = (
     # mIoU_def of pseudo-labels / retrain at commit 50cbf46: 13.2% / 16.6% at 80 images, 41.2% / 41.1% at 160)
     "dataset.synthetic.n_ok=96",
     "dataset.synthetic.n_defect=64",
-    # the bilateral kernel's reach for 128 px images: the default 50 px suits ~500 px parts, and on the demo it spans
-    # the whole image, so the CRF erases most defects
-    "pseudo.crf.bilateral_sxy=12",
     # resnet18 from scratch, not the pretrained default: on these procedural textures ImageNet features do not
     # localise (test mIoU_def pseudo-labels / retrain / segmenter: 37.3 / 34.4 / 11.6% from scratch, 4.2 / 11.6 / 3.3%
     # with Lite0 frozen to stride 8; image AP 92.8% against 98.6%)
@@ -613,8 +617,19 @@ def validate(cfg: Config) -> None:
 def _check_ranges(cfg: Config) -> None:
     """Numeric fields that only make sense in a range: named, with the range, before any stage starts."""
     checks = [
+        *_size_checks(cfg),
+        ("prepare.max_megapixels", cfg.prepare.max_megapixels > 0, "a size in megapixels > 0, e.g. 20"),
         ("cam.scales", all(x > 0 for x in cfg.cam.scales) and bool(cfg.cam.scales), "positive factors, e.g. [1.0]"),
-        ("cam.tile_size", len(cfg.cam.tile_size) == 2 and min(cfg.cam.tile_size) >= 0, "[H, W] >= 0 ([0, 0] = off)"),
+        (
+            "cam.tile_size",
+            cfg.cam.tile_size == "auto" or (len(cfg.cam.tile_size) == 2 and min(cfg.cam.tile_size) >= 0),
+            "[H, W] >= 0 ([0, 0] = off), or auto",
+        ),
+        (
+            "pseudo.crf.bilateral_sxy",
+            cfg.pseudo.crf.bilateral_sxy == "auto" or float(cfg.pseudo.crf.bilateral_sxy) > 0,
+            "pixels > 0, or auto (0.1 x the images' shorter side)",
+        ),
         ("cam.tile_overlap", 0 <= cfg.cam.tile_overlap < 1, "a fraction in [0, 1)"),
         ("cam.norm_percentile", 0 < cfg.cam.norm_percentile <= 100, "a percentile in (0, 100]"),
         ("cam.score_threshold", 0 <= cfg.cam.score_threshold <= 1, "a probability in [0, 1]"),
@@ -655,6 +670,17 @@ def _check_ranges(cfg: Config) -> None:
     for key, ok, fix in checks:
         if not ok:
             raise ConfigError(key, f"invalid value {section_value(cfg, key)!r}", fix)
+
+
+def _size_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    out = []
+    for s in ("classifier", "retrain", "segmenter"):
+        sec = getattr(cfg, s)
+        size = sec.input_size
+        ok = size == "auto" or (isinstance(size, list) and len(size) == 2 and min(size) > 0)
+        out.append((f"{s}.input_size", ok, "[H, W] with positive sizes, or auto"))
+        out.append((f"{s}.max_pixels", sec.max_pixels >= 1024, "a pixel budget >= 1024, e.g. 163840 (640 x 256)"))
+    return out
 
 
 def _anomaly_checks(a: AnomalyConfig, key: str) -> list[tuple[str, bool, str]]:

@@ -145,8 +145,30 @@ class Run:
 
     def __init__(self, run_dir: Path, cfg: Config, echo=click.echo):
         self.dir = Path(run_dir)
-        self.cfg = cfg
+        self.raw_cfg = cfg  # as loaded: `auto` settings unresolved
         self.echo = echo
+        self._resolved: tuple[tuple[int, int], Config] | None = None
+
+    @property
+    def cfg(self) -> Config:
+        """The config every stage sees: ``auto`` settings resolved from the finished prepare's ``dataset.json``
+        (:mod:`wsss.auto`), so manifests record, and staleness compares, the values actually used. Before prepare
+        has run they stay ``auto`` (prepare reads none of them)."""
+        from wsss.auto import has_auto, resolve_auto
+        from wsss.data.index import read_dataset_info
+
+        if not has_auto(self.raw_cfg):
+            return self.raw_cfg
+        info = self.stage_dir("prepare") / "dataset.json"
+        try:
+            st = info.stat()
+        except FileNotFoundError:
+            return self.raw_cfg
+        key = (st.st_mtime_ns, st.st_size)
+        if self._resolved is None or self._resolved[0] != key:
+            resolved = resolve_auto(self.raw_cfg, read_dataset_info(info.with_name("index.csv")).sizes, info)
+            self._resolved = (key, resolved)
+        return self._resolved[1]
 
     def stage_dir(self, name: str) -> Path:
         return self.dir / name

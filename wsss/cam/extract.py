@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss.auto import AUTO
 from wsss.config import CamConfig
 from wsss.data.transforms import resize, to_channels, to_tensor
 from wsss.models.dfc import DFC
@@ -51,6 +52,11 @@ def windows(shape: tuple[int, int], tile: Sequence[int], overlap: float) -> list
     th = tile[0] if 0 < tile[0] < h else h
     tw = tile[1] if 0 < tile[1] < w else w
     return [Window(y, x, y + th, x + tw) for y in starts(h, tile[0]) for x in starts(w, tile[1])]
+
+
+def tile_size(cfg: CamConfig) -> Sequence[int]:
+    """``cam.tile_size``; an unresolved ``auto`` (library use without a prepared dataset) means whole images."""
+    return (0, 0) if cfg.tile_size == AUTO else cfg.tile_size
 
 
 class CamExtractor:
@@ -88,10 +94,9 @@ class CamExtractor:
     def __call__(self, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
         """Raw CAMs, each (K, H, W) float32 >= 0 at its image's size, and sample scores (N, K) in [0, 1]."""
         k = self.num_classes
+        tile = tile_size(self.cfg)
         items = [
-            (i, win)
-            for i, img in enumerate(images)
-            for win in windows(img.shape[:2], self.cfg.tile_size, self.cfg.tile_overlap)
+            (i, win) for i, img in enumerate(images) for win in windows(img.shape[:2], tile, self.cfg.tile_overlap)
         ]
         canvas = [np.zeros((k, *img.shape[:2]), np.float32) for img in images]
         weight = [np.zeros(img.shape[:2], np.float32) for img in images]

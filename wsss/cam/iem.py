@@ -30,7 +30,7 @@ from functools import partial
 import cv2
 import numpy as np
 
-from wsss.cam.extract import CamExtractor, windows
+from wsss.cam.extract import CamExtractor, tile_size, windows
 from wsss.config import IEMConfig
 
 _METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
@@ -118,7 +118,7 @@ def _chunks(extractor: CamExtractor, shapes: Sequence[tuple[int, ...]]) -> list[
     c = extractor.cfg
     out, start, n = [], 0, 0
     for k, shape in enumerate(shapes):
-        n += len(windows(shape[:2], c.tile_size, c.tile_overlap))
+        n += len(windows(shape[:2], tile_size(c), c.tile_overlap))
         if n >= c.batch_size or k == len(shapes) - 1:
             out.append(range(start, k + 1))
             start, n = k + 1, 0

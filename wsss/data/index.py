@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wsss.auto import SizeStats
 from wsss.errors import DataError
 
 COLUMNS = ("id", "path", "labels", "split", "group", "fold", "mask")
@@ -55,6 +56,7 @@ class DatasetInfo:
     classes: tuple[str, ...]
     mask_threshold: int  # a ground-truth pixel is defect iff its value >= mask_threshold
     channels: int = 1  # 1 for grayscale sets, 3 when any image is colour
+    sizes: SizeStats | None = None  # the training images' sizes, what `auto` settings resolve from (wsss/auto.py)
 
     def to_json(self) -> dict:
         return {
@@ -62,6 +64,7 @@ class DatasetInfo:
             "classes": list(self.classes),
             "mask_threshold": self.mask_threshold,
             "channels": self.channels,
+            "train_sizes": self.sizes.to_json() if self.sizes else None,
         }
 
     @classmethod
@@ -71,6 +74,7 @@ class DatasetInfo:
             classes=tuple(d["classes"]),
             mask_threshold=int(d["mask_threshold"]),
             channels=int(d.get("channels", 1)),
+            sizes=SizeStats.from_json(d["train_sizes"]) if d.get("train_sizes") else None,
         )
 
 

@@ -1,9 +1,13 @@
 """Validate a scanned dataset once, where it enters: every image decoded, every mask read, all problems at once.
 
 Errors (raised together as one :class:`~wsss.errors.ManyErrors`, each naming the file and the fix): no images,
-duplicate ids, unreadable / empty / truncated / unsupported images, unreadable masks or masks of another size than
-their image, and a dataset with a single class. Warnings (kept in the report): a defective image whose mask is
-empty at the threshold, a defect-free image whose mask is not, no defect-free images at all.
+duplicate ids, unreadable / empty / truncated / unsupported images, images over ``prepare.max_megapixels``,
+unreadable masks or masks of another size than their image, and a dataset with a single class. Warnings (kept in the
+report): a defective image whose mask is empty at the threshold, a defect-free image whose mask is not, no
+defect-free images at all, and what is handled automatically but changes the images: image sizes whose aspect
+ratios lie more than 25% apart (every image is resized to the input size, so aspect ratios far from the median are
+distorted), grayscale mixed with colour (grayscale repeated to 3 channels), and images with a side under 32 px
+(upscaled to the input size, which is at least 32 px a side: the deepest stride of the backbones).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class ValidationReport:
     mask_threshold: int
     conversions: list[tuple[str, str]] = field(default_factory=list)  # (file, what was converted)
     warnings: list[str] = field(default_factory=list)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (H, W); not in report.json
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,12 +90,23 @@ class _Checked:
     errors: list[WsssError] = field(default_factory=list)
 
 
-def _check(sample: Sample, high_bit_depth: str, threshold: int) -> _Checked:
+def _check(sample: Sample, high_bit_depth: str, threshold: int, max_megapixels: float) -> _Checked:
     out = _Checked()
     try:
         out.info = probe_image(sample.path, high_bit_depth)
     except WsssError as e:
         out.errors.append(e)
+    if out.info and out.info.width * out.info.height > max_megapixels * 1e6:
+        mp = out.info.width * out.info.height / 1e6
+        out.errors.append(
+            DataError(
+                sample.path,
+                f"{out.info.width}x{out.info.height} is {mp:.1f} megapixels, over prepare.max_megapixels "
+                f"({max_megapixels:g}): every stage holds whole images and the CRF alone would take minutes on it",
+                "crop or tile such images into parts (each part with its own label) first, or raise "
+                "prepare.max_megapixels",
+            )
+        )
     if sample.mask is not None:
         size = (out.info.width, out.info.height) if out.info else None
         try:
@@ -121,11 +137,14 @@ def _label_name(labels: tuple[str, ...]) -> str:
     return ";".join(labels) or OK
 
 
-def validate_samples(samples: list[Sample], adapter: DatasetAdapter, workers: int = 0) -> ValidationReport:
+def validate_samples(
+    samples: list[Sample], adapter: DatasetAdapter, workers: int = 0, max_megapixels: float = 20.0
+) -> ValidationReport:
     """Check every image and mask of ``samples``; raise all problems together, else describe the dataset.
 
     Args:
         workers: threads decoding images; 0 = one per CPU core.
+        max_megapixels: larger images are errors.
     """
     if not samples:
         raise DataError(
@@ -136,7 +155,7 @@ def validate_samples(samples: list[Sample], adapter: DatasetAdapter, workers: in
     errors = _duplicates(samples)
     threshold, hbd = adapter.threshold(), adapter.cfg.high_bit_depth
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as ex:
-        jobs = ex.map(lambda s: _check(s, hbd, threshold), samples)
+        jobs = ex.map(lambda s: _check(s, hbd, threshold, max_megapixels), samples)
         checked = list(progress(jobs, desc="validate images", total=len(samples)))
     for c in checked:
         errors += c.errors
@@ -164,6 +183,7 @@ def validate_samples(samples: list[Sample], adapter: DatasetAdapter, workers: in
     if all(s.labels for s in samples):
         warnings.append("no defect-free images: the classifier only learns to tell defect types apart")
     infos = [c.info for c in checked if c.info is not None]
+    warnings += _handled(infos)
     counts = Counter(label for s in samples for label in (s.labels or (OK,)))
     return ValidationReport(
         kind=adapter.kind,
@@ -177,4 +197,30 @@ def validate_samples(samples: list[Sample], adapter: DatasetAdapter, workers: in
         mask_threshold=threshold,
         conversions=[(str(s.path), c.info.converted) for s, c in zip(samples, checked) if c.info and c.info.converted],
         warnings=warnings,
+        sizes={s.id: (c.info.height, c.info.width) for s, c in zip(samples, checked) if c.info is not None},
     )
+
+
+SMALL = 32  # px: the deepest stride of the backbones; auto input sizes are at least this a side
+ASPECT_SPREAD = 1.25  # aspect ratios (H/W) further apart than this are worth a warning (KSDD's 2.47..2.57 are not)
+
+
+def _handled(infos: list[ImageInfo]) -> list[str]:
+    """Warnings for what prepare and training handle by themselves, but which the user should know."""
+    out = []
+    shapes = Counter((i.height, i.width) for i in infos)
+    ratios = sorted(h / w for h, w in shapes)
+    if ratios[-1] > ASPECT_SPREAD * ratios[0]:
+        out.append(
+            f"{len(shapes)} different image sizes (aspect H/W {ratios[0]:.2f}..{ratios[-1]:.2f}): every image is "
+            "resized to the input size, so parts far from the median aspect ratio are stretched"
+        )
+    gray = sum(i.channels == 1 for i in infos)
+    if 0 < gray < len(infos):
+        out.append(
+            f"{gray} grayscale and {len(infos) - gray} colour images: grayscale images are repeated to 3 channels"
+        )
+    small = sum(min(i.height, i.width) < SMALL for i in infos)
+    if small:
+        out.append(f"{small} image(s) with a side under {SMALL} px: they are upscaled to the input size")
+    return out

@@ -11,6 +11,7 @@ import dataclasses
 import cv2
 import numpy as np
 
+from wsss.auto import AUTO, auto_crf_reach
 from wsss.config import CRFConfig
 
 
@@ -39,6 +40,8 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarra
     c, h, w = probs.shape
     if image.shape[:2] != (h, w):
         raise ValueError(f"image is {image.shape[:2]} but the probabilities are {(h, w)}")
+    if cfg.bilateral_sxy == AUTO:  # not resolved for a dataset (library use): this image's own shorter side
+        cfg = dataclasses.replace(cfg, bilateral_sxy=auto_crf_reach((h, w)))
     if cfg.scale < 1:
         return _downsampled(image, probs, cfg)
     if cfg.backend == "torch":

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss.auto import AUTO, auto_crf_reach
 from wsss.config import CRFConfig
 
 CLIP = 1e-5  # as pydensecrf2's unary_from_softmax(clip=1e-5)
@@ -152,7 +153,8 @@ def dense_crf_torch(images: torch.Tensor, probs: torch.Tensor, cfg: CRFConfig) -
     dev = probs.device
     gray = images.float().mean(-1) if images.ndim == 4 else images.float()
     srange = cfg.bilateral_srgb / (math.sqrt(3.0) if images.ndim == 3 or _equal_channels(images) else 1.0)
-    grid = BilateralGrid(gray.to(dev), cfg.bilateral_sxy, srange)
+    sxy = auto_crf_reach(gray.shape[1:]) if cfg.bilateral_sxy == AUTO else float(cfg.bilateral_sxy)
+    grid = BilateralGrid(gray.to(dev), sxy, srange)
     b, c, h, w = probs.shape
     gauss_norm = gaussian_blur(torch.ones(b, 1, h, w, device=dev), cfg.gauss_sxy).to(dev).clamp_min(1e-12)
     unary = -probs.float().clamp(CLIP, 1.0).log()

@@ -1,4 +1,7 @@
-"""`prepare`: find the images, validate every file, split, and write ``index.csv`` + a validation report."""
+"""`prepare`: find the images, validate every file, split, and write ``index.csv`` + a validation report.
+
+``dataset.json`` also records the training images' sizes, from which the later stages' ``auto`` settings (input
+sizes, CAM tiling, the CRF's reach) are resolved (:mod:`wsss.auto`)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from wsss.auto import SizeStats
 from wsss.config import Config
 from wsss.data.base import DatasetAdapter, Sample, create_adapter
 from wsss.data.index import SPLITS, DatasetInfo, EvalRow, write_dataset_info, write_index
@@ -37,7 +41,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
 
     adapter = make_adapter(cfg, out)
     samples: list[Sample] = adapter.scan()
-    report = validate_samples(samples, adapter, workers=cfg.prepare.workers)
+    report = validate_samples(samples, adapter, workers=cfg.prepare.workers, max_megapixels=cfg.prepare.max_megapixels)
     assignment = assign_splits(samples, cfg.prepare.split, kind=cfg.dataset.kind)
     rows = [
         EvalRow(
@@ -52,8 +56,13 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         for s in sorted(samples, key=lambda s: s.id)
     ]
     classes = tuple(sorted({lbl for s in samples for lbl in s.labels}))
+    train = [report.sizes[r.id] for r in rows if r.split == "train"] or list(report.sizes.values())
     info = DatasetInfo(
-        kind=cfg.dataset.kind, classes=classes, mask_threshold=adapter.threshold(), channels=report.channels
+        kind=cfg.dataset.kind,
+        classes=classes,
+        mask_threshold=adapter.threshold(),
+        channels=report.channels,
+        sizes=SizeStats.of(train),
     )
     write_index(out / "index.csv", rows, relative_to=out)
     write_dataset_info(out / "dataset.json", info)

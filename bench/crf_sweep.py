@@ -1,0 +1,104 @@
+"""Choose the pseudo-labelling settings (CRF kernels, background prior, CAM lift) on the validation split.
+
+The one place where the method cannot avoid ground-truth masks: how far the CRF may move a CAM's boundary is a
+pixel-level question that image labels cannot answer. So the settings are chosen here, on the *validation* images of
+finished runs (never test), and written into the recipe; training and pseudo-labelling never read a mask.
+
+For every combination of the grid it labels each defective validation image the classifier called defective (the
+rule of ``wsss/refine/pseudo.py``, from the run's ``cam`` stage), and prints mIoU_def over the defective validation
+images of all the given runs (an image called OK counts 0, as in ``evaluate``), best first.
+
+    python bench/crf_sweep.py /tmp/bench/ksdd/fold0 /tmp/bench/ksdd/fold1 /tmp/bench/ksdd/fold2
+
+``lift`` divides the CAM of an image called defective whose peak is below the dataset scale by its own peak (never
+by less than the 99th percentile of the OK training images' peaks): a weak but correctly placed CAM then reaches the
+same level as a strong one, instead of staying under the background prior.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", type=Path, nargs="+", help="run folders with finished prepare and cam stages")
+    p.add_argument("--split", default="val", choices=["val", "train"], help="never test")
+    p.add_argument("--sxy", default="50,20", help="bilateral_sxy values, pixels")
+    p.add_argument("--compat", default="10,3", help="bilateral_compat values")
+    p.add_argument("--bg", default="0.4,0.6", help="bg_prior values")
+    p.add_argument("--lift", default="0,1", help="0 = the dataset scale only, 1 = lift weak CAMs")
+    p.add_argument("--methods", default="crf,threshold")
+    return p.parse_args(argv)
+
+
+def lifted(cam: np.ndarray, peak: float, scale: float, floor: float) -> np.ndarray:
+    """The stored CAM (raw / scale, clipped at 1) as raw / max(peak, floor) when the peak is below the scale."""
+    if peak >= scale:
+        return cam
+    return np.clip(cam * scale / max(peak, floor), 0.0, 1.0)
+
+
+def items(run: Path, split: str):
+    from wsss.cam.io import read_cam
+    from wsss.data.images import read_image, read_mask
+    from wsss.data.index import read_dataset_info, read_eval_index
+
+    index = run / "prepare" / "index.csv"
+    info = read_dataset_info(index)
+    meta = json.loads((run / "cam" / "cam.json").read_text())
+    rows = {r["id"]: r for r in csv.DictReader(open(run / "cam" / "scores.csv"))}
+    all_rows = read_eval_index(index)
+    ok_peaks = [float(rows[r.id]["peak"]) for r in all_rows if r.split == "train" and not r.labels]
+    floor = float(np.percentile(ok_peaks, 99)) if ok_peaks else 0.0
+    for r in all_rows:
+        if r.split != split or not r.labels or r.mask is None:
+            continue
+        called = float(rows[r.id]["score"]) >= meta["score_threshold"]
+        image = read_image(r.path)
+        cam = read_cam(run / "cam" / "cams" / f"{r.id}.npz", image.shape[:2])
+        gt = read_mask(r.mask, threshold=info.mask_threshold)
+        yield r.id, image, cam, gt, called, float(rows[r.id]["peak"]), meta["scale"], floor
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from wsss.config import PseudoConfig
+    from wsss.refine.pseudo import IGNORE, label_image
+
+    data = [it for run in args.runs for it in items(run, args.split)]
+    print(f"{len(data)} defective {args.split} images from {len(args.runs)} run(s)")
+    floats = lambda s: [float(v) for v in s.split(",")]  # noqa: E731
+    grid = itertools.product(args.methods.split(","), floats(args.sxy), floats(args.compat), floats(args.bg), args.lift.split(","))
+    results = []
+    seen = set()
+    for method, sxy, compat, bg, lift in grid:
+        key = (method, bg, lift) if method == "threshold" else (method, sxy, compat, bg, lift)
+        if key in seen:
+            continue
+        seen.add(key)
+        base = PseudoConfig(method=method, bg_prior=bg)
+        cfg = dataclasses.replace(base, crf=dataclasses.replace(base.crf, bilateral_sxy=sxy, bilateral_compat=compat))
+        ious = []
+        for _, image, cam, gt, called, peak, scale, floor in data:
+            c = lifted(cam, peak, scale, floor) if lift == "1" else cam
+            mask = label_image(image, c, cfg, called).mask
+            pred = (mask > 0) & (mask != IGNORE)
+            union = np.count_nonzero(pred | gt)
+            ious.append(np.count_nonzero(pred & gt) / union if union else 1.0)
+        results.append((float(np.mean(ious)), key))
+        print(f"{100 * results[-1][0]:6.2f}%  {key}", flush=True)
+    print("\nbest first:")
+    for miou, key in sorted(results, reverse=True):
+        print(f"{100 * miou:6.2f}%  {key}")
+
+
+if __name__ == "__main__":
+    main()

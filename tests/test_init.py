@@ -1,0 +1,58 @@
+"""`wsss init`: a summary of the data and a recipe that `wsss run` accepts as is; a bad folder lists every problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+from click.testing import CliRunner
+
+from wsss.cli import cli
+from wsss.config import load_config
+from wsss.runs import Run
+
+
+def _folder(root: Path, n: int = 4, size: tuple[int, int] = (96, 40)) -> Path:
+    rng = np.random.default_rng(0)
+    for cls in ("ok", "scratch"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            cv2.imwrite(str(root / cls / f"{cls}{i}.png"), rng.integers(0, 255, size, dtype=np.uint8))
+    return root
+
+
+def test_init_summarises_the_data_and_writes_a_recipe_that_runs(tmp_path: Path):
+    root = _folder(tmp_path / "parts", size=(96, 40))
+    out = tmp_path / "line3.yaml"
+    r = CliRunner().invoke(cli, ["init", "--kind", "folder", "--root", str(root), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "8 images, 4 OK, 4 defective" in r.output and "median 96x40" in r.output and f"wrote {out}" in r.output
+    text = out.read_text()
+    assert "input_size: auto  # -> [96, 32]" in text  # 96 x 40 within the budget, sides multiples of 32
+    assert "bilateral_sxy: auto}  # -> 4.0" in text and "#   cam.tile_size: [0, 0]" in text
+    data = yaml.safe_load(text)
+    assert data["dataset"] == {"kind": "folder", "root": str(root.resolve())} and data["run"]["name"] == "line3"
+    cfg = load_config(out)  # `wsss run --config` accepts it as is
+    run = Run(tmp_path / "run", cfg, echo=lambda *_: None)
+    run.run_stage("prepare")
+    assert run.cfg.classifier.input_size == [96, 32] and run.cfg.segmenter.input_size == [96, 32]
+    again = CliRunner().invoke(cli, ["init", "--kind", "folder", "--root", str(root), "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output  # never overwrites a recipe by itself
+
+
+def test_init_on_a_bad_folder_lists_every_problem_and_writes_nothing(tmp_path: Path):
+    root = _folder(tmp_path / "parts")
+    (root / "scratch" / "broken.png").write_bytes(b"not a png")
+    (root / "scratch" / "empty.png").write_bytes(b"")
+    out = tmp_path / "recipe.yaml"
+    r = CliRunner().invoke(cli, ["init", "--kind", "folder", "--root", str(root), "--out", str(out)])
+    assert r.exit_code != 0 and "broken.png" in r.output and "empty.png" in r.output
+    assert not out.exists()
+    one_class = _folder(tmp_path / "only-ok")
+    for f in (one_class / "scratch").iterdir():
+        f.rename(one_class / "ok" / f"x{f.name}")
+    (one_class / "scratch").rmdir()
+    r = CliRunner().invoke(cli, ["init", "--kind", "folder", "--root", str(one_class), "--out", str(out)])
+    assert r.exit_code != 0 and "the same label" in r.output and not out.exists()

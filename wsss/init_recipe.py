@@ -1,0 +1,157 @@
+"""`wsss init`: look at a dataset once and write a recipe for it that `wsss run --config` accepts as is.
+
+It scans and validates the data exactly as `prepare` will (every image decoded, every mask read), prints what it
+found (images per class, OK against defective, sizes, channels, masks, warnings) and writes a commented YAML recipe:
+the dataset section, the split, and the training settings measured on a 2-core CPU, with every size-dependent
+setting left at ``auto`` and the value it resolves to for this data written beside it (:mod:`wsss.auto`). A dataset
+with problems gets all of them listed, a non-zero exit, and no recipe.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsss.atomic import atomic_write_text
+from wsss.auto import SizeStats, resolved_lines
+from wsss.config import Config, load_config
+from wsss.errors import ConfigError
+
+# What a recipe starts from: the settings measured on KSDD on a 2-core CPU (configs/ksdd.yaml, README results): the
+# pretrained Lite0 cut after stride 16 with its stem to stride 8 frozen, few epochs, single-scale CAMs. Sizes stay auto.
+TRAINING = """\
+classifier:
+  # ImageNet EfficientNet-Lite0, cut after stride 16 (CAMs on small defects), stem to stride 8 frozen (speed)
+  backbone: {{stages: 4, freeze: 3}}
+  input_size: auto  # -> {classifier.input_size}
+  epochs: 6
+  batch_size: 8
+  warmup_epochs: 1
+  patience: 3
+  gcm: {{enabled: false}}
+cam:
+  scales: [1.0]
+  tile_size: auto  # -> {cam.tile_size}
+pseudo:
+  crf: {{bilateral_sxy: auto}}  # -> {pseudo.crf.bilateral_sxy}
+retrain:
+  backbone: {{freeze: 3}}
+  input_size: auto  # -> {retrain.input_size}
+  epochs: 8
+  batch_size: 8
+segmenter:
+  backbone: {{freeze: 3}}
+  input_size: auto  # -> {segmenter.input_size}
+  epochs: 10
+  batch_size: 8
+  patience: 4
+"""
+
+
+@dataclass
+class DatasetSummary:
+    """What `wsss init` found: counts, sizes, channels, masks, and the warnings of validation."""
+
+    kind: str
+    root: Path
+    n_images: int
+    class_counts: dict[str, int]
+    n_defective: int
+    n_with_mask: int
+    sizes: SizeStats
+    channels: int
+    warnings: list[str]
+
+    def lines(self) -> list[str]:
+        h0, w0 = self.sizes.min
+        h1, w1 = self.sizes.max
+        hm, wm = self.sizes.median
+        out = [
+            f"{self.root} (kind {self.kind}): {self.n_images} images, {self.n_images - self.n_defective} OK, "
+            f"{self.n_defective} defective",
+            "classes: " + ", ".join(f"{c} {n}" for c, n in sorted(self.class_counts.items())),
+            f"sizes (HxW): median {hm}x{wm}, {h0}x{w0} .. {h1}x{w1}; channels: {self.channels}",
+            f"ground-truth masks: {self.n_with_mask} (for evaluation only)",
+        ]
+        return out + [f"warning: {w}" for w in self.warnings]
+
+
+def _config(kind: str, root: Path) -> Config:
+    if kind == "synthetic":
+        raise ConfigError("--kind synthetic", "the demo set needs no recipe", "run `wsss demo`")
+    sets = [f"dataset.kind={kind}", f"dataset.root={Path(root).resolve()}"]
+    if kind == "ksdd":  # 3-fold cross-validation, as the literature reports it
+        sets += ["prepare.split.mode=kfold", "prepare.split.folds=3", "prepare.split.val=0.15"]
+    return load_config(None, sets)
+
+
+def scan(kind: str, root: Path) -> tuple[Config, DatasetSummary]:
+    """Scan and validate ``root`` as `prepare` will; raises every problem at once (ManyErrors / DataError)."""
+    from wsss.data.base import create_adapter
+    from wsss.data.splits import assign_splits
+    from wsss.data.validate import validate_samples
+
+    cfg = _config(kind, root)
+    if not Path(root).exists():
+        raise ConfigError(root, "dataset root not found", "pass the dataset folder (kind csv: the CSV file)")
+    adapter = create_adapter(cfg.dataset, Path(cfg.dataset.root))
+    samples = adapter.scan()
+    report = validate_samples(samples, adapter, max_megapixels=cfg.prepare.max_megapixels)
+    split = assign_splits(samples, cfg.prepare.split, kind=kind)
+    train = [report.sizes[s.id] for s in samples if split[s.id].split == "train"] or list(report.sizes.values())
+    counts = Counter(label for s in samples for label in (s.labels or ("ok",)))
+    summary = DatasetSummary(
+        kind=kind,
+        root=Path(cfg.dataset.root),
+        n_images=report.n_images,
+        class_counts=dict(counts),
+        n_defective=report.n_defective,
+        n_with_mask=report.n_with_mask,
+        sizes=SizeStats.of(train),
+        channels=report.channels,
+        warnings=report.warnings,
+    )
+    return cfg, summary
+
+
+def recipe_text(cfg: Config, summary: DatasetSummary, out: Path) -> str:
+    """The commented recipe for ``summary``'s dataset, to be saved as ``out`` (its stem names the run)."""
+    resolved = {key: value for key, value, _ in resolved_lines(cfg, summary.sizes)}
+    why = {key: reason for key, _, reason in resolved_lines(cfg, summary.sizes)}
+    split = cfg.prepare.split
+    split_line = (
+        f"{{mode: kfold, folds: {split.folds}, fold: 0, val: {split.val:g}, seed: 0}}  # change fold for the others"
+        if split.mode == "kfold"
+        else f"{{mode: {split.mode}, train: {split.train:g}, val: {split.val:g}, test: {split.test:g}, seed: 0}}"
+    )
+    head = [
+        f"# wsss recipe for {summary.root}, written by `wsss init` on {datetime.date.today().isoformat()}.",
+        *(f"# {line}" for line in summary.lines()),
+        "# `auto` settings are resolved from the training images at prepare; `wsss show-config` shows them:",
+        *(f"#   {key}: {resolved[key]} ({why[key]})" for key in resolved),
+        f"# Run it with: wsss run --config {out}",
+        "run:",
+        f"  name: {Path(out).stem}",
+        "  pipeline: full",
+        "dataset:",
+        f"  kind: {summary.kind}",
+        f"  root: {summary.root}",
+        "prepare:",
+        f"  split: {split_line}",
+    ]
+    body = TRAINING
+    for key, value in resolved.items():
+        body = body.replace("{" + key + "}", str(value))
+    return "\n".join(head) + "\n" + body.replace("{{", "{").replace("}}", "}")
+
+
+def write_recipe(kind: str, root: Path, out: Path, force: bool = False) -> tuple[Path, DatasetSummary]:
+    """Scan ``root`` and write its recipe to ``out`` (atomically; an existing file only with ``force``)."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise ConfigError(out, "recipe file exists", "pass --force to replace it, or another --out")
+    cfg, summary = scan(kind, root)
+    atomic_write_text(out, recipe_text(cfg, summary, out))
+    return out, summary
