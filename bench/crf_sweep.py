@@ -54,7 +54,8 @@ def items(run: Path, split: str):
     index = run / "prepare" / "index.csv"
     info = read_dataset_info(index)
     meta = json.loads((run / "cam" / "cam.json").read_text())
-    rows = {r["id"]: r for r in csv.DictReader(open(run / "cam" / "scores.csv"))}
+    with open(run / "cam" / "scores.csv", newline="") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
     all_rows = read_eval_index(index)
     ok_peaks = [float(rows[r.id]["peak"]) for r in all_rows if r.split == "train" and not r.labels]
     floor = float(np.percentile(ok_peaks, 99)) if ok_peaks else 0.0
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     data = [it for run in args.runs for it in items(run, args.split)]
     print(f"{len(data)} defective {args.split} images from {len(args.runs)} run(s)")
     floats = lambda s: [float(v) for v in s.split(",")]  # noqa: E731
-    grid = itertools.product(args.methods.split(","), floats(args.sxy), floats(args.compat), floats(args.bg), args.lift.split(","))
+    grid = itertools.product(
+        args.methods.split(","), floats(args.sxy), floats(args.compat), floats(args.bg), args.lift.split(",")
+    )
     results = []
     seen = set()
     for method, sxy, compat, bg, lift in grid:
