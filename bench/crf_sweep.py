@@ -10,9 +10,8 @@ images of all the given runs (an image called OK counts 0, as in ``evaluate``), 
 
     python bench/crf_sweep.py /tmp/bench/ksdd/fold0 /tmp/bench/ksdd/fold1 /tmp/bench/ksdd/fold2
 
-``lift`` divides the CAM of an image called defective whose peak is below the dataset scale by its own peak (never
-by less than the 99th percentile of the OK training images' peaks): a weak but correctly placed CAM then reaches the
-same level as a strong one, instead of staying under the background prior.
+``lift`` 1 applies ``cam.lift`` (``wsss.cam.extract.normalise_cam``) to the stored CAMs: a CAM stored as raw /
+scale is exact below the scale, which is the only place ``lift`` changes it.
 """
 
 from __future__ import annotations
@@ -39,11 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def lifted(cam: np.ndarray, peak: float, scale: float, floor: float) -> np.ndarray:
-    """The stored CAM (raw / scale, clipped at 1) as raw / max(peak, floor) when the peak is below the scale."""
-    if peak >= scale:
-        return cam
-    return np.clip(cam * scale / max(peak, floor), 0.0, 1.0)
+def lifted(cam: np.ndarray, scale: float, floor: float) -> np.ndarray:
+    """The stored CAM (raw / scale, clipped at 1, of an image called defective) as ``cam.lift`` normalises it."""
+    from wsss.cam.extract import normalise_cam
+
+    return normalise_cam(cam * scale, np.ones(cam.shape[0]), scale, 0.5, floor)
 
 
 def items(run: Path, split: str):
@@ -57,8 +56,10 @@ def items(run: Path, split: str):
     with open(run / "cam" / "scores.csv", newline="") as f:
         rows = {r["id"]: r for r in csv.DictReader(f)}
     all_rows = read_eval_index(index)
+    from wsss.stages.cam import LIFT_OK_PERCENTILE
+
     ok_peaks = [float(rows[r.id]["peak"]) for r in all_rows if r.split == "train" and not r.labels]
-    floor = float(np.percentile(ok_peaks, 99)) if ok_peaks else 0.0
+    floor = float(np.percentile(ok_peaks, LIFT_OK_PERCENTILE)) if ok_peaks else 0.0
     for r in all_rows:
         if r.split != split or not r.labels or r.mask is None:
             continue
@@ -66,7 +67,7 @@ def items(run: Path, split: str):
         image = read_image(r.path)
         cam = read_cam(run / "cam" / "cams" / f"{r.id}.npz", image.shape[:2])
         gt = read_mask(r.mask, threshold=info.mask_threshold)
-        yield r.id, image, cam, gt, called, float(rows[r.id]["peak"]), meta["scale"], floor
+        yield r.id, image, cam, gt, called, meta["scale"], floor
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         base = PseudoConfig(method=method, bg_prior=bg)
         cfg = dataclasses.replace(base, crf=dataclasses.replace(base.crf, bilateral_sxy=sxy, bilateral_compat=compat))
         ious = []
-        for _, image, cam, gt, called, peak, scale, floor in data:
-            c = lifted(cam, peak, scale, floor) if lift == "1" else cam
+        for _, image, cam, gt, called, scale, floor in data:
+            c = lifted(cam, scale, floor) if lift == "1" and called else cam
             mask = label_image(image, c, cfg, called).mask
             pred = (mask > 0) & (mask != IGNORE)
             union = np.count_nonzero(pred | gt)

@@ -280,3 +280,21 @@ def test_cam_stage_resumes_after_a_kill(cam_run, tmp_path: Path):
     for sid in ids:
         cam = read_cam(part / "cams" / f"{sid}.npz")
         assert cam.max() == 0 or np.allclose(cam[cam > 0], cam.max())  # built from the marker raw file
+
+
+def test_lift_raises_weak_cams_of_called_defects_only():
+    from wsss.cam.extract import normalise_cam
+
+    raw = np.zeros((2, 4, 4), np.float32)
+    raw[0, 1, 1], raw[0, 2, 2] = 2.0, 1.0  # class 0: weak (peak 2 under the dataset scale 10), called present
+    raw[1, 0, 0] = 20.0  # class 1: strong, called absent
+    scores = np.array([0.9, 0.2])
+    plain = normalise_cam(raw, scores, scale=10.0, threshold=0.5)
+    assert plain[0].max() == pytest.approx(0.2) and not plain[1].any()  # the dataset scale: stays under bg_prior
+    lifted = normalise_cam(raw, scores, scale=10.0, threshold=0.5, lift_floor=0.5)
+    assert lifted[0, 1, 1] == 1.0 and lifted[0, 2, 2] == pytest.approx(0.5)  # by its own peak, shape kept
+    assert not lifted[1].any()  # the gate still empties a class called absent
+    floor = normalise_cam(raw, scores, scale=10.0, threshold=0.5, lift_floor=4.0)
+    assert floor[0].max() == pytest.approx(0.5)  # never divided by less than the OK images' peaks
+    strong = normalise_cam(raw * 10, np.array([0.9, 0.9]), scale=10.0, threshold=0.5, lift_floor=0.5)
+    assert strong[1, 0, 0] == 1.0 and strong[0, 2, 2] == pytest.approx(1.0)  # peaks >= the scale: unchanged rule

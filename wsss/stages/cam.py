@@ -7,7 +7,9 @@ Two streaming passes, so memory stays flat however many images there are:
    appended to ``rows.jsonl``. A killed run resumes after the last finished image.
 2. the dataset scale = the ``norm_percentile`` percentile of the CAM peaks of the *training* images labelled
    defective (image labels only); every CAM is divided by it, clipped to [0, 1], gated by the sample score (a class
-   whose score is below ``score_threshold`` gets an all-zero map) and written to ``cams/<id>.npz``.
+   whose score is below ``score_threshold`` gets an all-zero map) and written to ``cams/<id>.npz``. With
+   ``cam.lift`` a class called present whose peak is below the scale is divided by its own peak instead (never by
+   less than the 99th percentile of the OK training images' peaks): see :func:`wsss.cam.extract.normalise_cam`.
 
 Under torchrun both passes are sharded across ranks (each rank its own log and GPU; every rank computes the same
 scale from all logs) and rank 0 writes the tables once all have finished.
@@ -34,6 +36,7 @@ RAW_DIR = "raw"
 # images per step of pass 1: several extractor batches, so that IEM's threaded inpainting of one batch overlaps the
 # CAM forward passes of the previous one (wsss/cam/iem.py); memory holds this many images and CAMs at a time
 GROUP_BATCHES = 4
+LIFT_OK_PERCENTILE = 99.0  # cam.lift's floor: this percentile of the OK training images' CAM peaks
 
 
 def _check_classes(meta: dict, index: Path, model_dir: Path) -> None:
@@ -116,11 +119,15 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             "the classifier's CAMs are zero on every defective training image",
             "check the classifier's validation AP in its metrics.csv and retrain it",
         )
+    ok_peaks = [done[r.id]["peak"] for r in rows_all if r.split == "train" and not r.labels]
+    floor = float(np.percentile(ok_peaks, LIFT_OK_PERCENTILE)) if ok_peaks else 0.0
+    lift = floor if ccfg.lift else None
     cams_dir = out / CAMS_DIR
     cams_dir.mkdir(exist_ok=True)
     for r in progress(rows_all[rank::world], desc="normalise", unit="img"):
         raw = np.load(raw_dir / f"{r.id}.npy")
-        write_cam(cams_dir / f"{r.id}.npz", normalise_cam(raw, done[r.id]["scores"], scale, ccfg.score_threshold))
+        cam = normalise_cam(raw, done[r.id]["scores"], scale, ccfg.score_threshold, lift)
+        write_cam(cams_dir / f"{r.id}.npz", cam)
     dist.barrier()
     outputs = {"cams": cams_dir, "scores": out / SCORES_FILE, "meta": out / META_FILE}
     if rank != 0:
@@ -136,6 +143,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             "classes": classes,
             "scale": scale,
             "norm_percentile": ccfg.norm_percentile,
+            "lift_floor": lift,
             "score_threshold": ccfg.score_threshold,
             "images": len(rows_all),
         },
