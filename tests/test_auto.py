@@ -70,3 +70,17 @@ def test_a_run_resolves_from_its_prepare_and_a_changed_dataset_changes_the_value
     bigger.run_stage("prepare")
     assert bigger.cfg.classifier.input_size == [96, 96]
     assert section_hash(bigger.cfg, ("classifier",)) != before  # so train-classifier is stale
+
+
+def test_a_run_prepared_by_an_older_wsss_resolves_from_its_image_headers(tmp_path: Path):
+    import json
+
+    sets = ["dataset.synthetic.n_ok=6", "dataset.synthetic.n_defect=6", "dataset.synthetic.size=64"]
+    run = Run(tmp_path / "run", load_config(None, sets), echo=lambda *_: None)
+    run.run_stage("prepare")
+    info = tmp_path / "run" / "prepare" / "dataset.json"
+    data = json.loads(info.read_text())
+    del data["train_sizes"]  # what dataset.json held before it recorded the sizes
+    info.write_text(json.dumps(data))
+    old = Run(tmp_path / "run", load_config(None, sets), echo=lambda *_: None)
+    assert old.cfg.classifier.input_size == [64, 64] and old.cfg.pseudo.crf.bilateral_sxy == 6.4

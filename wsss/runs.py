@@ -139,6 +139,18 @@ def stage_lock(run_dir: Path, stage: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _train_sizes(index: Path):
+    """The training images' size statistics of a ``dataset.json`` written before it recorded them (an older wsss):
+    read from the image headers, so upgrading does not re-run `prepare` and everything after it."""
+    from wsss.auto import SizeStats
+    from wsss.data.images import image_size
+    from wsss.data.index import read_train_index
+
+    rows = read_train_index(index)
+    train = [r for r in rows if r.split == "train"] or rows
+    return SizeStats.of([image_size(r.path) for r in train]) if train else None
+
+
 # ------------------------------------------------------------------------------------------------ the run
 class Run:
     """One run folder: finds stage folders, decides what is up to date and runs stages atomically."""
@@ -166,8 +178,9 @@ class Run:
             return self.raw_cfg
         key = (st.st_mtime_ns, st.st_size)
         if self._resolved is None or self._resolved[0] != key:
-            resolved = resolve_auto(self.raw_cfg, read_dataset_info(info.with_name("index.csv")).sizes, info)
-            self._resolved = (key, resolved)
+            index = info.with_name("index.csv")
+            sizes = read_dataset_info(index).sizes or _train_sizes(index)
+            self._resolved = (key, resolve_auto(self.raw_cfg, sizes, info))
         return self._resolved[1]
 
     def stage_dir(self, name: str) -> Path:

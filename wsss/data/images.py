@@ -126,6 +126,15 @@ def probe_image(path: Path | str, high_bit_depth: str = "refuse") -> ImageInfo:
     return _decode(Path(path), high_bit_depth)[1]
 
 
+def image_size(path: Path | str) -> tuple[int, int]:
+    """(H, W) from the file's header, without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(path, f"cannot read the image's size: {e}", "re-run the prepare stage") from None
+
+
 def read_mask_values(path: Path | str) -> np.ndarray:
     """A mask as one ``uint8`` channel, before thresholding (class-indexed masks keep their values)."""
     path = Path(path)
