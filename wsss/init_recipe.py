@@ -123,8 +123,9 @@ def scan(kind: str, root: Path) -> tuple[Config, DatasetSummary]:
 
 def recipe_text(cfg: Config, summary: DatasetSummary, out: Path) -> str:
     """The commented recipe for ``summary``'s dataset, to be saved as ``out`` (its stem names the run)."""
-    resolved = {key: value for key, value, _ in resolved_lines(cfg, summary.sizes)}
-    why = {key: reason for key, _, reason in resolved_lines(cfg, summary.sizes)}
+    lines = resolved_lines(cfg, summary.sizes)
+    resolved = {key: value for key, value, _ in lines}
+    why = {key: reason for key, _, reason in lines}
     split = cfg.prepare.split
     split_line = (
         f"{{mode: kfold, folds: {split.folds}, fold: 0, val: {split.val:g}, seed: 0}}  # change fold for the others"
