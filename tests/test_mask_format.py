@@ -13,7 +13,7 @@ from wsss.cli import cli
 from wsss.config import EvaluateConfig
 from wsss.data.index import DatasetInfo, EvalRow, write_dataset_info, write_index
 from wsss.errors import DataError
-from wsss.evaluation import evaluate_masks
+from wsss.evaluation import evaluate_masks, read_pred_mask
 from wsss.mask_format import mask_encoding, write_labelmap
 
 ONE = DatasetInfo(kind="folder", classes=("defect",), mask_threshold=128)
@@ -86,12 +86,12 @@ def test_a_users_labelmap_says_what_255_means(tmp_path: Path):
 def test_ambiguous_folders_are_refused_with_how_to_say_what_255_means(tmp_path: Path):
     folder = _write(tmp_path / "m", {"a": np.array([[0, 255]], np.uint8)})
     with pytest.raises(DataError) as e:
-        mask_encoding(folder, TWO.classes, [folder / "a.png"])
+        mask_encoding(folder, TWO.classes, [read_pred_mask(folder / "a.png")])
     text = str(e.value)
     assert str(folder) in text and "2 classes" in text and "labelmap.txt" in text and "--mask-format" in text
     folder2 = _write(tmp_path / "soft", {"a": np.array([[0, 37, 128, 255]], np.uint8)})  # resized, interpolated
     with pytest.raises(DataError, match="mask values 37, 128 are neither classes"):
-        mask_encoding(folder2, ONE.classes, [folder2 / "a.png"])
+        mask_encoding(folder2, ONE.classes, [read_pred_mask(folder2 / "a.png")])
     # said explicitly, both read
     assert mask_encoding(folder2, ONE.classes, [], "binary").to_labels(np.array([37, 128], np.uint8)).tolist() == [0, 1]
     assert mask_encoding(folder, TWO.classes, [], "labels").to_labels(np.array([255], np.uint8)).tolist() == [255]
@@ -99,7 +99,7 @@ def test_ambiguous_folders_are_refused_with_how_to_say_what_255_means(tmp_path: 
         mask_encoding(folder, TWO.classes, [], "binary")
     # an empty folder or class-valued masks need nothing said
     labels = _write(tmp_path / "labels", {"a": np.array([[0, 1, 2, 255]], np.uint8)})
-    assert mask_encoding(labels, TWO.classes, [labels / "a.png"]).kind == "labels"
+    assert mask_encoding(labels, TWO.classes, [read_pred_mask(labels / "a.png")]).kind == "labels"
 
 
 def test_cli_evaluate_reads_binary_masks_with_a_note_and_refuses_ambiguous_ones(tmp_path: Path):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +56,14 @@ class SizeStats:
         mid = len(sizes) // 2
         med = (hs[mid], ws[mid]) if len(sizes) % 2 else ((hs[mid - 1] + hs[mid]) // 2, (ws[mid - 1] + ws[mid]) // 2)
         return cls(median=med, min=(hs[0], ws[0]), max=(hs[-1], ws[-1]), n=len(sizes))
+
+    @classmethod
+    def of_train(cls, split_sizes: Iterable[tuple[str, tuple[int, int]]]) -> SizeStats | None:
+        """Statistics of the ``(split, (H, W))`` pairs of the training split (all of them when none is train), what
+        `auto` settings resolve from; None without any image."""
+        pairs = list(split_sizes)
+        sizes = [hw for split, hw in pairs if split == "train"] or [hw for _, hw in pairs]
+        return cls.of(sizes) if sizes else None
 
     def to_json(self) -> dict[str, Any]:
         return {"median": list(self.median), "min": list(self.min), "max": list(self.max), "n": self.n}

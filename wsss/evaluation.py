@@ -172,7 +172,7 @@ def evaluate_masks(
     seg = metrics.SegAccumulator()
     per_class = {c: _ClassStats(k + 1) for k, c in enumerate(info.classes)}
     files = [masks_dir / f"{r.id}.png" for r in rows]
-    encoding = mask_encoding(masks_dir, info.classes, files, cfg.mask_format)
+    encoding = mask_encoding(masks_dir, info.classes, (read_pred_mask(f) for f in files), cfg.mask_format)
     results: list[ImageResult] = []
     for row, pred_path in progress(zip(rows, files, strict=True), desc="evaluate", total=len(rows)):
         raw = encoding.to_labels(read_pred_mask(pred_path))

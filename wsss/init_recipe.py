@@ -10,7 +10,6 @@ with problems gets all of them listed, a non-zero exit, and no recipe.
 from __future__ import annotations
 
 import datetime
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,16 +104,14 @@ def scan(kind: str, root: Path) -> tuple[Config, DatasetSummary]:
     samples = adapter.scan()
     report = validate_samples(samples, adapter, max_megapixels=cfg.prepare.max_megapixels)
     split = assign_splits(samples, cfg.prepare.split, kind=kind)
-    train = [report.sizes[s.id] for s in samples if split[s.id].split == "train"] or list(report.sizes.values())
-    counts = Counter(label for s in samples for label in (s.labels or ("ok",)))
     summary = DatasetSummary(
         kind=kind,
         root=Path(cfg.dataset.root),
         n_images=report.n_images,
-        class_counts=dict(counts),
+        class_counts=report.class_counts,
         n_defective=report.n_defective,
         n_with_mask=report.n_with_mask,
-        sizes=SizeStats.of(train),
+        sizes=SizeStats.of_train((split[s.id].split, report.sizes[s.id]) for s in samples),
         channels=report.channels,
         warnings=report.warnings,
     )

@@ -27,9 +27,10 @@ import numpy as np
 
 from wsss.atomic import atomic_write_text
 from wsss.errors import DataError
+from wsss.export.formats import UNCERTAIN as IGNORE
+from wsss.export.formats import LabelMap
 
 LABELMAP = "labelmap.txt"
-IGNORE = 255
 IGNORE_NAMES = ("ignore", "uncertain")
 BACKGROUND_NAMES = ("background", "ok", "good")
 FORMATS = ("auto", "labels", "binary")
@@ -49,9 +50,8 @@ class MaskEncoding:
 
 
 def labelmap_text(classes: Sequence[str]) -> str:
-    """``labelmap.txt`` of label masks: ``0 background``, ``k <class k>``, ``255 uncertain``."""
-    lines = ["0 background", *(f"{k} {name}" for k, name in enumerate(classes, start=1)), f"{IGNORE} uncertain"]
-    return "\n".join(lines) + "\n"
+    """``labelmap.txt`` of label masks (:class:`LabelMap`): ``0 background``, ``k <class k>``, ``255 uncertain``."""
+    return "".join(f"{v} {n}\n" for v, n, _ in LabelMap(tuple(classes)).entries())
 
 
 def write_labelmap(folder: Path, classes: Sequence[str]) -> Path:
@@ -109,20 +109,11 @@ def parse_labelmap(path: Path, classes: Sequence[str]) -> np.ndarray:
     return lut
 
 
-def _values(files: Iterable[Path]) -> set[int]:
-    from wsss.evaluation import read_pred_mask
-
-    seen: set[int] = set()
-    for f in files:
-        if Path(f).is_file():
-            seen.update(int(v) for v in np.unique(read_pred_mask(f)))
-    return seen
-
-
 def mask_encoding(
-    folder: Path, classes: Sequence[str], files: Iterable[Path], mode: str = "auto", check_values: bool = True
+    folder: Path, classes: Sequence[str], masks: Iterable[np.ndarray], mode: str = "auto", check_values: bool = True
 ) -> MaskEncoding:
-    """How to read the masks ``files`` of ``folder`` for a dataset of ``classes`` (see the module docstring).
+    """How to read the ``masks`` of ``folder`` for a dataset of ``classes`` (see the module docstring). ``masks`` is
+    only iterated for a foreign folder without ``labelmap.txt`` (pass a generator to read files only then).
 
     ``check_values=False`` leaves values that are neither classes nor 255 to the caller (import-review lists every
     bad mask with its id)."""
@@ -143,7 +134,7 @@ def mask_encoding(
         return MaskEncoding("labelmap", parse_labelmap(folder / LABELMAP, classes))
     if (folder.parent / "manifest.json").is_file():  # a wsss stage's masks/ (written before labelmap.txt existed)
         return MaskEncoding("labels", _identity())
-    values = _values(files)
+    values = {int(v) for m in masks for v in np.unique(m)}
     labels = set(range(1, len(classes) + 1))
     if values <= {0, IGNORE} and IGNORE in values:
         if len(classes) == 1:

@@ -147,8 +147,8 @@ def _train_sizes(index: Path):
     from wsss.data.index import read_train_index
 
     rows = read_train_index(index)
-    train = [r for r in rows if r.split == "train"] or rows
-    return SizeStats.of([image_size(r.path) for r in train]) if train else None
+    train = [r for r in rows if r.split == "train"] or rows  # header reads only for the images the stats need
+    return SizeStats.of_train((r.split, image_size(r.path)) for r in train)
 
 
 # ------------------------------------------------------------------------------------------------ the run

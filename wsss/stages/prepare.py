@@ -56,13 +56,12 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         for s in sorted(samples, key=lambda s: s.id)
     ]
     classes = tuple(sorted({lbl for s in samples for lbl in s.labels}))
-    train = [report.sizes[r.id] for r in rows if r.split == "train"] or list(report.sizes.values())
     info = DatasetInfo(
         kind=cfg.dataset.kind,
         classes=classes,
         mask_threshold=adapter.threshold(),
         channels=report.channels,
-        sizes=SizeStats.of(train),
+        sizes=SizeStats.of_train((r.split, report.sizes[r.id]) for r in rows),
     )
     write_index(out / "index.csv", rows, relative_to=out)
     write_dataset_info(out / "dataset.json", info)

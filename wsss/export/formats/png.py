@@ -44,7 +44,7 @@ class PngFormat(ReviewFormat):
             masks[f.stem] = mask
         if not masks:
             raise DataError(path, "no .png masks in this folder", FIX)
-        encoding = mask_encoding(path, labels.classes, [path / f"{k}.png" for k in masks], check_values=False)
+        encoding = mask_encoding(path, labels.classes, masks.values(), check_values=False)
         if encoding.note:
             click.echo(f"note: {encoding.note}", err=True)
         return {k: encoding.to_labels(m) for k, m in masks.items()}
