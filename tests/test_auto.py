@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,17 @@ def test_small_images_are_never_upscaled_and_the_crf_reach_follows_them():
     assert cfg.classifier.input_size == cfg.segmenter.input_size == [128, 128]
     assert cfg.pseudo.crf.bilateral_sxy == 12.8  # the demo's former hand-set 12 px
     assert fit_size((20, 300), 163_840) == [32, 288]  # every side a whole multiple of the stride, at least 32
+
+
+def test_rounding_to_the_stride_never_overshoots_the_pixel_budget():
+    # 1259 x 500 scaled into 86016 px is 465 x 185: rounding each side to the nearest 32 gives 480 x 192 (92160 px)
+    assert fit_size((1259, 500), 86_016) == [448, 192]
+    assert fit_size((1259, 500), 163_840) == [640, 256]
+    for h, w in [(1259, 500), (999, 333), (4000, 3000), (730, 1100), (517, 517)]:
+        for budget in (40_000, 86_016, 163_840):
+            fh, fw = fit_size((h, w), budget)
+            assert fh * fw <= budget and fh % 32 == fw % 32 == 0
+            assert abs(math.log(fh / fw) - math.log(h / w)) < 0.35
 
 
 def test_a_mixed_set_resolves_from_its_median_and_huge_parts_are_tiled():

@@ -74,10 +74,23 @@ class SizeStats:
 
 
 def fit_size(size: tuple[int, int], max_pixels: int, multiple: int = MULTIPLE) -> list[int]:
-    """``size`` (H, W) scaled down to at most ``max_pixels`` (aspect kept), each side a multiple of ``multiple``."""
+    """``size`` (H, W) scaled down to at most ``max_pixels`` (aspect kept), each side a multiple of ``multiple``
+    (at least one multiple: a side below it is the only case that can exceed the budget)."""
     h, w = size
     s = min(1.0, math.sqrt(max_pixels / (h * w)))
-    return [max(multiple, round(h * s / multiple) * multiple), max(multiple, round(w * s / multiple) * multiple)]
+    th, tw = h * s, w * s
+    nearest = [max(multiple, round(th / multiple) * multiple), max(multiple, round(tw / multiple) * multiple)]
+    if nearest[0] * nearest[1] <= max_pixels:
+        return nearest
+    # rounding both sides up overshot the budget: of the stride multiples around the exact size, the largest that
+    # fits (then the one nearest the aspect ratio), e.g. 1259 x 500 in 86016 px -> 448 x 192, not 480 x 192
+    sides = [
+        sorted({max(multiple, math.floor(t / multiple) * multiple), max(multiple, math.ceil(t / multiple) * multiple)})
+        for t in (th, tw)
+    ]
+    candidates = [[a, b] for a in sides[0] for b in sides[1]]
+    fitting = [c for c in candidates if c[0] * c[1] <= max_pixels] or [[sides[0][0], sides[1][0]]]
+    return max(fitting, key=lambda c: (c[0] * c[1], -abs(math.log(c[0] / c[1]) - math.log(h / w))))
 
 
 def auto_tiles(median: tuple[int, int], input_size: Sequence[int]) -> list[int]:
