@@ -32,6 +32,7 @@ from wsss.data.images import read_mask
 from wsss.data.index import DatasetInfo, EvalRow
 from wsss.errors import DataError
 from wsss.eval_report import ClassResult, EvalReport, ImageResult, write_report
+from wsss.export.formats import UNCERTAIN as IGNORE
 from wsss.mask_format import MaskEncoding, mask_encoding
 from wsss.progress import progress
 
@@ -45,7 +46,6 @@ __all__ = [
     "write_report",
 ]
 
-IGNORE = 255
 SHOW_IDS = 5  # ids named in an error message
 
 
