@@ -10,7 +10,7 @@ images of all the given runs (an image called OK counts 0, as in ``evaluate``), 
 
     python bench/crf_sweep.py /tmp/bench/ksdd/fold0 /tmp/bench/ksdd/fold1 /tmp/bench/ksdd/fold2
 
-``lift`` 1 applies ``cam.lift`` (``wsss.cam.extract.normalise_cam``) to the stored CAMs: a CAM stored as raw /
+``fallback`` is ``pseudo.fallback`` (the CAM's core for an image the refinement leaves empty). ``lift`` 1 applies ``cam.lift`` (``wsss.cam.extract.normalise_cam``) to the stored CAMs: a CAM stored as raw /
 scale is exact below the scale, which is the only place ``lift`` changes it.
 """
 
@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compat", default="10,3", help="bilateral_compat values")
     p.add_argument("--bg", default="0.4,0.6", help="bg_prior values")
     p.add_argument("--lift", default="0,1", help="0 = the dataset scale only, 1 = lift weak CAMs")
+    p.add_argument("--fallback", default="0", help="pseudo.fallback values (0 = off)")
     p.add_argument("--methods", default="crf,threshold")
     return p.parse_args(argv)
 
@@ -79,16 +80,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(data)} defective {args.split} images from {len(args.runs)} run(s)")
     floats = lambda s: [float(v) for v in s.split(",")]  # noqa: E731
     grid = itertools.product(
-        args.methods.split(","), floats(args.sxy), floats(args.compat), floats(args.bg), args.lift.split(",")
+        args.methods.split(","),
+        floats(args.sxy),
+        floats(args.compat),
+        floats(args.bg),
+        args.lift.split(","),
+        floats(args.fallback),
     )
     results = []
     seen = set()
-    for method, sxy, compat, bg, lift in grid:
-        key = (method, bg, lift) if method == "threshold" else (method, sxy, compat, bg, lift)
+    for method, sxy, compat, bg, lift, fallback in grid:
+        key = (method, bg, lift, fallback) if method == "threshold" else (method, sxy, compat, bg, lift, fallback)
         if key in seen:
             continue
         seen.add(key)
-        base = PseudoConfig(method=method, bg_prior=bg)
+        base = PseudoConfig(method=method, bg_prior=bg, fallback=fallback)
         cfg = dataclasses.replace(base, crf=dataclasses.replace(base.crf, bilateral_sxy=sxy, bilateral_compat=compat))
         ious = []
         for _, image, cam, gt, called, scale, floor in data:

@@ -14,7 +14,7 @@ import pytest
 
 from wsss.cam.io import cam_path, write_cam
 from wsss.config import PseudoConfig, load_config
-from wsss.errors import DataError, StageError
+from wsss.errors import ConfigError, DataError, StageError
 from wsss.refine import pseudo
 from wsss.refine.pseudo import IGNORE, LabelTask, label_all, label_image
 
@@ -102,6 +102,32 @@ def test_confidence_ranks_hesitant_masks_low():
     weak = np.full((1, 64, 64), 0.1, np.float32)  # called defective, but nothing beats the background
     res = label_image(image, weak, cfg, True)
     assert not (res.mask == 1).any() and res.confidence == pytest.approx(0.4 / 0.5)
+
+
+@pytest.mark.parametrize("method", ["threshold", "crf"])
+def test_fallback_keeps_the_core_of_a_weak_cam_the_refinement_erased(method: str):
+    true = disc(32, 30, 8)
+    image = bright_on_noise(true)
+    weak = 0.3 * blurry_cam(disc(32, 30, 6))  # peak 0.3 < bg_prior 0.4: nothing beats the background
+    cam = np.concatenate([np.zeros_like(weak), weak])  # two classes, the second one found
+    empty = label_image(image, cam, PseudoConfig(method=method), True)
+    assert not ((empty.mask > 0) & (empty.mask != IGNORE)).any()
+    res = label_image(image, cam, PseudoConfig(method=method, fallback=0.5), True)
+    core = weak[0] >= 0.15
+    assert (res.mask[core] == 2).all() and not (res.mask == 1).any()  # the core, as its strongest class
+    assert ((res.mask == 2) == core).all()  # nothing outside it
+    assert iou(res.mask == 2, true) > 0.3
+    assert res.confidence < 0.5 < empty.confidence  # ranked first for review
+    assert res.defect_fraction == pytest.approx(core.mean())
+    strong = blurry_cam(true)
+    a = label_image(image, strong, PseudoConfig(method=method), True)
+    b = label_image(image, strong, PseudoConfig(method=method, fallback=0.5), True)
+    np.testing.assert_array_equal(a.mask, b.mask)  # only an emptied image changes
+    assert a.confidence == b.confidence
+    ok = label_image(image, cam, PseudoConfig(method=method, fallback=0.5), called_defective=False)
+    assert not ok.mask.any()  # an image called OK stays empty
+    with pytest.raises(ConfigError, match=r"pseudo.fallback.*\[0, 1\)"):
+        load_config(None, ["pseudo.fallback=1.5"])
 
 
 def test_ok_images_and_empty_cams_give_all_zero_masks():

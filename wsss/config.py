@@ -259,6 +259,10 @@ class PseudoConfig:
     crf: CRFConfig = field(default_factory=CRFConfig)
     confidence: float = 0.6  # pixels whose winning probability is below this become 255 (ignore)
     ignore_band: int = 2  # background pixels this close to a defect also become 255; 0 = off
+    # an image called defective that the refinement leaves without a defect pixel (a weak CAM the CRF erased) is
+    # labelled where its strongest class's CAM reaches this fraction of its peak, and ranked first for review;
+    # 0 = leave it empty (the segmenter then learns background on a defect)
+    fallback: float = 0.0
     workers: int = 0  # processes for the CRF; 0 = every available core
     # what the CRF's unary comes from (METHOD.md 7a): the extended CAM, the `anomaly` stage's map, or their fusion
     unary: str = _choices("cam", "anomaly", "fusion", default="cam")
@@ -645,6 +649,7 @@ def _check_ranges(cfg: Config) -> None:
         ("pseudo.bg_prior", 0 < cfg.pseudo.bg_prior < 1, "a value in (0, 1)"),
         ("pseudo.confidence", 0 <= cfg.pseudo.confidence <= 1, "a probability in [0, 1] (0 = no ignore pixels)"),
         ("pseudo.ignore_band", cfg.pseudo.ignore_band >= 0, "pixels >= 0"),
+        ("pseudo.fallback", 0 <= cfg.pseudo.fallback < 1, "a fraction of the CAM's peak in [0, 1) (0 = off)"),
         ("pseudo.crf.iterations", cfg.pseudo.crf.iterations >= 1, "at least 1"),
         ("pseudo.crf.scale", 0 < cfg.pseudo.crf.scale <= 1, "a fraction in (0, 1] (1 = full resolution)"),
         ("pseudo.workers", cfg.pseudo.workers >= 0, "0 (every core) or a process count"),

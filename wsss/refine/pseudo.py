@@ -14,6 +14,10 @@ Per image:
    are where CAM-derived masks are least reliable, and ignoring them costs the retrained segmenter little).
 5. An image called OK (sample score below the cam stage's threshold), or one whose CAM is all zero, gets an all-zero
    mask with confidence 1.0, and no CRF is run.
+6. ``pseudo.fallback > 0`` (ours): an image called defective that steps 2-3 leave without a defect pixel (a weak CAM
+   the CRF erased) is labelled with its strongest class (exempt from step 3's ignore; step 4 applies) where that class's CAM
+   reaches ``fallback`` x its peak. Its confidence is that class's mean probability there, so it ranks first for
+   review. Left empty, it would teach the segmenter background on a defect the classifier found.
 
 With anomaly priors (``pseudo.unary`` anomaly or fusion, METHOD.md 7a) the "CAM" of steps 1-5 is
 :func:`wsss.anomaly.fusion.unary_map` of the CAM and the anomaly map; the gate of step 5 stays the classifier's.
@@ -135,13 +139,17 @@ def label_image(image: np.ndarray, cam: np.ndarray, cfg: PseudoConfig, called_de
     labels = p.argmax(axis=0).astype(np.uint8)
     p_max = p.max(axis=0)
     defect = labels > 0
+    unsure = p_max < cfg.confidence
     if defect.any():
         near = cv2.dilate(defect.astype(np.uint8), _disc(CONFIDENCE_RING)) > 0
         confidence = float(p_max[near].mean())
+    elif cfg.fallback > 0:
+        labels, confidence = cam_core(cam, p, cfg.fallback)
+        unsure &= labels == 0  # the core is labelled although the refinement preferred background there
     else:
         confidence = float(p[0].mean())
     mask = labels.copy()
-    mask[p_max < cfg.confidence] = IGNORE
+    mask[unsure] = IGNORE
     mask[boundary_band(labels, classes, cfg.ignore_band)] = IGNORE
     n = mask.size
     return LabelResult(
@@ -150,6 +158,17 @@ def label_image(image: np.ndarray, cam: np.ndarray, cfg: PseudoConfig, called_de
         defect_fraction=float(np.count_nonzero((mask > 0) & (mask != IGNORE)) / n),
         ignore_fraction=float(np.count_nonzero(mask == IGNORE) / n),
     )
+
+
+def cam_core(cam: np.ndarray, p: np.ndarray, fraction: float) -> tuple[np.ndarray, float]:
+    """Labels (H, W) of step 6: the strongest class where its CAM reaches ``fraction`` of its peak, and the image's
+    confidence (that class's mean refined probability there)."""
+    peaks = cam.reshape(cam.shape[0], -1).max(axis=1)
+    k = int(peaks.argmax())
+    core = cam[k] >= fraction * peaks[k]
+    labels = np.zeros(cam.shape[1:], np.uint8)
+    labels[core] = k + 1
+    return labels, float(p[k + 1][core].mean())
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:
