@@ -10,8 +10,9 @@ images of all the given runs (an image called OK counts 0, as in ``evaluate``), 
 
     python bench/crf_sweep.py /tmp/bench/ksdd/fold0 /tmp/bench/ksdd/fold1 /tmp/bench/ksdd/fold2
 
-``fallback`` is ``pseudo.fallback`` (the CAM's core for an image the refinement leaves empty). ``lift`` 1 applies ``cam.lift`` (``wsss.cam.extract.normalise_cam``) to the stored CAMs: a CAM stored as raw /
-scale is exact below the scale, which is the only place ``lift`` changes it.
+``fallback`` is ``pseudo.fallback`` (the CAM's core for an image the refinement leaves empty). ``lift`` 1 applies
+``cam.lift`` (``wsss.cam.extract.normalise_cam``) to the stored CAMs: a CAM stored as raw / scale is exact below the
+scale, which is the only place ``lift`` changes it.
 """
 
 from __future__ import annotations

@@ -15,16 +15,17 @@ Per image:
 5. An image called OK (sample score below the cam stage's threshold), or one whose CAM is all zero, gets an all-zero
    mask with confidence 1.0, and no CRF is run.
 6. ``pseudo.fallback > 0`` (ours): an image called defective that steps 2-3 leave without a defect pixel (a weak CAM
-   the CRF erased) is labelled with its strongest class (exempt from step 3's ignore; step 4 applies) where that class's CAM
-   reaches ``fallback`` x its peak. Its confidence is that class's mean probability there, so it ranks first for
-   review. Left empty, it would teach the segmenter background on a defect the classifier found.
+   the CRF erased) is labelled with its strongest class where that class's CAM reaches ``fallback`` x its peak
+   (exempt from step 3's ignore; step 4 applies). Left empty, it would teach the segmenter background on a defect
+   the classifier found.
 
 With anomaly priors (``pseudo.unary`` anomaly or fusion, METHOD.md 7a) the "CAM" of steps 1-5 is
 :func:`wsss.anomaly.fusion.unary_map` of the CAM and the anomaly map; the gate of step 5 stays the classifier's.
 
 Confidence (ours), used to rank images for review: the mean winning probability over the defect region dilated by
 :data:`CONFIDENCE_RING` pixels, so both a hesitant interior and a soft edge lower it; an image called defective whose
-mask has no defect pixel gets the mean background probability instead.
+mask has no defect pixel gets the mean background probability instead, and one labelled by step 6 the mean
+probability of its class over the labelled core (low, so it ranks first for review).
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ SHOW_IDS = 5  # ids named in an error message
 # loaded in the parent, `label_all` of 8 tiny images on 2 workers: fork 0.2 s; forkserver 0.4 s for the first pool
 # (starting the server) and 0.1 s after, because workers fork from a server that has this module (numpy, cv2,
 # pydensecrf) imported; spawn 0.6-0.7 s every time. Forkserver it is: safe, and startup is negligible next to a
-# 512x512 CRF (0.4-0.6 s per grayscale image here). Caveat of both: workers re-run the main script's top-level imports (CPython
-# 3.11 ignores preloading "__main__"), so a script that imports torch at top level costs ~4 s per pool; the `wsss`
-# CLI's main imports nothing heavy.
+# 512x512 CRF (0.4-0.6 s per grayscale image here). Caveat of both: workers re-run the main script's top-level
+# imports (CPython 3.11 ignores preloading "__main__"), so a script that imports torch at top level costs ~4 s per
+# pool; the `wsss` CLI's main imports nothing heavy.
 START_METHOD = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
 
 
