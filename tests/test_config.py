@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from wsss.cli import cli
-from wsss.config import Config, load_config, section_hash
+from wsss.config import Config, Range, load_config, section_hash
 from wsss.errors import ConfigError
 
 
@@ -125,3 +127,107 @@ def test_nested_sections_keep_their_own_defaults(tmp_path: Path):
     cfg = load_config(path)
     assert cfg.segmenter.backbone.freeze == 3 and cfg.segmenter.backbone.output_stride == 32
     assert cfg.pretrain.anomaly.layers == [1] and cfg.pretrain.anomaly.features == "backbone"
+
+
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [
+        ("classifier.epochs=0", "classifier.epochs"),
+        ("classifier.epochs=-1", "classifier.epochs"),
+        ("classifier.batch_size=0", "classifier.batch_size"),
+        ("classifier.lr=0", "classifier.lr"),
+        ("classifier.lr=-1e-3", "classifier.lr"),
+        ("cam.score_threshold=1.5", "cam.score_threshold"),
+        ("classifier.augment.blur_prob=1.5", "classifier.augment.blur_prob"),
+        ("cam.iem.rounds=0", "cam.iem.rounds"),
+        ("classifier.backbone.output_stride=12", "classifier.backbone.output_stride"),
+        ("pretrain.anomaly.patch=4", "pretrain.anomaly.patch"),
+        ("segmenter.epochs=0", "segmenter.epochs"),  # a field a subclass redeclares keeps a range
+        ("prepare.split.folds=1", "prepare.split.folds"),
+        ("cam.scales=[]", "cam.scales"),
+        ("anomaly.input_size=[64]", "anomaly.input_size"),
+    ],
+)
+def test_out_of_range_values_are_refused_with_their_dotted_key(setting: str, key: str):
+    with pytest.raises(ConfigError, match=rf"^{key}: invalid value") as e:
+        load_config(None, [setting])
+    assert e.value.exit_code == 2 and e.value.fix  # the message says what a valid value is
+
+
+def test_numbers_in_scientific_notation(tmp_path: Path):
+    # PyYAML (YAML 1.1) reads 1e-3, 5E-4 and 1.6e5 (no dot, or no exponent sign) as strings
+    cfg = load_config(write(tmp_path, "classifier: {lr: 1e-3, max_pixels: 1.6e5}\nretrain: {lr: 5E-4, epochs: 1e1}\n"))
+    assert cfg.classifier.lr == 1e-3 and cfg.retrain.lr == 5e-4
+    assert cfg.classifier.max_pixels == 160_000 and isinstance(cfg.classifier.max_pixels, int)
+    assert cfg.retrain.epochs == 10 and isinstance(cfg.retrain.epochs, int)
+    cfg = load_config(None, ["classifier.lr=1e-3", "pretrain.weight_decay=2.5e-5", "anomaly.coreset=1e4"])
+    assert cfg.classifier.lr == 1e-3 and cfg.pretrain.weight_decay == 2.5e-5 and cfg.anomaly.coreset == 10_000
+    # unions with a string keep the string ("auto") and take numbers in any notation
+    cfg = load_config(None, ["pseudo.crf.bilateral_sxy=1e1", "classifier.input_size=[6.4e1, 64]"])
+    assert cfg.pseudo.crf.bilateral_sxy == 10.0 and cfg.classifier.input_size == [64, 64]
+    cfg = load_config(write(tmp_path, "pseudo: {crf: {bilateral_sxy: auto}}\ncam: {tile_size: auto}\n"))
+    assert cfg.pseudo.crf.bilateral_sxy == "auto" and cfg.cam.tile_size == "auto"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("classifier: {epochs: 1.5}\n", r"classifier.epochs: expected an integer, got 1.5"),
+        ("classifier: {max_pixels: 1.5e3x}\n", r"classifier.max_pixels: expected an integer, got '1.5e3x'"),
+        ("classifier: {lr: nan}\n", r"classifier.lr: expected a finite number, got 'nan'"),
+        ("classifier: {lr: .nan}\n", r"classifier.lr: expected a finite number, got nan"),
+        ("classifier: {lr: .inf}\n", r"classifier.lr: expected a finite number, got inf"),
+        ("dataset: {mask_threshold: 1.5}\n", r"dataset.mask_threshold: expected an integer, got 1.5"),
+        ("pseudo: {crf: {bilateral_sxy: nan}}\n", r"pseudo.crf.bilateral_sxy: invalid value 'nan'.*or auto"),
+    ],
+)
+def test_non_integral_and_non_finite_numbers_are_refused(tmp_path: Path, text: str, message: str):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "a/b", "..", "a\\b"])
+def test_run_name_must_be_a_plain_folder_name(tmp_path: Path, name: str):
+    with pytest.raises(ConfigError, match=r"^run.name: invalid value .*use --run-dir for another location"):
+        load_config(None, [f"run.name={name}"])
+    with pytest.raises(ConfigError, match=r"^run.name: invalid value"):
+        load_config(write(tmp_path, f"run: {{name: {json.dumps(name)}}}\n"))
+    assert load_config(None, ["run.name=my-run.v2"]).run.name == "my-run.v2"
+
+
+def _numeric(tp: object) -> bool:
+    if tp in (int, float):
+        return True
+    return any(_numeric(a) for a in typing.get_args(tp))  # unions and list items
+
+
+def test_every_numeric_setting_declares_its_range():
+    """A new numeric setting without a declared range (``_num``) fails here."""
+    missing, checked = [], 0
+
+    def walk(obj: object, prefix: str) -> None:
+        nonlocal checked
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            key, value = f"{prefix}.{f.name}" if prefix else f.name, getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, key)
+            elif _numeric(hints[f.name]):
+                checked += 1
+                if not isinstance(f.metadata.get("check"), Range):
+                    missing.append(key)
+                elif not f.metadata["check"].accepts(value):
+                    missing.append(f"{key} (its default {value!r} is out of its own range)")
+
+    walk(Config(), "")
+    assert checked > 100 and not missing, missing
+
+
+def test_cli_refuses_an_out_of_range_setting_before_any_stage_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["run-stage", "train-classifier", "--config", str(write(tmp_path, "run: {name: r}\n"))]
+    r = CliRunner().invoke(cli, [*args, "--set", "classifier.epochs=0"])
+    assert r.exit_code == 2 and "classifier.epochs: invalid value 0" in r.output
+    r = CliRunner().invoke(cli, [*args, "--run-dir", str(tmp_path / "run"), "--set", "classifier.epochs=0"])
+    assert r.exit_code == 2 and "classifier.epochs" in r.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "run").exists()  # no run folder, no stage folder

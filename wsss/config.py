@@ -4,6 +4,11 @@ Rules:
 - Unknown keys are errors that name the key, its section and the closest valid key.
 - ``--set section.key=value`` overrides are parsed as YAML scalars and type-checked against the field.
 - Fields with ``metadata={"choices": ...}`` only accept those values.
+- Every numeric field declares its valid range with the field (:func:`_num`, a :class:`Range`), and a few other fields
+  a :class:`Rule` (``run.name`` is a plain folder name); :func:`validate` checks them all, nested sections included,
+  naming the dotted key. Only checks that involve several fields are written out in :func:`validate`.
+- Numbers may be written in scientific notation (``lr: 1e-3``, ``max_pixels: 1.6e5``), which YAML 1.1 reads as
+  strings; an integer setting takes a whole number in any notation, and no setting takes nan or inf.
 - Relative paths in a YAML file are resolved against that file's folder (so recipes work from any working
   directory); relative paths given with ``--set`` are resolved against the current directory.
 - Each stage hashes only the sections it reads (:func:`section_hash`), so editing one stage's settings re-runs
@@ -19,6 +24,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -40,13 +46,95 @@ def _path_field(default: str | None = None) -> Any:
     return field(default=default, metadata={"path": True})
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting accepts, declared with its field (:func:`_num`) and enforced by :func:`validate`.
+
+    A list setting has each item checked, and ``lengths`` (allowed item counts) or ``min_items``. ``None`` (an optional
+    setting left unset) passes; the string ``auto`` passes where ``auto`` is true. ``fix`` is the error's hint.
+    """
+
+    fix: str
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    among: tuple[float, ...] = ()  # only these values
+    odd: bool = False
+    lengths: tuple[int, ...] = ()
+    min_items: int = 0
+    auto: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return True
+        if isinstance(value, str):
+            return self.auto and value == "auto"
+        if isinstance(value, (list, tuple)):
+            n = len(value)
+            return (not self.lengths or n in self.lengths) and n >= self.min_items and all(map(self._number, value))
+        return self._number(value)
+
+    def _number(self, v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        return not (
+            (self.ge is not None and v < self.ge)
+            or (self.gt is not None and v <= self.gt)
+            or (self.le is not None and v > self.le)
+            or (self.lt is not None and v >= self.lt)
+            or (self.among and v not in self.among)
+            or (self.odd and v % 2 != 1)
+        )
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A non-numeric setting's own check (``accepts``), declared with its field like a :class:`Range`."""
+
+    fix: str
+    test: typing.Callable[[Any], bool]
+
+    def accepts(self, value: Any) -> bool:
+        return self.test(value)
+
+
+def _num(default: Any, *, fix: str, **bounds: Any) -> Any:
+    """A numeric field with its range (see :class:`Range`); a list default becomes a fresh copy per instance."""
+    meta = {"check": Range(fix, **bounds)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _folder_name(name: str) -> bool:
+    """A plain folder name (or empty: the config file's stem): no separators, no ``.``/``..``, not absolute."""
+    return not name or not ("/" in name or "\\" in name or name in (".", "..") or os.path.isabs(name))
+
+
+_ONE = "at least 1"
+_SEED = "a seed >= 0"
+_FRACTION = "a fraction in [0, 1]"
+_PROBABILITY = "a probability in [0, 1]"
+_LR = "a learning rate > 0, e.g. 1e-3"
+_WEIGHT = "a weight >= 0 (0 = off)"
+_DECAY = "a weight decay >= 0 (0 = off)"
+_SIZE = "[H, W] with positive sizes, or auto"
+_PIXELS = "a pixel budget >= 1024, e.g. 163840 (640 x 256)"
+_STRIDE = "8, 16 or 32"
+
+
 @dataclass
 class RunConfig:
     """Run-wide settings."""
 
-    name: str = ""  # run folder name under runs/; default: the config file's stem
+    # run folder name under runs/; default: the config file's stem
+    name: str = field(
+        default="",
+        metadata={"check": Rule("a folder name such as my-run; use --run-dir for another location", _folder_name)},
+    )
     pipeline: str = "full"  # pipeline definition in pipelines/ (see `wsss stages`)
-    seed: int = 0
+    seed: int = _num(0, ge=0, fix=_SEED + " (numpy's generators refuse negative seeds)")
     device: str = _choices("auto", "cpu", "cuda", default="auto")
 
 
@@ -54,10 +142,10 @@ class RunConfig:
 class SyntheticConfig:
     """Procedural demo/test data (kind: synthetic)."""
 
-    n_ok: int = 48
-    n_defect: int = 32
-    size: int = 128  # square images of size x size pixels
-    seed: int = 0
+    n_ok: int = _num(48, ge=1, fix=_ONE)
+    n_defect: int = _num(32, ge=1, fix=_ONE)
+    size: int = _num(128, ge=32, fix="pixels >= 32")  # square images of size x size pixels
+    seed: int = _num(0, ge=0, fix=_SEED)
     defects: list[str] = field(default_factory=lambda: ["scratch", "crack", "blob", "stain"])
     textures: list[str] = field(default_factory=lambda: ["noise", "stripes", "brushed"])
 
@@ -70,10 +158,12 @@ class DatasetConfig:
     root: str | None = _path_field()  # dataset folder (kind csv: the CSV file)
     ok_names: list[str] = field(default_factory=lambda: ["ok", "good"])  # folder names meaning defect-free
     binary: bool = False  # collapse all defect classes into one class "defect"
-    mask_threshold: int | None = None  # gt pixel is defect iff value >= this; None: the adapter's default
+    # gt pixel is defect iff value >= this; None: the adapter's default
+    mask_threshold: int | None = _num(None, ge=1, le=255, fix="a mask value in [1, 255], or null (the adapter's)")
     categories: list[str] = field(default_factory=list)  # mvtec categories / dagm classes (empty: all)
     extensions: list[str] = field(default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"])
     high_bit_depth: str = _choices("refuse", "scale", default="refuse")  # 16-bit images: refuse or scale to 8
+    encoding: str = "utf-8"  # kind csv: the CSV's text encoding (e.g. latin-1, cp1252 for files saved by Excel)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -82,12 +172,13 @@ class SplitConfig:
     """Deterministic grouped, stratified splits."""
 
     mode: str = _choices("ratios", "kfold", "official", default="ratios")
-    train: float = 0.6
-    val: float = 0.2
-    test: float = 0.2
-    folds: int = 3  # kfold: number of folds; test = fold `fold`, val carved from the rest by `val` ratio
-    fold: int = 0
-    seed: int = 0
+    train: float = _num(0.6, ge=0, le=1, fix=_FRACTION)
+    val: float = _num(0.2, ge=0, le=1, fix=_FRACTION)
+    test: float = _num(0.2, ge=0, le=1, fix=_FRACTION)
+    # kfold: number of folds; test = fold `fold`, val carved from the rest by `val` ratio
+    folds: int = _num(3, ge=2, fix="at least 2")
+    fold: int = _num(0, ge=0, fix="a fold index >= 0 (below folds)")
+    seed: int = _num(0, fix="any whole number")
 
 
 @dataclass
@@ -95,10 +186,11 @@ class PrepareConfig:
     """`prepare`: index the dataset, validate every file, split."""
 
     split: SplitConfig = field(default_factory=SplitConfig)
-    workers: int = 0  # threads used to validate images; 0 = number of CPU cores
+    # threads used to validate images; 0 = number of CPU cores
+    workers: int = _num(0, ge=0, fix="0 (every core) or a thread count")
     # images above this many megapixels are refused (every stage holds whole images; the CRF alone would take
     # minutes per image): crop or tile them into parts first, or raise this
-    max_megapixels: float = 20.0
+    max_megapixels: float = _num(20.0, gt=0, fix="a size in megapixels > 0, e.g. 20")
 
 
 @dataclass
@@ -111,8 +203,10 @@ class BackboneConfig:
     # a registered name (imagenet: wsss.models.weights.NAMED_WEIGHTS, for tf_efficientnet_lite0/1/2), a local
     # .safetensors / .pth state_dict, or null = from scratch
     weights: str | None = _path_field("imagenet")
-    output_stride: int = 16  # 8 or 16 where the model supports it (CAM resolution), 32 = unchanged
-    in_chans: int = 0  # 0 = the dataset's channels (grayscale stays 1-channel)
+    # 8 or 16 where the model supports it (CAM resolution), 32 = unchanged
+    output_stride: int = _num(16, among=(8, 16, 32), fix=_STRIDE)
+    # 0 = the dataset's channels (grayscale stays 1-channel)
+    in_chans: int = _num(0, among=(0, 1, 3), fix="0 (the dataset's channels), 1 (grayscale) or 3 (RGB)")
     # how convolutions pad: "reflect" continues the texture at the image border, so the border carries no signal a
     # classifier can latch onto (zero padding makes CAMs peak on image borders); "zeros" = timm's default. TF-style
     # models (tf_*) pad dynamically ("same") and keep zeros
@@ -123,9 +217,9 @@ class BackboneConfig:
     # the network cut after its N-th feature stage (0 = all): fewer layers, a smaller receptive field, so a CAM on
     # its last map fires on the defect rather than on everything that sees it (tf_efficientnet_lite0: 4 = stride 16,
     # 112 channels, without the two deepest stages)
-    stages: int = 0
+    stages: int = _num(0, ge=0, fix="a stage count >= 1, or 0 for all")
     # the stem and the first N feature stages stay as loaded (no gradients, BatchNorm statistics fixed); -1 = all
-    freeze: int = 0
+    freeze: int = _num(0, ge=-1, fix="a stage count >= 0 (0 = none), or -1 for the whole backbone")
 
 
 @dataclass
@@ -134,13 +228,14 @@ class AugmentConfig:
 
     flips: bool = True
     rot90: bool = True  # only when the input is square
-    affine_degrees: float = 10.0
-    affine_scale: float = 0.1  # scale in [1 - s, 1 + s]
-    affine_translate: float = 0.05  # fraction of the size
-    brightness: float = 0.15
-    contrast: float = 0.15
-    gamma: float = 0.15
-    blur_prob: float = 0.1
+    affine_degrees: float = _num(10.0, ge=0, le=180, fix="degrees in [0, 180] (0 = no rotation)")
+    affine_scale: float = _num(0.1, ge=0, lt=1, fix="a fraction in [0, 1) (0 = no scaling)")  # scale in [1 - s, 1 + s]
+    # fraction of the size
+    affine_translate: float = _num(0.05, ge=0, le=1, fix="a fraction of the size in [0, 1] (0 = no shift)")
+    brightness: float = _num(0.15, ge=0, le=1, fix="a fraction of the range in [0, 1] (0 = off)")
+    contrast: float = _num(0.15, ge=0, le=1, fix="a fraction in [0, 1] (0 = off)")
+    gamma: float = _num(0.15, ge=0, fix="a log-gamma range >= 0 (0 = off)")
+    blur_prob: float = _num(0.1, ge=0, le=1, fix=_PROBABILITY + " (0 = off)")
 
 
 @dataclass
@@ -148,10 +243,10 @@ class CLMConfig:
     """Contrastive learning module (METHOD.md 1)."""
 
     enabled: bool = True
-    dim: int = 128
-    hidden: int = 256
-    temperature: float = 0.1
-    weight: float = 0.1
+    dim: int = _num(128, ge=1, fix=_ONE)
+    hidden: int = _num(256, ge=1, fix=_ONE)
+    temperature: float = _num(0.1, gt=0, fix="a temperature > 0")
+    weight: float = _num(0.1, ge=0, fix=_WEIGHT)
 
 
 @dataclass
@@ -159,9 +254,11 @@ class GCMConfig:
     """Guided cropping module (METHOD.md 1)."""
 
     enabled: bool = True
-    crop_frac: float = 0.5  # crop side as a fraction of the image side
-    jitter: float = 0.25  # random shift of the crop centre, as a fraction of the crop side
-    consistency_weight: float = 0.0  # lambda_gcm; 0 = no consistency loss
+    # crop side as a fraction of the image side
+    crop_frac: float = _num(0.5, gt=0, le=1, fix="a fraction of the image side in (0, 1]")
+    # random shift of the crop centre, as a fraction of the crop side
+    jitter: float = _num(0.25, ge=0, le=1, fix="a fraction of the crop side in [0, 1] (0 = on the peak)")
+    consistency_weight: float = _num(0.0, ge=0, fix=_WEIGHT)  # lambda_gcm; 0 = no consistency loss
 
 
 @dataclass
@@ -170,30 +267,34 @@ class ClassifierConfig:
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     # H, W the images are resized to; auto = the median training image within max_pixels (wsss/auto.py)
-    input_size: list[int] | str = "auto"
-    max_pixels: int = 163_840  # auto input_size's budget: 640 x 256, what a 2-core CPU trains in minutes per epoch
+    input_size: list[int] | str = _num("auto", gt=0, lengths=(2,), auto=True, fix=_SIZE)
+    # auto input_size's budget: 640 x 256, what a 2-core CPU trains in minutes per epoch
+    max_pixels: int = _num(163_840, ge=1024, fix=_PIXELS)
     binary: bool = True  # one "defect" class; false = multi-label over the dataset's classes
-    lse_r: float = 5.0  # log-sum-exp pooling sharpness (r -> 0: mean, r -> inf: max)
+    # log-sum-exp pooling sharpness (r -> 0: mean, r -> inf: max)
+    lse_r: float = _num(5.0, gt=0, fix="an LSE sharpness > 0, e.g. 5")
     clm: CLMConfig = field(default_factory=CLMConfig)
     gcm: GCMConfig = field(default_factory=GCMConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 2
-    grad_clip: float = 5.0  # max gradient norm; 0 = off
+    epochs: int = _num(30, ge=1, fix=_ONE)
+    batch_size: int = _num(16, ge=1, fix=_ONE)
+    lr: float = _num(1e-3, gt=0, fix=_LR)
+    weight_decay: float = _num(1e-4, ge=0, fix=_DECAY)
+    warmup_epochs: int = _num(2, ge=0, fix="epochs >= 0 (0 = no warmup)")
+    grad_clip: float = _num(5.0, ge=0, fix="a gradient norm >= 0 (0 = off)")  # max gradient norm; 0 = off
     balance: str = _choices("sampler", "pos_weight", "none", default="sampler")
     # the epoch kept and early stopping: "loss" = the lowest validation BCE; "ap" = the highest validation image AP,
     # ties broken by the loss. With a handful of defective validation images AP saturates at 1.0 on the first
     # epoch (KSDD fold 0: 5 of them, AP 1.0 with an untrained head) and "ap" keeps that epoch
     select: str = _choices("loss", "ap", default="loss")
-    patience: int = 8  # early stopping: epochs without a better validation score (select)
+    # early stopping: epochs without a better validation score (select)
+    patience: int = _num(8, ge=1, fix="at least 1 epoch")
     amp: bool = False  # bf16 autocast (GPU)
     channels_last: bool = False
     compile: bool = False  # torch.compile the model for training (GPU; off on the CPU by default)
-    workers: int = 0  # DataLoader worker processes
-    cache_mb: int = 2048  # keep the resized train/val images in memory when they fit in this many MiB; 0 = off
+    workers: int = _num(0, ge=0, fix="DataLoader processes >= 0 (0 = load in the main process)")
+    # keep the resized train/val images in memory when they fit in this many MiB; 0 = off
+    cache_mb: int = _num(2048, ge=0, fix="MiB >= 0 (0 = no cache)")
 
 
 @dataclass
@@ -201,33 +302,41 @@ class IEMConfig:
     """Inpainting extension module (METHOD.md 3): erase the CAM's peak region, look again, keep what lights up."""
 
     enabled: bool = True
-    rounds: int = 3  # T: at most this many erase-and-look-again rounds
-    theta_peak: float = 0.5  # R_t = pixels where the current CAM >= theta_peak * max(CAM)
-    dilation: float = 0.02  # R_t is dilated by this fraction of the image's shorter side before inpainting
-    tau_stop: float = 0.5  # stop when the inpainted image's sample score falls below this (the defect is gone)
+    # T: at most this many erase-and-look-again rounds
+    rounds: int = _num(3, ge=1, fix="at least 1 (or cam.iem.enabled=false)")
+    # R_t = pixels where the current CAM >= theta_peak * max(CAM)
+    theta_peak: float = _num(0.5, gt=0, le=1, fix="a fraction in (0, 1]")
+    # R_t is dilated by this fraction of the image's shorter side before inpainting
+    dilation: float = _num(0.02, ge=0, lt=0.5, fix="a fraction of the shorter side in [0, 0.5)")
+    # stop when the inpainted image's sample score falls below this (the defect is gone)
+    tau_stop: float = _num(0.5, ge=0, le=1, fix=_PROBABILITY)
     method: str = _choices("telea", "ns", default="telea")  # cv2.inpaint: Telea or Navier-Stokes
-    radius: int = 5  # cv2.inpaint neighbourhood radius, pixels
+    radius: int = _num(5, ge=1, fix="pixels >= 1")  # cv2.inpaint neighbourhood radius, pixels
     # threads that inpaint while the CAM passes run (results do not depend on it); 0 = min(4, cores), 1 = serial
-    workers: int = 0
+    workers: int = _num(0, ge=0, fix="0 (up to 4 cores), 1 (serial) or a thread count")
 
 
 @dataclass
 class CamConfig:
     """`cam`: CAMs from the trained DFC with test-time augmentation, normalised, gated, extended by IEM."""
 
-    scales: list[float] = field(default_factory=lambda: [0.75, 1.0, 1.5])  # x classifier.input_size
+    # x classifier.input_size
+    scales: list[float] = _num([0.75, 1.0, 1.5], gt=0, min_items=1, fix="positive factors, e.g. [1.0]")
     flips: bool = True  # also horizontally and vertically flipped views
     # [H, W] windows (original pixels); [0, 0] = off; auto = off unless images are shrunk over 4x (wsss/auto.py)
-    tile_size: list[int] | str = "auto"
-    tile_overlap: float = 0.25  # overlap of neighbouring windows, fraction of the window
-    norm_percentile: float = 50.0  # dataset scale: this percentile of the CAM peaks of defective training images
-    score_threshold: float = 0.5  # images whose sample score is below get an all-zero CAM (called OK)
+    tile_size: list[int] | str = _num("auto", ge=0, lengths=(2,), auto=True, fix="[H, W] >= 0 ([0, 0] = off), or auto")
+    # overlap of neighbouring windows, fraction of the window
+    tile_overlap: float = _num(0.25, ge=0, lt=1, fix="a fraction in [0, 1)")
+    # dataset scale: this percentile of the CAM peaks of defective training images
+    norm_percentile: float = _num(50.0, gt=0, le=100, fix="a percentile in (0, 100]")
+    # images whose sample score is below get an all-zero CAM (called OK)
+    score_threshold: float = _num(0.5, ge=0, le=1, fix=_PROBABILITY)
     # a weak CAM of an image called defective (peak below the dataset scale) divided by its own peak, never by less
     # than the OK training images' 99th-percentile peak: it then reaches the background prior like a strong one
     # instead of vanishing (KSDD fold 0: 7 of 15 called-defective test images had their CAM under it)
     lift: bool = False
     iem: IEMConfig = field(default_factory=IEMConfig)
-    batch_size: int = 8  # images per forward batch (every view of each)
+    batch_size: int = _num(8, ge=1, fix=_ONE)  # images per forward batch (every view of each)
     compile: bool = False  # torch.compile the DFC for the CAM forward passes (GPU; off on the CPU by default)
 
 
@@ -241,13 +350,16 @@ class CRFConfig:
     device: str = _choices("cpu", "cuda", default="cpu")  # the torch backend's device
     # mean-field at this fraction of the image size (area-downsampled image and probabilities, kernel widths scaled
     # with it), the refined probabilities upsampled bilinearly; 1 = full resolution (either backend)
-    scale: float = 1.0
-    iterations: int = 10
-    gauss_sxy: float = 3.0
-    gauss_compat: float = 3.0
-    bilateral_sxy: float | str = "auto"  # pixels; auto = 0.1 x the median training image's shorter side
-    bilateral_srgb: float = 13.0
-    bilateral_compat: float = 10.0
+    scale: float = _num(1.0, gt=0, le=1, fix="a fraction in (0, 1] (1 = full resolution)")
+    iterations: int = _num(10, ge=1, fix=_ONE)
+    gauss_sxy: float = _num(3.0, gt=0, fix="pixels > 0")
+    gauss_compat: float = _num(3.0, ge=0, fix="a compatibility >= 0 (0 = no smoothness kernel)")
+    # pixels; auto = 0.1 x the median training image's shorter side
+    bilateral_sxy: float | str = _num(
+        "auto", gt=0, auto=True, fix="pixels > 0, or auto (0.1 x the images' shorter side)"
+    )
+    bilateral_srgb: float = _num(13.0, gt=0, fix="intensity levels > 0")
+    bilateral_compat: float = _num(10.0, ge=0, fix="a compatibility >= 0 (0 = no appearance kernel)")
 
 
 @dataclass
@@ -255,20 +367,23 @@ class PseudoConfig:
     """`pseudo-labels`: refine the extended CAMs into masks (0 background, k class k, 255 ignore)."""
 
     method: str = _choices("crf", "threshold", default="crf")  # threshold: argmax of [bg_prior, CAM] only
-    bg_prior: float = 0.4  # background score against the normalised CAM (the CAM level where defect = background)
+    # background score against the normalised CAM (the CAM level where defect = background)
+    bg_prior: float = _num(0.4, gt=0, lt=1, fix="a value in (0, 1)")
     crf: CRFConfig = field(default_factory=CRFConfig)
-    confidence: float = 0.6  # pixels whose winning probability is below this become 255 (ignore)
-    ignore_band: int = 2  # background pixels this close to a defect also become 255; 0 = off
+    # pixels whose winning probability is below this become 255 (ignore)
+    confidence: float = _num(0.6, ge=0, le=1, fix="a probability in [0, 1] (0 = no ignore pixels)")
+    # background pixels this close to a defect also become 255; 0 = off
+    ignore_band: int = _num(2, ge=0, fix="pixels >= 0")
     # an image called defective that the refinement leaves without a defect pixel (a weak CAM the CRF erased) is
     # labelled where its strongest class's CAM reaches this fraction of its peak, and ranked first for review;
     # 0 = leave it empty (the segmenter then learns background on a defect)
-    fallback: float = 0.0
-    workers: int = 0  # processes for the CRF; 0 = every available core
+    fallback: float = _num(0.0, ge=0, lt=1, fix="a fraction of the CAM's peak in [0, 1) (0 = off)")
+    workers: int = _num(0, ge=0, fix="0 (every core) or a process count")  # processes for the CRF; 0 = every core
     # what the CRF's unary comes from (METHOD.md 7a): the extended CAM, the `anomaly` stage's map, or their fusion
     unary: str = _choices("cam", "anomaly", "fusion", default="cam")
     # fusion rule of two maps in [0, 1]: geometric = cam^(1-w) * anomaly^w, product = cam * anomaly
     fusion: str = _choices("geometric", "product", default="geometric")
-    anomaly_weight: float = 0.5  # w of the geometric fusion
+    anomaly_weight: float = _num(0.5, ge=0, le=1, fix="a weight in [0, 1]")  # w of the geometric fusion
 
 
 @dataclass
@@ -278,21 +393,30 @@ class AnomalyConfig:
     # dfc: the trained DFC's backbone; backbone: the timm backbone below (random init or its local weights file)
     features: str = _choices("dfc", "backbone", default="dfc")
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(output_stride=16))
-    layers: list[int] = field(default_factory=lambda: [2, 3])  # backbone stages concatenated (resnet: layer2 + 3)
-    input_size: list[int] = field(default_factory=list)  # H, W images are resized to; empty = the classifier's
-    patch: int = 3  # each patch feature is averaged over this neighbourhood (PatchCore's local aggregation)
+    # backbone stages concatenated (resnet: layer2 + 3); negative indices count from the last
+    layers: list[int] = _num([2, 3], min_items=1, fix="backbone stage indices, e.g. [2, 3]")
+    # H, W images are resized to; empty = the classifier's
+    input_size: list[int] = _num([], gt=0, lengths=(0, 2), fix="[H, W] or []")
+    # each patch feature is averaged over this neighbourhood (PatchCore's local aggregation)
+    patch: int = _num(3, ge=1, odd=True, fix="an odd neighbourhood size >= 1")
     # each image to zero mean and unit variance before the backbone: a part that is brighter overall (lighting, a
     # different batch) is not an anomaly everywhere
     standardise: bool = True
-    max_patches: int = 200_000  # patches sampled into the bank before the coreset (evenly over the OK images)
-    coreset: int = 10_000  # memory bank size after greedy k-center subsampling; 0 = keep every sampled patch
-    coreset_dims: int = 128  # random projection the k-center distances are computed in
-    chunk: int = 2048  # query patches per cdist chunk (memory: chunk x bank floats)
-    smooth: float = 1.0  # Gaussian sigma in feature cells, applied before upsampling to the image size
-    ok_percentile: float = 99.0  # normalised map 0 = this percentile of the OK training images' (leave-one-out) map
-    norm_percentile: float = 50.0  # normalised map 1 = this percentile of the defective training images' peaks
-    batch_size: int = 16
-    seed: int = 0
+    # patches sampled into the bank before the coreset (evenly over the OK images)
+    max_patches: int = _num(200_000, ge=1, fix=_ONE)
+    # memory bank size after greedy k-center subsampling; 0 = keep every sampled patch
+    coreset: int = _num(10_000, ge=0, fix="a bank size, or 0 to keep every sampled patch")
+    coreset_dims: int = _num(128, ge=1, fix=_ONE)  # random projection the k-center distances are computed in
+    # query patches per cdist chunk (memory: chunk x bank floats)
+    chunk: int = _num(2048, ge=1, fix="query patches per chunk, at least 1")
+    # Gaussian sigma in feature cells, applied before upsampling to the image size
+    smooth: float = _num(1.0, ge=0, fix="a sigma >= 0 (0 = off)")
+    # normalised map 0 = this percentile of the OK training images' (leave-one-out) map
+    ok_percentile: float = _num(99.0, ge=0, le=100, fix="a percentile in [0, 100]")
+    # normalised map 1 = this percentile of the defective training images' peaks
+    norm_percentile: float = _num(50.0, gt=0, le=100, fix="a percentile in (0, 100]")
+    batch_size: int = _num(16, ge=1, fix=_ONE)
+    seed: int = _num(0, ge=0, fix=_SEED)
 
 
 @dataclass
@@ -303,11 +427,12 @@ class PretrainConfig:
     local self-supervised weights file), never from a model that saw image labels: ``anomaly.features`` must stay
     ``backbone``. The pretrained weights seed `train-classifier` in place of ``classifier.backbone.weights``."""
 
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    stages: list[int] = field(default_factory=list)  # backbone stages whose energy map is pulled; empty = all
+    epochs: int = _num(10, ge=1, fix=_ONE)
+    batch_size: int = _num(16, ge=1, fix=_ONE)
+    lr: float = _num(1e-3, gt=0, fix=_LR)
+    weight_decay: float = _num(1e-4, ge=0, fix=_DECAY)
+    # backbone stages whose energy map is pulled (negative indices count from the last); empty = all
+    stages: list[int] = _num([], fix="backbone stage indices, e.g. [2, 3], or [] for all")
     anomaly: AnomalyConfig = field(default_factory=lambda: AnomalyConfig(features="backbone"))
 
 
@@ -316,24 +441,26 @@ class SegTrainConfig:
     """Training a multi-task segmenter on pseudo-masks: what `retrain` and `train-segmenter` share."""
 
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(output_stride=32))
-    input_size: list[int] | str = "auto"  # H, W; auto = the median training image within max_pixels
-    max_pixels: int = 86_016  # auto input_size's budget: 448 x 192
-    decoder_channels: int = 64
-    epochs: int = 15
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 1
-    dice_weight: float = 1.0  # segmentation loss = CE + dice_weight * Dice (ignore pixels excluded)
-    cls_weight: float = 0.5  # + cls_weight * image-level BCE on the classification head
+    # H, W; auto = the median training image within max_pixels
+    input_size: list[int] | str = _num("auto", gt=0, lengths=(2,), auto=True, fix=_SIZE)
+    max_pixels: int = _num(86_016, ge=1024, fix=_PIXELS)  # auto input_size's budget: 448 x 192
+    decoder_channels: int = _num(64, ge=1, fix=_ONE)
+    epochs: int = _num(15, ge=1, fix=_ONE)
+    batch_size: int = _num(16, ge=1, fix=_ONE)
+    lr: float = _num(1e-3, gt=0, fix=_LR)
+    weight_decay: float = _num(1e-4, ge=0, fix=_DECAY)
+    warmup_epochs: int = _num(1, ge=0, fix="epochs >= 0 (0 = no warmup)")
+    # segmentation loss = CE + dice_weight * Dice (ignore pixels excluded)
+    dice_weight: float = _num(1.0, ge=0, fix=_WEIGHT)
+    cls_weight: float = _num(0.5, ge=0, fix=_WEIGHT)  # + cls_weight * image-level BCE on the classification head
     # the classification head's pooling of its per-location logits: 0 = average (GAP), > 0 = log-sum-exp with this
     # sharpness (the DFC's pooling, classifier.lse_r), so small defects are not averaged away
-    cls_lse_r: float = 0.0
+    cls_lse_r: float = _num(0.0, ge=0, fix="0 (average pooling) or an LSE sharpness > 0, e.g. 5")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     amp: bool = False
     channels_last: bool = False
     compile: bool = False  # torch.compile the model for training (GPU; off on the CPU by default)
-    workers: int = 0  # DataLoader worker processes
+    workers: int = _num(0, ge=0, fix="DataLoader processes >= 0 (0 = load in the main process)")
     # defects are rare: "sampler" draws half defective images per epoch, "pos_weight" weighs the image BCE instead
     balance: str = _choices("sampler", "pos_weight", "none", default="none")
     # a training image labelled defective whose pseudo-mask has no pixel of a labelled class (pseudo-labelling missed
@@ -347,27 +474,33 @@ class SegTrainConfig:
 class RetrainConfig(SegTrainConfig):
     """`retrain`: additional training rounds (METHOD.md 5) of a segmenter on the pseudo-masks."""
 
-    rounds: int = 1
-    fuse_weight: float = 0.5  # fused map = fuse_weight * segmenter probability + (1 - fuse_weight) * extended CAM
+    rounds: int = _num(1, ge=1, fix=_ONE)
+    # fused map = fuse_weight * segmenter probability + (1 - fuse_weight) * extended CAM
+    fuse_weight: float = _num(0.5, ge=0, le=1, fix="a weight in [0, 1]")
 
 
 @dataclass
 class SegmenterConfig(SegTrainConfig):
     """`train-segmenter`: distillation into the fast multi-task segmenter the line runs (METHOD.md 6)."""
 
-    epochs: int = 30
+    epochs: int = _num(30, ge=1, fix=_ONE)
     # balanced, as the classifier: with rare defects an unbalanced image head stays below the gate on everything
     balance: str = _choices("sampler", "pos_weight", "none", default="sampler")
     masks: str = ""  # stage whose masks/ it learns from; empty = `retrain` if the pipeline has it, else pseudo-labels
-    kd_weight: float = 0.5  # + kd_weight * KL(teacher || student) of the per-pixel class distributions
-    kd_temperature: float = 2.0  # both distributions softened by this temperature (the loss is scaled by T^2)
-    score_kd_weight: float = 0.5  # + score_kd_weight * BCE(classification head, the DFC's sample scores)
-    score_threshold: float = 0.5  # inference: a class whose image probability is below this is gated off the mask
-    patience: int = 8  # early stopping: epochs without a better validation Seg_mIoU (against pseudo-masks)
+    # + kd_weight * KL(teacher || student) of the per-pixel class distributions
+    kd_weight: float = _num(0.5, ge=0, fix=_WEIGHT)
+    # both distributions softened by this temperature (the loss is scaled by T^2)
+    kd_temperature: float = _num(2.0, gt=0, fix="a temperature > 0")
+    # + score_kd_weight * BCE(classification head, the DFC's sample scores)
+    score_kd_weight: float = _num(0.5, ge=0, fix=_WEIGHT)
+    # inference: a class whose image probability is below this is gated off the mask
+    score_threshold: float = _num(0.5, ge=0, le=1, fix=_PROBABILITY)
+    # early stopping: epochs without a better validation Seg_mIoU (against pseudo-masks)
+    patience: int = _num(8, ge=1, fix="at least 1 epoch")
     reviewed: str | None = _path_field()  # `wsss import-review` folder: human masks that replace pseudo-masks
     # the image head that gates the line's masks pools by LSE, as the DFC does (README: KSDD test image AP 0.457 with
     # average pooling, 0.707 at 5, 0.816 at 10; mIoU_def 15.43%, 13.92%, 12.94%)
-    cls_lse_r: float = 5.0
+    cls_lse_r: float = _num(5.0, ge=0, fix="0 (average pooling) or an LSE sharpness > 0, e.g. 5")
 
 
 @dataclass
@@ -387,7 +520,8 @@ class EvaluateConfig:
     masks: str = ""  # stage whose masks/ folder to evaluate; empty = the pipeline's last mask-writing stage
     scores: str = ""  # stage whose scores.csv gives sample scores; empty = the masks stage's own, if any
     split: str = _choices("test", "val", "train", "all", default="test")
-    score_threshold: float = 0.5  # sample decision: defective iff score >= threshold
+    # sample decision: defective iff score >= threshold
+    score_threshold: float = _num(0.5, ge=0, le=1, fix=_PROBABILITY)
     ignore_as: str = _choices("background", "defect", default="background")  # how 255 (ignore) pixels count
     # what the masks' values mean: auto = the folder's labelmap.txt, else a wsss stage's masks are labels (255 =
     # ignore), else decided from the values (0/255 only on a one-class dataset = binary); see wsss/mask_format.py
@@ -430,6 +564,8 @@ def _coerce(value: Any, tp: Any, where: str, meta: typing.Mapping[str, Any]) -> 
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        if len(arms := [a for a in args if a is not type(None)]) == 1:  # Optional[X]: X's own message
+            return _coerce(value, arms[0], where, meta)
         for a in args:
             if a is type(None):
                 continue
@@ -450,13 +586,21 @@ def _coerce(value: Any, tp: Any, where: str, meta: typing.Mapping[str, Any]) -> 
             return value
         raise ConfigError(where, f"expected true/false, got {value!r}", "write true or false")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(where, f"expected an integer, got {value!r}", "write a whole number")
+        n = _number(value)
+        if n is None:
+            raise ConfigError(where, f"expected an integer, got {value!r}", "write a whole number")
+        if not math.isfinite(n):
+            raise ConfigError(where, f"expected a finite number, got {value!r}", "write a whole number")
+        if isinstance(n, float) and not n.is_integer():
+            raise ConfigError(where, f"expected an integer, got {value!r}", "write a whole number, e.g. 2 or 1.6e5")
+        return int(n)
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(where, f"expected a number, got {value!r}", "write a number such as 0.5")
+        n = _number(value)
+        if n is None:
+            raise ConfigError(where, f"expected a number, got {value!r}", "write a number such as 0.5 or 1e-3")
+        if not math.isfinite(n):
+            raise ConfigError(where, f"expected a finite number, got {value!r}", "write a number such as 0.5 or 1e-3")
+        return float(n)
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(where, f"expected a string, got {value!r}", "write a plain string")
@@ -468,6 +612,20 @@ def _coerce(value: Any, tp: Any, where: str, meta: typing.Mapping[str, Any]) -> 
             raise ConfigError(where, f"invalid value {value!r}", f"{hint}valid values: {', '.join(choices)}")
         return value
     raise TypeError(f"unsupported config type {tp!r} at {where}")
+
+
+def _number(value: Any) -> int | float | None:
+    """``value`` as an int or float, or None if it is not a number. Strings that spell a number count: YAML 1.1 (PyYAML)
+    reads ``1e-3`` and ``1.6e5`` (an exponent without a dot or a sign) as strings."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        for parse in (int, float):
+            with contextlib.suppress(ValueError):
+                return parse(value.strip())
+    return None
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -531,6 +689,22 @@ DEMO_SETTINGS: tuple[str, ...] = (
 )
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data; a file that is not UTF-8 (or UTF-16 with its mark) or not YAML is a ConfigError."""
+    try:
+        return yaml.safe_load(path.read_bytes())
+    except yaml.reader.ReaderError as e:
+        raise ConfigError(
+            path,
+            f"not UTF-8 (byte 0x{e.character:02x} at position {e.position})"
+            if isinstance(e.character, int)
+            else f"not readable text: {e}",
+            "save the file as UTF-8",
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(path, f"not valid YAML: {e}", "fix the syntax at the line shown") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a YAML recipe (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
     if path is None:
@@ -539,10 +713,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(path, "config file not found", "pass an existing YAML file, e.g. configs/demo.yaml")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(path, f"not valid YAML: {e}", "fix the syntax at the line shown") from None
+        data = read_yaml(path)
         cfg = _build(Config, data, "", str(path), path.parent.resolve())
         if not cfg.run.name:
             cfg.run.name = path.stem
@@ -591,11 +762,9 @@ def apply_override(cfg: Config, item: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that a single field's type cannot express."""
+    """Every field against the range or rule declared with it, then the checks that involve several fields."""
+    check_fields(cfg)
     s = cfg.prepare.split
-    for name in ("train", "val", "test"):
-        if not 0.0 <= getattr(s, name) <= 1.0:
-            raise ConfigError(f"prepare.split.{name}", f"ratio {getattr(s, name)} outside [0, 1]", "use a fraction")
     if s.mode == "ratios" and abs(s.train + s.val + s.test - 1.0) > 1e-6:
         raise ConfigError(
             "prepare.split", f"train+val+test = {s.train + s.val + s.test:g}, not 1", "make the three ratios sum to 1"
@@ -619,92 +788,26 @@ def validate(cfg: Config) -> None:
             f"dataset kind {cfg.dataset.kind!r} needs a root",
             "set dataset.root in the config or with --set dataset.root=PATH",
         )
-    _check_ranges(cfg)
-
-
-def _check_ranges(cfg: Config) -> None:
-    """Numeric fields that only make sense in a range: named, with the range, before any stage starts."""
-    checks = [
-        *_size_checks(cfg),
-        ("prepare.max_megapixels", cfg.prepare.max_megapixels > 0, "a size in megapixels > 0, e.g. 20"),
-        ("cam.scales", all(x > 0 for x in cfg.cam.scales) and bool(cfg.cam.scales), "positive factors, e.g. [1.0]"),
-        (
-            "cam.tile_size",
-            cfg.cam.tile_size == "auto" or (len(cfg.cam.tile_size) == 2 and min(cfg.cam.tile_size) >= 0),
-            "[H, W] >= 0 ([0, 0] = off), or auto",
-        ),
-        (
-            "pseudo.crf.bilateral_sxy",
-            cfg.pseudo.crf.bilateral_sxy == "auto" or float(cfg.pseudo.crf.bilateral_sxy) > 0,
-            "pixels > 0, or auto (0.1 x the images' shorter side)",
-        ),
-        ("cam.tile_overlap", 0 <= cfg.cam.tile_overlap < 1, "a fraction in [0, 1)"),
-        ("cam.norm_percentile", 0 < cfg.cam.norm_percentile <= 100, "a percentile in (0, 100]"),
-        ("cam.score_threshold", 0 <= cfg.cam.score_threshold <= 1, "a probability in [0, 1]"),
-        ("cam.iem.rounds", cfg.cam.iem.rounds >= 1, "at least 1 (or cam.iem.enabled=false)"),
-        ("cam.iem.theta_peak", 0 < cfg.cam.iem.theta_peak <= 1, "a fraction in (0, 1]"),
-        ("cam.iem.dilation", 0 <= cfg.cam.iem.dilation < 0.5, "a fraction of the shorter side in [0, 0.5)"),
-        ("cam.iem.tau_stop", 0 <= cfg.cam.iem.tau_stop <= 1, "a probability in [0, 1]"),
-        ("cam.iem.workers", cfg.cam.iem.workers >= 0, "0 (up to 4 cores), 1 (serial) or a thread count"),
-        ("pseudo.bg_prior", 0 < cfg.pseudo.bg_prior < 1, "a value in (0, 1)"),
-        ("pseudo.confidence", 0 <= cfg.pseudo.confidence <= 1, "a probability in [0, 1] (0 = no ignore pixels)"),
-        ("pseudo.ignore_band", cfg.pseudo.ignore_band >= 0, "pixels >= 0"),
-        ("pseudo.fallback", 0 <= cfg.pseudo.fallback < 1, "a fraction of the CAM's peak in [0, 1) (0 = off)"),
-        ("pseudo.crf.iterations", cfg.pseudo.crf.iterations >= 1, "at least 1"),
-        ("pseudo.crf.scale", 0 < cfg.pseudo.crf.scale <= 1, "a fraction in (0, 1] (1 = full resolution)"),
-        ("pseudo.workers", cfg.pseudo.workers >= 0, "0 (every core) or a process count"),
-        ("pseudo.anomaly_weight", 0 <= cfg.pseudo.anomaly_weight <= 1, "a weight in [0, 1]"),
-        *_anomaly_checks(cfg.anomaly, "anomaly"),
-        *_anomaly_checks(cfg.pretrain.anomaly, "pretrain.anomaly"),
-        ("pretrain.epochs", cfg.pretrain.epochs >= 1, "at least 1"),
-        (
+    if cfg.pretrain.anomaly.features != "backbone":
+        raise ConfigError(
             "pretrain.anomaly.features",
-            cfg.pretrain.anomaly.features == "backbone",
+            f"invalid value {cfg.pretrain.anomaly.features!r}",
             "backbone: the maps that guide pretraining must come from a network that never saw labels",
-        ),
-        *[
-            (
-                f"{sec}.cls_lse_r",
-                getattr(cfg, sec).cls_lse_r >= 0,
-                "0 (average pooling) or an LSE sharpness > 0, e.g. 5",
-            )
-            for sec in ("retrain", "segmenter")
-        ],
-        ("retrain.rounds", cfg.retrain.rounds >= 1, "at least 1"),
-        ("retrain.fuse_weight", 0 <= cfg.retrain.fuse_weight <= 1, "a weight in [0, 1]"),
-        ("segmenter.kd_temperature", cfg.segmenter.kd_temperature > 0, "a temperature > 0"),
-        ("segmenter.score_threshold", 0 <= cfg.segmenter.score_threshold <= 1, "a probability in [0, 1]"),
-        ("segmenter.patience", cfg.segmenter.patience >= 1, "at least 1 epoch"),
-    ]
-    for key, ok, fix in checks:
-        if not ok:
-            raise ConfigError(key, f"invalid value {section_value(cfg, key)!r}", fix)
+        )
 
 
-def _size_checks(cfg: Config) -> list[tuple[str, bool, str]]:
-    out = []
-    for s in ("classifier", "retrain", "segmenter"):
-        sec = getattr(cfg, s)
-        size = sec.input_size
-        ok = size == "auto" or (isinstance(size, list) and len(size) == 2 and min(size) > 0)
-        out.append((f"{s}.input_size", ok, "[H, W] with positive sizes, or auto"))
-        out.append((f"{s}.max_pixels", sec.max_pixels >= 1024, "a pixel budget >= 1024, e.g. 163840 (640 x 256)"))
-    return out
-
-
-def _anomaly_checks(a: AnomalyConfig, key: str) -> list[tuple[str, bool, str]]:
-    return [
-        (f"{key}.layers", bool(a.layers), "backbone stage indices, e.g. [2, 3]"),
-        (f"{key}.input_size", len(a.input_size) in (0, 2) and all(x > 0 for x in a.input_size), "[H, W] or []"),
-        (f"{key}.patch", a.patch >= 1 and a.patch % 2 == 1, "an odd neighbourhood size >= 1"),
-        (f"{key}.max_patches", a.max_patches >= 1, "at least 1"),
-        (f"{key}.coreset", a.coreset >= 0, "a bank size, or 0 to keep every sampled patch"),
-        (f"{key}.coreset_dims", a.coreset_dims >= 1, "at least 1"),
-        (f"{key}.chunk", a.chunk >= 1, "query patches per chunk, at least 1"),
-        (f"{key}.smooth", a.smooth >= 0, "a sigma >= 0 (0 = off)"),
-        (f"{key}.ok_percentile", 0 <= a.ok_percentile <= 100, "a percentile in [0, 100]"),
-        (f"{key}.norm_percentile", 0 < a.norm_percentile <= 100, "a percentile in (0, 100]"),
-    ]
+def check_fields(obj: Any, prefix: str = "") -> None:
+    """Check each field of dataclass ``obj`` and its nested sections against the :class:`Range` or :class:`Rule`
+    declared with it (``metadata["check"]``); the first violation is a ConfigError naming its dotted key."""
+    for f in dataclasses.fields(obj):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_fields(value, key)
+            continue
+        check = f.metadata.get("check")
+        if check is not None and not check.accepts(value):
+            raise ConfigError(key, f"invalid value {value!r}", check.fix)
 
 
 def section_value(cfg: Config, key: str) -> Any:

@@ -12,8 +12,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from wsss.errors import ConfigError
 from wsss.stages import load_stages
 
@@ -41,7 +39,9 @@ def load_pipeline(name: str) -> Pipeline:
             f"pipeline {name!r} not found ({path})",
             f"available pipelines: {', '.join(available()) or 'none'}; or give a YAML path",
         )
-    data = yaml.safe_load(path.read_text()) or {}
+    from wsss.config import read_yaml
+
+    data = read_yaml(path) or {}
     stages = data.get("stages")
     if not isinstance(stages, list) or not stages:
         raise ConfigError(path, "a pipeline needs a non-empty `stages:` list", "list stage names in run order")
