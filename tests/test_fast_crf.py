@@ -1,4 +1,4 @@
-"""The PyTorch dense CRF (issue 7) against pydensecrf2, the reference: same masks on constructed cases."""
+"""The PyTorch dense CRF against pydensecrf2, the reference: same masks on constructed cases."""
 
 from __future__ import annotations
 

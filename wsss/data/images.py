@@ -1,12 +1,14 @@
 """Reading and checking dataset images and ground-truth masks.
 
-Images come back as ``uint8`` arrays: ``(H, W)`` for grayscale, ``(H, W, 3)`` RGB. Every file is fully decoded
-(``Image.load()``), so truncated files fail here instead of in the middle of training. Conversions:
+Images come back as writable, C-contiguous ``uint8`` arrays: ``(H, W)`` for grayscale, ``(H, W, 3)`` RGB (never
+the read-only buffer ``np.asarray`` gives for a PIL image, which C extensions such as pydensecrf refuse). Every file
+is fully decoded (``Image.load()``), so truncated files fail here instead of in the middle of training. Conversions:
 
 - ``L`` and ``RGB``: as stored; an RGB image whose three channels are identical becomes ``(H, W)`` grayscale
   (industrial sets often store gray images as RGB).
 - ``1`` (bilevel) -> ``L`` (0/255); ``P`` (palette) -> ``L`` if the palette is gray, else ``RGB``;
-  ``LA``/``RGBA``/``PA`` -> alpha is dropped, not composited (the colour values are kept as stored);
+  ``LA``/``RGBA``/``PA`` and palette transparency -> alpha is dropped, not composited (the colour values are kept
+  as stored);
   ``CMYK``/``YCbCr``/... -> ``RGB``.
 - 16-bit (``I;16*``, or ``I`` with values above 255): refused unless ``high_bit_depth == "scale"``, which maps
   the full 16-bit range 0..65535 to 0..255 (``round(v / 257)``; a 12-bit image therefore comes out dark).
@@ -30,6 +32,7 @@ from wsss.errors import DataError
 HIGH_BIT_DEPTH = ("refuse", "scale")
 _REPLACE_FIX = "re-copy the file from the original source, or remove it from the dataset"
 _8BIT_FIX = "convert it to an 8-bit PNG"
+SCALE_FIX = "set dataset.high_bit_depth: scale"
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ def _open(path: Path) -> Image.Image:
     return im
 
 
-def _high_bit(path: Path, im: Image.Image, high_bit_depth: str) -> tuple[np.ndarray, str | None]:
+def _high_bit(path: Path, im: Image.Image, high_bit_depth: str, scale_fix: str) -> tuple[np.ndarray, str | None]:
     a = np.asarray(im)
     lo, hi = int(a.min()), int(a.max())
     if im.mode == "I" and lo >= 0 and hi <= 255:
@@ -71,7 +74,7 @@ def _high_bit(path: Path, im: Image.Image, high_bit_depth: str) -> tuple[np.ndar
         raise DataError(
             path,
             f"16-bit image (mode {im.mode}, values {lo}..{hi})",
-            f"{_8BIT_FIX}, or set dataset.high_bit_depth: scale to map 0..65535 to 0..255",
+            f"{_8BIT_FIX}, or {scale_fix} to map 0..65535 to 0..255",
         )
     return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8), "16-bit -> 8-bit (value / 257)"
 
@@ -81,14 +84,14 @@ def _gray_palette(im: Image.Image) -> bool:
     return bool(len(pal)) and bool((pal == pal[:, :1]).all())
 
 
-def _decode(path: Path, high_bit_depth: str) -> tuple[np.ndarray, ImageInfo]:
+def _decode(path: Path, high_bit_depth: str, scale_fix: str = SCALE_FIX) -> tuple[np.ndarray, ImageInfo]:
     if high_bit_depth not in HIGH_BIT_DEPTH:
         raise ValueError(f"high_bit_depth must be one of {HIGH_BIT_DEPTH}, got {high_bit_depth!r}")
     path = Path(path)
     im = _open(path)
     mode, converted = im.mode, None
     if mode.startswith("I;16") or mode == "I":
-        a, converted = _high_bit(path, im, high_bit_depth)
+        a, converted = _high_bit(path, im, high_bit_depth, scale_fix)
     elif mode == "F":
         raise DataError(path, "32-bit float image (mode F)", _8BIT_FIX)
     elif mode in ("L", "RGB"):
@@ -105,20 +108,26 @@ def _decode(path: Path, high_bit_depth: str) -> tuple[np.ndarray, ImageInfo]:
         except (ValueError, OSError) as e:
             raise DataError(path, f"unsupported image mode {mode} ({e})", f"{_8BIT_FIX} or JPEG") from None
         converted = {"P": "palette -> RGB", "PA": "palette -> RGB (alpha dropped)"}.get(mode)
+        if mode == "P" and "transparency" in im.info:
+            converted = "palette -> RGB (transparency dropped)"
         converted = converted or f"{mode} -> RGB" + (" (alpha dropped)" if "A" in mode else "")
     if a.ndim == 3 and (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all():
         a = a[..., 0]
         converted = f"{converted}, gray -> grayscale" if converted else "RGB with equal channels -> grayscale"
-    a = np.ascontiguousarray(a, dtype=np.uint8)
+    a = np.require(a, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])  # copies the read-only array PIL's buffer gives
     info = ImageInfo(
         width=a.shape[1], height=a.shape[0], channels=1 if a.ndim == 2 else 3, mode=mode, converted=converted
     )
     return a, info
 
 
-def read_image(path: Path | str, high_bit_depth: str = "refuse") -> np.ndarray:
-    """Read an image as ``uint8`` ``(H, W)`` (grayscale) or ``(H, W, 3)`` (RGB); see the module docstring."""
-    return _decode(Path(path), high_bit_depth)[0]
+def read_image(path: Path | str, high_bit_depth: str = "refuse", *, scale_fix: str = SCALE_FIX) -> np.ndarray:
+    """Read an image as ``uint8`` ``(H, W)`` (grayscale) or ``(H, W, 3)`` (RGB); see the module docstring.
+
+    ``scale_fix`` is how the refusal of a 16-bit image tells the user to allow scaling, by default the dataset
+    setting; a command without a recipe names its own option.
+    """
+    return _decode(Path(path), high_bit_depth, scale_fix)[0]
 
 
 def probe_image(path: Path | str, high_bit_depth: str = "refuse") -> ImageInfo:

@@ -126,9 +126,19 @@ def _write_rgba(path: Path, rgba: np.ndarray) -> None:
         tmp.write_bytes(buf.tobytes())
 
 
+def _shown_as_read(src: Path) -> bool:
+    """Whether a browser shows the file as wsss reads it: no alpha or transparency (which wsss drops), no CMYK, no
+    16-bit values (which wsss scales)."""
+    from PIL import Image
+
+    with Image.open(src) as im:
+        return im.mode in ("1", "L", "P", "RGB") and "transparency" not in im.info
+
+
 def _copy_image(src: Path, image: np.ndarray, out: Path, sid: str) -> str:
-    """Put the image into ``out/images``; returns its name inside the package."""
-    if src.suffix.lower() in BROWSER_SUFFIXES:
+    """Put the image into ``out/images``: the file itself when browsers show it as wsss read it, else the image as
+    read, as PNG; returns its name inside the package."""
+    if src.suffix.lower() in BROWSER_SUFFIXES and _shown_as_read(src):
         name = f"images/{sid}{src.suffix.lower()}"
         shutil.copyfile(src, out / name)
     else:
@@ -160,7 +170,7 @@ def build_review(
     masks_dir = src.masks_stage / "masks"
     items, records = [], []
     for row in progress_fn(read_eval_index(src.index), desc="review", unit="img"):
-        image = read_image(row.path)
+        image = read_image(row.path, "scale")  # prepare admits 16-bit images only with dataset.high_bit_depth: scale
         mask_path = masks_dir / f"{row.id}.png"
         if not mask_path.is_file():
             raise DataError(mask_path, "no mask for an indexed image", f"re-run the stage that wrote {masks_dir}")

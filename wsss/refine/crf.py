@@ -15,15 +15,22 @@ from wsss.auto import AUTO, auto_crf_reach
 from wsss.config import CRFConfig
 
 
-def _rgb(image: np.ndarray) -> np.ndarray:
-    """The image as C-contiguous uint8 (H, W, 3): the bilateral kernel of pydensecrf needs three channels."""
+def _check_image(image: np.ndarray) -> None:
     if image.dtype != np.uint8:
         raise ValueError(f"dense_crf needs a uint8 image, got {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    elif image.ndim != 3 or image.shape[2] != 3:
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
         raise ValueError(f"dense_crf needs an (H, W) or (H, W, 3) image, got shape {image.shape}")
-    return np.ascontiguousarray(image)
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """The image as a writable, C-contiguous uint8 (H, W, 3) array, as pydensecrf's bilateral kernel takes it.
+
+    pydensecrf refuses read-only buffers, and decoded images are read-only (``np.asarray`` of a PIL image), so a
+    colour image is copied unless it is already a writable C-contiguous array.
+    """
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)  # a new array
+    return np.require(image, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarray:
@@ -37,6 +44,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarra
     """
     if probs.ndim != 3:
         raise ValueError(f"dense_crf needs (C, H, W) probabilities, got shape {probs.shape}")
+    _check_image(image)
     c, h, w = probs.shape
     if image.shape[:2] != (h, w):
         raise ValueError(f"image is {image.shape[:2]} but the probabilities are {(h, w)}")
@@ -47,7 +55,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarra
     if cfg.backend == "torch":
         from wsss.refine.torch_crf import dense_crf_fast
 
-        return dense_crf_fast(_rgb(image) if image.ndim == 3 else image, probs, cfg, cfg.device)
+        return dense_crf_fast(image, probs, cfg, cfg.device)  # which copies the image
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 

@@ -11,10 +11,15 @@ scale). What differs is how the kernels are evaluated:
 
 - G: a separable Gaussian blur at full resolution (exact; truncated at 3 sigma, normalised at the borders).
 - B: a bilateral grid (Chen, Paris & Durand 2007) instead of the permutohedral lattice. Values are splatted into a
-  grid over (y / sxy, x / sxy, intensity / s) at two cells per standard deviation, blurred there with a separable
-  binomial Gaussian and sliced back trilinearly (:class:`BilateralGrid`). For a grayscale image repeated to three channels (how pydensecrf2 sees ours) the
-  colour distance is sqrt(3) times the gray difference, so ``s = bilateral_srgb / sqrt(3)`` gives the same kernel.
-  Colour images use their mean intensity (an approximation: the grid is 3-D, the lattice 5-D).
+  grid over (y / sxy, x / sxy, colour / srgb) at two cells per standard deviation, blurred there with a separable
+  binomial Gaussian and sliced back multilinearly (:class:`BilateralGrid`). For a grayscale image repeated to three
+  channels (how pydensecrf2 sees ours) the colour distance is sqrt(3) times the gray difference, so one range axis,
+  ``sqrt(3) * gray``, gives the same kernel. A colour image is expressed in its principal colour axes (a rotation of
+  RGB, which keeps colour distances): the grid takes the widest axis, and the next ones where the image spans more
+  than one kernel width along them and the grid stays under :data:`MAX_GRID_CELLS` (:func:`colour_ranges`). With
+  every axis kept the kernel is pydensecrf2's; a dropped axis only loses differences that the kernel barely sees or
+  that the memory budget cannot hold. A defect that differs from its surroundings in hue only (the same brightness)
+  is thereby still an edge.
 
 The splat weights are computed once per image, so an iteration costs a few tensor ops: fast on a CPU and batched
 on a GPU.
@@ -22,7 +27,10 @@ on a GPU.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+import operator
 import warnings
 
 import numpy as np
@@ -35,6 +43,10 @@ from wsss.config import CRFConfig
 CLIP = 1e-5  # as pydensecrf2's unary_from_softmax(clip=1e-5)
 CELLS_PER_SIGMA = 2  # grid resolution: two cells per kernel standard deviation in every dimension
 GRID_BLUR = torch.tensor([1.0, 8.0, 28.0, 56.0, 70.0, 56.0, 28.0, 8.0, 1.0]) / 256.0  # binomial(8): std 2 cells
+MARGIN = GRID_BLUR.numel() // 2 + 1  # empty cells on both sides of every grid axis
+# per image: a colour axis beyond the first is kept only while the grid stays below this (2M cells: ~0.1 s per
+# mean-field iteration on one CPU core, the grid of two colour axes of a 256 x 256 image of random colours)
+MAX_GRID_CELLS = 1 << 21
 
 
 def _gauss_1d(sigma: float, device: torch.device) -> torch.Tensor:
@@ -68,12 +80,13 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def _separable(x: torch.Tensor, kernel: torch.Tensor, dims: int) -> torch.Tensor:
     """Blur (B, C, *spatial) along its last ``dims`` axes with the same 1-D kernel, zero-padded (the small grid).
 
-    On CUDA a depthwise convolution per axis; on the CPU a sum of shifted slices, twice as fast there as torch's
-    depthwise ``conv3d`` (measured on a (1, 2, 61, 30, 78) grid: 1.6 ms against 3.4 ms, one thread).
+    On CUDA a depthwise convolution per axis (up to 3 axes); otherwise a sum of shifted slices, twice as fast on the CPU
+    as torch's depthwise ``conv3d`` (measured on a (1, 2, 61, 30, 78) grid: 1.6 ms against 3.4 ms, one thread).
     """
     c, r = x.shape[1], kernel.numel() // 2
+    taps = kernel.tolist()  # read once, not once per slice (a device sync on CUDA)
     for axis in range(dims):
-        if x.is_cuda:
+        if x.is_cuda and dims <= 3:  # no conv4d: deeper grids (two colour axes) take the shifted slices
             shape = [1] * dims
             shape[axis] = kernel.numel()
             weight = kernel.view(1, 1, *shape).expand(c, 1, *shape).contiguous()
@@ -85,50 +98,55 @@ def _separable(x: torch.Tensor, kernel: torch.Tensor, dims: int) -> torch.Tensor
         pad = [0, 0] * (x.ndim - 2)
         pad[2 * (x.ndim - 1 - d)] = pad[2 * (x.ndim - 1 - d) + 1] = r  # F.pad counts from the last dimension
         padded = F.pad(x, pad)
-        out = kernel[0] * padded.narrow(d, 0, x.shape[d])
-        for i in range(1, kernel.numel()):
-            out += kernel[i] * padded.narrow(d, i, x.shape[d])
+        out = padded.narrow(d, 0, x.shape[d]) * taps[0]
+        for i in range(1, len(taps)):
+            out.add_(padded.narrow(d, i, x.shape[d]), alpha=taps[i])  # in place: no temporary per tap
         x = out
     return x
 
 
 class BilateralGrid:
-    """Splat / blur / slice over (y, x, intensity) for a batch of same-size grayscale images.
+    """Splat / blur / slice over (y, x, colour axes) for a batch of same-size images.
 
     The grid has :data:`CELLS_PER_SIGMA` cells per kernel standard deviation. A pixel is splatted into its nearest
     cell (one ``index_add_`` per iteration; the position error, at most a quarter of a standard deviation, is small
     next to the kernel), the grid is blurred with a separable binomial of two cells' std, and every pixel is
-    sliced back by trilinear interpolation: one sparse CSR product, built directly (rows are pixels, 8 corners each).
+    sliced back by multilinear interpolation: one sparse CSR product, built directly (rows are pixels, one column per
+    corner of its cell: 8 with one colour axis).
+
+    Args:
+        ranges: (B, D, H, W) colour coordinates in kernel standard deviations, >= 0 (:func:`colour_ranges`).
+        sxy: the kernel's spatial standard deviation in pixels.
     """
 
-    def __init__(self, gray: torch.Tensor, sxy: float, srange: float):
-        b, h, w = gray.shape
-        dev = gray.device
+    def __init__(self, ranges: torch.Tensor, sxy: float):
+        b, d, h, w = ranges.shape
+        dev = ranges.device
         k = CELLS_PER_SIGMA
         ys = torch.arange(h, device=dev, dtype=torch.float32).view(1, h, 1).expand(b, h, w) * (k / sxy)
         xs = torch.arange(w, device=dev, dtype=torch.float32).view(1, 1, w).expand(b, h, w) * (k / sxy)
-        margin = GRID_BLUR.numel() // 2 + 1
-        coords = [c + margin for c in (ys, xs, gray.float() * (k / srange))]
-        self.size = [int(math.ceil(float(c.max()))) + margin + 1 for c in coords]  # (y, x, intensity) cells
+        coords = [c + MARGIN for c in (ys, xs, *(ranges[:, i].float() * k for i in range(d)))]
+        self.size = [int(math.ceil(float(c.max()))) + MARGIN + 1 for c in coords]  # cells per axis
         self.b, self.h, self.w = b, h, w
-        self.cells = self.size[0] * self.size[1] * self.size[2]
+        self.cells = math.prod(self.size)
         offset = (torch.arange(b, device=dev) * self.cells).view(b, 1, 1)
 
-        def cell(y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-            return ((y * self.size[1] + x) * self.size[2] + z).long() + offset
+        def cell(index: list[torch.Tensor]) -> torch.Tensor:
+            flat = index[0]
+            for size, i in zip(self.size[1:], index[1:], strict=True):
+                flat = flat * size + i
+            return flat.long() + offset
 
-        self.nearest = cell(*(c.round() for c in coords)).reshape(-1)  # (B*N,) splat target
+        self.nearest = cell([c.round() for c in coords]).reshape(-1)  # (B*N,) splat target
         base = [c.floor() for c in coords]
         frac = [c - f for c, f in zip(coords, base, strict=True)]
         cols, vals = [], []
-        for dy in (0, 1):
-            for dx in (0, 1):
-                for dz in (0, 1):
-                    wt = (frac[0] if dy else 1 - frac[0]) * (frac[1] if dx else 1 - frac[1])
-                    cols.append(cell(base[0] + dy, base[1] + dx, base[2] + dz).reshape(-1))
-                    vals.append((wt * (frac[2] if dz else 1 - frac[2])).reshape(-1))
-        n = b * h * w
-        crow = torch.arange(0, 8 * n + 1, 8, device=dev)
+        for corner in itertools.product((0, 1), repeat=len(coords)):
+            weights = [f if up else 1 - f for f, up in zip(frac, corner, strict=True)]
+            cols.append(cell([f + up for f, up in zip(base, corner, strict=True)]).reshape(-1))
+            vals.append(functools.reduce(operator.mul, weights).reshape(-1))
+        n, corners = b * h * w, len(cols)
+        crow = torch.arange(0, corners * n + 1, corners, device=dev)
         col, val = torch.stack(cols, 1).reshape(-1), torch.stack(vals, 1).reshape(-1)
         with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
             warnings.simplefilter("ignore", UserWarning)
@@ -141,20 +159,50 @@ class BilateralGrid:
         b, c = values.shape[:2]
         grid = torch.zeros(b * self.cells, c, device=values.device)
         grid.index_add_(0, self.nearest, values.permute(0, 2, 3, 1).reshape(-1, c).float())
-        grid = grid.view(b, *self.size, c).permute(0, 4, 1, 2, 3).contiguous()  # (B, C, y, x, z)
-        grid = _separable(grid, self.kernel, dims=3).permute(0, 2, 3, 4, 1).reshape(b * self.cells, c)
+        n = len(self.size)
+        grid = grid.view(b, *self.size, c).permute(0, n + 1, *range(1, n + 1)).contiguous()  # (B, C, y, x, ...)
+        grid = _separable(grid, self.kernel, dims=n).permute(0, *range(2, n + 2), 1).reshape(b * self.cells, c)
         out = (self.slice @ grid).view(b, self.h, self.w, c).permute(0, 3, 1, 2)
         return out / self.norm if normalise else out
+
+
+def colour_ranges(images: torch.Tensor, srgb: float, sxy: float) -> torch.Tensor:
+    """The (B, D, H, W) colour coordinates of uint8 ``images`` for :class:`BilateralGrid`, in units of ``srgb``.
+
+    (B, H, W) grayscale, or colour whose channels are all equal: one axis, ``sqrt(3) * gray``, exactly the distance
+    pydensecrf2 sees between gray pixels repeated to RGB. (B, H, W, 3) colour: each image's RGB projected on its
+    principal colour axes (eigenvectors of its colour covariance, widest first), shifted to start at 0; the widest
+    axis always, each next one while the batch spans more than one ``srgb`` along it and the grid (at ``sxy``) stays
+    under :data:`MAX_GRID_CELLS`. D is the same for the whole batch.
+    """
+    if images.ndim == 4 and _equal_channels(images):
+        images = images[..., 0]
+    if images.ndim == 3:
+        return (images.float() * (math.sqrt(3.0) / srgb))[:, None]
+    b, h, w, _ = images.shape
+    x = images.reshape(b, h * w, 3).double()
+    centred = x - x.mean(1, keepdim=True)
+    _, axes = torch.linalg.eigh(centred.transpose(1, 2) @ centred)  # eigenvalues ascending
+    proj = centred @ axes.flip(-1)  # (B, N, 3), widest axis first
+    proj = ((proj - proj.amin(1, keepdim=True)) / srgb).float()
+    spread = proj.amax(1).amax(0).tolist()  # per axis, in kernel widths, over the batch
+    cells = math.prod(side * CELLS_PER_SIGMA / sxy + 2 * MARGIN + 1 for side in (h, w))
+    cells *= spread[0] * CELLS_PER_SIGMA + 2 * MARGIN + 1
+    keep = 1
+    for extent in spread[1:]:
+        cells *= extent * CELLS_PER_SIGMA + 2 * MARGIN + 1
+        if extent <= 1.0 or cells > MAX_GRID_CELLS:
+            break
+        keep += 1
+    return proj[..., :keep].permute(0, 2, 1).reshape(b, keep, h, w)
 
 
 def dense_crf_torch(images: torch.Tensor, probs: torch.Tensor, cfg: CRFConfig) -> torch.Tensor:
     """Mean-field CRF of a batch: ``images`` (B, H, W) or (B, H, W, 3) uint8, ``probs`` (B, C, H, W) summing to 1
     over C; returns the refined (B, C, H, W) probabilities on the inputs' device."""
     dev = probs.device
-    gray = images.float().mean(-1) if images.ndim == 4 else images.float()
-    srange = cfg.bilateral_srgb / (math.sqrt(3.0) if images.ndim == 3 or _equal_channels(images) else 1.0)
-    sxy = auto_crf_reach(gray.shape[1:]) if cfg.bilateral_sxy == AUTO else float(cfg.bilateral_sxy)
-    grid = BilateralGrid(gray.to(dev), sxy, srange)
+    sxy = auto_crf_reach(images.shape[1:3]) if cfg.bilateral_sxy == AUTO else float(cfg.bilateral_sxy)
+    grid = BilateralGrid(colour_ranges(images.to(dev), cfg.bilateral_srgb, sxy), sxy)
     b, c, h, w = probs.shape
     gauss_norm = gaussian_blur(torch.ones(b, 1, h, w, device=dev), cfg.gauss_sxy).to(dev).clamp_min(1e-12)
     unary = -probs.float().clamp(CLIP, 1.0).log()
