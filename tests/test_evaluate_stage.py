@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import toy_stages  # noqa: F401  (registers toy-oracle, a test-only mask writer)
 from click.testing import CliRunner
 
 from wsss.cli import cli
+from wsss.data.index import read_eval_index
+from wsss.runs import hash_outputs, read_manifest
 
 
 @pytest.fixture()
@@ -70,6 +75,78 @@ def test_evaluate_command_errors(tmp_path: Path, prepared_run: Path):
     assert r.exit_code == 2 and "nomasks: masks folder not found" in r.stderr
     r = CliRunner().invoke(cli, ["evaluate", "--index", index, "--masks", str(tmp_path)])  # empty folder
     assert r.exit_code == 1 and "5 of 5 indexed images have no predicted mask" in r.stderr
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def oracle_run(recipe: Path, tmp_path: Path) -> Path:
+    """A run folder where prepare and toy-oracle (masks = the ground truth) have finished."""
+    run_dir = tmp_path / "run"
+    r = invoke("run", "--config", str(recipe), "--run-dir", str(run_dir), "--to", "toy-oracle")
+    assert r.exit_code == 0, r.output
+    return run_dir
+
+
+def test_evaluate_command_writes_beside_a_stage_never_into_it(oracle_run: Path, tmp_path: Path):
+    stage, index = oracle_run / "toy-oracle", str(oracle_run / "prepare" / "index.csv")
+    before, default = _snapshot(stage), oracle_run / "evaluate-toy-oracle"
+    args = ["evaluate", "--index", index, "--split", "all"]
+    r = CliRunner().invoke(cli, [*args, "--masks", str(stage)])  # the stage folder instead of its masks/
+    assert r.exit_code == 1 and f"pass {stage / 'masks'}, the folder that holds the <id>.png masks" in r.stderr
+    for inside in (stage, stage / "masks" / "report", oracle_run / "prepare"):
+        r = CliRunner().invoke(cli, [*args, "--masks", str(stage / "masks"), "--out", str(inside)])
+        assert r.exit_code == 2, r.output
+        assert f"--out {inside}: lies in the stage folder" in r.stderr and str(default) in r.stderr
+    assert _snapshot(stage) == before and not default.exists()
+    r = invoke(*args, "--masks", str(stage / "masks"))
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in default.iterdir()) == ["per_image.csv", "report.json", "report.md"]
+    assert f"into {default}" in r.output and json.loads((default / "report.json").read_text())["miou_def"] == 1.0
+    assert _snapshot(stage) == before and hash_outputs(stage)[1] == read_manifest(stage)["digest"]
+    theirs = tmp_path / "theirs" / "masks"  # masks that are no stage's: evaluate-<folder> beside them
+    shutil.copytree(stage / "masks", theirs)
+    assert invoke(*args, "--masks", str(theirs)).exit_code == 0
+    assert (tmp_path / "theirs" / "evaluate-masks" / "report.md").is_file()
+
+
+def _corrupt_png(path: Path) -> None:
+    """A PNG whose header chunk fails its CRC (OpenCV's decoder prints `libpng error: IHDR: CRC error`)."""
+    ok, buf = cv2.imencode(".png", np.zeros((64, 64), np.uint8))
+    data = bytearray(buf.tobytes())
+    data[16:24] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("with_out", [False, True])
+def test_evaluate_command_lists_every_bad_mask_and_writes_nothing(
+    oracle_run: Path, tmp_path: Path, capfd: pytest.CaptureFixture, with_out: bool
+):
+    index = oracle_run / "prepare" / "index.csv"
+    rows = read_eval_index(index)
+    ok, defective = [r.id for r in rows if not r.defective], [r.id for r in rows if r.defective]
+    masks = tmp_path / "theirs" / "masks"
+    shutil.copytree(oracle_run / "toy-oracle" / "masks", masks)
+    cv2.imwrite(str(masks / f"{defective[0]}.png"), np.zeros((70, 64), np.uint8))  # wrong size
+    cv2.imwrite(str(masks / f"{ok[0]}.png"), np.zeros((64, 32), np.uint8))  # wrong size, on an OK image
+    cv2.imwrite(str(masks / f"{defective[1]}.png"), np.zeros((64, 64, 3), np.uint8))  # colour
+    _corrupt_png(masks / f"{ok[1]}.png")
+    (masks / f"{defective[2]}.png").unlink()
+    before = _snapshot(tmp_path)
+    out = tmp_path / "report"
+    args = ["evaluate", "--index", str(index), "--masks", str(masks), "--split", "all"]
+    r = CliRunner().invoke(cli, [*args, "--out", str(out)] if with_out else args)
+    assert r.exit_code == 1, r.output
+    assert "5 problem(s)" in r.stderr and "nothing evaluated, no report written" in r.stderr
+    for sid in (defective[0], ok[0], defective[1], ok[1]):
+        assert str(masks / f"{sid}.png") in r.stderr, sid
+    assert f"have no predicted mask: {defective[2]} (" in r.stderr
+    assert "64x70 (WxH)" in r.stderr and "32x64 (WxH)" in r.stderr and "mode RGB" in r.stderr
+    assert _snapshot(tmp_path) == before and not out.exists() and not (tmp_path / "theirs" / "evaluate-masks").exists()
+    assert "libpng" not in capfd.readouterr().err  # the only output is the error above
 
 
 def test_evaluate_needs_a_mask_stage():

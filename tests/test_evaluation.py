@@ -12,7 +12,7 @@ from PIL import Image
 
 from wsss.config import EvaluateConfig
 from wsss.data.index import DatasetInfo, EvalRow
-from wsss.errors import DataError
+from wsss.errors import DataError, ManyErrors
 from wsss.evaluation import evaluate_masks, read_scores, write_report
 
 INFO = DatasetInfo(kind="folder", classes=("scratch", "blob"), mask_threshold=128)
@@ -172,22 +172,59 @@ def test_missing_predicted_masks_listed(tmp_path):
     with pytest.raises(DataError) as e:
         evaluate_masks(rows + extra, INFO, tmp_path / "masks", None, EvaluateConfig())
     msg = str(e.value)
-    assert str(tmp_path / "masks") in msg and "6 of 11" in msg and "n0, n1, n2, n3, n4" in msg and "1 more" in msg
+    # some missing: each is a file to write, so every id is named
+    assert str(tmp_path / "masks") in msg and "6 of 11" in msg and "n0, n1, n2, n3, n4, n5" in msg
     assert "run the stage that writes masks" in msg
+    with pytest.raises(DataError) as e:  # all missing: the wrong folder or split, a few ids are enough
+        evaluate_masks(extra, INFO, tmp_path / "masks", None, EvaluateConfig())
+    assert "6 of 6" in str(e.value) and "n0, n1, n2, n3, n4, ... (1 more)" in str(e.value)
 
 
-def test_size_mismatch_names_predicted_file(tmp_path):
-    rows = _dataset(tmp_path, {"A": (("scratch",), _m(), _m(shape=(5, 4)))})
+@pytest.mark.parametrize(
+    ("labels", "has_gt", "reference"),
+    [
+        (("scratch",), True, "the ground truth"),
+        ((), True, "the ground truth"),
+        ((), False, "its image"),  # an OK image without a mask: its image's size
+        (("scratch",), False, "its image"),  # defective without ground truth: left out of the pixel metrics only
+    ],
+)
+def test_size_mismatch_names_predicted_file(tmp_path, labels, has_gt, reference):
+    rows = _dataset(tmp_path, {"A": (labels, _m() if has_gt else None, _m(shape=(5, 4)))})
+    _png(tmp_path / "A.png", _m())  # the image, 4x4
     with pytest.raises(DataError) as e:
         evaluate_masks(rows, INFO, tmp_path / "masks", None, EvaluateConfig())
-    assert str(tmp_path / "masks" / "A.png") in str(e.value) and "4x5" in str(e.value) and "4x4" in str(e.value)
+    msg = str(e.value)
+    assert str(tmp_path / "masks" / "A.png") in msg and "4x5" in msg and "4x4" in msg and reference in msg
+    assert "original image size" in msg
+
+
+def test_every_bad_mask_is_listed_at_once(tmp_path):
+    rows = _five(tmp_path)
+    for i in "ABCDE":
+        _png(tmp_path / f"{i}.png", _m())  # the images, 4x4 like their masks
+    masks = tmp_path / "masks"
+    _png(masks / "A.png", _m(shape=(6, 4)))  # defective, wrong size
+    _png(masks / "C.png", _m(shape=(4, 3)))  # OK with ground truth, wrong size
+    _png(masks / "D.png", _m(shape=(2, 2)))  # OK without ground truth: its image's size
+    (masks / "B.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)  # corrupt
+    (masks / "E.png").unlink()
+    with pytest.raises(ManyErrors) as e:
+        evaluate_masks(rows, INFO, masks, {k: 1.0 for k in "ABC"}, EvaluateConfig())
+    msg = str(e.value)
+    assert e.value.exit_code == 1 and "6 problem(s)" in msg and "nothing evaluated, no report written" in msg
+    for name in ("A.png", "B.png", "C.png", "D.png"):
+        assert str(masks / name) in msg, name
+    assert (
+        "1 of 5 indexed images have no predicted mask: E" in msg and "2 of 5 indexed images have no score: D, E" in msg
+    )
 
 
 def test_unreadable_or_colour_prediction(tmp_path):
     rows = _dataset(tmp_path, {"A": (("scratch",), _m(), _m())})
     bad = tmp_path / "masks" / "A.png"
     bad.write_bytes(b"not a png")
-    with pytest.raises(DataError, match="cannot read predicted mask"):
+    with pytest.raises(DataError, match="predicted mask is not a readable image"):
         evaluate_masks(rows, INFO, tmp_path / "masks", None, EvaluateConfig())
     Image.new("RGB", (4, 4)).save(bad)
     with pytest.raises(DataError, match="mode RGB"):

@@ -8,13 +8,14 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from wsss.cli import cli
 from wsss.config import EvaluateConfig
 from wsss.data.index import DatasetInfo, EvalRow, write_dataset_info, write_index
 from wsss.errors import DataError
 from wsss.evaluation import evaluate_masks, read_pred_mask
-from wsss.mask_format import mask_encoding, write_labelmap
+from wsss.mask_format import mask_encoding, read_mask_png, write_labelmap
 
 ONE = DatasetInfo(kind="folder", classes=("defect",), mask_threshold=128)
 TWO = DatasetInfo(kind="folder", classes=("scratch", "blob"), mask_threshold=128)
@@ -113,8 +114,67 @@ def test_cli_evaluate_reads_binary_masks_with_a_note_and_refuses_ambiguous_ones(
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert "note: read" in r.output and "| mIoU_def | 25.00% |" in r.output
+    assert (tmp_path / "theirs" / "evaluate-masks" / "report.json").is_file()  # beside the masks, not in them
     r = CliRunner().invoke(cli, [*args, "--mask-format", "labels"])  # 255 = ignore, as the user said
     assert r.exit_code == 0 and "| mIoU_def | 0.00% |" in r.output
     write_dataset_info(index.parent / "dataset.json", TWO)
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 1 and str(folder) in r.output and "labelmap.txt" in r.output
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    return cv2.imencode(".png", arr)[1].tobytes()
+
+
+def _corrupt_header(arr: np.ndarray) -> bytes:
+    data = bytearray(_png_bytes(arr))
+    data[16:24] = b"\xff" * 8  # the header chunk fails its CRC: OpenCV's decoder prints `libpng error: IHDR`
+    return bytes(data)
+
+
+GRAY = (np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (_corrupt_header(GRAY), "is not a readable image"),
+        (_png_bytes(GRAY)[:100], "is truncated"),
+        (b"not a png", "is not a readable image"),
+        (b"", "is not a readable image"),
+        (_png_bytes(np.zeros((4, 4, 3), np.uint8)), "has image mode RGB"),
+        (_png_bytes(np.zeros((4, 4), np.uint16)), "has image mode I;16"),
+        (None, "not found"),
+    ],
+    ids=["corrupt-header", "truncated", "text", "empty", "colour", "16-bit", "missing"],
+)
+def test_a_bad_mask_file_is_one_error_naming_it_and_nothing_else(
+    tmp_path: Path, capfd: pytest.CaptureFixture, content: bytes | None, what: str
+):
+    path = tmp_path / "a.png"
+    if content is not None:
+        path.write_bytes(content)
+    capfd.readouterr()
+    with pytest.raises(DataError) as e:
+        read_mask_png(path, "predicted mask")
+    assert str(e.value).startswith(f"{path}: predicted mask {what}") and "8-bit grayscale PNG" in str(e.value)
+    assert capfd.readouterr().err == ""  # no decoder message beside our error
+
+
+def test_mask_files_keep_their_values(tmp_path: Path):
+    (tmp_path / "gray.png").write_bytes(_png_bytes(GRAY))
+    gray = read_mask_png(tmp_path / "gray.png")
+    assert np.array_equal(gray, GRAY) and gray.flags.writeable
+    palette = Image.fromarray(np.array([[0, 1, 2, 255]], np.uint8), mode="P")  # VOC-style: index = label value
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [9] * (253 * 3))
+    palette.save(tmp_path / "palette.png")
+    assert read_mask_png(tmp_path / "palette.png").tolist() == [[0, 1, 2, 255]]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "import-review"])
+def test_the_mask_format_hint_names_an_option_of_both_commands(tmp_path: Path, command: str):
+    folder = _write(tmp_path / "m", {"a": np.array([[0, 255]], np.uint8)})
+    with pytest.raises(DataError) as e:
+        mask_encoding(folder, TWO.classes, [read_mask_png(folder / "a.png")])
+    assert "--mask-format binary" in str(e.value) and "labels" in str(e.value)
+    assert "--mask-format [auto|labels|binary]" in CliRunner().invoke(cli, [command, "--help"]).output

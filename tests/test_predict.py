@@ -84,6 +84,40 @@ def test_a_folder_with_unreadable_images_segments_the_rest_and_lists_them(full_r
     assert set(read_predictions(tmp_path / "out")) == {"a", "b", "sub/c", "d"}
 
 
+def test_predicting_into_a_folder_inside_the_input_skips_its_own_output(full_run, odd_images: Path, tmp_path: Path):
+    run_dir, _ = full_run
+    folder = tmp_path / "parts"
+    shutil.copytree(odd_images, folder)
+    for _ in range(2):  # the second run finds the first one's masks and overlays under its input: skipped
+        r = invoke("predict", "--model", run_dir, folder, "--out", folder / "pred")
+        assert r.exit_code == 0, r.output
+        assert set(read_predictions(folder / "pred")) == {"a", "b", "sub/c", "d"}
+    assert not (folder / "pred" / "masks" / "pred").exists()
+    same = tmp_path / "same"
+    shutil.copytree(odd_images, same)
+    for _ in range(2):  # --out is the input folder itself: its images are still inputs, its masks/ never
+        r = invoke("predict", "--model", run_dir, same, "--out", same)
+        assert r.exit_code == 0, r.output
+        assert set(read_predictions(same)) == {"a", "b", "sub/c", "d"}
+
+
+def test_16_bit_images_are_refused_with_an_option_predict_has(full_run, odd_images: Path, tmp_path: Path):
+    run_dir, _ = full_run
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    img = read_image(odd_images / "a.png").astype(np.uint16) * 257
+    cv2.imwrite(str(folder / "deep.png"), img)
+    r = invoke("predict", "--model", run_dir, folder, "--out", tmp_path / "refused")
+    assert r.exit_code == 1 and "16-bit image" in r.output
+    assert "pass --high-bit-depth scale" in r.output and "dataset.high_bit_depth" not in r.output
+    r = invoke("predict", "--model", run_dir, folder, "--out", tmp_path / "scaled", "--high-bit-depth", "scale")
+    assert r.exit_code == 0, r.output
+    mask = cv2.imread(str(tmp_path / "scaled" / "masks" / "deep.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == img.shape
+    r = invoke("predict", "--model", run_dir, folder, "--out", tmp_path / "x", "--high-bit-depth", "clip")
+    assert r.exit_code == 2 and "--high-bit-depth" in r.output
+
+
 def test_bad_model_and_output_paths_are_clear_errors(full_run, odd_images: Path, tmp_path: Path):
     run_dir, _ = full_run
     (tmp_path / "file").write_text("x")

@@ -1,4 +1,4 @@
-"""The review loop (issue 6): codecs, the formats' layouts, export -> import identity, bad imports, reviewed masks."""
+"""The review loop: codecs, the formats' layouts, export -> import identity, bad imports, reviewed masks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from wsss.cli import cli
 from wsss.config import ExportConfig
-from wsss.errors import DataError, ManyErrors
+from wsss.errors import ManyErrors
 from wsss.export import lsrle
 from wsss.export.formats import LabelMap, ReviewItem, get_format
 from wsss.export.formats.coco import CocoFormat
@@ -174,7 +174,7 @@ def test_bad_imports_list_every_problem_and_import_nothing(review_run: Path, tmp
     text = str(e.value)
     assert "nothing imported" in text and "no_such_image" in text and ids[1] in text and "[7]" in text
     assert not (review_run / "reviewed").exists()
-    with pytest.raises(DataError, match="unknown label"):
+    with pytest.raises(ManyErrors, match="unknown label"):
         bad_zip = tmp_path / "bad.zip"
         with zipfile.ZipFile(bad_zip, "w") as z:
             z.writestr("labelmap.txt", "background:0,0,0::\nrust:1,2,3::\n")
@@ -185,6 +185,91 @@ def test_bad_imports_list_every_problem_and_import_nothing(review_run: Path, tmp
         cli, ["import-review", "--format", "coco", str(tmp_path / "missing.json"), "--run", str(review_run)]
     )
     assert r.exit_code == 2 and "missing.json" in r.output
+
+
+def _corrupt_png(path: Path, shape: tuple[int, int]) -> None:
+    """A PNG whose header chunk fails its CRC (OpenCV's decoder prints `libpng error: IHDR: CRC error`)."""
+    data = bytearray(cv2.imencode(".png", np.zeros(shape, np.uint8))[1].tobytes())
+    data[16:24] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("earlier_import", [False, True])
+def test_import_review_command_lists_every_bad_png_and_imports_nothing(
+    review_run: Path, tmp_path: Path, capfd: pytest.CaptureFixture, earlier_import: bool
+):
+    ids = sorted(p.stem for p in (review_run / "retrain" / "masks").glob("*.png"))
+    good = cv2.imread(str(review_run / "retrain" / "masks" / f"{ids[0]}.png"), cv2.IMREAD_UNCHANGED)
+    if earlier_import:  # a reviewed folder from an earlier import: it must stay as it was
+        earlier = tmp_path / "earlier"
+        earlier.mkdir()
+        cv2.imwrite(str(earlier / f"{ids[0]}.png"), good)
+        import_review("png", earlier, review_run)
+    before = {p.name: p.read_bytes() for p in (review_run / "reviewed").rglob("*") if p.is_file()}
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    cv2.imwrite(str(folder / f"{ids[0]}.png"), good)  # fine on its own
+    _corrupt_png(folder / f"{ids[1]}.png", good.shape)
+    (folder / f"{ids[2]}.png").write_bytes(cv2.imencode(".png", good)[1].tobytes()[:60])  # truncated
+    cv2.imwrite(str(folder / f"{ids[3]}.png"), np.zeros((*good.shape, 3), np.uint8) + (0, 0, 9))  # colour
+    cv2.imwrite(str(folder / f"{ids[4]}.png"), np.zeros((good.shape[0], good.shape[1] + 2), np.uint8))  # size
+    cv2.imwrite(str(folder / f"{ids[5]}.png"), np.full(good.shape, 7, np.uint8))  # label 7 of a 1-class run
+    cv2.imwrite(str(folder / "no_such_image.png"), good)
+    capfd.readouterr()
+    r = CliRunner().invoke(cli, ["import-review", "--format", "png", str(folder), "--run", str(review_run)])
+    assert r.exit_code == 1, r.output
+    assert "6 problem(s)" in r.stderr and f"{folder}: nothing imported" in r.stderr
+    for sid in ids[1:4]:
+        assert str(folder / f"{sid}.png") in r.stderr, sid
+    assert f"{folder}: {ids[4]}: mask is" in r.stderr and f"{folder}: {ids[5]}: values [7]" in r.stderr
+    assert "not in the run's index: no_such_image" in r.stderr
+    assert "libpng" not in capfd.readouterr().err and "IHDR" not in r.output  # our error is the only output
+    after = {p.name: p.read_bytes() for p in (review_run / "reviewed").rglob("*") if p.is_file()}
+    assert after == before and not (review_run / ".reviewed.tmp").exists()
+
+
+@pytest.mark.parametrize(("mask_format", "value"), [("auto", 1), ("binary", 1), ("labels", 255)])
+def test_import_review_mask_format_says_what_255_means(review_run: Path, tmp_path: Path, mask_format: str, value: int):
+    ids = sorted(p.stem for p in (review_run / "retrain" / "masks").glob("*.png"))[:2]
+    shape = cv2.imread(str(review_run / "retrain" / "masks" / f"{ids[0]}.png"), cv2.IMREAD_UNCHANGED).shape
+    folder = tmp_path / "binary"
+    folder.mkdir()
+    drawn = np.zeros(shape, np.uint8)
+    drawn[4:12, 6:20] = 255
+    for i in ids:
+        cv2.imwrite(str(folder / f"{i}.png"), drawn)
+    args = ["import-review", "--format", "png", str(folder), "--run", str(review_run), "--mask-format", mask_format]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    back = cv2.imread(str(review_run / "reviewed" / "masks" / f"{ids[0]}.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(back, np.where(drawn > 0, value, 0).astype(np.uint8))
+
+
+def test_cvat_import_lists_every_bad_mask(review_run: Path, tmp_path: Path, capfd: pytest.CaptureFixture):
+    ids = sorted(p.stem for p in (review_run / "retrain" / "masks").glob("*.png"))
+    shape = cv2.imread(str(review_run / "retrain" / "masks" / f"{ids[0]}.png"), cv2.IMREAD_UNCHANGED).shape
+    bad_zip = tmp_path / "cvat.zip"
+    with zipfile.ZipFile(bad_zip, "w") as z:
+        z.writestr("labelmap.txt", "background:0,0,0::\ndefect:250,50,83::\n")
+        z.writestr(f"SegmentationClass/{ids[0]}.png", cv2.imencode(".png", np.zeros((*shape, 3), np.uint8))[1])
+        _corrupt_png(tmp_path / "c.png", shape)
+        z.write(tmp_path / "c.png", f"SegmentationClass/{ids[1]}.png")
+        z.writestr(f"SegmentationClass/{ids[2]}.png", cv2.imencode(".png", np.full((*shape, 3), 9, np.uint8))[1])
+    capfd.readouterr()
+    r = CliRunner().invoke(cli, ["import-review", "--format", "cvat", str(bad_zip), "--run", str(review_run)])
+    assert r.exit_code == 1 and "2 problem(s)" in r.stderr and "nothing imported" in r.stderr
+    assert f"{bad_zip}:SegmentationClass/{ids[1]}.png: unreadable PNG" in r.stderr
+    assert f"{bad_zip}:SegmentationClass/{ids[2]}.png: unknown label(s): colour (9, 9, 9)" in r.stderr
+    assert "libpng" not in capfd.readouterr().err and not (review_run / "reviewed").exists()
+
+
+def test_import_review_mask_format_is_an_option_for_png_only(review_run: Path, tmp_path: Path):
+    assert "--mask-format [auto|labels|binary]" in CliRunner().invoke(cli, ["import-review", "--help"]).output
+    (tmp_path / "coco.json").write_text("{}")
+    args = ["import-review", "--format", "coco", str(tmp_path / "coco.json"), "--run", str(review_run)]
+    r = CliRunner().invoke(cli, [*args, "--mask-format", "binary"])
+    assert r.exit_code == 2 and "--mask-format binary: a coco file names its labels itself" in r.stderr
+    assert not (review_run / "reviewed").exists()
 
 
 def test_reviewed_masks_replace_pseudo_masks_in_training(review_run: Path, tmp_path: Path):

@@ -130,15 +130,23 @@ def run_pipeline(
 @run_dir_option
 @set_option
 def status(config: Path, run_dir: Path | None, overrides: tuple[str, ...]) -> None:
-    """Show each pipeline stage's state in the run folder (done, stale, missing, running, failed)."""
+    """Show each pipeline stage's state in the run folder (done, stale, missing, blocked, running, interrupted,
+    failed)."""
     from wsss.pipelines import load_pipeline
+    from wsss.runs import INTERRUPTED
     from wsss.stages import get_stage
 
     cfg = load_config(config, overrides)
     run = _run(cfg, run_dir)
     click.echo(f"run folder: {run.dir}")
+    notes = {
+        "running": "(a wsss process is running it now)",
+        INTERRUPTED: "(its process was killed or died; `wsss run` resumes it, or restarts it if its settings changed)",
+        "failed": "(see its manifest.json for the error; `wsss run` retries it)",
+    }
     for name in load_pipeline(cfg.run.pipeline).stages:
-        click.echo(f"  {name:<18} {run.status(get_stage(name))}")
+        state = run.status(get_stage(name))
+        click.echo(f"  {name:<18} {state} {notes.get(state, '')}".rstrip())
 
 
 @cli.command("show-config")
@@ -182,7 +190,8 @@ def show_config(config: Path | None, run_dir: Path | None, overrides: tuple[str,
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="report folder (default: the masks folder's parent)",
+    help="report folder, never inside a stage folder (default: runs/<name>/evaluate-<stage>/ for "
+    "runs/<name>/<stage>/masks, evaluate-<folder>/ beside any other masks folder)",
 )
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="sample score threshold")
@@ -211,17 +220,23 @@ def evaluate(
     ignore_as: str,
     mask_format: str,
 ) -> None:
-    """Evaluate a folder of predicted masks against the ground truth; writes report.json and report.md."""
+    """Evaluate a folder of predicted masks against the ground truth; writes report.json, report.md and
+    per_image.csv into --out.
+
+    Every mask is checked first (present, readable, one 8-bit channel, the size of its ground truth or image): all
+    problems are listed at once and nothing is written. A stage's folder is never written to: by default the report
+    of runs/<name>/<stage>/masks goes to runs/<name>/evaluate-<stage>/."""
     from wsss.config import EvaluateConfig
-    from wsss.stages.evaluate import evaluate_index
+    from wsss.eval_report import REPORT_FILES
+    from wsss.stages.evaluate import evaluate_index, report_dir
 
     cfg = EvaluateConfig(split=split, score_threshold=threshold, ignore_as=ignore_as, mask_format=mask_format)
-    out = out or Path(masks).resolve().parent
+    out = report_dir(masks, out)
     report = evaluate_index(index, masks, scores, cfg, out)
     if report.mask_note:
         click.echo(f"note: {report.mask_note}", err=True)
     click.echo(report.to_markdown())
-    click.echo(f"wrote {out / 'report.json'} and {out / 'report.md'}")
+    click.echo(f"wrote {', '.join(REPORT_FILES)} into {out}")
 
 
 def _size(value: str) -> tuple[int, int] | None | str:
@@ -251,6 +266,13 @@ def _size(value: str) -> tuple[int, int] | None | str:
 @click.option("--size", default="model", show_default=True, help="network input: model (training size), native, HxW")
 @click.option("--threshold", type=float, default=None, help="image-level gate (default: the model's)")
 @click.option("--no-overlays", is_flag=True, help="write masks and the CSV only")
+@click.option(
+    "--high-bit-depth",
+    type=click.Choice(["refuse", "scale"]),
+    default="refuse",
+    show_default=True,
+    help="16-bit images: refuse them, or scale 0..65535 to 0..255 (as dataset.high_bit_depth)",
+)
 def predict(
     model: Path,
     inputs: tuple[Path, ...],
@@ -260,6 +282,7 @@ def predict(
     size: str,
     threshold: float | None,
     no_overlays: bool,
+    high_bit_depth: str,
 ) -> None:
     """Segment IMAGES (files or folders) with a trained segmenter: masks, overlays and predictions.csv in --out."""
     from wsss.inference import load_predictor
@@ -269,7 +292,7 @@ def predict(
 
     dist.init_from_env()  # under torchrun the images are sharded across ranks
     predictor = load_predictor(model, str(dist.resolve_device(device, "--device")), _size(size), threshold)
-    summary = predict_images(predictor, inputs, out, batch, not no_overlays, progress)
+    summary = predict_images(predictor, inputs, out, batch, not no_overlays, progress, high_bit_depth)
     if dist.is_main():
         click.echo(f"predict: {summary.images} image(s), {summary.defective} called defective -> {out}")
         raise_failures(summary)
@@ -315,11 +338,22 @@ def export_review(run_dir: Path, masks: str | None, out: Path, formats: str, coc
 )
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="run folder")
-def import_review_cmd(fmt: str, file: Path, run_dir: Path) -> None:
-    """Import corrected masks (FILE exported from the annotation tool) into RUN/reviewed for train-segmenter."""
+@click.option(
+    "--mask-format",
+    type=click.Choice(["auto", "labels", "binary"]),
+    default="auto",
+    show_default=True,
+    help="--format png: what mask values mean: labels (0 bg, k class k, 255 uncertain), binary (0 ok, 255 defect), "
+    "auto = the folder's labelmap.txt, else decided from the values",
+)
+def import_review_cmd(fmt: str, file: Path, run_dir: Path, mask_format: str) -> None:
+    """Import corrected masks (FILE exported from the annotation tool) into RUN/reviewed for train-segmenter.
+
+    Every mask is checked first (readable, an indexed image's id and size, the run's labels): all problems are
+    listed at once and nothing is imported."""
     from wsss.export.review_import import import_review
 
-    summary = import_review(fmt, file, run_dir)
+    summary = import_review(fmt, file, run_dir, mask_format)
     click.echo(f"imported {len(summary.imported)} reviewed mask(s) into {summary.folder} ({summary.total} in all)")
     click.echo(f"train-segmenter uses them with: --set segmenter.reviewed={summary.folder}")
 

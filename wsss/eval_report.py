@@ -17,6 +17,7 @@ from typing import Any
 from wsss.atomic import atomic_write_text
 
 WORST_SHOWN = 10  # report.md lists this many defective images with the lowest IoU
+REPORT_FILES = ("report.json", "report.md", "per_image.csv")  # what write_report writes
 
 
 @dataclass(frozen=True)

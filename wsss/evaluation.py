@@ -13,6 +13,10 @@ Ground truth for pixel metrics: the row's mask, binarised at ``info.mask_thresho
 defect-free without a mask has an empty ground truth; an image labelled defective without a mask is left out of
 the pixel metrics (counted as ``n_no_gt``) but kept in the image-level ones.
 
+Every predicted mask is checked before anything is computed (:func:`check_masks`): present, readable, one 8-bit
+channel, and the size of its ground truth or, without one, of its image. All problems are raised together, so one
+run lists every file to fix; nothing is evaluated or written until there are none.
+
 Only per-image pixel counts are kept, so memory stays flat over any number of images.
 """
 
@@ -30,16 +34,17 @@ from wsss import metrics
 from wsss.config import EvaluateConfig
 from wsss.data.images import read_mask
 from wsss.data.index import DatasetInfo, EvalRow
-from wsss.errors import DataError
+from wsss.errors import DataError, WsssError, raise_all
 from wsss.eval_report import ClassResult, EvalReport, ImageResult, write_report
 from wsss.export.formats import UNCERTAIN as IGNORE
-from wsss.mask_format import MaskEncoding, mask_encoding
+from wsss.mask_format import MaskEncoding, mask_encoding, read_mask_png
 from wsss.progress import progress
 
 __all__ = [
     "ClassResult",
     "EvalReport",
     "ImageResult",
+    "check_masks",
     "evaluate_masks",
     "read_pred_mask",
     "read_scores",
@@ -97,22 +102,16 @@ def read_scores(path: Path, column: str = "score") -> dict[str, float]:
 
 def read_pred_mask(path: Path) -> np.ndarray:
     """A predicted mask as a 2-D uint8 array; DataError when unreadable or not 8-bit single channel."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode, arr = im.mode, np.asarray(im)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(path, f"cannot read predicted mask: {e}", "rewrite it as an 8-bit single-channel PNG") from None
-    if mode not in ("L", "P", "1"):
-        raise DataError(
-            path,
-            f"predicted mask has image mode {mode}, expected 8-bit single channel",
-            "write masks as 8-bit grayscale PNG: 0 background, 1..254 class, 255 ignore",
-        )
-    return arr.astype(np.uint8, copy=False)
+    return read_mask_png(path, "predicted mask")
 
 
-def _check_inputs(rows: list[EvalRow], masks_dir: Path, scores: dict[str, float] | None, split: str) -> None:
+def _ids(ids: list[str], total: int) -> str:
+    """Every id when only some images are affected (each is a file to fix); the first few when all are."""
+    return _first_ids(ids) if len(ids) == total else ", ".join(ids)
+
+
+def _check_inputs(rows: list[EvalRow], masks_dir: Path, scores: dict[str, float] | None, split: str) -> list[WsssError]:
+    """Problems that are not one mask's: no rows or no folder (raised), masks or scores missing (returned)."""
     if not rows:
         raise DataError(
             f"evaluate.split={split}",
@@ -121,21 +120,86 @@ def _check_inputs(rows: list[EvalRow], masks_dir: Path, scores: dict[str, float]
         )
     if not masks_dir.is_dir():
         raise DataError(masks_dir, "masks folder not found", "run the stage that writes masks first")
+    errors: list[WsssError] = []
     missing = [r.id for r in rows if not (masks_dir / f"{r.id}.png").is_file()]
     if missing:
-        raise DataError(
-            masks_dir,
-            f"{len(missing)} of {len(rows)} indexed images have no predicted mask: {_first_ids(missing)}",
-            "run the stage that writes masks, or evaluate a split that it covered",
+        fix = "run the stage that writes masks, or evaluate a split that it covered"
+        if (masks_dir / "masks").is_dir():
+            fix = f"pass {masks_dir / 'masks'}, the folder that holds the <id>.png masks"
+        errors.append(
+            DataError(
+                masks_dir,
+                f"{len(missing)} of {len(rows)} indexed images have no predicted mask: {_ids(missing, len(rows))}",
+                fix,
+            )
         )
     if scores is not None:
         missing = [r.id for r in rows if r.id not in scores]
         if missing:
-            raise DataError(
-                "scores",
-                f"{len(missing)} of {len(rows)} indexed images have no score: {_first_ids(missing)}",
-                "pass the scores file written with these masks",
+            errors.append(
+                DataError(
+                    "scores",
+                    f"{len(missing)} of {len(rows)} indexed images have no score: {_ids(missing, len(rows))}",
+                    "pass the scores file written with these masks",
+                )
             )
+    return errors
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(H, W) from an image file's header, without decoding its pixels."""
+    with Image.open(path) as im:
+        return im.height, im.width
+
+
+def _reference(row: EvalRow) -> tuple[tuple[int, int], str] | None:
+    """The (H, W) ``row``'s predicted mask must have, and what says so: its ground truth, else its image. None for a
+    row without ground truth whose image cannot be read (then there is nothing to compare with)."""
+    if row.mask is not None:
+        try:
+            return _header_size(row.mask), f"the ground truth {row.mask}"
+        except (OSError, ValueError, SyntaxError) as e:
+            why = "not found" if isinstance(e, FileNotFoundError) else f"cannot be read ({e})"
+            raise DataError(
+                row.mask,
+                f"ground-truth mask of {row.id} {why}",
+                "re-copy it from the dataset, or re-run prepare if the dataset moved",
+            ) from None
+    try:
+        return _header_size(row.path), f"its image {row.path}"
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def check_masks(
+    rows: list[EvalRow], masks_dir: Path, scores: dict[str, float] | None, split: str
+) -> tuple[list[np.ndarray], list[WsssError]]:
+    """Read every predicted mask once, before anything is computed or written: the values each holds (for
+    :func:`wsss.mask_format.mask_encoding`) and every problem found (missing, unreadable, not one 8-bit channel, not
+    the size of its ground truth or, without one, of its image), so that all are reported at once."""
+    errors = _check_inputs(rows, masks_dir, scores, split)
+    values: list[np.ndarray] = []
+    for row in progress(rows, desc="check masks", total=len(rows)):
+        path = masks_dir / f"{row.id}.png"
+        if not path.is_file():
+            continue  # listed by _check_inputs
+        try:
+            pred = read_pred_mask(path)
+            ref = _reference(row)
+        except DataError as e:
+            errors.append(e)
+            continue
+        values.append(np.unique(pred))
+        if ref is not None and pred.shape != ref[0]:
+            (h, w), ((rh, rw), what) = pred.shape, ref
+            errors.append(
+                DataError(
+                    path,
+                    f"predicted mask is {w}x{h} (WxH) but {what} is {rw}x{rh}",
+                    "write predicted masks at the original image size",
+                )
+            )
+    return values, errors
 
 
 class _ClassStats:
@@ -168,11 +232,17 @@ def evaluate_masks(
 ) -> EvalReport:
     """METHOD.md section 8 metrics of ``masks_dir`` over ``rows`` (see the module docstring for the rules)."""
     masks_dir = Path(masks_dir)
-    _check_inputs(rows, masks_dir, scores, cfg.split)
+    values, errors = check_masks(rows, masks_dir, scores, cfg.split)
+    summary = f"{masks_dir}: nothing evaluated, no report written"
+    try:
+        encoding = mask_encoding(masks_dir, info.classes, values, cfg.mask_format)
+    except DataError as e:
+        raise_all([*errors, e], summary)  # always raises: the list is not empty
+        raise
+    raise_all(errors, summary)
     seg = metrics.SegAccumulator()
     per_class = {c: _ClassStats(k + 1) for k, c in enumerate(info.classes)}
     files = [masks_dir / f"{r.id}.png" for r in rows]
-    encoding = mask_encoding(masks_dir, info.classes, (read_pred_mask(f) for f in files), cfg.mask_format)
     results: list[ImageResult] = []
     for row, pred_path in progress(zip(rows, files, strict=True), desc="evaluate", total=len(rows)):
         raw = encoding.to_labels(read_pred_mask(pred_path))
@@ -185,13 +255,6 @@ def evaluate_masks(
             results.append(ImageResult(row.id, row.labels, score, decision, None, None, int(pred.sum())))
             continue
         gt = np.zeros_like(pred) if row.mask is None else read_mask(row.mask, threshold=info.mask_threshold)
-        if gt.shape != pred.shape:
-            raise DataError(
-                pred_path,
-                f"predicted mask is {pred.shape[1]}x{pred.shape[0]} (WxH) but the ground "
-                f"truth {row.mask} is {gt.shape[1]}x{gt.shape[0]}",
-                "write predicted masks at the original image size",
-            )
         value = seg.add(pred, gt)
         if gt.any():
             for label in row.labels:

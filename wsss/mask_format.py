@@ -13,8 +13,11 @@ read by guessing silently:
    (255 = defect, said in a one-line note); class values 1..K (with or without 255) are label masks; anything else,
    or 0/255 on a dataset with several classes, is refused with an error that says how to state the meaning.
 
-``--mask-format labels|binary`` (``evaluate.mask_format``) overrides all of this; binary then reads any value >= 128
-as defect.
+``--mask-format labels|binary`` (``wsss evaluate``, ``evaluate.mask_format``, ``wsss import-review --format png``)
+overrides all of this; binary then reads any value >= 128 as defect.
+
+Mask files are decoded with PIL (:func:`read_mask_png`), never OpenCV, so a corrupt file gives one error naming it
+and no decoder message on the terminal.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from wsss.atomic import atomic_write_text
 from wsss.errors import DataError
@@ -35,6 +39,8 @@ IGNORE_NAMES = ("ignore", "uncertain")
 BACKGROUND_NAMES = ("background", "ok", "good")
 FORMATS = ("auto", "labels", "binary")
 BINARY_CUT = 128  # binary masks: a pixel is defect iff its value >= this
+MASK_MODES = ("L", "P", "1")  # PIL modes read as one 8-bit channel (P: the palette indices are the values)
+PNG_FIX = "write it as an 8-bit grayscale PNG: 0 background, k = class k, 255 ignore"
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,26 @@ def write_labelmap(folder: Path, classes: Sequence[str]) -> Path:
     path = Path(folder) / LABELMAP
     atomic_write_text(path, labelmap_text(classes))
     return path
+
+
+def read_mask_png(path: Path, what: str = "mask") -> np.ndarray:
+    """A mask file as a 2-D ``uint8`` array of its values; a :class:`DataError` naming ``path`` (``what`` says which
+    mask, e.g. "predicted mask") when it is unreadable or not one 8-bit channel."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, arr = im.mode, np.array(im)  # a writable copy, like any other array
+    except FileNotFoundError:
+        raise DataError(path, f"{what} not found", PNG_FIX) from None
+    except Image.UnidentifiedImageError:
+        raise DataError(path, f"{what} is not a readable image (corrupt, or not a PNG)", PNG_FIX) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        what_is = "is truncated" if "truncated" in str(e) else f"cannot be read ({e})"
+        raise DataError(path, f"{what} {what_is}", PNG_FIX) from None
+    if mode not in MASK_MODES:
+        raise DataError(path, f"{what} has image mode {mode}, expected 8-bit single channel", PNG_FIX)
+    return arr.astype(np.uint8, copy=False)  # mode 1: bool -> 0/1
 
 
 def _identity() -> np.ndarray:

@@ -3,7 +3,9 @@
 Writes into ``--out``: ``masks/<name>.png`` (0 background, k class k, gated by the sample decision),
 ``overlays/<name>.png`` (the mask drawn over the image), ``predictions.csv`` (one row per image: name, path,
 decision, score, per-class scores, defect fraction) and ``labelmap.txt`` (mask value -> class). ``<name>`` is the
-file's path relative to the folder it was found in (sub-folders kept), without its suffix.
+file's path relative to the folder it was found in (sub-folders kept), without its suffix. Folders are searched
+without ``--out``'s own ``masks/`` and ``overlays/``, so predicting into a folder inside an input folder never
+segments an earlier run's output.
 
 Images stream through in batches: memory stays flat however many there are. An image that cannot be read is
 skipped and listed at the end (non-zero exit); every other image is still segmented. ``predictions.csv`` is
@@ -28,6 +30,7 @@ from wsss.mask_format import write_labelmap
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 PREDICTIONS_FILE = "predictions.csv"
+SCALE_FIX = "pass --high-bit-depth scale"  # how a refused 16-bit image tells the user to allow it
 
 
 @dataclass
@@ -37,17 +40,31 @@ class PredictSummary:
     failed: list[WsssError] = field(default_factory=list)
 
 
-def find_images(inputs: Sequence[Path]) -> list[tuple[Path, str]]:
-    """``(path, name)`` of every image given: files as they are, folders searched recursively (sorted).
+def output_folders(out: Path) -> tuple[Path, Path]:
+    """The folders :func:`predict_images` writes images into: ``out/masks`` and ``out/overlays``."""
+    return Path(out) / "masks", Path(out) / "overlays"
+
+
+def find_images(inputs: Sequence[Path], skip: Sequence[Path] = ()) -> list[tuple[Path, str]]:
+    """``(path, name)`` of every image given: files as they are, folders searched recursively (sorted) without what
+    lies in the folders of ``skip``.
 
     A missing input, a folder without images or two images that would write the same output name is a ConfigError.
     """
+    skipped = [Path(d).resolve() for d in skip]
     found: list[tuple[Path, str]] = []
     for item in map(Path, inputs):
         if item.is_file():
             found.append((item, item.stem))
         elif item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            root = item.resolve()
+            files = sorted(
+                p
+                for p in item.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not any((root / p.relative_to(item)).is_relative_to(d) for d in skipped)
+            )
             if not files:
                 raise ConfigError(item, "no images in this folder", f"image suffixes: {', '.join(IMAGE_SUFFIXES)}")
             found += [(p, p.relative_to(item).with_suffix("").as_posix()) for p in files]
@@ -68,11 +85,11 @@ def find_images(inputs: Sequence[Path]) -> list[tuple[Path, str]]:
 def prepare_out(out: Path) -> None:
     """Create ``out`` (and its masks/ and overlays/); a file in its place is a ConfigError."""
     out = Path(out)
-    for d in (out, out / "masks", out / "overlays"):
+    for d in (out, *output_folders(out)):
         if d.exists() and not d.is_dir():
             raise ConfigError(d, "exists and is not a folder", "choose another --out folder or remove the file")
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    (out / "overlays").mkdir(exist_ok=True)
+    for d in output_folders(out):
+        d.mkdir(parents=True, exist_ok=True)
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -87,16 +104,23 @@ def predict_images(
     batch: int = 8,
     overlays: bool = True,
     progress_fn: Callable = lambda it, **_: it,
+    high_bit_depth: str = "refuse",
 ) -> PredictSummary:
-    """Segment every image of ``inputs`` into ``out``; returns counts and the errors of unreadable images."""
-    from wsss.data.images import read_image
+    """Segment every image of ``inputs`` into ``out``; returns counts and the errors of unreadable images.
+
+    ``high_bit_depth``: ``refuse`` (16-bit images are unreadable) or ``scale`` (0..65535 mapped to 0..255), as
+    ``dataset.high_bit_depth`` for a dataset; ``--high-bit-depth`` on the command line.
+    """
+    from wsss.data.images import HIGH_BIT_DEPTH, read_image
     from wsss.export.overlay import overlay, write_rgb_png
     from wsss.refine.pseudo import write_mask
     from wsss.train import dist
 
     if batch < 1:
         raise ConfigError("--batch", f"invalid batch size {batch}", "use 1 or more")
-    found = find_images(inputs)
+    if high_bit_depth not in HIGH_BIT_DEPTH:
+        raise ConfigError("--high-bit-depth", f"invalid value {high_bit_depth!r}", f"use one of {HIGH_BIT_DEPTH}")
+    found = find_images(inputs, skip=output_folders(out))
     rank, world = dist.rank(), dist.world_size()
     classes = predictor.classes
     if rank == 0:
@@ -116,7 +140,7 @@ def predict_images(
             ok, arrays = [], []
             for path, name in chunk:
                 try:
-                    arrays.append(read_image(path))
+                    arrays.append(read_image(path, high_bit_depth, scale_fix=SCALE_FIX))
                     ok.append((path, name))
                 except DataError as e:
                     summary.failed.append(e)

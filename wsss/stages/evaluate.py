@@ -4,6 +4,11 @@ The only stage that reads ground-truth masks. Which masks: ``evaluate.masks`` na
 last mask-writing stage of the configured pipeline. Sample scores for gating and image AP come from that stage's
 ``scores.csv`` (or the stage named by ``evaluate.scores``); without one, an image's score is 1 if its predicted
 mask is non-empty, else 0.
+
+The stage writes ``report.json``, ``report.md`` and ``per_image.csv`` into ``runs/<name>/evaluate/``. `wsss evaluate`
+writes the same three files into ``--out``, by default beside what it evaluates and never into a stage folder (a
+finished stage's folder is its recorded output): ``runs/<name>/evaluate-<stage>/`` for the masks of a stage
+(``runs/<name>/<stage>/masks``), ``evaluate-<folder>/`` beside any other masks folder.
 """
 
 from __future__ import annotations
@@ -31,6 +36,39 @@ def _inputs(cfg: Config) -> tuple[str, ...]:
     if cfg.evaluate.scores and cfg.evaluate.scores not in names:
         names.append(cfg.evaluate.scores)
     return tuple(names)
+
+
+def stage_folder(path: Path) -> Path | None:
+    """The run stage folder that ``path`` is or lies in (a folder whose ``manifest.json`` names its stage), if any."""
+    from wsss.runs import read_manifest
+
+    path = Path(path).resolve()
+    for folder in (path, *path.parents):
+        manifest = read_manifest(folder)
+        if isinstance(manifest, dict) and "stage" in manifest:
+            return folder
+    return None
+
+
+def report_dir(masks_dir: Path, out: Path | None) -> Path:
+    """Where `wsss evaluate` writes its report: ``out``, else ``evaluate-<stage>`` beside the stage folder holding
+    ``masks_dir``, else ``evaluate-<folder>`` beside ``masks_dir``. Never inside a stage folder: writing there would
+    change a finished stage's outputs."""
+    masks_dir = Path(masks_dir).resolve()
+    stage = stage_folder(masks_dir)
+    default = (stage or masks_dir).parent / f"evaluate-{(stage or masks_dir).name}"
+    if out is None:
+        return default
+    inside = stage_folder(out)
+    if inside is not None:
+        raise ConfigError(
+            f"--out {out}",
+            f"lies in the stage folder {inside}, whose files are that stage's recorded outputs",
+            f"choose a folder outside the run's stage folders, or leave --out out to write into {default}",
+        )
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}", "exists and is not a folder", "choose another --out folder")
+    return out
 
 
 def evaluate_index(index_csv: Path, masks_dir: Path, scores_csv: Path | None, cfg: EvaluateConfig, out: Path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss.errors import ConfigError
+from wsss.errors import ConfigError, WsssError
 
 UNCERTAIN = 255
 UNCERTAIN_NAME = "uncertain"
@@ -72,6 +72,24 @@ class ReviewFormat:
     def read(self, path: Path, labels: LabelMap) -> dict[str, np.ndarray]:
         """Masks by image id from this format's file at ``path`` (a DataError naming it when malformed)."""
         raise NotImplementedError
+
+    def read_all(
+        self, path: Path, labels: LabelMap, mask_format: str = "auto"
+    ) -> tuple[dict[str, np.ndarray], list[WsssError]]:
+        """The masks that could be read and a problem for each one that could not, so that an import lists every
+        bad mask at once (a problem of the whole file still raises). ``mask_format`` (``--mask-format``) says what
+        raw mask values mean; only a folder of PNGs has raw values, other formats name their labels."""
+        self.labels_only(mask_format)
+        return self.read(path, labels), []
+
+    def labels_only(self, mask_format: str) -> None:
+        """Refuse ``--mask-format`` other than auto for a format whose file names its labels."""
+        if mask_format != "auto":
+            raise ConfigError(
+                f"--mask-format {mask_format}",
+                f"a {self.name} file names its labels itself; --mask-format is for --format png (a folder of PNGs)",
+                "leave --mask-format out",
+            )
 
 
 FORMAT_MODULES = ("png", "coco", "cvat", "labelstudio")

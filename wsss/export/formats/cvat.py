@@ -10,15 +10,17 @@ Masks are colour PNGs, never raw 0/255 values (CVAT rejects a colour it finds in
 
 from __future__ import annotations
 
+import io
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from wsss.atomic import atomic_path
-from wsss.errors import DataError
+from wsss.errors import DataError, WsssError, raise_all
 from wsss.export.formats import LabelMap, ReviewFormat, ReviewItem, components
 
 FIX = "pass the zip exported from CVAT as 'Segmentation mask 1.1'"
@@ -80,36 +82,56 @@ class CvatFormat(ReviewFormat):
         return path
 
     def read(self, path: Path, labels: LabelMap) -> dict[str, np.ndarray]:
+        masks, errors = self.read_all(path, labels)
+        raise_all(errors, f"{path}: masks that cannot be read")
+        return masks
+
+    def read_all(
+        self, path: Path, labels: LabelMap, mask_format: str = "auto"
+    ) -> tuple[dict[str, np.ndarray], list[WsssError]]:
+        """Every ``SegmentationClass/*.png`` (decoded with PIL, so a corrupt one is a listed problem, not a decoder
+        message), each colour mapped to its label's value; a mask with a colour of no label is a problem of its own."""
+        self.labels_only(mask_format)
         try:
             z = zipfile.ZipFile(path)
         except (OSError, zipfile.BadZipFile) as e:
             raise DataError(path, f"not a zip file ({e})", FIX) from None
+        masks: dict[str, np.ndarray] = {}
+        errors: list[WsssError] = []
         with z:
             names = z.namelist()
             if "labelmap.txt" not in names:
                 raise DataError(path, "no labelmap.txt in the zip", FIX)
             colours = parse_labelmap(z.read("labelmap.txt").decode())
-            masks, bad = {}, []
             for name in sorted(n for n in names if n.startswith("SegmentationClass/") and n.endswith(".png")):
-                bgr = cv2.imdecode(np.frombuffer(z.read(name), np.uint8), cv2.IMREAD_COLOR)
-                if bgr is None:
-                    raise DataError(f"{path}:{name}", "unreadable PNG", FIX)
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                try:
+                    with Image.open(io.BytesIO(z.read(name))) as im:
+                        rgb = np.asarray(im.convert("RGB"))
+                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                    why = "corrupt, or not a PNG" if isinstance(e, Image.UnidentifiedImageError) else str(e)
+                    errors.append(DataError(f"{path}:{name}", f"unreadable PNG ({why})", FIX))
+                    continue
                 mask = np.zeros(rgb.shape[:2], np.uint8)
                 found = np.unique(rgb.reshape(-1, 3), axis=0)
+                bad = []
                 for c in map(tuple, found.tolist()):
                     label = colours.get(c)
                     value = labels.value_of(label) if label is not None else None
                     if value is None:
-                        bad.append(f"{name}: colour {c} ({label or 'not in labelmap.txt'})")
+                        bad.append(f"colour {c} ({label or 'not in labelmap.txt'})")
                         continue
                     mask[(rgb == c).all(axis=2)] = value
+                if bad:
+                    errors.append(
+                        DataError(
+                            f"{path}:{name}", f"unknown label(s): {'; '.join(bad)}", "use only the labels of the export"
+                        )
+                    )
+                    continue
                 masks[Path(name).stem] = mask
-        if bad:
-            raise DataError(path, f"unknown label(s): {'; '.join(bad[:5])}", "use only the labels of the export")
-        if not masks:
+        if not masks and not errors:
             raise DataError(path, "no SegmentationClass/*.png masks in the zip", FIX)
-        return masks
+        return masks, errors
 
 
 FORMAT = CvatFormat()

@@ -10,12 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import click
-import cv2
 import numpy as np
 
-from wsss.errors import DataError
+from wsss.errors import DataError, WsssError, raise_all
 from wsss.export.formats import LabelMap, ReviewFormat, ReviewItem
-from wsss.mask_format import mask_encoding, write_labelmap
+from wsss.mask_format import mask_encoding, read_mask_png, write_labelmap
 
 FIX = "give 8-bit single-channel PNGs: the label values of labelmap.txt, or binary 0/255 masks"
 
@@ -34,20 +33,34 @@ class PngFormat(ReviewFormat):
         return out
 
     def read(self, path: Path, labels: LabelMap) -> dict[str, np.ndarray]:
+        masks, errors = self.read_all(path, labels)
+        raise_all(errors, f"{path}: masks that cannot be read")
+        return masks
+
+    def read_all(
+        self, path: Path, labels: LabelMap, mask_format: str = "auto"
+    ) -> tuple[dict[str, np.ndarray], list[WsssError]]:
+        """Every readable ``<id>.png`` (decoded with PIL: a corrupt file is one listed problem, never a decoder
+        message), read as ``mask_format`` says (:func:`wsss.mask_format.mask_encoding`)."""
         if not path.is_dir():
             raise DataError(path, "not a folder of mask PNGs", "pass the masks/ folder (one <id>.png per image)")
-        masks = {}
-        for f in sorted(path.glob("*.png")):
-            mask = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
-            if mask is None or mask.ndim != 2 or mask.dtype != np.uint8:
-                raise DataError(f, "not an 8-bit single-channel PNG", FIX)
-            masks[f.stem] = mask
-        if not masks:
+        files = sorted(path.glob("*.png"))
+        if not files:
             raise DataError(path, "no .png masks in this folder", FIX)
-        encoding = mask_encoding(path, labels.classes, masks.values(), check_values=False)
+        masks: dict[str, np.ndarray] = {}
+        errors: list[WsssError] = []
+        for f in files:
+            try:
+                masks[f.stem] = read_mask_png(f)
+            except DataError as e:
+                errors.append(DataError(e.where, e.what, FIX))
+        try:
+            encoding = mask_encoding(path, labels.classes, masks.values(), mask_format, check_values=False)
+        except DataError as e:
+            return masks, [*errors, e]
         if encoding.note:
             click.echo(f"note: {encoding.note}", err=True)
-        return {k: encoding.to_labels(m) for k, m in masks.items()}
+        return {k: encoding.to_labels(m) for k, m in masks.items()}, errors
 
 
 FORMAT = PngFormat()
