@@ -119,16 +119,22 @@ def test_sigkill_leaves_no_done_manifest_and_rerun_resumes(recipe: Path, tmp_pat
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline, "stage did not start"
         time.sleep(0.05)
+    status = ("status", "--config", str(recipe), "--run-dir", str(run_dir))
+    assert "toy-a              running (a wsss process is running it now)" in invoke(*status).output
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert not (run_dir / "toy-a").exists()  # no done manifest, no final folder
     partial = json.loads((run_dir / "toy-a.partial" / "manifest.json").read_text())
     assert partial["status"] == "running"
+    # the manifest still says running, but the lock went with the killed process: status tells the two apart
+    out = invoke(*status).output
+    assert "toy-a              interrupted (its process was killed or died; `wsss run` resumes it" in out, out
 
     proc = wsss(*args)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
+    assert "toy-a: resuming the attempt started" in out
     assert manifest(run_dir, "toy-a")["status"] == "done"
     # the re-run found the killed attempt's checkpoint (same config): it resumed instead of starting over
     assert (run_dir / "toy-a" / "a.txt").read_text() == "seed=0 resumed=True"

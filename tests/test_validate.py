@@ -53,11 +53,17 @@ def test_report_of_a_good_dataset(tmp_path: Path) -> None:
     assert r.warnings[1].startswith("2 different image sizes (aspect H/W 0.80..2.00)")
     assert r.warnings[2] == "4 grayscale and 1 colour images: grayscale images are repeated to 3 channels"
     assert r.warnings[3] == "5 image(s) with a side under 32 px: they are upscaled to the input size"
+    # every class of this tiny set is too small to reach all three splits
+    assert r.warnings[6] == (
+        f"class 'scratch' has only 1 image(s), e.g. {tmp_path / 'scratch' / 'c.png'}: too few to reach the training, "
+        "validation and test splits; check its label"
+    )
+    assert [w.split(" has only")[0] for w in r.warnings[4:]] == ["class 'dent'", "class 'ok'", "class 'scratch'"]
     assert r.sizes[samples[0].id] == (8, 10) and len(r.sizes) == 5
     data = json.loads(json.dumps(r.to_json()))
     assert data["n_ok"] == 2 and data["conversions"][0]["what"] == "RGBA -> RGB (alpha dropped)"
     md = r.to_markdown()
-    assert "- images: 5 (3 defective, 2 ok)" in md and "| dent | 2 |" in md and "## Warnings (4)" in md
+    assert "- images: 5 (3 defective, 2 ok)" in md and "| dent | 2 |" in md and "## Warnings (7)" in md
 
 
 def test_all_bad_files_reported_together(tmp_path: Path) -> None:

@@ -1,4 +1,8 @@
-"""Atomic file writes: write beside the target, then rename, so a reader never sees half a file."""
+"""Atomic file writes: write beside the target, then rename, so a reader never sees half a file.
+
+The file gets the permissions any new file of the user gets (``0o666`` less the umask), not ``mkstemp``'s private
+``0o600``: a review package or a run folder is shared with the people who review it.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,20 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _new_file_mode() -> int:
+    """``0o666`` less the process's umask (read by setting it and putting it back, under a lock)."""
+    with _UMASK_LOCK:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -19,6 +34,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, _new_file_mode())
         yield Path(tmp)
         os.replace(tmp, path)
     finally:
@@ -26,7 +42,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

@@ -8,8 +8,9 @@ makes the stage stale), and ``wsss show-config --run-dir`` shows them. An explic
 The rules (constants here, budgets in the config):
 
 - ``classifier.input_size``, ``retrain.input_size``, ``segmenter.input_size``: the median training image (H, W),
-  scaled down (never up) so that H x W fits the section's ``max_pixels``, keeping the median aspect ratio, each side
-  rounded to a multiple of :data:`MULTIPLE` (the deepest stride of the backbones, so every feature map is whole).
+  scaled down (never up) so that H x W fits the section's ``max_pixels``, keeping the median aspect ratio within
+  :data:`ASPECT_TOLERANCE`, each side a multiple of :data:`MULTIPLE` (the deepest stride of the backbones, so every
+  feature map is whole).
   Images of other sizes are resized to it, as with an explicit size.
 - ``cam.tile_size``: off, unless the classifier sees the median image shrunk by more than :data:`TILE_ABOVE` per
   side; then the CAM looks at windows that show each part at :data:`TILE_ZOOM` times the classifier's magnification.
@@ -36,6 +37,8 @@ MULTIPLE = 32
 TILE_ABOVE = 4.0
 TILE_ZOOM = 2.0
 CRF_REACH = 0.1
+ASPECT_TOLERANCE = 0.05  # auto input sizes keep the median image's aspect ratio within 5%...
+MIN_AREA = 0.7  # ...unless that costs more than 30% of the pixels the budget allows (then: the nearest aspect)
 INPUT_SECTIONS = ("classifier", "retrain", "segmenter")
 
 
@@ -74,23 +77,33 @@ class SizeStats:
 
 
 def fit_size(size: tuple[int, int], max_pixels: int, multiple: int = MULTIPLE) -> list[int]:
-    """``size`` (H, W) scaled down to at most ``max_pixels`` (aspect kept), each side a multiple of ``multiple``
-    (at least one multiple: a side below it is the only case that can exceed the budget)."""
+    """``size`` (H, W) scaled down to at most ``max_pixels``, each side a multiple of ``multiple`` (at least one: a
+    side below it is the only case that can exceed the budget).
+
+    Of the stride multiples up to the nearest ones of the exactly scaled size that fit the budget and keep at least
+    :data:`MIN_AREA` of the largest such size's pixels, the largest whose aspect ratio is within
+    :data:`ASPECT_TOLERANCE` of the image's; when none is (sides of a few strides), the one nearest the aspect ratio. So square parts stay square (512 x 512 in 163840 px -> 384 x 384, not the
+    larger 416 x 384), and KSDD's 1259 x 500 in 86016 px gives 416 x 160 (2.6, the image 2.52), not 448 x 192 (2.33).
+    """
     h, w = size
     s = min(1.0, math.sqrt(max_pixels / (h * w)))
-    th, tw = h * s, w * s
-    nearest = [max(multiple, round(th / multiple) * multiple), max(multiple, round(tw / multiple) * multiple)]
-    if nearest[0] * nearest[1] <= max_pixels:
-        return nearest
-    # rounding both sides up overshot the budget: of the stride multiples around the exact size, the largest that
-    # fits (then the one nearest the aspect ratio), e.g. 1259 x 500 in 86016 px -> 448 x 192, not 480 x 192
-    sides = [
-        sorted({max(multiple, math.floor(t / multiple) * multiple), max(multiple, math.ceil(t / multiple) * multiple)})
-        for t in (th, tw)
-    ]
-    candidates = [[a, b] for a in sides[0] for b in sides[1]]
-    fitting = [c for c in candidates if c[0] * c[1] <= max_pixels] or [[sides[0][0], sides[1][0]]]
-    return max(fitting, key=lambda c: (c[0] * c[1], -abs(math.log(c[0] / c[1]) - math.log(h / w))))
+    top = [max(multiple, round(t * s / multiple) * multiple) for t in (h, w)]
+    fitting = [
+        (a, b)
+        for a in range(multiple, top[0] + 1, multiple)
+        for b in range(multiple, top[1] + 1, multiple)
+        if a * b <= max_pixels
+    ] or [(multiple, multiple)]
+
+    def aspect_error(c: tuple[int, int]) -> float:
+        return abs(math.log(c[0] / c[1]) - math.log(h / w))
+
+    largest = max(a * b for a, b in fitting)
+    sizable = [c for c in fitting if c[0] * c[1] >= MIN_AREA * largest]
+    kept = [c for c in sizable if aspect_error(c) <= math.log(1 + ASPECT_TOLERANCE)]
+    if kept:
+        return list(max(kept, key=lambda c: (c[0] * c[1], -aspect_error(c))))
+    return list(min(sizable, key=lambda c: (aspect_error(c), -c[0] * c[1])))
 
 
 def auto_tiles(median: tuple[int, int], input_size: Sequence[int]) -> list[int]:

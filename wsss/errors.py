@@ -6,7 +6,19 @@ reading one line knows where to look and what to do. Never use ``assert`` for us
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+
+
+def printable(text: object) -> str:
+    """``text`` as a string any terminal can print: a file name that is not valid UTF-8 (Python holds its bytes as
+    surrogates) shows its undecodable bytes as ``\\xNN`` escapes instead of failing to encode."""
+    s = str(text)
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(s).decode("utf-8", "backslashreplace") if os.name == "posix" else ascii(s)[1:-1]
+    return s
 
 
 class WsssError(Exception):
@@ -15,9 +27,9 @@ class WsssError(Exception):
     exit_code = 1
 
     def __init__(self, where: object, what: str, fix: str | None = None):
-        self.where = str(where)
-        self.what = what
-        self.fix = fix
+        self.where = printable(where)
+        self.what = printable(what)
+        self.fix = printable(fix) if fix is not None else None
         super().__init__(self.format())
 
     def __reduce__(self):  # picklable, so an error raised in a worker process arrives intact

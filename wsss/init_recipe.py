@@ -16,9 +16,8 @@ from pathlib import Path
 from wsss.atomic import atomic_write_text
 from wsss.auto import SizeStats, resolved_lines
 from wsss.config import Config, load_config
+from wsss.data.validate import warning_lines
 from wsss.errors import ConfigError
-
-MAX_WARNINGS = 10  # warnings printed (and written into the recipe's header); prepare's report lists every one
 
 # What a recipe starts from: the settings measured on KSDD on a 2-core CPU (configs/ksdd.yaml, README results): the
 # pretrained Lite0 cut after stride 16 with its stem to stride 8 frozen, few epochs, single-scale CAMs. Sizes stay auto.
@@ -76,10 +75,7 @@ class DatasetSummary:
             f"sizes (HxW): median {hm}x{wm}, {h0}x{w0} .. {h1}x{w1}; channels: {self.channels}",
             f"ground-truth masks: {self.n_with_mask} (for evaluation only)",
         ]
-        shown = [f"warning: {w}" for w in self.warnings[:MAX_WARNINGS]]
-        if len(self.warnings) > MAX_WARNINGS:
-            shown.append(f"warning: ... and {len(self.warnings) - MAX_WARNINGS} more (prepare's report.md lists all)")
-        return out + shown
+        return out + warning_lines(self.warnings)
 
 
 def _config(kind: str, root: Path) -> Config:

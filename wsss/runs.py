@@ -38,6 +38,7 @@ from wsss.errors import StageError
 from wsss.stages import Stage, get_stage
 
 MANIFEST = "manifest.json"
+INTERRUPTED = "interrupted"  # a partial attempt whose process is gone; the next run resumes it
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "opencv-python-headless", "scikit-image", "pydensecrf2")
 
 
@@ -47,8 +48,8 @@ def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON: as good as no manifest
         return None
 
 
@@ -76,11 +77,12 @@ def fingerprint(paths: list[Path]) -> str:
     h = hashlib.sha256()
     for root in paths:
         root = Path(root)
-        h.update(str(root.resolve()).encode())
+        h.update(os.fsencode(root.resolve()))  # bytes: a name that is not UTF-8 still fingerprints
         items = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
         for p in items:
             st = p.stat()
-            h.update(f"{p.relative_to(root) if p != root else p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(os.fsencode(p.relative_to(root) if p != root else p.name))
+            h.update(f"|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -137,6 +139,24 @@ def stage_lock(run_dir: Path, stage: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def lock_held(run_dir: Path, stage: str) -> bool:
+    """Whether a live process holds ``stage``'s lock now (the lock goes with its process, however that ends)."""
+    path = run_dir / ".locks" / f"{stage}.lock"
+    if not path.is_file():
+        return False
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX: no locks, so trust the manifest
+        return True
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
 
 def _train_sizes(index: Path):
@@ -227,12 +247,18 @@ class Run:
         }
 
     def status(self, stage: Stage) -> str:
-        """``done`` (up to date), ``stale``, ``missing``, ``running``/``failed`` (partial attempt), or ``blocked``."""
+        """``done`` (up to date), ``stale``, ``missing``, ``blocked``, or of a partial attempt: ``running`` (a live
+        process holds the stage's lock), ``interrupted`` (its manifest says running, but its process is gone: killed,
+        or the machine went down) or ``failed``."""
         self._recover(stage.name)
         m = read_manifest(self.stage_dir(stage.name))
         if m is None or m.get("status") != "done":
             pm = read_manifest(self.dir / f"{stage.name}.partial")
-            return pm.get("status", "missing") if pm else "missing"
+            if pm is None:
+                return "missing"
+            if pm.get("status") == "running" and not lock_held(self.dir, stage.name):
+                return INTERRUPTED
+            return pm.get("status", "missing")
         try:
             exp = self.expected(stage, self.inputs_of(stage))
         except StageError:
@@ -315,6 +341,8 @@ class Run:
         pm = read_manifest(partial)
         if pm is None or any(pm.get(k) != v for k, v in expected.items()) or force:
             shutil.rmtree(partial, ignore_errors=True)
+        elif pm.get("status") == "running":
+            self.echo(f"{name}: resuming the attempt started {pm.get('started', '?')} and interrupted")
         partial.mkdir(parents=True, exist_ok=True)
         manifest = {
             "stage": name,

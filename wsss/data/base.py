@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from wsss.errors import ConfigError, DataError
+from wsss.errors import ConfigError, DataError, raise_all
 
 if TYPE_CHECKING:
     from wsss.config import DatasetConfig
@@ -62,6 +62,8 @@ class DatasetAdapter:
     mask_threshold: ClassVar[int] = 1
     # True when the image-level label is derived from the mask (KSDD: defective iff mask non-empty).
     labels_from_masks: ClassVar[bool] = False
+    # how this layout writes labels, added to the warning about a class with very few images (often a typo)
+    label_hint: ClassVar[str] = ""
 
     def __init__(self, cfg: DatasetConfig, root: Path):
         self.cfg = cfg
@@ -79,7 +81,11 @@ class DatasetAdapter:
             cls.scan = finished_scan  # type: ignore[method-assign]
 
     def finish(self, samples: list[Sample]) -> list[Sample]:
-        """Apply dataset-wide options to scanned samples: ``binary`` (every defect class -> "defect"); sort by id."""
+        """Apply dataset-wide options to scanned samples: ``binary`` (every defect class -> "defect"); sort by id.
+
+        File and folder names that are not valid UTF-8 are refused here, all at once: the index, the manifests and
+        every export are UTF-8 text, so such a name could not be written into them."""
+        raise_all(_non_utf8(samples, self.root), f"dataset {self.root} has names that are not UTF-8")
         if self.cfg.binary:
             samples = [replace(s, labels=("defect",)) if s.labels else s for s in samples]
         return sorted(samples, key=lambda s: s.id)
@@ -104,6 +110,31 @@ class DatasetAdapter:
 
     def threshold(self) -> int:
         return self.cfg.mask_threshold if self.cfg.mask_threshold is not None else self.mask_threshold
+
+
+def _non_utf8(samples: list[Sample], root: Path) -> list[DataError]:
+    fix = (
+        f"rename the files and folders to UTF-8 names: `convmv -f latin1 -t utf8 -r --notest {root}` does it; "
+        "without --notest it only shows what it would rename"
+    )
+    errors = []
+    for s in samples:
+        bad = [p for p in (s.path, s.mask) if p is not None and not _utf8(p)]
+        bad_labels = [c for c in s.labels if not _utf8(c)]
+        errors += [DataError(p, "name is not valid UTF-8", fix) for p in bad]
+        if bad_labels and not bad:
+            errors.append(DataError(s.path, f"class name {bad_labels[0]!r} is not valid UTF-8", fix))
+    return errors
+
+
+def _utf8(name: object) -> bool:
+    """Whether ``name`` (None counts as fine) encodes as UTF-8: names whose bytes are not UTF-8 reach Python as lone
+    surrogates (PEP 383), which no UTF-8 file can hold."""
+    try:
+        str(name or "").encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def make_id(rel: Path | str) -> str:

@@ -4,7 +4,8 @@ Errors (raised together as one :class:`~wsss.errors.ManyErrors`, each naming the
 duplicate ids, unreadable / empty / truncated / unsupported images, images over ``prepare.max_megapixels``,
 unreadable masks or masks of another size than their image, and a dataset with a single class. Warnings (kept in the
 report): a defective image whose mask is empty at the threshold, a defect-free image whose mask is not, no
-defect-free images at all, and what is handled automatically but changes the images: image sizes whose aspect
+defect-free images at all, a class with fewer than :data:`FEW_IMAGES` images (it cannot reach every split; often a
+mistyped label), and what is handled automatically but changes the images: image sizes whose aspect
 ratios lie more than 25% apart (every image is resized to the input size, so aspect ratios far from the median are
 distorted), grayscale mixed with colour (grayscale repeated to 3 channels), and images with a side under 32 px
 (upscaled to the input size, which is at least 32 px a side: the deepest stride of the backbones).
@@ -185,6 +186,14 @@ def validate_samples(
     infos = [c.info for c in checked if c.info is not None]
     warnings += _handled(infos)
     counts = Counter(label for s in samples for label in (s.labels or (OK,)))
+    for name, n in sorted(counts.items()):
+        if n < FEW_IMAGES:
+            first = next(s.path for s in samples if name in (s.labels or (OK,)))
+            hint = f" ({adapter.label_hint})" if adapter.label_hint else ""
+            warnings.append(
+                f"class {name!r} has only {n} image(s), e.g. {first}: too few to reach the training, validation and "
+                f"test splits; check its label{hint}"
+            )
     return ValidationReport(
         kind=adapter.kind,
         n_images=len(samples),
@@ -201,6 +210,18 @@ def validate_samples(
     )
 
 
+MAX_WARNINGS = 10  # warnings printed (prepare, wsss init); prepare's report lists every one
+
+
+def warning_lines(warnings: list[str]) -> list[str]:
+    """The first :data:`MAX_WARNINGS` warnings as lines to print, and how many more the report lists."""
+    shown = [f"warning: {w}" for w in warnings[:MAX_WARNINGS]]
+    if len(warnings) > MAX_WARNINGS:
+        shown.append(f"warning: ... and {len(warnings) - MAX_WARNINGS} more (prepare's report.md lists all)")
+    return shown
+
+
+FEW_IMAGES = 3  # a class with fewer images cannot be in all three splits
 SMALL = 32  # px: the deepest stride of the backbones; auto input sizes are at least this a side
 ASPECT_SPREAD = 1.25  # aspect ratios (H/W) further apart than this are worth a warning (KSDD's 2.47..2.57 are not)
 

@@ -5,10 +5,12 @@ sizes, CAM tiling, the CRF's reach) are resolved (:mod:`wsss.auto`)."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
+import click
+
+from wsss.atomic import atomic_write_text, write_json
 from wsss.auto import SizeStats
 from wsss.config import Config
 from wsss.data.base import DatasetAdapter, Sample, create_adapter
@@ -37,11 +39,13 @@ def split_table(rows: list[EvalRow]) -> dict[str, dict[str, int]]:
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-    from wsss.data.validate import validate_samples
+    from wsss.data.validate import validate_samples, warning_lines
 
     adapter = make_adapter(cfg, out)
     samples: list[Sample] = adapter.scan()
     report = validate_samples(samples, adapter, workers=cfg.prepare.workers, max_megapixels=cfg.prepare.max_megapixels)
+    for line in warning_lines(report.warnings):
+        click.echo(f"prepare: {line}", err=True)
     assignment = assign_splits(samples, cfg.prepare.split, kind=cfg.dataset.kind)
     rows = [
         EvalRow(
@@ -73,10 +77,10 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         "splits": splits,
         "labels": dict(Counter(";".join(r.labels) or "ok" for r in rows)),
     }
-    (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_json(out / "report.json", data)
     lines = [report.to_markdown(), "", "## Splits", "", "| split | images | defective | groups |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['images']} | {v['defective']} | {v['groups']} |" for k, v in splits.items()]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     return {"index": out / "index.csv", "dataset": out / "dataset.json", "report": out / "report.md"}
 
 

@@ -1,0 +1,176 @@
+"""Bad input a user really has, through the real command line: each case exits non-zero with the file or key named
+and how to fix it, prints no traceback, and leaves nothing half-written (no stage folder, no recipe)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from wsss.atomic import atomic_write_text
+from wsss.cli import cli
+
+LATIN1_NAME = b"caf\xe9"  # "café" saved by a Latin-1 system: not valid UTF-8
+
+
+def png(path: Path | bytes, value: int = 100, size: int = 40) -> None:
+    """A small gray PNG at ``path`` (bytes: a file name that need not be UTF-8)."""
+    rng = np.random.default_rng(len(os.fsencode(path)) + value)
+    img = np.clip(rng.normal(value, 10, (size, size)), 0, 255).astype(np.uint8)
+    with open(path, "wb") as f:
+        f.write(cv2.imencode(".png", img)[1].tobytes())
+
+
+def folder_set(root: Path, n: int = 6) -> Path:
+    for cls, value in (("ok", 100), ("scratch", 140)):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            png(root / cls / f"{cls}{i}.png", value + i)
+    return root
+
+
+def csv_set(root: Path, rows: list[str], header: str = "path,label", encoding: str = "utf-8") -> Path:
+    """Six OK and six defective images beside a CSV with ``header`` and, after the generated rows, ``rows`` (which
+    may list ``extra.png``, a defective image)."""
+    root.mkdir(parents=True, exist_ok=True)
+    png(root / "extra.png", 150)
+    lines = [header]
+    for i in range(6):
+        png(root / f"ok{i}.png", 100 + i)
+        png(root / f"bad{i}.png", 140 + i)
+        lines += [f"ok{i}.png,0", f"bad{i}.png,1"]
+    (root / "set.csv").write_bytes("\n".join([*lines, *rows, ""]).encode(encoding))
+    return root / "set.csv"
+
+
+def recipe(tmp_path: Path, kind: str, root: Path, extra: str = "") -> Path:
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text(f"run: {{name: probe}}\ndataset: {{kind: {kind}, root: {root}}}\n{extra}")
+    return cfg
+
+
+def wsss(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def refused(r, code: int, *named: str) -> str:
+    """Assert a clean refusal: the exit code, an ``Error:`` line naming every string in ``named``, no traceback."""
+    assert r.exit_code == code, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "Error: " in r.output and "Traceback" not in r.output, r.output
+    for text in named:
+        assert text in r.output, f"{text!r} not in {r.output}"
+    return r.output
+
+
+def prepare(cfg: Path, run_dir: Path, *sets: str):
+    return wsss("run-stage", "prepare", "--config", cfg, "--run-dir", run_dir, *sum((["--set", s] for s in sets), []))
+
+
+# ------------------------------------------------------------------------------------------------------- names
+def test_file_names_that_are_not_utf8_are_listed_before_any_stage_runs(tmp_path: Path):
+    root = folder_set(tmp_path / "data")
+    png(os.fsencode(root / "ok") + b"/" + LATIN1_NAME + b".png")
+    png(os.fsencode(root / "scratch") + b"/" + LATIN1_NAME + b"2.png")
+    run_dir = tmp_path / "run"
+    out = refused(prepare(recipe(tmp_path, "folder", root), run_dir), 1, "2 problem(s)", "convmv")
+    for name in ("ok/caf\\xe9.png", "scratch/caf\\xe92.png"):
+        assert f"{root}/{name}: name is not valid UTF-8" in out
+    assert not (run_dir / "prepare").exists()
+    # `wsss init` refuses the same way and writes no recipe
+    out_recipe = tmp_path / "init.yaml"
+    refused(wsss("init", "--kind", "folder", "--root", root, "--out", out_recipe), 1, "caf\\xe9.png")
+    assert not out_recipe.exists()
+
+
+def test_a_csv_not_in_utf8_is_refused_with_the_byte_and_read_with_its_declared_encoding(tmp_path: Path):
+    csv = csv_set(tmp_path / "data", ["extra.png,rayé"], encoding="latin-1")
+    cfg = recipe(tmp_path, "csv", csv)
+    out = refused(prepare(cfg, tmp_path / "run"), 2, f"Error: {csv}: not utf-8 (byte 0xe9 on line 14", "iconv")
+    assert "dataset.encoding" in out and not (tmp_path / "run" / "prepare").exists()
+    r = prepare(cfg, tmp_path / "run", "dataset.encoding=latin-1")
+    assert r.exit_code == 0, r.output
+    assert "class 'rayé' has only 1 image(s)" in r.output  # read as the user wrote it
+    r = prepare(cfg, tmp_path / "run2", "dataset.encoding=klingon")
+    refused(r, 2, "dataset.encoding: unknown encoding 'klingon'")
+
+
+@pytest.mark.parametrize(
+    "header, missing",
+    [("file,label", "missing column 'path'"), ("path,class", "missing column 'label'"), ("x,y", "'path' and 'label'")],
+)
+def test_a_csv_without_its_columns_names_the_missing_one(tmp_path: Path, header: str, missing: str):
+    csv = csv_set(tmp_path / "data", [], header=header)
+    out = refused(prepare(recipe(tmp_path, "csv", csv), tmp_path / "run"), 1, str(csv), missing)
+    assert f"the header line is {header}" in out and not (tmp_path / "run" / "prepare").exists()
+
+
+def test_an_unknown_looking_csv_label_is_warned_about(tmp_path: Path):
+    csv = csv_set(tmp_path / "data", ["extra.png,2"])
+    r = prepare(recipe(tmp_path, "csv", csv), tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    assert "prepare: warning: class '2' has only 1 image(s)" in r.output
+    assert "CSV labels: empty, 0 or an ok name = defect-free, 1 = defect" in r.output
+    assert "class '2'" in (tmp_path / "run" / "prepare" / "report.md").read_text()
+
+
+def test_a_symbolic_link_out_of_the_csv_folder_is_refused(tmp_path: Path):
+    outside = tmp_path / "elsewhere.png"
+    png(outside)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "link.png").symlink_to(outside)
+    csv = csv_set(tmp_path / "data", ["link.png,1"])
+    out = refused(prepare(recipe(tmp_path, "csv", csv), tmp_path / "run"), 1, f"{csv}, line 14")
+    assert f"path 'link.png' (a symbolic link to {outside}) escapes the dataset root" in out
+    # a link to a file inside the folder is fine
+    (tmp_path / "data" / "link.png").unlink()
+    (tmp_path / "data" / "link.png").symlink_to(tmp_path / "data" / "bad0.png")
+    assert prepare(recipe(tmp_path, "csv", csv), tmp_path / "run").exit_code == 0
+
+
+# ------------------------------------------------------------------------------------------------ settings
+@pytest.mark.parametrize(
+    "setting, key",
+    [
+        ("classifier.epochs=0", "classifier.epochs"),
+        ("classifier.epochs=-3", "classifier.epochs"),
+        ("classifier.batch_size=0", "classifier.batch_size"),
+        ("segmenter.lr=0", "segmenter.lr"),
+        ("cam.iem.rounds=0", "cam.iem.rounds"),
+        ("classifier.epochs=1.5", "classifier.epochs"),
+        ("classifier.lr=nan", "classifier.lr"),
+        ("run.name=../../x", "run.name"),
+        ("run.name=/tmp/x", "run.name"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path: Path, setting: str, key: str):
+    root = folder_set(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    r = wsss("run", "--config", recipe(tmp_path, "folder", root), "--run-dir", run_dir, "--set", setting)
+    refused(r, 2, key)
+    assert not run_dir.exists()
+
+
+def test_scientific_notation_is_a_number(tmp_path: Path):
+    root = folder_set(tmp_path / "data")
+    cfg = recipe(tmp_path, "folder", root, "classifier: {lr: 1e-3, max_pixels: 1.6e5}\n")
+    r = wsss("show-config", "-c", cfg, "--set", "segmenter.lr=5E-4")
+    assert r.exit_code == 0, r.output
+    assert "lr: 0.001" in r.output and "max_pixels: 160000" in r.output and "lr: 0.0005" in r.output
+
+
+# --------------------------------------------------------------------------------------------------- files
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_files_are_written_with_the_users_umask(tmp_path: Path, umask: int, mode: int):
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temporary file left beside it
