@@ -1,5 +1,11 @@
 """Bad input a user really has, through the real command line: each case exits non-zero with the file or key named
-and how to fix it, prints no traceback, and leaves nothing half-written (no stage folder, no recipe)."""
+and how to fix it, prints no traceback, and leaves nothing half-written (no stage folder, no recipe).
+
+The cases that need a trained run live beside the code they exercise: colour datasets (tests/test_colour.py),
+wrong or unreadable masks given to `evaluate` (tests/test_evaluate_stage.py, tests/test_evaluation.py) and to
+`import-review` (tests/test_review.py), `predict`'s 16-bit hint and its own output folder (tests/test_predict.py),
+a stage interrupted by SIGKILL in `wsss status` (tests/test_runs.py), and auto sizes' aspect ratio
+(tests/test_auto.py)."""
 
 from __future__ import annotations
 
@@ -174,3 +180,16 @@ def test_files_are_written_with_the_users_umask(tmp_path: Path, umask: int, mode
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == mode
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temporary file left beside it
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["predict", "--model", "m", "--out", "o", "--batch", "0", "x.png"], "'--batch': 0 is not in the range x>=1"),
+        (["predict", "--model", "m", "--out", "o", "--threshold", "1.5", "x.png"], "'--threshold': 1.5 is not in"),
+        (["evaluate", "--index", "i.csv", "--masks", "m", "--threshold", "-1"], "'--threshold': -1.0 is not in"),
+    ],
+)
+def test_command_line_counts_and_thresholds_are_range_checked(tmp_path: Path, args: list[str], named: str):
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2 and named in r.output, r.output

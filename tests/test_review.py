@@ -228,8 +228,8 @@ def test_import_review_command_lists_every_bad_png_and_imports_nothing(
     assert after == before and not (review_run / ".reviewed.tmp").exists()
 
 
-@pytest.mark.parametrize(("mask_format", "value"), [("auto", 1), ("binary", 1), ("labels", 255)])
-def test_import_review_mask_format_says_what_255_means(review_run: Path, tmp_path: Path, mask_format: str, value: int):
+def binary_folder(review_run: Path, tmp_path: Path) -> tuple[list[str], Path, np.ndarray]:
+    """A tool's export of two images' masks as 0/255 PNGs (the same rectangle on each): ids, folder and the mask."""
     ids = sorted(p.stem for p in (review_run / "retrain" / "masks").glob("*.png"))[:2]
     shape = cv2.imread(str(review_run / "retrain" / "masks" / f"{ids[0]}.png"), cv2.IMREAD_UNCHANGED).shape
     folder = tmp_path / "binary"
@@ -238,6 +238,12 @@ def test_import_review_mask_format_says_what_255_means(review_run: Path, tmp_pat
     drawn[4:12, 6:20] = 255
     for i in ids:
         cv2.imwrite(str(folder / f"{i}.png"), drawn)
+    return ids, folder, drawn
+
+
+@pytest.mark.parametrize(("mask_format", "value"), [("auto", 1), ("binary", 1), ("labels", 255)])
+def test_import_review_mask_format_says_what_255_means(review_run: Path, tmp_path: Path, mask_format: str, value: int):
+    ids, folder, drawn = binary_folder(review_run, tmp_path)
     args = ["import-review", "--format", "png", str(folder), "--run", str(review_run), "--mask-format", mask_format]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
@@ -384,14 +390,7 @@ def test_review_page_in_a_headless_browser(full_run, tmp_path: Path):
 
 
 def test_png_import_reads_a_tools_binary_0_255_masks_as_the_defect_class(review_run: Path, tmp_path: Path, capsys):
-    ids = sorted(p.stem for p in (review_run / "retrain" / "masks").glob("*.png"))[:2]
-    shape = cv2.imread(str(review_run / "retrain" / "masks" / f"{ids[0]}.png"), cv2.IMREAD_UNCHANGED).shape
-    folder = tmp_path / "binary"
-    folder.mkdir()
-    drawn = np.zeros(shape, np.uint8)
-    drawn[4:12, 6:20] = 255
-    for i in ids:
-        cv2.imwrite(str(folder / f"{i}.png"), drawn)
+    ids, folder, drawn = binary_folder(review_run, tmp_path)
     import_review("png", folder, review_run)
     assert "read " in capsys.readouterr().err  # the one-line note on how the folder was read
     back = cv2.imread(str(review_run / "reviewed" / "masks" / f"{ids[0]}.png"), cv2.IMREAD_UNCHANGED)

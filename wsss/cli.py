@@ -63,6 +63,20 @@ run_dir_option = click.option(
     default=None,
     help="run folder (default: runs/<run.name>)",
 )
+
+
+def mask_format_option(labels: str, prefix: str = ""):
+    """``--mask-format``: what a folder's mask values mean (wsss/mask_format.py)."""
+    return click.option(
+        "--mask-format",
+        type=click.Choice(["auto", "labels", "binary"]),
+        default="auto",
+        show_default=True,
+        help=f"{prefix}what mask values mean: {labels}, binary (0 ok, 255 defect), auto = the folder's labelmap.txt, "
+        "else decided from the values",
+    )
+
+
 force_option = click.option("--force", is_flag=True, help="re-run even if up to date")
 
 
@@ -194,7 +208,7 @@ def show_config(config: Path | None, run_dir: Path | None, overrides: tuple[str,
     "runs/<name>/<stage>/masks, evaluate-<folder>/ beside any other masks folder)",
 )
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
-@click.option("--threshold", type=float, default=0.5, show_default=True, help="sample score threshold")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="sample score threshold")
 @click.option(
     "--ignore-as",
     type=click.Choice(["background", "defect"]),
@@ -202,14 +216,7 @@ def show_config(config: Path | None, run_dir: Path | None, overrides: tuple[str,
     show_default=True,
     help="how ignore (255) pixels count",
 )
-@click.option(
-    "--mask-format",
-    type=click.Choice(["auto", "labels", "binary"]),
-    default="auto",
-    show_default=True,
-    help="what mask values mean: labels (0 bg, k class k, 255 ignore), binary (0 ok, 255 defect), auto = the "
-    "folder's labelmap.txt, else decided from the values",
-)
+@mask_format_option("labels (0 bg, k class k, 255 ignore)")
 def evaluate(
     index: Path,
     masks: Path,
@@ -261,10 +268,10 @@ def _size(value: str) -> tuple[int, int] | None | str:
 )
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="output folder")
-@click.option("--batch", type=int, default=8, show_default=True, help="images per forward pass")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="images per forward pass")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--size", default="model", show_default=True, help="network input: model (training size), native, HxW")
-@click.option("--threshold", type=float, default=None, help="image-level gate (default: the model's)")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="image-level gate (default: the model's)")
 @click.option("--no-overlays", is_flag=True, help="write masks and the CSV only")
 @click.option(
     "--high-bit-depth",
@@ -338,14 +345,7 @@ def export_review(run_dir: Path, masks: str | None, out: Path, formats: str, coc
 )
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="run folder")
-@click.option(
-    "--mask-format",
-    type=click.Choice(["auto", "labels", "binary"]),
-    default="auto",
-    show_default=True,
-    help="--format png: what mask values mean: labels (0 bg, k class k, 255 uncertain), binary (0 ok, 255 defect), "
-    "auto = the folder's labelmap.txt, else decided from the values",
-)
+@mask_format_option("labels (0 bg, k class k, 255 uncertain)", "--format png: ")
 def import_review_cmd(fmt: str, file: Path, run_dir: Path, mask_format: str) -> None:
     """Import corrected masks (FILE exported from the annotation tool) into RUN/reviewed for train-segmenter.
 
@@ -366,7 +366,7 @@ def import_review_cmd(fmt: str, file: Path, run_dir: Path, mask_format: str) -> 
     help="a run folder, train-segmenter folder or .safetensors",
 )
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="the .onnx file to write")
-@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--opset", type=click.IntRange(min=7), default=18, show_default=True)
 def export_onnx_cmd(model: Path, out: Path, opset: int) -> None:
     """Export the segmenter to ONNX (dynamic batch and size) and check it against PyTorch with onnxruntime."""
     from wsss.export.onnx import export_onnx

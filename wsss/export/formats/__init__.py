@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss.errors import ConfigError, WsssError
+from wsss.errors import ConfigError, WsssError, raise_all
 
 UNCERTAIN = 255
 UNCERTAIN_NAME = "uncertain"
@@ -60,7 +60,8 @@ class ReviewItem:
 
 
 class ReviewFormat:
-    """Base of the review formats: ``name``, ``default_file`` inside the package, and the two hooks."""
+    """Base of the review formats: ``name``, ``default_file`` inside the package, and the two hooks (``write``;
+    ``read`` or ``read_all``)."""
 
     name = ""
     default_file = ""
@@ -70,8 +71,11 @@ class ReviewFormat:
         raise NotImplementedError
 
     def read(self, path: Path, labels: LabelMap) -> dict[str, np.ndarray]:
-        """Masks by image id from this format's file at ``path`` (a DataError naming it when malformed)."""
-        raise NotImplementedError
+        """Masks by image id from this format's file at ``path`` (a DataError naming it when malformed). A format
+        overrides this or :meth:`read_all` (one that can list a problem per mask)."""
+        masks, errors = self.read_all(path, labels)
+        raise_all(errors, f"{path}: masks that cannot be read")
+        return masks
 
     def read_all(
         self, path: Path, labels: LabelMap, mask_format: str = "auto"

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from wsss.atomic import atomic_path
-from wsss.errors import DataError, WsssError, raise_all
+from wsss.errors import DataError, WsssError
 from wsss.export.formats import LabelMap, ReviewFormat, ReviewItem, components
 
 FIX = "pass the zip exported from CVAT as 'Segmentation mask 1.1'"
@@ -80,11 +80,6 @@ class CvatFormat(ReviewFormat):
                 z.writestr(f"SegmentationClass/{item.id}.png", _png(cls))
                 z.writestr(f"SegmentationObject/{item.id}.png", _png(obj))
         return path
-
-    def read(self, path: Path, labels: LabelMap) -> dict[str, np.ndarray]:
-        masks, errors = self.read_all(path, labels)
-        raise_all(errors, f"{path}: masks that cannot be read")
-        return masks
 
     def read_all(
         self, path: Path, labels: LabelMap, mask_format: str = "auto"

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from wsss.errors import DataError, WsssError, raise_all
+from wsss.errors import DataError, WsssError
 from wsss.export.formats import LabelMap, ReviewFormat, ReviewItem
 from wsss.mask_format import mask_encoding, read_mask_png, write_labelmap
 
@@ -31,11 +31,6 @@ class PngFormat(ReviewFormat):
             write_mask(out / f"{item.id}.png", item.load_mask())
         write_labelmap(out, labels.classes)
         return out
-
-    def read(self, path: Path, labels: LabelMap) -> dict[str, np.ndarray]:
-        masks, errors = self.read_all(path, labels)
-        raise_all(errors, f"{path}: masks that cannot be read")
-        return masks
 
     def read_all(
         self, path: Path, labels: LabelMap, mask_format: str = "auto"
