@@ -1,4 +1,4 @@
-"""Benchmark: anomaly priors (issue 8, METHOD.md 7) on real data: anomaly maps alone, CAM alone, their fusion, and
+"""Benchmark: anomaly priors (METHOD.md 7) on real data: anomaly maps alone, CAM alone, their fusion, and
 the pseudo-mask pipeline with and without anomaly-guided pretraining.
 
 Starts from bench/pseudo_masks.py's runs (``--reuse``: its ``<dataset>-pseudo-masks`` run supplies the DFC, the

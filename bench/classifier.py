@@ -1,4 +1,4 @@
-"""Benchmark: the Defect Focus Classifier and its modules on real data (issue 3).
+"""Benchmark: the Defect Focus Classifier and its modules on real data.
 
 For each dataset (MTD, KSDD from ``../shared/data``) and each variant (plain CAM classifier, +CLM, +GCM, +both)
 this runs the real `prepare` and `train-classifier` stages, then scores the test split with the best checkpoint

@@ -1,4 +1,4 @@
-"""Benchmark: pseudo-mask quality of the full method and its ablations on real data (issue 4).
+"""Benchmark: pseudo-mask quality of the full method and its ablations on real data.
 
 For each dataset this trains the DFC once (the `pseudo-masks` pipeline's run: the full method up to the retrain
 round), copies its `prepare` and `train-classifier`

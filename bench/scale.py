@@ -1,4 +1,4 @@
-"""Benchmark: scaling (issue 7): the fast CRF against pydensecrf2, the CRF process pool, and the GPU fast paths.
+"""Benchmark: scaling: the fast CRF against pydensecrf2, the CRF process pool, and the GPU fast paths.
 
 Starts from bench/pseudo_masks.py's finished runs (``--reuse``, their ``<dataset>-pseudo-masks`` run: the DFC, the
 extended CAMs and the image scores). On the same test images of each dataset:

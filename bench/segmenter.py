@@ -1,4 +1,4 @@
-"""Benchmark: the distilled segmenter against the pseudo-mask pipeline it learnt from, on real data (issue 5).
+"""Benchmark: the distilled segmenter against the pseudo-mask pipeline it learnt from, on real data.
 
 Starts from bench/pseudo_masks.py's finished runs (``--reuse``: its ``<dataset>-pseudo-masks`` run, with the
 classifier, CAMs and round-2 pseudo-masks, and its ``<dataset>-cam-iem-crf`` run): copies them, runs

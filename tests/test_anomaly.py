@@ -1,4 +1,4 @@
-"""Anomaly priors (METHOD.md 7, issue 8): PatchCore maps, their fusion with the CAM, anomaly-guided pretraining."""
+"""Anomaly priors (METHOD.md 7): PatchCore maps, their fusion with the CAM, anomaly-guided pretraining."""
 
 from __future__ import annotations
 

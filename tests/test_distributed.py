@@ -1,4 +1,4 @@
-"""Training under DDP (issue 7): 2 gloo processes on the CPU, rendezvous through a file in a temp folder."""
+"""Training under DDP: 2 gloo processes on the CPU, rendezvous through a file in a temp folder."""
 
 from __future__ import annotations
 
