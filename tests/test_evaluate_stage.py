@@ -190,3 +190,37 @@ def test_demo_runs_every_stage(tmp_path: Path):
     summary = r.output[r.output.index("## Every mask-writing stage (test split)") :]
     for stage in ("pseudo-labels", "retrain", "train-segmenter"):
         assert f"| {stage} | " in summary
+
+
+def _write_probs(run_dir: Path, folder: Path) -> None:
+    """16-bit probability maps that rank the ground truth's defect pixels above most others (not all: AP < 1)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for row in read_eval_index(run_dir / "prepare" / "index.csv"):
+        shape = cv2.imread(str(row.path), cv2.IMREAD_UNCHANGED).shape[:2]
+        gt = np.zeros(shape, bool) if row.mask is None else cv2.imread(str(row.mask), cv2.IMREAD_GRAYSCALE) > 127
+        p = np.clip(0.6 * rng.random(shape) + 0.45 * gt, 0, 1)
+        cv2.imwrite(str(folder / f"{row.id}.png"), np.rint(p * 65535).astype(np.uint16))
+
+
+def test_evaluate_command_adds_pixel_ap_from_probability_maps(oracle_run: Path, tmp_path: Path):
+    index, masks = oracle_run / "prepare" / "index.csv", oracle_run / "toy-oracle" / "masks"
+    probs = tmp_path / "probs"
+    _write_probs(oracle_run, probs)
+    args = ["evaluate", "--index", str(index), "--masks", str(masks), "--split", "all", "--probs", str(probs)]
+    r = invoke(*args, "--out", str(tmp_path / "report"))
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert 0.5 < report["pixel_ap"] < 1 and 0.5 < report["pixel_auroc"] < 1 and report["miou_def"] == 1.0
+    assert f"| pixel AP | {100 * report['pixel_ap']:.2f}% |" in r.output  # the printed table
+    assert "| pixel AP |" in (tmp_path / "report" / "report.md").read_text()
+    # a map of the wrong size and a missing one: both named, nothing written
+    rows = read_eval_index(index)
+    cv2.imwrite(str(probs / f"{rows[0].id}.png"), np.zeros((64, 63), np.uint16))
+    (probs / f"{rows[1].id}.png").unlink()
+    before, out = _snapshot(tmp_path), tmp_path / "report2"
+    r = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    assert r.exit_code == 1 and "2 problem(s)" in r.stderr and "nothing evaluated, no report written" in r.stderr
+    assert f"{probs / rows[0].id}.png: probability map is 63x64 (WxH)" in r.stderr
+    assert f"have no probability map: {rows[1].id} (" in r.stderr
+    assert _snapshot(tmp_path) == before and not out.exists()

@@ -13,7 +13,8 @@ from PIL import Image
 from wsss.config import EvaluateConfig
 from wsss.data.index import DatasetInfo, EvalRow
 from wsss.errors import DataError, ManyErrors
-from wsss.evaluation import evaluate_masks, read_scores, write_report
+from wsss.evaluation import evaluate_masks, read_prob_map, read_scores, write_report
+from wsss.metrics import PROB_LEVELS, auroc, average_precision
 
 INFO = DatasetInfo(kind="folder", classes=("scratch", "blob"), mask_threshold=128)
 
@@ -251,3 +252,102 @@ def test_read_scores(tmp_path):
         read_scores(p)
     with pytest.raises(DataError, match="scores file not found"):
         read_scores(tmp_path / "nope.csv")
+
+
+# ------------------------------------------------------------------------------------ pixel AP / AUROC (--probs)
+
+
+def _probs(tmp: Path, rows: list[EvalRow], seed: int = 0) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A probability map per row, in each supported format (16-bit PNG, 8-bit PNG, .npy, .npz), correlated with the
+    ground truth and with ties; returns the folder and the reference (every pixel's level / 65535, its ground truth)."""
+    rng = np.random.default_rng(seed)
+    folder, scores, truth = tmp / "probs", [], []
+    folder.mkdir()
+    for k, row in enumerate(rows):
+        gt = np.zeros((4, 4), bool) if row.mask is None else np.asarray(Image.open(row.mask)) >= INFO.mask_threshold
+        p = np.clip(rng.random((4, 4)) * 0.7 + 0.4 * gt, 0, 1)
+        fmt = k % 4
+        if fmt == 0:
+            levels = np.rint(p * PROB_LEVELS).astype(np.uint16)
+            levels[0, :2] = levels[0, 0]  # a tie
+            Image.fromarray(levels).save(folder / f"{row.id}.png")  # 16-bit grayscale
+        elif fmt == 1:
+            v8 = np.rint(p * 255).astype(np.uint8)
+            _png(folder / f"{row.id}.png", v8)
+            levels = v8.astype(np.uint16) * 257
+        elif fmt == 2:
+            np.save(folder / f"{row.id}.npy", p.astype(np.float32))
+            levels = np.rint(p.astype(np.float32).astype(np.float64) * PROB_LEVELS)
+        else:
+            np.savez_compressed(folder / f"{row.id}.npz", probs=p)
+            levels = np.rint(p * PROB_LEVELS)
+        scores.append(levels.ravel() / PROB_LEVELS)
+        truth.append(gt.ravel())
+    return folder, np.concatenate(scores), np.concatenate(truth)
+
+
+def test_pixel_ap_and_auroc_of_probability_maps(tmp_path):
+    rows = _five(tmp_path)
+    probs, s, y = _probs(tmp_path, rows)
+    rep = evaluate_masks(rows, INFO, tmp_path / "masks", None, EvaluateConfig(), probs)
+    assert rep.pixel_ap == pytest.approx(average_precision(y, s), abs=1e-12) and 0 < rep.pixel_ap < 1
+    assert rep.pixel_auroc == pytest.approx(auroc(y, s), abs=1e-12)
+    assert rep.miou_def == pytest.approx(11 / 36)  # the masks' metrics are unchanged
+    gated = evaluate_masks(rows, INFO, tmp_path / "masks", dict.fromkeys("ABCDE", 0.0), EvaluateConfig(), probs)
+    assert gated.miou_def == 0.0 and gated.pixel_ap == rep.pixel_ap  # the maps are not gated by the decision
+    paths = write_report(rep, tmp_path / "out")
+    data = json.loads(paths["report.json"].read_text())
+    assert data["pixel_ap"] == pytest.approx(rep.pixel_ap) and data["probs_dir"] == str(probs)
+    md = paths["report.md"].read_text()
+    assert f"| pixel AP | {100 * rep.pixel_ap:.2f}% |" in md and "ungated defect-probability maps" in md
+
+
+def test_pixel_metrics_leave_out_images_without_ground_truth_and_are_nan_without_defects(tmp_path):
+    rows = _dataset(tmp_path, {"A": ((), _m(), _m()), "B": (("scratch",), None, _m((0, 0), value=1))})
+    (tmp_path / "probs").mkdir()
+    for i in "AB":
+        np.save(tmp_path / "probs" / f"{i}.npy", np.full((4, 4), 0.9))
+    rep = evaluate_masks(rows, INFO, tmp_path / "masks", None, EvaluateConfig(), tmp_path / "probs")
+    assert rep.n_seg_images == 1 and math.isnan(rep.pixel_ap) and math.isnan(rep.pixel_auroc)  # only A: no defect
+    assert json.loads(write_report(rep, tmp_path / "out")["report.json"].read_text())["pixel_ap"] is None
+
+
+def test_every_bad_probability_map_is_listed_at_once(tmp_path):
+    rows = _five(tmp_path)
+    for i in "ABCDE":
+        _png(tmp_path / f"{i}.png", _m())  # the images, 4x4
+    probs, _, _ = _probs(tmp_path, rows)
+    # A: 16-bit PNG, B: 8-bit PNG, C: .npy, D: .npz, E: 16-bit PNG
+    Image.fromarray(np.zeros((5, 4), np.uint16)).save(probs / "A.png")  # wrong size
+    Image.new("RGB", (4, 4)).save(probs / "B.png")  # colour
+    np.save(probs / "C.npy", np.full((4, 4), 1.5))  # not a probability
+    np.save(probs / "D.npy", np.zeros((4, 4, 2)))  # .npy is looked for before .npz: 3-D
+    (probs / "E.png").unlink()  # missing
+    _png(tmp_path / "masks" / "A.png", _m(shape=(6, 4)))  # a bad mask is listed with them
+    out = tmp_path / "out"
+    with pytest.raises(ManyErrors) as e:
+        evaluate_masks(rows, INFO, tmp_path / "masks", None, EvaluateConfig(), probs)
+    msg = str(e.value)
+    assert "6 problem(s)" in msg and "nothing evaluated, no report written" in msg and not out.exists()
+    assert f"{probs / 'A.png'}: probability map is 4x5 (WxH) but the ground truth" in msg
+    assert f"{tmp_path / 'masks' / 'A.png'}: predicted mask is 4x6 (WxH)" in msg
+    assert f"{probs / 'B.png'}: probability map has image mode RGB" in msg
+    assert f"{probs / 'C.npy'}: probability map has values outside [0, 1]" in msg
+    assert f"{probs / 'D.npy'}: probability map is a float64 array of shape (4, 4, 2)" in msg
+    assert "1 of 5 indexed images have no probability map: E" in msg
+    with pytest.raises(DataError, match="probability maps folder not found"):
+        evaluate_masks(rows[1:], INFO, tmp_path / "masks", None, EvaluateConfig(), tmp_path / "none")
+
+
+def test_read_prob_map_levels(tmp_path):
+    v16 = np.array([[0, 1, 65534, 65535]], np.uint16)
+    Image.fromarray(v16).save(tmp_path / "a.png")
+    assert read_prob_map(tmp_path / "a.png").tolist() == v16.tolist()
+    _png(tmp_path / "b.png", np.array([[0, 1, 128, 255]]))
+    assert read_prob_map(tmp_path / "b.png").tolist() == [[0, 257, 128 * 257, 65535]]
+    np.savez(tmp_path / "c.npz", a=np.zeros((2, 2)), b=np.ones((2, 2)))
+    with pytest.raises(DataError, match=r"c.npz: holds arrays \['a', 'b'\]"):
+        read_prob_map(tmp_path / "c.npz")
+    (tmp_path / "d.npy").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="d.npy: probability map cannot be read"):
+        read_prob_map(tmp_path / "d.npy")

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from wsss.metrics import (
+    PROB_LEVELS,
+    PixelAccumulator,
     PixelAurocAccumulator,
     SegAccumulator,
     auroc,
     average_precision,
     iou,
+    quantize_probs,
     threshold_stats,
 )
 
@@ -203,3 +206,79 @@ def test_pixel_auroc_binning_error_bound_and_valid_mask():
     acc_valid.add(s, g, valid)
     assert acc_valid.pos.sum() + acc_valid.neg.sum() == valid.sum()
     assert math.isnan(PixelAurocAccumulator().value())
+
+
+# ------------------------------------------------------------------------------------- pixel AP and AUROC of probs
+
+
+def _random_maps(seed: int, n: int = 4, coarse: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Images of random sizes; ``coarse`` puts every probability on one of 6 values (many ties across classes)."""
+    rng = np.random.default_rng(seed)
+    maps = []
+    for _ in range(n):
+        shape = tuple(rng.integers(3, 12, size=2))
+        g = rng.random(shape) < 0.25
+        p = np.clip(rng.random(shape) * 0.8 + 0.3 * g, 0, 1)
+        if coarse:
+            p = np.round(p * 5) / 5
+        maps.append((p, g))
+    return maps
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("coarse", [False, True])
+def test_pixel_ap_and_auroc_equal_the_image_level_functions_on_all_pixels(seed: int, coarse: bool):
+    maps = _random_maps(seed, coarse=coarse)
+    acc = PixelAccumulator()
+    for p, g in maps:
+        acc.add(p, g)
+    # the reference: the image-level functions on every pixel concatenated, at the quantised (16-bit PNG) value
+    s = np.concatenate([quantize_probs(p).ravel() for p, _ in maps]) / PROB_LEVELS
+    y = np.concatenate([g.ravel() for _, g in maps])
+    assert acc.average_precision() == pytest.approx(average_precision(y, s), abs=1e-12)
+    assert acc.auroc() == pytest.approx(auroc(y, s), abs=1e-12)
+    assert acc.n_pos == y.sum() and acc.n_neg == (~y).sum()
+
+
+def test_pixel_accumulator_levels_8_bit_and_valid_pixels():
+    rng = np.random.default_rng(7)
+    g = rng.random((16, 16)) < 0.3
+    v8 = rng.integers(0, 256, size=(16, 16)).astype(np.uint8)  # an 8-bit map: p = v / 255 = level 257 v
+    from_float, from_levels = PixelAccumulator(), PixelAccumulator()
+    from_float.add(v8 / 255.0, g)
+    from_levels.add_levels(v8.astype(np.uint16) * 257, g)
+    assert np.array_equal(from_float.pos, from_levels.pos) and np.array_equal(from_float.neg, from_levels.neg)
+    assert from_levels.average_precision() == pytest.approx(average_precision(g, v8), abs=1e-12)
+    valid = rng.random((16, 16)) < 0.5
+    p = np.where(valid, v8 / 255.0, np.nan)  # pixels outside valid may hold anything
+    acc = PixelAccumulator()
+    acc.add(p, g, valid)
+    assert acc.auroc() == pytest.approx(auroc(g[valid], v8[valid]), abs=1e-12)
+    with pytest.raises(ValueError, match="levels outside"):
+        PixelAccumulator().add_levels(np.full((2, 2), 65536), np.zeros((2, 2), bool))
+    with pytest.raises(ValueError, match="shapes differ"):
+        PixelAccumulator().add(np.zeros((2, 2)), np.zeros((2, 3), bool))
+    with pytest.raises(ValueError, match="nan"):
+        PixelAccumulator().add(np.full((2, 2), np.nan), np.zeros((2, 2), bool))
+
+
+def test_pixel_metrics_edge_cases():
+    empty = PixelAccumulator()
+    assert math.isnan(empty.average_precision()) and math.isnan(empty.auroc())
+    no_defect = PixelAccumulator()
+    no_defect.add(np.full((4, 4), 0.3), np.zeros((4, 4), bool))
+    assert math.isnan(no_defect.average_precision()) and math.isnan(no_defect.auroc())  # as the image-level ones
+    all_defect = PixelAccumulator()
+    all_defect.add(np.linspace(0, 1, 16).reshape(4, 4), np.ones((4, 4), bool))
+    assert all_defect.average_precision() == 1.0 and math.isnan(all_defect.auroc())
+    tied = PixelAccumulator()  # every pixel on one level: AP = prevalence, AUROC = 0.5
+    tied.add(np.full((4, 4), 0.5), np.eye(4, dtype=bool))
+    assert tied.average_precision() == pytest.approx(0.25) and tied.auroc() == 0.5
+    perfect = PixelAccumulator()
+    g = np.eye(4, dtype=bool)
+    perfect.add(g.astype(float), g)
+    assert perfect.average_precision() == 1.0 and perfect.auroc() == 1.0
+    binned = PixelAurocAccumulator(bins=10)  # the equal-width accumulator gives AP from its bins too
+    binned.add(np.array([[0.05, 0.15], [0.95, 0.99]]), np.array([[False, False], [True, False]]))
+    assert binned.average_precision() == 0.5 and binned.value() == binned.auroc() == pytest.approx(5 / 6)
+    assert quantize_probs(np.array([-0.5, 0.0, 0.5, 1.0, 2.0])).tolist() == [0, 0, 32768, 65535, 65535]

@@ -55,8 +55,10 @@ def test_predict_returns_masks_of_each_input_size(full_run, odd_images: Path, tm
         shape = read_image(src).shape[:2]
         mask = cv2.imread(str(tmp_path / "out" / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         overlay = cv2.imread(str(tmp_path / "out" / "overlays" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
-        assert mask.shape == shape and overlay.shape == (*shape, 3)
+        prob = cv2.imread(str(tmp_path / "out" / "probs" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == shape and overlay.shape == (*shape, 3) and prob.shape == shape and prob.dtype == np.uint16
         assert set(np.unique(mask)) <= {0, 1}
+        assert not (mask.astype(bool) & (prob < 32767)).any()  # one class: a mask pixel has P(defect) >= 1/2
         assert (row["decision"] == "ok") == (float(row["score"]) < 0.5) and (row["decision"] == "ok") <= (
             not mask.any()
         )
@@ -70,6 +72,18 @@ def test_a_threshold_of_one_gates_every_mask_off(full_run, odd_images: Path, tmp
     assert all(p["decision"] == "ok" for p in read_predictions(tmp_path).values())
     assert not any(cv2.imread(str(m), cv2.IMREAD_UNCHANGED).any() for m in (tmp_path / "masks").rglob("*.png"))
     assert not list((tmp_path / "overlays").iterdir())
+    # the probability maps are not gated: the same whatever the threshold; --no-probs writes none
+    r = invoke("predict", "--model", run_dir, odd_images, "--out", tmp_path / "half", "--no-overlays")
+    assert r.exit_code == 0, r.output
+    for name in ("a", "b", "sub/c", "d"):
+        assert (tmp_path / "probs" / f"{name}.png").read_bytes() == (
+            tmp_path / "half" / "probs" / f"{name}.png"
+        ).read_bytes()
+    r = invoke("predict", "--model", run_dir, odd_images, "--out", tmp_path / "none", "--no-overlays", "--no-probs")
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "none" / "masks").rglob("*.png"))) == 4 and not list(
+        (tmp_path / "none" / "probs").rglob("*")
+    )
 
 
 def test_a_folder_with_unreadable_images_segments_the_rest_and_lists_them(full_run, odd_images: Path, tmp_path: Path):

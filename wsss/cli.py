@@ -201,6 +201,13 @@ def show_config(config: Path | None, run_dir: Path | None, overrides: tuple[str,
     help="CSV with id,score columns (sample scores for gating and image AP)",
 )
 @click.option(
+    "--probs",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="folder of <id>.png defect-probability maps (16- or 8-bit gray; or .npy/.npz floats in [0, 1]) for pixel "
+    "AP and pixel AUROC, e.g. runs/<name>/train-segmenter/probs",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -221,6 +228,7 @@ def evaluate(
     index: Path,
     masks: Path,
     scores: Path | None,
+    probs: Path | None,
     out: Path | None,
     split: str,
     threshold: float,
@@ -230,8 +238,8 @@ def evaluate(
     """Evaluate a folder of predicted masks against the ground truth; writes report.json, report.md and
     per_image.csv into --out.
 
-    Every mask is checked first (present, readable, one 8-bit channel, the size of its ground truth or image): all
-    problems are listed at once and nothing is written. A stage's folder is never written to: by default the report
+    Every mask (and --probs map) is checked first (present, readable, one 8-bit channel, the size of its ground truth
+    or image): all problems are listed at once and nothing is written. A stage's folder is never written to: by default the report
     of runs/<name>/<stage>/masks goes to runs/<name>/evaluate-<stage>/."""
     from wsss.config import EvaluateConfig
     from wsss.eval_report import REPORT_FILES
@@ -239,7 +247,7 @@ def evaluate(
 
     cfg = EvaluateConfig(split=split, score_threshold=threshold, ignore_as=ignore_as, mask_format=mask_format)
     out = report_dir(masks, out)
-    report = evaluate_index(index, masks, scores, cfg, out)
+    report = evaluate_index(index, masks, scores, cfg, out, probs)
     if report.mask_note:
         click.echo(f"note: {report.mask_note}", err=True)
     click.echo(report.to_markdown())
@@ -272,7 +280,8 @@ def _size(value: str) -> tuple[int, int] | None | str:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--size", default="model", show_default=True, help="network input: model (training size), native, HxW")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="image-level gate (default: the model's)")
-@click.option("--no-overlays", is_flag=True, help="write masks and the CSV only")
+@click.option("--no-overlays", is_flag=True, help="write no overlays/")
+@click.option("--no-probs", is_flag=True, help="write no probs/ (16-bit defect-probability maps)")
 @click.option(
     "--high-bit-depth",
     type=click.Choice(["refuse", "scale"]),
@@ -289,9 +298,11 @@ def predict(
     size: str,
     threshold: float | None,
     no_overlays: bool,
+    no_probs: bool,
     high_bit_depth: str,
 ) -> None:
-    """Segment IMAGES (files or folders) with a trained segmenter: masks, overlays and predictions.csv in --out."""
+    """Segment IMAGES (files or folders) with a trained segmenter: masks, defect-probability maps (probs/), overlays
+    and predictions.csv in --out."""
     from wsss.inference import load_predictor
     from wsss.predict import predict_images, raise_failures
     from wsss.progress import progress
@@ -299,7 +310,9 @@ def predict(
 
     dist.init_from_env()  # under torchrun the images are sharded across ranks
     predictor = load_predictor(model, str(dist.resolve_device(device, "--device")), _size(size), threshold)
-    summary = predict_images(predictor, inputs, out, batch, not no_overlays, progress, high_bit_depth)
+    summary = predict_images(
+        predictor, inputs, out, batch, not no_overlays, progress, high_bit_depth, probs=not no_probs
+    )
     if dist.is_main():
         click.echo(f"predict: {summary.images} image(s), {summary.defective} called defective -> {out}")
         raise_failures(summary)

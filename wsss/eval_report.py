@@ -84,7 +84,9 @@ class EvalReport:
     seg_miou: float
     seg_recall_0_1: float
     seg_recall_0_5: float
-    pixel_auroc: float | None = None  # only for continuous maps; None for hard masks
+    pixel_ap: float | None = None  # AP_loc of the ungated probability maps; None without them (--probs)
+    pixel_auroc: float | None = None  # of the same maps; None without them
+    probs_dir: str | None = None  # the probability maps' folder, if any
     mask_format: str = "labels"  # how the folder's values were read (wsss.mask_format): labels, binary, labelmap
     mask_note: str = ""  # one line when a foreign folder's meaning was inferred from its values
     per_class: list[ClassResult] = field(default_factory=list)
@@ -110,6 +112,11 @@ class EvalReport:
             f"without ground truth). Sample score from {c.score_source}, threshold {c.threshold:g}; "
             f"ignore pixels counted as {c.ignore_as}. Mask values read as {c.mask_format}.",
             *(["", f"Note: {c.mask_note}."] if c.mask_note else []),
+            *(
+                ["", f"Pixel AP and AUROC: of the ungated defect-probability maps in `{c.probs_dir}`."]
+                if c.probs_dir is not None
+                else []
+            ),
             "",
             "## Image level",
             "",
@@ -133,6 +140,7 @@ class EvalReport:
             f"| Seg_mIoU | {pct(c.seg_miou)} |",
             f"| Seg_Recall@0.1 | {pct(c.seg_recall_0_1)} |",
             f"| Seg_Recall@0.5 | {pct(c.seg_recall_0_5)} |",
+            f"| pixel AP | {pct(c.pixel_ap)} |",
             f"| pixel AUROC | {pct(c.pixel_auroc)} |",
         ]
         if len(c.per_class) > 1:

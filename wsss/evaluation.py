@@ -13,9 +13,17 @@ Ground truth for pixel metrics: the row's mask, binarised at ``info.mask_thresho
 defect-free without a mask has an empty ground truth; an image labelled defective without a mask is left out of
 the pixel metrics (counted as ``n_no_gt``) but kept in the image-level ones.
 
-Every predicted mask is checked before anything is computed (:func:`check_masks`): present, readable, one 8-bit
-channel, and the size of its ground truth or, without one, of its image. All problems are raised together, so one
-run lists every file to fix; nothing is evaluated or written until there are none.
+Pixel AP (AP_loc) and pixel AUROC, with a folder of soft defect-probability maps (``probs_dir``, `--probs`): one
+``<id>.png`` per image, 16-bit grayscale (p = value / 65535, what `train-segmenter` and `wsss predict` write) or
+8-bit (p = value / 255), or ``<id>.npy`` / ``<id>.npz`` holding one float (H, W) array in [0, 1]. The maps are not
+gated by the sample decision (AP_loc is computed on the soft map as is), and cover the same images and ground truth as
+the segmentation metrics. Probabilities are quantised to 65535 levels, so the values are exact for 16- and 8-bit
+PNGs (:class:`wsss.metrics.PixelAccumulator`).
+
+Every predicted mask and probability map is checked before anything is computed (:func:`check_masks`): present,
+readable, one 8-bit channel (a map: 16- or 8-bit gray, or a float array in [0, 1]), and the size of its ground truth
+or, without one, of its image. All problems are raised together, so one run lists every file to fix; nothing is
+evaluated or written until there are none.
 
 Only per-image pixel counts are kept, so memory stays flat over any number of images.
 """
@@ -46,12 +54,21 @@ __all__ = [
     "ImageResult",
     "check_masks",
     "evaluate_masks",
+    "prob_file",
     "read_pred_mask",
+    "read_prob_map",
     "read_scores",
     "write_report",
 ]
 
 SHOW_IDS = 5  # ids named in an error message
+PROB_SUFFIXES = (".png", ".npy", ".npz")  # probability map files, looked for in this order
+PROB_MODES_16 = ("I;16", "I;16L", "I;16B", "I")  # PIL modes of a 16-bit grayscale PNG ("I": values checked)
+PROB_FIX = (
+    "write a 16-bit grayscale PNG of round(p * 65535) (8-bit: round(p * 255)) or a float .npy/.npz array in [0, 1], "
+    "at the image's size"
+)
+PROB_TOLERANCE = 1e-6  # float maps may overshoot [0, 1] by this much (rounding); they are clipped
 
 
 def _first_ids(ids: list[str]) -> str:
@@ -105,13 +122,74 @@ def read_pred_mask(path: Path) -> np.ndarray:
     return read_mask_png(path, "predicted mask")
 
 
+def prob_file(probs_dir: Path, sid: str) -> Path | None:
+    """The probability map of image ``sid`` in ``probs_dir`` (``<id>.png``, else ``.npy``, else ``.npz``), if any."""
+    for suffix in PROB_SUFFIXES:
+        path = Path(probs_dir) / f"{sid}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _read_prob_png(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, arr = im.mode, np.array(im)
+    except Image.UnidentifiedImageError:
+        raise DataError(path, "probability map is not a readable image (corrupt, or not a PNG)", PROB_FIX) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        what_is = "is truncated" if "truncated" in str(e) else f"cannot be read ({e})"
+        raise DataError(path, f"probability map {what_is}", PROB_FIX) from None
+    if mode == "L":
+        return arr.astype(np.uint16) * 257  # v / 255 = (257 v) / 65535: exact
+    if mode in PROB_MODES_16 and arr.ndim == 2 and (arr.size == 0 or (arr.min() >= 0 and arr.max() <= 65535)):
+        return arr.astype(np.uint16)
+    raise DataError(path, f"probability map has image mode {mode}, expected 16- or 8-bit grayscale", PROB_FIX)
+
+
+def _read_prob_array(path: Path) -> np.ndarray:
+    try:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.ndarray):  # .npy
+            arr = data
+        else:  # .npz
+            with data:
+                keys = list(data.keys())
+                if "probs" not in keys and len(keys) != 1:
+                    raise DataError(path, f"holds arrays {keys}, expected one (or one named probs)", PROB_FIX)
+                arr = data["probs" if "probs" in keys else keys[0]]
+    except (OSError, ValueError, EOFError) as e:  # np.load: not an .npy/.npz, truncated, pickled objects
+        raise DataError(path, f"probability map cannot be read ({e})", PROB_FIX) from None
+    arr = np.asarray(arr)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
+        raise DataError(path, f"probability map is a {arr.dtype} array of shape {arr.shape}", PROB_FIX)
+    if arr.size and not (np.all(np.isfinite(arr)) and arr.min() >= -PROB_TOLERANCE and arr.max() <= 1 + PROB_TOLERANCE):
+        lo, hi = np.nanmin(arr), np.nanmax(arr)
+        raise DataError(
+            path, f"probability map has values outside [0, 1] (min {lo:.4g}, max {hi:.4g}, or nan)", PROB_FIX
+        )
+    return metrics.quantize_probs(arr)
+
+
+def read_prob_map(path: Path) -> np.ndarray:
+    """A probability map as a 2-D uint16 array of levels ``round(p * 65535)``; DataError naming ``path`` when it
+    is unreadable, not 16-/8-bit gray (PNG), not a 2-D float array (.npy/.npz) or outside [0, 1]."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "probability map not found", PROB_FIX)
+    return _read_prob_png(path) if path.suffix.lower() == ".png" else _read_prob_array(path)
+
+
 def _ids(ids: list[str], total: int) -> str:
     """Every id when only some images are affected (each is a file to fix); the first few when all are."""
     return _first_ids(ids) if len(ids) == total else ", ".join(ids)
 
 
-def _check_inputs(rows: list[EvalRow], masks_dir: Path, scores: dict[str, float] | None, split: str) -> list[WsssError]:
-    """Problems that are not one mask's: no rows or no folder (raised), masks or scores missing (returned)."""
+def _check_inputs(
+    rows: list[EvalRow], masks_dir: Path, scores: dict[str, float] | None, split: str, probs_dir: Path | None = None
+) -> list[WsssError]:
+    """Problems that are not one file's: no rows or no folder (raised), masks, maps or scores missing (returned)."""
     if not rows:
         raise DataError(
             f"evaluate.split={split}",
@@ -143,6 +221,26 @@ def _check_inputs(rows: list[EvalRow], masks_dir: Path, scores: dict[str, float]
                     "pass the scores file written with these masks",
                 )
             )
+    if probs_dir is not None:
+        if not probs_dir.is_dir():
+            errors.append(
+                DataError(
+                    probs_dir,
+                    "probability maps folder not found",
+                    "pass the probs/ folder written beside the masks, or leave --probs out",
+                )
+            )
+        else:
+            missing = [r.id for r in rows if prob_file(probs_dir, r.id) is None]
+            if missing:
+                errors.append(
+                    DataError(
+                        probs_dir,
+                        f"{len(missing)} of {len(rows)} indexed images have no probability map: "
+                        f"{_ids(missing, len(rows))}",
+                        f"write <id>.png (16-bit), <id>.npy or <id>.npz for every image ({PROB_FIX})",
+                    )
+                )
     return errors
 
 
@@ -171,34 +269,58 @@ def _reference(row: EvalRow) -> tuple[tuple[int, int], str] | None:
         return None
 
 
+def _size_error(
+    path: Path, what: str, shape: tuple[int, ...], ref: tuple[tuple[int, int], str] | None
+) -> list[WsssError]:
+    """[] when ``shape`` is the reference size (or there is none), else the error naming ``path``."""
+    if ref is None or shape == ref[0]:
+        return []
+    (h, w), ((rh, rw), against) = shape, ref
+    return [
+        DataError(
+            path, f"{what} is {w}x{h} (WxH) but {against} is {rw}x{rh}", f"write {what}s at the original image size"
+        )
+    ]
+
+
 def check_masks(
-    rows: list[EvalRow], masks_dir: Path, scores: dict[str, float] | None, split: str
+    rows: list[EvalRow],
+    masks_dir: Path,
+    scores: dict[str, float] | None,
+    split: str,
+    probs_dir: Path | None = None,
 ) -> tuple[list[np.ndarray], list[WsssError]]:
-    """Read every predicted mask once, before anything is computed or written: the values each holds (for
-    :func:`wsss.mask_format.mask_encoding`) and every problem found (missing, unreadable, not one 8-bit channel, not
-    the size of its ground truth or, without one, of its image), so that all are reported at once."""
-    errors = _check_inputs(rows, masks_dir, scores, split)
+    """Read every predicted mask (and probability map) once, before anything is computed or written: the values each
+    mask holds (for :func:`wsss.mask_format.mask_encoding`) and every problem found (missing, unreadable, not one
+    8-bit channel, a map not 16-/8-bit gray or floats in [0, 1], not the size of its ground truth or, without one, of
+    its image), so that all are reported at once."""
+    probs_dir = Path(probs_dir) if probs_dir is not None else None
+    errors = _check_inputs(rows, masks_dir, scores, split, probs_dir)
+    maps = probs_dir is not None and probs_dir.is_dir()
     values: list[np.ndarray] = []
     for row in progress(rows, desc="check masks", total=len(rows)):
         path = masks_dir / f"{row.id}.png"
-        if not path.is_file():
+        prob = prob_file(probs_dir, row.id) if maps else None
+        if not path.is_file() and prob is None:
             continue  # listed by _check_inputs
         try:
-            pred = read_pred_mask(path)
             ref = _reference(row)
         except DataError as e:
             errors.append(e)
             continue
-        values.append(np.unique(pred))
-        if ref is not None and pred.shape != ref[0]:
-            (h, w), ((rh, rw), what) = pred.shape, ref
-            errors.append(
-                DataError(
-                    path,
-                    f"predicted mask is {w}x{h} (WxH) but {what} is {rw}x{rh}",
-                    "write predicted masks at the original image size",
-                )
-            )
+        if path.is_file():
+            try:
+                pred = read_pred_mask(path)
+            except DataError as e:
+                errors.append(e)
+            else:
+                values.append(np.unique(pred))
+                errors += _size_error(path, "predicted mask", pred.shape, ref)
+        if prob is not None:
+            try:
+                errors += _size_error(prob, "probability map", read_prob_map(prob).shape, ref)
+            except DataError as e:
+                errors.append(e)
     return values, errors
 
 
@@ -228,11 +350,18 @@ class _ClassStats:
 
 
 def evaluate_masks(
-    rows: list[EvalRow], info: DatasetInfo, masks_dir: Path, scores: dict[str, float] | None, cfg: EvaluateConfig
+    rows: list[EvalRow],
+    info: DatasetInfo,
+    masks_dir: Path,
+    scores: dict[str, float] | None,
+    cfg: EvaluateConfig,
+    probs_dir: Path | None = None,
 ) -> EvalReport:
-    """METHOD.md section 8 metrics of ``masks_dir`` over ``rows`` (see the module docstring for the rules)."""
+    """METHOD.md section 8 metrics of ``masks_dir`` over ``rows`` (see the module docstring for the rules); with
+    ``probs_dir``, also pixel AP and pixel AUROC of its probability maps."""
     masks_dir = Path(masks_dir)
-    values, errors = check_masks(rows, masks_dir, scores, cfg.split)
+    probs_dir = Path(probs_dir) if probs_dir is not None else None
+    values, errors = check_masks(rows, masks_dir, scores, cfg.split, probs_dir)
     summary = f"{masks_dir}: nothing evaluated, no report written"
     try:
         encoding = mask_encoding(masks_dir, info.classes, values, cfg.mask_format)
@@ -241,6 +370,7 @@ def evaluate_masks(
         raise
     raise_all(errors, summary)
     seg = metrics.SegAccumulator()
+    pixel = metrics.PixelAccumulator() if probs_dir is not None else None
     per_class = {c: _ClassStats(k + 1) for k, c in enumerate(info.classes)}
     files = [masks_dir / f"{r.id}.png" for r in rows]
     results: list[ImageResult] = []
@@ -256,12 +386,14 @@ def evaluate_masks(
             continue
         gt = np.zeros_like(pred) if row.mask is None else read_mask(row.mask, threshold=info.mask_threshold)
         value = seg.add(pred, gt)
+        if pixel is not None:  # the soft map as it is: not gated by the decision
+            pixel.add_levels(read_prob_map(prob_file(probs_dir, row.id)), gt)
         if gt.any():
             for label in row.labels:
                 if label in per_class:
                     per_class[label].add(raw, pred, gt)
         results.append(ImageResult(row.id, row.labels, score, decision, value, seg.gt_areas[-1], seg.pred_areas[-1]))
-    return _report(results, seg, per_class, masks_dir, cfg, scores is not None, encoding)
+    return _report(results, seg, per_class, masks_dir, cfg, scores is not None, encoding, pixel, probs_dir)
 
 
 def _report(
@@ -272,6 +404,8 @@ def _report(
     cfg: EvaluateConfig,
     from_scores: bool,
     encoding: MaskEncoding,
+    pixel: metrics.PixelAccumulator | None = None,
+    probs_dir: Path | None = None,
 ) -> EvalReport:
     y = np.array([r.defective for r in results], dtype=bool)
     s = np.array([r.score for r in results], dtype=np.float64)
@@ -300,7 +434,9 @@ def _report(
         seg_miou=seg.seg_miou(),
         seg_recall_0_1=seg.seg_recall(0.1),
         seg_recall_0_5=seg.seg_recall(0.5),
-        pixel_auroc=None,
+        pixel_ap=pixel.average_precision() if pixel is not None else None,
+        pixel_auroc=pixel.auroc() if pixel is not None else None,
+        probs_dir=str(probs_dir) if probs_dir is not None else None,
         mask_format=encoding.kind,
         mask_note=encoding.note,
         per_class=[st.result(name) for name, st in per_class.items()],

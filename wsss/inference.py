@@ -6,6 +6,11 @@ logits, upsample them bilinearly to the image's original size (logits, not proba
 softmax, and gate the mask by the image-level decision (:func:`~wsss.models.segmenter.gate_labels`). Images whose
 network input has the same shape share a batch.
 
+Beside the mask, :meth:`Prediction.defect_probability` is the soft per-pixel defect probability, 1 - P(background)
+(the sum over defect classes; for one class its probability), **not** gated by the image decision: the ungated soft
+map is what pixel AP (AP_loc) and pixel AUROC are computed on. :func:`write_prob_png` stores it as a 16-bit PNG,
+value ``round(p * 65535)``.
+
 The model is anything with the :class:`Runner` call: :class:`TorchRunner` (a
 :class:`~wsss.models.segmenter.Segmenter`) or :class:`OnnxRunner` (an exported ``.onnx`` file run by onnxruntime).
 """
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 
 from wsss.data.transforms import resize, to_channels, to_tensor
 from wsss.errors import ConfigError, StageError
+from wsss.metrics import quantize_probs
 from wsss.models.segmenter import META_FILE, MODEL_FILE, Segmenter, gate_labels, load_segmenter
 
 ONNX_META_KEY = "wsss"  # ONNX metadata_props key holding the segmenter's meta (JSON)
@@ -78,6 +84,23 @@ class Prediction:
     labels: np.ndarray  # uint8 (H0, W0): 0 background, k class k, gated by the image decision
     probs: np.ndarray  # float32 (K+1, H0, W0) per-pixel class probabilities (before gating)
     cls_probs: np.ndarray  # float32 (K,) image-level probabilities
+
+    def defect_probability(self) -> np.ndarray:
+        """float32 (H0, W0): P(any defect class) = 1 - P(background), ungated."""
+        return np.clip(self.probs[1:].sum(axis=0), 0.0, 1.0).astype(np.float32)
+
+
+def write_prob_png(path: Path, prob: np.ndarray) -> None:
+    """Write a probability map (H, W) in [0, 1] atomically as a 16-bit grayscale PNG, value ``round(p * 65535)``."""
+    import cv2
+
+    from wsss.atomic import atomic_path
+
+    ok, buf = cv2.imencode(".png", quantize_probs(prob))
+    if not ok:
+        raise StageError(path, "could not encode the probability map as PNG", "check that it is a 2-D array")
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_bytes(buf.tobytes())
 
 
 class Predictor:

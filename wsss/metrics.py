@@ -8,8 +8,11 @@ Undefined values are ``float("nan")`` and reports print them as ``n/a``:
 - :class:`SegAccumulator`: each mean is nan when the set it averages over is empty (e.g. mIoU_def on a split
   without defective images); pooled IoU is nan when no image has a ground-truth or predicted defect pixel.
 
-Pixel AUROC is streamed through a fixed-bin histogram (:class:`PixelAurocAccumulator`) so that memory does not
-grow with the number of pixels.
+Pixel AP (AP_loc) and pixel AUROC of soft defect-probability maps are streamed through per-level histograms
+(:class:`PixelAccumulator`): probabilities are quantised to ``round(p * 65535)``, the value a 16-bit PNG stores, and
+pixels on the same level are ties, so the result equals :func:`average_precision` / :func:`auroc` on the concatenated
+quantised pixels, in memory that does not grow with the number of pixels. :class:`PixelAurocAccumulator` bins any
+score range into equal-width bins instead (pixel AUROC of unbounded maps, with a bound on the binning error).
 """
 
 from __future__ import annotations
@@ -206,14 +209,127 @@ class SegAccumulator:
         return out
 
 
+PROB_LEVELS = 65535  # soft maps: p in [0, 1] is stored as round(p * PROB_LEVELS), the value of a 16-bit PNG
+
+
+def quantize_probs(probs: ArrayLike, levels: int = PROB_LEVELS) -> np.ndarray:
+    """Probabilities in [0, 1] (clipped) as integer levels ``round(p * levels)``: uint16 for up to 65535 levels."""
+    p = np.asarray(probs, dtype=np.float64)
+    if not np.all(np.isfinite(p)):
+        raise ValueError("probabilities contain nan or inf")
+    q = np.rint(np.clip(p, 0.0, 1.0) * levels)
+    return q.astype(np.uint16 if levels <= np.iinfo(np.uint16).max else np.int64)
+
+
+class _BinnedCounts:
+    """Positive and negative pixel counts per score bin (bin index ascending = score ascending); pixels in one bin
+    are ties. Subclasses say how a score becomes a bin."""
+
+    pos: np.ndarray
+    neg: np.ndarray
+
+    @staticmethod
+    def _scores(scores: np.ndarray, gt: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """``scores`` as float64 after checking shapes; pixels outside ``valid`` set to 0 (they may be nan)."""
+        s = np.asarray(scores, dtype=np.float64)
+        if s.shape != np.shape(gt) or (valid is not None and np.shape(valid) != np.shape(gt)):
+            raise ValueError(f"map/gt/valid shapes differ: {s.shape}, {np.shape(gt)}")
+        if valid is not None:
+            s = np.where(valid, s, 0.0)
+        if not np.all(np.isfinite(s)):
+            raise ValueError("score map contains nan or inf")
+        return s
+
+    def _add_bins(self, idx: np.ndarray, gt: np.ndarray, valid: np.ndarray | None) -> None:
+        if idx.shape != np.shape(gt) or (valid is not None and np.shape(valid) != np.shape(gt)):
+            raise ValueError(f"map/gt/valid shapes differ: {idx.shape}, {np.shape(gt)}")
+        g = np.asarray(gt, dtype=bool)
+        if valid is not None:
+            idx, g = idx[valid], g[valid]
+        idx, g = idx.ravel(), g.ravel()
+        n = self.pos.size
+        self.pos += np.bincount(idx[g], minlength=n)[:n]
+        self.neg += np.bincount(idx[~g], minlength=n)[:n]
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.pos.sum())
+
+    @property
+    def n_neg(self) -> int:
+        return int(self.neg.sum())
+
+    def auroc(self) -> float:
+        """AUROC with pixels of one bin tied (as :func:`auroc`); nan unless both classes were seen."""
+        n_pos, n_neg = self.n_pos, self.n_neg
+        if n_pos == 0 or n_neg == 0:
+            return NAN
+        neg_below = np.cumsum(self.neg) - self.neg  # negatives in strictly lower bins
+        wins = np.sum(self.pos.astype(np.float64) * (neg_below + 0.5 * self.neg))
+        return float(wins / (float(n_pos) * float(n_neg)))
+
+    def average_precision(self) -> float:
+        """AP with each non-empty bin one threshold (as :func:`average_precision`); nan without positives."""
+        n_pos = self.n_pos
+        if n_pos == 0:
+            return NAN
+        pos, neg = self.pos[::-1], self.neg[::-1]  # highest score first
+        seen = (pos + neg) > 0
+        tps = np.cumsum(pos)[seen].astype(np.float64)
+        fps = np.cumsum(neg)[seen].astype(np.float64)
+        d_recall = pos[seen] / n_pos
+        return float(np.sum(d_recall * (tps / (tps + fps))))
+
+    def max_binning_error(self) -> float:
+        """Upper bound on |AUROC of the unbinned scores - :meth:`auroc`| (nan when the AUROC is undefined)."""
+        n_pos, n_neg = self.n_pos, self.n_neg
+        if n_pos == 0 or n_neg == 0:
+            return NAN
+        return float(np.sum(self.pos.astype(np.float64) * self.neg) / (2.0 * n_pos * n_neg))
+
+
 @dataclass
-class PixelAurocAccumulator:
+class PixelAccumulator(_BinnedCounts):
+    """Pixel AP (AP_loc) and pixel AUROC of soft defect probabilities over any number of images.
+
+    Each probability is quantised to the level ``round(p * levels)`` (:func:`quantize_probs`); memory is two
+    ``levels + 1`` histograms (1 MiB at the default 65535 levels). Both metrics are exact for the quantised scores:
+    equal to :func:`average_precision` / :func:`auroc` on all pixels concatenated, ties being equal levels. A map
+    stored as a 16-bit PNG (value = level) or an 8-bit PNG (value v = level 257 v) loses nothing more.
+    """
+
+    levels: int = PROB_LEVELS
+    pos: np.ndarray = field(init=False, repr=False)
+    neg: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.levels < 1:
+            raise ValueError(f"need levels >= 1, got {self.levels}")
+        self.pos = np.zeros(self.levels + 1, dtype=np.int64)
+        self.neg = np.zeros(self.levels + 1, dtype=np.int64)
+
+    def add(self, probs: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Add one image: ``probs`` (float in [0, 1], clipped), ``gt`` (bool), optional ``valid`` pixels to count."""
+        self._add_bins(quantize_probs(self._scores(probs, gt, valid), self.levels), gt, valid)
+
+    def add_levels(self, levels: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Add one image already quantised: integer levels 0..``levels`` (e.g. a 16-bit PNG's values)."""
+        q = np.asarray(levels)
+        if not np.issubdtype(q.dtype, np.integer):
+            raise ValueError(f"levels must be integers, got {q.dtype}")
+        if q.size and (q.min() < 0 or q.max() > self.levels):
+            raise ValueError(f"levels outside 0..{self.levels}: {q.min()}..{q.max()}")
+        self._add_bins(q.astype(np.int64, copy=False), gt, valid)
+
+
+@dataclass
+class PixelAurocAccumulator(_BinnedCounts):
     """Pixel-level AUROC of a continuous map, streamed through fixed-bin histograms (memory: 2 x ``bins``).
 
     Scores are clipped to ``[lo, hi]`` and binned into ``bins`` equal bins; pixels in the same bin count as tied.
     The binning error is bounded: the exact AUROC differs from :meth:`value` by at most
     :meth:`max_binning_error` = sum_b pos_b * neg_b / (2 * n_pos * n_neg), which is 0 when no bin holds both
-    classes; reports can print it beside the value.
+    classes; reports can print it beside the value. For probabilities in [0, 1] prefer :class:`PixelAccumulator`.
     """
 
     bins: int = 1000
@@ -230,32 +346,10 @@ class PixelAurocAccumulator:
 
     def add(self, score_map: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> None:
         """Add one image: ``score_map`` (float), ``gt`` (bool), optional ``valid`` (bool) pixels to count."""
-        if score_map.shape != gt.shape or (valid is not None and valid.shape != gt.shape):
-            raise ValueError(f"map/gt/valid shapes differ: {score_map.shape}, {gt.shape}")
-        s = np.asarray(score_map, dtype=np.float64)
-        g = np.asarray(gt, dtype=bool)
-        if valid is not None:
-            s, g = s[valid], g[valid]
-        if not np.all(np.isfinite(s)):
-            raise ValueError("score map contains nan or inf")
+        s = self._scores(score_map, gt, valid)
         idx = ((np.clip(s, self.lo, self.hi) - self.lo) / (self.hi - self.lo) * self.bins).astype(np.int64)
-        idx = np.minimum(idx, self.bins - 1).ravel()
-        g = g.ravel()
-        self.pos += np.bincount(idx[g], minlength=self.bins)
-        self.neg += np.bincount(idx[~g], minlength=self.bins)
+        self._add_bins(np.minimum(idx, self.bins - 1), gt, valid)
 
     def value(self) -> float:
         """Binned AUROC; nan unless both positive and negative pixels were seen."""
-        n_pos, n_neg = int(self.pos.sum()), int(self.neg.sum())
-        if n_pos == 0 or n_neg == 0:
-            return NAN
-        neg_below = np.cumsum(self.neg) - self.neg  # negatives in strictly lower bins
-        wins = np.sum(self.pos.astype(np.float64) * (neg_below + 0.5 * self.neg))
-        return float(wins / (n_pos * n_neg))
-
-    def max_binning_error(self) -> float:
-        """Upper bound on |exact AUROC - binned AUROC| (nan when the AUROC is undefined)."""
-        n_pos, n_neg = int(self.pos.sum()), int(self.neg.sum())
-        if n_pos == 0 or n_neg == 0:
-            return NAN
-        return float(np.sum(self.pos.astype(np.float64) * self.neg) / (2.0 * n_pos * n_neg))
+        return self.auroc()

@@ -1,11 +1,12 @@
 """`wsss predict`: segment new images (files or folders, any number) with a trained segmenter or ONNX export.
 
 Writes into ``--out``: ``masks/<name>.png`` (0 background, k class k, gated by the sample decision),
-``overlays/<name>.png`` (the mask drawn over the image), ``predictions.csv`` (one row per image: name, path,
-decision, score, per-class scores, defect fraction) and ``labelmap.txt`` (mask value -> class). ``<name>`` is the
-file's path relative to the folder it was found in (sub-folders kept), without its suffix. Folders are searched
-without ``--out``'s own ``masks/`` and ``overlays/``, so predicting into a folder inside an input folder never
-segments an earlier run's output.
+``probs/<name>.png`` (the ungated per-pixel defect probability as a 16-bit PNG, value ``round(p * 65535)``; not with
+``--no-probs``), ``overlays/<name>.png`` (the mask drawn over the image), ``predictions.csv`` (one row per image:
+name, path, decision, score, per-class scores, defect fraction) and ``labelmap.txt`` (mask value -> class).
+``<name>`` is the file's path relative to the folder it was found in (sub-folders kept), without its suffix. Folders
+are searched without ``--out``'s own ``masks/``, ``probs/`` and ``overlays/``, so predicting into a folder inside an
+input folder never segments an earlier run's output.
 
 Images stream through in batches: memory stays flat however many there are. An image that cannot be read is
 skipped and listed at the end (non-zero exit); every other image is still segmented. ``predictions.csv`` is
@@ -40,9 +41,9 @@ class PredictSummary:
     failed: list[WsssError] = field(default_factory=list)
 
 
-def output_folders(out: Path) -> tuple[Path, Path]:
-    """The folders :func:`predict_images` writes images into: ``out/masks`` and ``out/overlays``."""
-    return Path(out) / "masks", Path(out) / "overlays"
+def output_folders(out: Path) -> tuple[Path, Path, Path]:
+    """The folders :func:`predict_images` writes images into: ``out/masks``, ``out/overlays`` and ``out/probs``."""
+    return Path(out) / "masks", Path(out) / "overlays", Path(out) / "probs"
 
 
 def find_images(inputs: Sequence[Path], skip: Sequence[Path] = ()) -> list[tuple[Path, str]]:
@@ -83,7 +84,7 @@ def find_images(inputs: Sequence[Path], skip: Sequence[Path] = ()) -> list[tuple
 
 
 def prepare_out(out: Path) -> None:
-    """Create ``out`` (and its masks/ and overlays/); a file in its place is a ConfigError."""
+    """Create ``out`` (and its masks/, overlays/ and probs/); a file in its place is a ConfigError."""
     out = Path(out)
     for d in (out, *output_folders(out)):
         if d.exists() and not d.is_dir():
@@ -105,14 +106,17 @@ def predict_images(
     overlays: bool = True,
     progress_fn: Callable = lambda it, **_: it,
     high_bit_depth: str = "refuse",
+    probs: bool = True,
 ) -> PredictSummary:
     """Segment every image of ``inputs`` into ``out``; returns counts and the errors of unreadable images.
 
     ``high_bit_depth``: ``refuse`` (16-bit images are unreadable) or ``scale`` (0..65535 mapped to 0..255), as
-    ``dataset.high_bit_depth`` for a dataset; ``--high-bit-depth`` on the command line.
+    ``dataset.high_bit_depth`` for a dataset; ``--high-bit-depth`` on the command line. ``probs``: also write the
+    defect-probability maps (``probs/``).
     """
     from wsss.data.images import HIGH_BIT_DEPTH, read_image
     from wsss.export.overlay import overlay, write_rgb_png
+    from wsss.inference import write_prob_png
     from wsss.refine.pseudo import write_mask
     from wsss.train import dist
 
@@ -147,6 +151,9 @@ def predict_images(
             for (path, name), image, pred in zip(ok, arrays, predictor(arrays), strict=True):
                 (out / "masks" / name).parent.mkdir(parents=True, exist_ok=True)
                 write_mask(out / "masks" / f"{name}.png", pred.labels)
+                if probs:
+                    (out / "probs" / name).parent.mkdir(parents=True, exist_ok=True)
+                    write_prob_png(out / "probs" / f"{name}.png", pred.defect_probability())
                 if overlays:
                     (out / "overlays" / name).parent.mkdir(parents=True, exist_ok=True)
                     write_rgb_png(out / "overlays" / f"{name}.png", overlay(image, pred.labels))

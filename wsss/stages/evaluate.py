@@ -3,7 +3,8 @@
 The only stage that reads ground-truth masks. Which masks: ``evaluate.masks`` names the stage, or by default the
 last mask-writing stage of the configured pipeline. Sample scores for gating and image AP come from that stage's
 ``scores.csv`` (or the stage named by ``evaluate.scores``); without one, an image's score is 1 if its predicted
-mask is non-empty, else 0.
+mask is non-empty, else 0. When that stage also wrote ``probs/`` (soft defect-probability maps, as `train-segmenter`
+does), pixel AP and pixel AUROC are computed from them; `wsss evaluate` takes such a folder as ``--probs``.
 
 The stage writes ``report.json``, ``report.md`` and ``per_image.csv`` into ``runs/<name>/evaluate/``. `wsss evaluate`
 writes the same three files into ``--out``, by default beside what it evaluates and never into a stage folder (a
@@ -71,8 +72,16 @@ def report_dir(masks_dir: Path, out: Path | None) -> Path:
     return out
 
 
-def evaluate_index(index_csv: Path, masks_dir: Path, scores_csv: Path | None, cfg: EvaluateConfig, out: Path):
-    """Evaluate ``masks_dir`` against the index's ground truth and write the report files into ``out``."""
+def evaluate_index(
+    index_csv: Path,
+    masks_dir: Path,
+    scores_csv: Path | None,
+    cfg: EvaluateConfig,
+    out: Path,
+    probs_dir: Path | None = None,
+):
+    """Evaluate ``masks_dir`` (and the probability maps of ``probs_dir``) against the index's ground truth and
+    write the report files into ``out``."""
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.evaluation import evaluate_masks, read_scores, write_report
 
@@ -87,7 +96,7 @@ def evaluate_index(index_csv: Path, masks_dir: Path, scores_csv: Path | None, cf
     if not Path(masks_dir).is_dir():
         raise ConfigError(masks_dir, "masks folder not found", "pass the folder holding <id>.png masks")
     scores = read_scores(scores_csv) if scores_csv is not None else None
-    report = evaluate_masks(rows, read_dataset_info(index_csv), Path(masks_dir), scores, cfg)
+    report = evaluate_masks(rows, read_dataset_info(index_csv), Path(masks_dir), scores, cfg, probs_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_report(report, out)
     return report
@@ -95,6 +104,7 @@ def evaluate_index(index_csv: Path, masks_dir: Path, scores_csv: Path | None, cf
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     masks_dir = inputs[masks_stage(cfg)]
+    probs_dir = masks_dir / "probs"
     scores_csv = (inputs[cfg.evaluate.scores] if cfg.evaluate.scores else masks_dir) / "scores.csv"
     report = evaluate_index(
         inputs["prepare"] / "index.csv",
@@ -102,8 +112,12 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         scores_csv if scores_csv.is_file() else None,
         cfg.evaluate,
         out,
+        probs_dir if probs_dir.is_dir() else None,
     )
-    click.echo(f"evaluate: mIoU_def {pct(report.miou_def)}, image AP {pct(report.ap)} ({published(out) / 'report.md'})")
+    pixel = f", pixel AP {pct(report.pixel_ap)}" if report.pixel_ap is not None else ""
+    click.echo(
+        f"evaluate: mIoU_def {pct(report.miou_def)}, image AP {pct(report.ap)}{pixel} ({published(out) / 'report.md'})"
+    )
     return {"report": out / "report.json", "summary": out / "report.md", "per_image": out / "per_image.csv"}
 
 
@@ -114,6 +128,6 @@ STAGE = register_stage(
         sections=("evaluate",),
         inputs=_inputs,
         reads="prepare, a mask-writing stage",
-        help="score a stage's masks against ground truth (image AP/AUROC, mIoU_def, Seg_mIoU, Seg_Recall)",
+        help="score a stage's masks against ground truth (image AP/AUROC, mIoU_def, Seg_mIoU, Seg_Recall, pixel AP)",
     )
 )

@@ -7,8 +7,10 @@ split's Seg_mIoU against its *pseudo-masks*. Ground truth is never read.
 
 Then it segments every indexed image with the trained model (mask gated by its own classification head) and
 writes ``masks/<id>.png`` + ``scores.csv`` (its image probabilities), so `evaluate` scores the segmenter like any
-mask-writing stage. Outputs: ``segmenter.safetensors`` + ``segmenter.json``, ``metrics.csv``, ``masks/``,
-``scores.csv``. A killed run resumes from its epoch checkpoint.
+mask-writing stage, and ``probs/<id>.png``: the ungated per-pixel defect probability (1 - P(background)) as a 16-bit
+PNG, value ``round(p * 65535)``, from which `evaluate` computes pixel AP and pixel AUROC. Outputs:
+``segmenter.safetensors`` + ``segmenter.json``, ``metrics.csv``, ``masks/``, ``probs/``, ``scores.csv``. A killed
+run resumes from its epoch checkpoint.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.cam.io import SCORES_FILE, read_cam_meta, read_class_scores, write_scores
     from wsss.data.images import read_image
     from wsss.data.index import read_dataset_info, read_train_index
-    from wsss.inference import torch_predictor
+    from wsss.inference import torch_predictor, write_prob_png
     from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter
     from wsss.progress import progress
     from wsss.refine.pseudo import write_mask
@@ -100,6 +102,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         "meta": out / META_FILE,
         "metrics": out / METRICS_FILE,
         "masks": out / "masks",
+        "probs": out / "probs",
         "scores": out / SCORES_FILE,
     }
     if not dist.is_main():  # under torchrun every rank trained (DDP); rank 0 segments the images
@@ -108,6 +111,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
 
     predictor = torch_predictor(*load_segmenter(out, device), device)
     (out / "masks").mkdir(exist_ok=True)
+    (out / "probs").mkdir(exist_ok=True)
     write_labelmap(out / "masks", classes)
     score_rows, t0 = [], time.perf_counter()
     for start in progress(range(0, len(rows), scfg.batch_size), desc="predict", unit="batch"):
@@ -115,6 +119,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
         for r, pred in zip(batch, predictor(images), strict=True):
             write_mask(out / "masks" / f"{r.id}.png", pred.labels)
+            write_prob_png(out / "probs" / f"{r.id}.png", pred.defect_probability())
             row = {"id": r.id, "score": float(pred.cls_probs.max())}
             score_rows.append(row | {f"score_{c}": float(v) for c, v in zip(classes, pred.cls_probs, strict=True)})
     write_scores(out / SCORES_FILE, score_rows, classes, columns=("id", "score"))
