@@ -46,3 +46,24 @@ def test_pipeline_settings_beat_the_recipe_and_lose_to_the_command_line():
     assert cfg.pseudo.method == "crf" and cfg.cam.iem.enabled is False
     assert load_config(None, ["run.pipeline=cam-crf"]).pseudo.method == "crf"
     assert load_config(None, []).cam.iem.enabled is True
+
+
+def test_retrain_with_injected_defects_runs_two_rounds(full_run, tmp_path, capsys):
+    """`retrain.inject.enabled=true`: round 2 picks its paste sources by round 1's confidence, and the stage finishes
+    (in a copy of the run, so the shared one is untouched)."""
+    import shutil
+
+    from conftest import FAST
+
+    from wsss.runs import Run
+
+    run_dir, _ = full_run
+    for stage in ("prepare", "cam", "pseudo-labels"):
+        shutil.copytree(run_dir / stage, tmp_path / stage)
+    cfg = load_config(None, [*FAST, "retrain.inject.enabled=true", "retrain.epochs=1"])
+    out = Run(tmp_path, cfg, echo=lambda *_: None).run_stage("retrain")
+    assert json.loads((out / "manifest.json").read_text())["status"] == "done"
+    with open(out / "confidence.csv") as f:
+        assert len(list(csv.DictReader(f))) == 24
+    assert not list(out.glob("round*"))
+    assert capsys.readouterr().out.count("pasted region(s) and procedural defects") == 2  # both rounds found sources

@@ -119,9 +119,19 @@ def test_train_segmenter_stage_in_the_full_pipeline(full_run):
 
     for r in rows:
         mask = cv2.imread(str(out / "masks" / f"{r.id}.png"), cv2.IMREAD_UNCHANGED)
-        assert mask.shape == read_image(r.path).shape[:2] and set(np.unique(mask)) <= {0, 1}
+        prob = cv2.imread(str(out / "probs" / f"{r.id}.png"), cv2.IMREAD_UNCHANGED)  # 16-bit P(defect), ungated
+        assert mask.shape == prob.shape == read_image(r.path).shape[:2] and set(np.unique(mask)) <= {0, 1}
+        assert prob.dtype == np.uint16 and not (mask.astype(bool) & (prob < 32767)).any()
         if scores[r.id] < cfg.segmenter.score_threshold:
             assert not mask.any(), r.id  # gated: an image the head calls OK has an empty mask
+    assert manifest["outputs"]["probs"] == "probs"
+    # the pipeline's evaluate stage finds the probability maps beside the masks: pixel AP and AUROC in its report
+    report = json.loads((run_dir / "evaluate" / "report.json").read_text())
+    assert (
+        Path(report["probs_dir"]).parts[-2:] == ("train-segmenter", "probs")
+        and 0 <= report["pixel_ap"] <= 1
+        and 0 <= report["pixel_auroc"] <= 1
+    )
 
 
 def test_segmenter_masks_option_must_name_a_mask_writing_stage():
@@ -133,3 +143,23 @@ def test_segmenter_masks_option_must_name_a_mask_writing_stage():
     assert masks_input(load_config(None, ["segmenter.masks=pseudo-labels"])) == "pseudo-labels"
     with pytest.raises(ConfigError, match="segmenter.masks.*'cam' is not a stage that writes masks"):
         masks_input(load_config(None, ["segmenter.masks=cam"]))
+
+
+def test_train_segmenter_stage_with_injected_defects(full_run, tmp_path: Path):
+    """`segmenter.inject.enabled=true` on the tiny run: pastes from the retrain masks, draws procedural defects, and
+    the stage finishes (in a copy of the run, so the shared one is untouched)."""
+    import shutil
+
+    from conftest import FAST
+
+    from wsss.config import load_config
+    from wsss.runs import Run
+
+    run_dir, _ = full_run
+    for stage in ("prepare", "cam", "pseudo-labels", "retrain"):
+        shutil.copytree(run_dir / stage, tmp_path / stage)
+    cfg = load_config(None, [*FAST, "segmenter.inject.enabled=true", "segmenter.epochs=1"])
+    lines: list[str] = []
+    out = Run(tmp_path, cfg, echo=lines.append).run_stage("train-segmenter")
+    assert json.loads((out / "manifest.json").read_text())["status"] == "done"
+    assert (out / "segmenter.safetensors").is_file() and len(list((out / "masks").glob("*.png"))) == 24

@@ -436,6 +436,47 @@ class PretrainConfig:
     anomaly: AnomalyConfig = field(default_factory=lambda: AnomalyConfig(features="backbone"))
 
 
+_INJECT_KINDS = ("scratch", "crack", "blob", "stain")  # wsss.data.synthetic.DEFECTS
+
+
+@dataclass
+class InjectConfig:
+    """Defects injected into OK training images, with masks exact by construction (:mod:`wsss.train.inject`).
+
+    Off by default: not yet measured on real data."""
+
+    enabled: bool = False
+    # fraction of OK training samples that receive an injected defect each time they are drawn
+    prob: float = _num(0.5, ge=0, le=1, fix=_PROBABILITY)
+    # odds of pasting a confident pseudo-mask region against drawing a procedural defect (procedural only on a
+    # one-class dataset: its kinds name no dataset class)
+    paste_weight: float = _num(1.0, ge=0, fix=_WEIGHT)
+    procedural_weight: float = _num(1.0, ge=0, fix=_WEIGHT)
+    # paste sources: defective training images whose pseudo-mask confidence (the mask stage's confidence.csv) is at
+    # least this; only their defect pixels are pasted, never ignore pixels
+    min_confidence: float = _num(0.8, ge=0, le=1, fix="a confidence in [0, 1]")
+    # regions kept in memory to paste, the most confident images' first
+    max_sources: int = _num(256, ge=1, fix=_ONE)
+    # a source region smaller than this (pixels at the training input size) is not pasted
+    min_area: int = _num(4, ge=1, fix="pixels >= 1")
+    # pasted regions fade into the OK surface over this many pixels outside their mask (those pixels are ignore)
+    blend: int = _num(2, ge=0, fix="pixels >= 0 (0 = hard edge)")
+    # a pasted region is resized by a factor in [1 - scale, 1 + scale]
+    scale: float = _num(0.2, ge=0, lt=1, fix="a fraction in [0, 1) (0 = no resizing)")
+    # procedural defects' peak change, as multiples of the OK image's own standard deviation: [low, high]
+    contrast: list[float] = _num([2.0, 5.0], gt=0, lengths=(2,), fix="[low, high] multiples of the image's std, > 0")
+    # procedural defect kinds (as wsss.data.synthetic draws them)
+    kinds: list[str] = field(
+        default_factory=lambda: list(_INJECT_KINDS),
+        metadata={
+            "check": Rule(
+                f"a non-empty list of {', '.join(_INJECT_KINDS)}",
+                lambda v: isinstance(v, list) and bool(v) and all(k in _INJECT_KINDS for k in v),
+            )
+        },
+    )
+
+
 @dataclass
 class SegTrainConfig:
     """Training a multi-task segmenter on pseudo-masks: what `retrain` and `train-segmenter` share."""
@@ -468,6 +509,11 @@ class SegTrainConfig:
     # trains the image head and the distillation terms). Measured on KSDD (README), ignore did not help: segmenter
     # mIoU_def 14.25% against 15.43%, retrain round 15.29% against 15.56%
     missed_defects: str = _choices("background", "ignore", default="background")
+    # OK training images (labelled defect-free, not reviewed) train as all background at full weight, whatever their
+    # pseudo-mask says: their label makes that exact, while the pseudo-mask of an OK image the classifier called
+    # defective holds CAM blobs. Always so with inject.enabled (the injection needs a clean canvas)
+    ok_background: bool = False
+    inject: InjectConfig = field(default_factory=InjectConfig)  # defects injected into OK training images
 
 
 @dataclass

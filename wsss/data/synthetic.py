@@ -168,15 +168,22 @@ def _stain(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]
 _SHAPES = {"scratch": _scratch, "crack": _crack, "blob": _blob, "stain": _stain}
 
 
+def defect_shape(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """The shape of one defect on a size x size canvas: its bool mask and its float32 change profile (peak ~1,
+    0 far from the defect; a stain's soft edge is non-zero outside its mask)."""
+    if kind not in _SHAPES:
+        raise ConfigError("dataset.synthetic.defects", f"unknown defect {kind!r}", f"valid names: {', '.join(DEFECTS)}")
+    mask, change = _SHAPES[kind](rng, size)
+    return mask, change.astype(np.float32, copy=False)
+
+
 def draw_defect(img: np.ndarray, rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Draw one defect on a square uint8 image; returns the new image and the defect's bool mask.
 
     The sign of the change is random (cracks: always darker) but flipped where the surface leaves too little
     headroom, so the margin is not lost to clipping at 0 or 255.
     """
-    if kind not in _SHAPES:
-        raise ConfigError("dataset.synthetic.defects", f"unknown defect {kind!r}", f"valid names: {', '.join(DEFECTS)}")
-    mask, change = _SHAPES[kind](rng, img.shape[0])
+    mask, change = defect_shape(rng, img.shape[0], kind)
     mag = rng.uniform(*(STAIN_CONTRAST if kind == "stain" else STRONG_CONTRAST))
     bg = float(img[mask].mean() if mask.any() else img.mean())
     dark = kind == "crack" or rng.random() < 0.6

@@ -118,6 +118,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             (rdir / "masks").mkdir(exist_ok=True)
             t0 = time.perf_counter()
             label_rows = label_all(tasks, cfg.pseudo.workers, click.echo)
+            # the next round's paste sources (retrain.inject) are chosen by these masks' confidence
+            write_confidence(rdir / CONFIDENCE_FILE, label_rows, scores)
             click.echo(
                 f"retrain: round {k}: predicted {len(todo) / max(predict_s, 1e-9):.1f} images/s, "
                 f"labelled {len(tasks) / max(time.perf_counter() - t0, 1e-9):.2f} images/s"

@@ -8,7 +8,7 @@ sample scores from the `cam` stage. Ground-truth masks are never read.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,16 +16,19 @@ import cv2
 import numpy as np
 import torch
 
+from wsss.config import InjectConfig
 from wsss.data.images import read_image
 from wsss.data.index import TrainRow
 from wsss.data.torch_data import ImageDataset
 from wsss.data.transforms import Augment, resize, to_channels, to_tensor
 from wsss.errors import DataError
 from wsss.refine.pseudo import IGNORE, class_probs
+from wsss.train.inject import Injector, PasteSource, paste_sources
 
 MASK_FIX = "re-run `wsss run-stage pseudo-labels`"
 # what a pseudo-mask that misses a labelled defect trains as (see PseudoMaskDataset.missed)
 MISSED_DEFECTS = ("background", "ignore")
+INJECT_STREAM = 1  # appended to (seed, epoch, index): injection draws from its own stream, not augmentation's
 
 
 @dataclass(frozen=True)
@@ -83,12 +86,24 @@ class PseudoMaskDataset(ImageDataset):
     """Training images with their pseudo-masks (``masks_dir/<id>.png``), image-level targets and teacher targets.
 
     Each item is ``{"image": (C, H, W) float, "mask": (H, W) int64 (0..K, 255 = ignore), "target": (K,) float,
-    "index": int, "reviewed": 1.0 for a human mask else 0.0}`` at ``input_size`` (with ``missed_defects="ignore"``
-    a mask that misses a labelled defect is all ignore, see :meth:`missed`); with a ``teacher`` also
+    "index": int, "reviewed": 1.0 for a human mask else 0.0, "injected": 1.0 for an injected defect else 0.0}`` at
+    ``input_size`` (with ``missed_defects="ignore"`` a mask that misses a labelled defect is all ignore, see
+    :meth:`missed`); with a ``teacher`` also
     ``"teacher": (K+1, H, W)`` class probabilities and ``"teacher_score": (K,)``. Only lossless geometry (flips,
     rot90 on square inputs) is applied, to image, mask and teacher map alike, so they stay aligned; the photometric
     part of ``augment`` touches the image only. Seeding, epochs, targets and the in-memory cache are
     :class:`~wsss.data.torch_data.ImageDataset`'s (the teacher's CAM is cached as ``uint8``).
+
+    With ``ok_background`` (and always with ``inject``) every OK training image (no image label, not reviewed) trains
+    as all background, whatever its pseudo-mask says (its image label is known, so this is exact; a pseudo-mask of an
+    OK image the DFC called defective has CAM blobs). With ``inject`` enabled (:mod:`wsss.train.inject`) an OK image
+    also, with probability ``inject.prob`` per draw gets an injected
+    defect, before augmentation: the item's mask is then the injection's exact target, its ``target`` names the
+    injected class(es) and ``"injected"`` is 1.0 (the trainer leaves it out of both distillation terms: the teacher
+    never saw that defect). Paste sources are the confident regions of the defective training images whose
+    ``confidence`` (per id, from the mask stage's ``confidence.csv``; reviewed masks count as 1.0) reaches
+    ``inject.min_confidence``, cut once here, most confident images first, at most ``inject.max_sources``. The
+    injection draws from ``default_rng([seed, epoch, index, INJECT_STREAM])``: reproducible whatever the workers.
     """
 
     def __init__(
@@ -104,11 +119,15 @@ class PseudoMaskDataset(ImageDataset):
         teacher: Teacher | None = None,
         reviewed_dir: Path | None = None,
         missed_defects: str = "background",
+        ok_background: bool = False,
+        inject: InjectConfig | None = None,
+        confidence: Mapping[str, float] | None = None,
     ):
         super().__init__(rows, classes, input_size, in_chans, augment, seed, high_bit_depth)
         if missed_defects not in MISSED_DEFECTS:
             raise ValueError(f"missed_defects must be one of {MISSED_DEFECTS}, got {missed_defects!r}")
         self.missed_defects = missed_defects
+        self.ok_background_on = ok_background
         self.masks_dir = Path(masks_dir)
         self.reviewed = {  # images a person corrected (`wsss import-review`): their masks replace the pseudo-masks
             i
@@ -133,6 +152,35 @@ class PseudoMaskDataset(ImageDataset):
                     f"no sample score for {len(no_score)} training image(s), e.g. {no_score[0]!r}",
                     "re-run `wsss run-stage cam`",
                 )
+        self.inject = inject if inject is not None and inject.enabled else None
+        self.injector: Injector | None = None
+        if self.inject is not None:
+            self.injector = Injector(
+                self.inject, self._paste_sources(confidence or {}), 1 if len(self.classes) == 1 else None
+            )
+
+    def _paste_sources(self, confidence: Mapping[str, float]) -> list[PasteSource]:
+        """The confident regions of the defective training images' masks (see the class docstring)."""
+        assert self.inject is not None
+        conf = {i: 1.0 if i in self.reviewed else confidence.get(r.id, -1.0) for i, r in enumerate(self.rows)}
+        ranked = sorted(
+            (i for i, r in enumerate(self.rows) if r.defective and conf[i] >= self.inject.min_confidence),
+            key=lambda i: (-conf[i], i),
+        )
+        sources: list[PasteSource] = []
+        for i in ranked:
+            img, mask, _ = self.load(i)
+            labels = (np.flatnonzero(self._targets[i] > 0) + 1).tolist()
+            sources += paste_sources(img, mask, labels, self.inject.min_area, self.inject.blend)
+            if len(sources) >= self.inject.max_sources:
+                break
+        return sources[: self.inject.max_sources]
+
+    def ok_background(self, index: int) -> bool:
+        """Whether sample ``index`` trains as all background: an OK image (no label, no human mask), with
+        ``ok_background`` or injection on."""
+        on = self.ok_background_on or self.inject is not None
+        return on and index not in self.reviewed and not self._targets[index].any()
 
     def mask_path(self, index: int) -> Path:
         """The human mask of a reviewed image, else its pseudo-mask."""
@@ -179,6 +227,16 @@ class PseudoMaskDataset(ImageDataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         index = int(index) % len(self.rows) if index < 0 else int(index)
         img, mask, cam = self.load(index)
+        target, injected = self._targets[index].copy(), False
+        if self.ok_background(index):
+            mask = np.zeros_like(mask)
+            if self.injector is not None:
+                drawn = self.injector(img, np.random.default_rng([self.seed, self.epoch, index, INJECT_STREAM]))
+                if drawn is not None:
+                    img, mask = drawn
+                    present = np.unique(mask[(mask > 0) & (mask != IGNORE)]).astype(int)
+                    target[present - 1] = 1.0
+                    injected = True
         if self.augment is not None and self.photometric is not None:  # both or neither
             rng, cfg = self.rng(index), self.augment.cfg
             arrays = [img, mask] + ([cam] if cam is not None else [])
@@ -195,9 +253,10 @@ class PseudoMaskDataset(ImageDataset):
         item = {
             "image": to_tensor(img),
             "mask": torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64)),
-            "target": torch.from_numpy(self._targets[index].copy()),
+            "target": torch.from_numpy(target),
             "index": index,
             "reviewed": torch.tensor(float(index in self.reviewed)),
+            "injected": torch.tensor(float(injected)),
         }
         if self.teacher is not None and cam is not None:
             chw = np.ascontiguousarray(cam.transpose(2, 0, 1)).astype(np.float32) / 255.0

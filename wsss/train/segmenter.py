@@ -3,7 +3,10 @@
 Supervision is only what weak supervision produced (:mod:`wsss.train.seg_data`): pseudo-masks, image labels and,
 when distilling, the teacher's CAMs and sample scores; ground-truth masks are never read. Loss: CE + Dice on the
 pseudo-masks (ignore excluded) + image-level BCE, plus with a :class:`~wsss.train.seg_data.Teacher` the per-pixel
-KL toward the teacher's class distribution and the BCE toward the DFC's sample scores.
+KL toward the teacher's class distribution and the BCE toward the DFC's sample scores. With ``inject`` on
+(:mod:`wsss.train.inject`), OK training images train as all background, and those given an injected defect train CE +
+Dice on its exact mask (at full weight, as any labelled pixel) and the image BCE as defective, but neither
+distillation term: the teacher's CAM and score never saw the injected defect.
 
 With validation rows (`train-segmenter`), every epoch scores Seg_mIoU of the gated prediction against the
 validation images' *pseudo-masks* (ignore pixels excluded), keeps the best epoch's weights and stops early after
@@ -16,6 +19,7 @@ killed run resumes exactly: data order and augmentation are seeded by (seed, epo
 
 from __future__ import annotations
 
+import csv
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,7 +34,7 @@ from wsss.atomic import write_json
 from wsss.config import SegTrainConfig
 from wsss.data.index import TrainRow
 from wsss.data.transforms import Augment
-from wsss.errors import ConfigError, StageError
+from wsss.errors import ConfigError, DataError, StageError
 from wsss.metrics import SegAccumulator
 from wsss.models.backbone import save_state_dict
 from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_labels, segmenter_meta
@@ -59,6 +63,31 @@ COLUMNS = (
     "images_per_s",
     "seconds",
 )
+
+
+CONFIDENCE_FILE = "confidence.csv"  # the mask stage's per-image confidence (wsss.stages.pseudo_labels)
+
+
+def read_confidence(path: Path) -> dict[str, float]:
+    """Per id, the pseudo-mask confidence of a mask stage's ``confidence.csv``; {} when the stage wrote none."""
+    if not Path(path).is_file():
+        return {}
+    try:
+        with open(path, newline="") as f:
+            return {r["id"]: float(r["confidence"]) for r in csv.DictReader(f)}
+    except (KeyError, ValueError) as e:
+        raise DataError(path, f"unreadable confidence table ({e})", "re-run the stage that wrote it") from e
+
+
+def check_inject(scfg: SegTrainConfig, section: str) -> None:
+    """The `inject` checks that involve several fields; each is a ConfigError naming its key."""
+    icfg = scfg.inject
+    if icfg.paste_weight + icfg.procedural_weight <= 0:
+        raise ConfigError(
+            f"{section}.inject.paste_weight", "paste_weight and procedural_weight are both 0", "set one > 0"
+        )
+    if icfg.contrast[0] > icfg.contrast[1]:
+        raise ConfigError(f"{section}.inject.contrast", f"low > high in {list(icfg.contrast)}", "write [low, high]")
 
 
 # ----------------------------------------------------------------------------------------------------- trainer
@@ -113,10 +142,16 @@ class SegmenterTrainer:
             raise StageError(masks_dir, "no training images to train the segmenter on", "check the train split")
         common = {"classes": self.classes, "input_size": size, "in_chans": self.in_chans, "seed": self.seed}
         common |= {"high_bit_depth": high_bit_depth, "reviewed_dir": reviewed_dir}
-        common |= {"missed_defects": scfg.missed_defects}
+        common |= {"missed_defects": scfg.missed_defects, "ok_background": scfg.ok_background}
+        inject = {}
+        if scfg.inject.enabled:
+            check_inject(scfg, section)
+            inject = {"inject": scfg.inject, "confidence": read_confidence(Path(masks_dir).parent / CONFIDENCE_FILE)}
         self.train_set = PseudoMaskDataset(
-            rows_train, masks_dir, augment=Augment(scfg.augment), teacher=teacher, **common
+            rows_train, masks_dir, augment=Augment(scfg.augment), teacher=teacher, **common, **inject
         )
+        if self.train_set.injector is not None:
+            self._report_inject(section, masks_dir)
         self.val_set = PseudoMaskDataset(val_rows, masks_dir, **common) if val_rows else None
         datasets = [d for d in (self.train_set, self.val_set) if d is not None]
         if sum(d.cache_bytes() for d in datasets) <= cache_mb * 2**20:
@@ -142,6 +177,28 @@ class SegmenterTrainer:
         self.scheduler = warmup_cosine(self.optimizer, scfg.warmup_epochs * steps, scfg.epochs * steps)
         self.amp = scfg.amp and self.device.type == "cuda"
 
+    def _report_inject(self, section: str, masks_dir: Path) -> None:
+        injector = self.train_set.injector
+        assert injector is not None
+        n_ok = int((self.train_set.targets().max(1) == 0).sum())
+        kinds = []
+        if injector.sources:
+            kinds.append(f"{len(injector.sources)} pasted region(s)")
+        if injector.procedural_label is not None:
+            kinds.append("procedural defects")
+        if not injector.active:
+            raise ConfigError(
+                f"{section}.inject",
+                f"nothing to inject: no region of {masks_dir} reaches min_confidence "
+                f"{self.scfg.inject.min_confidence}"
+                + ("" if len(self.classes) == 1 else " (procedural defects need a one-class dataset)"),
+                f"lower {section}.inject.min_confidence, set procedural_weight > 0, or set enabled=false",
+            )
+        self.echo(
+            f"{section}: injecting defects into {n_ok} OK training image(s) (p={self.scfg.inject.prob}): "
+            + " and ".join(kinds)
+        )
+
     def loader(self, epoch: int) -> DataLoader:
         return epoch_loader(
             self.train_set, self.sampler, epoch, self.seed, self.scfg.batch_size, self.scfg.workers, self.device
@@ -162,6 +219,8 @@ class SegmenterTrainer:
         t = self.teacher
         if t is not None and "teacher" in batch:
             w = 1.0 - batch["reviewed"].to(self.device)  # a person's mask outranks the teacher
+            if "injected" in batch:  # the teacher never saw an injected defect
+                w = w * (1.0 - batch["injected"].to(self.device))
             parts["loss_kd"] = distillation_kl(out.mask_logits, batch["teacher"].to(self.device), t.temperature, w)
             parts["loss_score_kd"] = score_distillation(out.cls_logits, batch["teacher_score"].to(self.device), w)
             loss = loss + t.kd_weight * parts["loss_kd"] + t.score_weight * parts["loss_score_kd"]
