@@ -3,8 +3,9 @@
 Each fold is ``wsss run --config RECIPE --run-dir OUT/fold<k> --set prepare.split.fold=<k>`` in a subprocess (the
 run folder, the fold and the device are the only things it changes; ``--pipeline`` picks an ablation pipeline into
 its own folder). Then every mask-writing stage of the run is evaluated on the test split (METHOD.md 8: image AP of
-that stage's scores, mIoU_def, pooled IoU, Seg_mIoU, Seg_Recall@0.5), and each stage's wall time is read from its
-manifest. Finished stages are skipped by ``wsss run`` itself, so a re-run only collects.
+that stage's scores, mIoU_def, pooled IoU, Seg_mIoU, Seg_Recall@0.5, and pixel AP of the stage's ungated probability
+maps where it writes them: the segmenter's ``probs/``), and each stage's wall time is read from its manifest.
+Finished stages are skipped by ``wsss run`` itself, so a re-run only collects.
 
     python bench/recipe.py --config configs/ksdd.yaml --folds 0,1,2 --out /tmp/bench/ksdd
     python bench/recipe.py --config configs/mtd.yaml --out /tmp/bench/mtd
@@ -31,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 MASK_STAGES = ("pseudo-labels", "retrain", "train-segmenter")
-METRICS = ("ap", "miou_def", "pooled_iou", "seg_miou", "seg_recall_0_5")
+METRICS = ("ap", "miou_def", "pooled_iou", "seg_miou", "seg_recall_0_5", "pixel_ap")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,8 +86,9 @@ def score(run_dir: Path, config: Path, sets: list[str]) -> tuple[dict[str, dict[
         if not (out / "masks").is_dir():
             continue
         scores = read_scores(out / "scores.csv") if (out / "scores.csv").is_file() else None
-        r = evaluate_masks(rows, info, out / "masks", scores, cfg.evaluate)
-        metrics[stage] = {k: float(getattr(r, k)) for k in METRICS}
+        probs = out / "probs" if (out / "probs").is_dir() else None
+        r = evaluate_masks(rows, info, out / "masks", scores, cfg.evaluate, probs)
+        metrics[stage] = {k: float("nan") if getattr(r, k) is None else float(getattr(r, k)) for k in METRICS}
     return metrics, seconds
 
 
@@ -104,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         sets = [f"prepare.split.fold={fold}"] if fold else []
         results.append((fold, *score(run_dir, args.config, sets)))
     print(f"\n## {args.config} ({args.pipeline or 'recipe pipeline'}), test split\n")
-    print("| fold | stage | image AP | mIoU_def | pooled IoU | Seg_mIoU | Seg_Recall@0.5 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| fold | stage | image AP | mIoU_def | pooled IoU | Seg_mIoU | Seg_Recall@0.5 | pixel AP |")
+    print("|---|---|---|---|---|---|---|---|")
     for fold, metrics, _ in results:
         for stage, m in metrics.items():
             print(f"| {fold or '-'} | {stage} | " + " | ".join(pct(m[k]) for k in METRICS) + " |")
