@@ -11,7 +11,9 @@ On finished recipe runs (``bench/recipe.py``'s ``OUT/fold<k>``), for the defecti
    number of defective images called defective whose mask is empty (lost to the refinement, not to the decision);
 4. with ``--gt-segmenter``: the segmenter trained on the ground-truth masks of the *training* split (imported with
    ``wsss import-review --format png`` and used through ``segmenter.reviewed``, everything else as the recipe): the
-   ceiling of the segmenter's architecture at the recipe's resolution, which no pseudo-mask can teach past.
+   ceiling of the segmenter's architecture at the recipe's resolution, which no pseudo-mask can teach past;
+5. each segmenter's own probability map (``probs/``, defect where p >= 0.5) gated by the classifier's decision
+   instead of its own image head, and ungated: how much its gate costs.
 
 Ground-truth masks are read here and by evaluation only: the ladder's oracles (1, 2) and the ground-truth segmenter
 (4) are measurements of what the method could reach, never settings it uses.
@@ -140,6 +142,8 @@ def ladder(run: Path, split: str, args: argparse.Namespace) -> dict[str, dict[st
     from wsss.config import load_config
     from wsss.data.images import read_image, read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
+    from wsss.evaluation import read_prob_map
+    from wsss.metrics import PROB_LEVELS
 
     index = run / "prepare" / "index.csv"
     info = read_dataset_info(index)
@@ -174,6 +178,14 @@ def ladder(run: Path, split: str, args: argparse.Namespace) -> dict[str, dict[st
             "miou_def": float(np.mean([iou(masks[i], gts[i]) for i in ids])),
             "called_but_empty": sum(called[i] and not masks[i].any() for i in ids),
         }
+    for name, folder in runs:  # the segmenter's own soft map under other gates: is its image head the loss?
+        probs = folder / "train-segmenter" / "probs"
+        if not probs.is_dir():
+            continue
+        soft = {i: read_prob_map(probs / f"{i}.png") >= PROB_LEVELS // 2 for i in ids}
+        label = "train-segmenter" if name in STAGES else name
+        for gate, keep in (("gated by the classifier's decision", called), ("ungated", dict.fromkeys(ids, True))):
+            out[f"{label}, {gate}"] = {"miou_def": float(np.mean([iou(soft[i] & keep[i], gts[i]) for i in ids]))}
     for v in out.values():
         v.update(images=len(ids), called=sum(called.values()))
     return out
