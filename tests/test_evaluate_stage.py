@@ -165,31 +165,33 @@ def test_evaluate_needs_a_mask_stage():
 
 
 def test_demo_runs_every_stage(tmp_path: Path):
-    r = invoke(
-        "demo",
-        "--run-dir",
-        str(tmp_path / "demo"),
-        "--set",
-        "dataset.synthetic.n_ok=8",
-        "--set",
-        "dataset.synthetic.n_defect=8",
-        "--set",
-        "classifier.backbone.name=test_resnet",
-        "--set",
-        "classifier.backbone.weights=null",
-        "--set",
-        "classifier.epochs=1",
-        "--set",
-        "classifier.input_size=[64, 64]",
-    )
+    from conftest import FAST
+
+    from wsss.export.overview import grid_shape
+
+    # the tests' tiny set, models and sizes (tests/conftest.py, FAST; a tiny model learns its procedural textures in
+    # three epochs, not the photographs): every stage of the demo, in seconds
+    tiny = [*FAST, "dataset.synthetic.textures=[noise, stripes, brushed]"]
+    tiny += ["classifier.backbone.stages=0", "classifier.backbone.freeze=0", "classifier.batch_size=8"]
+    tiny += ["retrain.rounds=1", "retrain.backbone.freeze=0", "segmenter.backbone.freeze=0", "segmenter.epochs=2"]
+    r = invoke("demo", "--run-dir", str(tmp_path / "demo"), *(a for s in tiny for a in ("--set", s)))
     assert r.exit_code == 0, r.output
+    assert r.output.startswith("demo: the default recipe (") and "24 generated parts (noise" in r.output
     assert "prepare: done" in r.output and "| train |" in r.output and "train-classifier: done" in r.output
-    for stage in ("prepare", "train-classifier"):
+    for stage in ("prepare", "train-classifier", "export"):
         assert (tmp_path / "demo" / stage / "manifest.json").is_file()
     # every mask-writing stage side by side, so the final row can be read against the pseudo-masks it learned from
     summary = r.output[r.output.index("## Every mask-writing stage (test split)") :]
+    assert "| stage | image AP | mIoU_def | pixel AP | Seg_mIoU | Seg_Recall@0.5 | time |" in summary
     for stage in ("pseudo-labels", "retrain", "train-segmenter"):
-        assert f"| {stage} | " in summary
+        line = next(x for x in summary.splitlines() if x.startswith(f"| {stage} | "))
+        assert line.endswith(" s |")
+        assert (line.split(" | ")[3] != "-") == (stage == "train-segmenter")  # pixel AP where a stage writes probs/
+    overview = tmp_path / "demo" / "overview.png"
+    assert f"overview picture: {overview}" in r.output
+    assert f"review page: {tmp_path / 'demo' / 'export' / 'index.html'}" in r.output
+    shape = cv2.imread(str(overview)).shape
+    assert shape[1:] == grid_shape(1)[1:] and shape[0] in {grid_shape(n)[0] for n in (1, 2, 3)}
 
 
 def _write_probs(run_dir: Path, folder: Path) -> None:

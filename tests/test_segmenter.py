@@ -114,6 +114,25 @@ def test_lse_head_is_saved_in_the_meta_and_old_metas_load_as_average(tmp_path: P
     assert load_segmenter(out)[0].cls_lse_r == 0.0
 
 
+def test_mask_sourced_image_logits_pool_the_masks_log_odds_and_round_trip(tmp_path: Path):
+    from wsss.models.dfc import lse_pool
+
+    torch.manual_seed(0)
+    model = build_segmenter(rcfg(cls_lse_r=5.0, cls_source="mask"), 2, 1).eval()
+    assert model.cls_head is None  # no parameters of its own
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, SIZE, SIZE))
+    log_odds = out.mask_logits[:, 1:] - out.mask_logits[:, :1]
+    assert torch.allclose(out.cls_logits, lse_pool(log_odds, 5.0), atol=1e-5)
+    rows, masks, _ = make_data(tmp_path / "data", n_defect=2, n_ok=2)
+    scfg = rcfg(epochs=1, cls_lse_r=5.0, cls_source="mask")
+    SegmenterTrainer(scfg, rows, masks, ["defect"], 1, tmp_path / "out", device="cpu").fit()
+    loaded, meta = load_segmenter(tmp_path / "out")
+    assert meta["cls_source"] == "mask" and loaded.cls_head is None
+    with pytest.raises(ValueError, match="cls_source"):
+        build_segmenter(rcfg(cls_source="pixels"), 1, 1)
+
+
 def test_negative_cls_lse_r_is_a_config_error():
     from wsss.config import load_config
     from wsss.errors import ConfigError

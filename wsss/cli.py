@@ -409,50 +409,109 @@ def init(kind: str, root: Path, out: Path, force: bool) -> None:
 @force_option
 @set_option
 def demo(run_dir: Path | None, force: bool, overrides: tuple[str, ...]) -> None:
-    """Generate the built-in synthetic defect set and run every pipeline stage on it, end to end."""
+    """Generate the built-in defect set (real surface photographs with drawn defects) and run the default recipe on
+    it, every pipeline stage end to end; then print each stage's figures and write an overview picture."""
     from wsss.config import DEMO_SETTINGS
     from wsss.pipelines import load_pipeline
 
     cfg = load_config(None, (*DEMO_SETTINGS, *overrides))
+    click.echo(_demo_line(cfg))
     run = _run(cfg, run_dir)
     pipeline = load_pipeline(cfg.run.pipeline)
     run.run_pipeline(list(pipeline.stages), force=force)
     click.echo("")
     click.echo((run.stage_dir("prepare") / "report.md").read_text())
-    if "evaluate" in pipeline.stages:
-        click.echo((run.stage_dir("evaluate") / "report.md").read_text())
-        click.echo(_stage_summary(run, list(pipeline.stages), cfg))
-    else:
+    if "evaluate" not in pipeline.stages:
         click.echo("(no mask-writing stage is in the pipeline yet, so there is nothing to evaluate)")
+        click.echo(f"run folder: {run.dir}")
+        return
+    click.echo((run.stage_dir("evaluate") / "report.md").read_text())
+    click.echo(_stage_summary(run, list(pipeline.stages), cfg))
+    overview = _overview(run, list(pipeline.stages), cfg)
+    if overview is not None:
+        click.echo(f"overview picture: {overview}")
+    if "export" in pipeline.stages:
+        click.echo(f"review page: {run.stage_dir('export') / 'index.html'}")
     click.echo(f"run folder: {run.dir}")
+
+
+def _demo_line(cfg: Config) -> str:
+    """What the demo runs, in one line."""
+    bb, syn = cfg.classifier.backbone, cfg.dataset.synthetic
+    model = "pretrained ImageNet EfficientNet-Lite0" if bb.name == "tf_efficientnet_lite0" else bb.name
+    if bb.name != "tf_efficientnet_lite0" or bb.weights != "imagenet":
+        model += f", weights {bb.weights or 'none'}"
+    cut = f", {bb.stages} feature stages ({bb.freeze} frozen)" if bb.stages else ""
+    return (
+        f"demo: the default recipe ({model} at output stride {bb.output_stride}{cut}) on "
+        f"{syn.n_ok + syn.n_defect} generated parts ({', '.join(syn.textures)}, {syn.size} px); sizes and epochs "
+        "reduced for a 5-minute run"
+    )
+
+
+def _mask_stages(run, stages: list[str]) -> list[str]:
+    """The pipeline's mask-writing stages that wrote masks in this run, in order."""
+    registered = load_stages()
+    return [n for n in stages if registered[n].writes_masks and (run.stage_dir(n) / "masks").is_dir()]
 
 
 def _stage_summary(run, stages: list[str], cfg) -> str:
     """Every mask-writing stage of the run on the evaluated split, side by side (METHOD.md 8): what each step of the
-    method gives, so a poor final row is seen next to the pseudo-masks it learned from."""
+    method gives, so a poor final row is seen next to the pseudo-masks it learned from; with each stage's pixel AP
+    (where it writes probs/) and its time (its manifest's seconds)."""
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.eval_report import pct
     from wsss.evaluation import evaluate_masks, read_scores
-    from wsss.stages import load_stages
+    from wsss.runs import read_manifest
 
-    registered = load_stages()
     index = run.stage_dir("prepare") / "index.csv"
     rows = read_eval_index(index, split=None if cfg.evaluate.split == "all" else cfg.evaluate.split)
     info = read_dataset_info(index)
     lines = [
         f"## Every mask-writing stage ({cfg.evaluate.split} split)",
         "",
-        "| stage | image AP | mIoU_def | Seg_mIoU | Seg_Recall@0.5 |",
-        "|---|---|---|---|---|",
+        "| stage | image AP | mIoU_def | pixel AP | Seg_mIoU | Seg_Recall@0.5 | time |",
+        "|---|---|---|---|---|---|---|",
     ]
+    total = 0.0
     for name in stages:
         out = run.stage_dir(name)
-        if not registered[name].writes_masks or not (out / "masks").is_dir():
+        seconds = float((read_manifest(out) or {}).get("seconds") or 0.0)
+        total += seconds
+        if name not in _mask_stages(run, stages):
             continue
         scores = read_scores(out / "scores.csv") if (out / "scores.csv").is_file() else None
-        r = evaluate_masks(rows, info, out / "masks", scores, cfg.evaluate)
-        lines.append(f"| {name} | {pct(r.ap)} | {pct(r.miou_def)} | {pct(r.seg_miou)} | {pct(r.seg_recall_0_5)} |")
+        probs = out / "probs" if (out / "probs").is_dir() else None
+        r = evaluate_masks(rows, info, out / "masks", scores, cfg.evaluate, probs)
+        pixel_ap = pct(r.pixel_ap) if r.pixel_ap is not None else "-"
+        lines.append(
+            f"| {name} | {pct(r.ap)} | {pct(r.miou_def)} | {pixel_ap} | {pct(r.seg_miou)} | "
+            f"{pct(r.seg_recall_0_5)} | {seconds:.0f} s |"
+        )
+    lines += ["", f"all stages: {total:.0f} s"]
     return "\n".join(lines) + "\n"
+
+
+def _overview(run, stages: list[str], cfg) -> Path | None:
+    """``overview.png`` in the run folder: best, median and worst test image of the last mask-writing stage, beside
+    the ground truth and the pseudo-masks; None when the run has no pseudo-masks or nothing to rank."""
+    from wsss.data.index import read_dataset_info, read_eval_index
+    from wsss.evaluation import evaluate_masks, read_scores
+    from wsss.export.overview import pick_rows, write_overview
+
+    masks = _mask_stages(run, stages)
+    if "pseudo-labels" not in masks:
+        return None
+    final = run.stage_dir(masks[-1])
+    index = run.stage_dir("prepare") / "index.csv"
+    rows = read_eval_index(index, split=None if cfg.evaluate.split == "all" else cfg.evaluate.split)
+    scores = read_scores(final / "scores.csv") if (final / "scores.csv").is_file() else None
+    r = evaluate_masks(rows, read_dataset_info(index), final / "masks", scores, cfg.evaluate)
+    if not pick_rows(r.images):
+        return None
+    return write_overview(
+        run.dir / "overview.png", rows, r.images, run.stage_dir("pseudo-labels") / "masks", final / "masks"
+    )
 
 
 def main() -> None:

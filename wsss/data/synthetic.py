@@ -1,6 +1,7 @@
-"""Procedural synthetic surface-defect data: the demo dataset and the test fixture of every stage.
+"""Synthetic surface-defect data: the demo dataset and the test fixture of every stage.
 
-Grayscale textures (``noise``: cast/blasted surface, ``stripes``: machining marks, ``brushed``: brushed metal) with
+Grayscale surfaces, procedural (``noise``: cast/blasted surface, ``stripes``: machining marks, ``brushed``: brushed
+metal) or crops of real texture photographs (``brick``, ``gravel``, ``grass``: :mod:`wsss.data.photos`), with
 random brightness, contrast and a mild illumination gradient, and defects drawn on top with exact binary masks:
 
 - ``scratch``: long, thin (1-3 px), gently curved line, darker or brighter than the surface.
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from wsss.data.photos import PHOTO_STD, PHOTOS, photo_field
 from wsss.errors import ConfigError, DataError
 from wsss.progress import progress
 
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
     from wsss.config import SyntheticConfig
 
 DEFECTS = ("scratch", "crack", "blob", "stain")
-TEXTURES = ("noise", "stripes", "brushed")
+TEXTURES = ("noise", "stripes", "brushed")  # procedural
+SURFACES = TEXTURES + PHOTOS  # every valid dataset.synthetic.textures name
 
 BRIGHTNESS = (80.0, 170.0)  # mean gray level of the surface
 TEXTURE_STD = (5.0, 12.0)  # standard deviation of the texture, gray levels
@@ -77,16 +80,22 @@ def _texture_field(rng: np.random.Generator, size: int, kind: str) -> np.ndarray
         n = rng.standard_normal((size, size), dtype=np.float32)
         streaks = _unit(cv2.filter2D(n, -1, kernel / kernel.sum(), borderType=cv2.BORDER_REFLECT))
         return streaks + 0.4 * _smooth_noise(rng, size, 0.7) + 0.15 * _smooth_noise(rng, size, size / 8)
-    raise ConfigError("dataset.synthetic.textures", f"unknown texture {kind!r}", f"valid names: {', '.join(TEXTURES)}")
+    raise ConfigError("dataset.synthetic.textures", f"unknown texture {kind!r}", f"valid names: {', '.join(SURFACES)}")
 
 
 def make_texture(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
-    """A defect-free surface of the given kind (uint8, size x size)."""
-    t = _unit(_texture_field(rng, size, kind))
+    """A defect-free surface of the given kind (uint8, size x size): procedural or a photograph's crop."""
+    photo = kind in PHOTOS
+    t = photo_field(rng, size, kind) if photo else _unit(_texture_field(rng, size, kind))
     y, x = np.mgrid[:size, :size].astype(np.float32) - size / 2
     phi = rng.uniform(0, 2 * np.pi)
     ramp = (x * np.cos(phi) + y * np.sin(phi)) / size
-    img = rng.uniform(*BRIGHTNESS) + rng.uniform(*TEXTURE_STD) * t + rng.uniform(-GRADIENT, GRADIENT) * ramp
+    # one expression, in float64 (the rng's scalars): the procedural surfaces stay byte-identical to earlier releases
+    img = (
+        rng.uniform(*BRIGHTNESS)
+        + rng.uniform(*(PHOTO_STD if photo else TEXTURE_STD)) * t
+        + rng.uniform(-GRADIENT, GRADIENT) * ramp
+    )
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
@@ -219,7 +228,7 @@ def generate_sample(
 
 
 def _validate(cfg: SyntheticConfig) -> None:
-    for key, names, valid in (("defects", cfg.defects, DEFECTS), ("textures", cfg.textures, TEXTURES)):
+    for key, names, valid in (("defects", cfg.defects, DEFECTS), ("textures", cfg.textures, SURFACES)):
         bad = [n for n in names if n not in valid]
         if bad or not names:
             what = f"unknown name(s) {', '.join(map(repr, bad))}" if bad else "empty list"

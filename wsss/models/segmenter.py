@@ -27,6 +27,7 @@ from wsss.models.dfc import lse_pool
 MODEL_FILE = "segmenter.safetensors"  # the trained segmenter's state_dict
 META_FILE = "segmenter.json"  # what rebuilds it (segmenter_meta)
 FINEST_STRIDE = 4  # the decoder fuses down to this stride; stride-2 stem maps cost much and add little
+CLS_SOURCES = ("head", "mask")  # what the image logits pool: a linear head's map, or the mask's log-odds
 
 
 @dataclass
@@ -72,36 +73,55 @@ class Segmenter(nn.Module):
     ``cls_lse_r > 0`` takes their log-sum-exp with that sharpness (:func:`~wsss.models.dfc.lse_pool`, the DFC's
     pooling), so a defect covering a few cells of the map still drives the score instead of being averaged away.
 
+    With ``cls_source = "mask"`` the image logits are not a head of their own: they pool the mask's per-pixel log-odds
+    of each class against background (``logit_k - logit_0``) the same way, so the image decision and the mask come
+    from one map (as the DFC's score and CAM do) and the gate cannot switch off a mask the network is sure of; the
+    image-level losses then train the mask logits too.
+
     Args:
         backbone: a :class:`~wsss.models.backbone.Backbone` (any timm model it supports).
         num_classes: K defect classes (1 for defect/OK).
         decoder_channels: width of the FPN decoder.
         cls_lse_r: the image head's pooling (0 = average, > 0 = LSE with this r).
+        cls_source: ``head`` (a linear layer on the deepest encoder map) or ``mask`` (the mask logits).
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int, decoder_channels: int = 64, cls_lse_r: float = 0.0):
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        decoder_channels: int = 64,
+        cls_lse_r: float = 0.0,
+        cls_source: str = "head",
+    ):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if cls_lse_r < 0:
             raise ValueError(f"cls_lse_r must be >= 0 (0 = average pooling), got {cls_lse_r}")
+        if cls_source not in CLS_SOURCES:
+            raise ValueError(f"cls_source must be one of {CLS_SOURCES}, got {cls_source!r}")
         self.backbone = backbone
+        self.cls_source = cls_source
         self.num_classes = num_classes
         self.cls_lse_r = float(cls_lse_r)
         self.decoder = FPNDecoder(backbone.channels, backbone.reductions, decoder_channels)
         self.mask_head = nn.Conv2d(decoder_channels, num_classes + 1, 1)
-        self.cls_head = nn.Linear(backbone.channels[-1], num_classes)
+        # the mask-sourced image logits need no parameters of their own (nor could DDP train unused ones)
+        self.cls_head = nn.Linear(backbone.channels[-1], num_classes) if cls_source == "head" else None
 
     def forward(self, x: torch.Tensor) -> SegmenterOutput:
         stages = self.backbone.forward_stages(x)
         logits = self.mask_head(self.decoder(stages))
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        deepest = stages[-1]
+        if self.cls_head is None:
+            maps = logits[:, 1:] - logits[:, :1]
+        else:
+            maps = F.conv2d(stages[-1], self.cls_head.weight[:, :, None, None], self.cls_head.bias)
         if self.cls_lse_r > 0:
-            maps = F.conv2d(deepest, self.cls_head.weight[:, :, None, None], self.cls_head.bias)
             cls = lse_pool(maps.float(), self.cls_lse_r).to(maps.dtype)
         else:
-            cls = self.cls_head(deepest.mean(dim=(2, 3)))
+            cls = maps.mean(dim=(2, 3))
         return SegmenterOutput(mask_logits=logits, cls_logits=cls)
 
 
@@ -109,7 +129,7 @@ class Segmenter(nn.Module):
 def build_segmenter(scfg: SegTrainConfig, num_classes: int, in_chans: int, section: str = "retrain") -> Segmenter:
     """A segmenter as configured by a `retrain` or `segmenter` section (encoder weights from its local file, if any)."""
     backbone = create_backbone(scfg.backbone, in_chans, section=f"{section}.backbone")
-    return Segmenter(backbone, num_classes, scfg.decoder_channels, scfg.cls_lse_r)
+    return Segmenter(backbone, num_classes, scfg.decoder_channels, scfg.cls_lse_r, scfg.cls_source)
 
 
 def segmenter_meta(
@@ -124,6 +144,7 @@ def segmenter_meta(
         "input_size": list(scfg.input_size),
         "decoder_channels": scfg.decoder_channels,
         "cls_lse_r": float(scfg.cls_lse_r),
+        "cls_source": scfg.cls_source,
         "score_threshold": float(score_threshold),
     }
 
@@ -150,7 +171,14 @@ def load_segmenter(model_dir: str | Path, device: str | torch.device = "cpu") ->
         meta = json.loads(meta_path.read_text())
         backbone = create_backbone(BackboneConfig(**meta["backbone"]), int(meta["in_chans"]), f"{meta_path}: backbone")
         # segmenters saved before the image head's pooling was configurable averaged
-        model = Segmenter(backbone, len(meta["classes"]), int(meta["decoder_channels"]), meta.get("cls_lse_r", 0.0))
+        # (nor had a choice of what the image logits pool: a head of their own)
+        model = Segmenter(
+            backbone,
+            len(meta["classes"]),
+            int(meta["decoder_channels"]),
+            meta.get("cls_lse_r", 0.0),
+            meta.get("cls_source", "head"),
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StageError(meta_path, f"cannot rebuild the segmenter: {type(e).__name__}: {e}", fix) from e
     load_trained_state(model, model_dir / MODEL_FILE, fix)

@@ -1,6 +1,7 @@
-"""``kind: synthetic``: the built-in procedural defect set (:mod:`wsss.data.synthetic`), settings in
-``dataset.synthetic``. ``prepare`` generates it into its own ``data/`` folder (the adapter's root), so the images
-are an artifact of the run like any other, then reads it back through the CSV adapter.
+"""``kind: synthetic``: the built-in generated defect set (:mod:`wsss.data.synthetic`: procedural surfaces or crops of
+texture photographs, with drawn defects), settings in ``dataset.synthetic``. ``prepare`` generates it into its own
+``data/`` folder (the adapter's root), so the images are an artifact of the run like any other, then reads it back
+through the CSV adapter.
 """
 
 from __future__ import annotations
