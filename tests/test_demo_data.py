@@ -13,7 +13,7 @@ import pytest
 
 from wsss.config import SyntheticConfig
 from wsss.data.photos import PHOTOS, photograph
-from wsss.data.synthetic import DEFECTS, generate, generate_sample, make_texture
+from wsss.data.synthetic import DEFECTS, generate, generate_sample
 from wsss.eval_report import ImageResult
 from wsss.export.overview import COLUMNS, grid_shape, pick_rows, write_overview
 
@@ -35,15 +35,6 @@ def test_photographs_load_from_the_installed_wheel_without_network() -> None:
     for name in PHOTOS:
         img = photograph(name)
         assert img.dtype == np.uint8 and img.std() > 10  # a real texture, not a placeholder
-
-
-@pytest.mark.parametrize("kind", PHOTOS)
-def test_photo_surface_is_deterministic_and_varied(kind: str) -> None:
-    a = make_texture(np.random.default_rng(1), SIZE, kind)
-    assert a.dtype == np.uint8 and a.shape == (SIZE, SIZE)
-    assert np.array_equal(a, make_texture(np.random.default_rng(1), SIZE, kind))
-    assert not np.array_equal(a, make_texture(np.random.default_rng(2), SIZE, kind))
-    assert 3.0 < a.std() < 40.0
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from wsss.config import SyntheticConfig
-from wsss.data.synthetic import DEFECTS, TEXTURES, draw_defect, generate, generate_sample, make_texture
+from wsss.data.synthetic import DEFECTS, SURFACES, draw_defect, generate, generate_sample, make_texture
 from wsss.errors import ConfigError
 
 SIZE = 96
@@ -51,7 +51,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SyntheticCo
     return generate(tmp_path_factory.mktemp("synthetic"), cfg), cfg
 
 
-@pytest.mark.parametrize("kind", TEXTURES)
+@pytest.mark.parametrize("kind", SURFACES)  # procedural and photographed
 def test_texture_is_deterministic_uint8(kind: str) -> None:
     a = make_texture(np.random.default_rng(1), SIZE, kind)
     assert a.dtype == np.uint8 and a.shape == (SIZE, SIZE)
