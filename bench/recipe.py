@@ -71,7 +71,7 @@ def score(run_dir: Path, config: Path, sets: list[str]) -> tuple[dict[str, dict[
     """Test-split metrics of each mask-writing stage, and every stage's seconds (from its manifest)."""
     from wsss.config import load_config
     from wsss.data.index import read_dataset_info, read_eval_index
-    from wsss.evaluation import evaluate_masks, read_scores
+    from wsss.evaluation import evaluate_stage
 
     cfg = load_config(config, sets)
     index = run_dir / "prepare" / "index.csv"
@@ -85,9 +85,7 @@ def score(run_dir: Path, config: Path, sets: list[str]) -> tuple[dict[str, dict[
         out = run_dir / stage
         if not (out / "masks").is_dir():
             continue
-        scores = read_scores(out / "scores.csv") if (out / "scores.csv").is_file() else None
-        probs = out / "probs" if (out / "probs").is_dir() else None
-        r = evaluate_masks(rows, info, out / "masks", scores, cfg.evaluate, probs)
+        r = evaluate_stage(rows, info, out, cfg.evaluate)
         metrics[stage] = {k: float("nan") if getattr(r, k) is None else float(getattr(r, k)) for k in METRICS}
     return metrics, seconds
 

@@ -426,8 +426,9 @@ def demo(run_dir: Path | None, force: bool, overrides: tuple[str, ...]) -> None:
         click.echo(f"run folder: {run.dir}")
         return
     click.echo((run.stage_dir("evaluate") / "report.md").read_text())
-    click.echo(_stage_summary(run, list(pipeline.stages), cfg))
-    overview = _overview(run, list(pipeline.stages), cfg)
+    summary, reports = _stage_summary(run, list(pipeline.stages), cfg)
+    click.echo(summary)
+    overview = _overview(run, reports, cfg)
     if overview is not None:
         click.echo(f"overview picture: {overview}")
     if "export" in pipeline.stages:
@@ -455,13 +456,13 @@ def _mask_stages(run, stages: list[str]) -> list[str]:
     return [n for n in stages if registered[n].writes_masks and (run.stage_dir(n) / "masks").is_dir()]
 
 
-def _stage_summary(run, stages: list[str], cfg) -> str:
+def _stage_summary(run, stages: list[str], cfg) -> tuple[str, dict]:
     """Every mask-writing stage of the run on the evaluated split, side by side (METHOD.md 8): what each step of the
     method gives, so a poor final row is seen next to the pseudo-masks it learned from; with each stage's pixel AP
-    (where it writes probs/) and its time (its manifest's seconds)."""
+    (where it writes probs/) and its time (its manifest's seconds). Also each stage's report, by stage name."""
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.eval_report import pct
-    from wsss.evaluation import evaluate_masks, read_scores
+    from wsss.evaluation import evaluate_stage
     from wsss.runs import read_manifest
 
     index = run.stage_dir("prepare") / "index.csv"
@@ -473,44 +474,39 @@ def _stage_summary(run, stages: list[str], cfg) -> str:
         "| stage | image AP | mIoU_def | pixel AP | Seg_mIoU | Seg_Recall@0.5 | time |",
         "|---|---|---|---|---|---|---|",
     ]
-    total = 0.0
+    mask_stages, reports, total = _mask_stages(run, stages), {}, 0.0
     for name in stages:
-        out = run.stage_dir(name)
-        seconds = float((read_manifest(out) or {}).get("seconds") or 0.0)
+        seconds = float((read_manifest(run.stage_dir(name)) or {}).get("seconds") or 0.0)
         total += seconds
-        if name not in _mask_stages(run, stages):
+        if name not in mask_stages:
             continue
-        scores = read_scores(out / "scores.csv") if (out / "scores.csv").is_file() else None
-        probs = out / "probs" if (out / "probs").is_dir() else None
-        r = evaluate_masks(rows, info, out / "masks", scores, cfg.evaluate, probs)
+        r = reports[name] = evaluate_stage(rows, info, run.stage_dir(name), cfg.evaluate)
         pixel_ap = pct(r.pixel_ap) if r.pixel_ap is not None else "-"
         lines.append(
             f"| {name} | {pct(r.ap)} | {pct(r.miou_def)} | {pixel_ap} | {pct(r.seg_miou)} | "
             f"{pct(r.seg_recall_0_5)} | {seconds:.0f} s |"
         )
     lines += ["", f"all stages: {total:.0f} s"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", reports
 
 
-def _overview(run, stages: list[str], cfg) -> Path | None:
-    """``overview.png`` in the run folder: best, median and worst test image of the last mask-writing stage, beside
-    the ground truth and the pseudo-masks; None when the run has no pseudo-masks or nothing to rank."""
-    from wsss.data.index import read_dataset_info, read_eval_index
-    from wsss.evaluation import evaluate_masks, read_scores
+def _overview(run, reports: dict, cfg) -> Path | None:
+    """``overview.png`` in the run folder: best, median and worst test image of the last mask-writing stage (its
+    report from :func:`_stage_summary`), beside the ground truth and the pseudo-masks; None when the run has no
+    pseudo-masks or nothing to rank."""
+    from wsss.data.index import read_eval_index
     from wsss.export.overview import pick_rows, write_overview
 
-    masks = _mask_stages(run, stages)
-    if "pseudo-labels" not in masks:
+    if "pseudo-labels" not in reports:
         return None
-    final = run.stage_dir(masks[-1])
+    final = list(reports)[-1]
+    images = reports[final].images
+    if not pick_rows(images):
+        return None
     index = run.stage_dir("prepare") / "index.csv"
     rows = read_eval_index(index, split=None if cfg.evaluate.split == "all" else cfg.evaluate.split)
-    scores = read_scores(final / "scores.csv") if (final / "scores.csv").is_file() else None
-    r = evaluate_masks(rows, read_dataset_info(index), final / "masks", scores, cfg.evaluate)
-    if not pick_rows(r.images):
-        return None
     return write_overview(
-        run.dir / "overview.png", rows, r.images, run.stage_dir("pseudo-labels") / "masks", final / "masks"
+        run.dir / "overview.png", rows, images, run.stage_dir("pseudo-labels") / "masks", run.stage_dir(final) / "masks"
     )
 
 

@@ -349,6 +349,15 @@ class _ClassStats:
         )
 
 
+def evaluate_stage(rows: list[EvalRow], info: DatasetInfo, stage_dir: Path, cfg: EvaluateConfig) -> EvalReport:
+    """:func:`evaluate_masks` of a mask-writing stage's folder: its ``masks/``, gated and ranked by its own
+    ``scores.csv`` and with pixel AP from its ``probs/``, each where the stage wrote one."""
+    stage_dir = Path(stage_dir)
+    scores = read_scores(stage_dir / "scores.csv") if (stage_dir / "scores.csv").is_file() else None
+    probs = stage_dir / "probs" if (stage_dir / "probs").is_dir() else None
+    return evaluate_masks(rows, info, stage_dir / "masks", scores, cfg, probs)
+
+
 def evaluate_masks(
     rows: list[EvalRow],
     info: DatasetInfo,
