@@ -116,47 +116,46 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _lock_path(run_dir: Path, stage: str) -> Path:
+    return run_dir / ".locks" / f"{stage}.lock"
+
+
+def _try_lock(f: Any) -> bool | None:
+    """Take the exclusive lock of open file ``f`` without waiting: False when another process holds it, None where
+    the platform has no ``flock``. The lock goes when ``f`` is closed, or with its process, however that ends."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        return None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def stage_lock(run_dir: Path, stage: str) -> Iterator[None]:
     """Refuse to run one stage of one run folder twice at the same time."""
-    lock_dir = run_dir / ".locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"{stage}.lock", "w") as f:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not on POSIX
-            yield
-            return
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+    path = _lock_path(run_dir, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        if _try_lock(f) is False:
             raise StageError(
                 run_dir / stage,
                 "another wsss process is running this stage now",
                 "wait for it to finish, or use another --run-dir",
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            )
+        yield
 
 
 def lock_held(run_dir: Path, stage: str) -> bool:
-    """Whether a live process holds ``stage``'s lock now (the lock goes with its process, however that ends)."""
-    path = run_dir / ".locks" / f"{stage}.lock"
+    """Whether a live process holds ``stage``'s lock now (without flock: assumed, so the manifest is trusted)."""
+    path = _lock_path(run_dir, stage)
     if not path.is_file():
         return False
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not on POSIX: no locks, so trust the manifest
-        return True
     with open(path) as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return False
+        return _try_lock(f) is not True
 
 
 def _train_sizes(index: Path):
