@@ -177,7 +177,7 @@ def test_min_confidence_selects_the_paste_sources(tmp_path: Path):
 
 
 def test_trainer_checks_inject_settings_and_reads_the_confidence_table(tmp_path: Path):
-    from wsss.stages.pseudo_labels import CONFIDENCE_FILE as STAGE_FILE
+    from wsss.refine.pseudo import CONFIDENCE_FILE as STAGE_FILE  # what the mask stages write
 
     assert CONFIDENCE_FILE == STAGE_FILE
     rows, masks, _ = make_data(tmp_path, n_defect=3, n_ok=3)

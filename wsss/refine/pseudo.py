@@ -50,6 +50,7 @@ from wsss.errors import StageError, WsssError
 from wsss.export.formats import UNCERTAIN as IGNORE  # the label maps' 'uncertain': ignored in training
 from wsss.progress import progress
 
+CONFIDENCE_FILE = "confidence.csv"  # a mask stage's per-image confidence table (rank reviews and paste sources by it)
 CONFIDENCE_RING = 3  # pixels the defect region is dilated by before averaging its confidence
 CAM_FLOOR = 1e-5  # the CAM is clipped to [CAM_FLOOR, 1] so every class keeps a finite unary energy
 SHOW_IDS = 5  # ids named in an error message

@@ -30,7 +30,6 @@ from wsss.errors import DataError, StageError
 from wsss.mask_format import write_labelmap
 from wsss.stages import Stage, register_stage
 
-CONFIDENCE_FILE = "confidence.csv"
 COLUMNS = ("id", "score", "confidence", "defect_fraction", "ignore_fraction")
 
 
@@ -66,7 +65,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.cam.io import FIX, SCORES_FILE, cam_path
     from wsss.data.index import read_train_index
     from wsss.evaluation import read_scores
-    from wsss.refine.pseudo import LabelTask, label_all
+    from wsss.refine.pseudo import CONFIDENCE_FILE, LabelTask, label_all
     from wsss.resume import RowLog, log_name
     from wsss.train import dist
 

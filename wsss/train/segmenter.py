@@ -39,6 +39,7 @@ from wsss.metrics import SegAccumulator
 from wsss.models.backbone import save_state_dict
 from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_labels, segmenter_meta
 from wsss.progress import progress
+from wsss.refine.pseudo import CONFIDENCE_FILE
 from wsss.train import dist
 from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
 from wsss.train.compile import maybe_compile
@@ -63,9 +64,6 @@ COLUMNS = (
     "images_per_s",
     "seconds",
 )
-
-
-CONFIDENCE_FILE = "confidence.csv"  # the mask stage's per-image confidence (wsss.stages.pseudo_labels)
 
 
 def read_confidence(path: Path) -> dict[str, float]:
