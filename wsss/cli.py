@@ -280,6 +280,12 @@ def _size(value: str) -> tuple[int, int] | None | str:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--size", default="model", show_default=True, help="network input: model (training size), native, HxW")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="image-level gate (default: the model's)")
+@click.option(
+    "--guided-radius",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="guided upsampling radius in network-input pixels, 0 = off (default: the model's segmenter.guided.radius)",
+)
 @click.option("--no-overlays", is_flag=True, help="write no overlays/")
 @click.option("--no-probs", is_flag=True, help="write no probs/ (16-bit defect-probability maps)")
 @click.option(
@@ -297,6 +303,7 @@ def predict(
     device: str,
     size: str,
     threshold: float | None,
+    guided_radius: float | None,
     no_overlays: bool,
     no_probs: bool,
     high_bit_depth: str,
@@ -309,7 +316,9 @@ def predict(
     from wsss.train import dist
 
     dist.init_from_env()  # under torchrun the images are sharded across ranks
-    predictor = load_predictor(model, str(dist.resolve_device(device, "--device")), _size(size), threshold)
+    predictor = load_predictor(
+        model, str(dist.resolve_device(device, "--device")), _size(size), threshold, guided_radius
+    )
     summary = predict_images(
         predictor, inputs, out, batch, not no_overlays, progress, high_bit_depth, probs=not no_probs
     )

@@ -3,7 +3,9 @@
 Per image: convert to the model's channels, resize to the model's training ``input_size`` (or keep the native size
 with ``size=None``), pad (reflect) to a multiple of the encoder's stride, run the model, crop the padding off the
 logits, upsample them bilinearly to the image's original size (logits, not probabilities: boundaries stay sharp),
-softmax, and gate the mask by the image-level decision (:func:`~wsss.models.segmenter.gate_labels`). Images whose
+softmax, with ``guided.radius`` > 0 in the model's meta let the probabilities follow the full-size image's edges
+(:mod:`wsss.refine.guided`), and gate the mask by the image-level decision
+(:func:`~wsss.models.segmenter.gate_labels`). Images whose
 network input has the same shape share a batch.
 
 Beside the mask, :meth:`Prediction.defect_probability` is the soft per-pixel defect probability, 1 - P(background)
@@ -31,6 +33,7 @@ from wsss.data.transforms import resize, to_channels, to_tensor
 from wsss.errors import ConfigError, StageError
 from wsss.metrics import quantize_probs
 from wsss.models.segmenter import META_FILE, MODEL_FILE, Segmenter, gate_labels, load_segmenter
+from wsss.refine.guided import guided_probs
 
 ONNX_META_KEY = "wsss"  # ONNX metadata_props key holding the segmenter's meta (JSON)
 
@@ -111,6 +114,7 @@ class Predictor:
         meta: needs ``classes``, ``in_chans``, ``input_size``, ``stride``; ``score_threshold`` defaults to 0.5.
         size: (H, W) network input; default the model's ``input_size``; None = each image's native size.
         score_threshold: overrides the meta's gate.
+        guided_radius: overrides the meta's ``guided.radius`` (0 = plain bilinear upsampling).
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class Predictor:
         meta: dict[str, Any],
         size: Sequence[int] | None | str = "model",
         score_threshold: float | None = None,
+        guided_radius: float | None = None,
     ):
         self.runner, self.meta = runner, meta
         self.classes = list(meta["classes"])
@@ -126,6 +131,10 @@ class Predictor:
         self.stride = int(meta.get("stride", 32))
         self.size = tuple(meta["input_size"]) if size == "model" else (None if size is None else tuple(size))
         self.threshold = float(meta.get("score_threshold", 0.5) if score_threshold is None else score_threshold)
+        guided = meta.get("guided") or {}  # absent in segmenters trained before guided upsampling existed: off
+        self.guided_radius, self.guided_eps = float(guided.get("radius", 0.0)), float(guided.get("eps", 1e-4))
+        if guided_radius is not None:
+            self.guided_radius = float(guided_radius)
 
     def _input(self, image: np.ndarray) -> np.ndarray:
         """The padded network input (C, Hp, Wp) of one image, and nothing else: sizes come from the image."""
@@ -142,6 +151,17 @@ class Predictor:
     def _network_size(self, image: np.ndarray) -> tuple[int, int]:
         return self.size if self.size is not None else image.shape[:2]
 
+    def guide(
+        self, image: np.ndarray, probs: np.ndarray, network_size: Sequence[int], radius: float | None = None
+    ) -> np.ndarray:
+        """``probs`` (K+1, H0, W0) of ``image`` after guided upsampling at ``radius`` (network-input pixels, scaled
+        by the image's size over ``network_size``; default the predictor's ``guided_radius``; 0 = unchanged)."""
+        radius = self.guided_radius if radius is None else radius
+        if radius <= 0:
+            return probs
+        scale = (image.shape[0] / network_size[0] + image.shape[1] / network_size[1]) / 2
+        return guided_probs(image, probs, radius * scale, self.guided_eps)
+
     def __call__(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Predictions for ``images`` (uint8, gray or RGB, any sizes), in order."""
         out: list[Prediction | None] = [None] * len(images)
@@ -156,6 +176,7 @@ class Predictor:
                 logits = torch.from_numpy(np.ascontiguousarray(mask_logits[j : j + 1, :, :h, :w], np.float32))
                 up = F.interpolate(logits, size=images[i].shape[:2], mode="bilinear", align_corners=False)
                 probs = torch.softmax(up[0], dim=0).numpy()
+                probs = self.guide(images[i], probs, (h, w))
                 out[i] = Prediction(gate_labels(probs, cls[j], self.threshold), probs, cls[j].astype(np.float32))
         return [p for p in out if p is not None]
 
@@ -179,7 +200,11 @@ def segmenter_dir(model: Path) -> Path:
 
 
 def load_predictor(
-    model: Path, device: str = "cpu", size: Sequence[int] | None | str = "model", score_threshold: float | None = None
+    model: Path,
+    device: str = "cpu",
+    size: Sequence[int] | None | str = "model",
+    score_threshold: float | None = None,
+    guided_radius: float | None = None,
 ) -> Predictor:
     """A :class:`Predictor` for ``--model``: an ``.onnx`` file, or a trained segmenter (see :func:`segmenter_dir`)."""
     model = Path(model)
@@ -187,9 +212,9 @@ def load_predictor(
         if not model.is_file():
             raise ConfigError(model, "ONNX file not found", "pass the file `wsss export onnx` wrote")
         runner = OnnxRunner(model, device)
-        return Predictor(runner, runner.meta, size, score_threshold)
+        return Predictor(runner, runner.meta, size, score_threshold, guided_radius)
     seg, meta = load_segmenter(segmenter_dir(model), device)
-    return torch_predictor(seg, meta, device, size, score_threshold)
+    return torch_predictor(seg, meta, device, size, score_threshold, guided_radius)
 
 
 def torch_predictor(
@@ -198,7 +223,8 @@ def torch_predictor(
     device: str | torch.device = "cpu",
     size: Sequence[int] | None | str = "model",
     score_threshold: float | None = None,
+    guided_radius: float | None = None,
 ) -> Predictor:
     """A :class:`Predictor` over a loaded segmenter and its ``segmenter.json`` meta."""
     meta = meta | {"stride": max(seg.backbone.reductions)}
-    return Predictor(TorchRunner(seg, device), meta, size, score_threshold)
+    return Predictor(TorchRunner(seg, device), meta, size, score_threshold, guided_radius)

@@ -146,6 +146,7 @@ def segmenter_meta(
         "cls_lse_r": float(scfg.cls_lse_r),
         "cls_source": scfg.cls_source,
         "score_threshold": float(score_threshold),
+        "guided": {"radius": float(scfg.guided.radius), "eps": float(scfg.guided.eps)},
     }
 
 
