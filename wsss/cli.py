@@ -363,7 +363,11 @@ def export_review(run_dir: Path, masks: str | None, out: Path, formats: str, coc
 
 @cli.command("import-review")
 @click.option(
-    "--format", "fmt", type=click.Choice(["coco", "cvat", "labelstudio", "png"]), required=True, help="file format"
+    "--format",
+    "fmt",
+    type=click.Choice(["coco", "cvat", "labelstudio", "png", "decisions"]),
+    required=True,
+    help="file format; decisions: the review page's accept / reject file",
 )
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="run folder")
@@ -372,12 +376,31 @@ def import_review_cmd(fmt: str, file: Path, run_dir: Path, mask_format: str) -> 
     """Import corrected masks (FILE exported from the annotation tool) into RUN/reviewed for train-segmenter.
 
     Every mask is checked first (readable, an indexed image's id and size, the run's labels): all problems are
-    listed at once and nothing is imported."""
-    from wsss.export.review_import import import_review
+    listed at once and nothing is imported.
 
-    summary = import_review(fmt, file, run_dir, mask_format)
-    click.echo(f"imported {len(summary.imported)} reviewed mask(s) into {summary.folder} ({summary.total} in all)")
-    click.echo(f"train-segmenter uses them with: --set segmenter.reviewed={summary.folder}")
+    --format decisions imports the review page's "Download decisions" file: accepted images' pseudo-masks become
+    human masks, rejected images go to RUN/reviewed/rejected.txt (no mask loss in train-segmenter); masks corrected
+    in a tool win. A file whose run's masks changed since the export is refused."""
+    from wsss.export.review_import import import_decisions, import_review
+
+    if fmt == "decisions":
+        if mask_format != "auto":
+            raise ConfigError(
+                f"--mask-format {mask_format}", "a decisions file holds no masks", "leave --mask-format out"
+            )
+        result = import_decisions(file, run_dir)
+        kept = f"; {len(result.kept)} kept their corrected mask" if result.kept else ""
+        click.echo(
+            f"imported {file}: {len(result.accepted)} accepted pseudo-mask(s) into {result.folder / 'masks'}, "
+            f"{len(result.rejected)} rejected image(s) into {result.folder / 'rejected.txt'}{kept} "
+            f"({result.total} mask(s), {result.rejected_total} rejected in all)"
+        )
+        folder = result.folder
+    else:
+        summary = import_review(fmt, file, run_dir, mask_format)
+        click.echo(f"imported {len(summary.imported)} reviewed mask(s) into {summary.folder} ({summary.total} in all)")
+        folder = summary.folder
+    click.echo(f"train-segmenter uses them with: --set segmenter.reviewed={folder}")
 
 
 @export.command("onnx")

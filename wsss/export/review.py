@@ -5,17 +5,23 @@
 - ``images/<id>.<ext>``: the images (browser-friendly formats copied as they are, others converted to PNG);
 - ``overlays/<id>.png``: the mask outlined and filled over the image, beside the CAM heat map over the image;
 - ``layers/<id>.{mask,cam,gt}.png``: transparent layers the HTML page toggles over the image;
-- ``index.html``: the static review page (:mod:`wsss.export.html`);
+- ``index.html``: the static review page (:mod:`wsss.export.html`), where a reviewer also accepts or rejects each
+  mask and downloads the decisions file that `wsss import-review --format decisions` reads
+  (:mod:`wsss.export.review_import`);
 - the formats of ``export.formats`` (:mod:`wsss.export.formats`): ``masks/`` + ``labelmap.txt``, ``coco.json``,
   ``cvat.zip``, ``labelstudio.json`` (+ its labeling config).
 
 Ground-truth masks are read here, for display and per-image IoU only: the package is an evaluation artifact.
+
+The page records which masks it shows (:func:`package_identity`: the run folder's name, the masks stage and a
+digest of that stage's ``masks/``), so decisions made on it are refused by a run whose masks are not those.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import math
 import shutil
@@ -36,6 +42,8 @@ from wsss.export.overlay import class_colour, overlay, write_rgb_png
 
 BROWSER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 MASK_STAGES = ("train-segmenter", "retrain", "pseudo-labels")  # newest first: the default masks of a run folder
+DECISIONS_FORMAT = "wsss-review-decisions"  # the page's decisions file (see wsss.export.review_import)
+DECISIONS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,30 @@ def run_source(run_dir: Path, masks: str | None = None) -> ReviewSource:
     cam = run_dir / "cam" if (run_dir / "cam" / "cam.json").is_file() else None
     report = run_dir / "evaluate" / "report.json"
     return ReviewSource(index, run_dir / names[0], cam, report if report.is_file() else None, review_classes(run_dir))
+
+
+def masks_digest(masks_dir: Path) -> str:
+    """SHA-256 over the names and contents of every ``*.png`` in a stage's ``masks/``: what a reviewer looked at.
+
+    Content, not the stage manifest's digest: a stage re-run that writes the same masks keeps the decisions valid,
+    and a folder without a manifest still has one."""
+    from wsss.runs import file_sha256
+
+    lines = "".join(f"{p.name} {file_sha256(p)}\n" for p in sorted(Path(masks_dir).glob("*.png")))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def package_identity(masks_stage: Path) -> dict[str, Any]:
+    """The header of the page's decisions file: format, version, the run (folder name + ``masks_sha256`` of
+    :func:`masks_digest`) and the masks stage's name. The digest decides whether the masks are still those the
+    reviewer saw; the run's name is there for people (a renamed or copied run folder keeps its masks)."""
+    masks_stage = Path(masks_stage)
+    return {
+        "format": DECISIONS_FORMAT,
+        "version": DECISIONS_VERSION,
+        "run": {"name": masks_stage.resolve().parent.name, "masks_sha256": masks_digest(masks_stage / "masks")},
+        "masks": masks_stage.name,
+    }
 
 
 def review_classes(run_dir: Path) -> list[str]:
@@ -235,7 +267,8 @@ def build_review(
         fmt = {"coco": CocoFormat(cfg.coco_mode), "labelstudio": LabelStudioFormat(cfg.image_prefix)}.get(fmt_name)
         written[fmt_name] = (fmt or get_format(fmt_name)).write(out, items, labels)
     summary = json.loads(src.report.read_text()) if src.report else None
-    written["html"] = write_page(out / "index.html", records, src.classes, summary, src.masks_stage.name)
+    package = package_identity(src.masks_stage)
+    written["html"] = write_page(out / "index.html", records, src.classes, summary, src.masks_stage.name, package)
     return written
 
 

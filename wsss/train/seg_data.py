@@ -26,6 +26,7 @@ from wsss.refine.pseudo import IGNORE, class_probs
 from wsss.train.inject import Injector, PasteSource, paste_sources
 
 MASK_FIX = "re-run `wsss run-stage pseudo-labels`"
+REJECTED_FILE = "rejected.txt"  # beside reviewed/masks: ids whose pseudo-mask a reviewer rejected (import-review)
 # what a pseudo-mask that misses a labelled defect trains as (see PseudoMaskDataset.missed)
 MISSED_DEFECTS = ("background", "ignore")
 INJECT_STREAM = 1  # appended to (seed, epoch, index): injection draws from its own stream, not augmentation's
@@ -88,7 +89,7 @@ class PseudoMaskDataset(ImageDataset):
     Each item is ``{"image": (C, H, W) float, "mask": (H, W) int64 (0..K, 255 = ignore), "target": (K,) float,
     "index": int, "reviewed": 1.0 for a human mask else 0.0, "injected": 1.0 for an injected defect else 0.0}`` at
     ``input_size`` (with ``missed_defects="ignore"`` a mask that misses a labelled defect is all ignore, see
-    :meth:`missed`); with a ``teacher`` also
+    :meth:`missed`; so is the mask of an image a reviewer rejected, see :meth:`rejected_ids`); with a ``teacher`` also
     ``"teacher": (K+1, H, W)`` class probabilities and ``"teacher_score": (K,)``. Only lossless geometry (flips,
     rot90 on square inputs) is applied, to image, mask and teacher map alike, so they stay aligned; the photometric
     part of ``augment`` touches the image only. Seeding, epochs, targets and the in-memory cache are
@@ -135,6 +136,8 @@ class PseudoMaskDataset(ImageDataset):
             if reviewed_dir is not None and (Path(reviewed_dir) / f"{r.id}.png").is_file()
         }
         self.reviewed_dir = Path(reviewed_dir) if reviewed_dir is not None else None
+        rejected = self.rejected_ids(self.reviewed_dir)
+        self.rejected = {i for i, r in enumerate(self.rows) if r.id in rejected and i not in self.reviewed}
         self.teacher = teacher
         self.photometric = None
         if augment is not None:
@@ -164,7 +167,11 @@ class PseudoMaskDataset(ImageDataset):
         assert self.inject is not None
         conf = {i: 1.0 if i in self.reviewed else confidence.get(r.id, -1.0) for i, r in enumerate(self.rows)}
         ranked = sorted(
-            (i for i, r in enumerate(self.rows) if r.defective and conf[i] >= self.inject.min_confidence),
+            (
+                i
+                for i, r in enumerate(self.rows)
+                if r.defective and i not in self.rejected and conf[i] >= self.inject.min_confidence
+            ),
             key=lambda i: (-conf[i], i),
         )
         sources: list[PasteSource] = []
@@ -176,11 +183,24 @@ class PseudoMaskDataset(ImageDataset):
                 break
         return sources[: self.inject.max_sources]
 
+    @staticmethod
+    def rejected_ids(reviewed_dir: Path | None) -> set[str]:
+        """The ids of ``rejected.txt`` beside ``reviewed_dir`` (``<run>/reviewed/masks``): images whose pseudo-mask a
+        reviewer rejected (`wsss import-review --format decisions`).
+
+        Their mask is all ignore, so CE and Dice skip them, but their image label still trains the image head (and,
+        when distilling, the teacher's soft targets): the reviewer judged the mask, not the label. A human mask of the
+        same image wins (it is not rejected), and an OK image that was rejected is not forced to background."""
+        path = Path(reviewed_dir).parent / REJECTED_FILE if reviewed_dir is not None else None
+        if path is None or not path.is_file():
+            return set()
+        return {ln for ln in path.read_text(encoding="utf-8").splitlines() if ln}
+
     def ok_background(self, index: int) -> bool:
-        """Whether sample ``index`` trains as all background: an OK image (no label, no human mask), with
-        ``ok_background`` or injection on."""
+        """Whether sample ``index`` trains as all background: an OK image (no label, no human mask, not rejected),
+        with ``ok_background`` or injection on."""
         on = self.ok_background_on or self.inject is not None
-        return on and index not in self.reviewed and not self._targets[index].any()
+        return on and index not in self.reviewed and index not in self.rejected and not self._targets[index].any()
 
     def mask_path(self, index: int) -> Path:
         """The human mask of a reviewed image, else its pseudo-mask."""
@@ -194,7 +214,7 @@ class PseudoMaskDataset(ImageDataset):
             return self._cache[index]
         img = to_channels(read_image(self.rows[index].path, self.high_bit_depth), self.in_chans)
         mask = read_pseudo_mask(self.mask_path(index), img.shape[:2], len(self.classes))
-        if self.missed_defects == "ignore" and self.missed(index, mask):
+        if index in self.rejected or (self.missed_defects == "ignore" and self.missed(index, mask)):
             mask = np.full_like(mask, IGNORE)
         h, w = self.input_size
         cam = None
