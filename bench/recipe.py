@@ -16,6 +16,13 @@ Finished stages are skipped by ``wsss run`` itself, so a re-run only collects.
 ``--reuse NAME`` copies the finished stage folders of the run folder ``OUT/NAME`` (``fold`` = this fold's recipe run,
 ``fold-cam-crf`` = its cam-crf ablation) into a new ablation run first; ``wsss run`` then re-runs whatever its
 manifests say is stale (the `cam` stage without IEM, say) and skips the rest.
+
+``--variant NAME --set KEY=VALUE ...`` measures a setting against the recipe: the runs go to ``OUT/fold<k>-NAME``
+(with ``--reuse fold``, only the stages the setting changes run again), every ``--set`` is passed to ``wsss run``,
+and ``--splits val,test`` reports the validation split (where a setting is chosen) beside the test split:
+
+    python bench/recipe.py --config configs/ksdd.yaml --folds 0,1,2 --out /tmp/bench/ksdd --reuse fold \
+        --variant kd0 --set segmenter.kd_weight=0 --splits val,test
 """
 
 from __future__ import annotations
@@ -44,20 +51,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="", help="run.device (cpu, cuda); default the recipe's")
     p.add_argument("--collect", action="store_true", help="only collect finished runs, run nothing")
     p.add_argument("--reuse", default="", help="copy finished stages from OUT/<this, 'fold' replaced by fold<k>>")
-    return p.parse_args(argv)
+    p.add_argument("--variant", default="", help="name of a variant of the recipe: runs go to OUT/fold<k>-NAME")
+    p.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE passed to wsss run (repeatable)")
+    p.add_argument("--splits", default="test", help="splits to report, e.g. val,test (choose on val)")
+    args = p.parse_args(argv)
+    if args.sets and not args.variant:
+        p.error("--set changes the recipe: name the variant with --variant NAME (its own run folders)")
+    return args
 
 
 def run_fold(args: argparse.Namespace, fold: str) -> Path:
     name = f"fold{fold}" if fold else "run"
-    run_dir = args.out / (f"{name}-{args.pipeline}" if args.pipeline else name)
+    suffix = "-".join(s for s in (args.pipeline, args.variant) if s)
+    run_dir = args.out / (f"{name}-{suffix}" if suffix else name)
     sets = [f"prepare.split.fold={fold}"] if fold else []
     sets += [f"run.pipeline={args.pipeline}"] if args.pipeline else []
     sets += [f"run.device={args.device}"] if args.device else []
+    sets += args.sets
     source = args.out / args.reuse.replace("fold", name, 1) if args.reuse else None
     if source is not None and not run_dir.exists() and not args.collect:
-        for stage in ("prepare", "train-classifier", "cam"):
-            if (source / stage / "manifest.json").is_file():
-                shutil.copytree(source / stage, run_dir / stage)
+        # every finished stage: `wsss run` re-runs those whose manifests no longer match (the setting's stage and
+        # everything after it) and skips the rest
+        for manifest in sorted(source.glob("*/manifest.json")):
+            if json.loads(manifest.read_text()).get("status") == "done" and manifest.parent.name != "evaluate":
+                shutil.copytree(manifest.parent, run_dir / manifest.parent.name)
     if not args.collect:
         cmd = [sys.executable, "-m", "wsss.cli", "run", "--config", str(args.config), "--run-dir", str(run_dir)]
         for s in sets:
@@ -67,15 +84,17 @@ def run_fold(args: argparse.Namespace, fold: str) -> Path:
     return run_dir
 
 
-def score(run_dir: Path, config: Path, sets: list[str]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Test-split metrics of each mask-writing stage, and every stage's seconds (from its manifest)."""
+def score(
+    run_dir: Path, config: Path, sets: list[str], split: str = "test"
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """``split`` metrics of each mask-writing stage, and every stage's seconds (from its manifest)."""
     from wsss.config import load_config
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.evaluation import evaluate_stage
 
     cfg = load_config(config, sets)
     index = run_dir / "prepare" / "index.csv"
-    rows, info = read_eval_index(index, split="test"), read_dataset_info(index)
+    rows, info = read_eval_index(index, split=split), read_dataset_info(index)
     metrics, seconds = {}, {}
     for manifest in sorted(run_dir.glob("*/manifest.json")):
         m = json.loads(manifest.read_text())
@@ -98,12 +117,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.chdir(ROOT)
     folds = [f.strip() for f in args.folds.split(",") if f.strip()] or [""]
-    results = []
+    runs = []
     for fold in folds:
-        run_dir = run_fold(args, fold)
-        sets = [f"prepare.split.fold={fold}"] if fold else []
-        results.append((fold, *score(run_dir, args.config, sets)))
-    print(f"\n## {args.config} ({args.pipeline or 'recipe pipeline'}), test split\n")
+        runs.append((fold, run_fold(args, fold)))
+    for split in args.splits.split(","):
+        sets = args.sets + ([f"run.pipeline={args.pipeline}"] if args.pipeline else [])
+        results = [
+            (fold, *score(run_dir, args.config, sets + ([f"prepare.split.fold={fold}"] if fold else []), split))
+            for fold, run_dir in runs
+        ]
+        report(args, split, results)
+
+
+def report(args: argparse.Namespace, split: str, results: list) -> None:
+    what = " + ".join([args.pipeline or "recipe pipeline", *args.sets])
+    print(f"\n## {args.config} ({what}), {split} split\n")
     print("| fold | stage | image AP | mIoU_def | pooled IoU | Seg_mIoU | Seg_Recall@0.5 | pixel AP |")
     print("|---|---|---|---|---|---|---|---|")
     for fold, metrics, _ in results:
