@@ -500,6 +500,10 @@ class SegTrainConfig:
     # H, W; auto = the median training image within max_pixels
     input_size: list[int] | str = _num("auto", gt=0, lengths=(2,), auto=True, fix=_SIZE)
     max_pixels: int = _num(86_016, ge=1024, fix=_PIXELS)  # auto input_size's budget: 448 x 192
+    # [H, W] training crops of the image at input_size ([0, 0] = the whole image): a larger input_size keeps thin
+    # defects at the cost of inference time only; a crop of a defective image holds one of its mask's defect pixels.
+    # Validation and inference see the whole image at input_size
+    crop: list[int] = _num([0, 0], ge=0, lengths=(2,), fix="[H, W] >= 0, at most input_size ([0, 0] = off)")
     decoder_channels: int = _num(64, ge=1, fix=_ONE)
     epochs: int = _num(15, ge=1, fix=_ONE)
     batch_size: int = _num(16, ge=1, fix=_ONE)

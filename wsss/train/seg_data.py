@@ -30,6 +30,7 @@ REJECTED_FILE = "rejected.txt"  # beside reviewed/masks: ids whose pseudo-mask a
 # what a pseudo-mask that misses a labelled defect trains as (see PseudoMaskDataset.missed)
 MISSED_DEFECTS = ("background", "ignore")
 INJECT_STREAM = 1  # appended to (seed, epoch, index): injection draws from its own stream, not augmentation's
+CROP_STREAM = 2  # and training crops from theirs
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,12 @@ class PseudoMaskDataset(ImageDataset):
         ok_background: bool = False,
         inject: InjectConfig | None = None,
         confidence: Mapping[str, float] | None = None,
+        crop: Sequence[int] = (0, 0),
     ):
         super().__init__(rows, classes, input_size, in_chans, augment, seed, high_bit_depth)
+        self.crop = tuple(int(v) for v in crop) if min(crop) > 0 else None
+        if self.crop is not None and (self.crop[0] > input_size[0] or self.crop[1] > input_size[1]):
+            raise ValueError(f"crop {list(self.crop)} is larger than input_size {list(input_size)}")
         if missed_defects not in MISSED_DEFECTS:
             raise ValueError(f"missed_defects must be one of {MISSED_DEFECTS}, got {missed_defects!r}")
         self.missed_defects = missed_defects
@@ -240,6 +245,32 @@ class PseudoMaskDataset(ImageDataset):
         labelled = np.flatnonzero(self._targets[index] > 0) + 1  # class k is mask value k
         return bool(labelled.size) and not np.isin(labelled, mask).all()
 
+    def crop_sample(
+        self, index: int, img: np.ndarray, mask: np.ndarray, cam: np.ndarray | None, target: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """A ``crop``-sized window of sample ``index`` (image, mask, teacher CAM) and its image target.
+
+        With defect pixels in its mask (pseudo, human or injected) the window holds one of them, drawn at random
+        and placed at a random position in the window, so the image label stays true; otherwise it is anywhere. A
+        class whose pixels the mask shows but the window leaves out is dropped from the target; a labelled class
+        the mask lacks (a missed defect) is kept: where it is is not known."""
+        rng = np.random.default_rng([self.seed, self.epoch, index, CROP_STREAM])
+        (ch, cw), (h, w) = self.crop, mask.shape[:2]
+        defect = np.flatnonzero(((mask > 0) & (mask != IGNORE)).ravel())
+        if defect.size:
+            y, x = divmod(int(defect[rng.integers(defect.size)]), w)
+            top = int(np.clip(y - rng.integers(ch), 0, h - ch))
+            left = int(np.clip(x - rng.integers(cw), 0, w - cw))
+        else:
+            top, left = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        window = (slice(top, top + ch), slice(left, left + cw))
+        shown = {int(v) for v in np.unique(mask) if 0 < v != IGNORE}
+        kept = {int(v) for v in np.unique(mask[window]) if 0 < v != IGNORE}
+        target = target.copy()
+        for k in shown - kept:
+            target[k - 1] = 0.0
+        return img[window], mask[window], None if cam is None else cam[window], target
+
     def cache_bytes(self) -> int:
         per_pixel = 1 + (len(self.classes) if self.teacher is not None else 0)
         return super().cache_bytes() + len(self.rows) * self.input_size[0] * self.input_size[1] * per_pixel
@@ -257,6 +288,8 @@ class PseudoMaskDataset(ImageDataset):
                     present = np.unique(mask[(mask > 0) & (mask != IGNORE)]).astype(int)
                     target[present - 1] = 1.0
                     injected = True
+        if self.crop is not None:
+            img, mask, cam, target = self.crop_sample(index, img, mask, cam, target)
         if self.augment is not None and self.photometric is not None:  # both or neither
             rng, cfg = self.rng(index), self.augment.cfg
             arrays = [img, mask] + ([cam] if cam is not None else [])

@@ -145,8 +145,13 @@ class SegmenterTrainer:
         if scfg.inject.enabled:
             check_inject(scfg, section)
             inject = {"inject": scfg.inject, "confidence": read_confidence(Path(masks_dir).parent / CONFIDENCE_FILE)}
+        crop = tuple(scfg.crop)
+        if min(crop) > 0 and (crop[0] > size[0] or crop[1] > size[1]):
+            raise ConfigError(
+                f"{section}.crop", f"{list(crop)} is larger than input_size {list(size)}", "use a crop <= input_size"
+            )
         self.train_set = PseudoMaskDataset(
-            rows_train, masks_dir, augment=Augment(scfg.augment), teacher=teacher, **common, **inject
+            rows_train, masks_dir, augment=Augment(scfg.augment), teacher=teacher, crop=crop, **common, **inject
         )
         if self.train_set.injector is not None:
             self._report_inject(section, masks_dir)
