@@ -403,6 +403,24 @@ def import_review_cmd(fmt: str, file: Path, run_dir: Path, mask_format: str) -> 
     click.echo(f"train-segmenter uses them with: --set segmenter.reviewed={folder}")
 
 
+@cli.command("review-round")
+@config_option
+@run_dir_option
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True, help="fine-tuning epochs")
+@click.option(
+    "--split", type=click.Choice(["test", "val"]), default="test", show_default=True, help="split to evaluate"
+)
+@set_option
+def review_round_cmd(config: Path, run_dir: Path | None, epochs: int, split: str, overrides: tuple[str, ...]) -> None:
+    """Fine-tune the run's segmenter on its reviewed masks (`wsss import-review`) and print before / after.
+
+    The segmenter before the round and the report are kept in RUN/review-rounds/round-<k>/."""
+    from wsss.review_round import review_round
+
+    cfg = load_config(config, overrides)
+    review_round(config, run_dir or Path("runs") / cfg.run.name, overrides, epochs, split, click.echo)
+
+
 @export.command("onnx")
 @click.option(
     "--model",

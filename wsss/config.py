@@ -538,6 +538,9 @@ class SegTrainConfig:
     inject: InjectConfig = field(default_factory=InjectConfig)  # defects injected into OK training images
     # inference: the probabilities upsampled to each image's size follow its edges (guided filter)
     guided: GuidedConfig = field(default_factory=GuidedConfig)
+    # start from this trained segmenter's weights (a folder with segmenter.safetensors + segmenter.json of the same
+    # architecture and classes) instead of the backbone's pretrained weights: fine-tuning, e.g. after a review round
+    init_from: str | None = _path_field()
 
 
 @dataclass

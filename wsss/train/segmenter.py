@@ -165,7 +165,10 @@ class SegmenterTrainer:
         self.pos_weight = pos_weight(targets).to(self.device) if scfg.balance == "pos_weight" else None
 
         torch.manual_seed(self.seed)
-        self.model = build_segmenter(scfg, len(self.classes), self.in_chans, section).to(self.device)
+        self.model = build_segmenter(scfg, len(self.classes), self.in_chans, section)
+        if scfg.init_from:
+            self._init_from(Path(scfg.init_from), section)
+        self.model = self.model.to(self.device)
         if scfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net: torch.nn.Module = self.model
@@ -179,6 +182,23 @@ class SegmenterTrainer:
         steps = len(self.loader(0))
         self.scheduler = warmup_cosine(self.optimizer, scfg.warmup_epochs * steps, scfg.epochs * steps)
         self.amp = scfg.amp and self.device.type == "cuda"
+
+    def _init_from(self, folder: Path, section: str) -> None:
+        """Load ``folder``'s trained segmenter weights into the freshly built model (``section.init_from``)."""
+        import json
+
+        from wsss.models.backbone import load_trained_state
+
+        key = f"{section}.init_from"
+        fix = f"point {key} at a train-segmenter (or retrain) folder of a run with the same recipe and classes"
+        meta_path = folder / META_FILE
+        if not (meta_path.is_file() and (folder / MODEL_FILE).is_file()):
+            raise ConfigError(key, f"{folder} holds no {MODEL_FILE} + {META_FILE}", fix)
+        classes = json.loads(meta_path.read_text()).get("classes")
+        if classes != self.classes:
+            raise ConfigError(key, f"{folder} was trained for classes {classes}, this run has {self.classes}", fix)
+        load_trained_state(self.model, folder / MODEL_FILE, fix)
+        self.echo(f"{section}: starting from the weights in {folder}")
 
     def _report_inject(self, section: str, masks_dir: Path) -> None:
         injector = self.train_set.injector

@@ -1,0 +1,88 @@
+"""`wsss review-round`: the segmenter fine-tuned on reviewed masks, evaluated before and after."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import FAST
+
+from wsss.cli import cli
+from wsss.data.images import read_mask
+from wsss.data.index import read_dataset_info, read_eval_index
+from wsss.errors import ConfigError, StageError
+from wsss.review_round import review_round
+
+
+@pytest.fixture
+def round_run(full_run, tmp_path: Path) -> Path:
+    run_dir, _ = full_run
+    dst = tmp_path / "run"
+    shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns(".locks"))
+    return dst
+
+
+def import_truth(run: Path, tmp_path: Path, n: int = 3) -> list[str]:
+    """A reviewer's masks: the ground truth of ``n`` defective training images, imported as png."""
+    index = run / "prepare" / "index.csv"
+    info = read_dataset_info(index)
+    folder = tmp_path / "corrected"
+    folder.mkdir()
+    ids = []
+    for r in read_eval_index(index, split="train"):
+        if r.labels and r.mask is not None and len(ids) < n:
+            cv2.imwrite(str(folder / f"{r.id}.png"), read_mask(r.mask, threshold=info.mask_threshold).astype(np.uint8))
+            ids.append(r.id)
+    result = CliRunner().invoke(cli, ["import-review", "--format", "png", str(folder), "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    return ids
+
+
+def test_a_round_fine_tunes_from_the_reviewed_segmenter_and_reports_before_and_after(round_run: Path, tmp_path):
+    import_truth(round_run, tmp_path)
+    old = (round_run / "train-segmenter" / "segmenter.safetensors").read_bytes()
+    lines: list[str] = []
+    report = review_round(None, round_run, FAST, epochs=1, echo=lines.append)
+    folder = round_run / "review-rounds" / "round-1"
+    assert (folder / "before" / "segmenter.safetensors").read_bytes() == old
+    assert (round_run / "train-segmenter" / "segmenter.safetensors").read_bytes() != old
+    saved = json.loads((folder / "report.json").read_text())
+    assert saved == report and report["reviewed_masks"] == 3 and report["epochs"] == 1
+    assert set(report["before"]) == set(report["after"]) == {"ap", "miou_def", "seg_recall_0_5", "pixel_ap"}
+    assert all(v is None or 0 <= v <= 1 for v in [*report["before"].values(), *report["after"].values()])
+    assert any(line.startswith("| before |") for line in "\n".join(lines).splitlines())
+    manifest = json.loads((round_run / "train-segmenter" / "manifest.json").read_text())
+    assert manifest["status"] == "done"
+    seg = manifest["config"]["segmenter"]
+    assert seg["init_from"] == str(folder / "before") and seg["reviewed"] == str(round_run / "reviewed")
+    review_round(None, round_run, FAST, epochs=1, echo=lambda *_: None)  # the next round numbers itself
+    assert (round_run / "review-rounds" / "round-2" / "report.json").is_file()
+
+
+def test_a_round_needs_reviewed_masks_and_a_finished_segmenter(round_run: Path, tmp_path):
+    with pytest.raises(ConfigError, match="no reviewed masks"):
+        review_round(None, round_run, FAST, epochs=1)
+    shutil.rmtree(round_run / "train-segmenter")
+    import_truth(round_run, tmp_path)
+    with pytest.raises(StageError, match="no finished train-segmenter"):
+        review_round(None, round_run, FAST, epochs=1)
+    result = CliRunner().invoke(cli, ["review-round", "--run-dir", str(round_run), "--epochs", "0", "-c", "x.yaml"])
+    assert result.exit_code == 2 and "--epochs" in result.output
+
+
+def test_init_from_refuses_a_segmenter_of_other_classes(round_run: Path, tmp_path):
+    from wsss.config import load_config
+    from wsss.runs import Run
+
+    other = tmp_path / "other"
+    shutil.copytree(round_run / "train-segmenter", other)
+    meta = json.loads((other / "segmenter.json").read_text())
+    (other / "segmenter.json").write_text(json.dumps(meta | {"classes": ["scratch", "pit"]}))
+    cfg = load_config(None, [*FAST, f"segmenter.init_from={other}"])
+    with pytest.raises(ConfigError, match=r"segmenter\.init_from.*classes"):
+        Run(round_run, cfg, echo=lambda *_: None).run_stage("train-segmenter", force=True)

@@ -1,0 +1,136 @@
+"""One review round: the segmenter fine-tuned on a reviewer's masks, evaluated before and after.
+
+After ``wsss export review`` and ``wsss import-review`` (corrected masks from an annotation tool, or the review
+page's accept / reject decisions) the run folder holds ``reviewed/``. A round then:
+
+1. snapshots the run's current segmenter (``train-segmenter/segmenter.*``) and its evaluation into
+   ``review-rounds/round-<k>/before/``;
+2. re-runs `train-segmenter` with ``segmenter.reviewed`` = ``reviewed/`` (human masks replace those images'
+   pseudo-masks, rejected images leave the mask loss) and ``segmenter.init_from`` = the snapshot: a fine-tuning of
+   ``epochs`` epochs from the weights the reviewer judged, not a training from ImageNet, so it takes minutes;
+3. evaluates the new segmenter on the same split and writes ``review-rounds/round-<k>/report.json``.
+
+The evaluation needs ground-truth masks on that split (a few test images a person drew once); without them image
+AP is still reported and the mask metrics are n/a.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from wsss.atomic import write_json
+from wsss.config import Config, load_config
+from wsss.errors import ConfigError, StageError
+
+ROUNDS = "review-rounds"
+METRICS = (("ap", "image AP"), ("miou_def", "mIoU_def"), ("seg_recall_0_5", "Seg_Recall@0.5"), ("pixel_ap", "pixel AP"))
+
+
+def _evaluate(cfg: Config, run_dir: Path, stage_dir: Path, split: str) -> dict[str, float | None]:
+    from wsss.data.index import read_dataset_info, read_eval_index
+    from wsss.evaluation import evaluate_stage
+
+    index = run_dir / "prepare" / "index.csv"
+    rows = read_eval_index(index, split=split)
+    report = evaluate_stage(rows, read_dataset_info(index), stage_dir, cfg.evaluate)
+    out: dict[str, float | None] = {}
+    for key, _ in METRICS:
+        v = getattr(report, key, None)
+        out[key] = None if v is None or v != v else float(v)
+    return out
+
+
+def _reviewed_counts(reviewed: Path) -> tuple[int, int]:
+    masks = len(list((reviewed / "masks").glob("*.png"))) if (reviewed / "masks").is_dir() else 0
+    rejected = reviewed / "rejected.txt"
+    n_rejected = len([ln for ln in rejected.read_text().splitlines() if ln]) if rejected.is_file() else 0
+    return masks, n_rejected
+
+
+def review_round(
+    config: Path | None,
+    run_dir: Path,
+    overrides: Sequence[str] = (),
+    epochs: int = 3,
+    split: str = "test",
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run one review round on ``run_dir`` (see the module docstring); returns the round's report."""
+    from wsss.runs import Run
+
+    run_dir = Path(run_dir)
+    seg = run_dir / "train-segmenter"
+    reviewed = run_dir / "reviewed"
+    manifest = seg / "manifest.json"
+    if not manifest.is_file() or json.loads(manifest.read_text()).get("status") != "done":
+        raise StageError(seg, "no finished train-segmenter stage in this run", "run the pipeline first (`wsss run`)")
+    n_masks, n_rejected = _reviewed_counts(reviewed)
+    if n_masks + n_rejected == 0:
+        raise ConfigError(
+            reviewed,
+            "no reviewed masks or decisions in this run",
+            "export the review package (`wsss export review`), correct or triage it, then `wsss import-review`",
+        )
+    if epochs < 1:
+        raise ConfigError("--epochs", f"got {epochs}", "use 1 or more")
+    rounds = run_dir / ROUNDS
+    k = 1 + sum(1 for p in rounds.glob("round-*") if (p / "report.json").is_file()) if rounds.is_dir() else 1
+    folder = rounds / f"round-{k}"
+    before = folder / "before"
+    shutil.rmtree(folder, ignore_errors=True)  # an interrupted round of this number starts over
+    before.mkdir(parents=True)
+    for name in ("segmenter.safetensors", "segmenter.json"):
+        shutil.copy2(seg / name, before / name)
+    base = load_config(config, list(overrides))
+    before_metrics = _evaluate(base, run_dir, seg, split)
+
+    sets = [
+        *overrides,
+        f"segmenter.reviewed={reviewed}",
+        f"segmenter.init_from={before}",
+        f"segmenter.epochs={epochs}",
+        "segmenter.warmup_epochs=0",
+    ]
+    cfg = load_config(config, sets)
+    echo(f"review round {k}: {n_masks} reviewed mask(s), {n_rejected} rejected image(s); fine-tuning {epochs} epoch(s)")
+    t0 = time.perf_counter()
+    Run(run_dir, cfg, echo=echo).run_stage("train-segmenter", force=True)
+    seconds = time.perf_counter() - t0
+    after_metrics = _evaluate(cfg, run_dir, seg, split)
+    report = {
+        "round": k,
+        "split": split,
+        "reviewed_masks": n_masks,
+        "rejected": n_rejected,
+        "epochs": epochs,
+        "seconds": round(seconds, 1),
+        "before": before_metrics,
+        "after": after_metrics,
+        "settings": sets[len(overrides) :],
+    }
+    write_json(folder / "report.json", report)
+    echo(format_report(report))
+    echo(
+        f"the run's train-segmenter now holds the fine-tuned segmenter; the one before is in {before}. Keep "
+        f"`segmenter.reviewed: {reviewed}` in the recipe so a later `wsss run` trains with the reviewed masks"
+    )
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    lines = [
+        f"review round {report['round']} ({report['split']} split, {report['seconds']:.0f} s):",
+        "| | " + " | ".join(label for _, label in METRICS) + " |",
+        "|---|" + "---|" * len(METRICS),
+    ]
+    for when in ("before", "after"):
+        lines.append(f"| {when} | " + " | ".join(pct(report[when][k]) for k, _ in METRICS) + " |")
+    return "\n".join(lines)
