@@ -1,0 +1,152 @@
+"""Benchmark: what a reviewer's corrections are worth: the segmenter's test figures against the number of masks.
+
+On finished recipe runs (``bench/recipe.py``'s ``OUT/fold<k>``), a simulated reviewer corrects N training images:
+their ground-truth masks are imported with ``wsss import-review --format png`` into a copy of the run, chosen
+
+- ``confidence``: least confident first, the order of the review page (the masks stage's ``confidence.csv``),
+- ``random``: ``--draws`` random draws of N training images (seeds 0, 1, ...),
+
+and the segmenter learns from them, as ``--mode`` says:
+
+- ``round``: ``wsss review-round --epochs E`` (fine-tuning from the run's segmenter: minutes); N = 0 is the same
+  fine-tuning without reviewed masks, so the gain is the masks', not the extra epochs';
+- ``retrain``: ``wsss run-stage train-segmenter --set segmenter.reviewed=...``: the recipe's full training.
+
+Prints test mIoU_def and pixel AP per N and choice (mean over the runs given and the random draws) and writes
+``OUT/review_gain.json``. Ground-truth masks are read here (the simulated reviewer) and by evaluation only.
+
+    python bench/review_gain.py /tmp/bench/ksdd/fold1 --config configs/ksdd.yaml --out /tmp/bench/review-gain
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+COPY = ("prepare", "train-classifier", "cam", "pseudo-labels", "retrain", "train-segmenter")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", type=Path, nargs="+", help="finished recipe runs")
+    p.add_argument("--config", type=Path, required=True, help="the recipe the runs ran")
+    p.add_argument("--out", type=Path, required=True, help="folder for the copies and review_gain.json")
+    p.add_argument("--n", default="0,5,10,20,40", help="numbers of reviewed training images")
+    p.add_argument("--draws", type=int, default=3, help="random draws per N")
+    p.add_argument("--mode", choices=["round", "retrain"], default="round")
+    p.add_argument("--epochs", type=int, default=3, help="review-round epochs (--mode round)")
+    p.add_argument("--choices", default="confidence,random")
+    return p.parse_args(argv)
+
+
+def wsss(*args: str) -> None:
+    cmd = [sys.executable, "-m", "wsss.cli", *args]
+    subprocess.run(cmd, check=True, cwd=ROOT, env=os.environ | {"WSSS_PROGRESS": "0"}, stdout=subprocess.DEVNULL)
+
+
+def fold_sets(run: Path) -> list[str]:
+    fold = json.loads((run / "prepare" / "manifest.json").read_text())["config"]["prepare"]["split"]["fold"]
+    return ["--set", f"prepare.split.fold={fold}"]
+
+
+def ranked_ids(run: Path, choice: str, draw: int) -> list[str]:
+    """Training ids in the order the simulated reviewer takes them."""
+    from wsss.data.index import read_train_index
+
+    ids = [r.id for r in read_train_index(run / "prepare" / "index.csv", "train")]
+    if choice == "random":
+        return list(np.random.default_rng(draw).permutation(ids))
+    masks_stage = json.loads((run / "train-segmenter" / "manifest.json").read_text())["config"]["segmenter"]["masks"]
+    with open(run / (masks_stage or "retrain") / "confidence.csv", newline="") as f:
+        conf = {r["id"]: float(r["confidence"]) for r in csv.DictReader(f)}
+    return sorted(ids, key=lambda i: (conf.get(i, 1.0), i))
+
+
+def one(run: Path, args: argparse.Namespace, choice: str, draw: int, n: int) -> dict[str, float]:
+    from wsss.config import load_config
+    from wsss.data.images import read_mask
+    from wsss.data.index import read_dataset_info, read_eval_index
+    from wsss.evaluation import evaluate_stage
+
+    copy = args.out / f"{run.name}-{args.mode}-{choice}{draw}-n{n}"
+    if not (copy / "train-segmenter" / "manifest.json").is_file() or not (copy / "done").is_file():
+        shutil.rmtree(copy, ignore_errors=True)
+        for stage in COPY:
+            shutil.copytree(run / stage, copy / stage)
+        index = run / "prepare" / "index.csv"
+        info = read_dataset_info(index)
+        masks = {r.id: r.mask for r in read_eval_index(index, split="train")}
+        chosen = [i for i in ranked_ids(run, choice, draw) if masks.get(i) is not None][:n]
+        base = ["-c", str(args.config), "--run-dir", str(copy), *fold_sets(run)]
+        if chosen:
+            folder = copy / "simulated-review"
+            folder.mkdir()
+            for i in chosen:
+                cv2.imwrite(
+                    str(folder / f"{i}.png"), read_mask(masks[i], threshold=info.mask_threshold).astype(np.uint8)
+                )
+            wsss("import-review", "--format", "png", str(folder), "--run", str(copy))
+        t0 = time.perf_counter()
+        if args.mode == "round" and chosen:
+            wsss("review-round", *base, "--epochs", str(args.epochs))
+        elif args.mode == "round":  # the control: the same fine-tuning without reviewed masks
+            before = copy / "before-control"
+            shutil.copytree(copy / "train-segmenter", before)
+            sets = [f"segmenter.init_from={before}", f"segmenter.epochs={args.epochs}", "segmenter.warmup_epochs=0"]
+            wsss("run-stage", "train-segmenter", *base, "--force", *sum((["--set", s] for s in sets), []))
+        elif chosen:
+            wsss("run-stage", "train-segmenter", *base, "--set", f"segmenter.reviewed={copy / 'reviewed'}")
+        (copy / "done").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    cfg = load_config(args.config, fold_sets(run)[1:])
+    index = copy / "prepare" / "index.csv"
+    report = evaluate_stage(
+        read_eval_index(index, split="test"), read_dataset_info(index), copy / "train-segmenter", cfg.evaluate
+    )
+    return {
+        "miou_def": float(report.miou_def),
+        "pixel_ap": float(report.pixel_ap),
+        "seconds": float((copy / "done").read_text()),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ns = [int(v) for v in args.n.split(",")]
+    results: dict[str, dict[int, list[dict[str, float]]]] = {}
+    for choice in args.choices.split(","):
+        draws = range(args.draws) if choice == "random" else range(1)
+        results[choice] = {n: [one(run, args, choice, d, n) for run in args.runs for d in draws] for n in ns}
+        if choice == "random" and "confidence" in results:
+            results[choice][0] = results["confidence"][0]  # N = 0 is the same whatever the choice
+    (args.out / "review_gain.json").write_text(json.dumps(results, indent=1))
+    print(
+        f"\n{args.mode} ({args.epochs} epochs)" if args.mode == "round" else "\nretrain",
+        f"over {len(args.runs)} run(s)",
+    )
+    print("\n| reviewed images | " + " | ".join(f"{c}: mIoU_def / pixel AP" for c in results) + " |")
+    print("|---|" + "---|" * len(results))
+    for n in ns:
+        cells = []
+        for per_n in results.values():
+            m = np.mean([r["miou_def"] for r in per_n[n]])
+            ap = np.mean([r["pixel_ap"] for r in per_n[n]])
+            cells.append(f"{100 * m:.2f}% / {100 * ap:.2f}%")
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    seconds = [r["seconds"] for per_n in results.values() for rs in per_n.values() for r in rs]
+    print(f"\nseconds per segmenter: median {np.median(seconds):.0f}, max {np.max(seconds):.0f}")
+
+
+if __name__ == "__main__":
+    main()
