@@ -440,7 +440,7 @@ def export_onnx_cmd(model: Path, out: Path, opset: int) -> None:
 
 
 @cli.command()
-@click.option("--kind", required=True, help="dataset kind: folder, csv, ksdd, mtd, ... (see README, Dataset formats)")
+@click.option("--kind", required=True, help="dataset kind: folder, csv, ksdd, mtd, ... (see docs/datasets.md)")
 @click.option("--root", type=click.Path(path_type=Path), required=True, help="dataset folder (kind csv: the CSV)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("recipe.yaml"), show_default=True)
 @click.option("--force", is_flag=True, help="replace an existing recipe file")

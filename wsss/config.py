@@ -153,7 +153,7 @@ class SyntheticConfig:
 
 @dataclass
 class DatasetConfig:
-    """Where the images are and how to read them (see README, "Dataset formats")."""
+    """Where the images are and how to read them (see docs/datasets.md)."""
 
     kind: str = "synthetic"  # folder, csv, mtd, ksdd, ksdd2, dagm, mvtec, neu, synthetic
     root: str | None = _path_field()  # dataset folder (kind csv: the CSV file)
@@ -528,7 +528,7 @@ class SegTrainConfig:
     balance: str = _choices("sampler", "pos_weight", "none", default="none")
     # a training image labelled defective whose pseudo-mask has no pixel of a labelled class (pseudo-labelling missed
     # the defect): "background" trains on it as is; "ignore" leaves its mask out of the segmentation loss (it still
-    # trains the image head and the distillation terms). Measured on KSDD (README), ignore did not help: segmenter
+    # trains the image head and the distillation terms). Measured on KSDD (docs/benchmarks.md), ignore did not help: segmenter
     # mIoU_def 14.25% against 15.43%, retrain round 15.29% against 15.56%
     missed_defects: str = _choices("background", "ignore", default="background")
     # OK training images (labelled defect-free, not reviewed) train as all background at full weight, whatever their
@@ -571,7 +571,7 @@ class SegmenterConfig(SegTrainConfig):
     # early stopping: epochs without a better validation Seg_mIoU (against pseudo-masks)
     patience: int = _num(8, ge=1, fix="at least 1 epoch")
     reviewed: str | None = _path_field()  # `wsss import-review` folder: human masks that replace pseudo-masks
-    # the image head that gates the line's masks pools by LSE, as the DFC does (README: KSDD test image AP 0.457 with
+    # the image head that gates the line's masks pools by LSE, as the DFC does (docs/benchmarks.md: KSDD test image AP 0.457 with
     # average pooling, 0.707 at 5, 0.816 at 10; mIoU_def 15.43%, 13.92%, 12.94%)
     cls_lse_r: float = _num(5.0, ge=0, fix="0 (average pooling) or an LSE sharpness > 0, e.g. 5")
 
