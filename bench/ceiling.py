@@ -12,7 +12,9 @@ On finished recipe runs (``bench/recipe.py``'s ``OUT/fold<k>``), for the defecti
 4. with ``--gt-segmenter``: the segmenter trained on the ground-truth masks of the *training* split (imported with
    ``wsss import-review --format png`` and used through ``segmenter.reviewed``, everything else as the recipe): the
    ceiling of the segmenter's architecture at the recipe's resolution, which no pseudo-mask can teach past;
-5. each segmenter's own probability map (``probs/``, defect where p >= 0.5) gated by the classifier's decision
+5. the retrain round's masks (the segmenter's teacher) area-downsampled to the segmenter's input size and back: the
+   best copy of its teacher a segmenter at that resolution can make;
+6. each segmenter's own probability map (``probs/``, defect where p >= 0.5) gated by the classifier's decision
    instead of its own image head, and ungated: how much its gate costs.
 
 Ground-truth masks are read here and by evaluation only: the ladder's oracles (1, 2) and the ground-truth segmenter
@@ -84,6 +86,14 @@ def oracle_crf(image: np.ndarray, cam: np.ndarray, gt: np.ndarray, pseudo, calle
             cfg = dataclasses.replace(pseudo, bg_prior=bg, crf=dataclasses.replace(pseudo.crf, bilateral_compat=compat))
             best = max(best, iou(defect_pixels(label_image(image, cam, cfg, called).mask), gt))
     return best
+
+
+def through(mask: np.ndarray, size: list[int]) -> np.ndarray:
+    """``mask`` area-downsampled to ``size`` (H, W) and upsampled back (bilinear, >= 0.5): what a network that sees
+    the image at ``size`` can reproduce of it at best."""
+    h, w = mask.shape
+    small = cv2.resize(mask.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
 
 
 def stage_masks(run: Path, stage: str, ids: list[str], gts: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
@@ -177,6 +187,13 @@ def ladder(run: Path, split: str, args: argparse.Namespace) -> dict[str, dict[st
         out[f"{name}, as run" if name in STAGES else name] = {
             "miou_def": float(np.mean([iou(masks[i], gts[i]) for i in ids])),
             "called_but_empty": sum(called[i] and not masks[i].any() for i in ids),
+        }
+    teacher = stage_masks(run, "retrain", ids, gts)
+    meta = run / "train-segmenter" / "segmenter.json"
+    if teacher is not None and meta.is_file():  # what the segmenter can copy of its teacher at its own input size
+        size = json.loads(meta.read_text())["input_size"]
+        out[f"retrain masks through the segmenter's {size[0]} x {size[1]} input"] = {
+            "miou_def": float(np.mean([iou(through(teacher[i], size), gts[i]) for i in ids]))
         }
     for name, folder in runs:  # the segmenter's own soft map under other gates: is its image head the loss?
         probs = folder / "train-segmenter" / "probs"

@@ -40,3 +40,13 @@ def test_the_crf_oracle_is_at_least_each_setting_of_its_grid():
     best = ceiling.oracle_crf(image, cam, gt, pseudo, called=True)
     assert best == pytest.approx(1.0, abs=0.02)
     assert ceiling.oracle_crf(image, cam, gt, pseudo, called=False) == 0.0  # called OK: an empty mask
+
+
+def test_through_keeps_what_a_smaller_input_resolves_and_loses_a_thin_line():
+    block = np.zeros((64, 32), bool)
+    block[16:48, 8:24] = True
+    assert ceiling.iou(ceiling.through(block, [32, 16]), block) == 1.0
+    line = np.zeros((64, 32), bool)
+    line[8:56, 15] = True  # one pixel wide: a quarter of a pixel at a quarter of the size
+    assert not ceiling.through(line, [16, 8]).any()
+    assert ceiling.through(line, [64, 32]).sum() == line.sum()
