@@ -484,7 +484,7 @@ class GuidedConfig:
 
     Off by default: it sharpens a segmenter taught by blob-like pseudo-masks (KSDD fold 1 validation mIoU_def
     +3.7 points at radius 8) but blurs one taught by exact masks (the same fold's ground-truth-trained segmenter:
-    -9.2 points at radius 8), so a recipe turns it on where its validation split says so."""
+    -8.4 points at radius 8), so a recipe turns it on where its validation split says so."""
 
     # window radius in pixels of the network input (scaled to each image's size); 0 = plain bilinear upsampling
     radius: float = _num(0.0, ge=0, fix="pixels >= 0 (0 = off), e.g. 8")
