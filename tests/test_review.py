@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import zipfile
@@ -341,52 +342,60 @@ def browser_or_skip() -> str:
     return chromium
 
 
-def test_review_page_in_a_headless_browser(full_run, tmp_path: Path):
-    """index.html from file://: no console errors, one card per image, sorting and filtering work, a click enlarges."""
+@contextlib.contextmanager
+def browser_page(uri: str, profile: Path):
+    """A headless Chromium page (Playwright, the system browser) loaded from ``uri``, and the list its console errors
+    and page errors land in; skips when there is no browser."""
     from playwright.sync_api import sync_playwright
 
     chromium = browser_or_skip()
-    run_dir, _ = full_run
-    page_file = run_dir / "export" / "index.html"
-    records = json.loads(page_file.read_text().split('id="data">', 1)[1].split("</script>", 1)[0])["images"]
     errors: list[str] = []
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=chromium, headless=True, args=CHROMIUM_FLAGS
+            str(profile), executable_path=chromium, headless=True, args=CHROMIUM_FLAGS
         )
         try:
             page = context.new_page()
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(page_file.as_uri())
+            page.goto(uri)
             page.wait_for_load_state("load")
-
-            def visible_ids() -> list[str]:
-                return page.eval_on_selector_all(".card:not(.hidden)", "cs => cs.map(c => c.dataset.id)")
-
-            assert page.locator(".card").count() == len(records)
-            by_conf = visible_ids()
-            confs = {r["id"]: r["confidence"] for r in records}
-            assert [confs[i] for i in by_conf] == sorted(confs[i] for i in by_conf)  # least confident first
-            page.select_option("#sort", "id")
-            assert visible_ids() == sorted(r["id"] for r in records) != by_conf
-            page.select_option("#decision", "ok")
-            ok = [r["id"] for r in records if (r["score"] >= 0.5) is False]
-            assert sorted(visible_ids()) == sorted(ok) and page.inner_text("#count").startswith(f"{len(ok)} of")
-            page.select_option("#decision", "all")
-            page.fill("#cmin", "2")
-            page.dispatch_event("#cmin", "input")
-            assert visible_ids() == []
-            page.fill("#cmin", "0")
-            page.dispatch_event("#cmin", "input")
-            assert page.locator("#viewer").is_hidden()
-            page.locator(".card:not(.hidden)").first.click()
-            assert page.locator("#viewer").is_visible() and page.locator("#vbase").get_attribute("src")
-            page.keyboard.press("Escape")
-            assert page.locator("#viewer").is_hidden()
-            assert errors == [], errors
+            yield page, errors
         finally:
             context.close()
+
+
+def visible_ids(page) -> list[str]:
+    return page.eval_on_selector_all(".card:not(.hidden)", "cs => cs.map(c => c.dataset.id)")
+
+
+def test_review_page_in_a_headless_browser(full_run, tmp_path: Path):
+    """index.html from file://: no console errors, one card per image, sorting and filtering work, a click enlarges."""
+    run_dir, _ = full_run
+    page_file = run_dir / "export" / "index.html"
+    records = json.loads(page_file.read_text().split('id="data">', 1)[1].split("</script>", 1)[0])["images"]
+    with browser_page(page_file.as_uri(), tmp_path / "profile") as (page, errors):
+        assert page.locator(".card").count() == len(records)
+        by_conf = visible_ids(page)
+        confs = {r["id"]: r["confidence"] for r in records}
+        assert [confs[i] for i in by_conf] == sorted(confs[i] for i in by_conf)  # least confident first
+        page.select_option("#sort", "id")
+        assert visible_ids(page) == sorted(r["id"] for r in records) != by_conf
+        page.select_option("#decision", "ok")
+        ok = [r["id"] for r in records if (r["score"] >= 0.5) is False]
+        assert sorted(visible_ids(page)) == sorted(ok) and page.inner_text("#count").startswith(f"{len(ok)} of")
+        page.select_option("#decision", "all")
+        page.fill("#cmin", "2")
+        page.dispatch_event("#cmin", "input")
+        assert visible_ids(page) == []
+        page.fill("#cmin", "0")
+        page.dispatch_event("#cmin", "input")
+        assert page.locator("#viewer").is_hidden()
+        page.locator(".card:not(.hidden)").first.click()
+        assert page.locator("#viewer").is_visible() and page.locator("#vbase").get_attribute("src")
+        page.keyboard.press("Escape")
+        assert page.locator("#viewer").is_hidden()
+        assert errors == [], errors
 
 
 def test_png_import_reads_a_tools_binary_0_255_masks_as_the_defect_class(review_run: Path, tmp_path: Path, capsys):

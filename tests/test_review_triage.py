@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_review import CHROMIUM_FLAGS, browser_or_skip
+from test_review import browser_page, visible_ids
 
 from wsss.cli import cli
 from wsss.config import ExportConfig
@@ -180,61 +180,39 @@ def test_a_rejected_image_contributes_no_mask_loss(review_run: Path, tmp_path: P
 def test_triage_in_a_headless_browser(review_run: Path, tmp_path: Path):
     """From file://: accept by key, reject by button, counter, review filter, reload keeps them, the downloaded file
     is window.wsssDecisions() and imports."""
-    from playwright.sync_api import sync_playwright
-
-    chromium = browser_or_skip()
     data = export_package(review_run, tmp_path / "pkg")
     n = len(data["images"])
-    errors: list[str] = []
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=chromium, headless=True, args=CHROMIUM_FLAGS
-        )
-        try:
-            page = context.new_page()
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto((tmp_path / "pkg" / "index.html").as_uri())
-            page.wait_for_load_state("load")
-
-            def visible_ids() -> list[str]:
-                return page.eval_on_selector_all(".card:not(.hidden)", "cs => cs.map(c => c.dataset.id)")
-
-            order = visible_ids()
-            assert (
-                len(order) == n
-                and page.inner_text("#triage-count") == f"0 accepted · 0 rejected · {n} undecided of {n}"
-            )
-            page.keyboard.press("j")  # focus the first card
-            page.keyboard.press("a")  # accept it; focus moves on to the next
-            assert page.evaluate("document.activeElement.dataset.id") == order[1]
-            page.click(f'.card[data-id="{order[2]}"] button.reject')
-            assert page.locator("#viewer").is_hidden()  # a button click is not a click that enlarges
-            accepted, rejected = order[0], order[2]
-            counter = f"1 accepted · 1 rejected · {n - 2} undecided of {n}"
-            assert page.inner_text("#triage-count") == counter
-            for state, ids in (("accept", [accepted]), ("reject", [rejected])):
-                page.select_option("#review", state)
-                assert visible_ids() == ids, state
-            page.select_option("#review", "undecided")
-            assert sorted(visible_ids()) == sorted(set(order) - {accepted, rejected})
-            expected = {**data["package"], "decisions": {accepted: "accept", rejected: "reject"}}
-            assert page.evaluate("window.wsssDecisions()") == expected
-            page.reload()
-            page.wait_for_load_state("load")
-            assert page.inner_text("#triage-count") == counter  # localStorage kept them
-            with page.expect_download() as download:
-                page.click("#download")
-            assert download.value.suggested_filename == "decisions-run-retrain.json"
-            saved = tmp_path / "downloaded.json"
-            download.value.save_as(saved)
-            assert json.loads(saved.read_text()) == expected
-            page.focus(f'.card[data-id="{accepted}"]')
-            page.keyboard.press("u")
-            assert page.inner_text("#triage-count").startswith("0 accepted · 1 rejected")
-            assert errors == [], errors
-        finally:
-            context.close()
+    with browser_page((tmp_path / "pkg" / "index.html").as_uri(), tmp_path / "profile") as (page, errors):
+        order = visible_ids(page)
+        assert len(order) == n and page.inner_text("#triage-count") == f"0 accepted · 0 rejected · {n} undecided of {n}"
+        page.keyboard.press("j")  # focus the first card
+        page.keyboard.press("a")  # accept it; focus moves on to the next
+        assert page.evaluate("document.activeElement.dataset.id") == order[1]
+        page.click(f'.card[data-id="{order[2]}"] button.reject')
+        assert page.locator("#viewer").is_hidden()  # a button click is not a click that enlarges
+        accepted, rejected = order[0], order[2]
+        counter = f"1 accepted · 1 rejected · {n - 2} undecided of {n}"
+        assert page.inner_text("#triage-count") == counter
+        for state, ids in (("accept", [accepted]), ("reject", [rejected])):
+            page.select_option("#review", state)
+            assert visible_ids(page) == ids, state
+        page.select_option("#review", "undecided")
+        assert sorted(visible_ids(page)) == sorted(set(order) - {accepted, rejected})
+        expected = {**data["package"], "decisions": {accepted: "accept", rejected: "reject"}}
+        assert page.evaluate("window.wsssDecisions()") == expected
+        page.reload()
+        page.wait_for_load_state("load")
+        assert page.inner_text("#triage-count") == counter  # localStorage kept them
+        with page.expect_download() as download:
+            page.click("#download")
+        assert download.value.suggested_filename == "decisions-run-retrain.json"
+        saved = tmp_path / "downloaded.json"
+        download.value.save_as(saved)
+        assert json.loads(saved.read_text()) == expected
+        page.focus(f'.card[data-id="{accepted}"]')
+        page.keyboard.press("u")
+        assert page.inner_text("#triage-count").startswith("0 accepted · 1 rejected")
+        assert errors == [], errors
     r = import_cli(saved, review_run)
     assert r.exit_code == 0, r.output
     pseudo = review_run / "retrain" / "masks" / f"{accepted}.png"

@@ -77,21 +77,22 @@ class DecisionsSummary:
     rejected_total: int  # ids in rejected.txt after this import
 
 
+def _unknown_ids(ids, images: dict[str, Path], source: Path) -> list[WsssError]:
+    """One error listing the ids of ``ids`` that the run's index lacks (none when all are known)."""
+    unknown = sorted(set(ids) - set(images))
+    if not unknown:
+        return []
+    what = f"{len(unknown)} image id(s) not in the run's index: {', '.join(unknown)}"
+    return [DataError(source, what, "import into the run the package was exported from")]
+
+
 def check_masks(
     masks: dict[str, np.ndarray], images: dict[str, Path], labels: LabelMap, source: Path
 ) -> tuple[dict[str, tuple[int, int]], list[WsssError]]:
     """The (H, W) of each imported id's image, and every problem of the decoded ``masks`` (unknown ids, unreadable
     images, wrong sizes, unknown labels), each naming the image."""
     errors: list[WsssError] = []
-    unknown = sorted(set(masks) - set(images))
-    if unknown:
-        errors.append(
-            DataError(
-                source,
-                f"{len(unknown)} image id(s) not in the run's index: {', '.join(unknown)}",
-                "import into the run the package was exported from",
-            )
-        )
+    errors.extend(_unknown_ids(masks, images, source))
     sizes: dict[str, tuple[int, int]] = {}
     for sid in sorted(set(masks) & set(images)):
         mask = masks[sid]
@@ -277,15 +278,7 @@ def import_decisions(path: Path, run_dir: Path) -> DecisionsSummary:
         errors.append(DataError(path, what, fix_stale))
     else:
         stale = False
-    unknown = sorted(set(decisions) - set(images))
-    if unknown:
-        errors.append(
-            DataError(
-                path,
-                f"{len(unknown)} image id(s) not in the run's index: {', '.join(unknown)}",
-                "import into the run the package was exported from",
-            )
-        )
+    errors.extend(_unknown_ids(decisions, images, path))
     for sid, d in sorted(decisions.items()):
         if d not in DECISIONS:
             errors.append(
