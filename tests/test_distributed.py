@@ -13,6 +13,8 @@ import torch.multiprocessing as mp
 from conftest import FAST, TINY, TINY_CLASSIFIER
 from safetensors.torch import load_file
 
+from wsss.train.dist import shutdown
+
 OVERRIDES = [
     *[f"dataset.synthetic.{k}={v}" for k, v in TINY.items()],
     *TINY_CLASSIFIER,
@@ -47,8 +49,10 @@ def _train_on_rank(
     ClassifierTrainer.fit = fit_and_record
     try:
         Run(Path(run_dir), load_config(None, [*OVERRIDES, *extra]), echo=lambda *_: None).run_stage("train-classifier")
-    finally:
+    except BaseException:
         td.destroy_process_group()
+        raise
+    shutdown()
 
 
 def test_two_process_ddp_training_ends_with_identical_weights_on_both_ranks(prepared_run: Path, tmp_path: Path):
@@ -103,8 +107,10 @@ def _label_on_rank(rank: int, world: int, rendezvous: str, run_dir: str, die_aft
         Run(Path(run_dir), load_config(None, [*FAST, "pseudo.workers=1"]), echo=lambda *_: None).run_stage(
             "pseudo-labels"
         )
-    finally:
+    except BaseException:
         td.destroy_process_group()
+        raise
+    shutdown()
 
 
 def _copy_upstream(full: Path, dst: Path) -> None:
@@ -162,8 +168,10 @@ def _cam_on_rank(rank: int, world: int, rendezvous: str, run_dir: str) -> None:
     td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
     try:
         Run(Path(run_dir), load_config(None, FAST), echo=lambda *_: None).run_stage("cam")
-    finally:
+    except BaseException:
         td.destroy_process_group()
+        raise
+    shutdown()
 
 
 def test_sharded_cam_stage_over_two_processes_equals_one_process(full_run, tmp_path: Path):
@@ -198,8 +206,10 @@ def _stages_on_rank(rank: int, world: int, rendezvous: str, run_dir: str, stages
     td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
     try:
         Run(Path(run_dir), load_config(None, FAST), echo=lambda *_: None).run_pipeline(stages)
-    finally:
+    except BaseException:
         td.destroy_process_group()
+        raise
+    shutdown()
 
 
 def test_retrain_and_train_segmenter_train_with_ddp_and_write_their_outputs_once(full_run, tmp_path: Path):
@@ -227,8 +237,10 @@ def _predict_on_rank(rank: int, world: int, rendezvous: str, model: str, images:
     td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
     try:
         predict_images(load_predictor(Path(model)), [Path(images)], Path(out), batch=2)
-    finally:
+    except BaseException:
         td.destroy_process_group()
+        raise
+    shutdown()
 
 
 def test_predict_sharded_over_two_processes_equals_one_process(full_run, tmp_path: Path):

@@ -35,6 +35,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group after the work succeeded on every rank: wait for all ranks, then destroy it.
+
+    Without the barrier, a rank that finishes first tears its gloo connections down while a slower rank still uses
+    them, and the slower one can abort at exit ("terminate called without an active exception"). Call it only on
+    success: after a failure the other ranks may never reach the barrier.
+    """
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def resolve_device(name: str, where: str = "run.device") -> torch.device:
     """``auto`` -> this rank's CUDA device when there is one, else the CPU; ``where`` names the setting in errors."""
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
