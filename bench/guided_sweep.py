@@ -53,9 +53,8 @@ def sweep_run(run: Path, args: argparse.Namespace, grid: list[tuple[float, float
         pred = predictor([image])[0]
         net = size if size is not None else image.shape[:2]
         for radius, eps in grid:
-            predictor.guided_eps = eps
             t0 = time.perf_counter()
-            probs = predictor.guide(image, pred.probs, net, radius)
+            probs = predictor.guide(image, pred.probs, net, radius, eps)
             seconds[(radius, eps)] += time.perf_counter() - t0
             pix[(radius, eps)].add(np.clip(probs[1:].sum(axis=0), 0, 1), gt)
             if gt.any():

@@ -77,6 +77,11 @@ def test_predictor_applies_the_meta_radius_scaled_to_the_image_and_the_override(
     assert iou(guided.labels > 0, mask) > iou(plain.labels > 0, mask) + 0.4
     expected = guided_probs(image, plain.probs, 8.0, 1e-4)
     np.testing.assert_allclose(guided.probs, expected, atol=1e-5)
+    # a sweep passes its own eps per call; the predictor's setting stays as loaded
+    predictor = Predictor(ConstRunner(logits), meta | {"guided": {"radius": 4.0, "eps": 1e-4}})
+    swept = predictor.guide(image, plain.probs, small, 4.0, eps=1e-2)
+    np.testing.assert_allclose(swept, guided_probs(image, plain.probs, 8.0, 1e-2), atol=1e-5)
+    assert predictor.guided_eps == 1e-4 and not np.allclose(swept, expected, atol=1e-3)
 
 
 def test_a_negative_radius_is_refused_with_its_key():

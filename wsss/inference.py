@@ -152,15 +152,21 @@ class Predictor:
         return self.size if self.size is not None else image.shape[:2]
 
     def guide(
-        self, image: np.ndarray, probs: np.ndarray, network_size: Sequence[int], radius: float | None = None
+        self,
+        image: np.ndarray,
+        probs: np.ndarray,
+        network_size: Sequence[int],
+        radius: float | None = None,
+        eps: float | None = None,
     ) -> np.ndarray:
         """``probs`` (K+1, H0, W0) of ``image`` after guided upsampling at ``radius`` (network-input pixels, scaled
-        by the image's size over ``network_size``; default the predictor's ``guided_radius``; 0 = unchanged)."""
+        by the image's size over ``network_size``; default the predictor's ``guided_radius``; 0 = unchanged) with
+        regularisation ``eps`` (default the predictor's ``guided_eps``)."""
         radius = self.guided_radius if radius is None else radius
         if radius <= 0:
             return probs
         scale = (image.shape[0] / network_size[0] + image.shape[1] / network_size[1]) / 2
-        return guided_probs(image, probs, radius * scale, self.guided_eps)
+        return guided_probs(image, probs, radius * scale, self.guided_eps if eps is None else eps)
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Predictions for ``images`` (uint8, gray or RGB, any sizes), in order."""
