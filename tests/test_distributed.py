@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,22 @@ from conftest import FAST, TINY, TINY_CLASSIFIER
 from safetensors.torch import load_file
 
 from wsss.train.dist import shutdown
+
+
+@contextmanager
+def _gloo_group(rank: int, world: int, rendezvous: str):
+    """This rank in a gloo group for the block: left through ``shutdown`` (every rank waits) when the block succeeds,
+    destroyed at once when it raises (the other ranks may never reach a barrier)."""
+    import torch.distributed as td
+
+    td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
+    try:
+        yield
+    except BaseException:
+        td.destroy_process_group()
+        raise
+    shutdown()
+
 
 OVERRIDES = [
     *[f"dataset.synthetic.{k}={v}" for k, v in TINY.items()],
@@ -30,13 +47,10 @@ def _train_on_rank(
     this rank ended with; ``check(trainer)`` runs before training when given."""
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    import torch.distributed as td
-
     from wsss.config import load_config
     from wsss.runs import Run
     from wsss.train.classifier import ClassifierTrainer
 
-    td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
     original = ClassifierTrainer.fit
 
     def fit_and_record(self):
@@ -47,12 +61,8 @@ def _train_on_rank(
         return summary
 
     ClassifierTrainer.fit = fit_and_record
-    try:
+    with _gloo_group(rank, world, rendezvous):
         Run(Path(run_dir), load_config(None, [*OVERRIDES, *extra]), echo=lambda *_: None).run_stage("train-classifier")
-    except BaseException:
-        td.destroy_process_group()
-        raise
-    shutdown()
 
 
 def test_two_process_ddp_training_ends_with_identical_weights_on_both_ranks(prepared_run: Path, tmp_path: Path):
@@ -86,13 +96,10 @@ def test_nccl_ddp_training_on_the_gpus(prepared_run: Path, tmp_path: Path):
 def _label_on_rank(rank: int, world: int, rendezvous: str, run_dir: str, die_after: int) -> None:
     """One rank of a sharded pseudo-labels run; with ``die_after`` > 0, rank 1 crashes after that many images."""
     os.environ["OMP_NUM_THREADS"] = "1"
-    import torch.distributed as td
-
     import wsss.refine.pseudo as pseudo
     from wsss.config import load_config
     from wsss.runs import Run
 
-    td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
     if die_after and rank == 1:
         original, count = pseudo.label_one, {"n": 0}
 
@@ -103,14 +110,10 @@ def _label_on_rank(rank: int, world: int, rendezvous: str, run_dir: str, die_aft
             return original(task)
 
         pseudo.label_one = crashes
-    try:
+    with _gloo_group(rank, world, rendezvous):
         Run(Path(run_dir), load_config(None, [*FAST, "pseudo.workers=1"]), echo=lambda *_: None).run_stage(
             "pseudo-labels"
         )
-    except BaseException:
-        td.destroy_process_group()
-        raise
-    shutdown()
 
 
 def _copy_upstream(full: Path, dst: Path) -> None:
@@ -160,18 +163,11 @@ def test_a_dying_rank_fails_the_stage_and_a_rerun_redoes_only_the_missing_images
 
 def _cam_on_rank(rank: int, world: int, rendezvous: str, run_dir: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
-    import torch.distributed as td
-
     from wsss.config import load_config
     from wsss.runs import Run
 
-    td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
-    try:
+    with _gloo_group(rank, world, rendezvous):
         Run(Path(run_dir), load_config(None, FAST), echo=lambda *_: None).run_stage("cam")
-    except BaseException:
-        td.destroy_process_group()
-        raise
-    shutdown()
 
 
 def test_sharded_cam_stage_over_two_processes_equals_one_process(full_run, tmp_path: Path):
@@ -198,18 +194,11 @@ def test_sharded_cam_stage_over_two_processes_equals_one_process(full_run, tmp_p
 
 def _stages_on_rank(rank: int, world: int, rendezvous: str, run_dir: str, stages: list[str]) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
-    import torch.distributed as td
-
     from wsss.config import load_config
     from wsss.runs import Run
 
-    td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
-    try:
+    with _gloo_group(rank, world, rendezvous):
         Run(Path(run_dir), load_config(None, FAST), echo=lambda *_: None).run_pipeline(stages)
-    except BaseException:
-        td.destroy_process_group()
-        raise
-    shutdown()
 
 
 def test_retrain_and_train_segmenter_train_with_ddp_and_write_their_outputs_once(full_run, tmp_path: Path):
@@ -229,18 +218,11 @@ def test_retrain_and_train_segmenter_train_with_ddp_and_write_their_outputs_once
 
 def _predict_on_rank(rank: int, world: int, rendezvous: str, model: str, images: str, out: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
-    import torch.distributed as td
-
     from wsss.inference import load_predictor
     from wsss.predict import predict_images
 
-    td.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
-    try:
+    with _gloo_group(rank, world, rendezvous):
         predict_images(load_predictor(Path(model)), [Path(images)], Path(out), batch=2)
-    except BaseException:
-        td.destroy_process_group()
-        raise
-    shutdown()
 
 
 def test_predict_sharded_over_two_processes_equals_one_process(full_run, tmp_path: Path):
