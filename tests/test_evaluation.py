@@ -14,6 +14,7 @@ from wsss.config import EvaluateConfig
 from wsss.data.index import DatasetInfo, EvalRow
 from wsss.errors import DataError, ManyErrors
 from wsss.evaluation import evaluate_masks, read_prob_map, read_scores, write_report
+from wsss.mask_format import write_labelmap
 from wsss.metrics import PROB_LEVELS, auroc, average_precision
 
 INFO = DatasetInfo(kind="folder", classes=("scratch", "blob"), mask_threshold=128)
@@ -86,6 +87,20 @@ def test_report_without_scores(tmp_path):
     assert blob.miou == pytest.approx(0.25) and blob.seg_recall_0_5 == 0.0 and blob.class_agreement == 0.0
     by_id = {r.id: r for r in rep.images}
     assert (by_id["A"].gt_area, by_id["A"].pred_area, by_id["D"].iou) == (4, 6, 1.0)
+
+
+def test_binary_run_masks_have_no_class_agreement(tmp_path):
+    """A binary run's masks (labelmap: one ``defect`` value) over a dataset of several classes do not say which
+    class a pixel is: agreement is n/a, not "all blob" for value 1; the segmentation figures are unchanged."""
+    rows = _five(tmp_path)
+    write_labelmap(tmp_path / "masks", ("defect",))
+    rep = evaluate_masks(rows, INFO, tmp_path / "masks", None, EvaluateConfig())
+    scratch, blob = rep.per_class
+    assert math.isnan(scratch.class_agreement) and math.isnan(blob.class_agreement)
+    assert scratch.miou == pytest.approx(1 / 3) and rep.miou_def == pytest.approx(11 / 36)
+    write_labelmap(tmp_path / "masks", ("scratch", "blob"))  # a multi-class run's masks: agreement counts again
+    scratch, blob = evaluate_masks(rows, INFO, tmp_path / "masks", None, EvaluateConfig()).per_class
+    assert (scratch.class_agreement, blob.class_agreement) == (1.0, 0.0)
 
 
 def test_write_report(tmp_path):

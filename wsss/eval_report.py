@@ -47,7 +47,8 @@ class ClassResult:
 
     Ground-truth masks are binary, so ``miou`` and ``seg_recall_0_5`` compare "any defect class" predictions
     with them. ``class_agreement`` is the share of those images' predicted defect pixels whose value is this
-    class's index (value k = ``classes[k - 1]``): nan when nothing was predicted.
+    class's index (value k = ``classes[k - 1]``): nan when nothing was predicted, or when the masks name no class
+    (a binary run's one ``defect`` value over a dataset of several classes).
     """
 
     name: str

@@ -327,8 +327,8 @@ def check_masks(
 class _ClassStats:
     """Per-class accumulator: segmentation counts plus how many predicted pixels carry the class's value."""
 
-    def __init__(self, value: int):
-        self.value = value
+    def __init__(self, value: int, class_aware: bool = True):
+        self.value, self.class_aware = value, class_aware
         self.seg = metrics.SegAccumulator()
         self.agree = 0
         self.predicted = 0
@@ -345,7 +345,7 @@ class _ClassStats:
             n_images=len(self.seg),
             miou=self.seg.miou_def(),
             seg_recall_0_5=self.seg.seg_recall(0.5),
-            class_agreement=self.agree / self.predicted if self.predicted else math.nan,
+            class_agreement=self.agree / self.predicted if self.predicted and self.class_aware else math.nan,
         )
 
 
@@ -380,7 +380,7 @@ def evaluate_masks(
     raise_all(errors, summary)
     seg = metrics.SegAccumulator()
     pixel = metrics.PixelAccumulator() if probs_dir is not None else None
-    per_class = {c: _ClassStats(k + 1) for k, c in enumerate(info.classes)}
+    per_class = {c: _ClassStats(k + 1, encoding.class_aware) for k, c in enumerate(info.classes)}
     files = [masks_dir / f"{r.id}.png" for r in rows]
     results: list[ImageResult] = []
     for row, pred_path in progress(zip(rows, files, strict=True), desc="evaluate", total=len(rows)):

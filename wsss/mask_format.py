@@ -50,6 +50,9 @@ class MaskEncoding:
     kind: str  # "labels", "binary" or "labelmap"
     lut: np.ndarray  # (256,) uint8
     note: str = ""  # one line saying how a foreign folder was read ("" for a folder wsss wrote)
+    # whether a defect value says *which* class it is: False for a binary run's masks over a dataset of several
+    # classes (its labelmap names one ``defect`` value), whose value 1 is not the dataset's first class
+    class_aware: bool = True
 
     def to_labels(self, raw: np.ndarray) -> np.ndarray:
         return raw if self.kind == "labels" else self.lut[raw]
@@ -135,6 +138,18 @@ def parse_labelmap(path: Path, classes: Sequence[str]) -> np.ndarray:
     return lut
 
 
+def _names_classes(path: Path, classes: Sequence[str]) -> bool:
+    """Whether a (valid) ``labelmap.txt`` names one of ``classes`` at a defect value, or the dataset has one class."""
+    if len(classes) == 1:
+        return True
+    lower = {c.lower() for c in classes}
+    for line in Path(path).read_text(encoding="utf-8-sig").splitlines():
+        value, _, name = line.strip().partition(" ")
+        if value.isdigit() and 0 < int(value) < IGNORE and name.strip().lower() in lower:
+            return True
+    return False
+
+
 def mask_encoding(
     folder: Path, classes: Sequence[str], masks: Iterable[np.ndarray], mode: str = "auto", check_values: bool = True
 ) -> MaskEncoding:
@@ -157,7 +172,8 @@ def mask_encoding(
     if mode == "labels":
         return MaskEncoding("labels", _identity())
     if (folder / LABELMAP).is_file():
-        return MaskEncoding("labelmap", parse_labelmap(folder / LABELMAP, classes))
+        lut = parse_labelmap(folder / LABELMAP, classes)
+        return MaskEncoding("labelmap", lut, class_aware=_names_classes(folder / LABELMAP, classes))
     if (folder.parent / "manifest.json").is_file():  # a wsss stage's masks/ (written before labelmap.txt existed)
         return MaskEncoding("labels", _identity())
     values = {int(v) for m in masks for v in np.unique(m)}
