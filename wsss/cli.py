@@ -118,8 +118,11 @@ def stages() -> None:
 @set_option
 def run_stage(stage: str, config: Path, run_dir: Path | None, force: bool, overrides: tuple[str, ...]) -> None:
     """Run one STAGE (its inputs must have finished)."""
+    from wsss.train import dist
+
     cfg = load_config(config, overrides)
     _run(cfg, run_dir).run_stage(stage, force=force)
+    dist.shutdown()  # under torchrun: every rank leaves the process group together (no abort at exit)
 
 
 @cli.command("run")
@@ -134,9 +137,11 @@ def run_pipeline(
 ) -> None:
     """Run the config's pipeline in order, skipping up-to-date stages."""
     from wsss.pipelines import load_pipeline, select
+    from wsss.train import dist
 
     cfg = load_config(config, overrides)
     _run(cfg, run_dir).run_pipeline(select(load_pipeline(cfg.run.pipeline), start, stop), force=force)
+    dist.shutdown()
 
 
 @cli.command()
@@ -322,7 +327,9 @@ def predict(
     summary = predict_images(
         predictor, inputs, out, batch, not no_overlays, progress, high_bit_depth, probs=not no_probs
     )
-    if dist.is_main():
+    main = dist.is_main()  # asked before leaving the group, after which every process is "rank 0"
+    dist.shutdown()
+    if main:
         click.echo(f"predict: {summary.images} image(s), {summary.defective} called defective -> {out}")
         raise_failures(summary)
 
