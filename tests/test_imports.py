@@ -1,0 +1,104 @@
+"""The package's import structure: no circles among module-level imports, and a CLI that starts without torch.
+
+Only imports that run when a module is loaded count (module level, ``try`` bodies); imports inside functions and
+under ``if TYPE_CHECKING`` are deferred on purpose and cannot form a circle at import time.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "wsss"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _top_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    found: list[ast.Import | ast.ImportFrom] = []
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        body = node.body if isinstance(node, ast.Try) else [node]
+        found += [n for n in body if isinstance(n, ast.Import | ast.ImportFrom)]
+    return found
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the package's modules it imports at load time (``from a import b`` counts ``a.b`` when b is one)."""
+    paths = {_module_name(p): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        own_package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in _top_level_imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+                continue
+            base = node.module or ""
+            if node.level:
+                anchor = own_package.split(".")[: len(own_package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            targets |= {base} | {f"{base}.{a.name}" for a in node.names}
+        resolved = set()
+        for t in targets:
+            while t and t not in paths:  # wsss.x.func -> wsss.x
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                resolved.add(t)
+        graph[name] = resolved
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle (its modules in order, the first repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(v: str) -> list[str] | None:
+        state[v] = 1
+        path.append(v)
+        for w in sorted(graph.get(v, ())):
+            if state.get(w) == 1:
+                return [*path[path.index(w) :], w]
+            if w not in state and (found := visit(w)):
+                return found
+        state[v] = 2
+        path.pop()
+        return None
+
+    for v in sorted(graph):
+        if v not in state and (found := visit(v)):
+            return found
+    return None
+
+
+def test_find_cycle_on_toy_graphs():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_import_graph_sees_the_package():
+    graph = import_graph()
+    assert "wsss.cli" in graph and "wsss.config" in graph
+    assert "wsss.errors" in graph["wsss.config"]  # a plain module-level import is an edge
+
+
+def test_no_import_cycles():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+@pytest.mark.parametrize("module", ["wsss.cli", "wsss.config"])
+def test_startup_does_not_import_torch(module):
+    """`wsss --help` and config checks stay fast: torch (and OpenCV) load only in the commands that use them."""
+    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'cv2', 'timm') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
