@@ -88,12 +88,12 @@ def stage_rates(run_dir: Path, n_images: int, stages: tuple[str, ...]) -> dict[s
 
 def pool_speedup(run_dir: Path, cfg, n: int) -> dict[str, float]:
     """Seconds to label the same ``n`` images with 1 worker and with every core, in this run."""
-    import os
     import tempfile
 
     from wsss.cam.io import cam_path, read_cam_meta
     from wsss.evaluation import read_scores
-    from wsss.refine.pseudo import LabelTask, default_workers, label_all
+    from wsss.parallel import usable_cores
+    from wsss.refine.pseudo import LabelTask, label_all
 
     rows = read_train_index(run_dir / "prepare" / "index.csv")
     scores = read_scores(run_dir / "cam" / "scores.csv")
@@ -101,7 +101,7 @@ def pool_speedup(run_dir: Path, cfg, n: int) -> dict[str, float]:
     called = [r for r in rows if scores[r.id] >= meta["score_threshold"]][:n]
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for workers in (1, default_workers(0)):
+        for workers in (1, usable_cores()):
             d = Path(tmp) / str(workers)
             tasks = [
                 LabelTask(
@@ -119,8 +119,8 @@ def pool_speedup(run_dir: Path, cfg, n: int) -> dict[str, float]:
             t0 = time.perf_counter()
             label_all(tasks, workers, lambda *_: None)
             out[f"seconds_{workers}w"] = time.perf_counter() - t0
-    out["images"], out["cores"] = len(called), os.cpu_count()
-    out["speedup"] = out[f"seconds_{1}w"] / out[f"seconds_{default_workers(0)}w"]
+    out["images"], out["cores"] = len(called), usable_cores()
+    out["speedup"] = out[f"seconds_{1}w"] / out[f"seconds_{usable_cores()}w"]
     return out
 
 

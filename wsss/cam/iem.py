@@ -22,7 +22,6 @@ stops at once.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -30,6 +29,7 @@ from functools import partial
 import cv2
 import numpy as np
 
+from wsss import parallel
 from wsss.cam.extract import CamExtractor, tile_size, windows
 from wsss.config import IEMConfig
 
@@ -41,14 +41,6 @@ def dilation_kernel(shape: tuple[int, int], frac: float) -> np.ndarray | None:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1)) if radius > 0 else None
 
 
-def pool_size(workers: int) -> int:
-    """Inpainting threads for ``cam.iem.workers``: itself when > 0, else min(4, the cores this process may use)."""
-    if workers > 0:
-        return workers
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(4, cores)
-
-
 def extend_cams(
     extractor: CamExtractor,
     images: Sequence[np.ndarray],
@@ -57,7 +49,7 @@ def extend_cams(
     cfg: IEMConfig,
 ) -> tuple[list[np.ndarray], list[int]]:
     """Extended CAMs (same shapes as ``cams``) and the rounds each image used (0 for inactive ones)."""
-    threads = pool_size(cfg.workers)
+    threads = parallel.pool_size(cfg.workers, cap=4)  # inpainting threads
     pool = ThreadPoolExecutor(threads, thread_name_prefix="iem-inpaint") if threads > 1 else None
     try:
         return _extend(extractor, images, cams, active, cfg, pool)

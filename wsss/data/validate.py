@@ -13,7 +13,6 @@ distorted), grayscale mixed with colour (grayscale repeated to 3 channels), and 
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 from wsss.data.base import DatasetAdapter, Sample
 from wsss.data.images import ImageInfo, probe_image, read_mask
 from wsss.errors import DataError, WsssError, raise_all
+from wsss.parallel import pool_size
 from wsss.progress import progress
 
 OK = "ok"  # how defect-free images are counted in the report
@@ -155,7 +155,7 @@ def validate_samples(
         )
     errors = _duplicates(samples)
     threshold, hbd = adapter.threshold(), adapter.cfg.high_bit_depth
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as ex:
+    with ThreadPoolExecutor(max_workers=pool_size(workers)) as ex:
         jobs = ex.map(lambda s: _check(s, hbd, threshold, max_megapixels), samples)
         checked = list(progress(jobs, desc="validate images", total=len(samples)))
     for c in checked:

@@ -48,6 +48,7 @@ from wsss.atomic import atomic_path
 from wsss.config import PseudoConfig
 from wsss.errors import StageError, WsssError
 from wsss.export.formats import UNCERTAIN as IGNORE  # the label maps' 'uncertain': ignored in training
+from wsss.parallel import pool_size
 from wsss.progress import progress
 
 CONFIDENCE_FILE = "confidence.csv"  # a mask stage's per-image confidence table (rank reviews and paste sources by it)
@@ -213,11 +214,6 @@ def label_one(task: LabelTask) -> dict[str, Any]:
 # running over many images
 
 
-def default_workers(workers: int) -> int:
-    """``workers``, or every core this process may use when it is 0."""
-    return workers if workers > 0 else len(os.sched_getaffinity(0))
-
-
 def _unexpected(task: LabelTask, e: Exception) -> StageError:
     """The user-facing error for an unexpected exception raised while labelling ``task``."""
     return StageError(
@@ -342,7 +338,7 @@ def label_all(
     rows: list[dict[str, Any] | None] = [None] * len(tasks)
     if not tasks:
         return []
-    workers = min(default_workers(workers), len(tasks))
+    workers = min(pool_size(workers), len(tasks))
     echo(f"labelling {len(tasks)} image(s) (method {tasks[0].cfg.method}) with {workers} process(es)")
     it = _in_process(tasks) if workers == 1 else _in_pool(tasks, workers)
     with contextlib.closing(it):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import TypeVar
 
 from wsss.data.base import DatasetAdapter
 from wsss.errors import DataError, WsssError, raise_all
+from wsss.parallel import pool_size
 
 T = TypeVar("T")
 
@@ -58,7 +58,7 @@ def map_files(fn: Callable[[Path], T], paths: Iterable[Path], summary: str) -> l
         except WsssError as e:
             return e
 
-    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as ex:
+    with ThreadPoolExecutor(max_workers=pool_size(0, cap=16)) as ex:
         results = list(ex.map(safe, paths))
     raise_all([r for r in results if isinstance(r, WsssError)], summary)
     return results  # type: ignore[return-value]
