@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from conftest import FAST, TINY, TINY_CLASSIFIER
 from safetensors.torch import load_file
 
-from wsss.train.dist import shutdown
+from wsss.distributed import shutdown
 
 
 @contextmanager

@@ -82,8 +82,8 @@ force_option = click.option("--force", is_flag=True, help="re-run even if up to 
 
 def _run(cfg: Config, run_dir: Path | None):
     """The run folder's runner; under torchrun, this process joins the process group (rank 0 alone prints)."""
+    from wsss import distributed as dist
     from wsss.runs import Run
-    from wsss.train import dist
 
     dist.init_from_env()
     return Run(run_dir or Path("runs") / cfg.run.name, cfg, echo=click.echo if dist.is_main() else lambda *_: None)
@@ -118,7 +118,7 @@ def stages() -> None:
 @set_option
 def run_stage(stage: str, config: Path, run_dir: Path | None, force: bool, overrides: tuple[str, ...]) -> None:
     """Run one STAGE (its inputs must have finished)."""
-    from wsss.train import dist
+    from wsss import distributed as dist
 
     cfg = load_config(config, overrides)
     _run(cfg, run_dir).run_stage(stage, force=force)
@@ -136,8 +136,8 @@ def run_pipeline(
     config: Path, start: str | None, stop: str | None, run_dir: Path | None, force: bool, overrides: tuple[str, ...]
 ) -> None:
     """Run the config's pipeline in order, skipping up-to-date stages."""
+    from wsss import distributed as dist
     from wsss.pipelines import load_pipeline, select
-    from wsss.train import dist
 
     cfg = load_config(config, overrides)
     _run(cfg, run_dir).run_pipeline(select(load_pipeline(cfg.run.pipeline), start, stop), force=force)
@@ -315,10 +315,10 @@ def predict(
 ) -> None:
     """Segment IMAGES (files or folders) with a trained segmenter: masks, defect-probability maps (probs/), overlays
     and predictions.csv in --out."""
+    from wsss import distributed as dist
     from wsss.inference import load_predictor
     from wsss.predict import predict_images, raise_failures
     from wsss.progress import progress
-    from wsss.train import dist
 
     dist.init_from_env()  # under torchrun the images are sharded across ranks
     predictor = load_predictor(

@@ -114,11 +114,11 @@ def predict_images(
     ``dataset.high_bit_depth`` for a dataset; ``--high-bit-depth`` on the command line. ``probs``: also write the
     defect-probability maps (``probs/``).
     """
+    from wsss import distributed as dist
     from wsss.data.images import HIGH_BIT_DEPTH, read_image
     from wsss.export.overlay import overlay, write_rgb_png
     from wsss.inference import write_prob_png
     from wsss.refine.pseudo import write_mask
-    from wsss.train import dist
 
     if batch < 1:
         raise ConfigError("--batch", f"invalid batch size {batch}", "use 1 or more")
@@ -174,7 +174,7 @@ def predict_images(
 
 def _merge_ranks(out: Path, columns: list[str], mine: PredictSummary, order: list[str]) -> PredictSummary:
     """Rank 0: every rank's rows in input order into predictions.csv; every rank: the summary of all ranks."""
-    from wsss.train import dist
+    from wsss import distributed as dist
 
     totals = dist.all_gather_object((mine.images, mine.defective, mine.failed))
     summary = PredictSummary(sum(t[0] for t in totals), sum(t[1] for t in totals), [e for t in totals for e in t[2]])

@@ -285,7 +285,7 @@ class Run:
         runs on rank 0 while the others wait. Rank 0 publishes once every rank has finished, so a rank that dies
         (which ends the whole process group) leaves no ``done`` manifest.
         """
-        from wsss.train import dist  # torch: imported when a stage runs, not with the CLI
+        from wsss import distributed as dist  # torch: imported when a stage runs, not with the CLI
 
         stage = get_stage(name)
         final = self.stage_dir(name)
@@ -327,7 +327,7 @@ class Run:
 
     def _begin(self, stage: Stage, force: bool) -> dict[str, Any] | None:
         """Decide whether ``stage`` runs; if so, prepare its partial folder and ``running`` manifest (rank 0)."""
-        from wsss.train import dist
+        from wsss import distributed as dist
 
         name, final = stage.name, self.stage_dir(stage.name)
         self._recover(name)

@@ -70,6 +70,7 @@ def ok_bank(embedder, ok: list, read, acfg):
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    from wsss import distributed as dist
     from wsss.anomaly.io import META_FILE, SCORES_FILE, anomaly_path, write_map
     from wsss.anomaly.patchcore import QUANTILES, anomaly_grid, calibrate, normalise, upsample
     from wsss.atomic import write_json
@@ -78,7 +79,6 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.data.index import read_train_index
     from wsss.progress import progress
     from wsss.resume import RowLog, log_name
-    from wsss.train import dist
 
     acfg = cfg.anomaly
     index = inputs["prepare"] / "index.csv"

@@ -56,6 +56,7 @@ def _check_classes(meta: dict, index: Path, model_dir: Path) -> None:
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    from wsss import distributed as dist
     from wsss.cam.extract import CamExtractor, normalise_cam
     from wsss.cam.iem import extend_cams
     from wsss.cam.io import CAMS_DIR, META_FILE, SCORES_FILE, write_cam, write_scores
@@ -64,7 +65,6 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.models.dfc import load_dfc
     from wsss.progress import progress
     from wsss.resume import RowLog, log_name
-    from wsss.train import dist
 
     ccfg = cfg.cam
     index = inputs["prepare"] / "index.csv"

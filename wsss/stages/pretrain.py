@@ -33,6 +33,7 @@ METRICS_FILE = "metrics.csv"
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     import torch
 
+    from wsss import distributed as dist
     from wsss.anomaly.patchcore import QUANTILES, PatchEmbedder, anomaly_grid, calibrate
     from wsss.atomic import write_json
     from wsss.data.images import read_image
@@ -41,7 +42,6 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.models.backbone import create_backbone, save_state_dict
     from wsss.progress import progress
     from wsss.stages.anomaly import ok_bank, ok_training_images
-    from wsss.train import dist
     from wsss.train.checkpoint import write_metrics
     from wsss.train.pretrain import normalised_targets, pretrain_backbone
 

@@ -60,6 +60,7 @@ def write_confidence(path: Path, rows: list[dict[str, Any]], scores: dict[str, f
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    from wsss import distributed as dist
     from wsss.anomaly.io import anomaly_path, read_range
     from wsss.atomic import atomic_path
     from wsss.cam.io import FIX, SCORES_FILE, cam_path
@@ -67,7 +68,6 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.evaluation import read_scores
     from wsss.refine.pseudo import CONFIDENCE_FILE, LabelTask, label_all
     from wsss.resume import RowLog, log_name
-    from wsss.train import dist
 
     t0 = time.perf_counter()
     index = read_train_index(inputs["prepare"] / "index.csv")

@@ -43,6 +43,7 @@ def _round1_unary(cfg: Config, inputs: dict[str, Path]) -> Callable:
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    from wsss import distributed as dist
     from wsss.cam.io import SCORES_FILE, cam_path, read_cam, read_cam_meta, write_cam
     from wsss.data.images import read_image
     from wsss.data.index import read_dataset_info, read_train_index
@@ -52,7 +53,6 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.progress import progress
     from wsss.refine.pseudo import CONFIDENCE_FILE, LabelTask, label_all
     from wsss.stages.pseudo_labels import write_confidence
-    from wsss.train import dist
     from wsss.train.segmenter import SegmenterTrainer
 
     rcfg = cfg.retrain

@@ -28,7 +28,7 @@ def with_pretrained_backbone(cfg: Config, weights: Path) -> Config:
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-    from wsss.train import dist
+    from wsss import distributed as dist
     from wsss.train.classifier import META_FILE, METRICS_FILE, MODEL_FILE, ClassifierTrainer
 
     if "pretrain" in inputs:

@@ -48,6 +48,7 @@ def reviewed_masks(cfg: Config) -> Path | None:
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
+    from wsss import distributed as dist
     from wsss.cam.io import SCORES_FILE, read_cam_meta, read_class_scores, write_scores
     from wsss.data.images import read_image
     from wsss.data.index import read_dataset_info, read_train_index
@@ -55,7 +56,6 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter
     from wsss.progress import progress
     from wsss.refine.pseudo import write_mask
-    from wsss.train import dist
     from wsss.train.seg_data import Teacher
     from wsss.train.segmenter import CHECKPOINT, METRICS_FILE, SegmenterTrainer
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from wsss import distributed as dist
 from wsss.atomic import write_json
 from wsss.cam.gcm import crop_and_resize, crop_boxes
 from wsss.config import Config
@@ -35,7 +36,6 @@ from wsss.metrics import auroc, average_precision
 from wsss.models.backbone import save_state_dict
 from wsss.models.dfc import DFC, META_FILE, MODEL_FILE, build_dfc, model_meta
 from wsss.progress import progress
-from wsss.train import dist
 from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
 from wsss.train.compile import maybe_compile
 from wsss.train.losses import gcm_consistency, supervised_infonce

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from wsss import distributed as dist
 from wsss.atomic import write_json
 from wsss.config import SegTrainConfig
 from wsss.data.index import TrainRow
@@ -40,7 +41,6 @@ from wsss.models.backbone import save_state_dict
 from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_labels, segmenter_meta
 from wsss.progress import progress
 from wsss.refine.pseudo import CONFIDENCE_FILE
-from wsss.train import dist
 from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
 from wsss.train.compile import maybe_compile
 from wsss.train.losses import distillation_kl, score_distillation, segmentation_loss
