@@ -35,6 +35,7 @@ from wsss import __version__
 from wsss.atomic import atomic_write_text, write_json
 from wsss.config import Config, dump_yaml, section_dict, section_hash, settings_match
 from wsss.errors import StageError
+from wsss.hashing import file_sha256
 from wsss.stages import Stage, get_stage
 
 MANIFEST = "manifest.json"
@@ -51,14 +52,6 @@ def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
         return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON: as good as no manifest
         return None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def hash_outputs(stage_dir: Path) -> tuple[dict[str, dict[str, Any]], str]:

