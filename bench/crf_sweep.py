@@ -75,7 +75,8 @@ def items(run: Path, split: str):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from wsss.config import PseudoConfig
-    from wsss.refine.pseudo import IGNORE, label_image
+    from wsss.labels import IGNORE
+    from wsss.refine.pseudo import label_image
 
     data = [it for run in args.runs for it in items(run, args.split)]
     print(f"{len(data)} defective {args.split} images from {len(args.runs)} run(s)")

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from wsss.config import CRFConfig, PseudoConfig
+from wsss.labels import IGNORE
 from wsss.refine.crf import dense_crf
-from wsss.refine.pseudo import IGNORE, class_probs, label_image
+from wsss.refine.pseudo import class_probs, label_image
 from wsss.refine.torch_crf import dense_crf_torch
 
 

@@ -15,7 +15,7 @@ from wsss.config import InjectConfig, load_config
 from wsss.data.index import read_train_index
 from wsss.data.synthetic import DEFECTS, make_texture
 from wsss.errors import ConfigError
-from wsss.refine.pseudo import IGNORE
+from wsss.labels import IGNORE
 from wsss.train.inject import Injector, PasteSource, paste, paste_sources, procedural
 from wsss.train.seg_data import PseudoMaskDataset
 from wsss.train.segmenter import CONFIDENCE_FILE, SegmenterTrainer, read_confidence

@@ -15,8 +15,9 @@ import pytest
 from wsss.cam.io import cam_path, write_cam
 from wsss.config import PseudoConfig, load_config
 from wsss.errors import ConfigError, DataError, StageError
+from wsss.labels import IGNORE
 from wsss.refine import pseudo
-from wsss.refine.pseudo import IGNORE, LabelTask, label_all, label_image
+from wsss.refine.pseudo import LabelTask, label_all, label_image
 
 YY, XX = np.mgrid[:64, :64]
 

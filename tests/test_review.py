@@ -17,10 +17,11 @@ from wsss.cli import cli
 from wsss.config import ExportConfig
 from wsss.errors import ManyErrors
 from wsss.export import lsrle
-from wsss.export.formats import LabelMap, ReviewItem, get_format
+from wsss.export.formats import ReviewItem, get_format
 from wsss.export.formats.coco import CocoFormat
 from wsss.export.review import build_review, run_source
 from wsss.export.review_import import import_review
+from wsss.labels import LabelMap
 
 
 def cases() -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ from wsss.cli import cli
 from wsss.config import ExportConfig
 from wsss.export.review import build_review, run_source
 from wsss.export.review_import import import_decisions, import_review
-from wsss.train.seg_data import IGNORE
+from wsss.labels import IGNORE
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ from wsss.data.images import read_mask
 from wsss.data.index import DatasetInfo, EvalRow
 from wsss.errors import DataError, WsssError, raise_all
 from wsss.eval_report import ClassResult, EvalReport, ImageResult, write_report
-from wsss.export.formats import UNCERTAIN as IGNORE
+from wsss.labels import IGNORE
 from wsss.mask_format import MaskEncoding, mask_encoding, read_mask_png
 from wsss.progress import progress
 

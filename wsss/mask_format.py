@@ -31,8 +31,7 @@ from PIL import Image
 
 from wsss.atomic import atomic_write_text
 from wsss.errors import DataError
-from wsss.export.formats import UNCERTAIN as IGNORE
-from wsss.export.formats import LabelMap
+from wsss.labels import IGNORE, LabelMap
 
 LABELMAP = "labelmap.txt"
 IGNORE_NAMES = ("ignore", "uncertain")

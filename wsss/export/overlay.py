@@ -1,6 +1,6 @@
 """Masks drawn over their images for people to look at: a translucent fill per class and a solid outline.
 
-Class k gets ``PALETTE[(k - 1) % len(PALETTE)]`` (RGB); ignore pixels (255) are drawn in grey. Images are returned as
+Class k gets its colour (:func:`wsss.labels.class_colour`); ignore pixels (255) are drawn in grey. Images are returned as
 RGB ``uint8``; write them with :func:`write_rgb_png`.
 """
 
@@ -13,14 +13,9 @@ import numpy as np
 
 from wsss.atomic import atomic_path
 from wsss.errors import StageError
+from wsss.labels import class_colour
 
-PALETTE = ((255, 48, 48), (48, 200, 255), (255, 200, 0), (200, 64, 255), (64, 255, 96), (255, 128, 192))
-IGNORE_COLOUR = (160, 160, 160)
 ALPHA = 0.35  # fill opacity
-
-
-def class_colour(k: int) -> tuple[int, int, int]:
-    return IGNORE_COLOUR if k == 255 else PALETTE[(k - 1) % len(PALETTE)]
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = ALPHA) -> np.ndarray:

@@ -35,11 +35,12 @@ import numpy as np
 
 from wsss.config import ExportConfig
 from wsss.errors import ConfigError, DataError
-from wsss.export.formats import UNCERTAIN, LabelMap, ReviewItem, get_format
+from wsss.export.formats import ReviewItem, get_format
 from wsss.export.formats.coco import CocoFormat
 from wsss.export.formats.labelstudio import LabelStudioFormat
-from wsss.export.overlay import class_colour, overlay, write_rgb_png
+from wsss.export.overlay import overlay, write_rgb_png
 from wsss.hashing import file_sha256
+from wsss.labels import IGNORE, LabelMap, class_colour
 
 BROWSER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 MASK_STAGES = ("train-segmenter", "retrain", "pseudo-labels")  # newest first: the default masks of a run folder
@@ -212,7 +213,7 @@ def build_review(
         if bad:
             raise DataError(mask_path, f"values {bad} are not labels of {labels.classes}", "re-run that stage")
         name = _copy_image(Path(row.path), image, out, row.id)
-        base = overlay(image, np.where(mask == UNCERTAIN, 0, mask))
+        base = overlay(image, np.where(mask == IGNORE, 0, mask))
         cam = read_cam(cam_path(src.cam_stage, row.id), image.shape[:2]).max(0) if src.cam_stage else None
         grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         heat = (
@@ -232,8 +233,8 @@ def build_review(
             gt = read_mask(row.mask, info.mask_threshold)
             _write_rgba(out / "layers" / f"{row.id}.gt.png", _layer(gt.astype(np.uint8), 0, GT_COLOUR))
             layers.append("gt")
-            score_iou = iou((mask > 0) & (mask != UNCERTAIN), gt)
-        present = [labels.name_of(int(v)) for v in np.unique(mask) if v not in (0, UNCERTAIN)]
+            score_iou = iou((mask > 0) & (mask != IGNORE), gt)
+        present = [labels.name_of(int(v)) for v in np.unique(mask) if v not in (0, IGNORE)]
         n = numbers.get(row.id, {})
         records.append(
             {

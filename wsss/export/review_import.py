@@ -49,8 +49,9 @@ import numpy as np
 from wsss.atomic import atomic_write_text
 from wsss.data.images import image_size
 from wsss.errors import ConfigError, DataError, ManyErrors, WsssError
-from wsss.export.formats import LabelMap, get_format
+from wsss.export.formats import get_format
 from wsss.export.review import DECISIONS_FORMAT, DECISIONS_VERSION, masks_digest, review_classes
+from wsss.labels import LabelMap
 from wsss.mask_format import FORMATS, write_labelmap
 
 REVIEWED_DIR = "reviewed"

@@ -47,7 +47,7 @@ import numpy as np
 from wsss.atomic import atomic_path
 from wsss.config import PseudoConfig
 from wsss.errors import StageError, WsssError
-from wsss.export.formats import UNCERTAIN as IGNORE  # the label maps' 'uncertain': ignored in training
+from wsss.labels import IGNORE  # the uncertain pixels: ignored in training
 from wsss.parallel import pool_size
 from wsss.progress import progress
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from wsss.config import InjectConfig
 from wsss.data.synthetic import defect_shape
-from wsss.refine.pseudo import IGNORE
+from wsss.labels import IGNORE
 
 MIN_STD = 1.0  # gray levels: the std procedural contrast is relative to, at least (a flat image still gets a defect)
 

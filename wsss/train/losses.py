@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from wsss.refine.pseudo import IGNORE  # pseudo-mask value excluded from the segmentation loss
+from wsss.labels import IGNORE  # pseudo-mask value excluded from the segmentation loss
 
 DICE_SMOOTH = 1.0
 

@@ -22,7 +22,8 @@ from wsss.data.index import TrainRow
 from wsss.data.torch_data import ImageDataset
 from wsss.data.transforms import Augment, resize, to_channels, to_tensor
 from wsss.errors import DataError
-from wsss.refine.pseudo import IGNORE, class_probs
+from wsss.labels import IGNORE
+from wsss.refine.pseudo import class_probs
 from wsss.train.inject import Injector, PasteSource, paste_sources
 
 MASK_FIX = "re-run `wsss run-stage pseudo-labels`"

@@ -36,6 +36,7 @@ from wsss.config import SegTrainConfig
 from wsss.data.index import TrainRow
 from wsss.data.transforms import Augment
 from wsss.errors import ConfigError, DataError, StageError
+from wsss.labels import IGNORE
 from wsss.metrics import SegAccumulator
 from wsss.models.backbone import save_state_dict
 from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_labels, segmenter_meta
@@ -46,7 +47,7 @@ from wsss.train.compile import maybe_compile
 from wsss.train.losses import distillation_kl, score_distillation, segmentation_loss
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
-from wsss.train.seg_data import IGNORE, PseudoMaskDataset, Teacher
+from wsss.train.seg_data import PseudoMaskDataset, Teacher
 
 GRAD_CLIP = 5.0  # max gradient norm
 METRICS_FILE = "metrics.csv"

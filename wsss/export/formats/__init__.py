@@ -16,34 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from wsss.errors import ConfigError, WsssError, raise_all
-
-UNCERTAIN = 255
-UNCERTAIN_NAME = "uncertain"
-
-
-@dataclass(frozen=True)
-class LabelMap:
-    """Mask values, names and colours: 0 background, 1..K the classes, 255 uncertain."""
-
-    classes: tuple[str, ...]
-
-    def entries(self) -> list[tuple[int, str, tuple[int, int, int]]]:
-        from wsss.export.overlay import class_colour
-
-        rows = [(0, "background", (0, 0, 0))]
-        rows += [(k, name, class_colour(k)) for k, name in enumerate(self.classes, start=1)]
-        return rows + [(UNCERTAIN, UNCERTAIN_NAME, class_colour(UNCERTAIN))]
-
-    def value_of(self, name: str) -> int | None:
-        return next((v for v, n, _ in self.entries() if n == name), None)
-
-    def name_of(self, value: int) -> str | None:
-        return next((n for v, n, _ in self.entries() if v == value), None)
-
-    def check(self, mask: np.ndarray) -> list[int]:
-        """Mask values that are not labels of this map (empty when the mask is valid)."""
-        valid = {v for v, _, _ in self.entries()}
-        return [int(v) for v in np.unique(mask) if int(v) not in valid]
+from wsss.labels import LabelMap
 
 
 @dataclass(frozen=True)

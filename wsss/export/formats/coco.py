@@ -20,7 +20,8 @@ import numpy as np
 
 from wsss.atomic import atomic_write_text
 from wsss.errors import DataError
-from wsss.export.formats import LabelMap, ReviewFormat, ReviewItem, components
+from wsss.export.formats import ReviewFormat, ReviewItem, components
+from wsss.labels import LabelMap
 
 FIX = "pass the COCO instances JSON exported from the review (images, annotations, categories)"
 

@@ -21,7 +21,8 @@ from PIL import Image
 
 from wsss.atomic import atomic_path
 from wsss.errors import DataError, WsssError
-from wsss.export.formats import LabelMap, ReviewFormat, ReviewItem, components
+from wsss.export.formats import ReviewFormat, ReviewItem, components
+from wsss.labels import LabelMap
 
 FIX = "pass the zip exported from CVAT as 'Segmentation mask 1.1'"
 HEADER = "# label:color_rgb:parts:actions\n"

@@ -23,7 +23,8 @@ import numpy as np
 from wsss.atomic import atomic_write_text
 from wsss.errors import DataError
 from wsss.export import lsrle
-from wsss.export.formats import LabelMap, ReviewFormat, ReviewItem
+from wsss.export.formats import ReviewFormat, ReviewItem
+from wsss.labels import LabelMap
 
 FIX = "pass the JSON export of the Label Studio project the review tasks were imported into"
 CONFIG_FILE = "labelstudio_config.xml"

@@ -13,7 +13,8 @@ import click
 import numpy as np
 
 from wsss.errors import DataError, WsssError
-from wsss.export.formats import LabelMap, ReviewFormat, ReviewItem
+from wsss.export.formats import ReviewFormat, ReviewItem
+from wsss.labels import LabelMap
 from wsss.mask_format import mask_encoding, read_mask_png, write_labelmap
 
 FIX = "give 8-bit single-channel PNGs: the label values of labelmap.txt, or binary 0/255 masks"
