@@ -8,9 +8,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from wsss.auto import SizeStats, fit_size, resolve_auto
+from wsss.auto import fit_size, resolve_auto
 from wsss.cli import cli
 from wsss.config import load_config, section_hash
+from wsss.data.stats import SizeStats
 from wsss.errors import ConfigError
 from wsss.runs import Run
 

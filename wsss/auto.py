@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from wsss.data.stats import SizeStats
 from wsss.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,48 +42,14 @@ MIN_AREA = 0.7  # ...unless that costs more than 30% of the pixels the budget al
 INPUT_SECTIONS = ("classifier", "retrain", "segmenter")
 
 
-@dataclass(frozen=True)
-class SizeStats:
-    """Sizes (H, W) of the training images: the per-side median, minimum and maximum, and how many images."""
-
-    median: tuple[int, int]
-    min: tuple[int, int]
-    max: tuple[int, int]
-    n: int
-
-    @classmethod
-    def of(cls, sizes: Sequence[tuple[int, int]]) -> SizeStats:
-        if not sizes:
-            raise ValueError("no image sizes")
-        hs, ws = sorted(h for h, _ in sizes), sorted(w for _, w in sizes)
-        mid = len(sizes) // 2
-        med = (hs[mid], ws[mid]) if len(sizes) % 2 else ((hs[mid - 1] + hs[mid]) // 2, (ws[mid - 1] + ws[mid]) // 2)
-        return cls(median=med, min=(hs[0], ws[0]), max=(hs[-1], ws[-1]), n=len(sizes))
-
-    @classmethod
-    def of_train(cls, split_sizes: Iterable[tuple[str, tuple[int, int]]]) -> SizeStats | None:
-        """Statistics of the ``(split, (H, W))`` pairs of the training split (all of them when none is train), what
-        `auto` settings resolve from; None without any image."""
-        pairs = list(split_sizes)
-        sizes = [hw for split, hw in pairs if split == "train"] or [hw for _, hw in pairs]
-        return cls.of(sizes) if sizes else None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"median": list(self.median), "min": list(self.min), "max": list(self.max), "n": self.n}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> SizeStats:
-        return cls(tuple(d["median"]), tuple(d["min"]), tuple(d["max"]), int(d["n"]))  # type: ignore[arg-type]
-
-
 def fit_size(size: tuple[int, int], max_pixels: int, multiple: int = MULTIPLE) -> list[int]:
     """``size`` (H, W) scaled down to at most ``max_pixels``, each side a multiple of ``multiple`` (at least one: a
     side below it is the only case that can exceed the budget).
 
     Of the stride multiples up to the nearest ones of the exactly scaled size that fit the budget and keep at least
     :data:`MIN_AREA` of the largest such size's pixels, the largest whose aspect ratio is within
-    :data:`ASPECT_TOLERANCE` of the image's; when none is (sides of a few strides), the one nearest the aspect ratio. So square parts stay square (512 x 512 in 163840 px -> 384 x 384, not the
-    larger 416 x 384), and KSDD's 1259 x 500 in 86016 px gives 416 x 160 (2.6, the image 2.52), not 448 x 192 (2.33).
+    :data:`ASPECT_TOLERANCE` of the image's; when none is (sides of a few strides), the one nearest the aspect ratio. So square
+    parts stay square (512 x 512 in 163840 px -> 384 x 384, not the larger 416 x 384), and KSDD's 1259 x 500 in 86016 px gives 416 x 160 (2.6, the image 2.52), not 448 x 192 (2.33).
     """
     h, w = size
     s = min(1.0, math.sqrt(max_pixels / (h * w)))

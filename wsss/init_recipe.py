@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsss.atomic import atomic_write_text
-from wsss.auto import SizeStats, resolved_lines
+from wsss.auto import resolved_lines
 from wsss.config import Config, load_config
+from wsss.data.stats import SizeStats
 from wsss.data.validate import warning_lines
 from wsss.errors import ConfigError
 

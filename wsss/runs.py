@@ -154,9 +154,9 @@ def lock_held(run_dir: Path, stage: str) -> bool:
 def _train_sizes(index: Path):
     """The training images' size statistics of a ``dataset.json`` written before it recorded them (an older wsss):
     read from the image headers, so upgrading does not re-run `prepare` and everything after it."""
-    from wsss.auto import SizeStats
     from wsss.data.images import image_size
     from wsss.data.index import read_train_index
+    from wsss.data.stats import SizeStats
 
     rows = read_train_index(index)
     train = [r for r in rows if r.split == "train"] or rows  # header reads only for the images the stats need

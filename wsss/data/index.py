@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsss.auto import SizeStats
+from wsss.data.stats import SizeStats
 from wsss.errors import DataError
 
 COLUMNS = ("id", "path", "labels", "split", "group", "fold", "mask")
