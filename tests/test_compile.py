@@ -17,12 +17,12 @@ from conftest import TINY, TINY_CLASSIFIER
 from safetensors.torch import load_file
 from torch import nn
 
-import wsss.train.compile as compile_mod
+import wsss.models.compile as compile_mod
 from wsss.cam.extract import CamExtractor
 from wsss.config import load_config
+from wsss.models.compile import maybe_compile
 from wsss.models.dfc import build_dfc
 from wsss.train.classifier import ClassifierTrainer
-from wsss.train.compile import maybe_compile
 
 
 @pytest.fixture

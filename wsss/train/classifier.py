@@ -34,10 +34,10 @@ from wsss.data.transforms import Augment
 from wsss.errors import StageError
 from wsss.metrics import auroc, average_precision
 from wsss.models.backbone import save_state_dict
+from wsss.models.compile import maybe_compile
 from wsss.models.dfc import DFC, META_FILE, MODEL_FILE, build_dfc, model_meta
 from wsss.progress import progress
 from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
-from wsss.train.compile import maybe_compile
 from wsss.train.losses import gcm_consistency, supervised_infonce
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine

@@ -39,11 +39,11 @@ from wsss.errors import ConfigError, DataError, StageError
 from wsss.labels import IGNORE
 from wsss.metrics import SegAccumulator
 from wsss.models.backbone import save_state_dict
+from wsss.models.compile import maybe_compile
 from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_labels, segmenter_meta
 from wsss.progress import progress
 from wsss.refine.pseudo import CONFIDENCE_FILE
 from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
-from wsss.train.compile import maybe_compile
 from wsss.train.losses import distillation_kl, score_distillation, segmentation_loss
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
