@@ -1,0 +1,42 @@
+"""The stage table is consistent: every stage module registers, every hashed config section exists, every input
+is a registered stage, and every stage the pipelines name is registered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wsss.config import Config
+from wsss.pipelines import PIPELINE_DIR, load_pipeline
+from wsss.stages import STAGE_MODULES, load_stages
+
+STAGES = load_stages()
+
+
+def test_every_stage_module_is_in_the_table():
+    modules = {p.stem for p in (Path(__file__).parent.parent / "wsss" / "stages").glob("*.py")} - {"__init__"}
+    assert modules == set(STAGE_MODULES)
+    assert len(STAGES) == len(STAGE_MODULES)
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_sections_exist_in_the_config(name):
+    cfg = Config()
+    for section in STAGES[name].sections:
+        node = cfg
+        for key in section.split("."):
+            assert hasattr(node, key), f"stage {name}: config section {section!r} does not exist"
+            node = getattr(node, key)
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_inputs_are_registered_stages(name):
+    inputs = STAGES[name].inputs(Config())
+    assert set(inputs) <= set(STAGES), f"stage {name} reads unknown stages {set(inputs) - set(STAGES)}"
+    assert name not in inputs
+
+
+@pytest.mark.parametrize("pipeline", sorted(p.stem for p in PIPELINE_DIR.glob("*.yaml")))
+def test_pipelines_name_registered_stages(pipeline):
+    assert set(load_pipeline(pipeline).stages) <= set(STAGES)
