@@ -6,7 +6,6 @@ The CLM projection head embeds CAM-weighted foreground and background features f
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.config import BackboneConfig, ClassifierConfig
-from wsss.errors import StageError
-from wsss.models.backbone import backbone_meta, create_backbone, load_trained_state
+from wsss.models.backbone import backbone_meta, create_backbone
+from wsss.models.model_dir import load_model_dir
 
 MODEL_FILE = "dfc.safetensors"  # the trained DFC's state_dict
 META_FILE = "dfc.json"  # what rebuilds it (model_meta)
@@ -128,18 +127,12 @@ def model_meta(ccfg: ClassifierConfig, classes: list[str], in_chans: int, stride
 
 def load_dfc(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[DFC, dict[str, Any]]:
     """The trained DFC in ``model_dir`` (``dfc.safetensors`` + ``dfc.json``), in eval mode, and its meta."""
-    model_dir = Path(model_dir)
-    meta_path = model_dir / META_FILE
-    fix = "re-run `wsss run-stage train-classifier --force`"
-    try:
-        meta = json.loads(meta_path.read_text())
-        bcfg = BackboneConfig(**meta["backbone"])
+
+    def build(meta: dict[str, Any]) -> DFC:
         clm = meta["clm"]
-        backbone = create_backbone(bcfg, int(meta["in_chans"]))
-        model = DFC(
-            backbone, len(meta["classes"]), float(meta["lse_r"]), clm["dim"] if clm["enabled"] else 0, clm["hidden"]
-        )
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise StageError(meta_path, f"cannot rebuild the classifier: {type(e).__name__}: {e}", fix) from e
-    load_trained_state(model, model_dir / MODEL_FILE, fix)
-    return model.to(device).eval(), meta
+        backbone = create_backbone(BackboneConfig(**meta["backbone"]), int(meta["in_chans"]))
+        dim = clm["dim"] if clm["enabled"] else 0
+        return DFC(backbone, len(meta["classes"]), float(meta["lse_r"]), dim, clm["hidden"])
+
+    fix = "re-run `wsss run-stage train-classifier --force`"
+    return load_model_dir(model_dir, META_FILE, MODEL_FILE, build, "the classifier", fix, device)

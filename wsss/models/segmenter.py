@@ -8,7 +8,6 @@ The additional training round (section 5) and the distillation (section 6) train
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.config import BackboneConfig, SegTrainConfig
-from wsss.errors import StageError
-from wsss.models.backbone import Backbone, backbone_meta, create_backbone, load_trained_state
+from wsss.models.backbone import Backbone, backbone_meta, create_backbone
 from wsss.models.dfc import lse_pool
+from wsss.models.model_dir import load_model_dir
 
 MODEL_FILE = "segmenter.safetensors"  # the trained segmenter's state_dict
 META_FILE = "segmenter.json"  # what rebuilds it (segmenter_meta)
@@ -165,22 +164,19 @@ def gate_labels(probs: np.ndarray, cls_probs: np.ndarray, threshold: float) -> n
 
 def load_segmenter(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Segmenter, dict[str, Any]]:
     """The trained segmenter in ``model_dir`` (``segmenter.safetensors`` + ``segmenter.json``), in eval mode."""
-    model_dir = Path(model_dir)
-    meta_path = model_dir / META_FILE
-    fix = "re-run the stage that trained it with --force (`wsss run-stage train-segmenter --force`, or retrain)"
-    try:
-        meta = json.loads(meta_path.read_text())
+    meta_path = Path(model_dir) / META_FILE
+
+    def build(meta: dict[str, Any]) -> Segmenter:
         backbone = create_backbone(BackboneConfig(**meta["backbone"]), int(meta["in_chans"]), f"{meta_path}: backbone")
         # segmenters saved before the image head's pooling was configurable averaged
         # (nor had a choice of what the image logits pool: a head of their own)
-        model = Segmenter(
+        return Segmenter(
             backbone,
             len(meta["classes"]),
             int(meta["decoder_channels"]),
             meta.get("cls_lse_r", 0.0),
             meta.get("cls_source", "head"),
         )
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise StageError(meta_path, f"cannot rebuild the segmenter: {type(e).__name__}: {e}", fix) from e
-    load_trained_state(model, model_dir / MODEL_FILE, fix)
-    return model.to(device).eval(), meta
+
+    fix = "re-run the stage that trained it with --force (`wsss run-stage train-segmenter --force`, or retrain)"
+    return load_model_dir(model_dir, META_FILE, MODEL_FILE, build, "the segmenter", fix, device)
