@@ -11,7 +11,8 @@ from wsss.config import Config
 from wsss.pipelines import PIPELINE_DIR, load_pipeline
 from wsss.stages import STAGE_MODULES, load_stages
 
-STAGES = load_stages()
+# the built-in stages (tests register toy stages of their own in the same table)
+STAGES = {n: s for n, s in load_stages().items() if s.run.__module__.startswith("wsss.stages.")}
 
 
 def test_every_stage_module_is_in_the_table():

@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from wsss.errors import ConfigError, DataError, raise_all
+from wsss.errors import DataError, raise_all
+from wsss.registry import Registry
 
 if TYPE_CHECKING:
     from wsss.config import DatasetConfig
@@ -144,27 +145,20 @@ def make_id(rel: Path | str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__"))
 
 
-ADAPTERS: dict[str, type[DatasetAdapter]] = {}
+# the built-in adapters register as wsss.data.adapters is imported
+ADAPTERS: Registry[type[DatasetAdapter]] = Registry("dataset kind", "kinds", ["wsss.data.adapters"], sort=True)
 
 
 def register(cls: type[DatasetAdapter]) -> type[DatasetAdapter]:
     """Class decorator: add an adapter to :data:`ADAPTERS` under ``cls.kind``."""
-    if not cls.kind or cls.kind in ADAPTERS:
-        raise ValueError(f"adapter kind {cls.kind!r} is empty or already registered")
-    ADAPTERS[cls.kind] = cls
-    return cls
+    return ADAPTERS.register(cls.kind, cls)
 
 
 def adapter_kinds() -> list[str]:
     """Names of the registered dataset kinds (importing the built-in adapters first)."""
-    import wsss.data.adapters  # noqa: F401  (registers the built-in adapters)
-
-    return sorted(ADAPTERS)
+    return ADAPTERS.names()
 
 
 def create_adapter(cfg: DatasetConfig, root: Path) -> DatasetAdapter:
     """Build the adapter named by ``cfg.kind``; unknown kinds list the valid ones."""
-    kinds = adapter_kinds()
-    if cfg.kind not in kinds:
-        raise ConfigError("dataset.kind", f"unknown dataset kind {cfg.kind!r}", f"available kinds: {', '.join(kinds)}")
-    return ADAPTERS[cfg.kind](cfg, root)
+    return ADAPTERS.lookup(cfg.kind, "dataset.kind")(cfg, root)

@@ -8,13 +8,13 @@ same way; nothing is listed before it is implemented.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsss.errors import ConfigError
+from wsss.registry import Registry
 
 if TYPE_CHECKING:
     from wsss.config import Config
@@ -57,16 +57,6 @@ class Stage:
     distributed: bool = False
 
 
-STAGES: dict[str, Stage] = {}
-
-
-def register_stage(stage: Stage) -> Stage:
-    if stage.name in STAGES:
-        raise ValueError(f"stage {stage.name!r} registered twice")
-    STAGES[stage.name] = stage
-    return stage
-
-
 # Stage modules in pipeline order; each registers itself on import. Add new stages here.
 STAGE_MODULES = (
     "prepare",
@@ -82,18 +72,20 @@ STAGE_MODULES = (
 )
 
 
-def load_stages() -> dict[str, Stage]:
+STAGES: Registry[Stage] = Registry("stage", "stages", [f"wsss.stages.{m}" for m in STAGE_MODULES])
+
+
+def register_stage(stage: Stage) -> Stage:
+    return STAGES.register(stage.name, stage)
+
+
+def load_stages() -> Registry[Stage]:
     """Import the stage modules (each registers itself) and return the table, in pipeline order."""
-    for module in STAGE_MODULES:
-        importlib.import_module(f"wsss.stages.{module}")
-    return STAGES
+    return STAGES.load()
 
 
 def get_stage(name: str) -> Stage:
-    stages = load_stages()
-    if name not in stages:
-        raise ConfigError(name, "unknown stage", f"available stages: {', '.join(stages)}")
-    return stages[name]
+    return STAGES.lookup(name)
 
 
 def published(out: Path) -> Path:

@@ -8,7 +8,6 @@ so a reviewer sees and resolves them; left unresolved they stay ignored in train
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from wsss.errors import ConfigError, WsssError, raise_all
 from wsss.labels import LabelMap
+from wsss.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -69,23 +69,18 @@ class ReviewFormat:
             )
 
 
-FORMAT_MODULES = ("png", "coco", "cvat", "labelstudio")
+FORMAT_MODULES = ("png", "coco", "cvat", "labelstudio")  # each registers its format when imported
+FORMATS: Registry[ReviewFormat] = Registry(
+    "review format", "formats", [f"wsss.export.formats.{m}" for m in FORMAT_MODULES], sort=True
+)
 
 
-def formats() -> dict[str, ReviewFormat]:
-    """The registered formats by name."""
-    out = {}
-    for module in FORMAT_MODULES:
-        fmt = importlib.import_module(f"wsss.export.formats.{module}").FORMAT
-        out[fmt.name] = fmt
-    return out
+def register_format(fmt: ReviewFormat) -> ReviewFormat:
+    return FORMATS.register(fmt.name, fmt)
 
 
 def get_format(name: str) -> ReviewFormat:
-    table = formats()
-    if name not in table:
-        raise ConfigError(name, "unknown review format", f"available formats: {', '.join(table)}")
-    return table[name]
+    return FORMATS.lookup(name)
 
 
 def components(mask: np.ndarray, values: Iterable[int]) -> Iterable[tuple[int, np.ndarray]]:

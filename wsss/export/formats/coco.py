@@ -20,7 +20,7 @@ import numpy as np
 
 from wsss.atomic import atomic_write_text
 from wsss.errors import DataError
-from wsss.export.formats import ReviewFormat, ReviewItem, components
+from wsss.export.formats import ReviewFormat, ReviewItem, components, register_format
 from wsss.labels import LabelMap
 
 FIX = "pass the COCO instances JSON exported from the review (images, annotations, categories)"
@@ -123,4 +123,4 @@ class CocoFormat(ReviewFormat):
         return masks
 
 
-FORMAT = CocoFormat()
+FORMAT = register_format(CocoFormat())

@@ -21,7 +21,7 @@ from PIL import Image
 
 from wsss.atomic import atomic_path
 from wsss.errors import DataError, WsssError
-from wsss.export.formats import ReviewFormat, ReviewItem, components
+from wsss.export.formats import ReviewFormat, ReviewItem, components, register_format
 from wsss.labels import LabelMap
 
 FIX = "pass the zip exported from CVAT as 'Segmentation mask 1.1'"
@@ -130,4 +130,4 @@ class CvatFormat(ReviewFormat):
         return masks, errors
 
 
-FORMAT = CvatFormat()
+FORMAT = register_format(CvatFormat())

@@ -23,7 +23,7 @@ import numpy as np
 from wsss.atomic import atomic_write_text
 from wsss.errors import DataError
 from wsss.export import lsrle
-from wsss.export.formats import ReviewFormat, ReviewItem
+from wsss.export.formats import ReviewFormat, ReviewItem, register_format
 from wsss.labels import LabelMap
 
 FIX = "pass the JSON export of the Label Studio project the review tasks were imported into"
@@ -109,4 +109,4 @@ def _num(x: float) -> float | None:
     return None if x != x else round(float(x), 6)  # NaN is not JSON
 
 
-FORMAT = LabelStudioFormat()
+FORMAT = register_format(LabelStudioFormat())

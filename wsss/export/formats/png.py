@@ -13,7 +13,7 @@ import click
 import numpy as np
 
 from wsss.errors import DataError, WsssError
-from wsss.export.formats import ReviewFormat, ReviewItem
+from wsss.export.formats import ReviewFormat, ReviewItem, register_format
 from wsss.labels import LabelMap
 from wsss.mask_format import mask_encoding, read_mask_png, write_labelmap
 
@@ -59,4 +59,4 @@ class PngFormat(ReviewFormat):
         return {k: encoding.to_labels(m) for k, m in masks.items()}, errors
 
 
-FORMAT = PngFormat()
+FORMAT = register_format(PngFormat())
