@@ -108,7 +108,8 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path: Path):
 
 
 def test_a_default_that_changed_behaviour_makes_older_stages_stale():
-    from wsss.config import BEHAVIOUR_BEFORE, section_dict, settings_match
+    from wsss.config import section_dict
+    from wsss.staleness import BEHAVIOUR_BEFORE, settings_match
 
     sections = ("segmenter", "run.seed")
     recorded = json.loads(json.dumps(section_dict(load_config(None), sections), default=str))

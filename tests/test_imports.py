@@ -88,7 +88,8 @@ def test_find_cycle_on_toy_graphs():
 def test_import_graph_sees_the_package():
     graph = import_graph()
     assert "wsss.cli" in graph and "wsss.config" in graph
-    assert "wsss.errors" in graph["wsss.config"]  # a plain module-level import is an edge
+    assert "wsss.errors" in graph["wsss.config.tree"]  # a plain module-level import is an edge
+    assert "wsss.config.tree" in graph["wsss.config"]  # so is a package's import of its own module
 
 
 def test_no_import_cycles():

@@ -33,10 +33,11 @@ import click
 
 from wsss import __version__
 from wsss.atomic import atomic_write_text, write_json
-from wsss.config import Config, dump_yaml, section_dict, section_hash, settings_match
+from wsss.config import Config, dump_yaml, section_dict, section_hash
 from wsss.errors import StageError
 from wsss.hashing import file_sha256
 from wsss.stages import Stage, get_stage
+from wsss.staleness import settings_match
 
 MANIFEST = "manifest.json"
 INTERRUPTED = "interrupted"  # a partial attempt whose process is gone; the next run resumes it

@@ -1,0 +1,73 @@
+"""The `dataset` and `prepare` sections: where the images are, how to read them, how to split them.
+
+Loaded, checked and overridden by :mod:`wsss.config` (which re-exports every class here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wsss.fields import (
+    FRACTION,
+    ONE,
+    SEED,
+    choices,
+    num,
+    path_field,
+)
+
+
+@dataclass
+class SyntheticConfig:
+    """Generated demo/test data (kind: synthetic): surfaces with drawn defects whose masks are exact."""
+
+    n_ok: int = num(48, ge=1, fix=ONE)
+    n_defect: int = num(32, ge=1, fix=ONE)
+    size: int = num(128, ge=32, fix="pixels >= 32")  # square images of size x size pixels
+    seed: int = num(0, ge=0, fix=SEED)
+    defects: list[str] = field(default_factory=lambda: ["scratch", "crack", "blob", "stain"])
+    # surfaces: procedural (noise, stripes, brushed: the tests') or photographs (brick, gravel, grass: the demo's)
+    textures: list[str] = field(default_factory=lambda: ["noise", "stripes", "brushed"])
+
+
+@dataclass
+class DatasetConfig:
+    """Where the images are and how to read them (see docs/datasets.md)."""
+
+    kind: str = "synthetic"  # folder, csv, mtd, ksdd, ksdd2, dagm, mvtec, neu, synthetic
+    root: str | None = path_field()  # dataset folder (kind csv: the CSV file)
+    ok_names: list[str] = field(default_factory=lambda: ["ok", "good"])  # folder names meaning defect-free
+    binary: bool = False  # collapse all defect classes into one class "defect"
+    # gt pixel is defect iff value >= this; None: the adapter's default
+    mask_threshold: int | None = num(None, ge=1, le=255, fix="a mask value in [1, 255], or null (the adapter's)")
+    categories: list[str] = field(default_factory=list)  # mvtec categories / dagm classes (empty: all)
+    extensions: list[str] = field(default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"])
+    high_bit_depth: str = choices("refuse", "scale", default="refuse")  # 16-bit images: refuse or scale to 8
+    encoding: str = "utf-8"  # kind csv: the CSV's text encoding (e.g. latin-1, cp1252 for files saved by Excel)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class SplitConfig:
+    """Deterministic grouped, stratified splits."""
+
+    mode: str = choices("ratios", "kfold", "official", default="ratios")
+    train: float = num(0.6, ge=0, le=1, fix=FRACTION)
+    val: float = num(0.2, ge=0, le=1, fix=FRACTION)
+    test: float = num(0.2, ge=0, le=1, fix=FRACTION)
+    # kfold: number of folds; test = fold `fold`, val carved from the rest by `val` ratio
+    folds: int = num(3, ge=2, fix="at least 2")
+    fold: int = num(0, ge=0, fix="a fold index >= 0 (below folds)")
+    seed: int = num(0, fix="any whole number")
+
+
+@dataclass
+class PrepareConfig:
+    """`prepare`: index the dataset, validate every file, split."""
+
+    split: SplitConfig = field(default_factory=SplitConfig)
+    # threads used to validate images; 0 = number of CPU cores
+    workers: int = num(0, ge=0, fix="0 (every core) or a thread count")
+    # images above this many megapixels are refused (every stage holds whole images; the CRF alone would take
+    # minutes per image): crop or tile them into parts first, or raise this
+    max_megapixels: float = num(20.0, gt=0, fix="a size in megapixels > 0, e.g. 20")
