@@ -29,7 +29,8 @@ def with_pretrained_backbone(cfg: Config, weights: Path) -> Config:
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
-    from wsss.train.classifier import META_FILE, METRICS_FILE, MODEL_FILE, ClassifierTrainer
+    from wsss.train.classifier import META_FILE, MODEL_FILE, ClassifierTrainer
+    from wsss.train.loop import CHECKPOINT, METRICS_FILE
 
     if "pretrain" in inputs:
         from wsss.stages.pretrain import MODEL_FILE as PRETRAINED
@@ -41,7 +42,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     summary = trainer.fit()
     if dist.is_main():  # under torchrun every rank trains (DDP); rank 0 alone writes
         click.echo(f"best epoch {summary['best_epoch'] + 1}: validation image AP {summary['best_val_ap']:.4f}")
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(out / CHECKPOINT.parent, ignore_errors=True)
     return {"model": out / MODEL_FILE, "meta": out / META_FILE, "metrics": out / METRICS_FILE}
 
 

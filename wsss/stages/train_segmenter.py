@@ -56,8 +56,9 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter
     from wsss.progress import progress
     from wsss.refine.pseudo import write_mask
+    from wsss.train.loop import CHECKPOINT, METRICS_FILE
     from wsss.train.seg_data import Teacher
-    from wsss.train.segmenter import CHECKPOINT, METRICS_FILE, SegmenterTrainer
+    from wsss.train.segmenter import SegmenterTrainer
 
     scfg = cfg.segmenter
     index = inputs["prepare"] / "index.csv"

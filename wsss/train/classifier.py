@@ -37,13 +37,11 @@ from wsss.models.backbone import save_state_dict
 from wsss.models.compile import maybe_compile
 from wsss.models.dfc import DFC, META_FILE, MODEL_FILE, build_dfc, model_meta
 from wsss.progress import progress
-from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
+from wsss.train.loop import Loop
 from wsss.train.losses import gcm_consistency, supervised_infonce
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
 
-METRICS_FILE = "metrics.csv"
-CHECKPOINT = Path("checkpoints") / "last.pt"
 COLUMNS = (
     "epoch",
     "lr",
@@ -205,17 +203,6 @@ class ClassifierTrainer:
         return {"val_loss": loss, "val_ap": average_precision(lab, s), "val_auroc": auroc(lab, s)}
 
     # ----------------------------------------------------------------------------------------------- fit
-    def _state(self, epoch: int, best: list[float], best_epoch: int, bad: int) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "epoch": epoch,
-            "best": best,
-            "best_epoch": best_epoch,
-            "bad_epochs": bad,
-        }
-
     def _selection_key(self, row: dict[str, float], epoch: int) -> list[float]:
         """Larger is better: validation AP then loss, or the loss alone (classifier.select); the last epoch without
         a validation split."""
@@ -227,41 +214,36 @@ class ClassifierTrainer:
 
     def fit(self) -> dict[str, Any]:
         """Train (resuming from ``out/checkpoints/last.pt`` if present); returns a summary."""
-        start, best, best_epoch, bad, rows = 0, [float("-inf"), float("-inf")], -1, 0, []
-        state = load_checkpoint(self.out / CHECKPOINT)
-        if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            start, best, best_epoch, bad = state["epoch"] + 1, state["best"], state["best_epoch"], state["bad_epochs"]
-            rows = [r for r in read_metrics(self.out / METRICS_FILE) if int(r["epoch"]) < start]
-            self.echo(f"resuming after epoch {start}")
         meta = model_meta(self.ccfg, self.classes, self.in_chans, self.model.backbone.stride)
-        for epoch in range(start, self.ccfg.epochs):
-            lr = self.optimizer.param_groups[0]["lr"]
-            row = {"epoch": epoch, "lr": lr} | self.train_epoch(epoch) | self.validate()
-            rows.append(row)
-            key = self._selection_key(row, epoch)
-            if key > best:
-                best, best_epoch, bad = key, epoch, 0
-                if dist.is_main():
-                    save_state_dict(self.model, self.out / MODEL_FILE)
-                    write_json(self.out / META_FILE, meta | {"epoch": epoch})
-            else:
-                bad += 1
-            if dist.is_main():
-                write_metrics(self.out / METRICS_FILE, rows, COLUMNS)
-                save_checkpoint(self.out / CHECKPOINT, self._state(epoch, best, best_epoch, bad))
-            self.echo(
-                f"epoch {epoch + 1}/{self.ccfg.epochs}: loss {row['loss']:.4f}  val AP {row['val_ap']:.4f}  "
+
+        def save_best(epoch: int) -> None:
+            save_state_dict(self.model, self.out / MODEL_FILE)
+            write_json(self.out / META_FILE, meta | {"epoch": epoch})
+
+        def describe(row: dict[str, float], best_epoch: int) -> str:
+            return (
+                f"epoch {int(row['epoch']) + 1}/{self.ccfg.epochs}: loss {row['loss']:.4f}  val AP {row['val_ap']:.4f}  "
                 f"AUROC {row['val_auroc']:.4f}  (best epoch {best_epoch + 1})  {row['images_per_s']:.1f} img/s"
             )
-            if self.val_set is not None and bad >= self.ccfg.patience:
-                self.echo(f"early stop: no better validation AP for {bad} epochs")
-                break
-            dist.barrier()
-        best_row = next((r for r in rows if int(float(r["epoch"])) == best_epoch), {"val_ap": float("nan")})
-        return {"best_epoch": best_epoch, "best_val_ap": float(best_row["val_ap"]), "epochs_run": len(rows)}
+
+        st = Loop(
+            self.out,
+            self.ccfg.epochs,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.train_epoch,
+            self.validate,
+            self._selection_key,
+            save_best,
+            COLUMNS,
+            describe,
+            patience=self.ccfg.patience if self.val_set is not None else 0,
+            stop_message="early stop: no better validation AP",
+            echo=self.echo,
+        ).run()
+        best_row = next((r for r in st.rows if int(float(r["epoch"])) == st.best_epoch), {"val_ap": float("nan")})
+        return {"best_epoch": st.best_epoch, "best_val_ap": float(best_row["val_ap"]), "epochs_run": len(st.rows)}
 
 
 @torch.no_grad()

@@ -43,15 +43,13 @@ from wsss.models.compile import maybe_compile
 from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_labels, segmenter_meta
 from wsss.progress import progress
 from wsss.refine.pseudo import CONFIDENCE_FILE
-from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
+from wsss.train.loop import Loop
 from wsss.train.losses import distillation_kl, score_distillation, segmentation_loss
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
 from wsss.train.seg_data import PseudoMaskDataset, Teacher
 
 GRAD_CLIP = 5.0  # max gradient norm
-METRICS_FILE = "metrics.csv"
-CHECKPOINT = Path("checkpoints") / "last.pt"
 COLUMNS = (
     "epoch",
     "lr",
@@ -305,50 +303,42 @@ class SegmenterTrainer:
         meta = segmenter_meta(self.scfg, self.classes, self.in_chans, self.score_threshold)
         write_json(self.out / META_FILE, meta | {"epochs": self.scfg.epochs, "seed": self.seed})
 
+    def _selection_key(self, row: dict[str, float], epoch: int) -> list[float]:
+        """Larger is better: validation Seg_mIoU (an undefined one counts as 0), lower loss breaking ties; the last
+        epoch without validation rows."""
+        if self.val_set is None:
+            return [float(epoch), 0.0]
+        miou = row["val_seg_miou"]
+        return [0.0 if np.isnan(miou) else miou, -row["val_loss"]]
+
+    def _describe(self, row: dict[str, float], best_epoch: int) -> str:
+        val = f"  val Seg_mIoU {row['val_seg_miou']:.4f} (best epoch {best_epoch + 1})" if self.val_set else ""
+        return (
+            f"epoch {int(row['epoch']) + 1}/{self.scfg.epochs}: loss {row['loss']:.4f} (seg {row['loss_seg']:.4f}, "
+            f"cls {row['loss_cls']:.4f}){val}  {row['images_per_s']:.1f} img/s"
+        )
+
     def fit(self) -> dict[str, Any]:
         """Train (resuming from ``out/checkpoints/last.pt`` if present) and save the model; returns a summary."""
-        start, rows, best, best_epoch, bad = 0, [], [float("-inf"), float("-inf")], -1, 0
-        state = load_checkpoint(self.out / CHECKPOINT)
-        if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            start = int(state["epoch"]) + 1
-            best, best_epoch, bad = state.get("best", best), state.get("best_epoch", -1), state.get("bad_epochs", 0)
-            rows = [r for r in read_metrics(self.out / METRICS_FILE) if int(r["epoch"]) < start]
-            self.echo(f"resuming after epoch {start}")
-        for epoch in range(start, self.scfg.epochs):
-            row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]} | self.train_epoch(epoch)
-            row |= self.validate()
-            rows.append(row)
-            if self.val_set is not None:  # better Seg_mIoU wins; an undefined one counts as 0; lower loss breaks ties
-                miou = row["val_seg_miou"]
-                key = [0.0 if np.isnan(miou) else miou, -row["val_loss"]]
-                improved = key > best
-                best, best_epoch, bad = (key, epoch, 0) if improved else (best, best_epoch, bad + 1)
-                if improved and dist.is_main():
-                    self._save_model()
-            if dist.is_main():
-                write_metrics(self.out / METRICS_FILE, rows, COLUMNS)
-                state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-                state |= {"scheduler": self.scheduler.state_dict(), "epoch": epoch}
-                save_checkpoint(
-                    self.out / CHECKPOINT, state | {"best": best, "best_epoch": best_epoch, "bad_epochs": bad}
-                )
-            val = f"  val Seg_mIoU {row['val_seg_miou']:.4f} (best epoch {best_epoch + 1})" if self.val_set else ""
-            self.echo(
-                f"epoch {epoch + 1}/{self.scfg.epochs}: loss {row['loss']:.4f} (seg {row['loss_seg']:.4f}, "
-                f"cls {row['loss_cls']:.4f}){val}  {row['images_per_s']:.1f} img/s"
-            )
-            dist.barrier()
-            if self.val_set is not None and self.patience > 0 and bad >= self.patience:
-                self.echo(f"early stop: no better validation Seg_mIoU for {bad} epochs")
-                break
-        if self.val_set is None and dist.is_main():
-            self._save_model()
+        st = Loop(
+            self.out,
+            self.scfg.epochs,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.train_epoch,
+            self.validate,
+            self._selection_key,
+            lambda epoch: self._save_model(),
+            COLUMNS,
+            self._describe,
+            patience=self.patience if self.val_set is not None else 0,
+            stop_message="early stop: no better validation Seg_mIoU",
+            echo=self.echo,
+        ).run()
         dist.barrier()
         return {
-            "epochs_run": len(rows),
-            "best_epoch": best_epoch,
-            "final_loss": rows[-1]["loss"] if rows else float("nan"),
+            "epochs_run": len(st.rows),
+            "best_epoch": st.best_epoch,
+            "final_loss": st.rows[-1]["loss"] if st.rows else float("nan"),
         }

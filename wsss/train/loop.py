@@ -1,0 +1,103 @@
+"""The epoch loop every trainer shares (the classifier's and the segmenter's): train, validate, keep the best epoch,
+checkpoint, stop early, and resume a killed run exactly where it stopped, by one rule.
+
+Each epoch appends a row (``epoch``, ``lr``, the training and validation figures) to ``metrics.csv`` and writes
+``checkpoints/last.pt`` (model, optimizer, schedule, epoch, the best selection key so far, its epoch and the count
+of epochs without improvement). An epoch whose selection key beats the best so far is saved as the model
+(``save_best``); after ``patience`` epochs without one the loop stops (0 = never). Under DDP only rank 0 writes, and
+every rank meets at a barrier after each epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsss import distributed as dist
+from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
+
+METRICS_FILE = "metrics.csv"
+CHECKPOINT = Path("checkpoints") / "last.pt"
+NO_KEY = [float("-inf"), float("-inf")]  # below any selection key
+
+
+@dataclass
+class LoopState:
+    """Where the loop stands: the next epoch, the best key and its epoch, epochs without improvement, the rows."""
+
+    start: int = 0
+    best: list[float] = field(default_factory=lambda: list(NO_KEY))
+    best_epoch: int = -1
+    bad: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Loop:
+    """One trainer's loop. ``key(row, epoch)`` ranks epochs (larger is better, compared as lists); ``describe(row,
+    best_epoch)`` is the epoch's log line; ``stop_message`` is logged when patience runs out."""
+
+    out: Path
+    epochs: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_epoch: Callable[[int], dict[str, float]]
+    validate: Callable[[], dict[str, float]]
+    key: Callable[[dict[str, float], int], list[float]]
+    save_best: Callable[[int], None]
+    columns: Sequence[str]
+    describe: Callable[[dict[str, float], int], str]
+    patience: int = 0
+    stop_message: str = "early stop: no better validation figure"
+    echo: Callable[[str], None] = print
+
+    def resume(self) -> LoopState:
+        """The state of ``out/checkpoints/last.pt`` loaded into the model, optimizer and schedule (a fresh state
+        without one). Checkpoints written before the best key was recorded resume as if no epoch had been best."""
+        state = load_checkpoint(self.out / CHECKPOINT)
+        if state is None:
+            return LoopState()
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        start = int(state["epoch"]) + 1
+        rows = [r for r in read_metrics(self.out / METRICS_FILE) if int(float(r["epoch"])) < start]
+        self.echo(f"resuming after epoch {start}")
+        return LoopState(
+            start,
+            list(state.get("best", NO_KEY)),
+            int(state.get("best_epoch", -1)),
+            int(state.get("bad_epochs", 0)),
+            rows,
+        )
+
+    def run(self) -> LoopState:
+        """Train from where the checkpoint left off (or from the start) to the last epoch or an early stop."""
+        st = self.resume()
+        for epoch in range(st.start, self.epochs):
+            row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]} | self.train_epoch(epoch)
+            row |= self.validate()
+            st.rows.append(row)
+            key = self.key(row, epoch)
+            if key > st.best:
+                st.best, st.best_epoch, st.bad = key, epoch, 0
+                if dist.is_main():
+                    self.save_best(epoch)
+            else:
+                st.bad += 1
+            if dist.is_main():
+                write_metrics(self.out / METRICS_FILE, st.rows, self.columns)
+                state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+                state |= {"scheduler": self.scheduler.state_dict(), "epoch": epoch, "best": st.best}
+                save_checkpoint(self.out / CHECKPOINT, state | {"best_epoch": st.best_epoch, "bad_epochs": st.bad})
+            self.echo(self.describe(row, st.best_epoch))
+            dist.barrier()
+            if self.patience > 0 and st.bad >= self.patience:
+                self.echo(f"{self.stop_message} for {st.bad} epochs")
+                break
+        return st
