@@ -8,8 +8,8 @@ ConfigError that lists the valid ones.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from wsss.errors import ConfigError
 
@@ -23,13 +23,19 @@ class Registry(dict[str, T]):
         what: what one entry is, for errors ("stage", "dataset kind", "review format").
         plural: the word for the list of valid names in errors ("stages", "kinds", "formats").
         modules: the modules that register the built-in entries, imported by :meth:`load`.
-        sort: list the names alphabetically; else in registration order (stages: pipeline order), which for
-            entries registered on import depends on which module was imported first.
+        order: the table's order once loaded, as a sort key of ``(name, thing)`` (default: the names); registration
+            order alone would depend on which module happened to be imported first.
     """
 
-    def __init__(self, what: str, plural: str, modules: Sequence[str] = (), sort: bool = False):
+    def __init__(
+        self,
+        what: str,
+        plural: str,
+        modules: Sequence[str] = (),
+        order: Callable[[str, T], Any] = lambda name, thing: name,
+    ):
         super().__init__()
-        self.what, self.plural, self.modules, self.sort = what, plural, tuple(modules), sort
+        self.what, self.plural, self.modules, self.order = what, plural, tuple(modules), order
 
     def register(self, name: str, thing: T) -> T:
         """Add ``thing`` under ``name``; a ValueError for an empty name or one registered before."""
@@ -42,6 +48,10 @@ class Registry(dict[str, T]):
         """The table with its built-in entries (their modules imported)."""
         for module in self.modules:
             importlib.import_module(module)
+        items = sorted(self.items(), key=lambda kv: self.order(*kv))
+        if [k for k, _ in items] != list(self):
+            self.clear()
+            self.update(items)
         return self
 
     def lookup(self, name: str, key: str | None = None) -> T:
@@ -54,6 +64,5 @@ class Registry(dict[str, T]):
         return self[name]
 
     def names(self) -> list[str]:
-        """The registered names (built-ins loaded), alphabetically or in registration order."""
-        names = list(self.load())
-        return sorted(names) if self.sort else names
+        """The registered names (built-ins loaded), in the table's order."""
+        return list(self.load())

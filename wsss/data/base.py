@@ -146,7 +146,7 @@ def make_id(rel: Path | str) -> str:
 
 
 # the built-in adapters register as wsss.data.adapters is imported
-ADAPTERS: Registry[type[DatasetAdapter]] = Registry("dataset kind", "kinds", ["wsss.data.adapters"], sort=True)
+ADAPTERS: Registry[type[DatasetAdapter]] = Registry("dataset kind", "kinds", ["wsss.data.adapters"])
 
 
 def register(cls: type[DatasetAdapter]) -> type[DatasetAdapter]:

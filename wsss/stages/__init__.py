@@ -72,7 +72,13 @@ STAGE_MODULES = (
 )
 
 
-STAGES: Registry[Stage] = Registry("stage", "stages", [f"wsss.stages.{m}" for m in STAGE_MODULES])
+def _pipeline_order(name: str, stage: Stage) -> tuple[int, str]:
+    """Built-in stages in :data:`STAGE_MODULES` order, then any other (a plug-in's or a test's) by name."""
+    module = stage.run.__module__.removeprefix("wsss.stages.")
+    return (STAGE_MODULES.index(module) if module in STAGE_MODULES else len(STAGE_MODULES), name)
+
+
+STAGES: Registry[Stage] = Registry("stage", "stages", [f"wsss.stages.{m}" for m in STAGE_MODULES], _pipeline_order)
 
 
 def register_stage(stage: Stage) -> Stage:

@@ -71,7 +71,7 @@ class ReviewFormat:
 
 FORMAT_MODULES = ("png", "coco", "cvat", "labelstudio")  # each registers its format when imported
 FORMATS: Registry[ReviewFormat] = Registry(
-    "review format", "formats", [f"wsss.export.formats.{m}" for m in FORMAT_MODULES], sort=True
+    "review format", "formats", [f"wsss.export.formats.{m}" for m in FORMAT_MODULES]
 )
 
 
