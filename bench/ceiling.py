@@ -153,7 +153,7 @@ def ladder(run: Path, split: str, args: argparse.Namespace) -> dict[str, dict[st
     from wsss.data.images import read_image, read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.evaluation import read_prob_map
-    from wsss.metrics import PROB_LEVELS
+    from wsss.evaluation.metrics import PROB_LEVELS
 
     index = run / "prepare" / "index.csv"
     info = read_dataset_info(index)

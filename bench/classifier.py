@@ -25,7 +25,7 @@ import numpy as np
 
 from wsss.config import load_config
 from wsss.data.index import read_train_index
-from wsss.metrics import auroc, average_precision
+from wsss.evaluation.metrics import auroc, average_precision
 from wsss.runs import Run
 
 # torch-importing modules are imported inside the functions that need them: bench/pseudo_masks.py imports this module,

@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def sweep_run(run: Path, args: argparse.Namespace, grid: list[tuple[float, float]]) -> dict:
     from wsss.data.images import read_image, read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
+    from wsss.evaluation.metrics import PixelAccumulator, iou
     from wsss.inference import load_predictor
-    from wsss.metrics import PixelAccumulator, iou
     from wsss.models.segmenter import gate_labels
 
     index = run / "prepare" / "index.csv"

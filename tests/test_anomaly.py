@@ -20,7 +20,7 @@ from wsss.config import AnomalyConfig, PseudoConfig, load_config
 from wsss.data.images import read_image, read_mask
 from wsss.data.index import read_dataset_info, read_eval_index
 from wsss.errors import ConfigError, StageError
-from wsss.metrics import auroc
+from wsss.evaluation.metrics import auroc
 from wsss.refine.pseudo import label_image
 from wsss.runs import Run
 from wsss.train.pretrain import energy_cosine_loss

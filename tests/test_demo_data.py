@@ -14,7 +14,7 @@ import pytest
 from wsss.config import SyntheticConfig
 from wsss.data.photos import PHOTOS, photograph
 from wsss.data.synthetic import DEFECTS, generate, generate_sample
-from wsss.eval_report import ImageResult
+from wsss.evaluation.report import ImageResult
 from wsss.export.overview import COLUMNS, grid_shape, pick_rows, write_overview
 
 SIZE = 96

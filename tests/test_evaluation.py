@@ -14,8 +14,8 @@ from wsss.config import EvaluateConfig
 from wsss.data.index import DatasetInfo, EvalRow
 from wsss.errors import DataError, ManyErrors
 from wsss.evaluation import evaluate_masks, read_prob_map, read_scores, write_report
+from wsss.evaluation.metrics import PROB_LEVELS, auroc, average_precision
 from wsss.mask_format import write_labelmap
-from wsss.metrics import PROB_LEVELS, auroc, average_precision
 
 INFO = DatasetInfo(kind="folder", classes=("scratch", "blob"), mask_threshold=128)
 

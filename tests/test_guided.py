@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from wsss.cli import cli
 from wsss.config import load_config
 from wsss.errors import ConfigError
+from wsss.evaluation.metrics import iou
 from wsss.inference import Predictor
-from wsss.metrics import iou
 from wsss.refine.guided import guide_image, guided_filter, guided_probs
 
 

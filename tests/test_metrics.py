@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from wsss.metrics import (
+from wsss.evaluation.metrics import (
     PROB_LEVELS,
     PixelAccumulator,
     PixelAurocAccumulator,

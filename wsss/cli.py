@@ -247,7 +247,7 @@ def evaluate(
     or image): all problems are listed at once and nothing is written. A stage's folder is never written to: by default the report
     of runs/<name>/<stage>/masks goes to runs/<name>/evaluate-<stage>/."""
     from wsss.config import EvaluateConfig
-    from wsss.eval_report import REPORT_FILES
+    from wsss.evaluation.report import REPORT_FILES
     from wsss.stages.evaluate import evaluate_index, report_dir
 
     cfg = EvaluateConfig(split=split, score_threshold=threshold, ignore_as=ignore_as, mask_format=mask_format)
@@ -518,8 +518,8 @@ def _stage_summary(run, stages: list[str], cfg) -> tuple[str, dict]:
     method gives, so a poor final row is seen next to the pseudo-masks it learned from; with each stage's pixel AP
     (where it writes probs/) and its time (its manifest's seconds). Also each stage's report, by stage name."""
     from wsss.data.index import read_dataset_info, read_eval_index
-    from wsss.eval_report import pct
     from wsss.evaluation import evaluate_stage
+    from wsss.evaluation.report import pct
     from wsss.runs import read_manifest
 
     index = run.stage_dir("prepare") / "index.csv"

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from wsss.data.transforms import resize, to_channels, to_tensor
 from wsss.errors import ConfigError, StageError
-from wsss.metrics import quantize_probs
+from wsss.evaluation.metrics import quantize_probs
 from wsss.models.segmenter import META_FILE, MODEL_FILE, Segmenter, gate_labels, load_segmenter
 from wsss.refine.guided import guided_probs
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from wsss.data.images import read_image
 from wsss.data.index import EvalRow
-from wsss.eval_report import ImageResult
 from wsss.evaluation import read_pred_mask
+from wsss.evaluation.report import ImageResult
 from wsss.export.overlay import overlay, write_rgb_png
 
 COLUMNS = ("image", "ground truth", "pseudo-mask", "segmenter")

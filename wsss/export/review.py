@@ -187,8 +187,8 @@ def build_review(
     from wsss.data.images import read_image, read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.evaluation import read_pred_mask
+    from wsss.evaluation.metrics import iou
     from wsss.export.html import write_page
-    from wsss.metrics import iou
 
     unknown = [f for f in cfg.formats if f not in ("png", "coco", "cvat", "labelstudio")]
     if unknown:

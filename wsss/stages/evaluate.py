@@ -20,7 +20,7 @@ import click
 
 from wsss.config import Config, EvaluateConfig
 from wsss.errors import ConfigError
-from wsss.eval_report import pct
+from wsss.evaluation.report import pct
 from wsss.stages import Stage, mask_source, published, register_stage
 
 

@@ -32,7 +32,7 @@ from wsss.data.index import read_dataset_info, read_train_index
 from wsss.data.torch_data import ImageDataset, target_classes
 from wsss.data.transforms import Augment
 from wsss.errors import StageError
-from wsss.metrics import auroc, average_precision
+from wsss.evaluation.metrics import auroc, average_precision
 from wsss.models.backbone import save_state_dict
 from wsss.models.compile import maybe_compile
 from wsss.models.dfc import DFC, META_FILE, MODEL_FILE, build_dfc, model_meta

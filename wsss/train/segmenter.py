@@ -36,8 +36,8 @@ from wsss.config import SegTrainConfig
 from wsss.data.index import TrainRow
 from wsss.data.transforms import Augment
 from wsss.errors import ConfigError, DataError, StageError
+from wsss.evaluation.metrics import SegAccumulator
 from wsss.labels import IGNORE
-from wsss.metrics import SegAccumulator
 from wsss.models.backbone import save_state_dict
 from wsss.models.compile import maybe_compile
 from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_labels, segmenter_meta

@@ -60,7 +60,7 @@ class ClassResult:
 
 @dataclass
 class EvalReport:
-    """METHOD.md section 8 metrics of one masks folder; nan = undefined (see :mod:`wsss.metrics`)."""
+    """METHOD.md section 8 metrics of one masks folder; nan = undefined (see :mod:`wsss.evaluation.metrics`)."""
 
     masks_dir: str
     score_source: str  # "scores" (a scores file) or "masks" (1.0 if the predicted mask is non-empty, else 0.0)
