@@ -1,0 +1,235 @@
+"""Commands that run the method: `stages`, `run-stage`, `run`, `status`, `show-config`, `init`, `demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from wsss.cli.group import (
+    StageChoice,
+    cli,
+    config_option,
+    force_option,
+    run_dir_option,
+    run_folder,
+    set_option,
+)
+from wsss.config import Config, dump_yaml, load_config
+from wsss.stages import load_stages
+
+
+@cli.command()
+def stages() -> None:
+    """List the registered stages and the pipeline definitions."""
+    from wsss.pipelines import available, load_pipeline
+
+    click.echo("Stages:")
+    for s in load_stages().values():
+        reads = s.reads or ", ".join(s.inputs(Config()))
+        click.echo(f"  {s.name:<18} {s.help}" + (f"  [reads: {reads}]" if reads else ""))
+    click.echo("Pipelines:")
+    for name in available():
+        p = load_pipeline(name)
+        click.echo(f"  {name:<18} {' -> '.join(p.stages)}" + (f"  ({p.description})" if p.description else ""))
+
+
+@cli.command("run-stage")
+@click.argument("stage", type=StageChoice())
+@config_option
+@run_dir_option
+@force_option
+@set_option
+def run_stage(stage: str, config: Path, run_dir: Path | None, force: bool, overrides: tuple[str, ...]) -> None:
+    """Run one STAGE (its inputs must have finished)."""
+    from wsss import distributed as dist
+
+    cfg = load_config(config, overrides)
+    run_folder(cfg, run_dir).run_stage(stage, force=force)
+    dist.shutdown()  # under torchrun: every rank leaves the process group together (no abort at exit)
+
+
+@cli.command("run")
+@config_option
+@click.option("--from", "start", type=StageChoice(), default=None, help="first stage to run")
+@click.option("--to", "stop", type=StageChoice(), default=None, help="last stage to run")
+@run_dir_option
+@force_option
+@set_option
+def run_pipeline(
+    config: Path, start: str | None, stop: str | None, run_dir: Path | None, force: bool, overrides: tuple[str, ...]
+) -> None:
+    """Run the config's pipeline in order, skipping up-to-date stages."""
+    from wsss import distributed as dist
+    from wsss.pipelines import load_pipeline, select
+
+    cfg = load_config(config, overrides)
+    run_folder(cfg, run_dir).run_pipeline(select(load_pipeline(cfg.run.pipeline), start, stop), force=force)
+    dist.shutdown()
+
+
+@cli.command()
+@config_option
+@run_dir_option
+@set_option
+def status(config: Path, run_dir: Path | None, overrides: tuple[str, ...]) -> None:
+    """Show each pipeline stage's state in the run folder (done, stale, missing, blocked, running, interrupted,
+    failed)."""
+    from wsss.pipelines import load_pipeline
+    from wsss.runs import INTERRUPTED
+    from wsss.stages import get_stage
+
+    cfg = load_config(config, overrides)
+    run = run_folder(cfg, run_dir)
+    click.echo(f"run folder: {run.dir}")
+    notes = {
+        "running": "(a wsss process is running it now)",
+        INTERRUPTED: "(its process was killed or died; `wsss run` resumes it, or restarts it if its settings changed)",
+        "failed": "(see its manifest.json for the error; `wsss run` retries it)",
+    }
+    for name in load_pipeline(cfg.run.pipeline).stages:
+        state = run.status(get_stage(name))
+        click.echo(f"  {name:<18} {state} {notes.get(state, '')}".rstrip())
+
+
+@cli.command("show-config")
+@click.option(
+    "--config",
+    "-c",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML recipe (default: the built-in defaults)",
+)
+@run_dir_option
+@set_option
+def show_config(config: Path | None, run_dir: Path | None, overrides: tuple[str, ...]) -> None:
+    """Print the resolved config (defaults + file + overrides) as YAML.
+
+    ``auto`` settings show the values the run's prepare stage resolved them to (the run folder of --run-dir, else
+    runs/<run.name>), or stay ``auto`` until prepare has run."""
+    from wsss.runs import Run
+
+    cfg = load_config(config, overrides)
+    click.echo(dump_yaml(Run(run_dir or Path("runs") / cfg.run.name, cfg).cfg.to_dict()), nl=False)
+
+
+@cli.command()
+@click.option("--kind", required=True, help="dataset kind: folder, csv, ksdd, mtd, ... (see docs/datasets.md)")
+@click.option("--root", type=click.Path(path_type=Path), required=True, help="dataset folder (kind csv: the CSV)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("recipe.yaml"), show_default=True)
+@click.option("--force", is_flag=True, help="replace an existing recipe file")
+def init(kind: str, root: Path, out: Path, force: bool) -> None:
+    """Scan a dataset, print what it holds, and write a recipe for it (sizes resolved from its images)."""
+    from wsss.init_recipe import write_recipe
+
+    path, summary = write_recipe(kind, root, out, force)
+    for line in summary.lines():
+        click.echo(line)
+    click.echo(f"wrote {path}; run it with: wsss run --config {path}")
+
+
+@cli.command()
+@run_dir_option
+@force_option
+@set_option
+def demo(run_dir: Path | None, force: bool, overrides: tuple[str, ...]) -> None:
+    """Generate the built-in defect set (real surface photographs with drawn defects) and run the default recipe on
+    it, every pipeline stage end to end; then print each stage's figures and write an overview picture."""
+    from wsss.config import DEMO_SETTINGS
+    from wsss.pipelines import load_pipeline
+
+    cfg = load_config(None, (*DEMO_SETTINGS, *overrides))
+    click.echo(_demo_line(cfg))
+    run = run_folder(cfg, run_dir)
+    pipeline = load_pipeline(cfg.run.pipeline)
+    run.run_pipeline(list(pipeline.stages), force=force)
+    click.echo("")
+    click.echo((run.stage_dir("prepare") / "report.md").read_text())
+    if "evaluate" not in pipeline.stages:
+        click.echo("(no mask-writing stage is in the pipeline yet, so there is nothing to evaluate)")
+        click.echo(f"run folder: {run.dir}")
+        return
+    click.echo((run.stage_dir("evaluate") / "report.md").read_text())
+    summary, reports = _stage_summary(run, list(pipeline.stages), cfg)
+    click.echo(summary)
+    overview = _overview(run, reports, cfg)
+    if overview is not None:
+        click.echo(f"overview picture: {overview}")
+    if "export" in pipeline.stages:
+        click.echo(f"review page: {run.stage_dir('export') / 'index.html'}")
+    click.echo(f"run folder: {run.dir}")
+
+
+def _demo_line(cfg: Config) -> str:
+    """What the demo runs, in one line."""
+    bb, syn = cfg.classifier.backbone, cfg.dataset.synthetic
+    model = "pretrained ImageNet EfficientNet-Lite0" if bb.name == "tf_efficientnet_lite0" else bb.name
+    if bb.name != "tf_efficientnet_lite0" or bb.weights != "imagenet":
+        model += f", weights {bb.weights or 'none'}"
+    cut = f", {bb.stages} feature stages ({bb.freeze} frozen)" if bb.stages else ""
+    return (
+        f"demo: the default recipe ({model} at output stride {bb.output_stride}{cut}) on "
+        f"{syn.n_ok + syn.n_defect} generated parts ({', '.join(syn.textures)}, {syn.size} px); sizes and epochs "
+        "reduced for a 5-minute run"
+    )
+
+
+def _mask_stages(run, stages: list[str]) -> list[str]:
+    """The pipeline's mask-writing stages that wrote masks in this run, in order."""
+    registered = load_stages()
+    return [n for n in stages if registered[n].writes_masks and (run.stage_dir(n) / "masks").is_dir()]
+
+
+def _stage_summary(run, stages: list[str], cfg) -> tuple[str, dict]:
+    """Every mask-writing stage of the run on the evaluated split, side by side (METHOD.md 8): what each step of the
+    method gives, so a poor final row is seen next to the pseudo-masks it learned from; with each stage's pixel AP
+    (where it writes probs/) and its time (its manifest's seconds). Also each stage's report, by stage name."""
+    from wsss.data.index import read_dataset_info, read_eval_index
+    from wsss.evaluation import evaluate_stage
+    from wsss.evaluation.report import pct
+    from wsss.runs import read_manifest
+
+    index = run.stage_dir("prepare") / "index.csv"
+    rows = read_eval_index(index, split=None if cfg.evaluate.split == "all" else cfg.evaluate.split)
+    info = read_dataset_info(index)
+    lines = [
+        f"## Every mask-writing stage ({cfg.evaluate.split} split)",
+        "",
+        "| stage | image AP | mIoU_def | pixel AP | Seg_mIoU | Seg_Recall@0.5 | time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    mask_stages, reports, total = _mask_stages(run, stages), {}, 0.0
+    for name in stages:
+        seconds = float((read_manifest(run.stage_dir(name)) or {}).get("seconds") or 0.0)
+        total += seconds
+        if name not in mask_stages:
+            continue
+        r = reports[name] = evaluate_stage(rows, info, run.stage_dir(name), cfg.evaluate)
+        pixel_ap = pct(r.pixel_ap) if r.pixel_ap is not None else "-"
+        lines.append(
+            f"| {name} | {pct(r.ap)} | {pct(r.miou_def)} | {pixel_ap} | {pct(r.seg_miou)} | "
+            f"{pct(r.seg_recall_0_5)} | {seconds:.0f} s |"
+        )
+    lines += ["", f"all stages: {total:.0f} s"]
+    return "\n".join(lines) + "\n", reports
+
+
+def _overview(run, reports: dict, cfg) -> Path | None:
+    """``overview.png`` in the run folder: best, median and worst test image of the last mask-writing stage (its
+    report from :func:`_stage_summary`), beside the ground truth and the pseudo-masks; None when the run has no
+    pseudo-masks or nothing to rank."""
+    from wsss.data.index import read_eval_index
+    from wsss.export.overview import pick_rows, write_overview
+
+    if "pseudo-labels" not in reports:
+        return None
+    final = list(reports)[-1]
+    images = reports[final].images
+    if not pick_rows(images):
+        return None
+    index = run.stage_dir("prepare") / "index.csv"
+    rows = read_eval_index(index, split=None if cfg.evaluate.split == "all" else cfg.evaluate.split)
+    return write_overview(
+        run.dir / "overview.png", rows, images, run.stage_dir("pseudo-labels") / "masks", run.stage_dir(final) / "masks"
+    )
