@@ -14,7 +14,6 @@ augmentation and crop jitter are all seeded by (seed, epoch), so a resumed run r
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from wsss.models.backbone import save_state_dict
 from wsss.models.compile import maybe_compile
 from wsss.models.dfc import DFC, META_FILE, MODEL_FILE, build_dfc, model_meta
 from wsss.progress import progress
-from wsss.train.loop import Loop
+from wsss.train.loop import Loop, train_pass
 from wsss.train.losses import gcm_consistency, supervised_infonce
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
@@ -172,19 +171,8 @@ class ClassifierTrainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.net.train()
         gen = torch.Generator().manual_seed(self.cfg.run.seed * 7919 + epoch)
-        sums: dict[str, float] = {}
-        n_images, t0 = 0, time.perf_counter()
-        loader = self.loader(epoch)
-        for batch in progress(loader, desc=f"epoch {epoch + 1}/{self.ccfg.epochs}", total=len(loader), unit="batch"):
-            for k, v in self.train_batch(batch, gen).items():
-                sums[k] = sums.get(k, 0.0) + v * len(batch["image"])
-            n_images += len(batch["image"])
-        seconds = time.perf_counter() - t0
-        dist.sync_buffers(self.model)  # identical BatchNorm statistics on every rank before validating
-        return {k: v / max(1, n_images) for k, v in sums.items()} | {
-            "images_per_s": n_images * dist.world_size() / seconds,
-            "seconds": seconds,
-        }
+        desc = f"epoch {epoch + 1}/{self.ccfg.epochs}"
+        return train_pass(self.model, self.loader(epoch), lambda batch: self.train_batch(batch, gen), desc)
 
     def validate(self) -> dict[str, float]:
         """Validation loss, image AP and AUROC of the "any defect" score max_k sigmoid(s_k)."""

@@ -10,7 +10,8 @@ every rank meets at a barrier after each epoch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,34 @@ from typing import Any
 import torch
 
 from wsss import distributed as dist
+from wsss.progress import progress
 from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
 
 METRICS_FILE = "metrics.csv"
 CHECKPOINT = Path("checkpoints") / "last.pt"
 NO_KEY = [float("-inf"), float("-inf")]  # below any selection key
+
+
+def train_pass(
+    model: torch.nn.Module,
+    loader: Iterable[dict[str, Any]],
+    step: Callable[[dict[str, Any]], dict[str, float]],
+    desc: str,
+) -> dict[str, float]:
+    """One epoch's pass over ``loader``: ``step(batch)``'s figures averaged over images, images/s (all ranks
+    together) and seconds; then ``model``'s BatchNorm statistics made identical on every rank before validation."""
+    sums: dict[str, float] = {}
+    n_images, t0 = 0, time.perf_counter()
+    for batch in progress(loader, desc=desc, total=len(loader), unit="batch"):  # type: ignore[arg-type]
+        for k, v in step(batch).items():
+            sums[k] = sums.get(k, 0.0) + v * len(batch["image"])
+        n_images += len(batch["image"])
+    seconds = time.perf_counter() - t0
+    dist.sync_buffers(model)
+    return {k: v / max(1, n_images) for k, v in sums.items()} | {
+        "images_per_s": n_images * dist.world_size() / seconds,
+        "seconds": seconds,
+    }
 
 
 @dataclass

@@ -20,7 +20,6 @@ killed run resumes exactly: data order and augmentation are seeded by (seed, epo
 from __future__ import annotations
 
 import csv
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,9 +40,8 @@ from wsss.labels import IGNORE
 from wsss.models.backbone import save_state_dict
 from wsss.models.compile import maybe_compile
 from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_labels, segmenter_meta
-from wsss.progress import progress
 from wsss.refine.pseudo import CONFIDENCE_FILE
-from wsss.train.loop import Loop
+from wsss.train.loop import Loop, train_pass
 from wsss.train.losses import distillation_kl, score_distillation, segmentation_loss
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
@@ -261,19 +259,7 @@ class SegmenterTrainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.net.train()
-        sums: dict[str, float] = {}
-        n_images, t0 = 0, time.perf_counter()
-        loader = self.loader(epoch)
-        for batch in progress(loader, desc=f"epoch {epoch + 1}/{self.scfg.epochs}", total=len(loader), unit="batch"):
-            for k, v in self.train_step(batch).items():
-                sums[k] = sums.get(k, 0.0) + v * len(batch["image"])
-            n_images += len(batch["image"])
-        seconds = time.perf_counter() - t0
-        dist.sync_buffers(self.model)  # identical BatchNorm statistics on every rank before validating
-        return {k: v / max(1, n_images) for k, v in sums.items()} | {
-            "images_per_s": n_images * dist.world_size() / seconds,
-            "seconds": seconds,
-        }
+        return train_pass(self.model, self.loader(epoch), self.train_step, f"epoch {epoch + 1}/{self.scfg.epochs}")
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
