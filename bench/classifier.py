@@ -63,8 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def test_scores(stage_dir: Path, index: Path, device: str) -> tuple[float, float, int, int]:
     """Image AP and AUROC of the trained DFC on the test split; also the test image and defect counts."""
-    from wsss.data.torch_data import ImageDataset
-    from wsss.models.dfc import load_dfc
+    from wsss.data.classifier_data import ImageDataset
+    from wsss.models.classifier import load_dfc
     from wsss.train.classifier import score_dataset
 
     model, meta = load_dfc(stage_dir, device)

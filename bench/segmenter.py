@@ -53,7 +53,7 @@ class TeacherPath:
     def __init__(self, run_dir: Path, cfg):
         from wsss.cam.extract import CamExtractor
         from wsss.cam.io import read_cam_meta
-        from wsss.models.dfc import load_dfc
+        from wsss.models.classifier import load_dfc
 
         model, meta = load_dfc(run_dir / "train-classifier", "cpu")
         self.cfg, self.scale = cfg, float(read_cam_meta(run_dir / "cam")["scale"])

@@ -20,8 +20,8 @@ from torch import nn
 import wsss.models.compile as compile_mod
 from wsss.cam.extract import CamExtractor
 from wsss.config import load_config
+from wsss.models.classifier import build_dfc
 from wsss.models.compile import maybe_compile
-from wsss.models.dfc import build_dfc
 from wsss.train.classifier import ClassifierTrainer
 
 

@@ -17,8 +17,8 @@ from wsss.data.synthetic import DEFECTS, make_texture
 from wsss.errors import ConfigError
 from wsss.labels import IGNORE
 from wsss.train.inject import Injector, PasteSource, paste, paste_sources, procedural
-from wsss.train.seg_data import PseudoMaskDataset
 from wsss.train.segmenter import CONFIDENCE_FILE, SegmenterTrainer, read_confidence
+from wsss.train.segmenter_data import PseudoMaskDataset
 
 ON = InjectConfig(enabled=True, prob=1.0)
 
@@ -229,7 +229,7 @@ def test_injection_on_the_tiny_run(full_run):
 def test_injected_samples_skip_both_distillation_terms(tmp_path: Path):
     from types import SimpleNamespace
 
-    from wsss.train.seg_data import Teacher
+    from wsss.train.segmenter_data import Teacher
 
     rows, masks, _ = make_data(tmp_path, n_defect=2, n_ok=2)
     trainer = SegmenterTrainer(rcfg(), rows, masks, ["defect"], 1, tmp_path / "out", device="cpu", echo=lambda *_: None)

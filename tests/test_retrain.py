@@ -11,7 +11,7 @@ import numpy as np
 from wsss.config import load_config
 from wsss.data.images import read_image
 from wsss.data.index import read_train_index
-from wsss.train.seg_data import read_pseudo_mask
+from wsss.train.segmenter_data import read_pseudo_mask
 
 
 def test_full_pipeline_writes_valid_masks_and_evaluates(full_run):

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from wsss.cli import cli
 from wsss.config import ExportConfig
 from wsss.errors import ManyErrors
-from wsss.export import lsrle
+from wsss.export import labelstudio_rle
 from wsss.export.formats import ReviewItem, get_format
 from wsss.export.formats.coco import CocoFormat
 from wsss.export.review import build_review, run_source
@@ -67,12 +67,12 @@ def reference_encode(mask: np.ndarray) -> list[int]:
 @pytest.mark.parametrize("name", list(cases()))
 def test_label_studio_rle_round_trips_and_reads_the_reference_encoding(name: str):
     mask = cases()[name].astype(bool)
-    ours = lsrle.encode(mask)
+    ours = labelstudio_rle.encode(mask)
     assert all(0 <= b <= 255 for b in ours)
-    assert np.array_equal(lsrle.decode(ours, *mask.shape), mask)
-    assert np.array_equal(lsrle.decode(reference_encode(mask), *mask.shape), mask)
+    assert np.array_equal(labelstudio_rle.decode(ours, *mask.shape), mask)
+    assert np.array_equal(labelstudio_rle.decode(reference_encode(mask), *mask.shape), mask)
     with pytest.raises(ValueError, match="needs"):
-        lsrle.decode(ours, mask.shape[0] + 1, mask.shape[1])
+        labelstudio_rle.decode(ours, mask.shape[0] + 1, mask.shape[1])
 
 
 @pytest.mark.parametrize("name", list(cases()))
@@ -282,7 +282,7 @@ def test_import_review_mask_format_is_an_option_for_png_only(review_run: Path, t
 
 def test_reviewed_masks_replace_pseudo_masks_in_training(review_run: Path, tmp_path: Path):
     from wsss.data.index import read_train_index
-    from wsss.train.seg_data import PseudoMaskDataset
+    from wsss.train.segmenter_data import PseudoMaskDataset
 
     rows = read_train_index(review_run / "prepare" / "index.csv", "train")
     human = tmp_path / "human"

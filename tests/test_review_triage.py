@@ -157,7 +157,7 @@ def test_decisions_take_no_mask_format(review_run: Path, tmp_path: Path):
 def test_a_rejected_image_contributes_no_mask_loss(review_run: Path, tmp_path: Path):
     from wsss.data.index import read_train_index
     from wsss.train.losses import segmentation_loss
-    from wsss.train.seg_data import PseudoMaskDataset
+    from wsss.train.segmenter_data import PseudoMaskDataset
 
     header = export_package(review_run, tmp_path / "pkg")["package"]
     rows = read_train_index(review_run / "prepare" / "index.csv", "train")

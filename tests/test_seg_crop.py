@@ -11,8 +11,8 @@ import pytest
 from test_segmenter import SIZE, make_data, rcfg
 
 from wsss.errors import ConfigError
-from wsss.train.seg_data import PseudoMaskDataset
 from wsss.train.segmenter import SegmenterTrainer
+from wsss.train.segmenter_data import PseudoMaskDataset
 
 CROP = (16, 12)
 

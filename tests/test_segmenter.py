@@ -17,8 +17,8 @@ from wsss.errors import DataError
 from wsss.inference import torch_predictor
 from wsss.models.segmenter import build_segmenter, load_segmenter
 from wsss.train.losses import segmentation_loss
-from wsss.train.seg_data import PseudoMaskDataset
 from wsss.train.segmenter import SegmenterTrainer
+from wsss.train.segmenter_data import PseudoMaskDataset
 
 SIZE = 32
 
@@ -82,7 +82,7 @@ def test_output_shapes(k: int, size: tuple[int, int]):
 
 
 def test_image_head_pooling_average_or_lse_of_the_per_location_logits():
-    from wsss.models.dfc import lse_pool
+    from wsss.models.classifier import lse_pool
 
     torch.manual_seed(0)
     avg = build_segmenter(rcfg(), 2, 1).eval()
@@ -115,7 +115,7 @@ def test_lse_head_is_saved_in_the_meta_and_old_metas_load_as_average(tmp_path: P
 
 
 def test_mask_sourced_image_logits_pool_the_masks_log_odds_and_round_trip(tmp_path: Path):
-    from wsss.models.dfc import lse_pool
+    from wsss.models.classifier import lse_pool
 
     torch.manual_seed(0)
     model = build_segmenter(rcfg(cls_lse_r=5.0, cls_source="mask"), 2, 1).eval()

@@ -151,8 +151,8 @@ def test_cam_peak_falls_inside_the_defect_in_most_defective_images(trained):
     Chance for an image = the fraction of CAM cells that touch its mask (about 0.11 here). Measured: 34 of 60 with
     reflect padding; 17 of 40 with zero padding, whose misses cluster on the image border.
     """
+    from wsss.data.classifier_data import ImageDataset
     from wsss.data.index import read_train_index
-    from wsss.data.torch_data import ImageDataset
 
     run_dir, cfg = trained
     model = build_dfc(cfg.classifier, 1, 1)
@@ -183,7 +183,7 @@ def test_bf16_autocast_and_channels_last_train_on_the_gpu(prepared_run: Path, tm
 
     from conftest import TINY, TINY_CLASSIFIER
 
-    from wsss.models.dfc import load_dfc
+    from wsss.models.classifier import load_dfc
 
     shutil.copytree(prepared_run / "prepare", tmp_path / "prepare")
     overrides = [f"dataset.synthetic.{k}={v}" for k, v in TINY.items()] + TINY_CLASSIFIER

@@ -18,8 +18,8 @@ from wsss.data.index import read_train_index
 from wsss.errors import ConfigError
 from wsss.models.segmenter import gate_labels, load_segmenter
 from wsss.train.losses import distillation_kl, score_distillation
-from wsss.train.seg_data import PseudoMaskDataset, Teacher
 from wsss.train.segmenter import SegmenterTrainer
+from wsss.train.segmenter_data import PseudoMaskDataset, Teacher
 
 
 def test_distillation_kl_is_zero_when_the_student_matches_the_teacher_and_positive_otherwise():

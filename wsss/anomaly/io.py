@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from wsss.array_files import load_float32, save_float16
 from wsss.errors import DataError
-from wsss.npz import load_float32, save_float16
 
 META_FILE = "anomaly.json"
 SCORES_FILE = "scores.csv"

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from wsss.auto import AUTO
 from wsss.config import CamConfig
 from wsss.data.transforms import resize, to_channels, to_tensor
+from wsss.models.classifier import DFC
 from wsss.models.compile import maybe_compile
-from wsss.models.dfc import DFC
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from wsss.array_files import load_float32, save_float16
 from wsss.atomic import atomic_path
 from wsss.errors import DataError
-from wsss.npz import load_float32, save_float16
 
 CAMS_DIR = "cams"
 SCORES_FILE = "scores.csv"

@@ -24,7 +24,7 @@ and swapped in, so it is never half-written.
 Undecided images are left out. An accepted image's pseudo-mask (``<run>/<masks>/masks/<id>.png``) is copied into
 ``reviewed/masks/`` as a human mask (recorded with format ``decisions``); a rejected image's id goes into
 ``reviewed/rejected.txt`` (one id per line), which keeps it out of the segmenter's mask loss
-(:class:`wsss.train.seg_data.PseudoMaskDataset`) while its image label still trains. A mask corrected in an
+(:class:`wsss.train.segmenter_data.PseudoMaskDataset`) while its image label still trains. A mask corrected in an
 annotation tool (an earlier import of another format) wins over both decisions; a later decision on an id replaces
 an earlier decision on it; ids the file does not decide keep what the folder says. The file is refused whole, with
 nothing written, when it is not JSON or not a decisions file of this version, names an id the run does not index or
@@ -56,7 +56,7 @@ from wsss.mask_format import FORMATS, write_labelmap
 
 REVIEWED_DIR = "reviewed"
 RECORD_FILE = "reviewed.json"
-REJECTED_FILE = "rejected.txt"  # ids whose pseudo-mask a reviewer rejected: no mask loss (wsss.train.seg_data)
+REJECTED_FILE = "rejected.txt"  # ids whose pseudo-mask a reviewer rejected: no mask loss (wsss.train.segmenter_data)
 DECISIONS = ("accept", "reject")
 DECISIONS_FIX = 'pass the file the review page\'s "Download decisions" button saved'
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from wsss.config import BackboneConfig, SegTrainConfig
 from wsss.models.backbone import Backbone, backbone_meta, create_backbone
-from wsss.models.dfc import lse_pool
+from wsss.models.classifier import lse_pool
 from wsss.models.model_dir import load_model_dir
 
 MODEL_FILE = "segmenter.safetensors"  # the trained segmenter's state_dict
@@ -69,7 +69,7 @@ class Segmenter(nn.Module):
 
     The image head applies its linear layer at every location of the deepest map and pools the K logit maps:
     ``cls_lse_r = 0`` averages them (global average pooling, the same as a linear on the averaged features), and
-    ``cls_lse_r > 0`` takes their log-sum-exp with that sharpness (:func:`~wsss.models.dfc.lse_pool`, the DFC's
+    ``cls_lse_r > 0`` takes their log-sum-exp with that sharpness (:func:`~wsss.models.classifier.lse_pool`, the DFC's
     pooling), so a defect covering a few cells of the map still drives the score instead of being averaged away.
 
     With ``cls_source = "mask"`` the image logits are not a head of their own: they pool the mask's per-pixel log-odds

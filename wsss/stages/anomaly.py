@@ -34,7 +34,7 @@ def embedder_for(cfg: Config, inputs: dict[str, Path], device):
 
     acfg = cfg.anomaly
     if acfg.features == "dfc":
-        from wsss.models.dfc import load_dfc
+        from wsss.models.classifier import load_dfc
 
         model, meta = load_dfc(inputs["train-classifier"], device)
         size = acfg.input_size or meta["input_size"]

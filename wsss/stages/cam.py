@@ -40,8 +40,8 @@ LIFT_OK_PERCENTILE = 99.0  # cam.lift's floor: this percentile of the OK trainin
 
 
 def _check_classes(meta: dict, index: Path, model_dir: Path) -> None:
+    from wsss.data.classifier_data import BINARY_CLASSES
     from wsss.data.index import read_dataset_info
-    from wsss.data.torch_data import BINARY_CLASSES
 
     info = read_dataset_info(index)
     classes = meta["classes"]
@@ -62,7 +62,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.cam.io import CAMS_DIR, META_FILE, SCORES_FILE, write_cam, write_scores
     from wsss.data.images import read_image
     from wsss.data.index import read_train_index
-    from wsss.models.dfc import load_dfc
+    from wsss.models.classifier import load_dfc
     from wsss.progress import progress
     from wsss.resume import RowLog, log_name
 

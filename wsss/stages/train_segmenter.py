@@ -2,7 +2,7 @@
 
 Trains on the training split's pseudo-masks (from ``segmenter.masks``, by default the pipeline's last mask-writing
 stage before this one: `retrain` in the full method), with the image labels, the teacher's refined CAM
-probabilities and the DFC's sample scores (see :mod:`wsss.train.seg_data`); early stopping on the validation
+probabilities and the DFC's sample scores (see :mod:`wsss.train.segmenter_data`); early stopping on the validation
 split's Seg_mIoU against its *pseudo-masks*. Ground truth is never read.
 
 Then it segments every indexed image with the trained model (mask gated by its own classification head) and
@@ -57,8 +57,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.progress import progress
     from wsss.refine.pseudo import write_mask
     from wsss.train.loop import CHECKPOINT, METRICS_FILE
-    from wsss.train.seg_data import Teacher
     from wsss.train.segmenter import SegmenterTrainer
+    from wsss.train.segmenter_data import Teacher
 
     scfg = cfg.segmenter
     index = inputs["prepare"] / "index.csv"

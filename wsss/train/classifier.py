@@ -27,14 +27,14 @@ from wsss import distributed as dist
 from wsss.atomic import write_json
 from wsss.cam.gcm import crop_and_resize, crop_boxes
 from wsss.config import Config
+from wsss.data.classifier_data import ImageDataset, target_classes
 from wsss.data.index import read_dataset_info, read_train_index
-from wsss.data.torch_data import ImageDataset, target_classes
 from wsss.data.transforms import Augment
 from wsss.errors import StageError
 from wsss.evaluation.metrics import auroc, average_precision
 from wsss.models.backbone import save_state_dict
+from wsss.models.classifier import DFC, META_FILE, MODEL_FILE, build_dfc, model_meta
 from wsss.models.compile import maybe_compile
-from wsss.models.dfc import DFC, META_FILE, MODEL_FILE, build_dfc, model_meta
 from wsss.progress import progress
 from wsss.train.loop import Loop, train_pass
 from wsss.train.losses import gcm_consistency, supervised_infonce

@@ -1,8 +1,8 @@
 """Training the multi-task segmenter on pseudo-masks: the `retrain` round (METHOD.md 5) and the distillation (6).
 
-Supervision is only what weak supervision produced (:mod:`wsss.train.seg_data`): pseudo-masks, image labels and,
+Supervision is only what weak supervision produced (:mod:`wsss.train.segmenter_data`): pseudo-masks, image labels and,
 when distilling, the teacher's CAMs and sample scores; ground-truth masks are never read. Loss: CE + Dice on the
-pseudo-masks (ignore excluded) + image-level BCE, plus with a :class:`~wsss.train.seg_data.Teacher` the per-pixel
+pseudo-masks (ignore excluded) + image-level BCE, plus with a :class:`~wsss.train.segmenter_data.Teacher` the per-pixel
 KL toward the teacher's class distribution and the BCE toward the DFC's sample scores. With ``inject`` on
 (:mod:`wsss.train.inject`), OK training images train as all background, and those given an injected defect train CE +
 Dice on its exact mask (at full weight, as any labelled pixel) and the image BCE as defective, but neither
@@ -41,11 +41,11 @@ from wsss.models.backbone import save_state_dict
 from wsss.models.compile import maybe_compile
 from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_labels, segmenter_meta
 from wsss.refine.pseudo import CONFIDENCE_FILE
-from wsss.train.loop import Loop, train_pass
+from wsss.train.loop import NO_KEY, Loop, train_pass
 from wsss.train.losses import distillation_kl, score_distillation, segmentation_loss
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
-from wsss.train.seg_data import PseudoMaskDataset, Teacher
+from wsss.train.segmenter_data import PseudoMaskDataset, Teacher
 
 GRAD_CLIP = 5.0  # max gradient norm
 COLUMNS = (
@@ -290,10 +290,10 @@ class SegmenterTrainer:
         write_json(self.out / META_FILE, meta | {"epochs": self.scfg.epochs, "seed": self.seed})
 
     def _selection_key(self, row: dict[str, float], epoch: int) -> list[float]:
-        """Larger is better: validation Seg_mIoU (an undefined one counts as 0), lower loss breaking ties; the last
-        epoch without validation rows."""
+        """Larger is better: validation Seg_mIoU (an undefined one counts as 0), lower loss breaking ties. Without
+        validation rows no epoch is "best": the model is saved once, after the last epoch (:meth:`fit`)."""
         if self.val_set is None:
-            return [float(epoch), 0.0]
+            return list(NO_KEY)
         miou = row["val_seg_miou"]
         return [0.0 if np.isnan(miou) else miou, -row["val_loss"]]
 
@@ -322,6 +322,8 @@ class SegmenterTrainer:
             stop_message="early stop: no better validation Seg_mIoU",
             echo=self.echo,
         ).run()
+        if self.val_set is None and dist.is_main():
+            self._save_model()
         dist.barrier()
         return {
             "epochs_run": len(st.rows),

@@ -22,7 +22,7 @@ import numpy as np
 
 from wsss.atomic import atomic_write_text
 from wsss.errors import DataError
-from wsss.export import lsrle
+from wsss.export import labelstudio_rle
 from wsss.export.formats import ReviewFormat, ReviewItem, register_format
 from wsss.labels import LabelMap
 
@@ -55,7 +55,7 @@ class LabelStudioFormat(ReviewFormat):
         for item in items:
             mask, results = item.load_mask(), []
             for v in (int(v) for v in np.unique(mask) if v != 0):
-                value = {"format": "rle", "rle": lsrle.encode(mask == v), "brushlabels": [labels.name_of(v)]}
+                value = {"format": "rle", "rle": labelstudio_rle.encode(mask == v), "brushlabels": [labels.name_of(v)]}
                 results.append(
                     {"id": f"{item.id}-{v}", "from_name": "tag", "to_name": "image", "type": "brushlabels"}
                     | {"original_width": item.width, "original_height": item.height, "image_rotation": 0}
@@ -96,7 +96,7 @@ class LabelStudioFormat(ReviewFormat):
                     bad.append(f"task {t} ({sid}): label {names} is not a label of this run")
                     continue
                 try:
-                    mask[lsrle.decode(r["value"]["rle"], h, w)] = value
+                    mask[labelstudio_rle.decode(r["value"]["rle"], h, w)] = value
                 except (KeyError, ValueError) as e:
                     bad.append(f"task {t} ({sid}): {e}")
             masks[sid] = mask

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from wsss.cam.gcm import crop_and_resize, crop_boxes
-from wsss.models.dfc import DFC, lse_pool
+from wsss.models.classifier import DFC, lse_pool
 from wsss.train.losses import gcm_consistency, supervised_infonce
 
 

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from wsss.config import InjectConfig
+from wsss.data.classifier_data import ImageDataset
 from wsss.data.images import read_image
 from wsss.data.index import TrainRow
-from wsss.data.torch_data import ImageDataset
 from wsss.data.transforms import Augment, resize, to_channels, to_tensor
 from wsss.errors import DataError
 from wsss.labels import IGNORE
@@ -95,7 +95,7 @@ class PseudoMaskDataset(ImageDataset):
     ``"teacher": (K+1, H, W)`` class probabilities and ``"teacher_score": (K,)``. Only lossless geometry (flips,
     rot90 on square inputs) is applied, to image, mask and teacher map alike, so they stay aligned; the photometric
     part of ``augment`` touches the image only. Seeding, epochs, targets and the in-memory cache are
-    :class:`~wsss.data.torch_data.ImageDataset`'s (the teacher's CAM is cached as ``uint8``).
+    :class:`~wsss.data.classifier_data.ImageDataset`'s (the teacher's CAM is cached as ``uint8``).
 
     With ``ok_background`` (and always with ``inject``) every OK training image (no image label, not reviewed) trains
     as all background, whatever its pseudo-mask says (its image label is known, so this is exact; a pseudo-mask of an

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from wsss.config import AugmentConfig
+from wsss.data.classifier_data import ImageDataset, binary_targets, label_matrix, multi_hot, target_classes
 from wsss.data.index import TrainRow, read_dataset_info, read_eval_index, read_train_index
-from wsss.data.torch_data import ImageDataset, binary_targets, label_matrix, multi_hot, target_classes
 from wsss.data.transforms import Augment, resize, to_image, to_tensor
 from wsss.errors import DataError
 
