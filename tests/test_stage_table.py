@@ -3,6 +3,7 @@ is a registered stage, and every stage the pipelines name is registered."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,16 @@ def test_inputs_are_registered_stages(name):
 @pytest.mark.parametrize("pipeline", sorted(p.stem for p in PIPELINE_DIR.glob("*.yaml")))
 def test_pipelines_name_registered_stages(pipeline):
     assert set(load_pipeline(pipeline).stages) <= set(STAGES)
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_reads_names_every_default_input(name):
+    """`wsss stages` shows ``reads`` where the inputs depend on the config; it must not drift from ``inputs``."""
+    stage = STAGES[name]
+    if not stage.reads:
+        return  # shown as the inputs themselves
+    inputs = stage.inputs(Config())
+    shown = set(re.findall(r"[a-z][a-z-]*[a-z]", stage.reads))
+    mask_writers = {n for n, s in STAGES.items() if s.writes_masks}
+    for i in inputs:
+        assert i in shown or (i in mask_writers and "mask-writing stage" in stage.reads), (name, i, stage.reads)
