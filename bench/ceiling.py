@@ -22,6 +22,8 @@ Ground-truth masks are read here and by evaluation only: the ladder's oracles (1
 
     python bench/ceiling.py /tmp/bench/ksdd/fold0 /tmp/bench/ksdd/fold1 /tmp/bench/ksdd/fold2 --config configs/ksdd.yaml
     python bench/ceiling.py /tmp/bench/ksdd/fold0 --config configs/ksdd.yaml --gt-segmenter --out /tmp/bench/ceiling
+    python bench/ceiling.py OUT/run --config configs/mtd.yaml --gt-segmenter --gt-set segmenter.epochs=12 \
+        --gt-set segmenter.patience=12 --gt-set "segmenter.input_size=[512,512]" --gt-set "segmenter.crop=[256,256]"
 
 Rows go to stdout as a markdown table (mean over the runs given, and per run) and to ``OUT/ceiling.json``.
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import json
 import shutil
 import subprocess
@@ -54,6 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--splits", default="val,test", help="splits to report (choose on val, report test)")
     p.add_argument("--no-crf", action="store_true", help="skip the CRF oracle (the slowest rung)")
     p.add_argument("--gt-segmenter", action="store_true", help="also train the segmenter on the training split's GT")
+    p.add_argument(
+        "--gt-set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="train the GT segmenter with this override too (repeatable), e.g. segmenter.epochs=12",
+    )
     p.add_argument("--out", type=Path, default=None, help="folder for ceiling.json and the GT-segmenter runs")
     return p.parse_args(argv)
 
@@ -109,14 +119,17 @@ def stage_masks(run: Path, stage: str, ids: list[str], gts: dict[str, np.ndarray
     return out
 
 
-def gt_segmenter(run: Path, config: Path, out: Path) -> Path:
-    """A copy of ``run`` whose segmenter learnt from the ground truth of every training image; its folder."""
+def gt_segmenter(run: Path, config: Path, out: Path, overrides: list[str] | None = None) -> Path:
+    """A copy of ``run`` whose segmenter learnt from the ground truth of every training image (with ``overrides``
+    on top of the recipe: one copy per set of overrides); its folder."""
     from wsss.config import load_config
     from wsss.data.images import read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.mask_format import write_labelmap
 
-    copy = out / f"{run.name}-gt-segmenter"
+    overrides = list(overrides or [])
+    tag = "-" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8] if overrides else ""
+    copy = out / f"{run.name}-gt-segmenter{tag}"
     index = run / "prepare" / "index.csv"
     info = read_dataset_info(index)
     if not (copy / "train-segmenter" / "manifest.json").is_file():
@@ -141,7 +154,7 @@ def gt_segmenter(run: Path, config: Path, out: Path) -> Path:
         wsss = [sys.executable, "-m", "wsss.cli"]
         subprocess.run([*wsss, "import-review", "--format", "png", str(gt_dir), "--run", str(copy)], check=True)
         fold = json.loads((run / "prepare" / "manifest.json").read_text())["config"]["prepare"]["split"]["fold"]
-        sets = [f"prepare.split.fold={fold}", f"segmenter.reviewed={copy / 'reviewed'}"]
+        sets = [f"prepare.split.fold={fold}", f"segmenter.reviewed={copy / 'reviewed'}", *overrides]
         cmd = [*wsss, "run-stage", "train-segmenter", "--config", str(config), "--run-dir", str(copy)]
         subprocess.run([*cmd, *sum((["--set", s] for s in sets), [])], check=True, cwd=ROOT)
     return copy
@@ -177,7 +190,10 @@ def ladder(run: Path, split: str, args: argparse.Namespace) -> dict[str, dict[st
     runs = [(s, run) for s in STAGES]
     if args.gt_segmenter:
         runs.append(
-            ("train-segmenter on the training split's GT", gt_segmenter(run, args.config, args.out or run.parent))
+            (
+                "train-segmenter on the training split's GT" + (f" ({', '.join(args.gt_set)})" if args.gt_set else ""),
+                gt_segmenter(run, args.config, args.out or run.parent, args.gt_set),
+            )
         )
     for name, folder in runs:
         stage = "train-segmenter" if name.startswith("train-segmenter") else name
