@@ -20,13 +20,25 @@ from wsss.stages import load_stages
 
 
 @cli.command()
-def stages() -> None:
-    """List the registered stages and the pipeline definitions."""
+@click.option(
+    "--config",
+    "-c",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="show what each stage reads under this recipe (default: the defaults)",
+)
+@set_option
+def stages(config: Path | None, overrides: tuple[str, ...]) -> None:
+    """List the registered stages (with the stages each reads under the recipe) and the pipeline definitions."""
     from wsss.pipelines import available, load_pipeline
 
-    click.echo("Stages:")
+    cfg = load_config(config, overrides)
+    click.echo(
+        "Stages" + (f" (inputs under {config}):" if config else " (inputs under the defaults; -c RECIPE for yours):")
+    )
     for s in load_stages().values():
-        reads = s.reads or ", ".join(s.inputs(Config()))
+        reads = ", ".join(s.inputs(cfg))
         click.echo(f"  {s.name:<18} {s.help}" + (f"  [reads: {reads}]" if reads else ""))
     click.echo("Pipelines:")
     for name in available():

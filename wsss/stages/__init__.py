@@ -42,7 +42,6 @@ class Stage:
         inputs: upstream stage names it reads, as a function of the config.
         external: files or folders outside the run it reads (fingerprinted for staleness).
         writes_masks: True if it writes ``masks/<id>.png`` that ``evaluate`` can score.
-        reads: what ``wsss stages`` shows as its inputs when they depend on the config (default: ``inputs``).
         distributed: under torchrun every rank runs it (DDP training); otherwise rank 0 alone does, the others wait.
     """
 
@@ -53,7 +52,6 @@ class Stage:
     inputs: Callable[[Config], tuple[str, ...]] = _no_inputs
     external: Callable[[Config], list[Path]] = _no_external
     writes_masks: bool = False
-    reads: str = ""
     distributed: bool = False
 
 

@@ -157,7 +157,6 @@ STAGE = register_stage(
         sections=("anomaly", "run.seed"),
         inputs=lambda cfg: ("prepare", "train-classifier") if cfg.anomaly.features == "dfc" else ("prepare",),
         external=lambda cfg: weight_files(cfg.anomaly.backbone.weights) if cfg.anomaly.features == "backbone" else [],
-        reads="prepare, train-classifier (anomaly.features=dfc)",
         help="PatchCore-style anomaly maps from a memory bank of the OK training images' patches (label-free prior)",
     )
 )

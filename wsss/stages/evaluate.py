@@ -127,7 +127,6 @@ STAGE = register_stage(
         run=run,
         sections=("evaluate",),
         inputs=_inputs,
-        reads="prepare, a mask-writing stage",
         help="score a stage's masks against ground truth (image AP/AUROC, mIoU_def, Seg_mIoU, Seg_Recall, pixel AP)",
     )
 )

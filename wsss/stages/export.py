@@ -48,7 +48,6 @@ STAGE = register_stage(
         run=run,
         sections=("export",),
         inputs=_inputs,
-        reads="prepare, a mask-writing stage, cam, evaluate",
         help="review package: overlays, index.html, masks/, coco.json, cvat.zip, labelstudio.json",
     )
 )

@@ -140,7 +140,6 @@ STAGE = register_stage(
         sections=("pseudo",),
         inputs=lambda cfg: ("prepare", "cam") + (("anomaly",) if cfg.pseudo.unary != "cam" else ()),
         writes_masks=True,
-        reads="prepare, cam (+ anomaly with pseudo.unary anomaly or fusion)",
         help="refine the extended CAMs with a dense CRF into pseudo-masks (255 = ignore) and confidence scores",
         distributed=True,
     )

@@ -150,7 +150,6 @@ STAGE = register_stage(
         external=lambda cfg: weight_files(cfg.retrain.backbone.weights),
         inputs=lambda cfg: ("prepare", "cam", "pseudo-labels") + (("anomaly",) if cfg.pseudo.unary != "cam" else ()),
         writes_masks=True,
-        reads="prepare, cam, pseudo-labels (+ anomaly with pseudo.unary anomaly or fusion)",
         help="additional training round(s): a segmenter on the pseudo-masks, fused with the CAM, CRF again",
         distributed=True,
     )

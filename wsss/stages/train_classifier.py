@@ -53,7 +53,6 @@ STAGE = register_stage(
         sections=("classifier", "run.seed"),
         inputs=lambda cfg: ("prepare", "pretrain") if in_pipeline(cfg, "pretrain") else ("prepare",),
         external=lambda cfg: [] if in_pipeline(cfg, "pretrain") else weight_files(cfg.classifier.backbone.weights),
-        reads="prepare (+ pretrain in pipelines that have it)",
         help="train the defect focus classifier (CAM head, CLM, GCM) on image-level labels",
         distributed=True,
     )

@@ -139,7 +139,6 @@ STAGE = register_stage(
             weight_files(cfg.segmenter.backbone.weights)
             + ([Path(cfg.segmenter.reviewed)] if cfg.segmenter.reviewed else [])
         ),
-        reads="prepare, cam, pseudo-masks (retrain or pseudo-labels)",
         writes_masks=True,
         help="distil into the fast multi-task segmenter (KD from the CAM teacher), then segment every image",
         distributed=True,
