@@ -46,6 +46,15 @@ config_option = click.option(
     required=True,
     help="YAML recipe, e.g. configs/ksdd.yaml",
 )
+
+
+def optional_config_option(help_text: str):
+    """``--config/-c`` where a recipe is optional (the built-in defaults without one)."""
+    return click.option(
+        "--config", "-c", "config", type=click.Path(dir_okay=False, path_type=Path), default=None, help=help_text
+    )
+
+
 set_option = click.option(
     "--set",
     "overrides",

@@ -11,6 +11,7 @@ from wsss.cli.group import (
     cli,
     config_option,
     force_option,
+    optional_config_option,
     run_dir_option,
     run_folder,
     set_option,
@@ -20,14 +21,7 @@ from wsss.stages import load_stages
 
 
 @cli.command()
-@click.option(
-    "--config",
-    "-c",
-    "config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="show what each stage reads under this recipe (default: the defaults)",
-)
+@optional_config_option("show what each stage reads under this recipe (default: the defaults)")
 @set_option
 def stages(config: Path | None, overrides: tuple[str, ...]) -> None:
     """List the registered stages (with the stages each reads under the recipe) and the pipeline definitions."""
@@ -105,14 +99,7 @@ def status(config: Path, run_dir: Path | None, overrides: tuple[str, ...]) -> No
 
 
 @cli.command("show-config")
-@click.option(
-    "--config",
-    "-c",
-    "config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="YAML recipe (default: the built-in defaults)",
-)
+@optional_config_option("YAML recipe (default: the built-in defaults)")
 @run_dir_option
 @set_option
 def show_config(config: Path | None, run_dir: Path | None, overrides: tuple[str, ...]) -> None:
