@@ -105,13 +105,14 @@ def _fix(folder: Path, classes: Sequence[str]) -> str:
     )
 
 
-def parse_labelmap(path: Path, classes: Sequence[str]) -> np.ndarray:
-    """The look-up table of a ``labelmap.txt``: value -> label value. Unmapped values map to themselves.
+def parse_labelmap(path: Path, classes: Sequence[str]) -> tuple[np.ndarray, bool]:
+    """The look-up table of a ``labelmap.txt`` (value -> label value; unmapped values map to themselves), and whether
+    its defect values say which class they are: one of ``classes`` named at a value 1..254, or a one-class dataset.
 
     A name that is not one of ``classes`` keeps its value when that is a defect value 1..254 (a binary run's
     ``defect`` over a dataset of several classes); ``defect`` at 0 or 255 is the generic defect (value 1); any other
     name at 0 or 255 is refused, as those two values must say what they are."""
-    lut, errors = _identity(), []
+    lut, errors, class_aware = _identity(), [], len(classes) == 1
     lower = {c.lower(): k for k, c in enumerate(classes, start=1)}
     for n, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -126,6 +127,7 @@ def parse_labelmap(path: Path, classes: Sequence[str]) -> np.ndarray:
             lut[int(value)] = IGNORE
         elif name in lower:
             lut[int(value)] = lower[name]
+            class_aware |= 0 < int(value) < IGNORE
         elif 0 < int(value) < IGNORE:
             continue
         elif name == "defect":
@@ -134,19 +136,7 @@ def parse_labelmap(path: Path, classes: Sequence[str]) -> np.ndarray:
             errors.append(f"line {n}: {name!r} is not background, ignore or a class ({', '.join(classes)})")
     if errors:
         raise DataError(path, "; ".join(errors), "name each value background, ignore or one of the dataset's classes")
-    return lut
-
-
-def _names_classes(path: Path, classes: Sequence[str]) -> bool:
-    """Whether a (valid) ``labelmap.txt`` names one of ``classes`` at a defect value, or the dataset has one class."""
-    if len(classes) == 1:
-        return True
-    lower = {c.lower() for c in classes}
-    for line in Path(path).read_text(encoding="utf-8-sig").splitlines():
-        value, _, name = line.strip().partition(" ")
-        if value.isdigit() and 0 < int(value) < IGNORE and name.strip().lower() in lower:
-            return True
-    return False
+    return lut, class_aware
 
 
 def mask_encoding(
@@ -171,8 +161,8 @@ def mask_encoding(
     if mode == "labels":
         return MaskEncoding("labels", _identity())
     if (folder / LABELMAP).is_file():
-        lut = parse_labelmap(folder / LABELMAP, classes)
-        return MaskEncoding("labelmap", lut, class_aware=_names_classes(folder / LABELMAP, classes))
+        lut, class_aware = parse_labelmap(folder / LABELMAP, classes)
+        return MaskEncoding("labelmap", lut, class_aware=class_aware)
     if (folder.parent / "manifest.json").is_file():  # a wsss stage's masks/ (written before labelmap.txt existed)
         return MaskEncoding("labels", _identity())
     values = {int(v) for m in masks for v in np.unique(m)}
