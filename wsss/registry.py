@@ -1,12 +1,13 @@
 """One registry helper for every table of named things: pipeline stages, dataset adapters, review formats.
 
 A :class:`Registry` is a dict (name -> thing) filled by registration as its modules are imported, with the same
-rules everywhere: a name is registered once, the table lists itself in registration order, and an unknown name is a
-ConfigError that lists the valid ones.
+rules everywhere: a name is registered once, the table keeps one order whatever module was imported first, and an
+unknown name is a ConfigError that suggests the closest name and lists the valid ones.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -59,8 +60,11 @@ class Registry(dict[str, T]):
         itself) listing the valid names."""
         self.load()
         if name not in self:
+            names = self.names()
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             message = f"unknown {self.what} {name!r}" if key else f"unknown {self.what}"
-            raise ConfigError(key or name, message, f"available {self.plural}: {', '.join(self.names())}")
+            raise ConfigError(key or name, message, f"{hint}available {self.plural}: {', '.join(names)}")
         return self[name]
 
     def names(self) -> list[str]:

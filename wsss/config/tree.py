@@ -4,7 +4,6 @@ the checks that involve several fields, and the per-stage section hashes."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import typing
@@ -144,15 +143,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "prepare.split", f"fold {s.fold} of {s.folds} folds is invalid", "use folds >= 2 and 0 <= fold < folds"
         )
-    from wsss.data.base import adapter_kinds
+    from wsss.data.base import ADAPTERS
 
-    kinds = adapter_kinds()
-    if cfg.dataset.kind not in kinds:
-        close = difflib.get_close_matches(cfg.dataset.kind, kinds, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(
-            "dataset.kind", f"unknown dataset kind {cfg.dataset.kind!r}", f"{hint}available kinds: {', '.join(kinds)}"
-        )
+    ADAPTERS.lookup(cfg.dataset.kind, "dataset.kind")  # an unknown kind: the registry's error, with a close match
     if cfg.dataset.kind != "synthetic" and not cfg.dataset.root:
         raise ConfigError(
             "dataset.root",
