@@ -12,7 +12,9 @@ images of all the given runs (an image called OK counts 0, as in ``evaluate``), 
 
 ``fallback`` is ``pseudo.fallback`` (the CAM's core for an image the refinement leaves empty). ``lift`` 1 applies
 ``cam.lift`` (``wsss.cam.extract.normalise_cam``) to the stored CAMs: a CAM stored as raw / scale is exact below the
-scale, which is the only place ``lift`` changes it.
+scale, which is the only place ``lift`` changes it. ``--unary`` also sweeps what the CRF refines (``pseudo.unary``:
+``anomaly`` and ``fusion`` read each run's `anomaly` stage), and ``region``: the anomaly map inside the CAM's
+dilated support, rescaled to its peak there (the OK images' statistics sharpening the CAM with a per-image threshold).
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lift", default="0,1", help="0 = the dataset scale only, 1 = lift weak CAMs")
     p.add_argument("--fallback", default="0", help="pseudo.fallback values (0 = off)")
     p.add_argument("--methods", default="crf,threshold")
+    p.add_argument(
+        "--unary",
+        default="cam",
+        help="pseudo.unary values: cam, anomaly, fusion (need each run's anomaly stage), region (the anomaly map "
+        "inside the CAM's dilated support, rescaled to its peak there: a per-image threshold)",
+    )
+    p.add_argument("--weight", default="0.5", help="pseudo.anomaly_weight values (fusion)")
+    p.add_argument("--region", default="0.2", help="region: the CAM fraction of its peak the support starts at")
     return p.parse_args(argv)
 
 
@@ -69,13 +79,44 @@ def items(run: Path, split: str):
         image = read_image(r.path)
         cam = read_cam(run / "cam" / "cams" / f"{r.id}.npz", image.shape[:2])
         gt = read_mask(r.mask, threshold=info.mask_threshold)
-        yield r.id, image, cam, gt, called, meta["scale"], floor
+        yield r.id, image, cam, gt, called, meta["scale"], floor, anomaly_of(run, r.id, image.shape[:2])
+
+
+def anomaly_of(run: Path, sample_id: str, shape) -> np.ndarray | None:
+    """The run's normalised anomaly map of one image, or None when the run has no anomaly stage."""
+    from wsss.anomaly.io import anomaly_path, read_anomaly, read_range
+
+    folder = run / "anomaly"
+    if not (folder / "anomaly.json").exists():
+        return None
+    return read_anomaly(anomaly_path(folder, sample_id), *read_range(folder), shape)
+
+
+def region_unary(cam: np.ndarray, anomaly: np.ndarray, start: float) -> np.ndarray:
+    """The anomaly map inside the CAM's support (where the CAM reaches ``start`` of its peak, dilated by 5% of the
+    image's shorter side), rescaled so that its peak there is 1: the CAM says where, the anomaly map draws the
+    shape, and the rescaling is a per-image threshold. (K, H, W) like the CAM."""
+    import cv2
+
+    out = np.zeros_like(cam, dtype=np.float32)
+    r = max(1, round(0.05 * min(cam.shape[1:])))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    for k in range(cam.shape[0]):
+        peak = float(cam[k].max())
+        if peak <= 0:
+            continue
+        support = cv2.dilate((cam[k] >= start * peak).astype(np.uint8), disc) > 0
+        top = float(anomaly[support].max())
+        if top > 0:
+            out[k] = np.where(support, anomaly / top, 0.0)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from wsss.config import PseudoConfig
     from wsss.labels import IGNORE
+    from wsss.anomaly.fusion import unary_map
     from wsss.refine.pseudo import label_image
 
     data = [it for run in args.runs for it in items(run, args.split)]
@@ -88,19 +129,28 @@ def main(argv: list[str] | None = None) -> None:
         floats(args.bg),
         args.lift.split(","),
         floats(args.fallback),
+        args.unary.split(","),
+        floats(args.weight),
+        floats(args.region),
     )
     results = []
     seen = set()
-    for method, sxy, compat, bg, lift, fallback in grid:
+    for method, sxy, compat, bg, lift, fallback, unary, weight, region in grid:
         key = (method, bg, lift, fallback) if method == "threshold" else (method, sxy, compat, bg, lift, fallback)
+        if unary != "cam":
+            key += (unary, weight if unary == "fusion" else None, region if unary == "region" else None)
         if key in seen:
             continue
         seen.add(key)
         base = PseudoConfig(method=method, bg_prior=bg, fallback=fallback)
         cfg = dataclasses.replace(base, crf=dataclasses.replace(base.crf, bilateral_sxy=sxy, bilateral_compat=compat))
         ious = []
-        for _, image, cam, gt, called, scale, floor in data:
+        for _, image, cam, gt, called, scale, floor, anomaly in data:
             c = lifted(cam, scale, floor) if lift == "1" and called else cam
+            if unary == "region":
+                c = region_unary(c, anomaly, region)
+            elif unary != "cam":
+                c = unary_map(c, anomaly, dataclasses.replace(PseudoConfig(), unary=unary, anomaly_weight=weight))
             mask = label_image(image, c, cfg, called).mask
             pred = (mask > 0) & (mask != IGNORE)
             union = np.count_nonzero(pred | gt)

@@ -47,6 +47,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", choices=["round", "retrain"], default="round")
     p.add_argument("--epochs", type=int, default=3, help="review-round epochs (--mode round)")
     p.add_argument("--choices", default="confidence,random")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override for the segmenter the reviewer's masks train (repeatable), e.g. segmenter.lr=1e-4; the copies "
+        "are named after them",
+    )
     return p.parse_args(argv)
 
 
@@ -79,7 +88,8 @@ def one(run: Path, args: argparse.Namespace, choice: str, draw: int, n: int) -> 
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.evaluation import evaluate_stage
 
-    copy = args.out / f"{run.name}-{args.mode}-{choice}{draw}-n{n}"
+    tag = "".join(f"-{s.split('.')[-1].replace('=', '')}" for s in args.sets)
+    copy = args.out / f"{run.name}-{args.mode}{tag}-{choice}{draw}-n{n}"
     if not (copy / "train-segmenter" / "manifest.json").is_file() or not (copy / "done").is_file():
         shutil.rmtree(copy, ignore_errors=True)
         for stage in COPY:
@@ -89,6 +99,7 @@ def one(run: Path, args: argparse.Namespace, choice: str, draw: int, n: int) -> 
         masks = {r.id: r.mask for r in read_eval_index(index, split="train")}
         chosen = [i for i in ranked_ids(run, choice, draw) if masks.get(i) is not None][:n]
         base = ["-c", str(args.config), "--run-dir", str(copy), *fold_sets(run)]
+        base += [a for s in args.sets for a in ("--set", s)]
         if chosen:
             folder = copy / "simulated-review"
             folder.mkdir()
@@ -134,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\n{args.mode} ({args.epochs} epochs)" if args.mode == "round" else "\nretrain",
         f"over {len(args.runs)} run(s)",
+        " ".join(f"--set {s}" for s in args.sets),
     )
     print("\n| reviewed images | " + " | ".join(f"{c}: mIoU_def / pixel AP" for c in results) + " |")
     print("|---|" + "---|" * len(results))
