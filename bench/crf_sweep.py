@@ -114,9 +114,9 @@ def region_unary(cam: np.ndarray, anomaly: np.ndarray, start: float) -> np.ndarr
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from wsss.anomaly.fusion import unary_map
     from wsss.config import PseudoConfig
     from wsss.labels import IGNORE
-    from wsss.anomaly.fusion import unary_map
     from wsss.refine.pseudo import label_image
 
     data = [it for run in args.runs for it in items(run, args.split)]
