@@ -88,7 +88,7 @@ def one(run: Path, args: argparse.Namespace, choice: str, draw: int, n: int) -> 
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.evaluation import evaluate_stage
 
-    tag = "".join(f"-{s.split('.')[-1].replace('=', '')}" for s in args.sets)
+    tag = "".join(f"-{key.split('.')[-1]}{value}" for key, _, value in (s.partition("=") for s in args.sets))
     copy = args.out / f"{run.name}-{args.mode}{tag}-{choice}{draw}-n{n}"
     if not (copy / "train-segmenter" / "manifest.json").is_file() or not (copy / "done").is_file():
         shutil.rmtree(copy, ignore_errors=True)
