@@ -57,7 +57,10 @@ def lifted(cam: np.ndarray, scale: float, floor: float) -> np.ndarray:
     return normalise_cam(cam * scale, np.ones(cam.shape[0]), scale, 0.5, floor)
 
 
-def items(run: Path, split: str):
+def items(run: Path, split: str, with_anomaly: bool = False):
+    """Per defective image of ``split`` with a mask: id, image, stored CAM, ground truth, whether it was called
+    defective, the dataset scale, the lift floor, and (``with_anomaly``) its normalised anomaly map, else None."""
+    from wsss.anomaly.io import anomaly_path, read_anomaly, read_range
     from wsss.cam.io import read_cam
     from wsss.data.images import read_image, read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
@@ -72,6 +75,9 @@ def items(run: Path, split: str):
 
     ok_peaks = [float(rows[r.id]["peak"]) for r in all_rows if r.split == "train" and not r.labels]
     floor = float(np.percentile(ok_peaks, LIFT_OK_PERCENTILE)) if ok_peaks else 0.0
+    if with_anomaly and not (run / "anomaly" / "anomaly.json").is_file():
+        raise SystemExit(f"{run}: no finished anomaly stage; run `wsss run-stage anomaly` there or sweep --unary cam")
+    anomaly_range = read_range(run / "anomaly") if with_anomaly else None
     for r in all_rows:
         if r.split != split or not r.labels or r.mask is None:
             continue
@@ -79,17 +85,10 @@ def items(run: Path, split: str):
         image = read_image(r.path)
         cam = read_cam(run / "cam" / "cams" / f"{r.id}.npz", image.shape[:2])
         gt = read_mask(r.mask, threshold=info.mask_threshold)
-        yield r.id, image, cam, gt, called, meta["scale"], floor, anomaly_of(run, r.id, image.shape[:2])
-
-
-def anomaly_of(run: Path, sample_id: str, shape) -> np.ndarray | None:
-    """The run's normalised anomaly map of one image, or None when the run has no anomaly stage."""
-    from wsss.anomaly.io import anomaly_path, read_anomaly, read_range
-
-    folder = run / "anomaly"
-    if not (folder / "anomaly.json").exists():
-        return None
-    return read_anomaly(anomaly_path(folder, sample_id), *read_range(folder), shape)
+        anomaly = (
+            read_anomaly(anomaly_path(run / "anomaly", r.id), *anomaly_range, image.shape[:2]) if with_anomaly else None
+        )
+        yield r.id, image, cam, gt, called, meta["scale"], floor, anomaly
 
 
 def region_unary(cam: np.ndarray, anomaly: np.ndarray, start: float) -> np.ndarray:
@@ -98,14 +97,17 @@ def region_unary(cam: np.ndarray, anomaly: np.ndarray, start: float) -> np.ndarr
     shape, and the rescaling is a per-image threshold. (K, H, W) like the CAM."""
     import cv2
 
+    from wsss.cam.iem import dilation_kernel
+
     out = np.zeros_like(cam, dtype=np.float32)
-    r = max(1, round(0.05 * min(cam.shape[1:])))
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    disc = dilation_kernel(cam.shape[1:], 0.05)
     for k in range(cam.shape[0]):
         peak = float(cam[k].max())
         if peak <= 0:
             continue
-        support = cv2.dilate((cam[k] >= start * peak).astype(np.uint8), disc) > 0
+        support = cam[k] >= start * peak
+        if disc is not None:
+            support = cv2.dilate(support.astype(np.uint8), disc) > 0
         top = float(anomaly[support].max())
         if top > 0:
             out[k] = np.where(support, anomaly / top, 0.0)
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     from wsss.labels import IGNORE
     from wsss.refine.pseudo import label_image
 
-    data = [it for run in args.runs for it in items(run, args.split)]
+    unaries = args.unary.split(",")
+    data = [it for run in args.runs for it in items(run, args.split, with_anomaly=unaries != ["cam"])]
     print(f"{len(data)} defective {args.split} images from {len(args.runs)} run(s)")
     floats = lambda s: [float(v) for v in s.split(",")]  # noqa: E731
     grid = itertools.product(
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         floats(args.bg),
         args.lift.split(","),
         floats(args.fallback),
-        args.unary.split(","),
+        unaries,
         floats(args.weight),
         floats(args.region),
     )
@@ -142,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         if key in seen:
             continue
         seen.add(key)
-        base = PseudoConfig(method=method, bg_prior=bg, fallback=fallback)
+        fused = {"unary": unary, "anomaly_weight": weight} if unary in ("anomaly", "fusion") else {}
+        base = PseudoConfig(method=method, bg_prior=bg, fallback=fallback, **fused)
         cfg = dataclasses.replace(base, crf=dataclasses.replace(base.crf, bilateral_sxy=sxy, bilateral_compat=compat))
         ious = []
         for _, image, cam, gt, called, scale, floor, anomaly in data:
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             if unary == "region":
                 c = region_unary(c, anomaly, region)
             elif unary != "cam":
-                c = unary_map(c, anomaly, dataclasses.replace(PseudoConfig(), unary=unary, anomaly_weight=weight))
+                c = unary_map(c, anomaly, cfg)
             mask = label_image(image, c, cfg, called).mask
             pred = (mask > 0) & (mask != IGNORE)
             union = np.count_nonzero(pred | gt)
