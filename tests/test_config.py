@@ -27,7 +27,7 @@ def test_wsss_demo_runs_exactly_configs_demo_yaml():
     assert load_config(None).dataset.kind == "synthetic"  # the defaults' dataset is the demo set
     demo = load_config(None, DEMO_SETTINGS)  # what `wsss demo` runs
     assert demo.to_dict() == load_config(Path(__file__).parents[1] / "configs" / "demo.yaml").to_dict()
-    assert demo.pseudo.crf.bilateral_sxy == "auto"  # the CRF's reach follows the 128 px images by itself
+    assert demo.classifier.input_size == "auto"  # sizes follow the 128 px images by themselves
 
 
 def test_yaml_values_are_typed_and_run_name_defaults_to_stem(tmp_path: Path):

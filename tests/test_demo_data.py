@@ -72,6 +72,30 @@ def test_defect_masks_lie_where_the_pixels_changed() -> None:
         assert inside.mean() > 4 * outside.mean() + 5, (defect, inside.mean(), outside.mean())
 
 
+def test_defects_on_photographs_are_drawn_to_be_seen() -> None:
+    # the photographs' shading hides what the procedural surfaces show: wider scratches and stronger stains there
+    from skimage.morphology import skeletonize
+
+    from wsss.data.synthetic import TEXTURES
+
+    def widths_and_stains(surfaces: tuple[str, ...]) -> tuple[float, float]:
+        widths, stains = [], []
+        for i in range(8):
+            _, mask, _ = generate_sample([3, i], 128, "scratch", surfaces, second=())
+            line = mask > 0
+            widths.append(line.sum() / skeletonize(line).sum())  # mean width in pixels
+            clean, _, _ = generate_sample([4, i], 128, None, surfaces)
+            img, mask, _ = generate_sample([4, i], 128, "stain", surfaces, second=())
+            change = np.abs(img.astype(np.int16) - clean.astype(np.int16))[mask > 0]
+            stains.append(float(np.percentile(change, 90)))
+        return min(widths), min(stains)
+
+    photo_width, photo_stain = widths_and_stains(PHOTOS)
+    assert photo_width >= 1.9 and photo_stain >= 28
+    procedural_width, procedural_stain = widths_and_stains(TEXTURES)  # the tests' surfaces keep their ranges
+    assert procedural_width < 1.5 and procedural_stain < 28
+
+
 def test_demo_csv_labels_match_masks(demo_set) -> None:
     csv_path, _ = demo_set
     for row in _rows(csv_path):

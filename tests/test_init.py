@@ -31,7 +31,7 @@ def test_init_summarises_the_data_and_writes_a_recipe_that_runs(tmp_path: Path):
     assert "8 images, 4 OK, 4 defective" in r.output and "median 96x40" in r.output and f"wrote {out}" in r.output
     text = out.read_text()
     assert "input_size: auto  # -> [96, 32]" in text  # 96 x 40 within the budget, sides multiples of 32
-    assert "bilateral_sxy: auto}  # -> 4.0" in text and "#   cam.tile_size: [0, 0]" in text
+    assert "bilateral_compat: 40}  # -> bilateral_sxy 4.0" in text and "#   cam.tile_size: [0, 0]" in text
     data = yaml.safe_load(text)
     assert data["dataset"] == {"kind": "folder", "root": str(root.resolve())} and data["run"]["name"] == "line3"
     cfg = load_config(out)  # `wsss run --config` accepts it as is
@@ -56,3 +56,25 @@ def test_init_on_a_bad_folder_lists_every_problem_and_writes_nothing(tmp_path: P
     (one_class / "scratch").rmdir()
     r = CliRunner().invoke(cli, ["init", "--kind", "folder", "--root", str(one_class), "--out", str(out)])
     assert r.exit_code != 0 and "the same label" in r.output and not out.exists()
+
+
+def _leaves(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_the_demo_runs_inits_recipe_with_only_its_listed_changes(tmp_path: Path):
+    # `wsss demo` is the default recipe in miniature: what it changes against what `wsss init` writes for its data is
+    # this list, each change with its measured reason in wsss/config/demo.py
+    from wsss.config import DEMO_SETTINGS
+    from wsss.config.demo import DEMO_CHANGES
+
+    root = _folder(tmp_path / "parts", size=(128, 128))
+    out = tmp_path / "parts.yaml"
+    assert CliRunner().invoke(cli, ["init", "--kind", "folder", "--root", str(root), "--out", str(out)]).exit_code == 0
+    sections = ("classifier", "cam", "pseudo", "retrain", "segmenter")
+    init = _leaves({s: v for s, v in load_config(out).to_dict().items() if s in sections})
+    demo = _leaves({s: v for s, v in load_config(None, DEMO_SETTINGS).to_dict().items() if s in sections})
+    assert {k for k in init if init[k] != demo[k]} == set(DEMO_CHANGES)

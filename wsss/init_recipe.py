@@ -21,7 +21,8 @@ from wsss.data.validate import warning_lines
 from wsss.errors import ConfigError
 
 # What a recipe starts from: the settings measured on KSDD on a 2-core CPU (configs/ksdd.yaml, README results): the
-# pretrained Lite0 cut after stride 16 with its stem to stride 8 frozen, few epochs, single-scale CAMs. Sizes stay auto.
+# pretrained Lite0 cut after stride 16 with its stem to stride 8 frozen, few epochs, single-scale CAMs, KSDD's
+# pseudo-labelling settings. Sizes stay auto.
 TRAINING = """\
 classifier:
   # ImageNet EfficientNet-Lite0, cut after stride 16 (CAMs on small defects), stem to stride 8 frozen (speed)
@@ -35,8 +36,13 @@ classifier:
 cam:
   scales: [1.0]
   tile_size: auto  # -> {cam.tile_size}
+  lift: true  # a weak CAM of an image called defective reaches the level of a strong one
 pseudo:
-  crf: {{bilateral_sxy: auto}}  # -> {pseudo.crf.bilateral_sxy}
+  # chosen on KSDD's validation split (configs/ksdd.yaml, docs/benchmarks.md), confirmed on the demo's: a lower
+  # background prior, the CAM's core kept where the CRF empties an image called defective, a stronger appearance kernel
+  bg_prior: 0.3
+  fallback: 0.3
+  crf: {{bilateral_sxy: auto, bilateral_compat: 40}}  # -> bilateral_sxy {pseudo.crf.bilateral_sxy}
 retrain:
   backbone: {{freeze: 3}}
   input_size: auto  # -> {retrain.input_size}
