@@ -54,16 +54,3 @@ DEMO_SETTINGS: tuple[str, ...] = (
     "segmenter.kd_weight=0",
     "segmenter.guided.radius=16",
 )
-
-# the settings above in which the demo differs from what `wsss init` writes (tests/test_init.py keeps this true)
-DEMO_CHANGES: tuple[str, ...] = (
-    "classifier.epochs",
-    "pseudo.crf.bilateral_sxy",
-    "retrain.epochs",
-    "segmenter.input_size",
-    "segmenter.crop",
-    "segmenter.epochs",
-    "segmenter.patience",
-    "segmenter.kd_weight",
-    "segmenter.guided.radius",
-)

@@ -130,6 +130,7 @@ def _scratch(rng: np.random.Generator, size: int, wide: bool = False) -> tuple[n
 
 
 def _crack(rng: np.random.Generator, size: int, wide: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    thin = 2 if wide else 1  # branches' width; the trunk is thin or thin + 1
     mask = np.zeros((size, size), np.uint8)
     todo = [(rng.uniform(0.15, 0.85, 2) * size, rng.uniform(0, 2 * np.pi), rng.uniform(0.2, 0.7) * size, 0)]
     while todo:
@@ -137,7 +138,7 @@ def _crack(rng: np.random.Generator, size: int, wide: bool = False) -> tuple[np.
         n = max(2, int(length / 2))
         headings = heading + np.cumsum(rng.normal(0, 0.08, n)) + rng.normal(0, 0.45, n)  # drift + jaggedness
         pts = _path(start, headings, 2.0)
-        _draw_lines(mask, pts, (2 if wide else 1) if depth else rng.integers(2 if wide else 1, 3 + wide))
+        _draw_lines(mask, pts, thin if depth else rng.integers(thin, thin + 2))
         if depth < 2:
             for _ in range(rng.poisson(1.5 if depth == 0 else 0.6)):
                 i = rng.integers(n // 4, n)
