@@ -94,6 +94,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         teacher=teacher,
         val_rows=[r for r in rows if r.split == "val"],
         patience=scfg.patience,
+        val_every=scfg.val_every,
         score_threshold=scfg.score_threshold,
         section="segmenter",
         reviewed_dir=reviewed,

@@ -237,6 +237,9 @@ class SegmenterConfig(SegTrainConfig):
     score_threshold: float = num(0.5, ge=0, le=1, fix=PROBABILITY)
     # early stopping: epochs without a better validation Seg_mIoU (against pseudo-masks)
     patience: int = num(8, ge=1, fix="at least 1 epoch")
+    # validate every this many epochs and after the last (1 = every epoch): on a short run validation is a large
+    # share of the time, and an epoch it skips cannot be kept as the best
+    val_every: int = num(1, ge=1, fix="at least 1 epoch")
     reviewed: str | None = path_field()  # `wsss import-review` folder: human masks that replace pseudo-masks
     # the image head that gates the line's masks pools by LSE, as the DFC does (docs/benchmarks.md: KSDD test image AP 0.457 with
     # average pooling, 0.707 at 5, 0.816 at 10; mIoU_def 15.43%, 13.92%, 12.94%)

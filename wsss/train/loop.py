@@ -4,8 +4,11 @@ checkpoint, stop early, and resume a killed run exactly where it stopped, by one
 Each epoch appends a row (``epoch``, ``lr``, the training and validation figures) to ``metrics.csv`` and writes
 ``checkpoints/last.pt`` (model, optimizer, schedule, epoch, the best selection key so far, its epoch and the count
 of epochs without improvement). An epoch whose selection key beats the best so far is saved as the model
-(``save_best``); after ``patience`` epochs without one the loop stops (0 = never). Under DDP only rank 0 writes, and
-every rank meets at a barrier after each epoch.
+(``save_best``); after ``patience`` epochs without one the loop stops (0 = never). With ``val_every`` k > 1 only
+every k-th epoch and the last are validated (validation is a large share of a short run's time): the others leave
+the validation columns empty, cannot become the best and count toward ``patience`` (the loop stops only after a
+validated epoch). Under DDP only rank 0 writes,
+and every rank meets at a barrier after each epoch.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class Loop:
     columns: Sequence[str]
     describe: Callable[[dict[str, float], int], str]
     patience: int = 0
+    val_every: int = 1
     stop_message: str = "early stop: no better validation figure"
     echo: Callable[[str], None] = print
 
@@ -100,15 +104,21 @@ class Loop:
             rows,
         )
 
+    def validates(self, epoch: int) -> bool:
+        """Whether ``epoch`` (0-based) is validated: every ``val_every``-th epoch and the last one."""
+        return (epoch + 1) % max(1, self.val_every) == 0 or epoch == self.epochs - 1
+
     def run(self) -> LoopState:
         """Train from where the checkpoint left off (or from the start) to the last epoch or an early stop."""
         st = self.resume()
         for epoch in range(st.start, self.epochs):
             row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]} | self.train_epoch(epoch)
-            row |= self.validate()
+            validated = self.validates(epoch)
+            if validated:
+                row |= self.validate()
             st.rows.append(row)
-            key = self.key(row, epoch)
-            if key > st.best:
+            key = self.key(row, epoch) if validated else None
+            if key is not None and key > st.best:
                 st.best, st.best_epoch, st.bad = key, epoch, 0
                 if dist.is_main():
                     self.save_best(epoch)
@@ -121,7 +131,7 @@ class Loop:
                 save_checkpoint(self.out / CHECKPOINT, state | {"best_epoch": st.best_epoch, "bad_epochs": st.bad})
             self.echo(self.describe(row, st.best_epoch))
             dist.barrier()
-            if self.patience > 0 and st.bad >= self.patience:
+            if validated and self.patience > 0 and st.bad >= self.patience:
                 self.echo(f"{self.stop_message} for {st.bad} epochs")
                 break
         return st

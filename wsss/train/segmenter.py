@@ -98,6 +98,7 @@ class SegmenterTrainer:
         teacher: distil from this teacher (METHOD.md 6); None = pseudo-masks and labels only.
         val_rows: validation images (with pseudo-masks in ``masks_dir``) for best-epoch keeping and early stopping.
         patience: stop after this many epochs without a better validation Seg_mIoU (0 = never).
+        val_every: validate every this many epochs (and the last one), as `segmenter.val_every`.
         score_threshold: the gate used for validation predictions (and recorded in ``segmenter.json``).
         section: the config section, for error messages.
         reviewed_dir: masks a person corrected (``<run>/reviewed/masks``); they replace those images' pseudo-masks.
@@ -119,12 +120,14 @@ class SegmenterTrainer:
         teacher: Teacher | None = None,
         val_rows: Sequence[TrainRow] = (),
         patience: int = 0,
+        val_every: int = 1,
         score_threshold: float = 0.5,
         section: str = "retrain",
         reviewed_dir: Path | None = None,
     ):
         self.scfg, self.out, self.seed, self.classes = scfg, Path(out), int(seed), list(classes)
         self.teacher, self.patience, self.score_threshold = teacher, patience, score_threshold
+        self.val_every = val_every
         self.echo = echo if dist.is_main() else (lambda *_: None)
         self.device = dist.resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.in_chans = scfg.backbone.in_chans or in_chans
@@ -298,7 +301,9 @@ class SegmenterTrainer:
         return [0.0 if np.isnan(miou) else miou, -row["val_loss"]]
 
     def _describe(self, row: dict[str, float], best_epoch: int) -> str:
-        val = f"  val Seg_mIoU {row['val_seg_miou']:.4f} (best epoch {best_epoch + 1})" if self.val_set else ""
+        val = ""
+        if self.val_set is not None and "val_seg_miou" in row:
+            val = f"  val Seg_mIoU {row['val_seg_miou']:.4f} (best epoch {best_epoch + 1})"
         return (
             f"epoch {int(row['epoch']) + 1}/{self.scfg.epochs}: loss {row['loss']:.4f} (seg {row['loss_seg']:.4f}, "
             f"cls {row['loss_cls']:.4f}){val}  {row['images_per_s']:.1f} img/s"
@@ -319,6 +324,7 @@ class SegmenterTrainer:
             COLUMNS,
             self._describe,
             patience=self.patience if self.val_set is not None else 0,
+            val_every=self.val_every,
             stop_message="early stop: no better validation Seg_mIoU",
             echo=self.echo,
         ).run()
