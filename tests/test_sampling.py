@@ -49,6 +49,38 @@ def test_single_kind_and_invalid_args():
         BalancedDistributedSampler(LABELS, pos_fraction=1.0)
 
 
+def test_repeats_weigh_items_within_their_class_and_keep_the_epoch_length():
+    reps = np.ones(len(LABELS), np.int64)
+    reps[[0, 10]] = 8  # one defective and one OK image, as a reviewer's corrected masks
+    counts = np.zeros(len(LABELS))
+    for epoch in range(40):
+        s = BalancedDistributedSampler(LABELS, num_replicas=1, rank=0, seed=1, repeats=reps)
+        s.set_epoch(epoch)
+        idx = s.epoch_indices()
+        assert len(idx) == len(LABELS) and abs(LABELS[idx].mean() - 0.5) < 0.05
+        counts += np.bincount(idx, minlength=len(LABELS))
+    assert 6 < counts[0] / counts[1:6].mean() < 10  # 8x its class's others
+    assert 6 < counts[10] / np.delete(counts[6:], 10 - 6).mean() < 10
+    # unbalanced (pos_fraction None): one pool, the repeated item still 8x
+    plain = BalancedDistributedSampler(LABELS, num_replicas=1, rank=0, seed=1, pos_fraction=None, repeats=reps)
+    draws = []
+    for epoch in range(40):
+        plain.set_epoch(epoch)
+        draws.append(plain.epoch_indices())
+    many = np.concatenate(draws)
+    share = np.bincount(many, minlength=len(LABELS)) / len(many)
+    assert 6 < share[0] / np.delete(share, [0, 10]).mean() < 10
+    assert abs(LABELS[many].mean() - 13 / 65) < 0.03  # the pools' own share: (6 + 7) of (51 + 14)
+    with pytest.raises(ValueError, match="repeats"):
+        BalancedDistributedSampler(LABELS, repeats=np.zeros(len(LABELS)))
+    with pytest.raises(ValueError, match="repeats"):
+        BalancedDistributedSampler(LABELS, repeats=np.ones(3))
+    # without repeats above 1 the unbalanced modes keep the DataLoader's shuffle; with them, a sampler honours them
+    assert make_train_sampler("none", LABELS, 0, np.ones(len(LABELS), np.int64)) is None
+    weighted = make_train_sampler("pos_weight", LABELS, 0, reps)
+    assert isinstance(weighted, BalancedDistributedSampler) and weighted.pos_fraction is None
+
+
 def test_make_train_sampler_without_and_with_ddp(tmp_path):
     assert isinstance(make_train_sampler("sampler", LABELS, 0), BalancedDistributedSampler)
     assert make_train_sampler("none", LABELS, 0) is None

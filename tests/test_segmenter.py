@@ -295,3 +295,27 @@ def test_resume_continues_at_the_right_epoch_with_identical_weights(tmp_path: Pa
     cb = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
     assert ca["epoch"] == cb["epoch"] == 2
     assert len((tmp_path / "resumed" / "metrics.csv").read_text().splitlines()) == 4
+
+
+def test_reviewed_images_are_drawn_reviewed_repeat_times_as_often(tmp_path: Path):
+    """A person's masks weigh more through the sampler: the epoch keeps its length, the reviewed image recurs."""
+    rows, masks, _ = make_data(tmp_path, n_defect=6, n_ok=6)
+    human = tmp_path / "reviewed"
+    human.mkdir()
+    cv2.imwrite(str(human / "s01.png"), cv2.imread(str(masks / "s01.png"), cv2.IMREAD_UNCHANGED))
+    counts = {}
+    for repeat in (1, 5):
+        trainer = SegmenterTrainer(
+            rcfg(epochs=1, balance="sampler"), rows, masks, ["defect"], 1, tmp_path / f"out{repeat}", device="cpu",
+            echo=lambda *_: None, reviewed_dir=human, reviewed_repeat=repeat,
+        )  # fmt: skip
+        drawn = []
+        for epoch in range(30):
+            trainer.sampler.set_epoch(epoch)
+            idx = trainer.sampler.epoch_indices()
+            assert len(idx) == len(rows)
+            drawn.append(idx)
+        counts[repeat] = np.bincount(np.concatenate(drawn), minlength=len(rows))
+    others = [0, 2, 3, 4, 5]  # the other defective images
+    assert abs(counts[1][1] / counts[1][others].mean() - 1) < 0.3
+    assert 3.5 < counts[5][1] / counts[5][others].mean() < 6.5

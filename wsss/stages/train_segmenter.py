@@ -98,6 +98,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         score_threshold=scfg.score_threshold,
         section="segmenter",
         reviewed_dir=reviewed,
+        reviewed_repeat=scfg.reviewed_repeat,
     ).fit()
     outputs = {
         "model": out / MODEL_FILE,

@@ -241,6 +241,9 @@ class SegmenterConfig(SegTrainConfig):
     # share of the time, and an epoch it skips cannot be kept as the best
     val_every: int = num(1, ge=1, fix="at least 1 epoch")
     reviewed: str | None = path_field()  # `wsss import-review` folder: human masks that replace pseudo-masks
+    # a reviewed image is drawn this many times as often as the others of its kind in an epoch (the epoch keeps its
+    # length), so a few human masks are not drowned among hundreds of pseudo-masks
+    reviewed_repeat: int = num(1, ge=1, fix="1 (drawn as often as the others) or more")
     # the image head that gates the line's masks pools by LSE, as the DFC does (docs/benchmarks.md: KSDD test image AP 0.457 with
     # average pooling, 0.707 at 5, 0.816 at 10; mIoU_def 15.43%, 13.92%, 12.94%)
     cls_lse_r: float = num(5.0, ge=0, fix="0 (average pooling) or an LSE sharpness > 0, e.g. 5")

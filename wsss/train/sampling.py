@@ -42,13 +42,18 @@ class BalancedDistributedSampler(Sampler[int]):
     ``indices[r::num_replicas]``, so ranks get equal, disjoint shares of it. The minority class is drawn with
     repetition, the majority is subsampled. When all images are of one kind the list is a plain shuffle.
 
+    ``repeats`` gives items more weight within their class: an item with repeat r is in its class's pool r times,
+    so it is drawn about r times as often as the others (a person's corrected mask among hundreds of pseudo-masks);
+    the epoch keeps its length, so the repeated items displace others rather than lengthen training.
+
     Args:
         labels: ``(N,)`` bool, True = defective.
         num_replicas, rank: default to torch.distributed's world size and rank when it is initialised, else 1, 0.
         seed: the run's seed; must be the same on every rank.
-        pos_fraction: share of defective images per epoch, in (0, 1).
+        pos_fraction: share of defective images per epoch, in (0, 1); None = no balancing (one shuffled pool).
         num_samples: length of the whole epoch's list (all ranks together); default N. Rounded up to a multiple
             of ``num_replicas``; ``len(sampler)`` is the per-rank share.
+        repeats: ``(N,)`` integers >= 1, each item's multiplicity in its pool; default all 1.
     """
 
     def __init__(
@@ -57,8 +62,9 @@ class BalancedDistributedSampler(Sampler[int]):
         num_replicas: int | None = None,
         rank: int | None = None,
         seed: int = 0,
-        pos_fraction: float = 0.5,
+        pos_fraction: float | None = 0.5,
         num_samples: int | None = None,
+        repeats: np.ndarray | None = None,
     ):
         labels = np.asarray(labels).astype(bool).reshape(-1)
         world = _dist_world()
@@ -68,15 +74,18 @@ class BalancedDistributedSampler(Sampler[int]):
             rank = world[1] if world else 0
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"invalid rank {rank} for num_replicas {num_replicas}")
-        if not 0.0 < pos_fraction < 1.0:
+        if pos_fraction is not None and not 0.0 < pos_fraction < 1.0:
             raise ValueError(f"pos_fraction must be in (0, 1), got {pos_fraction}")
         if len(labels) == 0:
             raise ValueError("no training images to sample from")
         total = len(labels) if num_samples is None else int(num_samples)
         if total < 1:
             raise ValueError(f"num_samples must be positive, got {num_samples}")
-        self.pos = np.flatnonzero(labels)
-        self.neg = np.flatnonzero(~labels)
+        reps = np.ones(len(labels), np.int64) if repeats is None else np.asarray(repeats, np.int64).reshape(-1)
+        if reps.shape != labels.shape or (reps < 1).any():
+            raise ValueError(f"repeats must be {len(labels)} integers >= 1")
+        self.pos = np.repeat(np.flatnonzero(labels), reps[labels])
+        self.neg = np.repeat(np.flatnonzero(~labels), reps[~labels])
         self.num_replicas, self.rank, self.seed = num_replicas, rank, int(seed)
         self.pos_fraction = pos_fraction
         self.total_size = -(-total // num_replicas) * num_replicas
@@ -88,8 +97,8 @@ class BalancedDistributedSampler(Sampler[int]):
     def epoch_indices(self) -> np.ndarray:
         """The whole epoch's index list (all ranks), before sharding."""
         rng = np.random.default_rng([self.seed, self.epoch])
-        if len(self.pos) == 0 or len(self.neg) == 0:
-            return _draw(rng, np.arange(len(self.pos) + len(self.neg)), self.total_size)
+        if len(self.pos) == 0 or len(self.neg) == 0 or self.pos_fraction is None:
+            return _draw(rng, np.sort(np.concatenate([self.pos, self.neg])), self.total_size)
         n_pos = min(max(round(self.total_size * self.pos_fraction), 1), self.total_size - 1)
         idx = np.concatenate([_draw(rng, self.pos, n_pos), _draw(rng, self.neg, self.total_size - n_pos)])
         return rng.permutation(idx)
@@ -101,16 +110,22 @@ class BalancedDistributedSampler(Sampler[int]):
         return self.total_size // self.num_replicas
 
 
-def make_train_sampler(balance: str, labels: np.ndarray, seed: int) -> Sampler[int] | None:
+def make_train_sampler(
+    balance: str, labels: np.ndarray, seed: int, repeats: np.ndarray | None = None
+) -> Sampler[int] | None:
     """The training sampler for ``classifier.balance``; None means "let the DataLoader shuffle".
 
     ``labels`` is ``(N,)`` bool (defective). Under DDP, ``pos_weight``/``none`` get a shuffling
-    :class:`~torch.utils.data.DistributedSampler`. Call ``set_epoch`` on the result every epoch.
+    :class:`~torch.utils.data.DistributedSampler`. With ``repeats`` (per-item multiplicities, see
+    :class:`BalancedDistributedSampler`) above 1 anywhere, ``pos_weight``/``none`` get an unbalanced
+    :class:`BalancedDistributedSampler` that honours them. Call ``set_epoch`` on the result every epoch.
     """
     if balance == "sampler":
-        return BalancedDistributedSampler(labels, seed=seed)
+        return BalancedDistributedSampler(labels, seed=seed, repeats=repeats)
     if balance not in BALANCE:
         raise ValueError(f"unknown balance {balance!r}; valid: {', '.join(BALANCE)}")
+    if repeats is not None and (np.asarray(repeats) > 1).any():
+        return BalancedDistributedSampler(labels, seed=seed, pos_fraction=None, repeats=repeats)
     if _dist_world() is not None:
         return DistributedSampler(range(len(labels)), shuffle=True, seed=seed)
     return None

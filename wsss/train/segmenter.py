@@ -102,6 +102,7 @@ class SegmenterTrainer:
         score_threshold: the gate used for validation predictions (and recorded in ``segmenter.json``).
         section: the config section, for error messages.
         reviewed_dir: masks a person corrected (``<run>/reviewed/masks``); they replace those images' pseudo-masks.
+        reviewed_repeat: a reviewed image is drawn this many times as often as the others of its kind in an epoch.
     """
 
     def __init__(
@@ -124,6 +125,7 @@ class SegmenterTrainer:
         score_threshold: float = 0.5,
         section: str = "retrain",
         reviewed_dir: Path | None = None,
+        reviewed_repeat: int = 1,
     ):
         self.scfg, self.out, self.seed, self.classes = scfg, Path(out), int(seed), list(classes)
         self.teacher, self.patience, self.score_threshold = teacher, patience, score_threshold
@@ -161,7 +163,9 @@ class SegmenterTrainer:
             for d in datasets:
                 d.preload(threads=max(2, scfg.workers))
         targets = self.train_set.targets()
-        self.sampler = make_train_sampler(scfg.balance, targets.max(1) > 0, self.seed)
+        repeats = np.ones(len(targets), np.int64)
+        repeats[sorted(self.train_set.reviewed)] = reviewed_repeat
+        self.sampler = make_train_sampler(scfg.balance, targets.max(1) > 0, self.seed, repeats)
         self.pos_weight = pos_weight(targets).to(self.device) if scfg.balance == "pos_weight" else None
 
         torch.manual_seed(self.seed)
