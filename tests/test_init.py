@@ -80,6 +80,7 @@ def test_the_demo_runs_inits_recipe_with_only_its_listed_changes(tmp_path: Path)
         "segmenter.patience",
         "segmenter.kd_weight",
         "segmenter.guided.radius",
+        "segmenter.val_every",
     }
 
     root = _folder(tmp_path / "parts", size=(128, 128))
