@@ -7,8 +7,7 @@ of epochs without improvement). An epoch whose selection key beats the best so f
 (``save_best``); after ``patience`` epochs without one the loop stops (0 = never). With ``val_every`` k > 1 only
 every k-th epoch and the last are validated (validation is a large share of a short run's time): the others leave
 the validation columns empty, cannot become the best and count toward ``patience`` (the loop stops only after a
-validated epoch). Under DDP only rank 0 writes,
-and every rank meets at a barrier after each epoch.
+validated epoch). Under DDP only rank 0 writes, and every rank meets at a barrier after each epoch.
 """
 
 from __future__ import annotations
