@@ -156,6 +156,32 @@ def test_loss_ignores_255_pixels():
     assert torch.isfinite(all_ignored) and all_ignored.item() == 0.0
 
 
+def test_image_dice_weighs_each_defect_the_same():
+    """Per-image Dice: a small defect missed costs as much as a large one; the batch Dice barely sees it."""
+    mask = torch.zeros(2, 16, 16, dtype=torch.long)
+    mask[0, :8] = 1  # a large defect (128 px), predicted exactly
+    mask[1, 0, :2] = 1  # a small one (2 px), missed
+    logits = torch.zeros(2, 2, 16, 16)
+    logits[:, 0] = 20.0
+    logits[0, 1, :8], logits[0, 0, :8] = 20.0, 0.0
+
+    def dice_term(over: str) -> float:
+        return (segmentation_loss(logits, mask, 1.0, over) - segmentation_loss(logits, mask, 0.0)).item()
+
+    assert dice_term("batch") == pytest.approx(1 - (2 * 128 + 1) / (128 + 130 + 1), abs=1e-4)  # ~0.008
+    assert dice_term("image") == pytest.approx((0.0 + (1 - 1 / 3)) / 2, abs=1e-4)  # the miss weighs a half
+    # OK images only: no defect pixel to average over, so the batch Dice punishes predicted defect pixels
+    ok = torch.zeros(2, 16, 16, dtype=torch.long)
+    assert segmentation_loss(logits, ok, 1.0, "image").item() == segmentation_loss(logits, ok, 1.0, "batch").item()
+    with pytest.raises(ValueError, match="dice_over"):
+        segmentation_loss(logits, mask, 1.0, "pixel")
+    from wsss.config import load_config
+    from wsss.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"segmenter\.dice_over"):
+        load_config(None, ["segmenter.dice_over=pixel"])
+
+
 def test_dataset_augments_image_and_mask_together(tmp_path: Path):
     from wsss.config import AugmentConfig
     from wsss.data.transforms import Augment

@@ -179,6 +179,9 @@ class SegTrainConfig:
     warmup_epochs: int = num(1, ge=0, fix="epochs >= 0 (0 = no warmup)")
     # segmentation loss = CE + dice_weight * Dice (ignore pixels excluded)
     dice_weight: float = num(1.0, ge=0, fix=WEIGHT)
+    # the Dice over the whole batch (a large defect outweighs a small one) or per image and class, averaged over the
+    # images that hold that class (each defect weighs the same, as in mIoU_def)
+    dice_over: str = choices("batch", "image", default="batch")
     cls_weight: float = num(0.5, ge=0, fix=WEIGHT)  # + cls_weight * image-level BCE on the classification head
     # the classification head's pooling of its per-location logits: 0 = average (GAP), > 0 = log-sum-exp with this
     # sharpness (the DFC's pooling, classifier.lse_r), so small defects are not averaged away

@@ -59,13 +59,20 @@ def gcm_consistency(
     return F.mse_loss(torch.sigmoid(crop_cams.float()), torch.sigmoid(region))
 
 
-def segmentation_loss(mask_logits: torch.Tensor, mask: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
+def segmentation_loss(
+    mask_logits: torch.Tensor, mask: torch.Tensor, dice_weight: float = 1.0, dice_over: str = "batch"
+) -> torch.Tensor:
     """Cross-entropy over the K+1 classes plus ``dice_weight`` x soft Dice over the K defect classes.
 
     Pixels labelled 255 count in neither term (they are where the pseudo-mask is unsure). CE is the mean over the
-    labelled pixels (0 when there are none). Dice is computed per defect class over the whole batch (so an OK image
-    does not produce an ill-defined per-image Dice), smoothed by 1, and averaged over the classes; it counters the
-    pixel imbalance of small defects that CE alone under-weights.
+    labelled pixels (0 when there are none). Dice, smoothed by 1, counters the pixel imbalance of small defects that
+    CE alone under-weights; ``dice_over`` says over what it is computed:
+
+    - ``"batch"``: per defect class over the whole batch, averaged over the classes (an OK image does not produce
+      an ill-defined per-image Dice); a large defect outweighs a small one in the batch;
+    - ``"image"``: per image and defect class where the target has pixels of that class, averaged over those pairs,
+      so each defect weighs the same whatever its size, as in mIoU_def (the mean of per-image IoUs); a batch without
+      any defect pixel falls back to the batch Dice (its predicted defect pixels are all false positives).
 
     Args:
         mask_logits: (B, K+1, H, W) logits; channel 0 = background.
@@ -80,6 +87,15 @@ def segmentation_loss(mask_logits: torch.Tensor, mask: torch.Tensor, dice_weight
     v = valid.unsqueeze(1).to(logits.dtype)
     probs = torch.softmax(logits, dim=1)[:, 1:] * v
     target = F.one_hot(torch.where(valid, mask, 0), k1).permute(0, 3, 1, 2)[:, 1:].to(logits.dtype)
+    if dice_over == "image":
+        inter = (probs * target).sum((2, 3))  # (B, K)
+        area = target.sum((2, 3))
+        present = area > 0
+        if present.any():
+            dice = 1.0 - (2.0 * inter + DICE_SMOOTH) / (probs.sum((2, 3)) + area + DICE_SMOOTH)
+            return ce + dice_weight * dice[present].mean()
+    elif dice_over != "batch":
+        raise ValueError(f"dice_over must be 'batch' or 'image', got {dice_over!r}")
     inter = (probs * target).sum((0, 2, 3))
     denom = probs.sum((0, 2, 3)) + target.sum((0, 2, 3))
     dice = 1.0 - (2.0 * inter + DICE_SMOOTH) / (denom + DICE_SMOOTH)

@@ -239,7 +239,7 @@ class SegmenterTrainer:
         """Every loss term of one batch (on the device) and their weighted sum, ``"loss"``."""
         mask, y = batch["mask"].to(self.device), batch["target"].to(self.device)
         parts = {
-            "loss_seg": segmentation_loss(out.mask_logits, mask, self.scfg.dice_weight),
+            "loss_seg": segmentation_loss(out.mask_logits, mask, self.scfg.dice_weight, self.scfg.dice_over),
             "loss_cls": F.binary_cross_entropy_with_logits(out.cls_logits.float(), y, pos_weight=self.pos_weight),
         }
         loss = parts["loss_seg"] + self.scfg.cls_weight * parts["loss_cls"]
