@@ -175,6 +175,7 @@ def test_demo_runs_every_stage(tmp_path: Path):
     tiny += ["classifier.backbone.stages=0", "classifier.backbone.freeze=0", "classifier.batch_size=8"]
     tiny += ["retrain.rounds=1", "retrain.backbone.freeze=0", "segmenter.backbone.freeze=0", "segmenter.epochs=2"]
     tiny += ["segmenter.crop=[32, 32]"]  # windows of half the input side, as the demo's 128 px of 256
+    tiny += ["prepare.split.train=0.6", "prepare.split.test=0.2"]  # 24 parts: the demo's 40% would train on 10
     r = invoke("demo", "--run-dir", str(tmp_path / "demo"), *(a for s in tiny for a in ("--set", s)))
     assert r.exit_code == 0, r.output
     assert r.output.startswith("demo: the default recipe (") and "24 generated parts (noise" in r.output
