@@ -15,6 +15,13 @@ images of all the given runs (an image called OK counts 0, as in ``evaluate``), 
 scale, which is the only place ``lift`` changes it. ``--unary`` also sweeps what the CRF refines (``pseudo.unary``:
 ``anomaly`` and ``fusion`` read each run's `anomaly` stage), and ``region``: the anomaly map inside the CAM's
 dilated support, rescaled to its peak there (the OK images' statistics sharpening the CAM with a per-image threshold).
+
+``--fuse`` sweeps the retrain round's ``retrain.fuse_weight`` instead of the first round's unary: each run's
+finished `retrain` stage predicts every image once with the segmenter it trained, and the CRF labels
+``w * segmenter probability + (1 - w) * CAM`` as that stage does (``w = 0``: the first round's CAM alone):
+
+    python bench/crf_sweep.py RUN/fold1 RUN/fold2 --fuse 0,0.5,0.75,1 --lift 0 --bg 0.3 --compat 40 --sxy 50 \
+        --methods crf --fallback 0.3
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--weight", default="0.5", help="pseudo.anomaly_weight values (fusion)")
     p.add_argument("--region", default="0.2", help="region: the CAM fraction of its peak the support starts at")
+    p.add_argument("--fuse", default="", help="retrain.fuse_weight values: the fused map of each run's retrain round")
     return p.parse_args(argv)
 
 
@@ -57,9 +65,10 @@ def lifted(cam: np.ndarray, scale: float, floor: float) -> np.ndarray:
     return normalise_cam(cam * scale, np.ones(cam.shape[0]), scale, 0.5, floor)
 
 
-def items(run: Path, split: str, with_anomaly: bool = False):
+def items(run: Path, split: str, with_anomaly: bool = False, with_retrain: bool = False):
     """Per defective image of ``split`` with a mask: id, image, stored CAM, ground truth, whether it was called
-    defective, the dataset scale, the lift floor, and (``with_anomaly``) its normalised anomaly map, else None."""
+    defective, the dataset scale, the lift floor, and (``with_anomaly``) its normalised anomaly map, else None, or
+    (``with_retrain``) the defect probabilities (K, H, W) of the run's retrain segmenter, else None."""
     from wsss.anomaly.io import anomaly_path, read_anomaly, read_range
     from wsss.cam.io import read_cam
     from wsss.data.images import read_image, read_mask
@@ -78,6 +87,14 @@ def items(run: Path, split: str, with_anomaly: bool = False):
     if with_anomaly and not (run / "anomaly" / "anomaly.json").is_file():
         raise SystemExit(f"{run}: no finished anomaly stage; run `wsss run-stage anomaly` there or sweep --unary cam")
     anomaly_range = read_range(run / "anomaly") if with_anomaly else None
+    predictor = None
+    if with_retrain:
+        from wsss.inference import torch_predictor
+        from wsss.models.segmenter import MODEL_FILE, load_segmenter
+
+        if not (run / "retrain" / MODEL_FILE).is_file():
+            raise SystemExit(f"{run}: no finished retrain stage; run `wsss run-stage retrain` there or drop --fuse")
+        predictor = torch_predictor(*load_segmenter(run / "retrain"))
     for r in all_rows:
         if r.split != split or not r.labels or r.mask is None:
             continue
@@ -88,6 +105,8 @@ def items(run: Path, split: str, with_anomaly: bool = False):
         anomaly = (
             read_anomaly(anomaly_path(run / "anomaly", r.id), *anomaly_range, image.shape[:2]) if with_anomaly else None
         )
+        if predictor is not None:
+            anomaly = predictor([image])[0].probs[1:]
         yield r.id, image, cam, gt, called, meta["scale"], floor, anomaly
 
 
@@ -120,9 +139,19 @@ def main(argv: list[str] | None = None) -> None:
     from wsss.config import PseudoConfig
     from wsss.labels import IGNORE
     from wsss.refine.pseudo import label_image
+    from wsss.stages.retrain import fuse
 
     unaries = args.unary.split(",")
-    data = [it for run in args.runs for it in items(run, args.split, with_anomaly=unaries != ["cam"])]
+    weights = [float(v) for v in args.fuse.split(",")] if args.fuse else []
+    if weights and unaries != ["cam"]:
+        raise SystemExit("--fuse sweeps the retrain round's fused map: leave --unary at cam")
+    if weights:
+        unaries = [f"fuse{w:g}" for w in weights]
+    data = [
+        it
+        for run in args.runs
+        for it in items(run, args.split, with_anomaly=not weights and unaries != ["cam"], with_retrain=bool(weights))
+    ]
     print(f"{len(data)} defective {args.split} images from {len(args.runs)} run(s)")
     floats = lambda s: [float(v) for v in s.split(",")]  # noqa: E731
     grid = itertools.product(
@@ -151,7 +180,9 @@ def main(argv: list[str] | None = None) -> None:
         ious = []
         for _, image, cam, gt, called, scale, floor, anomaly in data:
             c = lifted(cam, scale, floor) if lift == "1" and called else cam
-            if unary == "region":
+            if unary.startswith("fuse"):
+                c = fuse(anomaly, c, float(unary[4:]))
+            elif unary == "region":
                 c = region_unary(c, anomaly, region)
             elif unary != "cam":
                 c = unary_map(c, anomaly, cfg)

@@ -42,6 +42,12 @@ def _round1_unary(cfg: Config, inputs: dict[str, Path]) -> Callable:
     return fused
 
 
+def fuse(probs, cam, weight: float):
+    """The retrain round's fused map: ``weight * segmenter defect probabilities + (1 - weight) * CAM``, both
+    ``(K, H, W)`` over the defect classes (``weight`` 0 = the CAM alone, 1 = the segmenter alone)."""
+    return weight * probs + (1 - weight) * cam
+
+
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
     from wsss.cam.io import SCORES_FILE, cam_path, read_cam, read_cam_meta, write_cam
@@ -100,7 +106,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
                 images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
                 for r, img, pred in zip(batch, images, predictor(images), strict=True):
                     cam = unary_map(r.id, read_cam(cam_path(cam_dir, r.id), img.shape[:2], len(classes)))
-                    write_cam(fused_dir / f"{r.id}.npz", w * pred.probs[1:] + (1 - w) * cam)
+                    write_cam(fused_dir / f"{r.id}.npz", fuse(pred.probs[1:], cam, w))
             predict_s = time.perf_counter() - t0
             tasks = [
                 LabelTask(
