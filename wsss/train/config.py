@@ -220,6 +220,9 @@ class RetrainConfig(SegTrainConfig):
     rounds: int = num(1, ge=1, fix=ONE)
     # fused map = fuse_weight * segmenter probability + (1 - fuse_weight) * extended CAM
     fuse_weight: float = num(0.5, ge=0, le=1, fix="a weight in [0, 1]")
+    # the fused map's level where defect beats background in its CRF; null = pseudo.bg_prior. The fused map is half
+    # segmenter probability, calibrated unlike the CAM, so the first round's prior need not suit it
+    bg_prior: float | None = num(None, gt=0, lt=1, fix="a value in (0, 1), or null (pseudo.bg_prior)")
 
 
 @dataclass
