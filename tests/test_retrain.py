@@ -7,10 +7,12 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 from wsss.config import load_config
 from wsss.data.images import read_image
 from wsss.data.index import read_train_index
+from wsss.errors import ConfigError
 from wsss.train.segmenter_data import read_pseudo_mask
 
 
@@ -67,3 +69,35 @@ def test_retrain_with_injected_defects_runs_two_rounds(full_run, tmp_path, capsy
         assert len(list(csv.DictReader(f))) == 24
     assert not list(out.glob("round*"))
     assert capsys.readouterr().out.count("pasted region(s) and procedural defects") == 2  # both rounds found sources
+
+
+def test_retrain_bg_prior_replaces_the_pseudo_prior_for_the_fused_map_only(full_run, tmp_path, monkeypatch):
+    """`retrain.bg_prior` reaches the CRF of the fused map; null keeps `pseudo.bg_prior` (in copies of the run)."""
+    import shutil
+
+    from conftest import FAST
+
+    import wsss.refine.pseudo
+    from wsss.runs import Run
+
+    class Labelled(Exception):
+        pass
+
+    seen: list[float] = []
+
+    def capture(tasks, workers, echo):
+        seen.append({t.cfg.bg_prior for t in tasks})
+        raise Labelled
+
+    monkeypatch.setattr(wsss.refine.pseudo, "label_all", capture)
+    run_dir, _ = full_run
+    for k, overrides in enumerate((["retrain.bg_prior=0.65"], [])):
+        copy = tmp_path / str(k)
+        for stage in ("prepare", "cam", "pseudo-labels"):
+            shutil.copytree(run_dir / stage, copy / stage)
+        cfg = load_config(None, [*FAST, "retrain.epochs=1", *overrides])
+        with pytest.raises(Labelled):
+            Run(copy, cfg, echo=lambda *_: None).run_stage("retrain")
+    assert seen == [{0.65}, {cfg.pseudo.bg_prior}] and cfg.pseudo.bg_prior != 0.65
+    with pytest.raises(ConfigError, match=r"retrain\.bg_prior"):
+        load_config(None, ["retrain.bg_prior=1"])
