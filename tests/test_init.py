@@ -81,7 +81,6 @@ def test_the_demo_runs_inits_recipe_with_only_its_listed_changes(tmp_path: Path)
         "segmenter.kd_weight",
         "segmenter.guided.radius",
         "segmenter.val_every",
-        "segmenter.dice_over",
     }
 
     root = _folder(tmp_path / "parts", size=(128, 128))
