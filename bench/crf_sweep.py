@@ -145,8 +145,6 @@ def main(argv: list[str] | None = None) -> None:
     weights = [float(v) for v in args.fuse.split(",")] if args.fuse else []
     if weights and unaries != ["cam"]:
         raise SystemExit("--fuse sweeps the retrain round's fused map: leave --unary at cam")
-    if weights:
-        unaries = [f"fuse{w:g}" for w in weights]
     data = [
         it
         for run in args.runs
@@ -164,13 +162,16 @@ def main(argv: list[str] | None = None) -> None:
         unaries,
         floats(args.weight),
         floats(args.region),
+        weights or [None],
     )
     results = []
     seen = set()
-    for method, sxy, compat, bg, lift, fallback, unary, weight, region in grid:
+    for method, sxy, compat, bg, lift, fallback, unary, weight, region, fuse_weight in grid:
         key = (method, bg, lift, fallback) if method == "threshold" else (method, sxy, compat, bg, lift, fallback)
         if unary != "cam":
             key += (unary, weight if unary == "fusion" else None, region if unary == "region" else None)
+        if fuse_weight is not None:
+            key += ("fuse", fuse_weight)
         if key in seen:
             continue
         seen.add(key)
@@ -178,14 +179,15 @@ def main(argv: list[str] | None = None) -> None:
         base = PseudoConfig(method=method, bg_prior=bg, fallback=fallback, **fused)
         cfg = dataclasses.replace(base, crf=dataclasses.replace(base.crf, bilateral_sxy=sxy, bilateral_compat=compat))
         ious = []
-        for _, image, cam, gt, called, scale, floor, anomaly in data:
+        # extra: the run's anomaly map (--unary other than cam) or its retrain segmenter's probabilities (--fuse)
+        for _, image, cam, gt, called, scale, floor, extra in data:
             c = lifted(cam, scale, floor) if lift == "1" and called else cam
-            if unary.startswith("fuse"):
-                c = fuse(anomaly, c, float(unary[4:]))
+            if fuse_weight is not None:
+                c = fuse(extra, c, fuse_weight)
             elif unary == "region":
-                c = region_unary(c, anomaly, region)
+                c = region_unary(c, extra, region)
             elif unary != "cam":
-                c = unary_map(c, anomaly, cfg)
+                c = unary_map(c, extra, cfg)
             mask = label_image(image, c, cfg, called).mask
             pred = (mask > 0) & (mask != IGNORE)
             union = np.count_nonzero(pred | gt)

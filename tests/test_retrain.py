@@ -83,7 +83,7 @@ def test_retrain_bg_prior_replaces_the_pseudo_prior_for_the_fused_map_only(full_
     class Labelled(Exception):
         pass
 
-    seen: list[float] = []
+    seen: list[set[float]] = []
 
     def capture(tasks, workers, echo):
         seen.append({t.cfg.bg_prior for t in tasks})
