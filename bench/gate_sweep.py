@@ -1,0 +1,108 @@
+"""Choose the segmenter's gate (``segmenter.score_threshold``) on the validation split of finished runs.
+
+The segmenter's mask is switched off where its own image head scores an image below the threshold (METHOD.md 6).
+A lower gate keeps the masks of weakly scored defective images (mIoU_def can only rise) and lets masks onto OK images
+(false alarms, which Seg_mIoU counts as 0); a higher one does the reverse. For every run this reads what the stage
+wrote, ``train-segmenter/probs/`` (the ungated defect probability, defect where >= 0.5) and ``scores.csv`` (the image
+head), so no model runs: each ``--thresholds`` value gives mIoU_def, Seg_mIoU, Seg_Recall@0.5 and the count of OK
+images given a mask, over all images of the split, pooled over the runs and per run.
+
+Ground-truth masks are read here to score the thresholds, never by the pipeline. Choose on ``val`` (on Seg_mIoU,
+which weighs both sides, with mIoU_def beside it); ``--split test`` is for reporting. One defect class only (the
+recipes' binary runs): a run with several is refused.
+
+    python bench/gate_sweep.py /tmp/bench/ksdd/fold0 /tmp/bench/ksdd/fold1 /tmp/bench/ksdd/fold2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", type=Path, nargs="+", help="run folders with a finished train-segmenter")
+    p.add_argument("--split", default="val", choices=["val", "test"], help="choose on val; test only to report")
+    p.add_argument("--thresholds", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7", help="gates in [0, 1] to score")
+    return p.parse_args(argv)
+
+
+def gate_metrics(
+    masks: list[np.ndarray], scores: list[float], gts: list[np.ndarray], thresholds: list[float]
+) -> dict[float, dict[str, float]]:
+    """Per threshold: the ungated boolean ``masks`` kept where the image's score >= threshold, scored against ``gts``
+    (empty for OK images) with :class:`wsss.evaluation.metrics.SegAccumulator`, plus ``false_alarms`` (images with
+    an empty ground truth given a non-empty mask)."""
+    from wsss.evaluation.metrics import SegAccumulator
+
+    out = {}
+    for t in thresholds:
+        acc, false_alarms = SegAccumulator(), 0
+        for mask, score, gt in zip(masks, scores, gts, strict=True):
+            pred = mask if score >= t else np.zeros_like(mask)
+            acc.add(pred, gt)
+            false_alarms += int(pred.any() and not gt.any())
+        out[t] = acc.summary((0.5,)) | {"false_alarms": false_alarms}
+    return out
+
+
+def load_run(run: Path, split: str) -> tuple[list[np.ndarray], list[float], list[np.ndarray]]:
+    """The split's ungated masks, image scores and ground truths (empty for OK images) of one finished run."""
+    from wsss.data.images import read_mask
+    from wsss.data.index import read_dataset_info, read_eval_index
+    from wsss.evaluation import read_prob_map
+    from wsss.evaluation.metrics import PROB_LEVELS
+
+    stage = run / "train-segmenter"
+    meta = stage / "segmenter.json"
+    if not meta.is_file():
+        sys.exit(f"{meta}: not found; run the train-segmenter stage of {run} first")
+    classes = json.loads(meta.read_text())["classes"]
+    if len(classes) != 1:
+        sys.exit(f"{meta}: {len(classes)} defect classes ({', '.join(classes)}); this sweep scores one defect class")
+    with open(stage / "scores.csv", newline="") as f:
+        scores = {r["id"]: float(r["score"]) for r in csv.DictReader(f)}
+    index = run / "prepare" / "index.csv"
+    info = read_dataset_info(index)
+    masks, image_scores, gts = [], [], []
+    for r in read_eval_index(index, split=split):
+        mask = read_prob_map(stage / "probs" / f"{r.id}.png") >= (PROB_LEVELS + 1) // 2
+        gt = read_mask(r.mask, threshold=info.mask_threshold) > 0 if r.mask is not None else np.zeros_like(mask)
+        masks.append(mask)
+        image_scores.append(scores[r.id])
+        gts.append(gt)
+    return masks, image_scores, gts
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    thresholds = [float(v) for v in args.thresholds.split(",")]
+    if not all(0 <= t <= 1 for t in thresholds):
+        sys.exit(f"--thresholds {args.thresholds}: every gate must be in [0, 1]")
+    loaded = {run.name: load_run(run, args.split) for run in args.runs}
+    masks, scores, gts = ([x for v in loaded.values() for x in v[i]] for i in range(3))
+    pooled = gate_metrics(masks, scores, gts, thresholds)
+    per_run = {name: gate_metrics(*v, thresholds) for name, v in loaded.items()}
+    names = list(per_run)
+    print(f"\n{args.split} split, train-segmenter gated at its own image score: pooled over {len(names)} run(s)\n")
+    print("| gate | Seg_mIoU | mIoU_def | Seg_Recall@0.5 | OK images given a mask | " + " | ".join(names) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(names))
+    for t in thresholds:
+        m = pooled[t]
+        each = " | ".join(
+            f"{100 * per_run[n][t]['seg_miou']:.2f} / {100 * per_run[n][t]['miou_def']:.2f}" for n in names
+        )
+        print(
+            f"| {t:g} | {100 * m['seg_miou']:.2f} | {100 * m['miou_def']:.2f} | {100 * m['seg_recall@0.5']:.2f} | "
+            f"{m['false_alarms']} | {each} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
