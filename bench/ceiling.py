@@ -31,7 +31,6 @@ Rows go to stdout as a markdown table (mean over the runs given, and per run) an
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
 import json
@@ -165,14 +164,13 @@ def ladder(run: Path, split: str, args: argparse.Namespace) -> dict[str, dict[st
     from wsss.config import load_config
     from wsss.data.images import read_image, read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
-    from wsss.evaluation import read_prob_map
+    from wsss.evaluation import read_prob_map, read_scores
     from wsss.evaluation.metrics import PROB_LEVELS
 
     index = run / "prepare" / "index.csv"
     info = read_dataset_info(index)
     meta = json.loads((run / "cam" / "cam.json").read_text())
-    with open(run / "cam" / "scores.csv", newline="") as f:
-        scores = {r["id"]: float(r["score"]) for r in csv.DictReader(f)}
+    scores = read_scores(run / "cam" / "scores.csv")
     rows = [r for r in read_eval_index(index) if r.split == split and r.labels and r.mask is not None]
     gts = {r.id: read_mask(r.mask, threshold=info.mask_threshold) for r in rows}
     rows = [r for r in rows if gts[r.id].any()]

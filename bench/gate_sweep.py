@@ -17,7 +17,6 @@ recipes' binary runs): a run with several is refused.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -56,7 +55,7 @@ def load_run(run: Path, split: str) -> tuple[list[np.ndarray], list[float], list
     """The split's ungated masks, image scores and ground truths (empty for OK images) of one finished run."""
     from wsss.data.images import read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
-    from wsss.evaluation import read_prob_map
+    from wsss.evaluation import read_prob_map, read_scores
     from wsss.evaluation.metrics import PROB_LEVELS
 
     stage = run / "train-segmenter"
@@ -66,8 +65,7 @@ def load_run(run: Path, split: str) -> tuple[list[np.ndarray], list[float], list
     classes = json.loads(meta.read_text())["classes"]
     if len(classes) != 1:
         sys.exit(f"{meta}: {len(classes)} defect classes ({', '.join(classes)}); this sweep scores one defect class")
-    with open(stage / "scores.csv", newline="") as f:
-        scores = {r["id"]: float(r["score"]) for r in csv.DictReader(f)}
+    scores = read_scores(stage / "scores.csv")
     index = run / "prepare" / "index.csv"
     info = read_dataset_info(index)
     masks, image_scores, gts = [], [], []
