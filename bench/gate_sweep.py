@@ -5,7 +5,8 @@ A lower gate keeps the masks of weakly scored defective images (mIoU_def can onl
 (false alarms, which Seg_mIoU counts as 0); a higher one does the reverse. For every run this reads what the stage
 wrote, ``train-segmenter/probs/`` (the ungated defect probability, defect where >= 0.5) and ``scores.csv`` (the image
 head), so no model runs: each ``--thresholds`` value gives mIoU_def, Seg_mIoU, Seg_Recall@0.5 and the count of OK
-images given a mask, over all images of the split, pooled over the runs and per run.
+images given a mask, over the split's OK images and its defective images with a ground-truth mask, pooled over the
+runs and per run.
 
 Ground-truth masks are read here to score the thresholds, never by the pipeline. Choose on ``val`` (on Seg_mIoU,
 which weighs both sides, with mIoU_def beside it); ``--split test`` is for reporting. One defect class only (the
@@ -70,11 +71,15 @@ def load_run(run: Path, split: str) -> tuple[list[np.ndarray], list[float], list
     info = read_dataset_info(index)
     masks, image_scores, gts = [], [], []
     for r in read_eval_index(index, split=split):
+        if r.defective and r.mask is None:  # no ground truth to score its mask against (not an OK image)
+            continue
         mask = read_prob_map(stage / "probs" / f"{r.id}.png") >= (PROB_LEVELS + 1) // 2
         gt = read_mask(r.mask, threshold=info.mask_threshold) > 0 if r.mask is not None else np.zeros_like(mask)
         masks.append(mask)
         image_scores.append(scores[r.id])
         gts.append(gt)
+    if not any(gt.any() for gt in gts):
+        sys.exit(f"{index}: no defective image of the {split} split has a ground-truth mask; the sweep scores masks")
     return masks, image_scores, gts
 
 

@@ -46,3 +46,42 @@ def test_an_image_scored_exactly_at_the_gate_keeps_its_mask():
 def test_bad_thresholds_are_refused_naming_the_option(tmp_path):
     with pytest.raises(SystemExit, match="--thresholds"):
         gate_sweep.main([str(tmp_path), "--thresholds", "0.5,1.5"])
+
+
+def _fake_run(tmp_path: Path, with_masks: bool) -> Path:
+    """A finished run of three test images (OK, defective with a mask, defective without one), stage files only."""
+    import cv2
+
+    from wsss.data.index import DatasetInfo, EvalRow, write_dataset_info, write_index
+    from wsss.inference import write_prob_png
+
+    run = tmp_path / "run"
+    stage = run / "train-segmenter"
+    (stage / "probs").mkdir(parents=True)
+    (run / "prepare").mkdir()
+    (stage / "segmenter.json").write_text('{"classes": ["defect"]}')
+    gt = (_box(2, 6) * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "gt.png"), gt)
+    rows = []
+    for sid, labels, mask in (("ok", (), None), ("def", ("defect",), "gt.png"), ("nomask", ("defect",), None)):
+        mask = mask if with_masks else None
+        rows.append(EvalRow(sid, tmp_path / f"{sid}.png", labels, "val", sid, 0, tmp_path / mask if mask else None))
+        write_prob_png(stage / "probs" / f"{sid}.png", _box(2, 6).astype(np.float32))  # a mask on every image
+    (stage / "scores.csv").write_text("id,score\nok,0.1\ndef,0.9\nnomask,0.9\n")
+    write_index(run / "prepare" / "index.csv", rows)
+    write_dataset_info(run / "prepare" / "dataset.json", DatasetInfo("folder", ("defect",), 128, channels=3))
+    return run
+
+
+def test_a_defective_image_without_a_mask_is_left_out_not_counted_as_a_false_alarm(tmp_path):
+    masks, scores, gts = gate_sweep.load_run(_fake_run(tmp_path, with_masks=True), "val")
+    assert scores == [0.1, 0.9]  # the OK image and the defective one with a mask
+    assert not gts[0].any() and (gts[1] == _box(2, 6)).all()
+    out = gate_sweep.gate_metrics(masks, scores, gts, [0.05, 0.5])
+    assert out[0.05]["false_alarms"] == 1 and out[0.5]["false_alarms"] == 0
+    assert out[0.5]["miou_def"] == pytest.approx(1.0)
+
+
+def test_a_split_without_ground_truth_masks_is_refused_naming_the_index(tmp_path):
+    with pytest.raises(SystemExit, match=r"index\.csv: no defective image of the val split has a ground-truth mask"):
+        gate_sweep.load_run(_fake_run(tmp_path, with_masks=False), "val")
