@@ -163,3 +163,85 @@ def test_train_segmenter_stage_with_injected_defects(full_run, tmp_path: Path):
     out = Run(tmp_path, cfg, echo=lines.append).run_stage("train-segmenter")
     assert json.loads((out / "manifest.json").read_text())["status"] == "done"
     assert (out / "segmenter.safetensors").is_file() and len(list((out / "masks").glob("*.png"))) == 24
+
+
+def test_round_mask_follows_the_image_label():
+    """Self-training masks: OK images are background (confidence 1); a defective image takes the ungated argmax over
+    background and its labelled classes only."""
+    from wsss.stages.train_segmenter import round_mask
+
+    probs = np.zeros((3, 4, 6), np.float32)
+    probs[0] = 0.6
+    probs[1, :, :2], probs[0, :, :2] = 0.9, 0.1  # class 1 wins on the left two columns
+    probs[2, :, 4:], probs[0, :, 4:] = 0.7, 0.3  # class 2 wins on the right two columns
+    ok, conf = round_mask(probs, [])
+    assert ok.dtype == np.uint8 and not ok.any() and conf == 1.0
+    only1, conf1 = round_mask(probs, [1])
+    assert (only1[:, :2] == 1).all() and not only1[:, 2:].any()  # class 2 is not in the label: background there
+    assert 0.6 < conf1 < 0.9  # the ring around the defect counts too
+    both, _ = round_mask(probs, [2, 1])
+    assert (both[:, :2] == 1).all() and (both[:, 4:] == 2).all() and not both[:, 2:4].any()
+    weak = probs.copy()
+    weak[1, :, :2] = 0.05  # the previous round saw nothing: the mask is empty, rated by its background
+    empty, conf_empty = round_mask(weak, [1])
+    assert not empty.any() and conf_empty == pytest.approx(float(weak[0].mean()))
+
+
+def test_train_segmenter_self_training_rounds_resume_after_a_kill(
+    full_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    """`segmenter.rounds=2`: round 1 learns from the retrain masks, round 2 from round 1's (OK images all background),
+    with paste sources from round 1's confidence table; killed in round 2, the stage resumes there without training
+    round 1 again, and leaves no round folder behind."""
+    import shutil
+
+    import cv2
+    from conftest import FAST
+
+    from wsss.config import load_config
+    from wsss.runs import Run
+
+    run_dir, _ = full_run
+    for stage in ("prepare", "cam", "pseudo-labels", "retrain"):
+        shutil.copytree(run_dir / stage, tmp_path / stage)
+    cfg = load_config(
+        None,
+        [
+            *FAST,
+            "segmenter.rounds=2",
+            "segmenter.epochs=1",
+            "segmenter.inject.enabled=true",
+            "segmenter.inject.min_confidence=0",
+        ],
+    )
+    fits: list[Path] = []
+    original = SegmenterTrainer.fit
+
+    def fit(self):
+        fits.append(self.out)
+        if len(fits) == 2:
+            rows = read_train_index(tmp_path / "prepare" / "index.csv")
+            round1 = self.train_set.masks_dir
+            assert round1.parts[-2:] == ("round1", "masks")
+            for r in rows:
+                if r.split in ("train", "val"):
+                    mask = cv2.imread(str(round1 / f"{r.id}.png"), cv2.IMREAD_UNCHANGED)
+                    assert mask.shape == read_image(r.path).shape[:2]
+                    assert r.defective or not mask.any(), r.id
+            with open(round1.parent / "confidence.csv") as f:
+                assert {c["id"] for c in csv.DictReader(f)} == {r.id for r in rows if r.split != "test"}
+            raise KeyboardInterrupt  # killed in round 2
+        return original(self)
+
+    monkeypatch.setattr(SegmenterTrainer, "fit", fit)
+    with pytest.raises(KeyboardInterrupt):
+        Run(tmp_path, cfg, echo=lambda *_: None).run_stage("train-segmenter")
+    monkeypatch.setattr(SegmenterTrainer, "fit", lambda self: (fits.append(self.out), original(self))[1])
+    capsys.readouterr()
+    out = Run(tmp_path, cfg, echo=lambda *_: None).run_stage("train-segmenter")
+    log = capsys.readouterr().out
+    assert "round 1/2" not in log and "round 2/2: training on" in log
+    assert len(fits) == 3 and fits[2] == fits[1]  # round 1 was not trained again; round 2 ran into the stage folder
+    assert fits[0].parts[-2:] == ("round1", "model")
+    assert json.loads((out / "manifest.json").read_text())["status"] == "done"
+    assert not list(out.glob("round*")) and len(list((out / "masks").glob("*.png"))) == 24

@@ -5,6 +5,11 @@ stage before this one: `retrain` in the full method), with the image labels, the
 probabilities and the DFC's sample scores (see :mod:`wsss.train.segmenter_data`); early stopping on the validation
 split's Seg_mIoU against its *pseudo-masks*. Ground truth is never read.
 
+With ``segmenter.rounds`` > 1 it self-trains: round k > 1 trains a fresh segmenter (seed + k - 1) on round k-1's
+masks of the training and validation images (:func:`round_mask`: the image labels decide which classes an image may
+hold, the round's ungated probabilities where); the last round's segmenter is the stage's. A finished round keeps
+its model and masks in ``round<k>/`` until the stage is done, so a killed run resumes at the round it was in.
+
 Then it segments every indexed image with the trained model (mask gated by its own classification head) and
 writes ``masks/<id>.png`` + ``scores.csv`` (its image probabilities), so `evaluate` scores the segmenter like any
 mask-writing stage, and ``probs/<id>.png``: the ungated per-pixel defect probability (1 - P(background)) as a 16-bit
@@ -17,9 +22,12 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
+import cv2
+import numpy as np
 
 from wsss.config import Config
 from wsss.mask_format import write_labelmap
@@ -45,6 +53,65 @@ def reviewed_masks(cfg: Config) -> Path | None:
             "run `wsss import-review ... --run RUN` first, then set segmenter.reviewed=RUN/reviewed",
         )
     return masks
+
+
+ROUND_TRAINED = "trained"  # written in round<k>/ once its segmenter finished training
+ROUND_DONE = "done"  # written in round<k>/ once its masks and confidence.csv are complete
+
+
+def round_mask(probs: np.ndarray, labelled: Sequence[int]) -> tuple[np.ndarray, float]:
+    """A self-training round's mask of one image from the previous round's per-pixel class probabilities ``probs``
+    ``(K+1, H, W)`` and the classes ``labelled`` (1..K) its image label names, with its ``confidence.csv`` value.
+
+    The image label is exact where the pixels are not: an OK image is background everywhere (confidence 1); a
+    defective one takes the argmax over background and its labelled classes, ungated (its label says the defect is
+    there even where the image head doubted it), and its confidence is the mean winning probability on its defect
+    pixels and a ring around them, as `pseudo-labels` rates its masks (the background's mean when the mask is empty).
+    """
+    from wsss.refine.pseudo import CONFIDENCE_RING
+
+    if not len(labelled):
+        return np.zeros(probs.shape[1:], np.uint8), 1.0
+    keep = np.asarray([0, *sorted(labelled)])
+    sub = probs[keep]
+    mask = keep.astype(np.uint8)[sub.argmax(axis=0)]
+    defect = mask > 0
+    if not defect.any():
+        return mask, float(probs[0].mean())
+    ring = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * CONFIDENCE_RING + 1,) * 2)
+    near = cv2.dilate(defect.astype(np.uint8), ring) > 0
+    return mask, float(sub.max(axis=0)[near].mean())
+
+
+def _write_round_masks(
+    model_dir: Path, rows, classes: Sequence[str], out: Path, device, batch_size: int, high_bit_depth: str
+) -> None:
+    """Round masks (:func:`round_mask`) of ``rows`` into ``out/masks``, their ``confidence.csv`` (paste sources for
+    `segmenter.inject`), then the ``done`` marker (a kill before it predicts them all again)."""
+    from wsss.atomic import atomic_path
+    from wsss.data.classifier_data import label_matrix
+    from wsss.data.images import read_image
+    from wsss.inference import torch_predictor
+    from wsss.models.segmenter import load_segmenter
+    from wsss.progress import progress
+    from wsss.refine.pseudo import CONFIDENCE_FILE, write_mask
+
+    predictor = torch_predictor(*load_segmenter(model_dir, device), device)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    write_labelmap(out / "masks", classes)
+    targets = label_matrix(rows, classes)
+    conf_rows = []
+    for start in progress(range(0, len(rows), batch_size), desc="round masks", unit="batch"):
+        batch = rows[start : start + batch_size]
+        images = [read_image(r.path, high_bit_depth) for r in batch]
+        for j, (r, pred) in enumerate(zip(batch, predictor(images), strict=True)):
+            mask, confidence = round_mask(pred.probs, (np.flatnonzero(targets[start + j] > 0) + 1).tolist())
+            write_mask(out / "masks" / f"{r.id}.png", mask)
+            conf_rows.append(f"{r.id},{confidence:.6g}")
+    with atomic_path(out / CONFIDENCE_FILE) as tmp:
+        tmp.write_text("id,confidence\n" + "".join(f"{line}\n" for line in conf_rows))
+    with atomic_path(out / ROUND_DONE) as tmp:
+        tmp.write_text("")
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
@@ -80,26 +147,55 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     if reviewed is not None:
         n = len(list(reviewed.glob("*.png")))
         click.echo(f"train-segmenter: {n} human-reviewed mask(s) from {reviewed} replace their pseudo-masks")
-    summary = SegmenterTrainer(
-        scfg,
-        [r for r in rows if r.split == "train"],
-        masks,
-        classes,
-        scfg.backbone.in_chans or read_dataset_info(index).channels,
-        out,
-        cfg.run.seed,
-        device,
-        click.echo,
-        cfg.dataset.high_bit_depth,
-        teacher=teacher,
-        val_rows=[r for r in rows if r.split == "val"],
-        patience=scfg.patience,
-        val_every=scfg.val_every,
-        score_threshold=scfg.score_threshold,
-        section="segmenter",
-        reviewed_dir=reviewed,
-        reviewed_repeat=scfg.reviewed_repeat,
-    ).fit()
+    train_rows = [r for r in rows if r.split == "train"]
+    val_rows = [r for r in rows if r.split == "val"]
+
+    def trainer(k: int, masks_dir: Path, model_dir: Path) -> SegmenterTrainer:
+        return SegmenterTrainer(
+            scfg,
+            train_rows,
+            masks_dir,
+            classes,
+            scfg.backbone.in_chans or read_dataset_info(index).channels,
+            model_dir,
+            cfg.run.seed + k - 1,
+            device,
+            click.echo,
+            cfg.dataset.high_bit_depth,
+            teacher=teacher,
+            val_rows=val_rows,
+            patience=scfg.patience,
+            val_every=scfg.val_every,
+            score_threshold=scfg.score_threshold,
+            section="segmenter",
+            reviewed_dir=reviewed,
+            reviewed_repeat=scfg.reviewed_repeat,
+        )
+
+    for k in range(1, scfg.rounds):  # self-training rounds before the last (segmenter.rounds)
+        rdir = out / f"round{k}"
+        if not (rdir / ROUND_DONE).is_file():
+            click.echo(f"train-segmenter: round {k}/{scfg.rounds}: training on {masks}")
+            if not (rdir / ROUND_TRAINED).is_file():  # else: trained before a kill, its masks were not done
+                trainer(k, masks, rdir / "model").fit()
+                if dist.is_main():
+                    shutil.rmtree(rdir / "model" / CHECKPOINT.parent, ignore_errors=True)
+                    (rdir / ROUND_TRAINED).write_text("")
+            if dist.is_main():
+                _write_round_masks(
+                    rdir / "model",
+                    train_rows + val_rows,
+                    classes,
+                    rdir,
+                    device,
+                    scfg.batch_size,
+                    cfg.dataset.high_bit_depth,
+                )
+            dist.barrier()
+        masks = rdir / "masks"
+    if scfg.rounds > 1:
+        click.echo(f"train-segmenter: round {scfg.rounds}/{scfg.rounds}: training on {masks}")
+    summary = trainer(scfg.rounds, masks, out).fit()
     outputs = {
         "model": out / MODEL_FILE,
         "meta": out / META_FILE,
@@ -128,6 +224,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     write_scores(out / SCORES_FILE, score_rows, classes, columns=("id", "score"))
     click.echo(f"train-segmenter: segmented {len(rows)} images, {len(rows) / (time.perf_counter() - t0):.1f} images/s")
     shutil.rmtree(out / CHECKPOINT.parent, ignore_errors=True)
+    for k in range(1, scfg.rounds):
+        shutil.rmtree(out / f"round{k}", ignore_errors=True)
     return outputs
 
 

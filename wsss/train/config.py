@@ -233,6 +233,10 @@ class SegmenterConfig(SegTrainConfig):
     # balanced, as the classifier: with rare defects an unbalanced image head stays below the gate on everything
     balance: str = choices("sampler", "pos_weight", "none", default="sampler")
     masks: str = ""  # stage whose masks/ it learns from; empty = `retrain` if the pipeline has it, else pseudo-labels
+    # self-training: round k > 1 trains a fresh segmenter on round k-1's masks of the training and validation images
+    # (an image labelled defective gets the ungated argmax over background and its labelled classes, an OK image
+    # background everywhere); the last round is the stage's segmenter. 1 = learn from `masks` alone
+    rounds: int = num(1, ge=1, fix=ONE)
     # + kd_weight * KL(teacher || student) of the per-pixel class distributions
     kd_weight: float = num(0.5, ge=0, fix=WEIGHT)
     # both distributions softened by this temperature (the loss is scaled by T^2)
