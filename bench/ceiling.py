@@ -165,7 +165,7 @@ def ladder(run: Path, split: str, args: argparse.Namespace) -> dict[str, dict[st
     from wsss.data.images import read_image, read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.evaluation import read_prob_map, read_scores
-    from wsss.evaluation.metrics import PROB_LEVELS
+    from wsss.evaluation.metrics import PROB_HALF
 
     index = run / "prepare" / "index.csv"
     info = read_dataset_info(index)
@@ -213,7 +213,7 @@ def ladder(run: Path, split: str, args: argparse.Namespace) -> dict[str, dict[st
         probs = folder / "train-segmenter" / "probs"
         if not probs.is_dir():
             continue
-        soft = {i: read_prob_map(probs / f"{i}.png") >= PROB_LEVELS // 2 for i in ids}
+        soft = {i: read_prob_map(probs / f"{i}.png") >= PROB_HALF for i in ids}
         label = "train-segmenter" if name in STAGES else name
         for gate, keep in (("gated by the classifier's decision", called), ("ungated", dict.fromkeys(ids, True))):
             out[f"{label}, {gate}"] = {"miou_def": float(np.mean([iou(soft[i] & keep[i], gts[i]) for i in ids]))}

@@ -57,7 +57,7 @@ def load_run(run: Path, split: str) -> tuple[list[np.ndarray], list[float], list
     from wsss.data.images import read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.evaluation import read_prob_map, read_scores
-    from wsss.evaluation.metrics import PROB_LEVELS
+    from wsss.evaluation.metrics import PROB_HALF
 
     stage = run / "train-segmenter"
     meta = stage / "segmenter.json"
@@ -73,7 +73,7 @@ def load_run(run: Path, split: str) -> tuple[list[np.ndarray], list[float], list
     for r in read_eval_index(index, split=split):
         if r.defective and r.mask is None:  # no ground truth to score its mask against (not an OK image)
             continue
-        mask = read_prob_map(stage / "probs" / f"{r.id}.png") >= (PROB_LEVELS + 1) // 2
+        mask = read_prob_map(stage / "probs" / f"{r.id}.png") >= PROB_HALF
         gt = read_mask(r.mask, threshold=info.mask_threshold) > 0 if r.mask is not None else np.zeros_like(mask)
         masks.append(mask)
         image_scores.append(scores[r.id])

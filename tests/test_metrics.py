@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from wsss.evaluation.metrics import (
+    PROB_HALF,
     PROB_LEVELS,
     PixelAccumulator,
     PixelAurocAccumulator,
@@ -282,3 +283,10 @@ def test_pixel_metrics_edge_cases():
     binned.add(np.array([[0.05, 0.15], [0.95, 0.99]]), np.array([[False, False], [True, False]]))
     assert binned.average_precision() == 0.5 and binned.value() == binned.auroc() == pytest.approx(5 / 6)
     assert quantize_probs(np.array([-0.5, 0.0, 0.5, 1.0, 2.0])).tolist() == [0, 0, 32768, 65535, 65535]
+
+
+def test_prob_half_splits_stored_levels_at_one_half():
+    eps = np.float32(0.5).item() - np.nextafter(np.float32(0.5), np.float32(0)).item()
+    above = np.array([0.5 + eps, 0.5 + 1e-6, 0.51, 0.9, 1.0])
+    below = np.array([0.5 - eps, 0.5 - 1e-6, 0.49, 0.1, 0.0])
+    assert (quantize_probs(above) >= PROB_HALF).all() and (quantize_probs(below) < PROB_HALF).all()

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from wsss.cli import cli
 from wsss.data.images import read_image
 from wsss.data.index import read_train_index
+from wsss.evaluation.metrics import PROB_HALF
 
 
 def invoke(*args: str):
@@ -58,7 +59,7 @@ def test_predict_returns_masks_of_each_input_size(full_run, odd_images: Path, tm
         prob = cv2.imread(str(tmp_path / "out" / "probs" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         assert mask.shape == shape and overlay.shape == (*shape, 3) and prob.shape == shape and prob.dtype == np.uint16
         assert set(np.unique(mask)) <= {0, 1}
-        assert not (mask.astype(bool) & (prob < 32767)).any()  # one class: a mask pixel has P(defect) >= 1/2
+        assert not (mask.astype(bool) & (prob < PROB_HALF)).any()  # one class: a mask pixel has P(defect) >= 1/2
         assert (row["decision"] == "ok") == (float(row["score"]) < 0.5) and (row["decision"] == "ok") <= (
             not mask.any()
         )

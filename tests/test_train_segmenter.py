@@ -16,6 +16,7 @@ from wsss.config import SegmenterConfig, SegTrainConfig
 from wsss.data.images import read_image
 from wsss.data.index import read_train_index
 from wsss.errors import ConfigError
+from wsss.evaluation.metrics import PROB_HALF
 from wsss.models.segmenter import gate_labels, load_segmenter
 from wsss.train.losses import distillation_kl, score_distillation
 from wsss.train.segmenter import SegmenterTrainer
@@ -121,7 +122,7 @@ def test_train_segmenter_stage_in_the_full_pipeline(full_run):
         mask = cv2.imread(str(out / "masks" / f"{r.id}.png"), cv2.IMREAD_UNCHANGED)
         prob = cv2.imread(str(out / "probs" / f"{r.id}.png"), cv2.IMREAD_UNCHANGED)  # 16-bit P(defect), ungated
         assert mask.shape == prob.shape == read_image(r.path).shape[:2] and set(np.unique(mask)) <= {0, 1}
-        assert prob.dtype == np.uint16 and not (mask.astype(bool) & (prob < 32767)).any()
+        assert prob.dtype == np.uint16 and not (mask.astype(bool) & (prob < PROB_HALF)).any()
         if scores[r.id] < cfg.segmenter.score_threshold:
             assert not mask.any(), r.id  # gated: an image the head calls OK has an empty mask
     assert manifest["outputs"]["probs"] == "probs"

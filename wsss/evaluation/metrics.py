@@ -210,6 +210,9 @@ class SegAccumulator:
 
 
 PROB_LEVELS = 65535  # soft maps: p in [0, 1] is stored as round(p * PROB_LEVELS), the value of a 16-bit PNG
+# the stored level of p = 0.5 (it rounds up): ``levels >= PROB_HALF`` keeps every p > 0.5, the defect side of a
+# two-way argmax, and ``levels < PROB_HALF`` every p < 0.5
+PROB_HALF = (PROB_LEVELS + 1) // 2
 
 
 def quantize_probs(probs: ArrayLike, levels: int = PROB_LEVELS) -> np.ndarray:
