@@ -22,6 +22,10 @@ finished `retrain` stage predicts every image once with the segmenter it trained
 
     python bench/crf_sweep.py RUN/fold1 RUN/fold2 --fuse 0,0.5,0.75,1 --lift 0 --bg 0.3 --compat 40 --sxy 50 \
         --methods crf --fallback 0.3
+
+``--fuse-stage train-segmenter`` fuses the distilled segmenter's probabilities instead (``--fuse 1``: the CRF on the
+segmenter's own map, against ``--methods threshold`` with ``--bg 0.5``, its plain argmax), e.g. on the training
+split, to see whether refining a segmenter's masks could teach a further round more than its raw masks.
 """
 
 from __future__ import annotations
@@ -55,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight", default="0.5", help="pseudo.anomaly_weight values (fusion)")
     p.add_argument("--region", default="0.2", help="region: the CAM fraction of its peak the support starts at")
     p.add_argument("--fuse", default="", help="retrain.fuse_weight values: the fused map of each run's retrain round")
+    p.add_argument(
+        "--fuse-stage",
+        default="retrain",
+        choices=["retrain", "train-segmenter"],
+        help="whose segmenter --fuse reads: the retrain round's, or the distilled segmenter's (a CRF on its masks)",
+    )
     return p.parse_args(argv)
 
 
@@ -65,10 +75,10 @@ def lifted(cam: np.ndarray, scale: float, floor: float) -> np.ndarray:
     return normalise_cam(cam * scale, np.ones(cam.shape[0]), scale, 0.5, floor)
 
 
-def items(run: Path, split: str, with_anomaly: bool = False, with_retrain: bool = False):
+def items(run: Path, split: str, with_anomaly: bool = False, segmenter_stage: str = ""):
     """Per defective image of ``split`` with a mask: id, image, stored CAM, ground truth, whether it was called
     defective, the dataset scale, the lift floor, and (``with_anomaly``) its normalised anomaly map, else None, or
-    (``with_retrain``) the defect probabilities (K, H, W) of the run's retrain segmenter, else None."""
+    (``segmenter_stage``) the defect probabilities (K, H, W) of the segmenter that stage of the run trained."""
     from wsss.anomaly.io import anomaly_path, read_anomaly, read_range
     from wsss.cam.io import read_cam
     from wsss.data.images import read_image, read_mask
@@ -88,13 +98,15 @@ def items(run: Path, split: str, with_anomaly: bool = False, with_retrain: bool 
         raise SystemExit(f"{run}: no finished anomaly stage; run `wsss run-stage anomaly` there or sweep --unary cam")
     anomaly_range = read_range(run / "anomaly") if with_anomaly else None
     predictor = None
-    if with_retrain:
+    if segmenter_stage:
         from wsss.inference import torch_predictor
         from wsss.models.segmenter import MODEL_FILE, load_segmenter
 
-        if not (run / "retrain" / MODEL_FILE).is_file():
-            raise SystemExit(f"{run}: no finished retrain stage; run `wsss run-stage retrain` there or drop --fuse")
-        predictor = torch_predictor(*load_segmenter(run / "retrain"))
+        if not (run / segmenter_stage / MODEL_FILE).is_file():
+            raise SystemExit(
+                f"{run}: no finished {segmenter_stage} stage; run `wsss run-stage {segmenter_stage}` there or drop --fuse"
+            )
+        predictor = torch_predictor(*load_segmenter(run / segmenter_stage))
     for r in all_rows:
         if r.split != split or not r.labels or r.mask is None:
             continue
@@ -148,7 +160,12 @@ def main(argv: list[str] | None = None) -> None:
     data = [
         it
         for run in args.runs
-        for it in items(run, args.split, with_anomaly=not weights and unaries != ["cam"], with_retrain=bool(weights))
+        for it in items(
+            run,
+            args.split,
+            with_anomaly=not weights and unaries != ["cam"],
+            segmenter_stage=args.fuse_stage if weights else "",
+        )
     ]
     print(f"{len(data)} defective {args.split} images from {len(args.runs)} run(s)")
     floats = lambda s: [float(v) for v in s.split(",")]  # noqa: E731
@@ -179,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         base = PseudoConfig(method=method, bg_prior=bg, fallback=fallback, **fused)
         cfg = dataclasses.replace(base, crf=dataclasses.replace(base.crf, bilateral_sxy=sxy, bilateral_compat=compat))
         ious = []
-        # extra: the run's anomaly map (--unary other than cam) or its retrain segmenter's probabilities (--fuse)
+        # extra: the run's anomaly map (--unary other than cam) or its --fuse-stage segmenter's probabilities (--fuse)
         for _, image, cam, gt, called, scale, floor, extra in data:
             c = lifted(cam, scale, floor) if lift == "1" and called else cam
             if fuse_weight is not None:
