@@ -1,18 +1,20 @@
-"""Choose the segmenter's gate (``segmenter.score_threshold``) on the validation split of finished runs.
+"""Choose the segmenter's gate (``segmenter.score_threshold``) and pixel cut on the validation split of finished runs.
 
 The segmenter's mask is switched off where its own image head scores an image below the threshold (METHOD.md 6).
 A lower gate keeps the masks of weakly scored defective images (mIoU_def can only rise) and lets masks onto OK images
 (false alarms, which Seg_mIoU counts as 0); a higher one does the reverse. For every run this reads what the stage
-wrote, ``train-segmenter/probs/`` (the ungated defect probability, defect where >= 0.5) and ``scores.csv`` (the image
-head), so no model runs: each ``--thresholds`` value gives mIoU_def, Seg_mIoU, Seg_Recall@0.5 and the count of OK
-images given a mask, over the split's OK images and its defective images with a ground-truth mask, pooled over the
-runs and per run.
+wrote, ``train-segmenter/probs/`` (the ungated defect probability) and ``scores.csv`` (the image head), so no model
+runs: each ``--thresholds`` value gives mIoU_def, Seg_mIoU, Seg_Recall@0.5 and the count of OK images given a mask,
+over the split's OK images and its defective images with a ground-truth mask, pooled over the runs and per run.
+``--pixel`` also cuts the probability map elsewhere than 0.5 (the segmenter's argmax): a pixel is defect where its
+probability reaches the cut, so a lower cut widens every mask.
 
 Ground-truth masks are read here to score the thresholds, never by the pipeline. Choose on ``val`` (on Seg_mIoU,
 which weighs both sides, with mIoU_def beside it); ``--split test`` is for reporting. One defect class only (the
 recipes' binary runs): a run with several is refused.
 
     python bench/gate_sweep.py /tmp/bench/ksdd/fold0 /tmp/bench/ksdd/fold1 /tmp/bench/ksdd/fold2
+    python bench/gate_sweep.py /tmp/bench/ksdd/fold0 --thresholds 0.5 --pixel 0.2,0.3,0.4,0.5,0.6
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("runs", type=Path, nargs="+", help="run folders with a finished train-segmenter")
     p.add_argument("--split", default="val", choices=["val", "test"], help="choose on val; test only to report")
     p.add_argument("--thresholds", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7", help="gates in [0, 1] to score")
+    p.add_argument("--pixel", default="0.5", help="pixel cuts in (0, 1]: defect where P(defect) >= cut (0.5: argmax)")
     return p.parse_args(argv)
 
 
@@ -52,12 +55,21 @@ def gate_metrics(
     return out
 
 
+def pixel_masks(levels: list[np.ndarray], cut: float) -> list[np.ndarray]:
+    """Boolean masks of stored probability maps (``round(p * 65535)`` levels): defect where ``p`` reaches ``cut``;
+    0.5 gives the segmenter's own argmax (:data:`wsss.evaluation.metrics.PROB_HALF`)."""
+    from wsss.evaluation.metrics import quantize_probs
+
+    level = int(quantize_probs(np.float64(cut)))
+    return [lv >= level for lv in levels]
+
+
 def load_run(run: Path, split: str) -> tuple[list[np.ndarray], list[float], list[np.ndarray]]:
-    """The split's ungated masks, image scores and ground truths (empty for OK images) of one finished run."""
+    """The split's ungated probability maps (stored levels), image scores and ground truths (empty for OK images) of
+    one finished run."""
     from wsss.data.images import read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.evaluation import read_prob_map, read_scores
-    from wsss.evaluation.metrics import PROB_HALF
 
     stage = run / "train-segmenter"
     meta = stage / "segmenter.json"
@@ -73,9 +85,11 @@ def load_run(run: Path, split: str) -> tuple[list[np.ndarray], list[float], list
     for r in read_eval_index(index, split=split):
         if r.defective and r.mask is None:  # no ground truth to score its mask against (not an OK image)
             continue
-        mask = read_prob_map(stage / "probs" / f"{r.id}.png") >= PROB_HALF
-        gt = read_mask(r.mask, threshold=info.mask_threshold) > 0 if r.mask is not None else np.zeros_like(mask)
-        masks.append(mask)
+        levels = read_prob_map(stage / "probs" / f"{r.id}.png")
+        gt = (
+            read_mask(r.mask, threshold=info.mask_threshold) > 0 if r.mask is not None else np.zeros(levels.shape, bool)
+        )
+        masks.append(levels)
         image_scores.append(scores[r.id])
         gts.append(gt)
     if not any(gt.any() for gt in gts):
@@ -88,23 +102,31 @@ def main(argv: list[str] | None = None) -> None:
     thresholds = [float(v) for v in args.thresholds.split(",")]
     if not all(0 <= t <= 1 for t in thresholds):
         sys.exit(f"--thresholds {args.thresholds}: every gate must be in [0, 1]")
+    cuts = [float(v) for v in args.pixel.split(",")]
+    if not all(0 < c <= 1 for c in cuts):
+        sys.exit(f"--pixel {args.pixel}: every pixel cut must be in (0, 1]")
     loaded = {run.name: load_run(run, args.split) for run in args.runs}
-    masks, scores, gts = ([x for v in loaded.values() for x in v[i]] for i in range(3))
-    pooled = gate_metrics(masks, scores, gts, thresholds)
-    per_run = {name: gate_metrics(*v, thresholds) for name, v in loaded.items()}
-    names = list(per_run)
+    names = list(loaded)
     print(f"\n{args.split} split, train-segmenter gated at its own image score: pooled over {len(names)} run(s)\n")
-    print("| gate | Seg_mIoU | mIoU_def | Seg_Recall@0.5 | OK images given a mask | " + " | ".join(names) + " |")
-    print("|---|---|---|---|---|" + "---|" * len(names))
-    for t in thresholds:
-        m = pooled[t]
-        each = " | ".join(
-            f"{100 * per_run[n][t]['seg_miou']:.2f} / {100 * per_run[n][t]['miou_def']:.2f}" for n in names
-        )
-        print(
-            f"| {t:g} | {100 * m['seg_miou']:.2f} | {100 * m['miou_def']:.2f} | {100 * m['seg_recall@0.5']:.2f} | "
-            f"{m['false_alarms']} | {each} |"
-        )
+    print(
+        "| pixel cut | gate | Seg_mIoU | mIoU_def | Seg_Recall@0.5 | OK images given a mask | "
+        + " | ".join(names)
+        + " |"
+    )
+    print("|---|---|---|---|---|---|" + "---|" * len(names))
+    for c in cuts:
+        per_run = {n: gate_metrics(pixel_masks(v[0], c), v[1], v[2], thresholds) for n, v in loaded.items()}
+        masks, scores, gts = ([x for v in loaded.values() for x in v[i]] for i in range(3))
+        pooled = gate_metrics(pixel_masks(masks, c), scores, gts, thresholds)
+        for t in thresholds:
+            m = pooled[t]
+            each = " | ".join(
+                f"{100 * per_run[n][t]['seg_miou']:.2f} / {100 * per_run[n][t]['miou_def']:.2f}" for n in names
+            )
+            print(
+                f"| {c:g} | {t:g} | {100 * m['seg_miou']:.2f} | {100 * m['miou_def']:.2f} | "
+                f"{100 * m['seg_recall@0.5']:.2f} | {m['false_alarms']} | {each} |"
+            )
 
 
 if __name__ == "__main__":

@@ -46,6 +46,18 @@ def test_an_image_scored_exactly_at_the_gate_keeps_its_mask():
 def test_bad_thresholds_are_refused_naming_the_option(tmp_path):
     with pytest.raises(SystemExit, match="--thresholds"):
         gate_sweep.main([str(tmp_path), "--thresholds", "0.5,1.5"])
+    with pytest.raises(SystemExit, match="--pixel"):
+        gate_sweep.main([str(tmp_path), "--pixel", "0"])
+
+
+def test_the_pixel_cut_at_one_half_is_the_argmax_and_a_lower_cut_widens_the_mask():
+    from wsss.evaluation.metrics import quantize_probs
+
+    p = np.array([[0.2, 0.3, 0.49, 0.5, 0.51, 0.9]])
+    levels = [quantize_probs(p)]
+    assert gate_sweep.pixel_masks(levels, 0.5)[0].tolist() == [[False, False, False, True, True, True]]
+    assert gate_sweep.pixel_masks(levels, 0.3)[0].tolist() == [[False, True, True, True, True, True]]
+    assert gate_sweep.pixel_masks(levels, 1.0)[0].tolist() == [[False] * 6]
 
 
 def _fake_run(tmp_path: Path, with_masks: bool) -> Path:
@@ -74,10 +86,10 @@ def _fake_run(tmp_path: Path, with_masks: bool) -> Path:
 
 
 def test_a_defective_image_without_a_mask_is_left_out_not_counted_as_a_false_alarm(tmp_path):
-    masks, scores, gts = gate_sweep.load_run(_fake_run(tmp_path, with_masks=True), "val")
+    levels, scores, gts = gate_sweep.load_run(_fake_run(tmp_path, with_masks=True), "val")
     assert scores == [0.1, 0.9]  # the OK image and the defective one with a mask
     assert not gts[0].any() and (gts[1] == _box(2, 6)).all()
-    out = gate_sweep.gate_metrics(masks, scores, gts, [0.05, 0.5])
+    out = gate_sweep.gate_metrics(gate_sweep.pixel_masks(levels, 0.5), scores, gts, [0.05, 0.5])
     assert out[0.05]["false_alarms"] == 1 and out[0.5]["false_alarms"] == 0
     assert out[0.5]["miou_def"] == pytest.approx(1.0)
 
