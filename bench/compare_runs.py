@@ -65,7 +65,7 @@ def stage_ious(run: Path, stage: str, split: str) -> tuple[dict[str, float], dic
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    base, variant, moves, empty = {}, {}, [], [0, 0]
+    base, variant, empty = {}, {}, [0, 0]
     for pair in args.pairs:
         a, sep, b = pair.partition(":")
         if not sep or not a or not b:
@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> None:
         for i in ia:
             key = f"{Path(a).name}/{i}"
             base[key], variant[key] = ia[i], ib[i]
-            moves.append((ib[i] - ia[i], key, ia[i], ib[i]))
             empty[0] += area_a[i] == 0
             empty[1] += area_b[i] == 0
     s = paired(base, variant, args.margin)
@@ -85,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         f"(> {args.margin:g} points); mean {s['mean']:+.2f} points, {s['mean_without_largest']:+.2f} without the "
         f"largest move; empty masks {empty[0]} -> {empty[1]}"
     )
-    for diff, key, ia, ib in sorted(moves, key=lambda m: -abs(m[0]))[: args.show]:
-        print(f"  {key}: {100 * ia:.1f}% -> {100 * ib:.1f}% ({100 * diff:+.1f})")
+    for key in sorted(base, key=lambda k: -abs(variant[k] - base[k]))[: args.show]:
+        print(f"  {key}: {100 * base[key]:.1f}% -> {100 * variant[key]:.1f}% ({100 * (variant[key] - base[key]):+.1f})")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def load_run(run: Path, split: str) -> tuple[list[np.ndarray], list[float], list
     scores = read_scores(stage / "scores.csv")
     index = run / "prepare" / "index.csv"
     info = read_dataset_info(index)
-    masks, image_scores, gts = [], [], []
+    maps, image_scores, gts = [], [], []
     for r in read_eval_index(index, split=split):
         if r.defective and r.mask is None:  # no ground truth to score its mask against (not an OK image)
             continue
@@ -89,12 +89,12 @@ def load_run(run: Path, split: str) -> tuple[list[np.ndarray], list[float], list
         gt = (
             read_mask(r.mask, threshold=info.mask_threshold) > 0 if r.mask is not None else np.zeros(levels.shape, bool)
         )
-        masks.append(levels)
+        maps.append(levels)
         image_scores.append(scores[r.id])
         gts.append(gt)
     if not any(gt.any() for gt in gts):
         sys.exit(f"{index}: no defective image of the {split} split has a ground-truth mask; the sweep scores masks")
-    return masks, image_scores, gts
+    return maps, image_scores, gts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> None:
         + " |"
     )
     print("|---|---|---|---|---|---|" + "---|" * len(names))
+    levels, scores, gts = ([x for v in loaded.values() for x in v[i]] for i in range(3))
     for c in cuts:
         per_run = {n: gate_metrics(pixel_masks(v[0], c), v[1], v[2], thresholds) for n, v in loaded.items()}
-        masks, scores, gts = ([x for v in loaded.values() for x in v[i]] for i in range(3))
-        pooled = gate_metrics(pixel_masks(masks, c), scores, gts, thresholds)
+        pooled = gate_metrics(pixel_masks(levels, c), scores, gts, thresholds)
         for t in thresholds:
             m = pooled[t]
             each = " | ".join(
