@@ -114,10 +114,11 @@ def main(argv: list[str] | None = None) -> None:
         + " |"
     )
     print("|---|---|---|---|---|---|" + "---|" * len(names))
-    levels, scores, gts = ([x for v in loaded.values() for x in v[i]] for i in range(3))
+    scores, gts = ([x for v in loaded.values() for x in v[i]] for i in (1, 2))
     for c in cuts:
-        per_run = {n: gate_metrics(pixel_masks(v[0], c), v[1], v[2], thresholds) for n, v in loaded.items()}
-        pooled = gate_metrics(pixel_masks(levels, c), scores, gts, thresholds)
+        masks = {n: pixel_masks(v[0], c) for n, v in loaded.items()}  # each map cut once, for its run and the pool
+        per_run = {n: gate_metrics(masks[n], v[1], v[2], thresholds) for n, v in loaded.items()}
+        pooled = gate_metrics([m for n in names for m in masks[n]], scores, gts, thresholds)
         for t in thresholds:
             m = pooled[t]
             each = " | ".join(
