@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bg", default="0.4,0.6", help="bg_prior values")
     p.add_argument("--lift", default="0,1", help="0 = the dataset scale only, 1 = lift weak CAMs")
     p.add_argument("--fallback", default="0", help="pseudo.fallback values (0 = off)")
+    p.add_argument(
+        "--confidence",
+        default="0.6",
+        help="pseudo.confidence values: a pixel whose winning probability is below it is ignore (255), which "
+        "evaluation counts as background (0.5 = none on one defect class)",
+    )
     p.add_argument("--methods", default="crf,threshold")
     p.add_argument(
         "--unary",
@@ -176,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         floats(args.bg),
         args.lift.split(","),
         floats(args.fallback),
+        floats(args.confidence),
         unaries,
         floats(args.weight),
         floats(args.region),
@@ -183,8 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     results = []
     seen = set()
-    for method, sxy, compat, bg, lift, fallback, unary, weight, region, fuse_weight in grid:
+    default_confidence = PseudoConfig().confidence
+    for method, sxy, compat, bg, lift, fallback, confidence, unary, weight, region, fuse_weight in grid:
         key = (method, bg, lift, fallback) if method == "threshold" else (method, sxy, compat, bg, lift, fallback)
+        if confidence != default_confidence:
+            key += ("confidence", confidence)
         if unary != "cam":
             key += (unary, weight if unary == "fusion" else None, region if unary == "region" else None)
         if fuse_weight is not None:
@@ -193,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         seen.add(key)
         fused = {"unary": unary, "anomaly_weight": weight} if unary in ("anomaly", "fusion") else {}
-        base = PseudoConfig(method=method, bg_prior=bg, fallback=fallback, **fused)
+        base = PseudoConfig(method=method, bg_prior=bg, fallback=fallback, confidence=confidence, **fused)
         cfg = dataclasses.replace(base, crf=dataclasses.replace(base.crf, bilateral_sxy=sxy, bilateral_compat=compat))
         ious = []
         # extra: the run's anomaly map (--unary other than cam) or its --fuse-stage segmenter's probabilities (--fuse)

@@ -10,21 +10,23 @@ Per image:
    is defect where its CAM exceeds ``bg_prior``, and no per-image min-max normalisation is ever applied).
 2. ``pseudo.method == "crf"``: ``P = dense_crf(image, P)``.
 3. ``label = argmax P`` (0 = background); pixels whose winning probability is below ``pseudo.confidence`` become 255.
-4. A band of ``pseudo.ignore_band`` pixels on each side of every defect-class boundary becomes 255 (ours: boundaries
+4. ``pseudo.margin > 0`` (ours): every defect region grows by that many pixels into the background (exempt from step 3's
+   ignore), the annotation convention of drawing around a defect rather than along its pixels.
+5. A band of ``pseudo.ignore_band`` pixels on each side of every defect-class boundary becomes 255 (ours: boundaries
    are where CAM-derived masks are least reliable, and ignoring them costs the retrained segmenter little).
-5. An image called OK (sample score below the cam stage's threshold), or one whose CAM is all zero, gets an all-zero
+6. An image called OK (sample score below the cam stage's threshold), or one whose CAM is all zero, gets an all-zero
    mask with confidence 1.0, and no CRF is run.
-6. ``pseudo.fallback > 0`` (ours): an image called defective that steps 2-3 leave without a defect pixel (a weak CAM
+7. ``pseudo.fallback > 0`` (ours): an image called defective that steps 2-3 leave without a defect pixel (a weak CAM
    the CRF erased) is labelled with its strongest class where that class's CAM reaches ``fallback`` x its peak
-   (exempt from step 3's ignore; step 4 applies). Left empty, it would teach the segmenter background on a defect
+   (exempt from step 3's ignore; steps 4 and 5 apply). Left empty, it would teach the segmenter background on a defect
    the classifier found.
 
-With anomaly priors (``pseudo.unary`` anomaly or fusion, METHOD.md 7a) the "CAM" of steps 1-5 is
-:func:`wsss.anomaly.fusion.unary_map` of the CAM and the anomaly map; the gate of step 5 stays the classifier's.
+With anomaly priors (``pseudo.unary`` anomaly or fusion, METHOD.md 7a) the "CAM" of steps 1-6 is
+:func:`wsss.anomaly.fusion.unary_map` of the CAM and the anomaly map; the gate of step 6 stays the classifier's.
 
 Confidence (ours), used to rank images for review: the mean winning probability over the defect region dilated by
 :data:`CONFIDENCE_RING` pixels, so both a hesitant interior and a soft edge lower it; an image called defective whose
-mask has no defect pixel gets the mean background probability instead, and one labelled by step 6 the mean
+mask has no defect pixel gets the mean background probability instead, and one labelled by step 7 the mean
 probability of its class over the labelled core (low, so it ranks first for review).
 """
 
@@ -126,6 +128,20 @@ def boundary_band(labels: np.ndarray, classes: int, width: int) -> np.ndarray:
     return band
 
 
+def grow(labels: np.ndarray, classes: int, margin: int) -> np.ndarray:
+    """uint8 (H, W): ``labels`` with every defect region grown by ``margin`` pixels into the background (a pixel
+    within reach of two classes takes the lower one); defect pixels keep their class."""
+    if margin <= 0:
+        return labels
+    out = labels.copy()
+    kernel = _disc(margin)
+    for k in range(1, classes + 1):
+        region = (labels == k).astype(np.uint8)
+        if region.any():
+            out[(cv2.dilate(region, kernel) > 0) & (out == 0)] = k
+    return out
+
+
 def label_image(image: np.ndarray, cam: np.ndarray, cfg: PseudoConfig, called_defective: bool) -> LabelResult:
     """Apply the labelling rule of the module docstring to one image and its (K, H, W) CAM in [0, 1]."""
     h, w = image.shape[:2]
@@ -151,9 +167,11 @@ def label_image(image: np.ndarray, cam: np.ndarray, cfg: PseudoConfig, called_de
         unsure &= labels == 0  # the core is labelled although the refinement preferred background there
     else:
         confidence = float(p[0].mean())
-    mask = labels.copy()
+    grown = grow(labels, classes, cfg.margin)
+    unsure &= grown == labels  # the margin is labelled although the refinement preferred background there
+    mask = grown.copy()
     mask[unsure] = IGNORE
-    mask[boundary_band(labels, classes, cfg.ignore_band)] = IGNORE
+    mask[boundary_band(grown, classes, cfg.ignore_band)] = IGNORE
     n = mask.size
     return LabelResult(
         mask=mask,
@@ -164,7 +182,7 @@ def label_image(image: np.ndarray, cam: np.ndarray, cfg: PseudoConfig, called_de
 
 
 def cam_core(cam: np.ndarray, p: np.ndarray, fraction: float) -> tuple[np.ndarray, float]:
-    """Labels (H, W) of step 6: the strongest class where its CAM reaches ``fraction`` of its peak, and the image's
+    """Labels (H, W) of step 7: the strongest class where its CAM reaches ``fraction`` of its peak, and the image's
     confidence (that class's mean refined probability there)."""
     peaks = cam.reshape(cam.shape[0], -1).max(axis=1)
     k = int(peaks.argmax())

@@ -4,8 +4,8 @@ Per round: train the multi-task segmenter on the current pseudo-masks of the *tr
 from the loss), predict every indexed image, fuse with the extended CAM
 (``fuse_weight * segmenter probability + (1 - fuse_weight) * CAM``, per class; with anomaly priors the CAM term is
 the `pseudo-labels` unary, the CAM fused with the anomaly map), and label the fused map with the
-same rule as `pseudo-labels` (dense CRF, ignore regions, gating by the DFC's sample score; ``retrain.bg_prior``, where
-set, replaces ``pseudo.bg_prior`` for the fused map). The next round trains
+same rule as `pseudo-labels` (dense CRF, ignore regions, gating by the DFC's sample score; ``retrain.bg_prior`` and
+``retrain.margin``, where set, replace ``pseudo.bg_prior`` and ``pseudo.margin`` for the fused map). The next round trains
 on these masks. Writes the last round's ``masks/``, ``confidence.csv``, ``scores.csv`` (the DFC's, for evaluation)
 and its segmenter (``segmenter.safetensors`` + ``segmenter.json``).
 
@@ -79,7 +79,10 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     # which is then labelled as a plain map
     unary_map = _round1_unary(cfg, inputs)
     pcfg = dataclasses.replace(
-        cfg.pseudo, unary="cam", bg_prior=cfg.pseudo.bg_prior if rcfg.bg_prior is None else rcfg.bg_prior
+        cfg.pseudo,
+        unary="cam",
+        bg_prior=cfg.pseudo.bg_prior if rcfg.bg_prior is None else rcfg.bg_prior,
+        margin=cfg.pseudo.margin if rcfg.margin is None else rcfg.margin,
     )
     label_rows: list[dict] = []
     for k in range(1, rcfg.rounds + 1):

@@ -223,6 +223,8 @@ class RetrainConfig(SegTrainConfig):
     # the fused map's level where defect beats background in its CRF; null = pseudo.bg_prior. The fused map is half
     # segmenter probability, calibrated unlike the CAM, so the first round's prior need not suit it
     bg_prior: float | None = num(None, gt=0, lt=1, fix="a value in (0, 1), or null (pseudo.bg_prior)")
+    # pixels the fused map's defect regions grow by before the band is drawn; null = pseudo.margin
+    margin: int | None = num(None, ge=0, fix="pixels >= 0, or null (pseudo.margin)")
 
 
 @dataclass
