@@ -92,6 +92,33 @@ def test_ignore_where_uncertain_and_around_boundaries():
     assert not touching.any()  # defect never meets background directly: the band lies between them
 
 
+def test_margin_grows_defects_into_the_background_before_the_band():
+    image = np.full((64, 64), 80, np.uint8)
+    cam = np.full((1, 64, 64), 0.4, np.float32)  # the background prior everywhere: P = 0.5, uncertain
+    cam[0, 20:30, 20:30] = 1.0  # a confident defect inside the uncertain field
+    rule = PseudoConfig(method="threshold", confidence=0.7, ignore_band=2)
+    plain = label_image(image, cam, rule, True).mask
+    grown = label_image(image, cam, replace(rule, margin=3), True).mask
+    square = np.zeros((64, 64), np.uint8)
+    square[20:30, 20:30] = 1
+    reach = cv2.dilate(square, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))) > 0
+    assert ((grown == 1) == reach).all()  # exactly the square grown by a 3 px disc, although its ring was uncertain
+    assert ((plain == 1) == (square > 0)).all() and (plain[reach & (square == 0)] == IGNORE).all()
+    band = (cv2.dilate(reach.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))) > 0) & ~reach
+    assert (grown[band] == IGNORE).all()  # the band is drawn around the grown region
+    np.testing.assert_array_equal(label_image(image, cam, replace(rule, margin=0), True).mask, plain)
+
+    two = np.zeros((2, 64, 64), np.float32)
+    two[0, 10:20, 10:20] = 1.0
+    two[1, 10:20, 22:32] = 1.0  # 2 px of background between the classes, within reach of both
+    m = label_image(image, two, PseudoConfig(method="threshold", ignore_band=0, margin=2), True).mask
+    assert (m[10:20, 10:20] == 1).all() and (m[10:20, 22:32] == 2).all()  # defect pixels keep their class
+    assert (m[15, 20:22] == 1).all()  # the contested gap goes to the lower class
+    assert (m[15, 32:34] == 2).all() and m[15, 34] == 0 and (m[8:10, 15] == 1).all() and m[7, 15] == 0
+    with pytest.raises(ConfigError, match=r"pseudo.margin"):
+        load_config(None, ["pseudo.margin=-1"])
+
+
 def test_confidence_ranks_hesitant_masks_low():
     image = np.full((64, 64), 80, np.uint8)
     sure = np.where(disc(32, 32, 10), 1.0, 0.0).astype(np.float32)[None]

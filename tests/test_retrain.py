@@ -71,8 +71,9 @@ def test_retrain_with_injected_defects_runs_two_rounds(full_run, tmp_path, capsy
     assert capsys.readouterr().out.count("pasted region(s) and procedural defects") == 2  # both rounds found sources
 
 
-def test_retrain_bg_prior_replaces_the_pseudo_prior_for_the_fused_map_only(full_run, tmp_path, monkeypatch):
-    """`retrain.bg_prior` reaches the CRF of the fused map; null keeps `pseudo.bg_prior` (in copies of the run)."""
+def test_retrain_bg_prior_and_margin_replace_the_pseudo_settings_for_the_fused_map_only(full_run, tmp_path, monkeypatch):
+    """`retrain.bg_prior` and `retrain.margin` reach the labelling of the fused map; null keeps `pseudo.bg_prior` and
+    `pseudo.margin` (in copies of the run)."""
     import shutil
 
     from conftest import FAST
@@ -83,21 +84,24 @@ def test_retrain_bg_prior_replaces_the_pseudo_prior_for_the_fused_map_only(full_
     class Labelled(Exception):
         pass
 
-    seen: list[set[float]] = []
+    seen: list[set[tuple[float, int]]] = []
 
     def capture(tasks, workers, echo):
-        seen.append({t.cfg.bg_prior for t in tasks})
+        seen.append({(t.cfg.bg_prior, t.cfg.margin) for t in tasks})
         raise Labelled
 
     monkeypatch.setattr(wsss.refine.pseudo, "label_all", capture)
     run_dir, _ = full_run
-    for k, overrides in enumerate((["retrain.bg_prior=0.65"], [])):
+    for k, overrides in enumerate((["retrain.bg_prior=0.65", "retrain.margin=3"], [])):
         copy = tmp_path / str(k)
         for stage in ("prepare", "cam", "pseudo-labels"):
             shutil.copytree(run_dir / stage, copy / stage)
         cfg = load_config(None, [*FAST, "retrain.epochs=1", *overrides])
         with pytest.raises(Labelled):
             Run(copy, cfg, echo=lambda *_: None).run_stage("retrain")
-    assert seen == [{0.65}, {cfg.pseudo.bg_prior}] and cfg.pseudo.bg_prior != 0.65
+    assert seen == [{(0.65, 3)}, {(cfg.pseudo.bg_prior, cfg.pseudo.margin)}]
+    assert cfg.pseudo.bg_prior != 0.65 and cfg.pseudo.margin != 3
     with pytest.raises(ConfigError, match=r"retrain\.bg_prior"):
         load_config(None, ["retrain.bg_prior=1"])
+    with pytest.raises(ConfigError, match=r"retrain\.margin"):
+        load_config(None, ["retrain.margin=-2"])
