@@ -71,7 +71,9 @@ def test_retrain_with_injected_defects_runs_two_rounds(full_run, tmp_path, capsy
     assert capsys.readouterr().out.count("pasted region(s) and procedural defects") == 2  # both rounds found sources
 
 
-def test_retrain_bg_prior_and_margin_replace_the_pseudo_settings_for_the_fused_map_only(full_run, tmp_path, monkeypatch):
+def test_retrain_bg_prior_and_margin_replace_the_pseudo_settings_for_the_fused_map_only(
+    full_run, tmp_path, monkeypatch
+):
     """`retrain.bg_prior` and `retrain.margin` reach the labelling of the fused map; null keeps `pseudo.bg_prior` and
     `pseudo.margin` (in copies of the run)."""
     import shutil
