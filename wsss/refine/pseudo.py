@@ -142,6 +142,21 @@ def grow(labels: np.ndarray, classes: int, margin: int) -> np.ndarray:
     return out
 
 
+def margin_ignored(mask: np.ndarray, margin: int) -> np.ndarray:
+    """uint8 (H, W): a mask labelled with ``pseudo.margin`` = ``margin``, its ``margin``-pixel inner ring of every
+    defect region made ignore (255). The margin is the annotators' convention, not evidence about the defect: a
+    segmenter trained on such masks learns the refined region and is free in the ring (trained on the grown regions
+    it draws them wider still). A region touching the image border keeps its pixels there."""
+    if margin <= 0:
+        return mask
+    defect = ((mask > 0) & (mask != IGNORE)).astype(np.uint8)
+    if not defect.any():
+        return mask
+    out = mask.copy()
+    out[(defect > 0) & (cv2.erode(defect, _disc(margin)) == 0)] = IGNORE
+    return out
+
+
 def label_image(image: np.ndarray, cam: np.ndarray, cfg: PseudoConfig, called_defective: bool) -> LabelResult:
     """Apply the labelling rule of the module docstring to one image and its (K, H, W) CAM in [0, 1]."""
     h, w = image.shape[:2]

@@ -130,3 +130,14 @@ def mask_source(cfg: Config, consumer: str, explicit: str, key: str) -> str:
             f"set {key} to a mask-writing stage",
         )
     return writers[-1]
+
+
+def mask_margin(cfg: Config, stage: str) -> int:
+    """The pixels ``stage`` grew its masks' defect regions by (``pseudo.margin``, or ``retrain.margin`` where set for
+    the retrain round's masks; 0 for a stage that draws no margin). A segmenter trained on those masks ignores that
+    inner ring (:func:`wsss.refine.pseudo.margin_ignored`)."""
+    if stage == "pseudo-labels":
+        return cfg.pseudo.margin
+    if stage == "retrain":
+        return cfg.pseudo.margin if cfg.retrain.margin is None else cfg.retrain.margin
+    return 0

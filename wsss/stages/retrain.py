@@ -100,6 +100,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
                 device,
                 click.echo,
                 cfg.dataset.high_bit_depth,
+                # the margin the previous labelling drew is ignored (round 1: the pseudo-labels stage's)
+                margin=cfg.pseudo.margin if k == 1 else pcfg.margin,
             ).fit()
         if dist.is_main():  # under torchrun every rank trained (DDP); rank 0 predicts and labels, the others wait
             predictor = torch_predictor(*load_segmenter(rdir / "model", device), device)

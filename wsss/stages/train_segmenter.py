@@ -32,7 +32,7 @@ import numpy as np
 from wsss.config import Config
 from wsss.mask_format import write_labelmap
 from wsss.models.weights import weight_files
-from wsss.stages import Stage, mask_source, register_stage
+from wsss.stages import Stage, mask_margin, mask_source, register_stage
 
 
 def masks_input(cfg: Config) -> str:
@@ -170,6 +170,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             section="segmenter",
             reviewed_dir=reviewed,
             reviewed_repeat=scfg.reviewed_repeat,
+            # the margin the mask stage drew is ignored; a self-training round's own masks have none
+            margin=mask_margin(cfg, masks_input(cfg)) if k == 1 else 0,
         )
 
     for k in range(1, scfg.rounds):  # self-training rounds before the last (segmenter.rounds)
@@ -233,7 +235,7 @@ STAGE = register_stage(
     Stage(
         name="train-segmenter",
         run=run,
-        sections=("segmenter", "pseudo.bg_prior", "run.seed"),
+        sections=("segmenter", "pseudo.bg_prior", "pseudo.margin", "retrain.margin", "run.seed"),
         inputs=lambda cfg: ("prepare", "cam", masks_input(cfg)),
         external=lambda cfg: (
             weight_files(cfg.segmenter.backbone.weights)

@@ -103,6 +103,8 @@ class SegmenterTrainer:
         section: the config section, for error messages.
         reviewed_dir: masks a person corrected (``<run>/reviewed/masks``); they replace those images' pseudo-masks.
         reviewed_repeat: a reviewed image is drawn this many times as often as the others of its kind in an epoch.
+        margin: the pixels the mask stage grew ``masks_dir``'s defect regions by (:func:`wsss.stages.mask_margin`):
+            their inner ring is ignored, in training and in the validation masks that choose the epoch.
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class SegmenterTrainer:
         section: str = "retrain",
         reviewed_dir: Path | None = None,
         reviewed_repeat: int = 1,
+        margin: int = 0,
     ):
         self.scfg, self.out, self.seed, self.classes = scfg, Path(out), int(seed), list(classes)
         self.teacher, self.patience, self.score_threshold = teacher, patience, score_threshold
@@ -143,6 +146,7 @@ class SegmenterTrainer:
         common = {"classes": self.classes, "input_size": size, "in_chans": self.in_chans, "seed": self.seed}
         common |= {"high_bit_depth": high_bit_depth, "reviewed_dir": reviewed_dir}
         common |= {"missed_defects": scfg.missed_defects, "ok_background": scfg.ok_background}
+        common |= {"margin": margin}
         inject = {}
         if scfg.inject.enabled:
             check_inject(scfg, section)

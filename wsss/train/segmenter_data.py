@@ -23,7 +23,7 @@ from wsss.data.index import TrainRow
 from wsss.data.transforms import Augment, resize, to_channels, to_tensor
 from wsss.errors import DataError
 from wsss.labels import IGNORE
-from wsss.refine.pseudo import class_probs
+from wsss.refine.pseudo import class_probs, margin_ignored
 from wsss.train.inject import Injector, PasteSource, paste_sources
 
 MASK_FIX = "re-run `wsss run-stage pseudo-labels`"
@@ -107,6 +107,9 @@ class PseudoMaskDataset(ImageDataset):
     ``confidence`` (per id, from the mask stage's ``confidence.csv``; reviewed masks count as 1.0) reaches
     ``inject.min_confidence``, cut once here, most confident images first, at most ``inject.max_sources``. The
     injection draws from ``default_rng([seed, epoch, index, INJECT_STREAM])``: reproducible whatever the workers.
+
+    ``margin``: the pixels the mask stage grew its defect regions by (``pseudo.margin``); their inner ring of that
+    width is ignore in every pseudo-mask (:func:`wsss.refine.pseudo.margin_ignored`), never in a reviewed one.
     """
 
     def __init__(
@@ -126,8 +129,10 @@ class PseudoMaskDataset(ImageDataset):
         inject: InjectConfig | None = None,
         confidence: Mapping[str, float] | None = None,
         crop: Sequence[int] = (0, 0),
+        margin: int = 0,
     ):
         super().__init__(rows, classes, input_size, in_chans, augment, seed, high_bit_depth)
+        self.margin = int(margin)
         self.crop = tuple(int(v) for v in crop) if min(crop) > 0 else None
         if self.crop is not None and (self.crop[0] > input_size[0] or self.crop[1] > input_size[1]):
             raise ValueError(f"crop {list(self.crop)} is larger than input_size {list(input_size)}")
@@ -220,6 +225,8 @@ class PseudoMaskDataset(ImageDataset):
             return self._cache[index]
         img = to_channels(read_image(self.rows[index].path, self.high_bit_depth), self.in_chans)
         mask = read_pseudo_mask(self.mask_path(index), img.shape[:2], len(self.classes))
+        if self.margin and index not in self.reviewed:
+            mask = margin_ignored(mask, self.margin)
         if index in self.rejected or (self.missed_defects == "ignore" and self.missed(index, mask)):
             mask = np.full_like(mask, IGNORE)
         h, w = self.input_size
