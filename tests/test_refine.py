@@ -119,6 +119,28 @@ def test_margin_grows_defects_into_the_background_before_the_band():
         load_config(None, ["pseudo.margin=-1"])
 
 
+def test_margin_ignored_gives_back_the_refined_region_and_frees_the_ring():
+    from wsss.refine.pseudo import grow, margin_ignored
+
+    labels = np.zeros((64, 64), np.uint8)
+    labels[10:50, 30] = 1  # a 1 px crack
+    labels[0:6, 0:6] = 2  # a spot in the corner
+    for m in (1, 3):
+        grown = grow(labels, 2, m)
+        freed = margin_ignored(grown, m)
+        assert ((freed == IGNORE) == ((grown > 0) & (labels == 0) & (freed != labels))).all()
+        assert (freed[labels == 1] == 1).all()  # the crack survives: eroding what was grown keeps it
+        assert (freed[labels == 2] == 2).all()  # the corner spot keeps its pixels along the image border
+        assert (freed[(grown == 0)] == 0).all() and (freed[labels == 0] != 1).all() and (freed[labels == 0] != 2).all()
+    cam = blurry_cam(disc(32, 32, 6))
+    banded = label_image(np.full((64, 64), 80, np.uint8), cam, PseudoConfig(method="threshold", margin=2), True)
+    freed = margin_ignored(banded.mask, 2)
+    assert (freed[banded.mask == IGNORE] == IGNORE).all()  # the band stays ignore
+    assert (freed == 1).any() and (freed == 1).sum() < (banded.mask == 1).sum()
+    np.testing.assert_array_equal(margin_ignored(banded.mask, 0), banded.mask)
+    assert not margin_ignored(np.zeros((8, 8), np.uint8), 2).any()
+
+
 def test_confidence_ranks_hesitant_masks_low():
     image = np.full((64, 64), 80, np.uint8)
     sure = np.where(disc(32, 32, 10), 1.0, 0.0).astype(np.float32)[None]

@@ -75,12 +75,14 @@ def test_retrain_bg_prior_and_margin_replace_the_pseudo_settings_for_the_fused_m
     full_run, tmp_path, monkeypatch
 ):
     """`retrain.bg_prior` and `retrain.margin` reach the labelling of the fused map; null keeps `pseudo.bg_prior` and
-    `pseudo.margin` (in copies of the run)."""
+    `pseudo.margin` (in copies of the run). The round's segmenter ignores the margin its input masks were drawn with:
+    the pseudo-labels stage's (0 here), not the round's own."""
     import shutil
 
     from conftest import FAST
 
     import wsss.refine.pseudo
+    import wsss.train.segmenter
     from wsss.runs import Run
 
     class Labelled(Exception):
@@ -93,6 +95,14 @@ def test_retrain_bg_prior_and_margin_replace_the_pseudo_settings_for_the_fused_m
         raise Labelled
 
     monkeypatch.setattr(wsss.refine.pseudo, "label_all", capture)
+    trained_with: list[int] = []
+    init = wsss.train.segmenter.SegmenterTrainer.__init__
+
+    def record(self, *args, **kwargs):
+        trained_with.append(kwargs.get("margin", 0))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(wsss.train.segmenter.SegmenterTrainer, "__init__", record)
     run_dir, _ = full_run
     for k, overrides in enumerate((["retrain.bg_prior=0.65", "retrain.margin=3"], [])):
         copy = tmp_path / str(k)
@@ -103,7 +113,17 @@ def test_retrain_bg_prior_and_margin_replace_the_pseudo_settings_for_the_fused_m
             Run(copy, cfg, echo=lambda *_: None).run_stage("retrain")
     assert seen == [{(0.65, 3)}, {(cfg.pseudo.bg_prior, cfg.pseudo.margin)}]
     assert cfg.pseudo.bg_prior != 0.65 and cfg.pseudo.margin != 3
+    assert trained_with == [0, 0]
     with pytest.raises(ConfigError, match=r"retrain\.bg_prior"):
         load_config(None, ["retrain.bg_prior=1"])
     with pytest.raises(ConfigError, match=r"retrain\.margin"):
         load_config(None, ["retrain.margin=-2"])
+
+
+def test_mask_margin_names_the_margin_each_mask_stage_drew():
+    from wsss.stages import mask_margin
+
+    cfg = load_config(None, ["pseudo.margin=2"])
+    assert [mask_margin(cfg, s) for s in ("pseudo-labels", "retrain", "train-segmenter")] == [2, 2, 0]
+    cfg = load_config(None, ["retrain.margin=3"])
+    assert [mask_margin(cfg, s) for s in ("pseudo-labels", "retrain")] == [0, 3]

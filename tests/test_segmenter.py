@@ -218,6 +218,25 @@ def test_pseudo_mask_that_misses_a_labelled_defect_is_ignored_not_background(tmp
         PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE), missed_defects="drop")
 
 
+def test_the_margin_a_mask_stage_drew_is_ignored_in_pseudo_masks_not_in_reviewed_ones(tmp_path: Path):
+    from wsss.refine.pseudo import grow
+
+    rows, masks, _ = make_data(tmp_path, n_defect=2, n_ok=1)
+    core = np.zeros((SIZE, SIZE), np.uint8)
+    core[8:20, 15] = 1  # a 1 px crack, grown by 2 px as a mask stage with pseudo.margin 2 writes it
+    cv2.imwrite(str(masks / "s00.png"), grow(core, 1, 2))
+    plain = PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE))[0]["mask"].numpy()
+    ring = PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE), margin=2)[0]["mask"].numpy()
+    assert ((plain == 1) == (grow(core, 1, 2) == 1)).all()  # margin 0: the mask as written
+    assert ((ring == 1) == (core == 1)).all()  # the crack itself still trains as defect
+    assert ((ring == 255) == (grow(core, 1, 2) == 1) & (core == 0)).all()  # the grown ring is free
+    human = tmp_path / "reviewed"  # a person's mask is exact: no ring is taken from it
+    human.mkdir()
+    cv2.imwrite(str(human / "s00.png"), grow(core, 1, 2))
+    reviewed = PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE), reviewed_dir=human, margin=2)[0]["mask"]
+    assert ((reviewed.numpy() == 1) == (grow(core, 1, 2) == 1)).all()
+
+
 def test_multi_class_mask_missing_one_labelled_class_is_ignored(tmp_path: Path):
     rows, masks, _ = make_data(tmp_path, n_defect=1, n_ok=0)
     both = [dataclasses.replace(rows[0], labels=("scratch", "stain"))]
