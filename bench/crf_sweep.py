@@ -10,7 +10,8 @@ images of all the given runs (an image called OK counts 0, as in ``evaluate``), 
 
     python bench/crf_sweep.py /tmp/bench/ksdd/fold0 /tmp/bench/ksdd/fold1 /tmp/bench/ksdd/fold2
 
-``fallback`` is ``pseudo.fallback`` (the CAM's core for an image the refinement leaves empty). ``lift`` 1 applies
+``fallback`` is ``pseudo.fallback`` (the CAM's core for an image the refinement leaves empty), ``margin``
+``pseudo.margin`` (every defect region grown by that many pixels: how much wider the annotators drew). ``lift`` 1 applies
 ``cam.lift`` (``wsss.cam.extract.normalise_cam``) to the stored CAMs: a CAM stored as raw / scale is exact below the
 scale, which is the only place ``lift`` changes it. ``--unary`` also sweeps what the CRF refines (``pseudo.unary``:
 ``anomaly`` and ``fusion`` read each run's `anomaly` stage), and ``region``: the anomaly map inside the CAM's
@@ -49,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bg", default="0.4,0.6", help="bg_prior values")
     p.add_argument("--lift", default="0,1", help="0 = the dataset scale only, 1 = lift weak CAMs")
     p.add_argument("--fallback", default="0", help="pseudo.fallback values (0 = off)")
+    p.add_argument(
+        "--margin",
+        default="0",
+        help="pseudo.margin values: pixels every defect region grows by (the annotators' convention; 0 = off)",
+    )
     p.add_argument(
         "--confidence",
         default="0.6",
@@ -183,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         args.lift.split(","),
         floats(args.fallback),
         floats(args.confidence),
+        [int(v) for v in args.margin.split(",")],
         unaries,
         floats(args.weight),
         floats(args.region),
@@ -191,10 +198,12 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     seen = set()
     default_confidence = PseudoConfig().confidence
-    for method, sxy, compat, bg, lift, fallback, confidence, unary, weight, region, fuse_weight in grid:
+    for method, sxy, compat, bg, lift, fallback, confidence, margin, unary, weight, region, fuse_weight in grid:
         key = (method, bg, lift, fallback) if method == "threshold" else (method, sxy, compat, bg, lift, fallback)
         if confidence != default_confidence:
             key += ("confidence", confidence)
+        if margin:
+            key += ("margin", margin)
         if unary != "cam":
             key += (unary, weight if unary == "fusion" else None, region if unary == "region" else None)
         if fuse_weight is not None:
@@ -203,7 +212,9 @@ def main(argv: list[str] | None = None) -> None:
             continue
         seen.add(key)
         fused = {"unary": unary, "anomaly_weight": weight} if unary in ("anomaly", "fusion") else {}
-        base = PseudoConfig(method=method, bg_prior=bg, fallback=fallback, confidence=confidence, **fused)
+        base = PseudoConfig(
+            method=method, bg_prior=bg, fallback=fallback, confidence=confidence, margin=margin, **fused
+        )
         cfg = dataclasses.replace(base, crf=dataclasses.replace(base.crf, bilateral_sxy=sxy, bilateral_compat=compat))
         ious = []
         # extra: the run's anomaly map (--unary other than cam) or its --fuse-stage segmenter's probabilities (--fuse)
