@@ -107,6 +107,15 @@ def class_probs(cam: np.ndarray, bg_prior: float) -> np.ndarray:
     return p / p.sum(axis=0, keepdims=True)
 
 
+def _reaches(labels: np.ndarray, classes: int, width: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(k, bool (H, W))`` for each defect class k present in ``labels``: the pixels within ``width`` of its region."""
+    kernel = _disc(width)
+    for k in range(1, classes + 1):
+        region = (labels == k).astype(np.uint8)
+        if region.any():
+            yield k, cv2.dilate(region, kernel) > 0
+
+
 def boundary_band(labels: np.ndarray, classes: int, width: int) -> np.ndarray:
     """bool (H, W): background pixels within ``width`` of a defect region of any class.
 
@@ -119,11 +128,8 @@ def boundary_band(labels: np.ndarray, classes: int, width: int) -> np.ndarray:
     band = np.zeros(labels.shape, bool)
     if width <= 0:
         return band
-    kernel = _disc(width)
-    for k in range(1, classes + 1):
-        region = (labels == k).astype(np.uint8)
-        if region.any():
-            band |= cv2.dilate(region, kernel) > 0
+    for _, reach in _reaches(labels, classes, width):
+        band |= reach
     band &= labels == 0
     return band
 
@@ -134,11 +140,8 @@ def grow(labels: np.ndarray, classes: int, margin: int) -> np.ndarray:
     if margin <= 0:
         return labels
     out = labels.copy()
-    kernel = _disc(margin)
-    for k in range(1, classes + 1):
-        region = (labels == k).astype(np.uint8)
-        if region.any():
-            out[(cv2.dilate(region, kernel) > 0) & (out == 0)] = k
+    for k, reach in _reaches(labels, classes, margin):
+        out[reach & (out == 0)] = k
     return out
 
 

@@ -25,7 +25,7 @@ import click
 from wsss.config import Config
 from wsss.mask_format import write_labelmap
 from wsss.models.weights import weight_files
-from wsss.stages import Stage, register_stage
+from wsss.stages import Stage, mask_margin, register_stage
 
 
 def _round1_unary(cfg: Config, inputs: dict[str, Path]) -> Callable:
@@ -82,7 +82,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         cfg.pseudo,
         unary="cam",
         bg_prior=cfg.pseudo.bg_prior if rcfg.bg_prior is None else rcfg.bg_prior,
-        margin=cfg.pseudo.margin if rcfg.margin is None else rcfg.margin,
+        margin=mask_margin(cfg, "retrain"),
     )
     label_rows: list[dict] = []
     for k in range(1, rcfg.rounds + 1):
@@ -101,7 +101,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
                 click.echo,
                 cfg.dataset.high_bit_depth,
                 # the margin the previous labelling drew is ignored (round 1: the pseudo-labels stage's)
-                margin=cfg.pseudo.margin if k == 1 else pcfg.margin,
+                margin=mask_margin(cfg, "pseudo-labels" if k == 1 else "retrain"),
             ).fit()
         if dist.is_main():  # under torchrun every rank trained (DDP); rank 0 predicts and labels, the others wait
             predictor = torch_predictor(*load_segmenter(rdir / "model", device), device)
