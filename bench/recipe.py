@@ -23,6 +23,15 @@ and ``--splits val,test`` reports the validation split (where a setting is chose
 
     python bench/recipe.py --config configs/ksdd.yaml --folds 0,1,2 --out /tmp/bench/ksdd --reuse fold \
         --variant kd0 --set segmenter.kd_weight=0 --splits val,test
+
+``--seeds 0,1,2`` runs every fold at every seed (``run.seed``, into ``OUT/fold<k>[-NAME]-s<seed>``) and reports each
+figure's mean, min and max over all runs, and the seed spread: the largest minus the smallest figure over the seeds
+of one fold, averaged over the folds. ``--seed-key segmenter.seed`` varies only that stage's seed: with ``--reuse``
+the stages before it are held fixed, which measures one stage's share of the spread. ``--jobs N`` runs N runs side by
+side (each logs to ``OUT/<run>.log``), ``--threads N`` gives each run N CPU threads:
+
+    python bench/recipe.py --config configs/ksdd.yaml --folds 0 --out /tmp/bench/ksdd --reuse fold \
+        --variant segseed --seeds 0,1,2 --seed-key segmenter.seed --jobs 2 --threads 1 --splits val,test
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -54,21 +64,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant", default="", help="name of a variant of the recipe: runs go to OUT/fold<k>-NAME")
     p.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE passed to wsss run (repeatable)")
     p.add_argument("--splits", default="test", help="splits to report, e.g. val,test (choose on val)")
+    p.add_argument("--seeds", default="", help="comma-separated seeds: every fold runs at each (OUT/...-s<seed>)")
+    p.add_argument("--seed-key", default="run.seed", help="the seed --seeds sets, e.g. segmenter.seed (one stage)")
+    p.add_argument("--jobs", type=int, default=1, help="runs side by side (each logs to OUT/<run>.log)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per run (OMP/MKL); 0 = the environment's")
     args = p.parse_args(argv)
     if args.sets and not args.variant:
         p.error("--set changes the recipe: name the variant with --variant NAME (its own run folders)")
+    if not args.seed_key.endswith(".seed"):
+        p.error(f"--seed-key {args.seed_key}: expected a seed setting such as run.seed or segmenter.seed")
     return args
 
 
-def run_fold(args: argparse.Namespace, fold: str) -> Path:
+def run_fold(args: argparse.Namespace, fold: str, seed: str = "", log: Path | None = None) -> Path:
+    """Run (or with ``--collect`` only locate) one fold at one seed; returns its run folder."""
     name = f"fold{fold}" if fold else "run"
-    suffix = "-".join(s for s in (args.pipeline, args.variant) if s)
-    run_dir = args.out / (f"{name}-{suffix}" if suffix else name)
-    sets = [f"prepare.split.fold={fold}"] if fold else []
-    sets += [f"run.pipeline={args.pipeline}"] if args.pipeline else []
-    sets += [f"run.device={args.device}"] if args.device else []
-    sets += args.sets
-    source = args.out / args.reuse.replace("fold", name, 1) if args.reuse else None
+    run_dir = args.out / run_name(args, fold, seed)
+    source = args.out / args.reuse.replace("fold", name, 1).replace("{seed}", seed) if args.reuse else None
     if source is not None and not run_dir.exists() and not args.collect:
         # every finished stage: `wsss run` re-runs those whose manifests no longer match (the setting's stage and
         # everything after it) and skips the rest
@@ -77,11 +89,28 @@ def run_fold(args: argparse.Namespace, fold: str) -> Path:
                 shutil.copytree(manifest.parent, run_dir / manifest.parent.name)
     if not args.collect:
         cmd = [sys.executable, "-m", "wsss.cli", "run", "--config", str(args.config), "--run-dir", str(run_dir)]
-        for s in sets:
+        for s in run_sets(args, fold, seed):
             cmd += ["--set", s]
-        print("+", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, env=os.environ | {"WSSS_PROGRESS": "0"})
+        env = os.environ | {"WSSS_PROGRESS": "0"}
+        if args.threads:
+            env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+        print("+", " ".join(cmd), f"> {log}" if log else "", flush=True)
+        if log is None:
+            subprocess.run(cmd, check=True, env=env)
+        else:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "w") as f:
+                subprocess.run(cmd, check=True, env=env, stdout=f, stderr=subprocess.STDOUT)
     return run_dir
+
+
+def run_sets(args: argparse.Namespace, fold: str, seed: str) -> list[str]:
+    """Every ``--set`` of one run: the fold, the pipeline, the device, the seed, then the variant's settings."""
+    sets = [f"prepare.split.fold={fold}"] if fold else []
+    sets += [f"run.pipeline={args.pipeline}"] if args.pipeline else []
+    sets += [f"run.device={args.device}"] if args.device else []
+    sets += [f"{args.seed_key}={seed}"] if seed else []
+    return sets + args.sets
 
 
 def score(
@@ -117,41 +146,67 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.chdir(ROOT)
     folds = [f.strip() for f in args.folds.split(",") if f.strip()] or [""]
-    runs = []
-    for fold in folds:
-        runs.append((fold, run_fold(args, fold)))
+    seeds = [s.strip() for s in args.seeds.split(",") if s.strip()] or [""]
+    jobs = [(fold, seed) for fold in folds for seed in seeds]
+    if args.jobs > 1 and len(jobs) > 1:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            dirs = list(pool.map(lambda j: run_fold(args, *j, log=args.out / f"{run_name(args, *j)}.log"), jobs))
+    else:
+        dirs = [run_fold(args, fold, seed) for fold, seed in jobs]
     for split in args.splits.split(","):
-        sets = args.sets + ([f"run.pipeline={args.pipeline}"] if args.pipeline else [])
-        results = [
-            (fold, *score(run_dir, args.config, sets + ([f"prepare.split.fold={fold}"] if fold else []), split))
-            for fold, run_dir in runs
-        ]
+        results = []
+        for (fold, seed), run_dir in zip(jobs, dirs, strict=True):
+            sets = [s for s in run_sets(args, fold, seed) if not s.startswith("run.device=")]
+            results.append((fold, seed, *score(run_dir, args.config, sets, split)))
         report(args, split, results)
 
 
+def run_name(args: argparse.Namespace, fold: str, seed: str) -> str:
+    name = f"fold{fold}" if fold else "run"
+    suffix = "-".join(s for s in (args.pipeline, args.variant, f"s{seed}" if seed else "") if s)
+    return f"{name}-{suffix}" if suffix else name
+
+
+def spread(values: list[tuple[str, str, float]]) -> float:
+    """The seed spread: per fold, the largest minus the smallest value over its seeds, averaged over the folds
+    (nan with one seed per fold)."""
+    by_fold: dict[str, list[float]] = {}
+    for fold, _, v in values:
+        by_fold.setdefault(fold, []).append(v)
+    ranges = [max(v) - min(v) for v in by_fold.values() if len(v) > 1]
+    return float(np.mean(ranges)) if ranges else float("nan")
+
+
 def report(args: argparse.Namespace, split: str, results: list) -> None:
+    """``results``: (fold, seed, metrics by stage, seconds by stage) per run."""
     what = " + ".join([args.pipeline or "recipe pipeline", *args.sets])
+    seeded = any(seed for _, seed, _, _ in results)
     print(f"\n## {args.config} ({what}), {split} split\n")
-    print("| fold | stage | image AP | mIoU_def | pooled IoU | Seg_mIoU | Seg_Recall@0.5 | pixel AP |")
-    print("|---|---|---|---|---|---|---|---|")
-    for fold, metrics, _ in results:
+    print("| fold | seed | stage | image AP | mIoU_def | pooled IoU | Seg_mIoU | Seg_Recall@0.5 | pixel AP |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for fold, seed, metrics, _ in results:
         for stage, m in metrics.items():
-            print(f"| {fold or '-'} | {stage} | " + " | ".join(pct(m[k]) for k in METRICS) + " |")
+            print(f"| {fold or '-'} | {seed or '-'} | {stage} | " + " | ".join(pct(m[k]) for k in METRICS) + " |")
     if len(results) > 1:
         for stage in MASK_STAGES:
-            vals = [r[1][stage] for r in results if stage in r[1]]
+            vals = [(r[0], r[1], r[2][stage]) for r in results if stage in r[2]]
             if len(vals) != len(results):
                 continue
-            cells = []
+            cells, spreads = [], []
             for k in METRICS:
-                a = np.array([v[k] for v in vals])
+                a = np.array([v[k] for _, _, v in vals])
                 cells.append(f"{pct(a.mean())} ({pct(a.min())}-{pct(a.max())})")
-            print(f"| mean (min-max) | {stage} | " + " | ".join(cells) + " |")
-    print("\n| fold | " + " | ".join(f"{s} s" for s in results[0][2]) + " | total min |")
-    print("|---|" + "---|" * (len(results[0][2]) + 1))
-    for fold, _, seconds in results:
+                spreads.append(pct(spread([(f, s, v[k]) for f, s, v in vals])))
+            print(f"| mean (min-max) of {len(vals)} | | {stage} | " + " | ".join(cells) + " |")
+            if seeded:
+                print(f"| seed spread ({args.seed_key}) | | {stage} | " + " | ".join(spreads) + " |")
+    stages = list(results[0][3])
+    print("\n| fold | seed | " + " | ".join(f"{s} s" for s in stages) + " | total min |")
+    print("|---|---|" + "---|" * (len(stages) + 1))
+    for fold, seed, _, seconds in results:
         total = sum(seconds.values()) / 60
-        print(f"| {fold or '-'} | " + " | ".join(f"{v:.0f}" for v in seconds.values()) + f" | {total:.1f} |")
+        cells = " | ".join(f"{seconds[s]:.0f}" if s in seconds else "-" for s in stages)
+        print(f"| {fold or '-'} | {seed or '-'} | {cells} | {total:.1f} |")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,11 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def seed(self, section: str) -> int:
+        """The training seed of ``section`` (classifier, retrain, segmenter): its own ``seed``, else ``run.seed``."""
+        own = getattr(self, section).seed
+        return self.run.seed if own is None else int(own)
+
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a YAML recipe (or the defaults when ``path`` is None) and apply ``--set`` overrides."""

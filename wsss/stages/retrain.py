@@ -96,7 +96,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
                 classes,
                 in_chans,
                 rdir / "model",
-                cfg.run.seed + k - 1,
+                cfg.seed("retrain") + k - 1,
                 device,
                 click.echo,
                 cfg.dataset.high_bit_depth,

@@ -158,7 +158,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             classes,
             scfg.backbone.in_chans or read_dataset_info(index).channels,
             model_dir,
-            cfg.run.seed + k - 1,
+            cfg.seed("segmenter") + k - 1,
             device,
             click.echo,
             cfg.dataset.high_bit_depth,

@@ -61,6 +61,7 @@ class ClassifierTrainer:
 
     def __init__(self, cfg: Config, index: Path, out: Path, echo: Callable[[str], None] = print):
         self.cfg, self.ccfg, self.out = cfg, cfg.classifier, Path(out)
+        self.seed = cfg.seed("classifier")
         self.echo = echo if dist.is_main() else (lambda *_: None)
         self.device = dist.resolve_device(cfg.run.device)
         info = read_dataset_info(index)
@@ -80,7 +81,7 @@ class ClassifierTrainer:
             "classes": self.classes,
             "input_size": size,
             "in_chans": self.in_chans,
-            "seed": cfg.run.seed,
+            "seed": self.seed,
             "high_bit_depth": cfg.dataset.high_bit_depth,
         }
         self.train_set = ImageDataset(train_rows, augment=Augment(self.ccfg.augment), **common)
@@ -90,10 +91,10 @@ class ClassifierTrainer:
             for d in datasets:
                 d.preload(threads=max(2, self.ccfg.workers))
         targets = self.train_set.targets()
-        self.sampler = make_train_sampler(self.ccfg.balance, targets.max(1) > 0, cfg.run.seed)
+        self.sampler = make_train_sampler(self.ccfg.balance, targets.max(1) > 0, self.seed)
         self.pos_weight = pos_weight(targets).to(self.device) if self.ccfg.balance == "pos_weight" else None
 
-        torch.manual_seed(cfg.run.seed)
+        torch.manual_seed(self.seed)
         self.model = build_dfc(self.ccfg, len(self.classes), self.in_chans).to(self.device)
         if self.ccfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -114,7 +115,7 @@ class ClassifierTrainer:
     # ----------------------------------------------------------------------------------------------- data
     def loader(self, epoch: int) -> DataLoader:
         return epoch_loader(
-            self.train_set, self.sampler, epoch, self.cfg.run.seed, self.ccfg.batch_size, self.ccfg.workers, self.device
+            self.train_set, self.sampler, epoch, self.seed, self.ccfg.batch_size, self.ccfg.workers, self.device
         )
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +171,7 @@ class ClassifierTrainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.net.train()
-        gen = torch.Generator().manual_seed(self.cfg.run.seed * 7919 + epoch)
+        gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
         desc = f"epoch {epoch + 1}/{self.ccfg.epochs}"
         return train_pass(self.model, self.loader(epoch), lambda batch: self.train_batch(batch, gen), desc)
 

@@ -15,6 +15,7 @@ from wsss.fields import (
     ONE,
     PIXELS,
     PROBABILITY,
+    SEED,
     SIZE,
     WEIGHT,
     Rule,
@@ -99,6 +100,9 @@ class ClassifierConfig:
     workers: int = num(0, ge=0, fix="DataLoader processes >= 0 (0 = load in the main process)")
     # keep the resized train/val images in memory when they fit in this many MiB; 0 = off
     cache_mb: int = num(2048, ge=0, fix="MiB >= 0 (0 = no cache)")
+    # this stage's seed (weights, data order, augmentation); null = run.seed. Set alone, it re-trains this stage and
+    # keeps the stages before it: how a benchmark measures one stage's share of the seed spread
+    seed: int | None = num(None, ge=0, fix=SEED + ", or null (run.seed)")
 
 
 @dataclass
@@ -211,6 +215,17 @@ class SegTrainConfig:
     # start from this trained segmenter's weights (a folder with segmenter.safetensors + segmenter.json of the same
     # architecture and classes) instead of the backbone's pretrained weights: fine-tuning, e.g. after a review round
     init_from: str | None = path_field()
+    # an exponential moving average of the weights (and BatchNorm statistics) over about this many epochs is what
+    # validation scores and what is saved; 0 = the raw weights. In epochs, not steps, so a small and a large data
+    # set average over the same share of training
+    ema_epochs: float = num(0.0, ge=0, fix="epochs >= 0 (0 = off), e.g. 2")
+    # the weights kept: "val" = the epoch with the best validation Seg_mIoU against the pseudo-masks (early stopping
+    # after `patience`); "last" = the last epoch's, every epoch trained (validation is only logged). A handful of
+    # defective validation images make "val" a draw between epochs
+    select: str = choices("val", "last", default="val")
+    # this stage's seed (weights, data order, augmentation, crops); null = run.seed. Set alone, it re-trains this
+    # stage and keeps the stages before it: how a benchmark measures one stage's share of the seed spread
+    seed: int | None = num(None, ge=0, fix=SEED + ", or null (run.seed)")
 
 
 @dataclass

@@ -3,7 +3,7 @@ checkpoint, stop early, and resume a killed run exactly where it stopped, by one
 
 Each epoch appends a row (``epoch``, ``lr``, the training and validation figures) to ``metrics.csv`` and writes
 ``checkpoints/last.pt`` (model, optimizer, schedule, epoch, the best selection key so far, its epoch and the count
-of epochs without improvement). An epoch whose selection key beats the best so far is saved as the model
+of epochs without improvement, and the weight average's state when the trainer keeps one). An epoch whose selection key beats the best so far is saved as the model
 (``save_best``); after ``patience`` epochs without one the loop stops (0 = never). With ``val_every`` k > 1 only
 every k-th epoch and the last are validated (validation is a large share of a short run's time): the others leave
 the validation columns empty, cannot become the best and count toward ``patience`` (the loop stops only after a
@@ -21,7 +21,9 @@ from typing import Any
 import torch
 
 from wsss import distributed as dist
+from wsss.errors import StageError
 from wsss.progress import progress
+from wsss.train.average import WeightAverage
 from wsss.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint, write_metrics
 
 METRICS_FILE = "metrics.csv"
@@ -82,6 +84,7 @@ class Loop:
     val_every: int = 1
     stop_message: str = "early stop: no better validation figure"
     echo: Callable[[str], None] = print
+    average: WeightAverage | None = None  # checkpointed and resumed with the model
 
     def resume(self) -> LoopState:
         """The state of ``out/checkpoints/last.pt`` loaded into the model, optimizer and schedule (a fresh state
@@ -92,6 +95,14 @@ class Loop:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.average is not None:
+            if "average" not in state:
+                raise StageError(
+                    self.out / CHECKPOINT,
+                    "the checkpoint holds no weight average, but the settings ask for one",
+                    "re-run the stage with --force (its settings changed since the checkpoint was written)",
+                )
+            self.average.load_state_dict(state["average"])
         start = int(state["epoch"]) + 1
         rows = [r for r in read_metrics(self.out / METRICS_FILE) if int(float(r["epoch"])) < start]
         self.echo(f"resuming after epoch {start}")
@@ -127,6 +138,8 @@ class Loop:
                 write_metrics(self.out / METRICS_FILE, st.rows, self.columns)
                 state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
                 state |= {"scheduler": self.scheduler.state_dict(), "epoch": epoch, "best": st.best}
+                if self.average is not None:
+                    state["average"] = self.average.state_dict()
                 save_checkpoint(self.out / CHECKPOINT, state | {"best_epoch": st.best_epoch, "bad_epochs": st.bad})
             self.echo(self.describe(row, st.best_epoch))
             dist.barrier()

@@ -9,9 +9,11 @@ Dice on its exact mask (at full weight, as any labelled pixel) and the image BCE
 distillation term: the teacher's CAM and score never saw the injected defect.
 
 With validation rows (`train-segmenter`), every epoch scores Seg_mIoU of the gated prediction against the
-validation images' *pseudo-masks* (ignore pixels excluded), keeps the best epoch's weights and stops early after
-``patience`` epochs without improvement. Without (`retrain`), the configured epochs are trained and the last
-weights kept.
+validation images' *pseudo-masks* (ignore pixels excluded); with ``select: val`` it keeps the best epoch's weights and
+stops early after ``patience`` epochs without improvement, with ``select: last`` it trains every epoch and keeps the
+last (validation only logged). Without validation rows (`retrain`), the configured epochs are trained and the last
+weights kept. With ``ema_epochs`` > 0 the weights validated and kept are their moving average
+(:mod:`wsss.train.average`) over about that many epochs.
 
 Every epoch writes ``metrics.csv`` and a checkpoint (model, optimizer, schedule, epoch, best so far) from which a
 killed run resumes exactly: data order and augmentation are seeded by (seed, epoch[, index]).
@@ -41,6 +43,7 @@ from wsss.models.backbone import save_state_dict
 from wsss.models.compile import maybe_compile
 from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_labels, segmenter_meta
 from wsss.refine.pseudo import CONFIDENCE_FILE
+from wsss.train.average import WeightAverage
 from wsss.train.loop import NO_KEY, Loop, train_pass
 from wsss.train.losses import distillation_kl, score_distillation, segmentation_loss
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
@@ -190,6 +193,11 @@ class SegmenterTrainer:
         steps = len(self.loader(0))
         self.scheduler = warmup_cosine(self.optimizer, scfg.warmup_epochs * steps, scfg.epochs * steps)
         self.amp = scfg.amp and self.device.type == "cuda"
+        # what validation scores and what is saved: the weights' moving average (segmenter.ema_epochs) or the weights
+        self.average = WeightAverage(self.model, max(1.0, scfg.ema_epochs * steps)) if scfg.ema_epochs > 0 else None
+        self.kept = self.average.module if self.average is not None else self.model
+        # the best validation epoch is kept (and training stops early), or the last epoch
+        self.selects = self.val_set is not None and scfg.select == "val"
 
     def _init_from(self, folder: Path, section: str) -> None:
         """Load ``folder``'s trained segmenter weights into the freshly built model (``section.init_from``)."""
@@ -266,6 +274,8 @@ class SegmenterTrainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
         self.optimizer.step()
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update(self.model)
         return {k: v.item() for k, v in parts.items()}
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -281,11 +291,12 @@ class SegmenterTrainer:
         if self.val_set is None:
             return {"val_loss": float("nan"), "val_seg_miou": float("nan")}
         self.net.eval()
+        self.kept.eval()
         acc, loss_sum = SegAccumulator(), 0.0
         loader = DataLoader(self.val_set, batch_size=self.scfg.batch_size, num_workers=self.scfg.workers)
         for batch in loader:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = self.model(self._input(batch))
+                out = self.kept(self._input(batch))
             loss_sum += self.losses(out, batch)["loss"].item() * len(batch["image"])
             probs = torch.softmax(out.mask_logits.float(), 1).cpu().numpy()
             cls = torch.sigmoid(out.cls_logits.float()).cpu().numpy()
@@ -296,14 +307,15 @@ class SegmenterTrainer:
         return {"val_loss": loss_sum / len(self.val_set), "val_seg_miou": acc.seg_miou()}
 
     def _save_model(self) -> None:
-        save_state_dict(self.model, self.out / MODEL_FILE)
+        save_state_dict(self.kept, self.out / MODEL_FILE)
         meta = segmenter_meta(self.scfg, self.classes, self.in_chans, self.score_threshold)
         write_json(self.out / META_FILE, meta | {"epochs": self.scfg.epochs, "seed": self.seed})
 
     def _selection_key(self, row: dict[str, float], epoch: int) -> list[float]:
         """Larger is better: validation Seg_mIoU (an undefined one counts as 0), lower loss breaking ties. Without
-        validation rows no epoch is "best": the model is saved once, after the last epoch (:meth:`fit`)."""
-        if self.val_set is None:
+        validation rows, or with ``select: last``, no epoch is "best": the model is saved once, after the last epoch
+        (:meth:`fit`)."""
+        if not self.selects:
             return list(NO_KEY)
         miou = row["val_seg_miou"]
         return [0.0 if np.isnan(miou) else miou, -row["val_loss"]]
@@ -311,7 +323,8 @@ class SegmenterTrainer:
     def _describe(self, row: dict[str, float], best_epoch: int) -> str:
         val = ""
         if self.val_set is not None and "val_seg_miou" in row:
-            val = f"  val Seg_mIoU {row['val_seg_miou']:.4f} (best epoch {best_epoch + 1})"
+            kept = f"best epoch {best_epoch + 1}" if self.selects else "the last epoch is kept"
+            val = f"  val Seg_mIoU {row['val_seg_miou']:.4f} ({kept})"
         return (
             f"epoch {int(row['epoch']) + 1}/{self.scfg.epochs}: loss {row['loss']:.4f} (seg {row['loss_seg']:.4f}, "
             f"cls {row['loss_cls']:.4f}){val}  {row['images_per_s']:.1f} img/s"
@@ -331,16 +344,17 @@ class SegmenterTrainer:
             lambda epoch: self._save_model(),
             COLUMNS,
             self._describe,
-            patience=self.patience if self.val_set is not None else 0,
+            patience=self.patience if self.selects else 0,
             val_every=self.val_every,
             stop_message="early stop: no better validation Seg_mIoU",
             echo=self.echo,
+            average=self.average,
         ).run()
-        if self.val_set is None and dist.is_main():
+        if not self.selects and dist.is_main():
             self._save_model()
         dist.barrier()
         return {
             "epochs_run": len(st.rows),
-            "best_epoch": st.best_epoch,
+            "best_epoch": st.best_epoch if self.selects else len(st.rows) - 1,
             "final_loss": st.rows[-1]["loss"] if st.rows else float("nan"),
         }
