@@ -90,3 +90,32 @@ def test_the_demo_runs_inits_recipe_with_only_its_listed_changes(tmp_path: Path)
     init = _leaves({s: v for s, v in load_config(out).to_dict().items() if s in sections})
     demo = _leaves({s: v for s, v in load_config(None, DEMO_SETTINGS).to_dict().items() if s in sections})
     assert {k for k in init if init[k] != demo[k]} == changes
+
+
+def test_names_and_paths_that_look_like_yaml_round_trip_and_inject_nothing(tmp_path: Path):
+    """A dataset folder with ` #` and `: ` in its path, a class folder whose name holds a line break and YAML: the
+    recipe reads back the exact root and name, and the class name stays inside its comment."""
+    root = _folder(tmp_path / "line 3 #2: parts")
+    evil = "crack\nsegmenter: {epochs: 1}\u2028run: {seed: 9}"
+    (root / "scratch").rename(root / evil)
+    out = tmp_path / "a: b #c.yaml"
+    r = CliRunner().invoke(cli, ["init", "--kind", "folder", "--root", str(root), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    data = yaml.safe_load(out.read_text())
+    assert data["dataset"]["root"] == str(root.resolve()) and data["run"]["name"] == "a: b #c"
+    assert data["segmenter"].get("epochs") != 1 and "seed" not in data["run"]  # nothing injected
+    cfg = load_config(out)
+    assert cfg.dataset.root == str(root.resolve()) and cfg.run.seed == 0
+
+
+def test_a_recipe_with_aliases_or_oversized_is_refused_naming_the_file(tmp_path: Path):
+    laughs = tmp_path / "laughs.yaml"
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]" for p, c in zip("abcdefg", "bcdefgh")]
+    laughs.write_text("\n".join(lines) + "\nrun: {name: *h}\n")
+    r = CliRunner().invoke(cli, ["show-config", "-c", str(laughs)])
+    assert r.exit_code == 2 and str(laughs) in r.output and "alias" in r.output
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * (2 << 20) + "\nrun: {seed: 1}\n")
+    r = CliRunner().invoke(cli, ["show-config", "-c", str(big)])
+    assert r.exit_code == 2 and str(big) in r.output and "bytes" in r.output

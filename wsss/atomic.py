@@ -28,7 +28,10 @@ def _new_file_mode() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success it replaces ``path``, on failure it is removed."""
+    """Yield a temporary path in ``path``'s folder; on success it replaces ``path``, on failure it is removed.
+
+    The file gets the umask's mode once written (as ``open`` would give it), also when the writer replaced the
+    temporary file with one of its own (``safetensors.save_file`` does, with mode 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -36,6 +39,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, _new_file_mode())
         yield Path(tmp)
+        os.chmod(tmp, _new_file_mode())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

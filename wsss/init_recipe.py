@@ -13,6 +13,8 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from wsss.atomic import atomic_write_text
 from wsss.auto import resolved_lines
 from wsss.config import Config, load_config
@@ -89,7 +91,7 @@ class DatasetSummary:
 def _config(kind: str, root: Path) -> Config:
     if kind == "synthetic":
         raise ConfigError("--kind synthetic", "the demo set needs no recipe", "run `wsss demo`")
-    sets = [f"dataset.kind={kind}", f"dataset.root={Path(root).resolve()}"]
+    sets = [f"dataset.kind={kind}", f"dataset.root={yaml_scalar(str(Path(root).resolve()))}"]  # quoted: any path
     if kind == "ksdd":  # 3-fold cross-validation, as the literature reports it
         sets += ["prepare.split.mode=kfold", "prepare.split.folds=3", "prepare.split.val=0.15"]
     return load_config(None, sets)
@@ -122,6 +124,18 @@ def scan(kind: str, root: Path) -> tuple[Config, DatasetSummary]:
     return cfg, summary
 
 
+def yaml_scalar(value: str) -> str:
+    """``value`` as one double-quoted YAML scalar: any path or name (``#``, ``: ``, quotes, line breaks) reads back
+    as itself."""
+    return yaml.safe_dump(str(value), default_style='"', width=float("inf"), allow_unicode=True).rstrip("\n")
+
+
+def comment(text: str) -> str:
+    """One comment line: characters YAML reads as a line break (or that do not print) are escaped, so a name in a
+    comment cannot start a line of settings."""
+    return "# " + "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def recipe_text(cfg: Config, summary: DatasetSummary, out: Path) -> str:
     """The commented recipe for ``summary``'s dataset, to be saved as ``out`` (its stem names the run)."""
     lines = resolved_lines(cfg, summary.sizes)
@@ -134,17 +148,17 @@ def recipe_text(cfg: Config, summary: DatasetSummary, out: Path) -> str:
         else f"{{mode: {split.mode}, train: {split.train:g}, val: {split.val:g}, test: {split.test:g}, seed: 0}}"
     )
     head = [
-        f"# wsss recipe for {summary.root}, written by `wsss init` on {datetime.date.today().isoformat()}.",
-        *(f"# {line}" for line in summary.lines()),
+        comment(f"wsss recipe for {summary.root}, written by `wsss init` on {datetime.date.today().isoformat()}."),
+        *(comment(line) for line in summary.lines()),
         "# `auto` settings are resolved from the training images at prepare; `wsss show-config` shows them:",
         *(f"#   {key}: {resolved[key]} ({why[key]})" for key in resolved),
-        f"# Run it with: wsss run --config {out}",
+        comment(f"Run it with: wsss run --config {out}"),
         "run:",
-        f"  name: {Path(out).stem}",
+        f"  name: {yaml_scalar(Path(out).stem)}",
         "  pipeline: full",
         "dataset:",
         f"  kind: {summary.kind}",
-        f"  root: {summary.root}",
+        f"  root: {yaml_scalar(str(summary.root))}",
         "prepare:",
         f"  split: {split_line}",
     ]

@@ -142,10 +142,34 @@ def resolve_path(value: str, base_dir: Path) -> str:
     return str(p if p.is_absolute() else (base_dir / p).resolve())
 
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of settings; anything larger is not one
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases: a recipe writes its values out, and a few bytes of nested aliases (the
+    "billion laughs") would otherwise expand into gigabytes wherever the data is walked."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"found the alias *{event.anchor}: a recipe accepts no aliases", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def read_yaml(path: Path) -> Any:
-    """A YAML file's data; a file that is not UTF-8 (or UTF-16 with its mark) or not YAML is a ConfigError."""
+    """A YAML file's data; a file that is not UTF-8 (or UTF-16 with its mark), not YAML, over
+    :data:`MAX_RECIPE_BYTES` or holding aliases (``*name``) is a ConfigError."""
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise ConfigError(
+            path, f"{size} bytes, over the {MAX_RECIPE_BYTES} a recipe may have", "pass a recipe file (YAML settings)"
+        )
     try:
-        return yaml.safe_load(path.read_bytes())
+        return yaml.load(path.read_bytes(), Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader without aliases)
+    except yaml.composer.ComposerError as e:
+        raise ConfigError(path, f"not a plain recipe: {e}", "write each value out instead of an alias") from None
     except yaml.reader.ReaderError as e:
         raise ConfigError(
             path,

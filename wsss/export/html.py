@@ -244,6 +244,19 @@ def _summary_table(summary: dict[str, Any] | None) -> str:
     return f'<table class="summary"><tr>{head}</tr><tr>{body}</tr></table>'
 
 
+# what may not appear raw in a <script> block's JSON: "<" opens "</script>" and "<!--" (either ends or hides the
+# block), ">" and "&" complete them, U+2028/U+2029 end a JavaScript line in older engines. As \uXXXX escapes the
+# JSON decodes to the same strings
+_SCRIPT_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+def script_json(data: Any) -> str:
+    """``data`` as JSON that is safe inside an HTML ``<script>`` element, whatever its strings hold."""
+    return json.dumps(data, allow_nan=False).translate(_SCRIPT_ESCAPES)
+
+
 def write_page(
     path: Path,
     records: list[dict[str, Any]],
@@ -255,7 +268,7 @@ def write_page(
     """Write the page for ``records`` (one dict per image, as :func:`wsss.export.review.build_review` makes them);
     ``package`` is the decisions file's header (:func:`wsss.export.review.package_identity`)."""
     payload = {"images": records, "classes": classes, "package": package}
-    data = json.dumps(payload, allow_nan=False).replace("</", "<\\/")
+    data = script_json(payload)
     options = "".join(f"<option>{html.escape(c)}</option>" for c in [*classes, "(none)"])
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>wsss review: {html.escape(source)}</title>
