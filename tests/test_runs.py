@@ -208,3 +208,32 @@ def test_option_added_since_but_set_away_from_its_default_is_a_change(recipe: Pa
     path.write_text(json.dumps(m))
     r = invoke("run", "--config", str(recipe), "--run-dir", str(run_dir), "--set", "prepare.split.seed=3")
     assert "toy-a: running" in r.output, r.output
+
+
+def test_an_output_changed_at_the_same_size_shows_corrupt_blocks_its_readers_and_is_redone(
+    recipe: Path, tmp_path: Path
+):
+    run_dir = tmp_path / "run"
+    invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
+    a = run_dir / "toy-a" / "a.txt"
+    text = a.read_text()
+    a.write_text(text.replace("seed=0", "seed=9"))  # same size, other bytes, a new modification time
+    assert "toy-a              corrupt" in invoke("status", "--config", str(recipe), "--run-dir", str(run_dir)).output
+    r = CliRunner().invoke(cli, ["run-stage", "toy-b", "--config", str(recipe), "--run-dir", str(run_dir), "--force"])
+    assert r.exit_code == 1 and str(a) in r.output and "run-stage toy-a --force" in r.output
+    r = invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
+    assert "changed since the stage finished" in r.output and "toy-a: done" in r.output
+    assert (
+        a.read_text() == text
+        and "toy-a              done" in invoke("status", "--config", str(recipe), "--run-dir", str(run_dir)).output
+    )
+
+
+def test_a_truncated_output_is_corrupt_even_with_its_old_time(recipe: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    invoke("run", "--config", str(recipe), "--run-dir", str(run_dir))
+    a = run_dir / "toy-a" / "a.txt"
+    st = a.stat()
+    a.write_text("x")
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert "corrupt" in invoke("status", "--config", str(recipe), "--run-dir", str(run_dir)).output

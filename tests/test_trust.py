@@ -37,3 +37,31 @@ def test_a_class_named_like_a_comment_does_not_end_the_pages_data_block(tmp_path
     block = html.split('id="data">', 1)[1].split("</script>", 1)[0]
     assert json.loads(block)["classes"] == [name, "scratch"]
     assert "<!--" not in block
+
+
+def test_a_stage_weights_file_changed_at_its_size_and_time_is_refused_before_use(tmp_path: Path):
+    """The hash is checked whenever a stage's own weights are loaded: a same-size rewrite that even keeps the file's
+    time is caught, with the file and the command that redoes the stage."""
+    import json
+
+    import pytest
+
+    from wsss.errors import StageError
+    from wsss.models.backbone import load_trained_state
+    from wsss.runs import hash_outputs
+
+    stage = tmp_path / "train-segmenter"
+    model = torch.nn.Linear(4, 2)
+    weights = save_state_dict(model, stage / "segmenter.safetensors")
+    files, digest = hash_outputs(stage)
+    manifest = {"stage": "train-segmenter", "status": "done", "files": files, "digest": digest}
+    (stage / "manifest.json").write_text(json.dumps(manifest))
+    load_trained_state(torch.nn.Linear(4, 2), weights, "fix")  # intact: loads
+    st = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one weight's last byte
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(StageError, match=r"run-stage train-segmenter --force") as e:
+        load_trained_state(torch.nn.Linear(4, 2), weights, "fix")
+    assert str(weights) in str(e.value) and "sha256" in str(e.value)

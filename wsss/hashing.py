@@ -1,9 +1,15 @@
-"""Content hashes: a file's sha256, read in 1 MiB chunks (weights files, stage outputs, review packages)."""
+"""Content hashes: a file's sha256, read in 1 MiB chunks (weights files, stage outputs, review packages), and the
+check that a stage's output file is still the one its manifest recorded."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"  # a finished stage's record, beside its outputs (wsss/runs.py)
 
 
 def file_sha256(path: Path) -> str:
@@ -13,3 +19,47 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """What a manifest records of one output file: its sha256, size and modification time."""
+    st = path.stat()
+    return {"sha256": file_sha256(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def file_changed(path: Path, record: dict[str, Any], full: bool = False) -> str | None:
+    """Why ``path`` is no longer the file ``record`` describes, or None when it still is.
+
+    The size is always compared. The sha256 is computed when ``full``, or when the recorded modification time differs
+    from the file's (a file rewritten in place at the same size); a record without a time (an older wsss) is
+    checked by size alone unless ``full``.
+    """
+    try:
+        st = path.stat()
+    except OSError:
+        return "the file is missing"
+    if st.st_size != record.get("size"):
+        return f"{st.st_size} bytes where the manifest recorded {record.get('size')}"
+    if not full and record.get("mtime_ns") in (None, st.st_mtime_ns):
+        return None
+    if file_sha256(path) != record.get("sha256"):
+        return "its sha256 differs from the one the manifest recorded"
+    return None
+
+
+def recorded_by(path: Path, levels: int = 4) -> tuple[Path, dict[str, Any], dict[str, Any]] | None:
+    """The finished stage folder whose manifest records ``path`` (looking up to ``levels`` folders up), that
+    manifest and the file's record; None when no manifest records it (a file from outside a run, or a stage still
+    running)."""
+    path = Path(os.path.abspath(path))
+    for folder in list(path.parents)[:levels]:
+        manifest = folder / MANIFEST
+        if not manifest.is_file():
+            continue
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        record = (data.get("files") or {}).get(path.relative_to(folder).as_posix()) if isinstance(data, dict) else None
+        return (folder, data, record) if isinstance(record, dict) and data.get("status") == "done" else None
+    return None

@@ -35,12 +35,12 @@ from wsss import __version__
 from wsss.atomic import atomic_write_text, write_json
 from wsss.config import Config, dump_yaml, section_dict, section_hash
 from wsss.errors import StageError
-from wsss.hashing import file_sha256
+from wsss.hashing import MANIFEST, file_changed, file_record
 from wsss.stages import Stage, get_stage
 from wsss.staleness import settings_match
 
-MANIFEST = "manifest.json"
 INTERRUPTED = "interrupted"  # a partial attempt whose process is gone; the next run resumes it
+CORRUPT = "corrupt"  # a finished stage whose output files changed since its manifest recorded them
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "opencv-python-headless", "scikit-image", "pydensecrf2")
 
 
@@ -56,14 +56,27 @@ def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
 
 
 def hash_outputs(stage_dir: Path) -> tuple[dict[str, dict[str, Any]], str]:
-    """Content hash of every file in a stage folder (manifest and config excluded) and their combined digest."""
+    """Content hash, size and modification time of every file in a stage folder (manifest and config excluded) and
+    their combined digest (of the hashes and sizes: a copy of the folder has the same digest)."""
     files = {}
     for p in sorted(stage_dir.rglob("*")):
         rel = p.relative_to(stage_dir).as_posix()
         if p.is_file() and rel not in (MANIFEST, "config.yaml") and not rel.startswith("checkpoints/"):
-            files[rel] = {"sha256": file_sha256(p), "size": p.stat().st_size}
-    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+            files[rel] = file_record(p)
+    content = {k: {"sha256": v["sha256"], "size": v["size"]} for k, v in files.items()}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
     return files, digest
+
+
+def changed_files(stage_dir: Path, manifest: dict[str, Any]) -> list[tuple[Path, str]]:
+    """(file, why) for each output file that is no longer what ``manifest`` recorded (:func:`file_changed`: sizes
+    always, the sha256 where a file's time moved); [] for an intact stage."""
+    problems = []
+    for rel, record in (manifest.get("files") or {}).items():
+        why = file_changed(stage_dir / rel, record) if isinstance(record, dict) else "no record"
+        if why:
+            problems.append((stage_dir / rel, why))
+    return problems
 
 
 def fingerprint(paths: list[Path]) -> str:
@@ -228,6 +241,14 @@ class Run:
                     f"{up_name!r} ran with a different config than the current one",
                     f"re-run it: `wsss run --to {stage.name}` re-runs stale stages in order",
                 )
+            changed = changed_files(d, m)
+            if changed:
+                (path, why), more = changed[0], len(changed) - 1
+                raise StageError(
+                    path,
+                    f"changed after {up_name!r} wrote it: {why}" + (f" ({more} more file(s) too)" if more else ""),
+                    f"re-run that stage: `wsss run-stage {up_name} --force`, or `wsss run` (redoes it)",
+                )
             inputs[up_name] = d
         return inputs
 
@@ -240,9 +261,10 @@ class Run:
         }
 
     def status(self, stage: Stage) -> str:
-        """``done`` (up to date), ``stale``, ``missing``, ``blocked``, or of a partial attempt: ``running`` (a live
-        process holds the stage's lock), ``interrupted`` (its manifest says running, but its process is gone: killed,
-        or the machine went down) or ``failed``."""
+        """``done`` (up to date), ``stale``, ``corrupt`` (an output file changed since the stage wrote it: `wsss run`
+        redoes it), ``missing``, ``blocked``, or of a partial attempt: ``running`` (a live process holds the stage's
+        lock), ``interrupted`` (its manifest says running, but its process is gone: killed, or the machine went down)
+        or ``failed``."""
         self._recover(stage.name)
         m = read_manifest(self.stage_dir(stage.name))
         if m is None or m.get("status") != "done":
@@ -252,6 +274,8 @@ class Run:
             if pm.get("status") == "running" and not lock_held(self.dir, stage.name):
                 return INTERRUPTED
             return pm.get("status", "missing")
+        if changed_files(self.stage_dir(stage.name), m):
+            return CORRUPT
         try:
             exp = self.expected(stage, self.inputs_of(stage))
         except StageError:
@@ -267,7 +291,7 @@ class Run:
     def _is_current(self, name: str, manifest: dict[str, Any] | None, expected: dict[str, Any]) -> bool:
         if manifest is None or manifest.get("status") != "done":
             return False
-        files_ok = all((self.stage_dir(name) / f).is_file() for f in manifest.get("files", {}))
+        files_ok = not changed_files(self.stage_dir(name), manifest)
         same = all(manifest.get(k) == v for k, v in expected.items() if k != "config_hash")
         return files_ok and same and self._same_config(manifest, get_stage(name).sections)
 
@@ -327,9 +351,13 @@ class Run:
         self._recover(name)
         inputs = self.inputs_of(stage)
         expected = self.expected(stage, inputs)
-        if not force and self._is_current(name, read_manifest(final), expected):
+        current = read_manifest(final)
+        if not force and self._is_current(name, current, expected):
             self.echo(f"{name}: up to date ({final}), skipped")
             return None
+        changed = changed_files(final, current) if current is not None and current.get("status") == "done" else []
+        if changed:
+            self.echo(f"{name}: {changed[0][0]} changed since the stage finished ({changed[0][1]}); redoing it")
         partial = self.dir / f"{name}.partial"
         pm = read_manifest(partial)
         if pm is None or any(pm.get(k) != v for k, v in expected.items()) or force:

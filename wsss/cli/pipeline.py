@@ -82,7 +82,7 @@ def status(config: Path, run_dir: Path | None, overrides: tuple[str, ...]) -> No
     """Show each pipeline stage's state in the run folder (done, stale, missing, blocked, running, interrupted,
     failed)."""
     from wsss.pipelines import load_pipeline
-    from wsss.runs import INTERRUPTED
+    from wsss.runs import CORRUPT, INTERRUPTED
     from wsss.stages import get_stage
 
     cfg = load_config(config, overrides)
@@ -92,6 +92,7 @@ def status(config: Path, run_dir: Path | None, overrides: tuple[str, ...]) -> No
         "running": "(a wsss process is running it now)",
         INTERRUPTED: "(its process was killed or died; `wsss run` resumes it, or restarts it if its settings changed)",
         "failed": "(see its manifest.json for the error; `wsss run` retries it)",
+        CORRUPT: "(an output file changed after it finished; `wsss run` redoes it)",
     }
     for name in load_pipeline(cfg.run.pipeline).stages:
         state = run.status(get_stage(name))

@@ -368,8 +368,23 @@ def load_trained_state(model: nn.Module, path: str | Path, fix: str) -> None:
     StageError naming the file and the keys, instead of torch's RuntimeError.
     """
     from wsss.errors import StageError
+    from wsss.hashing import file_changed, recorded_by
 
-    state = load_state_dict_file(path, str(path))
+    found = recorded_by(Path(path))
+    if found is not None:  # a finished stage's own file: it must still be the one its manifest recorded
+        folder, manifest, record = found
+        why = file_changed(Path(path), record, full=True)
+        if why:
+            stage = manifest.get("stage", folder.name)
+            raise StageError(
+                path,
+                f"changed after the stage {stage!r} wrote it: {why}",
+                f"re-run that stage: `wsss run-stage {stage} --force`, or `wsss run` (redoes it)",
+            )
+    try:
+        state = load_state_dict_file(path, str(path))
+    except ConfigError as e:  # a stage's own file: the fix is the caller's (re-run the stage), not a new format
+        raise StageError(path, e.what, fix) from e
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
