@@ -223,7 +223,9 @@ def test_import_review_command_lists_every_bad_png_and_imports_nothing(
     assert "6 problem(s)" in r.stderr and f"{folder}: nothing imported" in r.stderr
     for sid in ids[1:4]:
         assert str(folder / f"{sid}.png") in r.stderr, sid
-    assert f"{folder}: {ids[4]}: mask is" in r.stderr and f"{folder}: {ids[5]}: values [7]" in r.stderr
+    # a mask of another size is refused from its header, before it is decoded
+    size = f"{folder / ids[4]}.png: mask: declared size {good.shape[0]}x{good.shape[1] + 2} (HxW) is not its image's"
+    assert size in r.stderr and f"{folder}: {ids[5]}: values [7]" in r.stderr
     assert "not in the run's index: no_such_image" in r.stderr
     assert "libpng" not in capfd.readouterr().err and "IHDR" not in r.output  # our error is the only output
     after = {p.name: p.read_bytes() for p in (review_run / "reviewed").rglob("*") if p.is_file()}

@@ -22,7 +22,7 @@ and no decoder message on the terminal.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,12 +69,18 @@ def write_labelmap(folder: Path, classes: Sequence[str]) -> Path:
     return path
 
 
-def read_mask_png(path: Path, what: str = "mask") -> np.ndarray:
+def read_mask_png(
+    path: Path, what: str = "mask", size_check: Callable[[int, int], str | None] | None = None
+) -> np.ndarray:
     """A mask file as a 2-D ``uint8`` array of its values; a :class:`DataError` naming ``path`` (``what`` says which
-    mask, e.g. "predicted mask") when it is unreadable or not one 8-bit channel."""
+    mask, e.g. "predicted mask") when it is unreadable or not one 8-bit channel. ``size_check(height, width)`` sees
+    the header's size before anything is decoded and refuses the file with its reason."""
     path = Path(path)
     try:
         with Image.open(path) as im:
+            why = size_check(im.size[1], im.size[0]) if size_check is not None else None
+            if why:
+                raise DataError(path, f"{what}: {why}", PNG_FIX)
             im.load()
             mode, arr = im.mode, np.array(im)  # a writable copy, like any other array
     except FileNotFoundError:

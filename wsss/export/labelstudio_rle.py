@@ -63,14 +63,19 @@ class _Bits:
         return int(chunk.dot(1 << np.arange(n - 1, -1, -1, dtype=np.int64))) if n else 0
 
 
-def decode_values(rle: list[int] | bytes) -> np.ndarray:
-    """The flat uint8 value array of a brush RLE stream (``H * W * 4`` RGBA bytes)."""
+def decode_values(rle: list[int] | bytes, expect: int | None = None) -> np.ndarray:
+    """The flat uint8 value array of a brush RLE stream (``H * W * 4`` RGBA bytes). With ``expect``, a stream that
+    declares another number of values is refused before anything of its size is allocated."""
     if not isinstance(rle, bytes):
-        if any(not 0 <= int(v) <= 255 for v in rle):
-            raise ValueError("brush RLE values must be bytes (0..255)")
-        rle = bytes(int(v) for v in rle)
+        if not isinstance(rle, list) or any(
+            not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 255 for v in rle
+        ):
+            raise ValueError("brush RLE values must be a list of bytes (0..255)")
+        rle = bytes(rle)
     bits = _Bits(rle)
     total, word = bits.read(32), bits.read(5) + 1
+    if expect is not None and total != expect:
+        raise ValueError(f"brush RLE declares {total} values, its image needs {expect}")
     sizes = [bits.read(4) + 1 for _ in range(4)]
     out = np.zeros(total, np.uint8)
     i = 0
@@ -90,7 +95,7 @@ def decode_values(rle: list[int] | bytes) -> np.ndarray:
 
 def decode(rle: list[int] | bytes, height: int, width: int) -> np.ndarray:
     """A brush RLE stream as a bool (H, W) mask (alpha channel > 0); its size must be ``height`` x ``width``."""
-    values = decode_values(rle)
+    values = decode_values(rle, height * width * 4)
     if values.size != height * width * 4:
         raise ValueError(f"brush RLE holds {values.size} values, {height}x{width} RGBA needs {height * width * 4}")
     return values.reshape(height, width, 4)[..., 3] > 0

@@ -49,7 +49,7 @@ import numpy as np
 from wsss.atomic import atomic_write_text
 from wsss.data.images import image_size
 from wsss.errors import ConfigError, DataError, ManyErrors, WsssError
-from wsss.export.formats import get_format
+from wsss.export.formats import ImageSizes, get_format
 from wsss.export.review import DECISIONS_FORMAT, DECISIONS_VERSION, masks_digest, review_classes
 from wsss.labels import LabelMap
 from wsss.mask_format import FORMATS, write_labelmap
@@ -137,8 +137,9 @@ def import_review(fmt: str, path: Path, run_dir: Path, mask_format: str = "auto"
     if mask_format not in FORMATS:
         raise ConfigError(f"--mask-format {mask_format}", "unknown mask format", f"use one of {', '.join(FORMATS)}")
     labels = LabelMap(tuple(review_classes(run_dir)))
-    masks, errors = get_format(fmt).read_all(path, labels, mask_format)
     images = {r.id: r.path for r in read_train_index(index)}
+    # every size the file declares is checked against these images before a mask of that size is allocated
+    masks, errors = get_format(fmt).read_all(path, labels, mask_format, ImageSizes(images))
     sizes, problems = check_masks(masks, images, labels, path)
     errors += problems
     if errors:

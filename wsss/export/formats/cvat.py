@@ -21,7 +21,7 @@ from PIL import Image
 
 from wsss.atomic import atomic_path
 from wsss.errors import DataError, WsssError
-from wsss.export.formats import ReviewFormat, ReviewItem, components, register_format
+from wsss.export.formats import ImageSizes, ReviewFormat, ReviewItem, components, register_format
 from wsss.labels import LabelMap
 
 FIX = "pass the zip exported from CVAT as 'Segmentation mask 1.1'"
@@ -50,12 +50,22 @@ def labelmap_text(labels: LabelMap) -> str:
 
 
 def parse_labelmap(text: str) -> dict[tuple[int, int, int], str]:
+    """Colour -> label name of a ``labelmap.txt``; a ValueError naming the line that is not ``name:r,g,b:parts:
+    actions``. The last three fields are split off from the right, so a name holding ``:`` reads back whole."""
     colours = {}
-    for line in text.splitlines():
+    for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
-        name, colour = line.split(":")[:2]
-        colours[tuple(int(v) for v in colour.split(","))] = name.strip()
+        fields = line.rsplit(":", 3) if line.count(":") >= 3 else line.split(":", 1)
+        try:
+            if len(fields) < 2:
+                raise ValueError
+            rgb = tuple(int(v) for v in fields[1].split(","))
+            if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"line {i} is not 'name:r,g,b:parts:actions': {line[:80]!r}") from None
+        colours[rgb] = fields[0].strip()
     return colours
 
 
@@ -83,11 +93,13 @@ class CvatFormat(ReviewFormat):
         return path
 
     def read_all(
-        self, path: Path, labels: LabelMap, mask_format: str = "auto"
+        self, path: Path, labels: LabelMap, mask_format: str = "auto", sizes: ImageSizes | None = None
     ) -> tuple[dict[str, np.ndarray], list[WsssError]]:
         """Every ``SegmentationClass/*.png`` (decoded with PIL, so a corrupt one is a listed problem, not a decoder
-        message), each colour mapped to its label's value; a mask with a colour of no label is a problem of its own."""
+        message; its header's size checked against its run image before it is decoded), each colour mapped to its
+        label's value; a mask with a colour of no label is a problem of its own."""
         self.labels_only(mask_format)
+        sizes = sizes or ImageSizes()
         try:
             z = zipfile.ZipFile(path)
         except (OSError, zipfile.BadZipFile) as e:
@@ -98,12 +110,19 @@ class CvatFormat(ReviewFormat):
             names = z.namelist()
             if "labelmap.txt" not in names:
                 raise DataError(path, "no labelmap.txt in the zip", FIX)
-            colours = parse_labelmap(z.read("labelmap.txt").decode())
+            try:
+                colours = parse_labelmap(z.read("labelmap.txt").decode("utf-8"))
+            except (ValueError, zipfile.BadZipFile) as e:  # UnicodeDecodeError is a ValueError
+                raise DataError(f"{path}:labelmap.txt", f"unreadable ({e})", FIX) from None
             for name in sorted(n for n in names if n.startswith("SegmentationClass/") and n.endswith(".png")):
                 try:
                     with Image.open(io.BytesIO(z.read(name))) as im:
+                        why = sizes.problem(Path(name).stem, im.size[1], im.size[0])  # the header: nothing decoded
+                        if why:
+                            errors.append(DataError(f"{path}:{name}", why, FIX))
+                            continue
                         rgb = np.asarray(im.convert("RGB"))
-                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, zipfile.BadZipFile) as e:
                     why = "corrupt, or not a PNG" if isinstance(e, Image.UnidentifiedImageError) else str(e)
                     errors.append(DataError(f"{path}:{name}", f"unreadable PNG ({why})", FIX))
                     continue

@@ -23,7 +23,7 @@ import numpy as np
 from wsss.atomic import atomic_write_text
 from wsss.errors import DataError
 from wsss.export import labelstudio_rle
-from wsss.export.formats import ReviewFormat, ReviewItem, register_format
+from wsss.export.formats import ImageSizes, ReviewFormat, ReviewItem, register_format
 from wsss.labels import LabelMap
 
 FIX = "pass the JSON export of the Label Studio project the review tasks were imported into"
@@ -70,39 +70,74 @@ class LabelStudioFormat(ReviewFormat):
         atomic_write_text(package / CONFIG_FILE, labeling_config(labels))
         return path
 
-    def read(self, path: Path, labels: LabelMap) -> dict[str, np.ndarray]:
+    def read(self, path: Path, labels: LabelMap, sizes: ImageSizes | None = None) -> dict[str, np.ndarray]:
+        sizes = sizes or ImageSizes()
         try:
-            tasks = json.loads(Path(path).read_text())
+            tasks = json.loads(Path(path).read_bytes())
             if not isinstance(tasks, list):
                 raise TypeError("the top level is not a list of tasks")
         except (OSError, ValueError, TypeError) as e:
             raise DataError(path, f"not a Label Studio JSON export ({type(e).__name__}: {e})", FIX) from None
         masks, bad = {}, []
         for t, task in enumerate(tasks):
-            data = task.get("data", {})
-            sid = str(data.get("wsss_id") or Path(str(data.get("image", ""))).stem)
-            done = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
-            if not done:
+            try:
+                sid, results = _reviewed(task)
+            except (TypeError, ValueError) as e:
+                bad.append(f"task {t}: {e}")
                 continue
+            if results is None:
+                continue  # nobody reviewed it
             mask = EMPTY
-            for r in done[-1].get("result", []):
+            for r in results:
                 if r.get("type") != "brushlabels":
                     continue
-                h, w = int(r["original_height"]), int(r["original_width"])
-                mask = np.zeros((h, w), np.uint8) if mask.size == 0 else mask
-                names = r.get("value", {}).get("brushlabels", [])
-                value = labels.value_of(names[0]) if names else None
-                if value is None:
+                h, w = r.get("original_height"), r.get("original_width")
+                why = sizes.problem(sid, h, w)
+                if why is None and mask.size and mask.shape != (h, w):
+                    why = f"its results declare two sizes, {mask.shape} and {(h, w)}"
+                if why:
+                    bad.append(f"task {t} ({sid}): {why}")
+                    break
+                value = r.get("value")
+                names = value.get("brushlabels") if isinstance(value, dict) else None
+                if not (isinstance(names, list) and names and isinstance(names[0], str)):
+                    bad.append(f"task {t} ({sid}): a brush result without its label (value.brushlabels)")
+                    continue
+                label = labels.value_of(names[0])
+                if label is None:
                     bad.append(f"task {t} ({sid}): label {names} is not a label of this run")
                     continue
+                mask = np.zeros((h, w), np.uint8) if mask.size == 0 else mask
                 try:
-                    mask[labelstudio_rle.decode(r["value"]["rle"], h, w)] = value
-                except (KeyError, ValueError) as e:
+                    mask[labelstudio_rle.decode(value.get("rle"), h, w)] = label
+                except (ValueError, TypeError) as e:
                     bad.append(f"task {t} ({sid}): {e}")
             masks[sid] = mask
         if bad:
             raise DataError(path, f"{len(bad)} unusable result(s): " + "; ".join(bad[:5]), FIX)
         return masks
+
+
+def _reviewed(task: object) -> tuple[str, list[dict] | None]:
+    """A task's wsss id and the results of its last annotation that was not cancelled (None: not reviewed); a
+    TypeError saying what is malformed."""
+    if not isinstance(task, dict):
+        raise TypeError("not an object")
+    data = task.get("data", {})
+    if not isinstance(data, dict):
+        raise TypeError("'data' is not an object")
+    own, image = data.get("wsss_id"), data.get("image", "")
+    sid = own if isinstance(own, str) and own else Path(image).stem if isinstance(image, str) else ""
+    anns = task.get("annotations", [])
+    if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
+        raise TypeError("'annotations' is not a list of objects")
+    done = [a for a in anns if not a.get("was_cancelled")]
+    if not done:
+        return sid, None
+    results = done[-1].get("result", [])
+    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        raise TypeError("an annotation's 'result' is not a list of objects")
+    return sid, results
 
 
 def _num(x: float) -> float | None:

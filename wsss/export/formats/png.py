@@ -13,7 +13,7 @@ import click
 import numpy as np
 
 from wsss.errors import DataError, WsssError
-from wsss.export.formats import ReviewFormat, ReviewItem, register_format
+from wsss.export.formats import ImageSizes, ReviewFormat, ReviewItem, register_format
 from wsss.labels import LabelMap
 from wsss.mask_format import mask_encoding, read_mask_png, write_labelmap
 
@@ -34,7 +34,7 @@ class PngFormat(ReviewFormat):
         return out
 
     def read_all(
-        self, path: Path, labels: LabelMap, mask_format: str = "auto"
+        self, path: Path, labels: LabelMap, mask_format: str = "auto", sizes: ImageSizes | None = None
     ) -> tuple[dict[str, np.ndarray], list[WsssError]]:
         """Every readable ``<id>.png`` (decoded with PIL: a corrupt file is one listed problem, never a decoder
         message), read as ``mask_format`` says (:func:`wsss.mask_format.mask_encoding`)."""
@@ -45,9 +45,10 @@ class PngFormat(ReviewFormat):
             raise DataError(path, "no .png masks in this folder", FIX)
         masks: dict[str, np.ndarray] = {}
         errors: list[WsssError] = []
+        sizes = sizes or ImageSizes()
         for f in files:
             try:
-                masks[f.stem] = read_mask_png(f)
+                masks[f.stem] = read_mask_png(f, size_check=lambda h, w, sid=f.stem: sizes.problem(sid, h, w))
             except DataError as e:
                 errors.append(DataError(e.where, e.what, FIX))
         try:
