@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -87,16 +88,61 @@ def test_a_threshold_of_one_gates_every_mask_off(full_run, odd_images: Path, tmp
     )
 
 
-def test_a_folder_with_unreadable_images_segments_the_rest_and_lists_them(full_run, odd_images: Path, tmp_path: Path):
+def test_unreadable_oversized_or_misnamed_images_are_all_listed_and_nothing_is_written(
+    full_run, odd_images: Path, tmp_path: Path
+):
     run_dir, _ = full_run
     mixed = tmp_path / "mixed"
     shutil.copytree(odd_images, mixed)
     (mixed / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (mixed / "sub" / "empty.jpg").write_bytes(b"")
+    big = mixed / "big.png"
+    cv2.imwrite(str(big), np.zeros((3000, 4000), np.uint8))  # 12 megapixels of black: a small file
+    bad_name = os.fsencode(mixed) + b"/part\xff.png"
+    with open(bad_name, "wb") as f:
+        f.write((mixed / "a.png").read_bytes())
+    r = invoke("predict", "--model", run_dir, mixed, "--out", tmp_path / "out", "--max-megapixels", "10")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "4 image(s) cannot be segmented; nothing was written" in r.output
+    assert "broken.png" in r.output and "empty.jpg" in r.output and "not valid UTF-8" in r.output
+    assert "big.png: 4000x3000 is 12.0 megapixels, over --max-megapixels 10" in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_whose_pixels_are_truncated_is_skipped_and_listed_at_the_end(
+    full_run, odd_images: Path, tmp_path: Path
+):
+    run_dir, _ = full_run
+    mixed = tmp_path / "mixed"
+    shutil.copytree(odd_images, mixed)
+    whole = cv2.imencode(".png", np.full((40, 60), 90, np.uint8))[1].tobytes()
+    (mixed / "cut.png").write_bytes(whole[: len(whole) // 2])  # its header reads, its pixels do not
     r = invoke("predict", "--model", run_dir, mixed, "--out", tmp_path / "out")
-    assert r.exit_code == 1
-    assert "2 image(s) could not be read" in r.output and "broken.png" in r.output and "empty.jpg" in r.output
+    assert r.exit_code == 1 and "1 image(s) could not be read" in r.output and "cut.png" in r.output
     assert set(read_predictions(tmp_path / "out")) == {"a", "b", "sub/c", "d"}
+
+
+def test_images_with_other_channels_than_the_model_are_counted_in_a_warning(full_run, odd_images: Path, tmp_path: Path):
+    run_dir, _ = full_run  # a gray model; b.png is colour
+    r = CliRunner().invoke(cli, ["predict", "--model", str(run_dir), str(odd_images), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert "warning: 1 colour image(s)" in r.stderr and "b.png" in r.stderr and "gray (1 channel) model" in r.stderr
+
+
+def test_exif_orientation_is_applied_once_everywhere(tmp_path: Path):
+    from PIL import Image
+
+    from wsss.data.images import image_size, read_image
+
+    pixels = np.zeros((20, 50, 3), np.uint8)
+    pixels[:5, :10] = (200, 40, 40)  # a red block in the stored top-left corner
+    im = Image.fromarray(pixels)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    im.save(tmp_path / "turned.jpg", exif=exif.tobytes(), quality=95)
+    arr = read_image(tmp_path / "turned.jpg")
+    assert arr.shape[:2] == (50, 20) and image_size(tmp_path / "turned.jpg") == (50, 20)
+    assert arr[:10, -5:, 0].mean() > 150  # clockwise: the stored top-left corner is now the top-right
 
 
 def test_predicting_into_a_folder_inside_the_input_skips_its_own_output(full_run, odd_images: Path, tmp_path: Path):

@@ -8,8 +8,12 @@ name, path, decision, score, per-class scores, defect fraction) and ``labelmap.t
 are searched without ``--out``'s own ``masks/``, ``probs/`` and ``overlays/``, so predicting into a folder inside an
 input folder never segments an earlier run's output.
 
-Images stream through in batches: memory stays flat however many there are. An image that cannot be read is
-skipped and listed at the end (non-zero exit); every other image is still segmented. ``predictions.csv`` is
+Before anything is written every image is screened from its header (:func:`screen_images`): a file that is not a
+readable image, is larger than ``max_megapixels`` (as ``prepare.max_megapixels``) or whose name is not UTF-8 is
+listed, all at once, and nothing is written. Images whose channels differ from the model's (colour parts for a gray
+model, or the reverse) are converted and counted in one warning at the end. Images stream through in batches: memory
+stays flat however many there are. An image whose header read but whose pixels do not (a truncated file) is skipped
+and listed at the end (non-zero exit); every other image is still segmented. ``predictions.csv`` is
 written to a temporary file and renamed when the run ends, so it never describes a half-finished run.
 
 Under torchrun each rank segments every world-th image (on its own GPU) and writes its rows to
@@ -39,6 +43,7 @@ class PredictSummary:
     images: int = 0
     defective: int = 0
     failed: list[WsssError] = field(default_factory=list)
+    other_channels: list[Path] = field(default_factory=list)  # gray images for a colour model, or the reverse
 
 
 def output_folders(out: Path) -> tuple[Path, Path, Path]:
@@ -83,6 +88,46 @@ def find_images(inputs: Sequence[Path], skip: Sequence[Path] = ()) -> list[tuple
     return found
 
 
+def screen_images(found: Sequence[tuple[Path, str]], max_megapixels: float) -> None:
+    """Check every image's name and header before anything is written (see the module docstring): a ManyErrors
+    listing each unusable file."""
+    from wsss.data.images import image_size
+
+    errors: list[WsssError] = []
+    for path, _ in found:
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            errors.append(DataError(path, "its name is not valid UTF-8", "rename the file (UTF-8 names only)"))
+            continue
+        try:
+            h, w = image_size(path)
+        except DataError as e:
+            errors.append(DataError(path, f"not a readable image ({e.what})", "replace the file or remove it"))
+            continue
+        if h * w > max_megapixels * 1e6:
+            errors.append(
+                DataError(
+                    path,
+                    f"{w}x{h} is {h * w / 1e6:.1f} megapixels, over --max-megapixels {max_megapixels:g}",
+                    "crop or tile it into parts, or raise --max-megapixels",
+                )
+            )
+    if errors:
+        raise ManyErrors(errors, f"{len(errors)} image(s) cannot be segmented; nothing was written")
+
+
+def channel_warning(paths: Sequence[Path], in_chans: int) -> str:
+    """The warning for images whose channels are not the model's (gray for a colour model, or the reverse)."""
+    kind, model = ("colour", "gray (1 channel)") if in_chans == 1 else ("gray", f"colour ({in_chans} channels)")
+    fix = (
+        "they were converted to gray; a model trained on colour images uses their colour"
+        if in_chans == 1
+        else "their gray was repeated into every channel; a model trained on gray images fits them"
+    )
+    return f"warning: {len(paths)} {kind} image(s) (e.g. {paths[0]}) went to a {model} model: {fix}"
+
+
 def prepare_out(out: Path) -> None:
     """Create ``out`` (and its masks/, overlays/ and probs/); a file in its place is a ConfigError."""
     out = Path(out)
@@ -107,12 +152,15 @@ def predict_images(
     progress_fn: Callable = lambda it, **_: it,
     high_bit_depth: str = "refuse",
     probs: bool = True,
+    max_megapixels: float = 20.0,
+    warn: Callable[[str], None] = print,
 ) -> PredictSummary:
     """Segment every image of ``inputs`` into ``out``; returns counts and the errors of unreadable images.
 
     ``high_bit_depth``: ``refuse`` (16-bit images are unreadable) or ``scale`` (0..65535 mapped to 0..255), as
     ``dataset.high_bit_depth`` for a dataset; ``--high-bit-depth`` on the command line. ``probs``: also write the
-    defect-probability maps (``probs/``).
+    defect-probability maps (``probs/``). ``max_megapixels``: larger images are refused (:func:`screen_images`);
+    ``warn`` prints the warning about images whose channels are not the model's.
     """
     from wsss import distributed as dist
     from wsss.data.images import HIGH_BIT_DEPTH, read_image
@@ -126,6 +174,7 @@ def predict_images(
         raise ConfigError("--high-bit-depth", f"invalid value {high_bit_depth!r}", f"use one of {HIGH_BIT_DEPTH}")
     found = find_images(inputs, skip=output_folders(out))
     rank, world = dist.rank(), dist.world_size()
+    screen_images(found, max_megapixels)
     classes = predictor.classes
     if rank == 0:
         prepare_out(out)
@@ -135,7 +184,7 @@ def predict_images(
     columns = ["name", "path", "decision", "score", *(f"score_{c}" for c in classes), "defect_fraction"]
     part = out / (PREDICTIONS_FILE if world == 1 else f"predictions.{rank}.part")
     images = found[rank::world]
-    with atomic_path(part) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(part) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         if world == 1:
             writer.writeheader()
@@ -149,6 +198,8 @@ def predict_images(
                 except DataError as e:
                     summary.failed.append(e)
             for (path, name), image, pred in zip(ok, arrays, predictor(arrays), strict=True):
+                if (image.ndim == 2) != (predictor.in_chans == 1):
+                    summary.other_channels.append(path)
                 (out / "masks" / name).parent.mkdir(parents=True, exist_ok=True)
                 write_mask(out / "masks" / f"{name}.png", pred.labels)
                 if probs:
@@ -165,6 +216,8 @@ def predict_images(
                 writer.writerow(row)
                 summary.images += 1
                 summary.defective += bool(called)
+    if summary.other_channels:
+        warn(channel_warning(summary.other_channels, predictor.in_chans))
     if world > 1:
         summary = _merge_ranks(out, columns, summary, [name for _, name in found])
     if rank == 0:
@@ -181,9 +234,9 @@ def _merge_ranks(out: Path, columns: list[str], mine: PredictSummary, order: lis
     if dist.rank() == 0:
         rows: dict[str, dict] = {}
         for part in sorted(out.glob("predictions.*.part")):
-            with open(part, newline="") as f:
+            with open(part, newline="", encoding="utf-8") as f:
                 rows |= {r["name"]: r for r in csv.DictReader(f, fieldnames=columns)}
-        with atomic_path(out / PREDICTIONS_FILE) as tmp, open(tmp, "w", newline="") as f:
+        with atomic_path(out / PREDICTIONS_FILE) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows[n] for n in order if n in rows)

@@ -127,6 +127,13 @@ def _size(value: str) -> tuple[int, int] | None | str:
     show_default=True,
     help="16-bit images: refuse them, or scale 0..65535 to 0..255 (as dataset.high_bit_depth)",
 )
+@click.option(
+    "--max-megapixels",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="larger images are refused before anything is written (as prepare.max_megapixels)",
+)
 def predict(
     model: Path,
     inputs: tuple[Path, ...],
@@ -139,6 +146,7 @@ def predict(
     no_overlays: bool,
     no_probs: bool,
     high_bit_depth: str,
+    max_megapixels: float,
 ) -> None:
     """Segment IMAGES (files or folders) with a trained segmenter: masks, defect-probability maps (probs/), overlays
     and predictions.csv in --out."""
@@ -152,7 +160,16 @@ def predict(
         model, str(dist.resolve_device(device, "--device")), _size(size), threshold, guided_radius
     )
     summary = predict_images(
-        predictor, inputs, out, batch, not no_overlays, progress, high_bit_depth, probs=not no_probs
+        predictor,
+        inputs,
+        out,
+        batch,
+        not no_overlays,
+        progress,
+        high_bit_depth,
+        probs=not no_probs,
+        max_megapixels=max_megapixels,
+        warn=lambda line: click.echo(line, err=True),
     )
     main = dist.is_main()  # asked before leaving the group, after which every process is "rank 0"
     dist.shutdown()

@@ -14,6 +14,8 @@ is fully decoded (``Image.load()``), so truncated files fail here instead of in 
   the full 16-bit range 0..65535 to 0..255 (``round(v / 257)``; a 12-bit image therefore comes out dark).
   ``I`` images whose values all fit in 0..255 are read as 8-bit.
 - 32-bit float (``F``): refused.
+- An EXIF orientation tag (phone and camera pictures taken turned) is applied once, here: every stage, the review
+  package and `predict` see the image upright, as a viewer shows it, and :func:`image_size` reports that size.
 
 Masks are read as one 8-bit channel (colour masks: the maximum over channels, alpha ignored; 16-bit and float
 masks: any non-zero value counts as 255) and binarised as ``value >= threshold``.
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from wsss.errors import DataError
 
@@ -33,6 +35,7 @@ HIGH_BIT_DEPTH = ("refuse", "scale")
 _REPLACE_FIX = "re-copy the file from the original source, or remove it from the dataset"
 _8BIT_FIX = "convert it to an 8-bit PNG"
 SCALE_FIX = "set dataset.high_bit_depth: scale"
+EXIF_ORIENTATION = 0x0112  # the EXIF tag a camera writes when the picture was taken turned
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ def _open(path: Path) -> Image.Image:
     try:
         im = Image.open(path)
         im.load()
+        if exif_orientation(im) != 1:  # the image as a viewer shows it: rotated by its EXIF tag, once, here
+            im = ImageOps.exif_transpose(im)
     except Image.DecompressionBombError as e:
         raise DataError(path, f"image too large to decode safely: {e}", "split or downscale the image") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -135,11 +140,21 @@ def probe_image(path: Path | str, high_bit_depth: str = "refuse") -> ImageInfo:
     return _decode(Path(path), high_bit_depth)[1]
 
 
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright, 5-8 = a quarter turn, so width and height swap), 1 without one."""
+    try:
+        value = im.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError, TypeError):  # a malformed EXIF block: the pixels as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
 def image_size(path: Path | str) -> tuple[int, int]:
-    """(H, W) from the file's header, without decoding the pixels."""
+    """(H, W) from the file's header (turned by its EXIF orientation, as :func:`read_image` turns the pixels),
+    without decoding the pixels."""
     try:
         with Image.open(path) as im:
-            return im.height, im.width
+            return (im.width, im.height) if exif_orientation(im) >= 5 else (im.height, im.width)
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(path, f"cannot read the image's size: {e}", "re-run the prepare stage") from None
 

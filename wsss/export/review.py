@@ -163,8 +163,10 @@ def _shown_as_read(src: Path) -> bool:
     16-bit values (which wsss scales)."""
     from PIL import Image
 
-    with Image.open(src) as im:
-        return im.mode in ("1", "L", "P", "RGB") and "transparency" not in im.info
+    from wsss.data.images import exif_orientation
+
+    with Image.open(src) as im:  # a browser may or may not apply EXIF orientation: such a file is re-encoded
+        return im.mode in ("1", "L", "P", "RGB") and "transparency" not in im.info and exif_orientation(im) == 1
 
 
 def _copy_image(src: Path, image: np.ndarray, out: Path, sid: str) -> str:
