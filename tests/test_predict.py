@@ -205,6 +205,7 @@ def test_onnx_export_matches_pytorch_and_predicts_the_same_masks(full_run, odd_i
     assert r.exit_code == 0, r.output
     diff = float(r.output.rsplit("max abs diff ", 1)[1])
     assert diff < 1e-3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.onnx"]  # one self-contained file, no leftovers
     for model, out in ((run_dir, "torch"), (tmp_path / "seg.onnx", "onnx")):
         r = invoke("predict", "--model", model, odd_images, "--out", tmp_path / out, "--size", "native")
         assert r.exit_code == 0, r.output

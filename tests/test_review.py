@@ -319,6 +319,11 @@ def test_export_review_command_and_stage_write_the_package(full_run, tmp_path: P
     assert len(tasks) == n and tasks[0]["data"]["image"].startswith("/data/local-files/?d=images/")
     assert (run_dir / "export" / "index.html").is_file()  # the stage, in the full pipeline
     assert json.loads((run_dir / "export" / "manifest.json").read_text())["status"] == "done"
+    page = (run_dir / "export" / "index.html").read_bytes()
+    for inside in (run_dir / "export", run_dir / "export" / "again", run_dir / "train-segmenter"):
+        r = CliRunner().invoke(cli, ["export", "review", "--run", str(run_dir), "--out", str(inside)])
+        assert r.exit_code == 2 and "inside the stage folder" in r.output, r.output
+    assert (run_dir / "export" / "index.html").read_bytes() == page and not (run_dir / "export" / "again").exists()
 
 
 CHROMIUM_FLAGS = [

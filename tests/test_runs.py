@@ -237,3 +237,21 @@ def test_a_truncated_output_is_corrupt_even_with_its_old_time(recipe: Path, tmp_
     a.write_text("x")
     os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert "corrupt" in invoke("status", "--config", str(recipe), "--run-dir", str(run_dir)).output
+
+
+def test_ctrl_c_exits_130_and_leaves_the_stage_interrupted_to_resume(recipe: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    args = ("run-stage", "toy-a", "--config", str(recipe), "--run-dir", str(run_dir))
+    proc = wsss(*args, env={"TOY_HANG": "1"})
+    marker = run_dir / "toy-a.partial" / "started"
+    deadline = time.time() + 60
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "stage did not start"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert json.loads((run_dir / "toy-a.partial" / "manifest.json").read_text())["status"] == "running"
+    out = invoke("status", "--config", str(recipe), "--run-dir", str(run_dir)).output
+    assert "toy-a              interrupted" in out

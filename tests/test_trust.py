@@ -65,3 +65,26 @@ def test_a_stage_weights_file_changed_at_its_size_and_time_is_refused_before_use
     with pytest.raises(StageError, match=r"run-stage train-segmenter --force") as e:
         load_trained_state(torch.nn.Linear(4, 2), weights, "fix")
     assert str(weights) in str(e.value) and "sha256" in str(e.value)
+
+
+def test_a_folder_dataset_says_which_files_it_reads_through_links_out_of_its_root(tmp_path: Path):
+    import cv2
+    import numpy as np
+    from click.testing import CliRunner
+
+    from wsss.cli import cli
+
+    rng = np.random.default_rng(0)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for cls in ("ok", "scratch"):
+        (tmp_path / "parts" / cls).mkdir(parents=True)
+        for i in range(4):
+            cv2.imwrite(str(tmp_path / "parts" / cls / f"{i}.png"), rng.integers(0, 255, (32, 48), dtype=np.uint8))
+    cv2.imwrite(str(outside / "far.png"), rng.integers(0, 255, (32, 48), dtype=np.uint8))
+    (tmp_path / "parts" / "scratch" / "linked.png").symlink_to(outside / "far.png")
+    r = CliRunner().invoke(
+        cli, ["init", "--kind", "folder", "--root", str(tmp_path / "parts"), "--out", str(tmp_path / "r.yaml")]
+    )
+    assert r.exit_code == 0, r.output
+    assert "1 file(s) are symbolic links to files outside the dataset root" in r.output and "far.png" in r.output

@@ -321,6 +321,8 @@ class Run:
                 runs_here = main or stage.distributed
                 outputs = (stage.run(self.cfg, inputs, partial) or {}) if runs_here else {}
                 outputs = dist.broadcast_object(outputs)
+            except KeyboardInterrupt:  # Ctrl-C: the manifest stays "running", so the stage shows as interrupted
+                raise
             except BaseException as e:
                 if main:
                     manifest.update(status="failed", finished=_now(), error=f"{type(e).__name__}: {e}")

@@ -28,7 +28,8 @@ class StageChoice(click.Choice):
 
 
 class WsssGroup(click.Group):
-    """Turns WsssError into a one-line ``Error:`` message and its exit code."""
+    """Turns WsssError into a one-line ``Error:`` message and its exit code, and Ctrl-C into exit code 130 (the
+    shell's convention for SIGINT) with the stage left ``interrupted``, to resume."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -36,6 +37,9 @@ class WsssGroup(click.Group):
         except WsssError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: `wsss run` resumes where it stopped", err=True)
+            ctx.exit(130)
 
 
 config_option = click.option(

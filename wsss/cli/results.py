@@ -205,6 +205,13 @@ def export_review(run_dir: Path, masks: str | None, out: Path, formats: str, coc
 
     if out.exists() and not out.is_dir():
         raise ConfigError(out, "exists and is not a folder", "choose another --out folder")
+    from wsss.hashing import MANIFEST
+
+    stage = next((d for d in (out.resolve(), *out.resolve().parents) if (d / MANIFEST).is_file()), None)
+    if stage is not None:  # a stage's folder belongs to its manifest: a package there would overwrite its outputs
+        raise ConfigError(
+            f"--out {out}", f"inside the stage folder {stage}", "choose a folder outside the run's stage folders"
+        )
     cfg = ExportConfig(formats=[f.strip() for f in formats.split(",") if f.strip()], coco_mode=coco_mode)
     cfg.image_prefix = image_prefix
     written = build_review(run_source(run_dir, masks), out, cfg, progress)

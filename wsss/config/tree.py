@@ -90,8 +90,6 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(path, "config file not found", "pass an existing YAML file, e.g. configs/demo.yaml")
         data = read_yaml(path)
         cfg = build(Config, data, "", str(path), path.parent.resolve())
-        if not cfg.run.name:
-            cfg.run.name = path.stem
     for item in overrides:
         apply_override(cfg, item)
     from wsss.pipelines import load_pipeline
@@ -102,6 +100,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             apply_override(cfg, item)
         for item in overrides:
             apply_override(cfg, item)
+    if not cfg.run.name:  # never the runs/ folder itself: the recipe's file name, else "default"
+        cfg.run.name = Path(path).stem if path is not None else "default"
     validate(cfg)
     return cfg
 

@@ -13,9 +13,11 @@ distorted), grayscale mixed with colour (grayscale repeated to 3 channels), and 
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from wsss.data.base import DatasetAdapter, Sample
@@ -138,6 +140,23 @@ def _label_name(labels: tuple[str, ...]) -> str:
     return ";".join(labels) or OK
 
 
+def _links_out(samples: list[Sample], root: Path) -> list[str]:
+    """A warning naming the files read through symbolic links to places outside the dataset root (none: [])."""
+    base = Path(os.path.realpath(root if Path(root).is_dir() else Path(root).parent))
+    out = [
+        (p, Path(os.path.realpath(p)))
+        for s in samples
+        for p in (s.path, s.mask)
+        if p is not None and not Path(os.path.realpath(p)).is_relative_to(base)
+    ]
+    if not out:
+        return []
+    return [
+        f"{len(out)} file(s) are symbolic links to files outside the dataset root {base} (e.g. {out[0][0]} -> "
+        f"{out[0][1]}): they are read through the links, and a run depends on where they point"
+    ]
+
+
 def validate_samples(
     samples: list[Sample], adapter: DatasetAdapter, workers: int = 0, max_megapixels: float = 20.0
 ) -> ValidationReport:
@@ -185,6 +204,7 @@ def validate_samples(
         warnings.append("no defect-free images: the classifier only learns to tell defect types apart")
     infos = [c.info for c in checked if c.info is not None]
     warnings += _handled(infos)
+    warnings += _links_out(samples, adapter.root)
     counts = Counter(label for s in samples for label in (s.labels or (OK,)))
     for name, n in sorted(counts.items()):
         if n < FEW_IMAGES:

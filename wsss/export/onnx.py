@@ -94,6 +94,7 @@ def export_onnx(model_path: Path, out: Path, tolerance: float = TOLERANCE, opset
                 dynamic_shapes={"image": dims},
                 opset_version=opset,
                 dynamo=True,
+                external_data=False,  # one self-contained file (a segmenter is far below protobuf's 2 GB)
                 verbose=False,
             )
             proto = onnx.load(str(onnx_tmp))
@@ -103,6 +104,7 @@ def export_onnx(model_path: Path, out: Path, tolerance: float = TOLERANCE, opset
             onnx.save(proto, str(tmp))
         finally:
             onnx_tmp.unlink(missing_ok=True)
+            onnx_tmp.with_name(onnx_tmp.name + ".data").unlink(missing_ok=True)  # an exporter's external weights
         diff = max_difference(TorchRunner(model), OnnxRunner(tmp), inputs)
         if not diff <= tolerance:
             raise StageError(
