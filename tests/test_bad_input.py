@@ -4,8 +4,12 @@ and how to fix it, prints no traceback, and leaves nothing half-written (no stag
 The cases that need a trained run live beside the code they exercise: colour datasets (tests/test_colour.py),
 wrong or unreadable masks given to `evaluate` (tests/test_evaluate_stage.py, tests/test_evaluation.py) and to
 `import-review` (tests/test_review.py), `predict`'s 16-bit hint and its own output folder (tests/test_predict.py),
-a stage interrupted by SIGKILL in `wsss status` (tests/test_runs.py), and auto sizes' aspect ratio
-(tests/test_auto.py)."""
+a stage interrupted by SIGKILL or Ctrl-C and a stage output changed after it finished (tests/test_runs.py), auto
+sizes' aspect ratio (tests/test_auto.py), malformed and hostile COCO / Label Studio / CVAT / decisions imports
+(tests/test_import_probes.py), `predict`'s unreadable, oversized and misnamed images and its channel warning
+(tests/test_predict.py), weights changed after their stage wrote them, names in the review page and links out of a
+dataset root (tests/test_trust.py), and names and paths that look like YAML in the recipe `init` writes
+(tests/test_init.py)."""
 
 from __future__ import annotations
 
@@ -193,3 +197,20 @@ def test_files_are_written_with_the_users_umask(tmp_path: Path, umask: int, mode
 def test_command_line_counts_and_thresholds_are_range_checked(tmp_path: Path, args: list[str], named: str):
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 2 and named in r.output, r.output
+
+
+# ---------------------------------------------------------------------------------------------------- recipes
+def test_a_recipe_with_aliases_is_refused_before_it_expands(tmp_path: Path):
+    laughs = tmp_path / "laughs.yaml"
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]" for p, c in zip("abcdefg", "bcdefgh", strict=True)]
+    laughs.write_text("\n".join(lines) + "\nrun: {name: *h}\n")
+    refused(wsss("run", "--config", laughs, "--run-dir", tmp_path / "run"), 2, str(laughs), "alias")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_over_a_mebibyte_is_refused(tmp_path: Path):
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * (2 << 20) + "\nrun: {seed: 1}\n")
+    refused(wsss("run", "--config", big, "--run-dir", tmp_path / "run"), 2, str(big), "bytes")
+    assert not (tmp_path / "run").exists()

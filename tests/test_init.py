@@ -106,16 +106,3 @@ def test_names_and_paths_that_look_like_yaml_round_trip_and_inject_nothing(tmp_p
     assert data["segmenter"].get("epochs") != 1 and "seed" not in data["run"]  # nothing injected
     cfg = load_config(out)
     assert cfg.dataset.root == str(root.resolve()) and cfg.run.seed == 0
-
-
-def test_a_recipe_with_aliases_or_oversized_is_refused_naming_the_file(tmp_path: Path):
-    laughs = tmp_path / "laughs.yaml"
-    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
-    lines += [f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]" for p, c in zip("abcdefg", "bcdefgh")]
-    laughs.write_text("\n".join(lines) + "\nrun: {name: *h}\n")
-    r = CliRunner().invoke(cli, ["show-config", "-c", str(laughs)])
-    assert r.exit_code == 2 and str(laughs) in r.output and "alias" in r.output
-    big = tmp_path / "big.yaml"
-    big.write_text("# " + "x" * (2 << 20) + "\nrun: {seed: 1}\n")
-    r = CliRunner().invoke(cli, ["show-config", "-c", str(big)])
-    assert r.exit_code == 2 and str(big) in r.output and "bytes" in r.output

@@ -88,3 +88,18 @@ def test_a_folder_dataset_says_which_files_it_reads_through_links_out_of_its_roo
     )
     assert r.exit_code == 0, r.output
     assert "1 file(s) are symbolic links to files outside the dataset root" in r.output and "far.png" in r.output
+
+
+def test_every_file_a_full_run_wrote_has_the_umasks_mode(full_run):
+    """Weights, masks, CAMs, tables, manifests, the review package: every kind of file a run writes (the session
+    fixture ran under this process's umask)."""
+    run_dir, _ = full_run
+    umask = os.umask(0)
+    os.umask(umask)
+    want = 0o666 & ~umask
+    files = [p for p in run_dir.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    kinds = {p.suffix for p in files}
+    assert {".safetensors", ".png", ".json", ".csv"} <= kinds, kinds
+    wrong = {str(p.relative_to(run_dir)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    wrong = {k: v for k, v in wrong.items() if v != oct(want)}
+    assert not wrong, wrong
