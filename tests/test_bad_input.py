@@ -214,3 +214,13 @@ def test_a_recipe_over_a_mebibyte_is_refused(tmp_path: Path):
     big.write_text("# " + "x" * (2 << 20) + "\nrun: {seed: 1}\n")
     refused(wsss("run", "--config", big, "--run-dir", tmp_path / "run"), 2, str(big), "bytes")
     assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_run_name_never_makes_runs_itself_the_run_folder(tmp_path: Path):
+    from wsss.config import load_config
+
+    cfg = tmp_path / "line3.yaml"
+    cfg.write_text("run: {name: ''}\n")
+    assert load_config(cfg).run.name == "line3"
+    assert load_config(cfg, ["run.name="]).run.name == "line3"
+    assert load_config(None, ["run.name="]).run.name == "default"
