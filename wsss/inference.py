@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from wsss.data.transforms import resize, to_channels, to_tensor
 from wsss.errors import ConfigError, StageError
 from wsss.evaluation.metrics import quantize_probs
+from wsss.models.chunked import forward_chunked
 from wsss.models.segmenter import META_FILE, MODEL_FILE, Segmenter, gate_labels, load_segmenter
 from wsss.refine.guided import guided_probs
 
@@ -53,7 +54,7 @@ class TorchRunner:
     @torch.no_grad()
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = self.model(torch.from_numpy(x).to(self.device))
+            out = forward_chunked(self.model, torch.from_numpy(x).to(self.device))
         return out.mask_logits.float().cpu().numpy(), out.cls_logits.float().cpu().numpy()
 
 

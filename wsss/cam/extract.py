@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from wsss.auto import AUTO
 from wsss.config import CamConfig
 from wsss.data.transforms import resize, to_channels, to_tensor
+from wsss.models.chunked import forward_chunked
 from wsss.models.classifier import DFC
 from wsss.models.compile import maybe_compile
 
@@ -85,7 +86,7 @@ class CamExtractor:
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flip-averaged score maps (B, K, h, w) and probabilities (B, K) of a batch at one scale."""
         views = [x, x.flip(-1), x.flip(-2)] if self.cfg.flips else [x]
-        out = self.net(torch.cat(views).to(self.device))
+        out = forward_chunked(self.net, torch.cat(views).to(self.device))
         cams = out.cams.float().chunk(len(views))
         probs = torch.sigmoid(out.logits.float()).chunk(len(views))
         unflipped = [cams[0]] + ([cams[1].flip(-1), cams[2].flip(-2)] if self.cfg.flips else [])

@@ -33,6 +33,7 @@ from wsss.data.transforms import Augment
 from wsss.errors import StageError
 from wsss.evaluation.metrics import auroc, average_precision
 from wsss.models.backbone import save_state_dict
+from wsss.models.chunked import forward_chunked
 from wsss.models.classifier import DFC, META_FILE, MODEL_FILE, build_dfc, model_meta
 from wsss.models.compile import maybe_compile
 from wsss.progress import progress
@@ -254,7 +255,7 @@ def score_dataset(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x).logits.float()
+            logits = forward_chunked(model, x).logits.float()
         loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").item() / y.shape[1]
         scores.append(torch.sigmoid(logits).max(1).values.cpu().numpy())
         labels.append((y.max(1).values > 0).cpu().numpy())

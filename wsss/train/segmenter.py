@@ -40,6 +40,7 @@ from wsss.errors import ConfigError, DataError, StageError
 from wsss.evaluation.metrics import SegAccumulator
 from wsss.labels import IGNORE
 from wsss.models.backbone import save_state_dict
+from wsss.models.chunked import forward_chunked
 from wsss.models.compile import maybe_compile
 from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_labels, segmenter_meta
 from wsss.refine.pseudo import CONFIDENCE_FILE
@@ -296,7 +297,7 @@ class SegmenterTrainer:
         loader = DataLoader(self.val_set, batch_size=self.scfg.batch_size, num_workers=self.scfg.workers)
         for batch in loader:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = self.kept(self._input(batch))
+                out = forward_chunked(self.kept, self._input(batch))
             loss_sum += self.losses(out, batch)["loss"].item() * len(batch["image"])
             probs = torch.softmax(out.mask_logits.float(), 1).cpu().numpy()
             cls = torch.sigmoid(out.cls_logits.float()).cpu().numpy()
