@@ -129,18 +129,44 @@ def test_an_unknown_looking_csv_label_is_warned_about(tmp_path: Path):
     assert "class '2'" in (tmp_path / "run" / "prepare" / "report.md").read_text()
 
 
-def test_a_symbolic_link_out_of_the_csv_folder_is_refused(tmp_path: Path):
+def test_a_csv_path_out_of_its_folder_is_refused_and_a_link_in_it_is_read_and_named(tmp_path: Path):
     outside = tmp_path / "elsewhere.png"
     png(outside)
     (tmp_path / "data").mkdir()
+    csv = csv_set(tmp_path / "data", ["../elsewhere.png,1"])
+    out = refused(prepare(recipe(tmp_path, "csv", csv), tmp_path / "run"), 1, f"{csv}, line 14")
+    assert "path '../elsewhere.png' escapes the dataset root" in out
+    # a symbolic link placed in the folder is read through, wherever it points, and named in the report
     (tmp_path / "data" / "link.png").symlink_to(outside)
     csv = csv_set(tmp_path / "data", ["link.png,1"])
-    out = refused(prepare(recipe(tmp_path, "csv", csv), tmp_path / "run"), 1, f"{csv}, line 14")
-    assert f"path 'link.png' (a symbolic link to {outside}) escapes the dataset root" in out
-    # a link to a file inside the folder is fine
-    (tmp_path / "data" / "link.png").unlink()
-    (tmp_path / "data" / "link.png").symlink_to(tmp_path / "data" / "bad0.png")
-    assert prepare(recipe(tmp_path, "csv", csv), tmp_path / "run").exit_code == 0
+    r = prepare(recipe(tmp_path, "csv", csv), tmp_path / "run2")
+    assert r.exit_code == 0, r.output
+    report = (tmp_path / "run2" / "prepare" / "report.md").read_text()
+    assert "1 file(s) are symbolic links to files outside the dataset root" in report and str(outside) in report
+
+
+def test_a_csv_split_column_is_the_split_and_its_groups_never_straddle(tmp_path: Path):
+    root = tmp_path / "data"
+    root.mkdir()
+    lines = ["path,label,split,group"]
+    for i in range(6):
+        for kind, label, value in (("ok", "0", 100), ("bad", "1", 140)):
+            png(root / f"{kind}{i}.png", value + i)
+            lines.append(f"{kind}{i}.png,{label},{('train', 'train', 'train', 'val', 'test', 'test')[i]},part{i}")
+    (root / "set.csv").write_text("\n".join(lines) + "\n")
+    r = wsss("init", "--kind", "csv", "--root", root / "set.csv", "--out", tmp_path / "r.yaml")
+    assert r.exit_code == 0, r.output
+    assert "mode: official" in (tmp_path / "r.yaml").read_text()
+    assert prepare(tmp_path / "r.yaml", tmp_path / "run").exit_code == 0
+    index = (tmp_path / "run" / "prepare" / "index.csv").read_text().splitlines()
+    got = {line.split(",")[0]: (line.split(",")[3], line.split(",")[4]) for line in index[1:]}
+    assert got["ok3"] == ("val", "part3") and got["bad5"] == ("test", "part5") and got["ok0"] == ("train", "part0")
+    lines[1] = lines[1].replace(",train,", ",lunch,")
+    lines[2] = lines[2].replace("part0", "part4")  # bad0 (train) joins ok4 and bad4 (test)
+    (root / "set.csv").write_text("\n".join(lines) + "\n")
+    r = wsss("init", "--kind", "csv", "--root", root / "set.csv", "--out", tmp_path / "r2.yaml", "--force")
+    out = refused(r, 1, "line 2", "split 'lunch' is not one of train, val, test", "group 'part4' has images in")
+    assert not (tmp_path / "r2.yaml").exists() and "test and train" in out
 
 
 # ------------------------------------------------------------------------------------------------ settings

@@ -108,6 +108,8 @@ def scan(kind: str, root: Path) -> tuple[Config, DatasetSummary]:
         raise ConfigError(root, "dataset root not found", "pass the dataset folder (kind csv: the CSV file)")
     adapter = create_adapter(cfg.dataset, Path(cfg.dataset.root))
     samples = adapter.scan()
+    if samples and all(s.split in ("train", "val", "test") for s in samples) and kind == "csv":
+        cfg.prepare.split.mode = "official"  # the CSV's split column is the team's own split
     report = validate_samples(samples, adapter, max_megapixels=cfg.prepare.max_megapixels)
     split = assign_splits(samples, cfg.prepare.split, kind=kind)
     summary = DatasetSummary(
@@ -142,11 +144,16 @@ def recipe_text(cfg: Config, summary: DatasetSummary, out: Path) -> str:
     resolved = {key: value for key, value, _ in lines}
     why = {key: reason for key, _, reason in lines}
     split = cfg.prepare.split
-    split_line = (
-        f"{{mode: kfold, folds: {split.folds}, fold: 0, val: {split.val:g}, seed: 0}}  # change fold for the others"
-        if split.mode == "kfold"
-        else f"{{mode: {split.mode}, train: {split.train:g}, val: {split.val:g}, test: {split.test:g}, seed: 0}}"
-    )
+    if split.mode == "kfold":
+        split_line = (
+            f"{{mode: kfold, folds: {split.folds}, fold: 0, val: {split.val:g}, seed: 0}}  # change fold for the others"
+        )
+    elif split.mode == "official":
+        split_line = f"{{mode: official, val: {split.val:g}, seed: 0}}  # the dataset's own split (val: if it has none)"
+    else:
+        split_line = (
+            f"{{mode: {split.mode}, train: {split.train:g}, val: {split.val:g}, test: {split.test:g}, seed: 0}}"
+        )
     head = [
         comment(f"wsss recipe for {summary.root}, written by `wsss init` on {datetime.date.today().isoformat()}."),
         *(comment(line) for line in summary.lines()),

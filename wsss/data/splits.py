@@ -85,7 +85,9 @@ def assign_splits(samples: list[Sample], cfg: SplitConfig, kind: str = "") -> di
             for s in samples
         }
 
-    # official: the dataset's own train/test split, validation carved from its train part
+    # official: the dataset's own split; validation as the dataset gives it, else carved from its train part
+    if any(s.split == "val" for s in samples) and all(s.split in ("train", "val", "test") for s in samples):
+        return {s.id: Assignment(str(s.split), -1) for s in samples}
     missing = [s.id for s in samples if s.split not in ("train", "test")]
     if missing:
         raise ConfigError(
