@@ -228,3 +228,29 @@ def test_evaluate_command_adds_pixel_ap_from_probability_maps(oracle_run: Path, 
     assert f"{probs / rows[0].id}.png: probability map is 63x64 (WxH)" in r.stderr
     assert f"have no probability map: {rows[1].id} (" in r.stderr
     assert _snapshot(tmp_path) == before and not out.exists()
+
+
+def test_a_run_without_ground_truth_ends_with_every_stages_time_and_an_overview_by_score(full_run, tmp_path: Path):
+    """A team's own images have no masks: `wsss run` still reports each stage's time and draws the images the
+    segmenter is surest, midway and least sure are defective, beside their pseudo-masks."""
+    import shutil
+
+    from wsss.cli.pipeline import _overview, _stage_summary
+    from wsss.export.overview import grid_shape
+    from wsss.pipelines import load_pipeline
+    from wsss.runs import Run
+
+    run_dir, cfg = full_run
+    dst = tmp_path / "run"
+    shutil.copytree(run_dir, dst)
+    index = dst / "prepare" / "index.csv"
+    lines = index.read_text().splitlines()
+    index.write_text("\n".join([lines[0], *(line.rsplit(",", 1)[0] + "," for line in lines[1:])]) + "\n")
+    stages = list(load_pipeline("full").stages)
+    run = Run(dst, cfg, echo=lambda *_: None)
+    summary, reports = _stage_summary(run, stages, cfg)
+    assert reports == {} and "## Every stage's time" in summary and "no ground-truth masks" in summary
+    for stage in stages:
+        assert any(x.startswith(f"| {stage} | ") and x.endswith(" s |") for x in summary.splitlines()), stage
+    overview = _overview(run, reports, cfg, stages)
+    assert overview == dst / "overview.png" and cv2.imread(str(overview)).shape[1:] == grid_shape(1)[1:]

@@ -70,7 +70,19 @@ def run_pipeline(
     from wsss.pipelines import load_pipeline, select
 
     cfg = load_config(config, overrides)
-    run_folder(cfg, run_dir).run_pipeline(select(load_pipeline(cfg.run.pipeline), start, stop), force=force)
+    run = run_folder(cfg, run_dir)
+    pipeline = load_pipeline(cfg.run.pipeline)
+    chosen = select(pipeline, start, stop)
+    run.run_pipeline(chosen, force=force)
+    if dist.is_main() and chosen and chosen[-1] == pipeline.stages[-1]:  # the whole way: what the run gives
+        summary, reports = _stage_summary(run, list(pipeline.stages), run.cfg)
+        click.echo("")
+        click.echo(summary)
+        overview = _overview(run, reports, run.cfg, list(pipeline.stages))
+        if overview is not None:
+            click.echo(f"overview picture: {overview}")
+        if "export" in pipeline.stages:
+            click.echo(f"review page: {run.stage_dir('export') / 'index.html'}")
     dist.shutdown()
 
 
@@ -153,7 +165,7 @@ def demo(run_dir: Path | None, force: bool, overrides: tuple[str, ...]) -> None:
     click.echo((run.stage_dir("evaluate") / "report.md").read_text())
     summary, reports = _stage_summary(run, list(pipeline.stages), cfg)
     click.echo(summary)
-    overview = _overview(run, reports, cfg)
+    overview = _overview(run, reports, cfg, list(pipeline.stages))
     if overview is not None:
         click.echo(f"overview picture: {overview}")
     if "export" in pipeline.stages:
@@ -182,9 +194,10 @@ def _mask_stages(run, stages: list[str]) -> list[str]:
 
 
 def _stage_summary(run, stages: list[str], cfg) -> tuple[str, dict]:
-    """Every mask-writing stage of the run on the evaluated split, side by side (METHOD.md 8): what each step of the
-    method gives, so a poor final row is seen next to the pseudo-masks it learned from; with each stage's pixel AP
-    (where it writes probs/) and its time (its manifest's seconds). Also each stage's report, by stage name."""
+    """Every stage's time and, where the evaluated split has ground-truth masks, every mask-writing stage's figures
+    side by side (METHOD.md 8): what each step of the method gives, so a poor final row is seen next to the
+    pseudo-masks it learned from; with each stage's pixel AP (where it writes probs/). Also each stage's report, by
+    stage name (none without ground truth)."""
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.evaluation import evaluate_stage
     from wsss.evaluation.report import pct
@@ -193,16 +206,22 @@ def _stage_summary(run, stages: list[str], cfg) -> tuple[str, dict]:
     index = run.stage_dir("prepare") / "index.csv"
     rows = read_eval_index(index, split=None if cfg.evaluate.split == "all" else cfg.evaluate.split)
     info = read_dataset_info(index)
+    truth = any(r.mask is not None for r in rows)
     lines = [
-        f"## Every mask-writing stage ({cfg.evaluate.split} split)",
+        f"## Every mask-writing stage ({cfg.evaluate.split} split)" if truth else "## Every stage's time",
         "",
-        "| stage | image AP | mIoU_def | pixel AP | Seg_mIoU | Seg_Recall@0.5 | time |",
-        "|---|---|---|---|---|---|---|",
+        "| stage | image AP | mIoU_def | pixel AP | Seg_mIoU | Seg_Recall@0.5 | time |"
+        if truth
+        else "| stage | time |",
+        "|---|---|---|---|---|---|---|" if truth else "|---|---|",
     ]
     mask_stages, reports, total = _mask_stages(run, stages), {}, 0.0
     for name in stages:
         seconds = float((read_manifest(run.stage_dir(name)) or {}).get("seconds") or 0.0)
         total += seconds
+        if not truth:
+            lines.append(f"| {name} | {seconds:.0f} s |")
+            continue
         if name not in mask_stages:
             continue
         r = reports[name] = evaluate_stage(rows, info, run.stage_dir(name), cfg.evaluate)
@@ -211,25 +230,44 @@ def _stage_summary(run, stages: list[str], cfg) -> tuple[str, dict]:
             f"| {name} | {pct(r.ap)} | {pct(r.miou_def)} | {pixel_ap} | {pct(r.seg_miou)} | "
             f"{pct(r.seg_recall_0_5)} | {seconds:.0f} s |"
         )
+    if not truth:
+        lines += [
+            "",
+            "(no ground-truth masks in this split: `wsss export review` shows the masks for a person to judge)",
+        ]
     lines += ["", f"all stages: {total:.0f} s"]
     return "\n".join(lines) + "\n", reports
 
 
-def _overview(run, reports: dict, cfg) -> Path | None:
+def _overview(run, reports: dict, cfg, stages: list[str]) -> Path | None:
     """``overview.png`` in the run folder: best, median and worst test image of the last mask-writing stage (its
-    report from :func:`_stage_summary`), beside the ground truth and the pseudo-masks; None when the run has no
-    pseudo-masks or nothing to rank."""
+    report from :func:`_stage_summary`), beside the ground truth and the pseudo-masks; without ground truth, the
+    images the last stage is surest, midway and least sure are defective. None when the run has no pseudo-masks or
+    nothing to show."""
     from wsss.data.index import read_eval_index
-    from wsss.export.overview import pick_rows, write_overview
+    from wsss.evaluation import read_scores
+    from wsss.export.overview import pick_by_score, pick_rows, write_overview
 
-    if "pseudo-labels" not in reports:
-        return None
-    final = list(reports)[-1]
-    images = reports[final].images
-    if not pick_rows(images):
+    pseudo = run.stage_dir("pseudo-labels") / "masks"
+    finals = [n for n in _mask_stages(run, stages) if n != "pseudo-labels"]
+    if not pseudo.is_dir():
         return None
     index = run.stage_dir("prepare") / "index.csv"
     rows = read_eval_index(index, split=None if cfg.evaluate.split == "all" else cfg.evaluate.split)
-    return write_overview(
-        run.dir / "overview.png", rows, images, run.stage_dir("pseudo-labels") / "masks", run.stage_dir(final) / "masks"
-    )
+    if reports:
+        final = list(reports)[-1]
+        if not pick_rows(reports[final].images):
+            return None
+        return write_overview(
+            run.dir / "overview.png", rows, reports[final].images, pseudo, run.stage_dir(final) / "masks"
+        )
+    final = finals[-1] if finals else "pseudo-labels"
+    scores_file = run.stage_dir(final) / "scores.csv"
+    if not scores_file.is_file():
+        return None
+    ids = {r.id for r in rows}
+    scores = {k: float(v) for k, v in read_scores(scores_file).items() if k in ids}
+    picks = pick_by_score(scores, cfg.evaluate.score_threshold)
+    if not picks:
+        return None
+    return write_overview(run.dir / "overview.png", rows, [], pseudo, run.stage_dir(final) / "masks", picks=picks)

@@ -1,7 +1,9 @@
 """One picture of how a run did: test images as rows, image | ground truth | pseudo-mask | segmenter mask as columns.
 
 The rows are the best, the median and the worst defective image by the final stage's IoU against the ground truth,
-so the picture shows the spread rather than a chosen success. Masks are drawn over their image
+so the picture shows the spread rather than a chosen success. Without ground truth (a team's own images) they are
+the test images the segmenter is most sure, midway and least sure are defective, among those it calls defective
+(:func:`pick_by_score`), and the ground-truth column stays bare. Masks are drawn over their image
 (:func:`wsss.export.overlay.overlay`: class colours, ignore pixels grey); a title band names the columns and each
 row's label carries its IoU.
 """
@@ -41,6 +43,21 @@ def pick_rows(results: Sequence[ImageResult]) -> list[tuple[str, ImageResult]]:
     return out
 
 
+def pick_by_score(scores: dict[str, float], threshold: float) -> list[tuple[str, str]]:
+    """(row label, id) of the images called defective (score >= ``threshold``) with the highest, the median and the
+    lowest score; fewer when fewer are called defective."""
+    called = sorted(((s, i) for i, s in scores.items() if s >= threshold), key=lambda t: (-t[0], t[1]))
+    if not called:
+        return []
+    picks = {"surest": called[0], "median": called[len(called) // 2], "least sure": called[-1]}
+    out, seen = [], set()
+    for name, (score, sid) in picks.items():
+        if sid not in seen:
+            seen.add(sid)
+            out.append((f"{name}: {sid}, segmenter score {score:.2f}", sid))
+    return out
+
+
 def _tile(image: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
     rgb = overlay(image, labels) if labels is not None else overlay(image, np.zeros(image.shape[:2], np.uint8))
     return cv2.resize(rgb, (TILE, TILE), interpolation=cv2.INTER_NEAREST)
@@ -61,20 +78,23 @@ def write_overview(
     results: Sequence[ImageResult],
     pseudo_dir: Path,
     final_dir: Path,
+    picks: Sequence[tuple[str, str]] | None = None,
 ) -> Path:
-    """Write the overview PNG to ``out`` from the final stage's per-image ``results`` over ``rows``."""
+    """Write the overview PNG to ``out``: the rows :func:`pick_rows` takes from the final stage's per-image
+    ``results``, or the given ``picks`` ((row label, id), e.g. :func:`pick_by_score`'s)."""
     by_id = {r.id: r for r in rows}
-    picks = pick_rows(results)
+    if picks is None:
+        picks = [(f"{name}: {r.id}, segmenter IoU {r.iou:.2f}", r.id) for name, r in pick_rows(results)]
     canvas = np.zeros(grid_shape(len(picks)), np.uint8)
     for j, name in enumerate(COLUMNS):
         _text(canvas, name, j * TILE, 0)
-    for i, (name, result) in enumerate(picks):
-        row = by_id[result.id]
+    for i, (label, sid) in enumerate(picks):
+        row = by_id[sid]
         image = read_image(row.path)
         gt = (read_pred_mask(row.mask) > 0).astype(np.uint8) if row.mask is not None else None
         masks = [gt, read_pred_mask(pseudo_dir / f"{row.id}.png"), read_pred_mask(final_dir / f"{row.id}.png")]
         y = TITLE + i * (TITLE + TILE)
-        _text(canvas, f"{name}: {row.id}, segmenter IoU {result.iou:.2f}", 0, y)
+        _text(canvas, label, 0, y)
         for j, labels in enumerate([None, *masks]):
             canvas[y + TITLE : y + TITLE + TILE, j * TILE : (j + 1) * TILE] = _tile(image, labels)
     write_rgb_png(out, canvas)
