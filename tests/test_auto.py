@@ -103,3 +103,21 @@ def test_a_run_prepared_by_an_older_wsss_resolves_from_its_image_headers(tmp_pat
     info.write_text(json.dumps(data))
     old = Run(tmp_path / "run", load_config(None, sets), echo=lambda *_: None)
     assert old.cfg.classifier.input_size == [64, 64] and old.cfg.pseudo.crf.bilateral_sxy == 6.4
+
+
+def test_a_zoomed_segmenter_sees_the_part_magnified_and_trains_on_windows_of_its_budget():
+    from wsss.auto import resolve_auto
+    from wsss.config import load_config
+    from wsss.data.stats import SizeStats
+
+    def resolved(median, *sets):
+        cfg = load_config(None, list(sets))
+        return resolve_auto(cfg, SizeStats(median=median, min=median, max=median, n=10)).segmenter
+
+    ksdd = resolved((1257, 500), "segmenter.zoom=2", "segmenter.crop=auto")
+    assert ksdd.input_size == [832, 320] and ksdd.crop == [416, 160]  # KSDD's tuned recipe: 896 x 384 from 448 x 192
+    demo = resolved((128, 128), "segmenter.zoom=2", "segmenter.crop=auto")
+    assert demo.input_size == [256, 256] and demo.crop == [128, 128]  # beyond the image's own size, as the demo's
+    plain = resolved((1257, 500), "segmenter.crop=auto")
+    assert plain.input_size == [416, 160] and plain.crop == [0, 0]  # zoom 1: whole images, as before
+    assert resolved((1257, 500), "segmenter.zoom=2").crop == [0, 0]  # an explicit crop (the default) wins

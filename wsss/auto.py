@@ -10,8 +10,11 @@ The rules (constants here, budgets in the config):
 - ``classifier.input_size``, ``retrain.input_size``, ``segmenter.input_size``: the median training image (H, W),
   scaled down (never up) so that H x W fits the section's ``max_pixels``, keeping the median aspect ratio within
   :data:`ASPECT_TOLERANCE`, each side a multiple of :data:`MULTIPLE` (the deepest stride of the backbones, so every
-  feature map is whole).
+  feature map is whole); for the segmenters then magnified by their ``zoom`` per side, also beyond the image's own
+  size (the demo's 128 px parts are segmented at 256).
   Images of other sizes are resized to it, as with an explicit size.
+- ``retrain.crop``, ``segmenter.crop``: with ``zoom`` > 1, the ``max_pixels`` size of the median image (the
+  windows the segmenter trains on, at the cost of an unzoomed one), within ``input_size``; else off.
 - ``cam.tile_size``: off, unless the classifier sees the median image shrunk by more than :data:`TILE_ABOVE` per
   side; then the CAM looks at windows that show each part at :data:`TILE_ZOOM` times the classifier's magnification.
 - ``pseudo.crf.bilateral_sxy``: :data:`CRF_REACH` of the median image's shorter side (50 px on KSDD's 500 px
@@ -99,6 +102,7 @@ def has_auto(cfg: Config) -> bool:
 def _auto_values(cfg: Config) -> dict[str, Any]:
     return {
         **{f"{s}.input_size": getattr(cfg, s).input_size for s in INPUT_SECTIONS},
+        **{f"{s}.crop": getattr(cfg, s).crop for s in ("retrain", "segmenter")},
         "cam.tile_size": cfg.cam.tile_size,
         "pseudo.crf.bilateral_sxy": cfg.pseudo.crf.bilateral_sxy,
     }
@@ -117,8 +121,13 @@ def resolve_auto(cfg: Config, sizes: SizeStats | None, where: str = "dataset.jso
     out = copy.deepcopy(cfg)
     for s in INPUT_SECTIONS:
         section = getattr(out, s)
+        zoom = float(getattr(section, "zoom", 1.0))
+        base = fit_size(sizes.median, section.max_pixels)
         if is_auto(section.input_size):
-            section.input_size = fit_size(sizes.median, section.max_pixels)
+            section.input_size = [max(MULTIPLE, round(zoom * b / MULTIPLE) * MULTIPLE) for b in base]
+        if is_auto(getattr(section, "crop", None)):
+            crop = base if zoom > 1 else [0, 0]
+            section.crop = [min(c, i) for c, i in zip(crop, section.input_size, strict=True)]
     if is_auto(out.cam.tile_size):
         out.cam.tile_size = auto_tiles(sizes.median, out.classifier.input_size)
     if is_auto(out.pseudo.crf.bilateral_sxy):
@@ -132,8 +141,13 @@ def resolved_lines(cfg: Config, sizes: SizeStats) -> list[tuple[str, Any, str]]:
     h, w = sizes.median
     lines = []
     for s in INPUT_SECTIONS:
-        budget = getattr(cfg, s).max_pixels
-        lines.append((f"{s}.input_size", getattr(out, s).input_size, f"median {h}x{w} (HxW) within {budget} px"))
+        budget, zoom = getattr(cfg, s).max_pixels, float(getattr(getattr(cfg, s), "zoom", 1.0))
+        within = f"{budget} px" if zoom == 1 else f"{budget} px, magnified {zoom:g}x per side"
+        lines.append((f"{s}.input_size", getattr(out, s).input_size, f"median {h}x{w} (HxW) within {within}"))
+    for s in ("retrain", "segmenter"):
+        if is_auto(getattr(cfg, s).crop):
+            why = "windows of the unzoomed size" if getattr(cfg, s).zoom > 1 else "whole images (zoom 1)"
+            lines.append((f"{s}.crop", getattr(out, s).crop, why))
     tiles = out.cam.tile_size
     why = (
         f"whole images: shrunk at most {TILE_ABOVE:g}x per side"

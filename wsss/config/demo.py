@@ -51,12 +51,13 @@ DEMO_SETTINGS: tuple[str, ...] = (
     # the retrain round cut to 4 epochs (init: 8) for the time budget; it still adds 6 points (73.7% -> 79.6%)
     "retrain.epochs=4",
     # the segmenter predicts the part at twice its size from 128 x 128 windows (configs/ksdd.yaml's lesson: its
-    # output is a quarter of its input), for 20 epochs, without distilling the CAM, and its probabilities follow the
-    # image's edges when upsampled: 32.7% as init writes it (6 epochs here) -> 75.4% at 12 epochs -> 83.1% at 20
-    # (12 epochs alone 46.7%, twice the size alone 40.5%, no distillation 38.9% -> 48.8% at twice the size, guided
-    # upsampling +18 points); its teacher, the retrain round, 78.9%
-    "segmenter.input_size=[256, 256]",
-    "segmenter.crop=[128, 128]",
+    # output is a quarter of its input; init writes it too: zoom 2, auto input_size and crop -> 256 from 128), for 20
+    # epochs, without distilling the CAM, and its probabilities follow the image's edges when upsampled: 32.7% as init
+    # wrote it before the zoom (6 epochs here) -> 75.4% at 12 epochs -> 83.1% at 20 (12 epochs alone 46.7%, twice
+    # the size alone 40.5%, no distillation 38.9% -> 48.8% at twice the size, guided upsampling +18 points); its
+    # teacher, the retrain round, 78.9%
+    "segmenter.zoom=2",
+    "segmenter.crop=auto",
     "segmenter.epochs=20",
     "segmenter.patience=8",
     "segmenter.kd_weight=0",
