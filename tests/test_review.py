@@ -83,7 +83,7 @@ def test_coco_rle_round_trips_exactly(name: str, tmp_path: Path):
     path = CocoFormat("rle").write(tmp_path, [item], labels)
     data = json.loads(path.read_text())
     for ann in data["annotations"]:
-        assert isinstance(ann["segmentation"]["counts"], str) and ann["iscrowd"] == 1
+        assert isinstance(ann["segmentation"]["counts"], str) and ann["iscrowd"] == 0  # a defect, not a crowd
         assert ann["area"] > 0 and len(ann["bbox"]) == 4
     assert np.array_equal(CocoFormat().read(path, labels)["x"], mask)
 
@@ -95,7 +95,8 @@ def test_coco_polygon_mode_fills_holes_and_keeps_tiny_regions_as_rle(tmp_path: P
     item = ReviewItem("x", "images/x.png", *mask.shape, load_mask=lambda: mask)
     path = CocoFormat("polygon").write(tmp_path, [item], LabelMap(("defect",)))
     anns = json.loads(path.read_text())["annotations"]
-    assert sorted(a["iscrowd"] for a in anns) == [0, 1]
+    assert sorted(a["iscrowd"] for a in anns) == [0, 0]
+    assert sorted(isinstance(a["segmentation"], dict) for a in anns) == [False, True]  # a polygon and an RLE
     back = CocoFormat().read(path, LabelMap(("defect",)))["x"]
     filled = mask.copy()
     filled[7:12, 9:14] = 1

@@ -1,8 +1,10 @@
 """COCO instances (``coco.json``): one annotation per 8-connected component of each label.
 
-``rle`` mode (default): ``segmentation`` is pycocotools' compressed RLE with ``counts`` as an ASCII string and
-``iscrowd: 1``, the COCO convention for RLE-encoded regions; exact, holes included. ``polygon`` mode: outer contours
-from ``cv2.findContours`` with ``iscrowd: 0``. COCO polygons cannot carry holes, so holes are filled, and a
+``rle`` mode (default): ``segmentation`` is pycocotools' compressed RLE with ``counts`` as an ASCII string; exact,
+holes included. ``polygon`` mode: outer contours from ``cv2.findContours``. Every annotation has ``iscrowd: 0``: each
+is one defect, an object to find, never a crowd region that COCO's tools ignore (``COCOeval`` would find no ground
+truth, detectron2-style loaders drop crowds); RLE needs no crowd flag. An image's ``file_name`` is its file name in
+the package's ``images/`` folder, without the folder, as CVAT and datumaro match frames by name. COCO polygons cannot carry holes, so holes are filled, and a
 component too small for a polygon (fewer than 3 boundary points) is written as RLE instead; the contour runs
 through boundary pixel centres, so a polygon rasterises up to half a pixel inside the mask (approximate: use RLE for
 an exact round trip). ``area`` and ``bbox``
@@ -96,12 +98,12 @@ def decode_segmentation(seg, height: int, width: int) -> np.ndarray:
 def _annotation(region: np.ndarray, polygon: bool) -> dict:
     ys, xs = np.nonzero(region)
     bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-    ann = {"area": int(region.sum()), "bbox": bbox, "iscrowd": 1, "segmentation": None}
+    ann = {"area": int(region.sum()), "bbox": bbox, "iscrowd": 0, "segmentation": None}
     if polygon:
         contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         polys = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
         if polys:
-            return ann | {"segmentation": polys, "iscrowd": 0}
+            return ann | {"segmentation": polys}
     return ann | {"segmentation": encode_rle(region)}
 
 
@@ -118,7 +120,7 @@ class CocoFormat(ReviewFormat):
         images, annotations = [], []
         for image_id, item in enumerate(items, start=1):
             images.append(
-                {"id": image_id, "file_name": item.image_name, "height": item.height, "width": item.width}
+                {"id": image_id, "file_name": Path(item.image_name).name, "height": item.height, "width": item.width}
                 | {"wsss_id": item.id}
             )
             mask = item.load_mask()

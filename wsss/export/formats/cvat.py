@@ -3,9 +3,13 @@
     labelmap.txt                         # label:color_rgb:parts:actions, one line per label, background first
     ImageSets/Segmentation/default.txt   # image names (our ids), one per line
     SegmentationClass/<id>.png           # RGB, each pixel the colour of its label in labelmap.txt
-    SegmentationObject/<id>.png          # RGB, each 8-connected component its own colour (instances)
+    SegmentationObject/<id>.png          # RGB, one instance per label present, in the VOC palette
 
 Masks are colour PNGs, never raw 0/255 values (CVAT rejects a colour it finds in no label as an undeclared label).
+Instances are one per label, not one per connected component: CVAT's importer (datumaro) reads instance colours from
+the 256-entry VOC palette and refuses an image with more components than that, which speckled masks on large
+images reach; wsss reads the class masks alone, so nothing is lost on the way back. In CVAT's upload dialog untick
+"Convert masks to polygons": it drops components of a few pixels and erodes edges.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from PIL import Image
 
 from wsss.atomic import atomic_path
 from wsss.errors import DataError, WsssError
-from wsss.export.formats import ImageSizes, ReviewFormat, ReviewItem, components, register_format
+from wsss.export.formats import ImageSizes, ReviewFormat, ReviewItem, register_format
 from wsss.labels import LabelMap
 
 FIX = "pass the zip exported from CVAT as 'Segmentation mask 1.1'"
@@ -86,8 +90,8 @@ class CvatFormat(ReviewFormat):
                 values = [int(v) for v in np.unique(mask) if v != 0]
                 for v in values:
                     cls[mask == v] = colour[v]
-                for i, (_, region) in enumerate(components(mask, values), start=1):
-                    obj[region] = instance_colour(i)
+                for i, v in enumerate(values, start=1):  # at most 255 labels: always inside the palette
+                    obj[mask == v] = instance_colour(i)
                 z.writestr(f"SegmentationClass/{item.id}.png", _png(cls))
                 z.writestr(f"SegmentationObject/{item.id}.png", _png(obj))
         return path
