@@ -1,4 +1,4 @@
-"""Commands on a run's results: `evaluate`, `predict`, `export`, `import-review`, `review-round`."""
+"""Commands on a run's results: `evaluate`, `predict`, `export`, `import-review`, `tune`, `review-round`."""
 
 from __future__ import annotations
 
@@ -259,6 +259,55 @@ def import_review_cmd(fmt: str, file: Path, run_dir: Path, mask_format: str) -> 
         click.echo(f"imported {len(summary.imported)} reviewed mask(s) into {summary.folder} ({summary.total} in all)")
         folder = summary.folder
     click.echo(f"train-segmenter uses them with: --set segmenter.reviewed={folder}")
+
+
+@cli.command()
+@config_option
+@run_dir_option
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write the recipe with the adopted settings here (default: only print)",
+)
+@set_option
+def tune(config: Path, run_dir: Path | None, out: Path | None, overrides: tuple[str, ...]) -> None:
+    """Choose the pseudo-labelling settings on the run's reviewed masks (`wsss import-review`): each candidate's
+    mIoU_def with a bootstrap interval; a setting changes only where the interval says it is better."""
+    from wsss.models.segmenter import MODEL_FILE
+    from wsss.parallel import pool_size
+    from wsss.runs import Run
+    from wsss.tune import adopted, candidates, compare, reviewed_items, score_all, table, write_recipe
+
+    cfg = load_config(config, overrides)
+    run = Run(run_dir or Path("runs") / cfg.run.name, cfg)
+    with_retrain = (run.dir / "retrain" / MODEL_FILE).is_file()
+    items, empty, rejected = reviewed_items(run.dir, run.cfg, with_retrain)
+    click.echo(
+        f"tune: {len(items)} reviewed image(s) with a defect measure the settings ({empty} reviewed without one and "
+        f"{rejected} rejected choose nothing)"
+    )
+    if not items:
+        raise ConfigError(
+            run.dir / "reviewed",
+            "no reviewed image holds a defect pixel, so no setting can be measured",
+            "correct or accept the masks of a few defective images, import them, and tune again",
+        )
+    choices = []
+    for rule, cands in zip(("pseudo", "retrain"), candidates(run.cfg, with_retrain), strict=True):
+        if not cands:
+            continue
+        ranked = compare(score_all(run.cfg, items, cands, pool_size(cfg.pseudo.workers), click.echo))
+        click.echo("\n" + "\n".join(table(rule, ranked, len(items))))
+        best = adopted(ranked)
+        if best is None:
+            click.echo(f"\n{rule}: no candidate beats the recipe beyond the interval; its settings stay")
+        else:
+            click.echo(f"\n{rule}: adopted {best.candidate.label()} ({100 * best.gain:+.2f} points)")
+            choices.append((ranked[0], best))
+    if out is not None:
+        write_recipe(config, out, choices, len(items), overrides)
+        click.echo(f"wrote {out}; `wsss run --config {out} --run-dir {run.dir}` re-runs the stages it makes stale")
 
 
 @cli.command("review-round")
