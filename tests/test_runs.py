@@ -36,6 +36,18 @@ def wsss(*args: str, env: dict | None = None) -> subprocess.Popen:
     )
 
 
+def hanging(args: tuple[str, ...], run_dir: Path) -> subprocess.Popen:
+    """``wsss *args`` with toy-a hanging mid-stage (TOY_HANG), returned once the stage has started."""
+    proc = wsss(*args, env={"TOY_HANG": "1"})
+    marker = run_dir / "toy-a.partial" / "started"
+    deadline = time.time() + 60
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "stage did not start"
+        time.sleep(0.05)
+    return proc
+
+
 def invoke(*args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
@@ -112,13 +124,7 @@ def test_upstream_with_other_config_is_refused(recipe: Path, tmp_path: Path):
 def test_sigkill_leaves_no_done_manifest_and_rerun_resumes(recipe: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
     args = ("run-stage", "toy-a", "--config", str(recipe), "--run-dir", str(run_dir))
-    proc = wsss(*args, env={"TOY_HANG": "1"})
-    marker = run_dir / "toy-a.partial" / "started"
-    deadline = time.time() + 60
-    while not marker.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, "stage did not start"
-        time.sleep(0.05)
+    proc = hanging(args, run_dir)
     status = ("status", "--config", str(recipe), "--run-dir", str(run_dir))
     assert "toy-a              running (a wsss process is running it now)" in invoke(*status).output
     proc.send_signal(signal.SIGKILL)
@@ -242,13 +248,7 @@ def test_a_truncated_output_is_corrupt_even_with_its_old_time(recipe: Path, tmp_
 def test_ctrl_c_exits_130_and_leaves_the_stage_interrupted_to_resume(recipe: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
     args = ("run-stage", "toy-a", "--config", str(recipe), "--run-dir", str(run_dir))
-    proc = wsss(*args, env={"TOY_HANG": "1"})
-    marker = run_dir / "toy-a.partial" / "started"
-    deadline = time.time() + 60
-    while not marker.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, "stage did not start"
-        time.sleep(0.05)
+    proc = hanging(args, run_dir)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
