@@ -74,7 +74,8 @@ def run_pipeline(
     pipeline = load_pipeline(cfg.run.pipeline)
     chosen = select(pipeline, start, stop)
     run.run_pipeline(chosen, force=force)
-    if dist.is_main() and chosen and chosen[-1] == pipeline.stages[-1]:  # the whole way: what the run gives
+    whole_way = chosen and chosen[-1] == pipeline.stages[-1] and "prepare" in pipeline.stages
+    if dist.is_main() and whole_way:  # what the run gives: each stage's time and figures, the overview
         summary, reports = _stage_summary(run, list(pipeline.stages), run.cfg)
         click.echo("")
         click.echo(summary)
