@@ -15,6 +15,10 @@ recipes' binary runs): a run with several is refused.
 
     python bench/gate_sweep.py /tmp/bench/ksdd/fold0 /tmp/bench/ksdd/fold1 /tmp/bench/ksdd/fold2
     python bench/gate_sweep.py /tmp/bench/ksdd/fold0 --thresholds 0.5 --pixel 0.2,0.3,0.4,0.5,0.6
+
+``--scores-from cam`` gates the segmenter's map by another stage's image scores (the classifier's, in
+``cam/scores.csv``; ``mean``: the average of the two) instead of its own head's: does the gate of a segmenter depend
+on its seed more than the classifier's does?
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="val", choices=["val", "test"], help="choose on val; test only to report")
     p.add_argument("--thresholds", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7", help="gates in [0, 1] to score")
     p.add_argument("--pixel", default="0.5", help="pixel cuts in (0, 1]: defect where P(defect) >= cut (0.5: argmax)")
+    p.add_argument(
+        "--scores-from",
+        default="train-segmenter",
+        choices=["train-segmenter", "cam", "mean"],
+        help="whose image scores gate the map: the segmenter's head, the classifier's (cam), or their mean",
+    )
     return p.parse_args(argv)
 
 
@@ -64,9 +74,11 @@ def pixel_masks(levels: list[np.ndarray], cut: float) -> list[np.ndarray]:
     return [lv >= level for lv in levels]
 
 
-def load_run(run: Path, split: str) -> tuple[list[np.ndarray], list[float], list[np.ndarray]]:
-    """The split's ungated probability maps (stored levels), image scores and ground truths (empty for OK images) of
-    one finished run."""
+def load_run(
+    run: Path, split: str, scores_from: str = "train-segmenter"
+) -> tuple[list[np.ndarray], list[float], list[np.ndarray]]:
+    """The split's ungated probability maps (stored levels), image scores (``scores_from``) and ground truths (empty
+    for OK images) of one finished run."""
     from wsss.data.images import read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.evaluation import read_prob_map, read_scores
@@ -78,7 +90,8 @@ def load_run(run: Path, split: str) -> tuple[list[np.ndarray], list[float], list
     classes = json.loads(meta.read_text())["classes"]
     if len(classes) != 1:
         sys.exit(f"{meta}: {len(classes)} defect classes ({', '.join(classes)}); this sweep scores one defect class")
-    scores = read_scores(stage / "scores.csv")
+    own, dfc = read_scores(stage / "scores.csv"), read_scores(run / "cam" / "scores.csv")
+    scores = {"train-segmenter": own, "cam": dfc, "mean": {k: (v + dfc[k]) / 2 for k, v in own.items()}}[scores_from]
     index = run / "prepare" / "index.csv"
     info = read_dataset_info(index)
     maps, image_scores, gts = [], [], []
@@ -105,9 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     cuts = [float(v) for v in args.pixel.split(",")]
     if not all(0 < c <= 1 for c in cuts):
         sys.exit(f"--pixel {args.pixel}: every pixel cut must be in (0, 1]")
-    loaded = {run.name: load_run(run, args.split) for run in args.runs}
+    loaded = {run.name: load_run(run, args.split, args.scores_from) for run in args.runs}
     names = list(loaded)
-    print(f"\n{args.split} split, train-segmenter gated at its own image score: pooled over {len(names)} run(s)\n")
+    whose = {"train-segmenter": "its own image score", "cam": "the classifier's score", "mean": "the mean score"}
+    print(
+        f"\n{args.split} split, train-segmenter gated at {whose[args.scores_from]}: pooled over {len(names)} run(s)\n"
+    )
     print(
         "| pixel cut | gate | Seg_mIoU | mIoU_def | Seg_Recall@0.5 | OK images given a mask | "
         + " | ".join(names)
