@@ -200,3 +200,17 @@ def test_the_image_sizes_check_needs_whole_positive_numbers():
     sizes = ImageSizes()
     assert sizes.problem("a", True, 3) and sizes.problem("a", 2.0, 3) and sizes.problem("a", 0, 3)
     assert sizes.problem("a", 10_000, 10_000) and sizes.problem("a", 10, 10) is None
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(labelmap=st.binary(max_size=80), png=st.binary(max_size=200), keep_header=st.booleans())
+def test_mutated_cvat_zips_import_or_fail_cleanly(run: Path, tmp_path: Path, labelmap: bytes, png: bytes, keep_header):
+    sid = ids(run)[0]
+    data = (_png((H, W))[:33] + png) if keep_header else png  # a real PNG header with garbage after it, or garbage
+    path = _cvat(tmp_path / "m.zip", labelmap, {sid: data})
+    try:
+        import_review("cvat", path, run)
+    except WsssError as e:
+        assert str(path) in str(e) or e.where
+    finally:
+        shutil.rmtree(run / "reviewed", ignore_errors=True)
