@@ -90,8 +90,10 @@ def load_run(
     classes = json.loads(meta.read_text())["classes"]
     if len(classes) != 1:
         sys.exit(f"{meta}: {len(classes)} defect classes ({', '.join(classes)}); this sweep scores one defect class")
-    own, dfc = read_scores(stage / "scores.csv"), read_scores(run / "cam" / "scores.csv")
-    scores = {"train-segmenter": own, "cam": dfc, "mean": {k: (v + dfc[k]) / 2 for k, v in own.items()}}[scores_from]
+    scores = read_scores(stage / "scores.csv")
+    if scores_from != "train-segmenter":
+        dfc = read_scores(run / "cam" / "scores.csv")
+        scores = dfc if scores_from == "cam" else {k: (v + dfc[k]) / 2 for k, v in scores.items()}
     index = run / "prepare" / "index.csv"
     info = read_dataset_info(index)
     maps, image_scores, gts = [], [], []

@@ -32,7 +32,14 @@ def wsss(*args: str, env: dict | None = None) -> subprocess.Popen:
     code = "import sys, toy_stages; from wsss.cli import main; sys.argv[0] = 'wsss'; main()"
     full_env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
     return subprocess.Popen(
-        [sys.executable, "-c", code, *args], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, *args],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell starts background jobs with SIGINT ignored, and the child would inherit that: Ctrl-C as a terminal
+        # sends it needs the default disposition, which Python then turns into KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
