@@ -178,11 +178,12 @@ def _config(cfg: Config, c: Candidate) -> PseudoConfig:
 
 
 def _iou(item: Item, mask: np.ndarray) -> float:
+    """The IoU (:func:`wsss.evaluation.metrics.iou`) of a candidate's mask, the reviewer's uncertain pixels left out
+    of both sides; the mask's own ignore pixels count as background, as `evaluate` counts them."""
+    from wsss.evaluation.metrics import iou
+
     keep = ~item.unsure
-    pred = (mask > 0) & (mask != IGNORE) & keep
-    truth = item.truth & keep
-    union = np.count_nonzero(pred | truth)
-    return np.count_nonzero(pred & truth) / union if union else 1.0
+    return iou((mask > 0) & (mask != IGNORE) & keep, item.truth & keep)
 
 
 _ITEMS: Sequence[Item] = ()  # each worker process's copy of the reviewed images, sent once (_keep)
