@@ -93,3 +93,15 @@ def full_run(prepared_run: Path, tmp_path_factory: pytest.TempPathFactory):
     cfg = load_config(None, FAST)
     Run(run_dir, cfg, echo=lambda *_: None).run_pipeline(list(load_pipeline("full").stages))
     return run_dir, cfg
+
+
+@pytest.fixture
+def review_run(full_run, tmp_path: Path) -> Path:
+    """A copy of the tiny full run (what import-review reads and writes), so imports do not touch the shared run."""
+    import shutil
+
+    run_dir, _ = full_run
+    dst = tmp_path / "run"
+    for stage in ("prepare", "cam", "retrain", "evaluate"):
+        shutil.copytree(run_dir / stage, dst / stage)
+    return dst

@@ -125,16 +125,6 @@ def test_cvat_zip_has_the_exact_segmentation_mask_layout(tmp_path: Path):
     assert all(np.array_equal(get_format("cvat").read(path, labels)[k], m) for k, m in masks.items())
 
 
-@pytest.fixture
-def review_run(full_run, tmp_path: Path) -> Path:
-    """A copy of the tiny full run (what import-review reads and writes), so imports do not touch the shared run."""
-    run_dir, _ = full_run
-    dst = tmp_path / "run"
-    for stage in ("prepare", "cam", "retrain", "evaluate"):
-        shutil.copytree(run_dir / stage, dst / stage)
-    return dst
-
-
 def accept_predictions(path: Path) -> Path:
     """What a Label Studio export looks like after a reviewer accepted every prediction as an annotation."""
     tasks = json.loads(path.read_text())

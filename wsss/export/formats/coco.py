@@ -8,7 +8,8 @@ the package's ``images/`` folder, without the folder, as CVAT and datumaro match
 component too small for a polygon (fewer than 3 boundary points) is written as RLE instead; the contour runs
 through boundary pixel centres, so a polygon rasterises up to half a pixel inside the mask (approximate: use RLE for
 an exact round trip). ``area`` and ``bbox``
-(x, y, w, h) are always filled. Each image's wsss id is kept as ``wsss_id``; category ids are the mask values.
+(x, y, w, h) are always filled. Each image's wsss id is kept as ``wsss_id``; category ids are the mask values. On the
+way back categories are matched by name, as a tool that re-exports the file renumbers them.
 """
 
 from __future__ import annotations
@@ -83,7 +84,12 @@ def decode_segmentation(seg, height: int, width: int) -> np.ndarray:
         if isinstance(rle["counts"], str):
             rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
         return mask_util.decode(rle) > 0
-    if not seg or not all(
+    if isinstance(seg, list) and not seg:
+        raise ValueError(
+            "an empty polygon list: the tool dropped a region too small for a polygon (export masks as RLE: "
+            "datumaro --segmentation-mode mask, CVAT's COCO export keeps masks)"
+        )
+    if not all(
         isinstance(poly, list)
         and len(poly) >= 6
         and len(poly) % 2 == 0
@@ -158,14 +164,16 @@ class CocoFormat(ReviewFormat):
                 continue
             names[im["id"]] = sid
             masks[sid] = np.zeros((im["height"], im["width"]), np.uint8)
+        values = _category_values(data.get("categories"), labels)
         for ann in data.get("annotations", []):
-            image_id, value = ann["image_id"], ann["category_id"]
+            image_id, category = ann["image_id"], ann["category_id"]
             if image_id not in names:
                 if image_id not in {im["id"] for im in data["images"]}:
                     bad.append(f"annotation {ann.get('id')}: unknown image_id {image_id}")
                 continue  # its image was refused above
-            if not 0 < value <= 255 or labels.name_of(value) is None:
-                bad.append(f"annotation {ann.get('id')}: category_id {value} is not a label of this run")
+            value = values(category)
+            if value is None:
+                bad.append(f"annotation {ann.get('id')}: category_id {category} is not a label of this run")
                 continue
             mask = masks[names[image_id]]
             try:
@@ -177,6 +185,23 @@ class CocoFormat(ReviewFormat):
         if bad:
             raise DataError(path, f"{len(bad)} unusable image(s) or annotation(s): " + "; ".join(bad[:5]), FIX)
         return masks
+
+
+def _category_values(categories: object, labels: LabelMap):
+    """category_id -> mask value. A tool that re-exports the file numbers its categories its own way (datumaro:
+    1..K in order, so ``uncertain`` becomes K + 1), so ids are matched through their names in ``categories``; an id
+    that file does not name is read as the mask value itself (the review package's own numbering)."""
+    named = {}
+    for c in categories if isinstance(categories, list) else []:
+        if isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str):
+            named[c["id"]] = labels.value_of(c["name"])
+
+    def value(category: int) -> int | None:
+        if category in named:
+            return named[category]
+        return category if 0 < category <= 255 and labels.name_of(category) is not None else None
+
+    return value
 
 
 def _image_id(im: dict) -> str:
