@@ -1,0 +1,108 @@
+"""Generated data of the kinds a team brings (colour, wide strips, large images, square textures, faint regions):
+what each data set holds, the recipe `wsss init` writes for it, and that recipe's pipeline run on a colour strip."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from wsss.cli import cli
+from wsss.config import load_config
+from wsss.data.variants import VARIANTS, generate, generate_sample, get_variant, small
+from wsss.errors import ConfigError
+from wsss.runs import Run
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_each_data_set_holds_what_it_says(tmp_path: Path, name: str):
+    v = small(VARIANTS[name], n=3)
+    assert v.height / v.width == pytest.approx(VARIANTS[name].height / VARIANTS[name].width, rel=0.05)
+    rows = list(csv.DictReader(generate(tmp_path, v).open()))
+    assert len(rows) == 6 and {r["label"] for r in rows[:3]} == {"ok"}
+    for r in rows:
+        img = cv2.imread(str(tmp_path / r["path"]), cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(tmp_path / r["mask"]), cv2.IMREAD_UNCHANGED)
+        assert img.shape == ((v.height, v.width, 3) if v.colour else (v.height, v.width))
+        assert mask.shape == (v.height, v.width) and set(np.unique(mask)) <= {0, 255}
+        assert mask.any() == (r["label"] != "ok") and (r["label"] == "ok" or r["label"] in v.defects)
+        if r["label"] != "ok":  # the defect lies within one window of the variant's size
+            ys, xs = np.nonzero(mask)
+            assert np.ptp(ys) < v.window and np.ptp(xs) < v.window
+    if v.colour:  # tinted: the channels differ
+        img = cv2.imread(str(tmp_path / rows[0]["path"]))
+        assert np.abs(img[..., 0].astype(int) - img[..., 2]).mean() > 3
+
+
+def test_generation_is_deterministic_and_unknown_names_are_refused():
+    v = small(VARIANTS["faint"])
+    a, b = generate_sample([0, 1, 2], v, "stain"), generate_sample([0, 1, 2], v, "stain")
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], generate_sample([0, 1, 3], v, "stain")[0])
+    with pytest.raises(ConfigError, match="use one of colour"):
+        get_variant("mtd")
+
+
+def _init(tmp_path: Path, v) -> tuple[Path, str]:
+    data = generate(tmp_path / "data", v)
+    out = tmp_path / "recipe.yaml"
+    r = CliRunner().invoke(cli, ["init", "--kind", "csv", "--root", str(data), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out, r.output
+
+
+@pytest.mark.parametrize("name", ["colour", "strips", "squares"])
+def test_init_fits_the_input_to_each_data_sets_shape(tmp_path: Path, name: str):
+    v = small(VARIANTS[name], n=6)
+    out, shown = _init(tmp_path, v)
+    assert f"channels: {3 if v.colour else 1}" in shown
+    run = Run(tmp_path / "run", load_config(out), echo=lambda *_: None)
+    run.run_stage("prepare")
+    for section in ("classifier", "retrain", "segmenter"):
+        h, w = getattr(run.cfg, section).input_size
+        assert h / w == pytest.approx(v.height / v.width, rel=0.1), section  # padded or fitted, never stretched
+
+
+def test_init_tiles_the_cams_of_large_images(tmp_path: Path):
+    v = dataclasses.replace(VARIANTS["large"], n_ok=2, n_defect=2)  # 2700 x 1800: shrunk 5.6x for the classifier
+    out, _ = _init(tmp_path, v)
+    line = next(ln for ln in out.read_text().splitlines() if ln.startswith("#   cam.tile_size:"))
+    tiles = [int(t) for t in line.split("[")[1].split("]")[0].split(",")]
+    assert 0 < tiles[0] < 1800 and 0 < tiles[1] < 2700  # windows of the part, each seen closer than the whole
+
+
+def test_inits_recipe_runs_on_colour_strips(tmp_path: Path):
+    """The whole pipeline of the recipe init writes, on RGB 1:3 strips, with tiny models so it runs in seconds."""
+    v = small(dataclasses.replace(VARIANTS["strips"], colour=True, defects=("blob",)), n=12)
+    out, _ = _init(tmp_path, v)
+    tiny = [
+        f"{s}.backbone.{k}={val}"
+        for s in ("classifier", "retrain", "segmenter")
+        for k, val in (("name", "test_resnet"), ("weights", "null"), ("stages", 0), ("freeze", 0))
+    ]
+    tiny += [f"{s}.max_pixels=12288" for s in ("classifier", "retrain", "segmenter")]
+    tiny += [
+        "classifier.epochs=8",
+        "classifier.lr=0.003",
+        "classifier.warmup_epochs=0",
+        "retrain.epochs=1",
+        "segmenter.epochs=2",
+        "cam.iem.rounds=1",
+    ]
+    tiny += ["pseudo.crf.iterations=2", "cam.score_threshold=0.01", "export.formats=[png]"]
+    r = CliRunner().invoke(
+        cli, ["run", "--config", str(out), "--run-dir", str(tmp_path / "run"), *sum((["--set", s] for s in tiny), [])]
+    )
+    assert r.exit_code == 0, r.output
+    run_dir = tmp_path / "run"
+    assert (run_dir / "overview.png").is_file()
+    masks = sorted((run_dir / "train-segmenter" / "masks").glob("*.png"))
+    assert masks and all(cv2.imread(str(m), cv2.IMREAD_UNCHANGED).shape == (v.height, v.width) for m in masks)
+    cfg = Run(run_dir, load_config(out, tiny), echo=lambda *_: None).cfg
+    h, w = cfg.segmenter.input_size
+    assert w / h == pytest.approx(3, rel=0.2) and cfg.segmenter.crop != [0, 0]  # zoomed, trained on windows
