@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -105,3 +106,29 @@ def test_names_and_paths_that_look_like_yaml_round_trip_and_inject_nothing(tmp_p
     assert data["segmenter"].get("epochs") != 1 and "seed" not in data["run"]  # nothing injected
     cfg = load_config(out)
     assert cfg.dataset.root == str(root.resolve()) and cfg.run.seed == 0
+
+
+def test_init_prints_the_recipes_expected_wall_time_from_timed_units(tmp_path: Path):
+    from wsss.estimate import Counts, stage_seconds
+
+    root = _folder(tmp_path / "parts", size=(96, 40))
+    out = tmp_path / "r.yaml"
+    r = CliRunner().invoke(cli, ["init", "--kind", "folder", "--root", str(root), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if ln.startswith("expected wall time on this machine: about"))
+    stages = r.output.splitlines()[r.output.splitlines().index(line) + 1]
+    for stage in ("train-classifier", "cam", "pseudo-labels", "retrain", "train-segmenter"):
+        assert f"{stage} " in stages
+    quiet = CliRunner().invoke(
+        cli, ["init", "--kind", "folder", "--root", str(root), "--out", str(out), "--force", "--no-estimate"]
+    )
+    assert quiet.exit_code == 0 and "expected wall time" not in quiet.output
+    # each stage's estimate counts its units: twice the epochs or the images, twice the time
+    cfg = Run(tmp_path / "run", load_config(out), echo=lambda *_: None)
+    cfg.run_stage("prepare")
+    units = {k: 1.0 for k in ("classifier_step", "classifier_forward", "retrain_step", "retrain_forward")}
+    units |= {"segmenter_step": 1.0, "segmenter_forward": 1.0, "crf": 1.0}
+    base = stage_seconds(cfg.cfg, Counts(10, 2, 4, 0.5), units, (96, 40))
+    more = stage_seconds(cfg.cfg, Counts(20, 4, 8, 0.5), units, (96, 40))
+    assert all(more[k] == pytest.approx(2 * v) for k, v in base.items())
+    assert base["train-classifier"] == pytest.approx(cfg.cfg.classifier.epochs * (10 + 2))

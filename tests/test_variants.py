@@ -51,7 +51,7 @@ def test_generation_is_deterministic_and_unknown_names_are_refused():
 def _init(tmp_path: Path, v) -> tuple[Path, str]:
     data = generate(tmp_path / "data", v)
     out = tmp_path / "recipe.yaml"
-    r = CliRunner().invoke(cli, ["init", "--kind", "csv", "--root", str(data), "--out", str(out)])
+    r = CliRunner().invoke(cli, ["init", "--kind", "csv", "--root", str(data), "--out", str(out), "--no-estimate"])
     assert r.exit_code == 0, r.output
     return out, r.output
 

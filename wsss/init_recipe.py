@@ -10,7 +10,8 @@ with problems gets all of them listed, a non-zero exit, and no recipe.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -77,6 +78,7 @@ class DatasetSummary:
     sizes: SizeStats
     channels: int
     warnings: list[str]
+    split_counts: dict[str, int] = field(default_factory=dict)  # images per split: train, val, test
 
     def lines(self) -> list[str]:
         h0, w0 = self.sizes.min
@@ -126,6 +128,7 @@ def scan(kind: str, root: Path) -> tuple[Config, DatasetSummary]:
         sizes=SizeStats.of_train((split[s.id].split, report.sizes[s.id]) for s in samples),
         channels=report.channels,
         warnings=report.warnings,
+        split_counts=dict(Counter(split[s.id].split for s in samples)),
     )
     return cfg, summary
 
@@ -179,11 +182,28 @@ def recipe_text(cfg: Config, summary: DatasetSummary, out: Path) -> str:
     return "\n".join(head) + "\n" + body.replace("{{", "{").replace("}}", "}")
 
 
-def write_recipe(kind: str, root: Path, out: Path, force: bool = False) -> tuple[Path, DatasetSummary]:
-    """Scan ``root`` and write its recipe to ``out`` (atomically; an existing file only with ``force``)."""
+def write_recipe(
+    kind: str, root: Path, out: Path, force: bool = False, estimate: bool = False
+) -> tuple[Path, DatasetSummary, list[str]]:
+    """Scan ``root`` and write its recipe to ``out`` (atomically; an existing file only with ``force``); with
+    ``estimate``, also the lines of its expected wall time on this machine (:mod:`wsss.estimate`)."""
     out = Path(out)
     if out.exists() and not force:
         raise ConfigError(out, "recipe file exists", "pass --force to replace it, or another --out")
     cfg, summary = scan(kind, root)
     atomic_write_text(out, recipe_text(cfg, summary, out))
-    return out, summary
+    return out, summary, (expected_time(out, summary) if estimate else [])
+
+
+def expected_time(recipe: Path, summary: DatasetSummary) -> list[str]:
+    """The recipe's expected wall time per stage on this machine, from its timed units and the data's counts."""
+    from wsss.auto import resolve_auto
+    from wsss.estimate import Counts, lines, stage_seconds, unit_seconds
+
+    cfg = resolve_auto(load_config(recipe), summary.sizes)
+    n = summary.split_counts
+    counts = Counts(n.get("train", 0), n.get("val", 0), n.get("test", 0), summary.n_defective / summary.n_images)
+    classes = max(1, len([c for c in summary.class_counts if c not in cfg.dataset.ok_names]))
+    median = tuple(summary.sizes.median)
+    units = unit_seconds(cfg, summary.channels, median, classes)
+    return lines(stage_seconds(cfg, counts, units, median))

@@ -132,12 +132,18 @@ def show_config(config: Path | None, run_dir: Path | None, overrides: tuple[str,
 @click.option("--root", type=click.Path(path_type=Path), required=True, help="dataset folder (kind csv: the CSV)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("recipe.yaml"), show_default=True)
 @click.option("--force", is_flag=True, help="replace an existing recipe file")
-def init(kind: str, root: Path, out: Path, force: bool) -> None:
+@click.option(
+    "--estimate/--no-estimate",
+    default=True,
+    show_default=True,
+    help="time the recipe's networks and CRF here (seconds) and print its expected wall time per stage",
+)
+def init(kind: str, root: Path, out: Path, force: bool, estimate: bool) -> None:
     """Scan a dataset, print what it holds, and write a recipe for it (sizes resolved from its images)."""
     from wsss.init_recipe import write_recipe
 
-    path, summary = write_recipe(kind, root, out, force)
-    for line in summary.lines():
+    path, summary, expected = write_recipe(kind, root, out, force, estimate)
+    for line in summary.lines() + expected:
         click.echo(line)
     click.echo(f"wrote {path}; run it with: wsss run --config {path}")
 
