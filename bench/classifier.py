@@ -9,7 +9,7 @@ even runs one after the other see different load, so only ratios taken side by s
     python bench/classifier.py                       # CPU: reduced resolution, KSDD fold 0
     python bench/classifier.py --device cuda --full  # GPU: full resolution, all KSDD folds
 
-Results go to ``<out>/results.json`` and a markdown table on stdout (for docs/benchmarks.md).
+Results go to ``<out>/results.json`` and a markdown table on stdout (for docs/lab-notes/benchmarks-log.md).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ cam:
   tile_size: auto  # -> {cam.tile_size}
   lift: true  # a weak CAM of an image called defective reaches the level of a strong one
 pseudo:
-  # chosen on KSDD's validation split (configs/ksdd.yaml, docs/benchmarks.md), confirmed on the demo's: a lower
+  # chosen on KSDD's validation split (configs/ksdd.yaml, docs/lab-notes/benchmarks-log.md), confirmed on the demo's: a lower
   # background prior, the CAM's core kept where the CRF empties an image called defective, a stronger appearance kernel
   bg_prior: 0.3
   fallback: 0.3

@@ -5,7 +5,7 @@ from __future__ import annotations
 # `wsss demo`'s recipe: the default recipe (what `wsss init` writes, wsss/init_recipe.py; configs/ksdd.yaml) on the
 # built-in set of texture photographs with drawn defects, with sizes and epochs cut for a 5-minute run on 2 CPU cores.
 # configs/demo.yaml is the same recipe as a file (tests/test_config.py keeps the two equal). Figures: the demo's
-# validation split (26 defective images of 320 parts, 38 of 480 since), seed 0, docs/benchmarks.md ("The demo's recipe").
+# validation split (26 defective images of 320 parts, 38 of 480 since), seed 0, docs/lab-notes/benchmarks-log.md ("The demo's recipe").
 DEMO_SETTINGS: tuple[str, ...] = (
     "run.name=demo",
     # real surface photographs (scikit-image's brick, gravel and grass), not the procedural textures of the tests:

@@ -45,7 +45,7 @@ STRONG_CONTRAST = (35.0, 70.0)  # |change| of scratch, crack and blob
 STAIN_CONTRAST = (18.0, 30.0)  # peak |change| of a stain
 # on the photographs, whose large-scale shading (gravel's pebbles, grass's tufts) hides faint changes: stains of
 # 30-45 levels and scratches and crack trunks at least 2 px wide, so a person sees every defect at 128 px (the
-# demo's validation pseudo-masks: 53.9% with the procedural ranges, 73.7% with these; docs/benchmarks.md)
+# demo's validation pseudo-masks: 53.9% with the procedural ranges, 73.7% with these; docs/lab-notes/benchmarks-log.md)
 PHOTO_STAIN_CONTRAST = (30.0, 45.0)
 STAIN_MASK_FRACTION = 0.5  # stain mask: change >= this fraction of the stain's peak change
 P_SECOND_DEFECT = 0.1  # chance that a defective image gets a second defect of another type

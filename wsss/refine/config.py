@@ -50,7 +50,7 @@ class PseudoConfig:
     ignore_band: int = num(2, ge=0, fix="pixels >= 0")
     # every defect region grows by this many pixels into the background before the band is drawn: the refined mask
     # follows the defect's own pixels, while annotators draw around them (KSDD's masks are ~2 px wider than what the
-    # CRF keeps: docs/benchmarks.md); 0 = off
+    # CRF keeps: docs/lab-notes/benchmarks-log.md); 0 = off
     margin: int = num(0, ge=0, fix="pixels >= 0 (0 = off)")
     # an image called defective that the refinement leaves without a defect pixel (a weak CAM the CRF erased) is
     # labelled where its strongest class's CAM reaches this fraction of its peak, and ranked first for review;

@@ -208,7 +208,7 @@ class SegTrainConfig:
     balance: str = choices("sampler", "pos_weight", "none", default="none")
     # a training image labelled defective whose pseudo-mask has no pixel of a labelled class (pseudo-labelling missed
     # the defect): "background" trains on it as is; "ignore" leaves its mask out of the segmentation loss (it still
-    # trains the image head and the distillation terms). Measured on KSDD (docs/benchmarks.md), ignore did not help: segmenter
+    # trains the image head and the distillation terms). Measured on KSDD (docs/lab-notes/benchmarks-log.md), ignore did not help: segmenter
     # mIoU_def 14.25% against 15.43%, retrain round 15.29% against 15.56%
     missed_defects: str = choices("background", "ignore", default="background")
     # OK training images (labelled defect-free, not reviewed) train as all background at full weight, whatever their
@@ -277,6 +277,6 @@ class SegmenterConfig(SegTrainConfig):
     # a reviewed image is drawn this many times as often as the others of its kind in an epoch (the epoch keeps its
     # length), so a few human masks are not drowned among hundreds of pseudo-masks
     reviewed_repeat: int = num(1, ge=1, fix="1 (drawn as often as the others) or more")
-    # the image head that gates the line's masks pools by LSE, as the DFC does (docs/benchmarks.md: KSDD test image AP 0.457 with
+    # the image head that gates the line's masks pools by LSE, as the DFC does (docs/lab-notes/benchmarks-log.md: KSDD test image AP 0.457 with
     # average pooling, 0.707 at 5, 0.816 at 10; mIoU_def 15.43%, 13.92%, 12.94%)
     cls_lse_r: float = num(5.0, ge=0, fix="0 (average pooling) or an LSE sharpness > 0, e.g. 5")

@@ -246,7 +246,7 @@ class PseudoMaskDataset(ImageDataset):
         is not known, and trained as is such masks push the student to erase defects. With
         ``missed_defects="ignore"`` the whole mask is ignore (the image still trains the classification head and,
         when distilling, the teacher's soft targets); OK images and human-reviewed masks are always trained as is.
-        Off by default: on KSDD it did not help (docs/benchmarks.md).
+        Off by default: on KSDD it did not help (docs/lab-notes/benchmarks-log.md).
         """
         if index in self.reviewed:
             return False
