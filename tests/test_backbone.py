@@ -14,7 +14,8 @@ from torch import nn
 from wsss.config import BackboneConfig
 from wsss.errors import ConfigError
 from wsss.models import backbone as bb
-from wsss.models.backbone import Backbone, create_backbone, load_state_dict_file, save_state_dict
+from wsss.models.backbone import Backbone, create_backbone
+from wsss.models.state import load_state_dict_file, save_state_dict
 
 NAME = "resnet10t"  # output-stride checks on a real ResNet
 TINY = "test_resnet"  # timm's tiny ResNet (0.4M parameters) for the weights tests

@@ -103,3 +103,32 @@ def test_startup_does_not_import_torch(module):
     code = f"import sys, {module}; print(sorted(m for m in ('torch', 'cv2', 'timm') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _all_imports(path: Path) -> set[str]:
+    """Every module a file imports, at load time or inside functions."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_no_stage_imports_another_stage():
+    """Stages hand each other files, never code: what two stages share lives below them (wsss.refine, wsss.models...)."""
+    stages = {f"wsss.stages.{p.stem}" for p in (PACKAGE / "stages").glob("*.py") if p.stem != "__init__"}
+    for path in (PACKAGE / "stages").glob("*.py"):
+        own = f"wsss.stages.{path.stem}"
+        others = {m for m in _all_imports(path) if m in stages and m != own}
+        assert not others, f"{path.name} imports {sorted(others)}"
+
+
+def test_no_module_over_400_lines():
+    long = {
+        str(p.relative_to(PACKAGE.parent)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert not long, f"split these modules: {long}"

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from wsss.export.html import script_json, write_page
-from wsss.models.backbone import save_state_dict
+from wsss.models.state import save_state_dict
 
 
 def test_weights_get_the_umasks_mode(tmp_path: Path):
@@ -47,7 +47,7 @@ def test_a_stage_weights_file_changed_at_its_size_and_time_is_refused_before_use
     import pytest
 
     from wsss.errors import StageError
-    from wsss.models.backbone import load_trained_state
+    from wsss.models.state import load_trained_state
     from wsss.runs import hash_outputs
 
     stage = tmp_path / "train-segmenter"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -29,7 +30,9 @@ import torch.nn.functional as F
 
 from wsss.config import AnomalyConfig
 from wsss.data.transforms import resize, to_channels, to_tensor
+from wsss.errors import StageError
 from wsss.models.backbone import Backbone
+from wsss.progress import progress
 
 
 class PatchEmbedder:
@@ -195,3 +198,22 @@ def calibrate(
         )
         hi = lo + max(abs(lo), 1e-6) * 1e-3
     return lo, hi, warning
+
+
+def ok_training_images(rows: list, index: Path) -> list:
+    ok = [r for r in rows if r.split == "train" and not r.labels]
+    if len(ok) < 2:
+        raise StageError(
+            index,
+            f"the training split has {len(ok)} OK (defect-free) image(s): anomaly priors need defect-free images to "
+            "build their memory bank from (at least 2)",
+            "add OK images to the training split, or run without anomaly priors (pseudo.unary=cam, no pretrain)",
+        )
+    return ok
+
+
+def ok_bank(embedder, ok: list, read, acfg):
+    """The memory bank of the OK training images ``ok`` and, per image id, its owner index in the bank (for the
+    leave-one-out query); -1 for images not in it is the caller's ``.get(id, -1)``."""
+    bank = build_bank(embedder, ok, read, acfg, lambda it, desc: progress(it, desc=desc, unit="batch"))
+    return bank, {r.id: i for i, r in enumerate(ok)}  # build_bank numbers the OK images in this order

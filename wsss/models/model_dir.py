@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from wsss.errors import StageError
-from wsss.models.backbone import load_trained_state
+from wsss.models.state import load_trained_state
 
 M = TypeVar("M", bound=nn.Module)
+PRETRAINED_FILE = "backbone.safetensors"  # the `pretrain` stage's backbone, which `train-classifier` starts from
 
 
 def load_model_dir(

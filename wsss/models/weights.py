@@ -150,7 +150,7 @@ def load_named(name: str, model: str, where: str) -> tuple[dict[str, Tensor], Na
     import timm
     import torch
 
-    from wsss.models.backbone import load_state_dict_file
+    from wsss.models.state import load_state_dict_file
 
     entry = lookup(name, model, where)
     sd = load_state_dict_file(weights_file(name, entry, where), where)

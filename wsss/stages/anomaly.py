@@ -21,7 +21,6 @@ import click
 import numpy as np
 
 from wsss.config import Config
-from wsss.errors import StageError
 from wsss.models.weights import weight_files
 from wsss.stages import Stage, register_stage
 
@@ -47,32 +46,18 @@ def embedder_for(cfg: Config, inputs: dict[str, Path], device):
     return PatchEmbedder(backbone, acfg, acfg.input_size or cfg.classifier.input_size, backbone.in_chans, device)
 
 
-def ok_training_images(rows: list, index: Path) -> list:
-    ok = [r for r in rows if r.split == "train" and not r.labels]
-    if len(ok) < 2:
-        raise StageError(
-            index,
-            f"the training split has {len(ok)} OK (defect-free) image(s): anomaly priors need defect-free images to "
-            "build their memory bank from (at least 2)",
-            "add OK images to the training split, or run without anomaly priors (pseudo.unary=cam, no pretrain)",
-        )
-    return ok
-
-
-def ok_bank(embedder, ok: list, read, acfg):
-    """The memory bank of the OK training images ``ok`` and, per image id, its owner index in the bank (for the
-    leave-one-out query); -1 for images not in it is the caller's ``.get(id, -1)``."""
-    from wsss.anomaly.patchcore import build_bank
-    from wsss.progress import progress
-
-    bank = build_bank(embedder, ok, read, acfg, lambda it, desc: progress(it, desc=desc, unit="batch"))
-    return bank, {r.id: i for i, r in enumerate(ok)}  # build_bank numbers the OK images in this order
-
-
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
     from wsss.anomaly.io import META_FILE, SCORES_FILE, anomaly_path, write_map
-    from wsss.anomaly.patchcore import QUANTILES, anomaly_grid, calibrate, normalise, upsample
+    from wsss.anomaly.patchcore import (
+        QUANTILES,
+        anomaly_grid,
+        calibrate,
+        normalise,
+        ok_bank,
+        ok_training_images,
+        upsample,
+    )
     from wsss.atomic import write_json
     from wsss.cam.io import write_scores
     from wsss.data.images import read_image

@@ -17,11 +17,9 @@ re-run (with any number of ranks) labels only the images no log records.
 
 from __future__ import annotations
 
-import csv
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -29,8 +27,6 @@ from wsss.config import Config
 from wsss.errors import DataError, StageError
 from wsss.mask_format import write_labelmap
 from wsss.stages import Stage, register_stage
-
-COLUMNS = ("id", "score", "confidence", "defect_fraction", "ignore_fraction")
 
 
 def _cam_meta(cam_dir: Path) -> tuple[list[str], float]:
@@ -46,19 +42,6 @@ def _cam_meta(cam_dir: Path) -> tuple[list[str], float]:
     return classes, threshold
 
 
-def write_confidence(path: Path, rows: list[dict[str, Any]], scores: dict[str, float]) -> None:
-    """``confidence.csv`` (atomically): ``rows`` from :func:`wsss.refine.pseudo.label_all` in the given order, each
-    with its sample score from ``scores``. Also used by the `retrain` stage."""
-    from wsss.atomic import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            r = {**r, "score": scores[r["id"]]}
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-
-
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
     from wsss.anomaly.io import anomaly_path, read_range
@@ -66,6 +49,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.cam.io import FIX, SCORES_FILE, cam_path
     from wsss.data.index import read_train_index
     from wsss.evaluation import read_scores
+    from wsss.refine.confidence import write_confidence
     from wsss.refine.pseudo import CONFIDENCE_FILE, LabelTask, label_all
     from wsss.resume import RowLog, log_name
 

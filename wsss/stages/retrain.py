@@ -58,8 +58,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.inference import torch_predictor
     from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter
     from wsss.progress import progress
+    from wsss.refine.confidence import write_confidence
     from wsss.refine.pseudo import CONFIDENCE_FILE, LabelTask, label_all
-    from wsss.stages.pseudo_labels import write_confidence
     from wsss.train.segmenter import SegmenterTrainer
 
     rcfg = cfg.retrain

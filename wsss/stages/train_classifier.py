@@ -29,12 +29,11 @@ def with_pretrained_backbone(cfg: Config, weights: Path) -> Config:
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
+    from wsss.models.model_dir import PRETRAINED_FILE as PRETRAINED
     from wsss.train.classifier import META_FILE, MODEL_FILE, ClassifierTrainer
     from wsss.train.loop import CHECKPOINT, METRICS_FILE
 
     if "pretrain" in inputs:
-        from wsss.stages.pretrain import MODEL_FILE as PRETRAINED
-
         cfg = with_pretrained_backbone(cfg, inputs["pretrain"] / PRETRAINED)
         if dist.is_main():
             click.echo(f"train-classifier: backbone from the pretrain stage ({inputs['pretrain'] / PRETRAINED})")

@@ -32,10 +32,10 @@ from wsss.data.index import read_dataset_info, read_train_index
 from wsss.data.transforms import Augment
 from wsss.errors import StageError
 from wsss.evaluation.metrics import auroc, average_precision
-from wsss.models.backbone import save_state_dict
 from wsss.models.chunked import forward_chunked
 from wsss.models.classifier import DFC, META_FILE, MODEL_FILE, build_dfc, model_meta
 from wsss.models.compile import maybe_compile
+from wsss.models.state import save_state_dict
 from wsss.progress import progress
 from wsss.train.loop import Loop, train_pass
 from wsss.train.losses import gcm_consistency, supervised_infonce

@@ -39,10 +39,10 @@ from wsss.data.transforms import Augment
 from wsss.errors import ConfigError, DataError, StageError
 from wsss.evaluation.metrics import SegAccumulator
 from wsss.labels import IGNORE
-from wsss.models.backbone import save_state_dict
 from wsss.models.chunked import forward_chunked
 from wsss.models.compile import maybe_compile
 from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_labels, segmenter_meta
+from wsss.models.state import save_state_dict
 from wsss.refine.pseudo import CONFIDENCE_FILE
 from wsss.train.average import WeightAverage
 from wsss.train.loop import NO_KEY, Loop, train_pass
@@ -204,7 +204,7 @@ class SegmenterTrainer:
         """Load ``folder``'s trained segmenter weights into the freshly built model (``section.init_from``)."""
         import json
 
-        from wsss.models.backbone import load_trained_state
+        from wsss.models.state import load_trained_state
 
         key = f"{section}.init_from"
         fix = f"point {key} at a train-segmenter (or retrain) folder of a run with the same recipe and classes"
