@@ -70,3 +70,19 @@ def test_a_killed_loop_resumes_after_its_last_epoch_with_the_skipped_columns_emp
     st = again.run()
     assert calls["train"] == [2, 3] and calls["validate"] == [3] and st.best_epoch == 3
     assert len(st.rows) == 4 and math.isnan(float(st.rows[0]["val_score"]))
+
+
+def test_a_baseline_keeps_the_starting_weights_when_no_epoch_validates_better(tmp_path: Path):
+    """A fine-tuning (a review round) validates the weights it starts from first: epochs that all score lower leave
+    them as the model; an epoch that scores higher replaces them."""
+    loop, calls = make_loop(tmp_path / "worse", [0.6, 0.5, 0.4, 0.55], epochs=3)
+    calls["train"].append(-1)  # validate() reads the last trained epoch: the start is "epoch -1"
+    loop.baseline = True
+    st = loop.run()
+    assert calls["validate"] == [-1, 0, 1, 2] and calls["saved"] == [-1] and st.best_epoch == -1
+    loop, calls = make_loop(tmp_path / "better", [0.6, 0.7, 0.4], epochs=2)
+    calls["train"].append(-1)
+    loop.baseline = True
+    st = loop.run()
+    assert calls["saved"] == [-1, 0] and st.best_epoch == 0
+    assert [int(float(r["epoch"])) for r in read_metrics(tmp_path / "better" / METRICS_FILE)] == [0, 1]

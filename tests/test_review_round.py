@@ -50,8 +50,10 @@ def test_a_round_fine_tunes_from_the_reviewed_segmenter_and_reports_before_and_a
     report = review_round(None, round_run, FAST, epochs=1, echo=lines.append)
     folder = round_run / "review-rounds" / "round-1"
     assert (folder / "before" / "segmenter.safetensors").read_bytes() == old
-    assert (round_run / "train-segmenter" / "segmenter.safetensors").read_bytes() != old
     saved = json.loads((folder / "report.json").read_text())
+    unchanged = (round_run / "train-segmenter" / "segmenter.safetensors").read_bytes() == old
+    assert unchanged == (report["kept_epoch"] == -1)  # the start is kept only when no epoch validated better
+    assert unchanged == any("kept unchanged" in ln for ln in lines)
     assert saved == report and report["reviewed_masks"] == 3 and report["epochs"] == 1
     assert set(report["before"]) == set(report["after"]) == {"ap", "miou_def", "seg_recall_0_5", "pixel_ap"}
     assert all(v is None or 0 <= v <= 1 for v in [*report["before"].values(), *report["after"].values()])

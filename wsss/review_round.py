@@ -7,7 +7,9 @@ page's accept / reject decisions) the run folder holds ``reviewed/``. A round th
    ``review-rounds/round-<k>/before/``;
 2. re-runs `train-segmenter` with ``segmenter.reviewed`` = ``reviewed/`` (human masks replace those images'
    pseudo-masks, rejected images leave the mask loss) and ``segmenter.init_from`` = the snapshot: a fine-tuning of
-   ``epochs`` epochs from the weights the reviewer judged, not a training from ImageNet, so it takes minutes;
+   ``epochs`` epochs from the weights the reviewer judged, not a training from ImageNet, so it takes minutes; those
+   weights are validated first, and kept when no epoch validates better, so a round never ends below its start on
+   the validation split;
 3. evaluates the new segmenter on the same split and writes ``review-rounds/round-<k>/report.json``.
 
 The evaluation needs ground-truth masks on that split (a few test images a person drew once); without them image
@@ -102,6 +104,7 @@ def review_round(
     Run(run_dir, cfg, echo=echo).run_stage("train-segmenter", force=True)
     seconds = time.perf_counter() - t0
     after_metrics = _evaluate(cfg, run_dir, seg, split)
+    kept = json.loads((seg / "segmenter.json").read_text()).get("kept_epoch")
     report = {
         "round": k,
         "split": split,
@@ -109,6 +112,7 @@ def review_round(
         "rejected": n_rejected,
         "epochs": epochs,
         "seconds": round(seconds, 1),
+        "kept_epoch": kept,  # -1: no epoch validated better than the weights the round started from
         "before": before_metrics,
         "after": after_metrics,
         "settings": sets[len(overrides) :],
@@ -133,4 +137,6 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for when in ("before", "after"):
         lines.append(f"| {when} | " + " | ".join(pct(report[when][k]) for k, _ in METRICS) + " |")
+    if report.get("kept_epoch") == -1:
+        lines.append("no epoch validated better than the segmenter the round started from: it is kept unchanged")
     return "\n".join(lines)

@@ -208,7 +208,9 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     }
     if not dist.is_main():  # under torchrun every rank trained (DDP); rank 0 segments the images
         return outputs
-    click.echo(f"train-segmenter: best epoch {summary['best_epoch'] + 1} of {summary['epochs_run']}")
+    best = summary["best_epoch"]
+    kept = f"best epoch {best + 1}" if best >= 0 else "the weights it started from validate best (no epoch beat them)"
+    click.echo(f"train-segmenter: {kept} of {summary['epochs_run']}")
 
     predictor = torch_predictor(*load_segmenter(out, device), device)
     (out / "masks").mkdir(exist_ok=True)

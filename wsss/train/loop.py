@@ -3,7 +3,8 @@ checkpoint, stop early, and resume a killed run exactly where it stopped, by one
 
 Each epoch appends a row (``epoch``, ``lr``, the training and validation figures) to ``metrics.csv`` and writes
 ``checkpoints/last.pt`` (model, optimizer, schedule, epoch, the best selection key so far, its epoch and the count
-of epochs without improvement, and the weight average's state when the trainer keeps one). An epoch whose selection key beats the best so far is saved as the model
+of epochs without improvement, and the weight average's state when the trainer keeps one). With ``baseline`` the
+weights it starts from are validated first, as epoch -1. An epoch whose selection key beats the best so far is saved as the model
 (``save_best``); after ``patience`` epochs without one the loop stops (0 = never). With ``val_every`` k > 1 only
 every k-th epoch and the last are validated (validation is a large share of a short run's time): the others leave
 the validation columns empty, cannot become the best and count toward ``patience`` (the loop stops only after a
@@ -85,6 +86,9 @@ class Loop:
     stop_message: str = "early stop: no better validation figure"
     echo: Callable[[str], None] = print
     average: WeightAverage | None = None  # checkpointed and resumed with the model
+    # validate the weights it starts from before the first epoch, as epoch -1: a fine-tuning whose epochs all
+    # validate worse keeps the model it was given (a review round never ends below where it started)
+    baseline: bool = False
 
     def resume(self) -> LoopState:
         """The state of ``out/checkpoints/last.pt`` loaded into the model, optimizer and schedule (a fresh state
@@ -121,6 +125,15 @@ class Loop:
     def run(self) -> LoopState:
         """Train from where the checkpoint left off (or from the start) to the last epoch or an early stop."""
         st = self.resume()
+        if self.baseline and st.start == 0:
+            row = self.validate()
+            key = self.key(row, -1)
+            if key > st.best:
+                st.best, st.best_epoch = key, -1
+                if dist.is_main():
+                    self.save_best(-1)
+            figures = ", ".join(f"{k} {v:.4f}" for k, v in row.items())
+            self.echo(f"before training (the weights it starts from): {figures}")
         for epoch in range(st.start, self.epochs):
             row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]} | self.train_epoch(epoch)
             validated = self.validates(epoch)

@@ -307,10 +307,12 @@ class SegmenterTrainer:
                 acc.add((pred > 0) & valid, (m > 0) & valid)
         return {"val_loss": loss_sum / len(self.val_set), "val_seg_miou": acc.seg_miou()}
 
-    def _save_model(self) -> None:
+    def _save_model(self, epoch: int) -> None:
+        """Save the kept weights; ``kept_epoch`` in the meta says which epoch they are (-1: the weights it started
+        from, when no epoch of a fine-tuning validated better)."""
         save_state_dict(self.kept, self.out / MODEL_FILE)
         meta = segmenter_meta(self.scfg, self.classes, self.in_chans, self.score_threshold)
-        write_json(self.out / META_FILE, meta | {"epochs": self.scfg.epochs, "seed": self.seed})
+        write_json(self.out / META_FILE, meta | {"epochs": self.scfg.epochs, "seed": self.seed, "kept_epoch": epoch})
 
     def _selection_key(self, row: dict[str, float], epoch: int) -> list[float]:
         """Larger is better: validation Seg_mIoU (an undefined one counts as 0), lower loss breaking ties. Without
@@ -324,7 +326,8 @@ class SegmenterTrainer:
     def _describe(self, row: dict[str, float], best_epoch: int) -> str:
         val = ""
         if self.val_set is not None and "val_seg_miou" in row:
-            kept = f"best epoch {best_epoch + 1}" if self.selects else "the last epoch is kept"
+            kept = f"best epoch {best_epoch + 1}" if best_epoch >= 0 else "best: the weights it started from"
+            kept = kept if self.selects else "the last epoch is kept"
             val = f"  val Seg_mIoU {row['val_seg_miou']:.4f} ({kept})"
         return (
             f"epoch {int(row['epoch']) + 1}/{self.scfg.epochs}: loss {row['loss']:.4f} (seg {row['loss_seg']:.4f}, "
@@ -342,7 +345,7 @@ class SegmenterTrainer:
             self.train_epoch,
             self.validate,
             self._selection_key,
-            lambda epoch: self._save_model(),
+            self._save_model,
             COLUMNS,
             self._describe,
             patience=self.patience if self.selects else 0,
@@ -350,9 +353,10 @@ class SegmenterTrainer:
             stop_message="early stop: no better validation Seg_mIoU",
             echo=self.echo,
             average=self.average,
+            baseline=bool(self.scfg.init_from) and self.selects,  # a fine-tuning never ends below its start
         ).run()
         if not self.selects and dist.is_main():
-            self._save_model()
+            self._save_model(len(st.rows) - 1)
         dist.barrier()
         return {
             "epochs_run": len(st.rows),
