@@ -13,6 +13,7 @@ from wsss.config import load_config
 from wsss.data.images import read_image
 from wsss.data.index import read_train_index
 from wsss.errors import ConfigError
+from wsss.stages import get_stage
 from wsss.train.segmenter_data import read_pseudo_mask
 
 
@@ -127,3 +128,42 @@ def test_mask_margin_names_the_margin_each_mask_stage_drew():
     assert [mask_margin(cfg, s) for s in ("pseudo-labels", "retrain", "train-segmenter")] == [2, 2, 0]
     cfg = load_config(None, ["retrain.margin=3"])
     assert [mask_margin(cfg, s) for s in ("pseudo-labels", "retrain")] == [0, 3]
+
+
+def test_reviewed_masks_flow_into_the_retrain_round(full_run, tmp_path):
+    """`retrain.reviewed`: a person's masks train the round and are its masks of those images (never relabelled),
+    so a re-run of the pipeline carries them to the segmenter; changing the folder makes the round stale."""
+    import shutil
+
+    import cv2
+    import numpy as np
+    from conftest import FAST
+
+    from wsss.data.index import read_train_index
+    from wsss.export.review_import import import_review
+    from wsss.runs import Run
+
+    run_dir, _ = full_run
+    for stage in ("prepare", "cam", "pseudo-labels"):
+        shutil.copytree(run_dir / stage, tmp_path / stage)
+    train = [r for r in read_train_index(tmp_path / "prepare" / "index.csv", "train") if r.labels][:2]
+    folder = tmp_path / "corrected"
+    folder.mkdir()
+    for r in train:  # a reviewer's masks, deliberately unlike any pseudo-mask: a square in the corner
+        mask = np.zeros(cv2.imread(str(r.path), cv2.IMREAD_GRAYSCALE).shape, np.uint8)
+        mask[:9, :9] = 1
+        cv2.imwrite(str(folder / f"{r.id}.png"), mask)
+    import_review("png", folder, tmp_path)
+    cfg = load_config(None, [*FAST, "retrain.epochs=1", f"retrain.reviewed={tmp_path / 'reviewed'}"])
+    run = Run(tmp_path, cfg, echo=lambda *_: None)
+    out = run.run_stage("retrain")
+    for r in train:
+        got = cv2.imread(str(out / "masks" / f"{r.id}.png"), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(
+            got, cv2.imread(str(tmp_path / "reviewed" / "masks" / f"{r.id}.png"), cv2.IMREAD_UNCHANGED)
+        )
+    with open(out / "confidence.csv") as f:
+        assert {row["id"]: float(row["confidence"]) for row in csv.DictReader(f)}[train[0].id] == 1.0
+    assert run.status(get_stage("retrain")) == "done"
+    import_review("png", folder, tmp_path)  # the reviewed folder changed: the round is stale
+    assert run.status(get_stage("retrain")) == "stale"

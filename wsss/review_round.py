@@ -121,7 +121,8 @@ def review_round(
     echo(format_report(report))
     echo(
         f"the run's train-segmenter now holds the fine-tuned segmenter; the one before is in {before}. Keep "
-        f"`segmenter.reviewed: {reviewed}` in the recipe so a later `wsss run` trains with the reviewed masks"
+        f"`segmenter.reviewed: {reviewed}` and `retrain.reviewed: {reviewed}` in the recipe so a later `wsss run` "
+        "trains the retrain round and the segmenter with the reviewed masks"
     )
     return report
 

@@ -49,6 +49,15 @@ def fuse(probs, cam, weight: float):
     return weight * probs + (1 - weight) * cam
 
 
+def keep_reviewed(reviewed: Path | None, ids: list[str], masks: Path, rows: list[dict]) -> None:
+    """A reviewed image's mask is the person's, not the relabelling's: copied over the round's mask (confidence 1)."""
+    known = {r["id"]: r for r in rows}
+    for sid in ids:
+        if sid in known:
+            shutil.copyfile(reviewed / f"{sid}.png", masks / f"{sid}.png")
+            known[sid]["confidence"] = 1.0
+
+
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
     from wsss.cam.io import SCORES_FILE, cam_path, read_cam, read_cam_meta, write_cam
@@ -61,8 +70,13 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.refine.confidence import write_confidence
     from wsss.refine.pseudo import CONFIDENCE_FILE, LabelTask, label_all
     from wsss.train.segmenter import SegmenterTrainer
+    from wsss.train.segmenter_data import reviewed_masks
 
     rcfg = cfg.retrain
+    reviewed = reviewed_masks(rcfg.reviewed, "retrain.reviewed")
+    human = sorted(p.stem for p in reviewed.glob("*.png")) if reviewed is not None else []
+    if human:
+        click.echo(f"retrain: {len(human)} human-reviewed mask(s) from {reviewed} replace their pseudo-masks")
     index = inputs["prepare"] / "index.csv"
     cam_dir = inputs["cam"]
     meta = read_cam_meta(cam_dir)
@@ -102,6 +116,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
                 cfg.dataset.high_bit_depth,
                 # the margin the previous labelling drew is ignored (round 1: the pseudo-labels stage's)
                 margin=mask_margin(cfg, "pseudo-labels" if k == 1 else "retrain"),
+                reviewed_dir=reviewed,
             ).fit()
         if dist.is_main():  # under torchrun every rank trained (DDP); rank 0 predicts and labels, the others wait
             predictor = torch_predictor(*load_segmenter(rdir / "model", device), device)
@@ -132,6 +147,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             (rdir / "masks").mkdir(exist_ok=True)
             t0 = time.perf_counter()
             label_rows = label_all(tasks, cfg.pseudo.workers, click.echo)
+            keep_reviewed(reviewed, human, rdir / "masks", label_rows)
             # the next round's paste sources (retrain.inject) are chosen by these masks' confidence
             write_confidence(rdir / CONFIDENCE_FILE, label_rows, scores)
             click.echo(
@@ -161,7 +177,9 @@ STAGE = register_stage(
         name="retrain",
         run=run,
         sections=("retrain", "pseudo", "run.seed"),
-        external=lambda cfg: weight_files(cfg.retrain.backbone.weights),
+        external=lambda cfg: (
+            weight_files(cfg.retrain.backbone.weights) + ([Path(cfg.retrain.reviewed)] if cfg.retrain.reviewed else [])
+        ),
         inputs=lambda cfg: ("prepare", "cam", "pseudo-labels") + (("anomaly",) if cfg.pseudo.unary != "cam" else ()),
         writes_masks=True,
         help="additional training round(s): a segmenter on the pseudo-masks, fused with the CAM, CRF again",

@@ -39,22 +39,6 @@ def masks_input(cfg: Config) -> str:
     return mask_source(cfg, "train-segmenter", cfg.segmenter.masks, "segmenter.masks")
 
 
-def reviewed_masks(cfg: Config) -> Path | None:
-    """``segmenter.reviewed``'s masks folder (written by `wsss import-review`), or None when not set."""
-    from wsss.errors import ConfigError
-
-    if not cfg.segmenter.reviewed:
-        return None
-    masks = Path(cfg.segmenter.reviewed) / "masks"
-    if not masks.is_dir():
-        raise ConfigError(
-            "segmenter.reviewed",
-            f"{cfg.segmenter.reviewed} holds no masks/ folder",
-            "run `wsss import-review ... --run RUN` first, then set segmenter.reviewed=RUN/reviewed",
-        )
-    return masks
-
-
 ROUND_TRAINED = "trained"  # written in round<k>/ once its segmenter finished training
 ROUND_DONE = "done"  # written in round<k>/ once its masks and confidence.csv are complete
 
@@ -125,7 +109,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.refine.pseudo import write_mask
     from wsss.train.loop import CHECKPOINT, METRICS_FILE
     from wsss.train.segmenter import SegmenterTrainer
-    from wsss.train.segmenter_data import Teacher
+    from wsss.train.segmenter_data import Teacher, reviewed_masks
 
     scfg = cfg.segmenter
     index = inputs["prepare"] / "index.csv"
@@ -142,7 +126,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         score_weight=scfg.score_kd_weight,
     )
     device = dist.resolve_device(cfg.run.device)
-    reviewed = reviewed_masks(cfg)
+    reviewed = reviewed_masks(cfg.segmenter.reviewed, "segmenter.reviewed")
     click.echo(f"train-segmenter: distilling into {scfg.backbone.name} from {masks}")
     if reviewed is not None:
         n = len(list(reviewed.glob("*.png")))

@@ -246,6 +246,9 @@ class RetrainConfig(SegTrainConfig):
     bg_prior: float | None = num(None, gt=0, lt=1, fix="a value in (0, 1), or null (pseudo.bg_prior)")
     # pixels the fused map's defect regions grow by before the band is drawn; null = pseudo.margin
     margin: int | None = num(None, ge=0, fix="pixels >= 0, or null (pseudo.margin)")
+    # `wsss import-review` folder: its human masks replace those training images' pseudo-masks in the round's
+    # training and are the round's masks of those images (never relabelled), so they reach the segmenter too
+    reviewed: str | None = path_field()
 
 
 @dataclass

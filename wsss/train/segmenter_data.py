@@ -28,6 +28,25 @@ from wsss.train.inject import Injector, PasteSource, paste_sources
 
 MASK_FIX = "re-run `wsss run-stage pseudo-labels`"
 REJECTED_FILE = "rejected.txt"  # beside reviewed/masks: ids whose pseudo-mask a reviewer rejected (import-review)
+
+
+def reviewed_masks(folder: str | Path | None, key: str) -> Path | None:
+    """The masks of a `wsss import-review` folder (``<run>/reviewed``) named by setting ``key``, or None when unset;
+    a ConfigError when it holds no ``masks/``."""
+    from wsss.errors import ConfigError
+
+    if not folder:
+        return None
+    masks = Path(folder) / "masks"
+    if not masks.is_dir():
+        raise ConfigError(
+            key,
+            f"{folder} holds no masks/ folder",
+            f"run `wsss import-review ... --run RUN` first, then set {key}=RUN/reviewed",
+        )
+    return masks
+
+
 # what a pseudo-mask that misses a labelled defect trains as (see PseudoMaskDataset.missed)
 MISSED_DEFECTS = ("background", "ignore")
 INJECT_STREAM = 1  # appended to (seed, epoch, index): injection draws from its own stream, not augmentation's
