@@ -88,3 +88,29 @@ def test_init_from_refuses_a_segmenter_of_other_classes(round_run: Path, tmp_pat
     cfg = load_config(None, [*FAST, f"segmenter.init_from={other}"])
     with pytest.raises(ConfigError, match=r"segmenter\.init_from.*classes"):
         Run(round_run, cfg, echo=lambda *_: None).run_stage("train-segmenter", force=True)
+
+
+def test_the_review_loop_tunes_reruns_with_the_reviewed_masks_and_fine_tunes(round_run: Path, tmp_path):
+    """`wsss review-round --tune`: tune on the reviewed masks, a tuned recipe carrying them, the retrain round and the
+    segmenter re-run with them, then the round; the three evaluations printed."""
+    import yaml
+
+    import_truth(round_run, tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"run": {"name": "tiny"}}))
+    fast = [s for s in FAST if not s.startswith("pseudo.workers")] + ["pseudo.workers=1"]
+    r = CliRunner().invoke(
+        cli,
+        ["review-round", "--tune", "-c", str(recipe), "--run-dir", str(round_run), "--epochs", "1"]
+        + sum((["--set", s] for s in fast), []),
+    )
+    assert r.exit_code == 0, r.output
+    tuned = yaml.safe_load((round_run / "review-rounds" / "tuned.yaml").read_text())
+    reviewed = str(round_run / "reviewed")
+    assert tuned["retrain"]["reviewed"] == reviewed and tuned["segmenter"]["reviewed"] == reviewed
+    for stage, section in (("retrain", "retrain"), ("train-segmenter", "segmenter")):
+        manifest = json.loads((round_run / stage / "manifest.json").read_text())
+        assert manifest["config"][section]["reviewed"] == reviewed, stage
+    assert "re-running" in r.output and (round_run / "review-rounds" / "round-1" / "report.json").is_file()
+    table = r.output[r.output.index("review loop (test split)") :]
+    assert all(f"| {row} |" in table for row in ("as trained", "re-run", "round"))

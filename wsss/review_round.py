@@ -141,3 +141,54 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("kept_epoch") == -1:
         lines.append("no epoch validated better than the segmenter the round started from: it is kept unchanged")
     return "\n".join(lines)
+
+
+def review_loop(
+    config: Path | None,
+    run_dir: Path,
+    overrides: Sequence[str] = (),
+    epochs: int = 3,
+    split: str = "test",
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The whole review loop in one command (`wsss review-round --tune`): tune the settings on the reviewed masks
+    (``RUN/review-rounds/tuned.yaml``), re-run the stages that those settings and the reviewed masks make stale (the
+    retrain round and the segmenter learn from the reviewed masks), then one review round; prints the segmenter's
+    figures as trained, after the re-run and after the round."""
+    from wsss.pipelines import load_pipeline
+    from wsss.runs import Run
+    from wsss.stages import get_stage
+    from wsss.tune import tune_run
+
+    run_dir = Path(run_dir)
+    if config is None:
+        raise ConfigError("--tune", "the loop writes a tuned recipe from a recipe file", "pass --config RECIPE")
+    base = load_config(config, list(overrides))
+    seg = run_dir / "train-segmenter"
+    if not (seg / "segmenter.json").is_file():
+        raise StageError(seg, "no finished train-segmenter stage in this run", "run the pipeline first (`wsss run`)")
+    figures = {"as trained": _evaluate(base, run_dir, seg, split)}
+    tuned = run_dir / ROUNDS / "tuned.yaml"
+    tuned.parent.mkdir(parents=True, exist_ok=True)
+    reviewed = run_dir / "reviewed"
+    sets = [*overrides, f"retrain.reviewed={reviewed}", f"segmenter.reviewed={reviewed}"]
+    choices = tune_run(config, run_dir, tuned, sets, echo)
+    cfg = load_config(tuned, [])
+    run = Run(run_dir, cfg, echo=echo)
+    stages = list(load_pipeline(cfg.run.pipeline).stages)
+    stale = [name for name in stages if run.status(get_stage(name)) != "done"]
+    echo(f"review loop: {len(choices)} setting group(s) adopted; re-running {', '.join(stale) or 'nothing'}")
+    run.run_pipeline(stages)
+    figures["re-run"] = _evaluate(cfg, run_dir, seg, split)
+    report = review_round(tuned, run_dir, (), epochs, split, echo)
+    figures["round"] = report["after"]
+    lines = [f"review loop ({split} split):", "| | " + " | ".join(label for _, label in METRICS) + " |"]
+    lines.append("|---|" + "---|" * len(METRICS))
+    for when, values in figures.items():
+        lines.append(f"| {when} | " + " | ".join(_pct(values[k]) for k, _ in METRICS) + " |")
+    echo("\n".join(lines))
+    return {"figures": figures, "tuned": str(tuned), "round": report["round"]}
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from wsss.config import Config, PseudoConfig, read_yaml
+from wsss.config import Config, PseudoConfig, load_config, read_yaml
 from wsss.errors import ConfigError, StageError
 from wsss.labels import IGNORE
 
@@ -329,3 +329,50 @@ def _comment_keys(text: str, notes: dict[str, str]) -> str:
                 line = f"{line}  # {notes[dotted]}"
         out.append(line)
     return "\n".join(out) + "\n"
+
+
+def tune_run(
+    config: Path | None,
+    run_dir: Path,
+    out: Path | None,
+    overrides: Sequence[str] = (),
+    echo: Callable[[str], None] = print,
+) -> list[tuple[Scored, Scored]]:
+    """`wsss tune`: measure the candidates on ``run_dir``'s reviewed masks, print each rule's table and choice, and
+    with ``out`` write the recipe with the adopted settings; returns the adopted (the recipe's own, the adopted)."""
+    from wsss.models.segmenter import MODEL_FILE
+    from wsss.parallel import pool_size
+    from wsss.runs import Run
+
+    cfg = load_config(config, list(overrides))
+    run = Run(run_dir, cfg)
+    with_retrain = (run.dir / "retrain" / MODEL_FILE).is_file()
+    items, empty, rejected = reviewed_items(run.dir, run.cfg, with_retrain)
+    echo(
+        f"tune: {len(items)} reviewed image(s) with a defect measure the settings ({empty} reviewed without one and "
+        f"{rejected} rejected choose nothing)"
+    )
+    if not items:
+        raise ConfigError(
+            run.dir / "reviewed",
+            "no reviewed image holds a defect pixel, so no setting can be measured",
+            "correct or accept the masks of a few defective images, import them, and tune again",
+        )
+    choices = []
+    for rule, cands in zip(("pseudo", "retrain"), candidates(run.cfg, with_retrain), strict=True):
+        if not cands:
+            continue
+        ranked = compare(score_all(run.cfg, items, cands, pool_size(cfg.pseudo.workers), echo))
+        echo("\n" + "\n".join(table(rule, ranked, len(items))))
+        best = adopted(ranked)
+        if best is None:
+            echo(f"\n{rule}: no candidate beats the recipe beyond the interval; its settings stay")
+        else:
+            echo(f"\n{rule}: adopted {best.candidate.label()} ({100 * best.gain:+.2f} points)")
+            choices.append((ranked[0], best))
+    if out is not None:
+        if config is None:
+            raise ConfigError("--out", "a tuned recipe is written from a recipe file", "pass --config RECIPE")
+        write_recipe(config, out, choices, len(items), overrides)
+        echo(f"wrote {out}; `wsss run --config {out} --run-dir {run.dir}` re-runs the stages it makes stale")
+    return choices

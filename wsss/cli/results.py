@@ -274,40 +274,10 @@ def import_review_cmd(fmt: str, file: Path, run_dir: Path, mask_format: str) -> 
 def tune(config: Path, run_dir: Path | None, out: Path | None, overrides: tuple[str, ...]) -> None:
     """Choose the pseudo-labelling settings on the run's reviewed masks (`wsss import-review`): each candidate's
     mIoU_def with a bootstrap interval; a setting changes only where the interval says it is better."""
-    from wsss.models.segmenter import MODEL_FILE
-    from wsss.parallel import pool_size
-    from wsss.runs import Run
-    from wsss.tune import adopted, candidates, compare, reviewed_items, score_all, table, write_recipe
+    from wsss.tune import tune_run
 
     cfg = load_config(config, overrides)
-    run = Run(run_dir or Path("runs") / cfg.run.name, cfg)
-    with_retrain = (run.dir / "retrain" / MODEL_FILE).is_file()
-    items, empty, rejected = reviewed_items(run.dir, run.cfg, with_retrain)
-    click.echo(
-        f"tune: {len(items)} reviewed image(s) with a defect measure the settings ({empty} reviewed without one and "
-        f"{rejected} rejected choose nothing)"
-    )
-    if not items:
-        raise ConfigError(
-            run.dir / "reviewed",
-            "no reviewed image holds a defect pixel, so no setting can be measured",
-            "correct or accept the masks of a few defective images, import them, and tune again",
-        )
-    choices = []
-    for rule, cands in zip(("pseudo", "retrain"), candidates(run.cfg, with_retrain), strict=True):
-        if not cands:
-            continue
-        ranked = compare(score_all(run.cfg, items, cands, pool_size(cfg.pseudo.workers), click.echo))
-        click.echo("\n" + "\n".join(table(rule, ranked, len(items))))
-        best = adopted(ranked)
-        if best is None:
-            click.echo(f"\n{rule}: no candidate beats the recipe beyond the interval; its settings stay")
-        else:
-            click.echo(f"\n{rule}: adopted {best.candidate.label()} ({100 * best.gain:+.2f} points)")
-            choices.append((ranked[0], best))
-    if out is not None:
-        write_recipe(config, out, choices, len(items), overrides)
-        click.echo(f"wrote {out}; `wsss run --config {out} --run-dir {run.dir}` re-runs the stages it makes stale")
+    tune_run(config, run_dir or Path("runs") / cfg.run.name, out, overrides, click.echo)
 
 
 @cli.command("review-round")
@@ -317,15 +287,28 @@ def tune(config: Path, run_dir: Path | None, out: Path | None, overrides: tuple[
 @click.option(
     "--split", type=click.Choice(["test", "val"]), default="test", show_default=True, help="split to evaluate"
 )
+@click.option(
+    "--tune",
+    "with_tune",
+    is_flag=True,
+    help="the whole loop: `wsss tune` first (RUN/review-rounds/tuned.yaml), the stages its settings and the reviewed "
+    "masks make stale re-run, then the round",
+)
 @set_option
-def review_round_cmd(config: Path, run_dir: Path | None, epochs: int, split: str, overrides: tuple[str, ...]) -> None:
+def review_round_cmd(
+    config: Path, run_dir: Path | None, epochs: int, split: str, with_tune: bool, overrides: tuple[str, ...]
+) -> None:
     """Fine-tune the run's segmenter on its reviewed masks (`wsss import-review`) and print before / after.
 
     The segmenter before the round and the report are kept in RUN/review-rounds/round-<k>/."""
-    from wsss.review_round import review_round
+    from wsss.review_round import review_loop, review_round
 
     cfg = load_config(config, overrides)
-    review_round(config, run_dir or Path("runs") / cfg.run.name, overrides, epochs, split, click.echo)
+    run_dir = run_dir or Path("runs") / cfg.run.name
+    if with_tune:
+        review_loop(config, run_dir, overrides, epochs, split, click.echo)
+    else:
+        review_round(config, run_dir, overrides, epochs, split, click.echo)
 
 
 @export.command("onnx")
