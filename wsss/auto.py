@@ -33,7 +33,7 @@ from wsss.data.stats import SizeStats
 from wsss.errors import ConfigError
 
 if TYPE_CHECKING:
-    from wsss.config import Config
+    from wsss.config.tree import Config
 
 AUTO = "auto"
 MULTIPLE = 32

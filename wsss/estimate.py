@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wsss.config import Config
+from wsss.config.tree import Config
 
 REPEATS = 2  # timed repetitions of each unit after one warm-up (the median is kept)
 CRF_WINDOW = 512 * 512  # the CRF is timed on at most this many pixels

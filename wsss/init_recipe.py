@@ -18,7 +18,7 @@ import yaml
 
 from wsss.atomic import atomic_write_text
 from wsss.auto import resolved_lines
-from wsss.config import Config, load_config
+from wsss.config.tree import Config, load_config
 from wsss.data.stats import SizeStats
 from wsss.data.validate import warning_lines
 from wsss.errors import ConfigError

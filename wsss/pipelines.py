@@ -39,7 +39,7 @@ def load_pipeline(name: str) -> Pipeline:
             f"pipeline {name!r} not found ({path})",
             f"available pipelines: {', '.join(available()) or 'none'}; or give a YAML path",
         )
-    from wsss.config import read_yaml
+    from wsss.config.load import read_yaml
 
     data = read_yaml(path) or {}
     stages = data.get("stages")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from wsss.atomic import write_json
-from wsss.config import Config, load_config
+from wsss.config.tree import Config, load_config
 from wsss.errors import ConfigError, StageError
 
 ROUNDS = "review-rounds"

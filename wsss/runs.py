@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -33,9 +32,11 @@ import click
 
 from wsss import __version__
 from wsss.atomic import atomic_write_text, write_json
-from wsss.config import Config, dump_yaml, section_dict, section_hash
+from wsss.config.load import dump_yaml
+from wsss.config.tree import Config, section_dict, section_hash
 from wsss.errors import StageError
 from wsss.hashing import MANIFEST, file_changed, file_record
+from wsss.locks import lock_held, stage_lock
 from wsss.stages import Stage, get_stage
 from wsss.staleness import settings_match
 
@@ -121,48 +122,6 @@ def _git_commit() -> str | None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _lock_path(run_dir: Path, stage: str) -> Path:
-    return run_dir / ".locks" / f"{stage}.lock"
-
-
-def _try_lock(f: Any) -> bool | None:
-    """Take the exclusive lock of open file ``f`` without waiting: False when another process holds it, None where
-    the platform has no ``flock``. The lock goes when ``f`` is closed, or with its process, however that ends."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not on POSIX
-        return None
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def stage_lock(run_dir: Path, stage: str) -> Iterator[None]:
-    """Refuse to run one stage of one run folder twice at the same time."""
-    path = _lock_path(run_dir, stage)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        if _try_lock(f) is False:
-            raise StageError(
-                run_dir / stage,
-                "another wsss process is running this stage now",
-                "wait for it to finish, or use another --run-dir",
-            )
-        yield
-
-
-def lock_held(run_dir: Path, stage: str) -> bool:
-    """Whether a live process holds ``stage``'s lock now (without flock: assumed, so the manifest is trusted)."""
-    path = _lock_path(run_dir, stage)
-    if not path.is_file():
-        return False
-    with open(path) as f:
-        return _try_lock(f) is not True
 
 
 def _train_sizes(index: Path):

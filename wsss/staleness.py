@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from wsss.config import Config, section_dict
+from wsss.config.tree import Config, section_dict
 
 
 def _plain(value: Any) -> Any:

@@ -34,9 +34,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from wsss.config import Config, PseudoConfig, load_config, read_yaml
+from wsss.config.load import read_yaml
+from wsss.config.tree import Config, load_config
 from wsss.errors import ConfigError, StageError
 from wsss.labels import IGNORE
+from wsss.refine.config import PseudoConfig
 
 BOOTSTRAP = 2000  # resamples of the reviewed images
 LEVEL = 0.90  # the interval's coverage: a change is adopted when the lower end of its gain is above zero

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsss.config import PseudoConfig
+from wsss.refine.config import PseudoConfig
 
 
 def anomaly_by_class(cam: np.ndarray, anomaly: np.ndarray) -> np.ndarray:

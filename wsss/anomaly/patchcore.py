@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss.config import AnomalyConfig
+from wsss.anomaly.config import AnomalyConfig
 from wsss.data.transforms import resize, to_channels, to_tensor
 from wsss.errors import StageError
 from wsss.models.backbone import Backbone

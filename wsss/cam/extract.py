@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss.auto import AUTO
-from wsss.config import CamConfig
+from wsss.cam.config import CamConfig
 from wsss.data.transforms import resize, to_channels, to_tensor
 from wsss.models.chunked import forward_chunked
 from wsss.models.classifier import DFC

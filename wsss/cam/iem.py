@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 
 from wsss import parallel
+from wsss.cam.config import IEMConfig
 from wsss.cam.extract import CamExtractor, tile_size, windows
-from wsss.config import IEMConfig
 
 _METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
 

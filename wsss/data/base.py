@@ -22,7 +22,7 @@ from wsss.errors import DataError, raise_all
 from wsss.registry import Registry
 
 if TYPE_CHECKING:
-    from wsss.config import DatasetConfig
+    from wsss.data.config import DatasetConfig
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 

@@ -12,8 +12,8 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from wsss.config import SplitConfig
 from wsss.data.base import Sample
+from wsss.data.config import SplitConfig
 from wsss.errors import ConfigError
 
 

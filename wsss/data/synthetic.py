@@ -31,7 +31,7 @@ from wsss.errors import ConfigError, DataError
 from wsss.progress import progress
 
 if TYPE_CHECKING:
-    from wsss.config import SyntheticConfig
+    from wsss.data.config import SyntheticConfig
 
 DEFECTS = ("scratch", "crack", "blob", "stain")
 TEXTURES = ("noise", "stripes", "brushed")  # procedural

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from wsss.config import AugmentConfig
+from wsss.train.config import AugmentConfig
 
 MEAN = 0.5
 STD = 0.25

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 import wsss.evaluation.metrics as metrics
-from wsss.config import EvaluateConfig
+from wsss.config.tree import EvaluateConfig
 from wsss.data.images import read_mask
 from wsss.data.index import DatasetInfo, EvalRow
 from wsss.errors import DataError, raise_all

@@ -33,8 +33,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from wsss.config import ExportConfig
 from wsss.errors import ConfigError, DataError
+from wsss.export.config import ExportConfig
 from wsss.export.formats import ReviewItem, get_format
 from wsss.export.formats.coco import CocoFormat
 from wsss.export.formats.labelstudio import LabelStudioFormat

@@ -36,9 +36,9 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from wsss.config import BackboneConfig
 from wsss.data.transforms import MEAN, STD
 from wsss.errors import ConfigError
+from wsss.models.config import BackboneConfig
 from wsss.models.state import _SUFFIXES, load_backbone_state, load_backbone_weights
 from wsss.models.weights import IMAGENET_MEAN, IMAGENET_STD, is_weights_name, load_named, unknown_name
 

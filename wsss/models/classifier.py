@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.config import BackboneConfig, ClassifierConfig
 from wsss.models.backbone import backbone_meta, create_backbone
+from wsss.models.config import BackboneConfig
 from wsss.models.model_dir import load_model_dir
+from wsss.train.config import ClassifierConfig
 
 MODEL_FILE = "dfc.safetensors"  # the trained DFC's state_dict
 META_FILE = "dfc.json"  # what rebuilds it (model_meta)

@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.config import BackboneConfig, SegTrainConfig
 from wsss.models.backbone import Backbone, backbone_meta, create_backbone
 from wsss.models.classifier import lse_pool
+from wsss.models.config import BackboneConfig
 from wsss.models.model_dir import load_model_dir
+from wsss.train.config import SegTrainConfig
 
 MODEL_FILE = "segmenter.safetensors"  # the trained segmenter's state_dict
 META_FILE = "segmenter.json"  # what rebuilds it (segmenter_meta)

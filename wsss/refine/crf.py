@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from wsss.auto import AUTO, auto_crf_reach
-from wsss.config import CRFConfig
+from wsss.refine.config import CRFConfig
 
 
 def _check_image(image: np.ndarray) -> None:

@@ -47,11 +47,11 @@ import cv2
 import numpy as np
 
 from wsss.atomic import atomic_path
-from wsss.config import PseudoConfig
 from wsss.errors import StageError, WsssError
 from wsss.labels import IGNORE  # the uncertain pixels: ignored in training
 from wsss.parallel import pool_size
 from wsss.progress import progress
+from wsss.refine.config import PseudoConfig
 
 CONFIDENCE_FILE = "confidence.csv"  # a mask stage's per-image confidence table (rank reviews and paste sources by it)
 CONFIDENCE_RING = 3  # pixels the defect region is dilated by before averaging its confidence

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss.auto import AUTO, auto_crf_reach
-from wsss.config import CRFConfig
+from wsss.refine.config import CRFConfig
 
 CLIP = 1e-5  # as pydensecrf2's unary_from_softmax(clip=1e-5)
 CELLS_PER_SIGMA = 2  # grid resolution: two cells per kernel standard deviation in every dimension

@@ -17,7 +17,7 @@ from wsss.errors import ConfigError
 from wsss.registry import Registry
 
 if TYPE_CHECKING:
-    from wsss.config import Config
+    from wsss.config.tree import Config
 
 StageFn = Callable[["Config", dict[str, Path], Path], dict[str, Path]]
 

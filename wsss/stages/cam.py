@@ -28,7 +28,7 @@ import click
 import numpy as np
 
 from wsss.atomic import atomic_path, write_json
-from wsss.config import Config
+from wsss.config.tree import Config
 from wsss.errors import StageError
 from wsss.stages import Stage, register_stage
 

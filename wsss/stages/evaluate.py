@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from wsss.config import Config, EvaluateConfig
+from wsss.config.tree import Config, EvaluateConfig
 from wsss.errors import ConfigError
 from wsss.evaluation.report import pct
 from wsss.stages import Stage, mask_source, published, register_stage

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from wsss.config import Config
+from wsss.config.tree import Config
 from wsss.stages import Stage, mask_source, published, register_stage
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from wsss.atomic import atomic_write_text, write_json
-from wsss.config import Config
+from wsss.config.tree import Config
 from wsss.data.base import DatasetAdapter, Sample, create_adapter
 from wsss.data.index import SPLITS, DatasetInfo, EvalRow, write_dataset_info, write_index
 from wsss.data.splits import assign_splits

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from wsss.config import Config
+from wsss.config.tree import Config
 from wsss.models.model_dir import PRETRAINED_FILE as MODEL_FILE
 from wsss.models.weights import weight_files
 from wsss.stages import Stage, register_stage

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from wsss.config import Config
+from wsss.config.tree import Config
 from wsss.errors import DataError, StageError
 from wsss.mask_format import write_labelmap
 from wsss.stages import Stage, register_stage

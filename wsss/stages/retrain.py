@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from wsss.config import Config
+from wsss.config.tree import Config
 from wsss.mask_format import write_labelmap
 from wsss.models.weights import weight_files
 from wsss.stages import Stage, mask_margin, register_stage

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from wsss.config import Config
+from wsss.config.tree import Config
 from wsss.models.weights import weight_files
 from wsss.stages import Stage, in_pipeline, register_stage
 

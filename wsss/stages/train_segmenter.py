@@ -29,7 +29,7 @@ import click
 import cv2
 import numpy as np
 
-from wsss.config import Config
+from wsss.config.tree import Config
 from wsss.mask_format import write_labelmap
 from wsss.models.weights import weight_files
 from wsss.stages import Stage, mask_margin, mask_source, register_stage

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from wsss import distributed as dist
 from wsss.atomic import write_json
 from wsss.cam.gcm import crop_and_resize, crop_boxes
-from wsss.config import Config
+from wsss.config.tree import Config
 from wsss.data.classifier_data import ImageDataset, target_classes
 from wsss.data.index import read_dataset_info, read_train_index
 from wsss.data.transforms import Augment

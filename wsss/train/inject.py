@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from wsss.config import InjectConfig
 from wsss.data.synthetic import defect_shape
 from wsss.labels import IGNORE
+from wsss.train.config import InjectConfig
 
 MIN_STD = 1.0  # gray levels: the std procedural contrast is relative to, at least (a flat image still gets a defect)
 

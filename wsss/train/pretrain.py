@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss.config import PretrainConfig
 from wsss.models.backbone import Backbone
+from wsss.train.config import PretrainConfig
 
 TARGET_FLOOR = 0.1
 

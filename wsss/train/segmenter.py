@@ -33,7 +33,6 @@ from torch.utils.data import DataLoader
 
 from wsss import distributed as dist
 from wsss.atomic import write_json
-from wsss.config import SegTrainConfig
 from wsss.data.index import TrainRow
 from wsss.data.transforms import Augment
 from wsss.errors import ConfigError, DataError, StageError
@@ -45,6 +44,7 @@ from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_l
 from wsss.models.state import save_state_dict
 from wsss.refine.pseudo import CONFIDENCE_FILE
 from wsss.train.average import WeightAverage
+from wsss.train.config import SegTrainConfig
 from wsss.train.loop import NO_KEY, Loop, train_pass
 from wsss.train.losses import distillation_kl, score_distillation, segmentation_loss
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight

@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 import torch
 
-from wsss.config import InjectConfig
 from wsss.data.classifier_data import ImageDataset
 from wsss.data.images import read_image
 from wsss.data.index import TrainRow
@@ -24,6 +23,7 @@ from wsss.data.transforms import Augment, resize, to_channels, to_tensor
 from wsss.errors import DataError
 from wsss.labels import IGNORE
 from wsss.refine.pseudo import class_probs, margin_ignored
+from wsss.train.config import InjectConfig
 from wsss.train.inject import Injector, PasteSource, paste_sources
 
 MASK_FIX = "re-run `wsss run-stage pseudo-labels`"
