@@ -22,7 +22,7 @@ from wsss.cam.io import read_cam, write_cam
 from wsss.config import CamConfig, IEMConfig, load_config
 from wsss.data.images import read_image
 from wsss.data.index import read_train_index
-from wsss.errors import DataError, StageError
+from wsss.errors import ConfigError, DataError, StageError
 from wsss.runs import Run
 from wsss.stages.cam import run as cam_stage
 
@@ -298,3 +298,28 @@ def test_lift_raises_weak_cams_of_called_defects_only():
     assert floor[0].max() == pytest.approx(0.5)  # never divided by less than the OK images' peaks
     strong = normalise_cam(raw * 10, np.array([0.9, 0.9]), scale=10.0, threshold=0.5, lift_floor=0.5)
     assert strong[1, 0, 0] == 1.0 and strong[0, 2, 2] == pytest.approx(1.0)  # peaks >= the scale: unchanged rule
+
+
+def test_cam_methods_are_registered_and_grad_cam_is_the_score_map_under_mean_pooling():
+    """With a linear CAM head and (near-)average pooling, Grad-CAM's map is the score map less its bias, divided by
+    the map's area: two registered methods that must agree where theory says they do."""
+    from wsss.cam.methods import CAM_METHODS, get_cam_method
+    from wsss.models.classifier import DFC
+
+    assert {"score-map", "grad-cam"} <= set(CAM_METHODS.names())
+    with pytest.raises(ConfigError, match=r"cam\.method.*available CAM methods: .*grad-cam"):
+        get_cam_method("gradcam++")
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(1, 6, 3, stride=4, padding=1))
+    backbone.out_channels, backbone.stride = 6, 4
+    model = DFC(backbone, num_classes=2, lse_r=1e-4).eval()  # LSE with r -> 0 is the mean
+    x = torch.randn(3, 1, 32, 40)
+    score, p1 = get_cam_method("score-map")(model, model, x)
+    grad, p2 = get_cam_method("grad-cam")(model, model, x)
+    area = score.shape[-2] * score.shape[-1]
+    bias = model.cam_head.bias.detach().view(1, -1, 1, 1)
+    assert grad.shape == score.shape == (3, 2, 8, 10) and torch.allclose(p1, p2, atol=1e-6)
+    assert torch.allclose(grad * area, score - bias, atol=1e-3)
+    ext = CamExtractor(model, (32, 40), 1, CamConfig(scales=[1.0], method="grad-cam"), "cpu")
+    cams, scores = ext([np.random.default_rng(0).integers(0, 255, (32, 40), dtype=np.uint8)])
+    assert cams[0].shape == (2, 32, 40) and (cams[0] >= 0).all() and scores.shape == (1, 2)

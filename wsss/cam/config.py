@@ -38,6 +38,9 @@ class IEMConfig:
 class CamConfig:
     """`cam`: CAMs from the trained DFC with test-time augmentation, normalised, gated, extended by IEM."""
 
+    # how a batch becomes class maps: a registered CAM method (wsss/cam/methods.py): score-map (the CAM head's map,
+    # one forward pass) or grad-cam (the last features weighted by the score's gradients)
+    method: str = "score-map"
     # x classifier.input_size
     scales: list[float] = num([0.75, 1.0, 1.5], gt=0, min_items=1, fix="positive factors, e.g. [1.0]")
     flips: bool = True  # also horizontally and vertically flipped views

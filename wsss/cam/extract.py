@@ -1,7 +1,8 @@
 """CAM extraction with test-time augmentation (METHOD.md section 2).
 
 Each image (or each window of it, with tiling) is resized to every configured scale of the classifier's input size,
-run through the DFC as is and flipped horizontally and vertically, the class score maps are flipped back, upsampled
+run through the DFC as is and flipped horizontally and vertically, the class maps (``cam.method``, a registered
+:class:`wsss.cam.methods.CamMethod`; by default the CAM head's score map) are flipped back, upsampled
 bilinearly to the window's original size and averaged over views; windows are pasted back (overlaps averaged).
 Sample scores are the mean over views of sigmoid(s_k); with tiling an image's score is its highest window's (a
 defect in one window makes the image defective).
@@ -21,8 +22,8 @@ import torch.nn.functional as F
 
 from wsss.auto import AUTO
 from wsss.cam.config import CamConfig
+from wsss.cam.methods import get_cam_method
 from wsss.data.transforms import resize, to_channels, to_tensor
-from wsss.models.chunked import forward_chunked
 from wsss.models.classifier import DFC
 from wsss.models.compile import maybe_compile
 
@@ -75,6 +76,7 @@ class CamExtractor:
     ):
         self.model, self.cfg, self.in_chans = model, cfg, in_chans
         self.net = maybe_compile(model, cfg.compile, "cam.compile")  # forward passes only
+        self.method = get_cam_method(cfg.method)
         self.device = torch.device(device)
         self.num_classes = model.num_classes
         stride = int(getattr(model.backbone, "stride", 8))
@@ -82,13 +84,11 @@ class CamExtractor:
             (max(stride, round(input_size[0] * s)), max(stride, round(input_size[1] * s))) for s in cfg.scales
         ]
 
-    @torch.no_grad()
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flip-averaged score maps (B, K, h, w) and probabilities (B, K) of a batch at one scale."""
+        """Flip-averaged class maps (B, K, h, w) and probabilities (B, K) of a batch at one scale (``cam.method``)."""
         views = [x, x.flip(-1), x.flip(-2)] if self.cfg.flips else [x]
-        out = forward_chunked(self.net, torch.cat(views).to(self.device))
-        cams = out.cams.float().chunk(len(views))
-        probs = torch.sigmoid(out.logits.float()).chunk(len(views))
+        maps, p = self.method(self.model, self.net, torch.cat(views).to(self.device))
+        cams, probs = maps.chunk(len(views)), p.chunk(len(views))
         unflipped = [cams[0]] + ([cams[1].flip(-1), cams[2].flip(-2)] if self.cfg.flips else [])
         return torch.stack(unflipped).mean(0).cpu(), torch.stack(probs).mean(0).cpu()
 
