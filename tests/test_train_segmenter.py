@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -246,3 +247,25 @@ def test_train_segmenter_self_training_rounds_resume_after_a_kill(
     assert fits[0].parts[-2:] == ("round1", "model")
     assert json.loads((out / "manifest.json").read_text())["status"] == "done"
     assert not list(out.glob("round*")) and len(list((out / "masks").glob("*.png"))) == 24
+
+
+def test_validation_scores_the_reviewed_training_images_by_their_human_masks(tmp_path: Path):
+    """With reviewed masks the validation set also holds those training images, with the person's masks: a
+    fine-tuning that learns them is not judged by the validation images' pseudo-masks alone."""
+    rows, masks, _ = make_data(tmp_path, n_defect=6, n_ok=3, seed=4)
+    val = [dataclasses.replace(r, split="val") for r in rows[::3]]
+    train = [r for i, r in enumerate(rows) if i % 3]
+    human = tmp_path / "reviewed" / "masks"
+    human.mkdir(parents=True)
+    reviewed = next(r for r in train if r.labels)
+    drawn = np.zeros((SIZE, SIZE), np.uint8)
+    drawn[2:6, 2:6] = 1
+    cv2.imwrite(str(human / f"{reviewed.id}.png"), drawn)
+    cfg = rcfg(epochs=1)
+    plain = SegmenterTrainer(cfg, train, masks, ["defect"], 1, tmp_path / "a", device="cpu", val_rows=val)
+    assert [r.id for r in plain.val_set.rows] == [r.id for r in val]
+    with_human = SegmenterTrainer(
+        cfg, train, masks, ["defect"], 1, tmp_path / "b", device="cpu", val_rows=val, reviewed_dir=human
+    )
+    assert [r.id for r in with_human.val_set.rows] == [r.id for r in val] + [reviewed.id]
+    assert np.array_equal(with_human.val_set[len(val)]["mask"].numpy(), drawn)

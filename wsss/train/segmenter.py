@@ -165,6 +165,11 @@ class SegmenterTrainer:
         )
         if self.train_set.injector is not None:
             self._report_inject(section, masks_dir)
+        # the masks a person drew are the best ground truth a run has: validation scores them too (the reviewed
+        # training images with their human masks), so a fine-tuning that learns them is not judged by the pseudo-masks
+        # of the validation images alone, which the model it starts from was selected to match
+        human = [rows_train[i] for i in sorted(self.train_set.reviewed)]
+        val_rows = [*val_rows, *human] if val_rows else []
         self.val_set = PseudoMaskDataset(val_rows, masks_dir, **common) if val_rows else None
         datasets = [d for d in (self.train_set, self.val_set) if d is not None]
         if sum(d.cache_bytes() for d in datasets) <= cache_mb * 2**20:
