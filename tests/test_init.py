@@ -40,6 +40,10 @@ def test_init_summarises_the_data_and_writes_a_recipe_that_runs(tmp_path: Path):
     run.run_stage("prepare")
     assert run.cfg.classifier.input_size == [96, 32] and run.cfg.segmenter.input_size == [192, 64]
     assert run.cfg.segmenter.crop == [96, 32]  # the zoomed segmenter trains on windows of the budget
+    # the recipe's comments say what the run resolves (the segmenter zoomed), and no placeholder is left unfilled
+    assert "input_size: auto  # -> [192, 64]" in text and "crop: auto  # -> [96, 32]" in text
+    assert "#   segmenter.input_size: [192, 64]" in text
+    assert not [ln for ln in text.splitlines() if "# -> {" in ln]
     again = CliRunner().invoke(cli, ["init", "--kind", "folder", "--root", str(root), "--out", str(out)])
     assert again.exit_code == 2 and "--force" in again.output  # never overwrites a recipe by itself
 

@@ -9,7 +9,9 @@ with problems gets all of them listed, a non-zero exit, and no recipe.
 
 from __future__ import annotations
 
+import copy
 import datetime
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ import yaml
 
 from wsss.atomic import atomic_write_text
 from wsss.auto import resolved_lines
-from wsss.config.tree import Config, load_config
+from wsss.config.tree import Config, apply_override, load_config
 from wsss.data.stats import SizeStats
 from wsss.data.validate import warning_lines
 from wsss.errors import ConfigError
@@ -145,9 +147,26 @@ def comment(text: str) -> str:
     return "# " + "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
+def with_training(cfg: Config) -> Config:
+    """``cfg`` with the :data:`TRAINING` settings applied, so that what ``auto`` resolves to is computed for the
+    recipe as written (the segmenter's zoom and windows), not for the defaults."""
+    data = yaml.safe_load(TRAINING.replace("{{", "{").replace("}}", "}"))  # the placeholders are in comments only
+    out = copy.deepcopy(cfg)
+
+    def apply(prefix: str, node: object) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                apply(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            apply_override(out, f"{prefix}={json.dumps(node)}")  # JSON is YAML: lists, numbers, "auto"
+
+    apply("", data)
+    return out
+
+
 def recipe_text(cfg: Config, summary: DatasetSummary, out: Path) -> str:
     """The commented recipe for ``summary``'s dataset, to be saved as ``out`` (its stem names the run)."""
-    lines = resolved_lines(cfg, summary.sizes)
+    lines = resolved_lines(with_training(cfg), summary.sizes)  # as the recipe will resolve: its zoom, its crops
     resolved = {key: value for key, value, _ in lines}
     why = {key: reason for key, _, reason in lines}
     split = cfg.prepare.split
