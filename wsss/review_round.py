@@ -47,6 +47,13 @@ def _evaluate(cfg: Config, run_dir: Path, stage_dir: Path, split: str) -> dict[s
     return out
 
 
+def _require_segmenter(seg: Path) -> None:
+    """A StageError unless ``seg`` is a finished `train-segmenter` stage."""
+    manifest = seg / "manifest.json"
+    if not manifest.is_file() or json.loads(manifest.read_text()).get("status") != "done":
+        raise StageError(seg, "no finished train-segmenter stage in this run", "run the pipeline first (`wsss run`)")
+
+
 def _reviewed_counts(reviewed: Path) -> tuple[int, int]:
     masks = len(list((reviewed / "masks").glob("*.png"))) if (reviewed / "masks").is_dir() else 0
     rejected = reviewed / "rejected.txt"
@@ -68,9 +75,7 @@ def review_round(
     run_dir = Path(run_dir)
     seg = run_dir / "train-segmenter"
     reviewed = run_dir / "reviewed"
-    manifest = seg / "manifest.json"
-    if not manifest.is_file() or json.loads(manifest.read_text()).get("status") != "done":
-        raise StageError(seg, "no finished train-segmenter stage in this run", "run the pipeline first (`wsss run`)")
+    _require_segmenter(seg)
     n_masks, n_rejected = _reviewed_counts(reviewed)
     if n_masks + n_rejected == 0:
         raise ConfigError(
@@ -128,19 +133,21 @@ def review_round(
 
 
 def format_report(report: dict[str, Any]) -> str:
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.2f}%"
-
-    lines = [
-        f"review round {report['round']} ({report['split']} split, {report['seconds']:.0f} s):",
-        "| | " + " | ".join(label for _, label in METRICS) + " |",
-        "|---|" + "---|" * len(METRICS),
-    ]
-    for when in ("before", "after"):
-        lines.append(f"| {when} | " + " | ".join(pct(report[when][k]) for k, _ in METRICS) + " |")
+    title = f"review round {report['round']} ({report['split']} split, {report['seconds']:.0f} s):"
+    lines = _table(title, {when: report[when] for when in ("before", "after")})
     if report.get("kept_epoch") == -1:
         lines.append("no epoch validated better than the segmenter the round started from: it is kept unchanged")
     return "\n".join(lines)
+
+
+def _table(title: str, rows: dict[str, dict[str, float | None]]) -> list[str]:
+    """``title`` and a markdown table of the :data:`METRICS` of each row (``when`` -> figures)."""
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    lines = [title, "| | " + " | ".join(label for _, label in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    return lines + [f"| {when} | " + " | ".join(pct(v[k]) for k, _ in METRICS) + " |" for when, v in rows.items()]
 
 
 def review_loop(
@@ -165,8 +172,7 @@ def review_loop(
         raise ConfigError("--tune", "the loop writes a tuned recipe from a recipe file", "pass --config RECIPE")
     base = load_config(config, list(overrides))
     seg = run_dir / "train-segmenter"
-    if not (seg / "segmenter.json").is_file():
-        raise StageError(seg, "no finished train-segmenter stage in this run", "run the pipeline first (`wsss run`)")
+    _require_segmenter(seg)
     figures = {"as trained": _evaluate(base, run_dir, seg, split)}
     tuned = run_dir / ROUNDS / "tuned.yaml"
     tuned.parent.mkdir(parents=True, exist_ok=True)
@@ -182,13 +188,5 @@ def review_loop(
     figures["re-run"] = _evaluate(cfg, run_dir, seg, split)
     report = review_round(tuned, run_dir, (), epochs, split, echo)
     figures["round"] = report["after"]
-    lines = [f"review loop ({split} split):", "| | " + " | ".join(label for _, label in METRICS) + " |"]
-    lines.append("|---|" + "---|" * len(METRICS))
-    for when, values in figures.items():
-        lines.append(f"| {when} | " + " | ".join(_pct(values[k]) for k, _ in METRICS) + " |")
-    echo("\n".join(lines))
+    echo("\n".join(_table(f"review loop ({split} split):", figures)))
     return {"figures": figures, "tuned": str(tuned), "round": report["round"]}
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.2f}%"
