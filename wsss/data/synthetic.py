@@ -19,7 +19,7 @@ child seed, so generation is deterministic and independent of order and of the o
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -256,20 +256,33 @@ def generate(out_dir: Path, cfg: SyntheticConfig) -> Path:
     adding OK images does not change the defective ones. Returns the CSV path.
     """
     _validate(cfg)
-    out_dir = Path(out_dir)
-    for sub in ("images", "masks"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
     width = max(4, len(str(max(cfg.n_ok, cfg.n_defect) - 1)))
     jobs = [(f"ok_{i:0{width}d}", [cfg.seed, 0, i], None) for i in range(cfg.n_ok)]
     jobs += [(f"def_{j:0{width}d}", [cfg.seed, 1, j], cfg.defects[j % len(cfg.defects)]) for j in range(cfg.n_defect)]
+    samples = (
+        (sid, *generate_sample(seed, cfg.size, defect, cfg.textures, cfg.defects))
+        for sid, seed, defect in progress(jobs, desc="synthetic data")
+    )
+    return write_samples(out_dir, samples)
+
+
+def write_samples(
+    out_dir: Path, samples: Iterable[tuple[str, np.ndarray, np.ndarray, tuple[str, ...]]], ok_label: str = ""
+) -> Path:
+    """Write each ``(id, image, 0/255 mask, labels)`` as ``images/<id>.png`` (a colour image given in RGB is stored
+    as a colour PNG), ``masks/<id>.png``, and ``labels.csv`` (``path,label,mask``; ``ok_label`` for defect-free
+    images) under ``out_dir``. Returns the CSV path."""
+    out_dir = Path(out_dir)
+    for sub in ("images", "masks"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
     rows = []
-    for sid, seed, defect in progress(jobs, desc="synthetic data"):
-        img, mask, labels = generate_sample(seed, cfg.size, defect, cfg.textures, cfg.defects)
+    for sid, img, mask, labels in samples:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
         for sub, arr in (("images", img), ("masks", mask)):
             path = out_dir / sub / f"{sid}.png"
             if not cv2.imwrite(str(path), arr):
                 raise DataError(path, "could not write the PNG", "check that the folder is writable and not full")
-        rows.append((f"images/{sid}.png", ";".join(labels), f"masks/{sid}.png"))
+        rows.append((f"images/{sid}.png", ";".join(labels) or ok_label, f"masks/{sid}.png"))
     csv_path = out_dir / "labels.csv"
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")

@@ -14,7 +14,6 @@ others, so it is visible in colour and in luminance). Masks are exact, as the de
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,8 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from wsss.data.synthetic import PHOTOS, SENSOR_NOISE, draw_defect, make_texture
-from wsss.errors import ConfigError, DataError
+from wsss.data.synthetic import PHOTOS, SENSOR_NOISE, draw_defect, make_texture, write_samples
+from wsss.errors import ConfigError
 from wsss.progress import progress
 
 TINT = 0.15  # a colour surface's channels differ from its gray level by up to this factor
@@ -123,22 +122,9 @@ def generate(out_dir: Path, v: Variant, seed: int = 0) -> Path:
     """Write ``images/<id>.png`` (colour as BGR PNGs), ``masks/<id>.png`` and ``labels.csv`` (``path,label,mask``,
     the CSV adapter's columns; label ``ok`` or the defect) under ``out_dir``; image ``i`` of each kind from the child seed ``[seed, kind, i]``.
     Returns the CSV path."""
-    out_dir = Path(out_dir)
-    for sub in ("images", "masks"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
     jobs = [(f"ok_{i:04d}", [seed, 0, i], None) for i in range(v.n_ok)]
     jobs += [(f"def_{j:04d}", [seed, 1, j], v.defects[j % len(v.defects)]) for j in range(v.n_defect)]
-    rows = []
-    for sid, child, defect in progress(jobs, desc=f"{v.name} data"):
-        img, mask, labels = generate_sample(child, v, defect)
-        for sub, arr in (("images", cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img), ("masks", mask)):
-            path = out_dir / sub / f"{sid}.png"
-            if not cv2.imwrite(str(path), arr):
-                raise DataError(path, "could not write the PNG", "check that the folder is writable and not full")
-        rows.append((f"images/{sid}.png", ";".join(labels) or "ok", f"masks/{sid}.png"))
-    csv_path = out_dir / "labels.csv"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(("path", "label", "mask"))
-        writer.writerows(rows)
-    return csv_path
+    samples = (
+        (sid, *generate_sample(child, v, defect)) for sid, child, defect in progress(jobs, desc=f"{v.name} data")
+    )
+    return write_samples(out_dir, samples, ok_label="ok")
