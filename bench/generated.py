@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> None:
             dirs = list(pool.map(lambda n: run_variant(n, args.out, args.threads, args.seed), names))
     print("| data set | images | size (HxW) | stage | image AP | mIoU_def | Seg_mIoU | pixel AP | run min |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, run_dir in zip(names, dirs, strict=True):
+    scored = [score(run_dir, run_dir.parent / "recipe.yaml", [], "test") for run_dir in dirs]  # evaluated once
+    for name, (metrics, seconds) in zip(names, scored, strict=True):
         v = get_variant(name)
-        metrics, seconds = score(run_dir, run_dir.parent / "recipe.yaml", [], "test")
         minutes = sum(seconds.values()) / 60
         for stage in MASK_STAGES:
             m = metrics.get(stage)
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{cells} | {minutes:.1f} |"
             )
     print("\nstage seconds:")
-    for name, run_dir in zip(names, dirs, strict=True):
-        _, seconds = score(run_dir, run_dir.parent / "recipe.yaml", [], "test")
+    for name, run_dir, (_, seconds) in zip(names, dirs, scored, strict=True):
         print(f"  {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
         print(f"  {name}: overview {run_dir / 'overview.png'}")
 
