@@ -1,12 +1,18 @@
-"""Benchmark: the CAM stage's forward passes in CPU-sized chunks against one batch, side by side in one process.
+"""Benchmark: the CAM stage's first pass at the recipe's settings against other settings, side by side in one process.
 
-Runs the `cam` stage's first pass (flip-averaged CAMs, then IEM's erasure rounds for the images called defective) on
-the same images of a finished run twice per repetition, interleaved: with every forward pass whole (what wsss did
-before :mod:`wsss.models.chunked`) and in chunks. Prints the seconds of each, their ratio (the best of the
-repetitions, since the machine is shared) and the largest difference between the two CAMs and sample scores.
+Runs the `cam` stage's first pass (CAMs with their flipped views, then IEM's erasure rounds for the images called
+defective) of a finished run's classifier on the same images once per setting and repetition, interleaved, so the
+machine's load falls on every setting alike. The images are drawn at random from the run's index, so defective and
+OK images come in the data set's own proportion (what the stage meets). Prints each setting's seconds (the best of
+the repetitions, since the machine is shared), its speed-up against the first, and how far its CAMs, sample scores
+and calls (score >= ``cam.score_threshold``) are from the recipe's.
 
-    python bench/cam_speed.py --config configs/ksdd.yaml --run /tmp/bench/ksdd/fold0 --images 32
-    python bench/cam_speed.py --config configs/mtd.yaml --run /tmp/bench/mtd/run --images 32
+By default the baseline is the stage as it was before its two speed-ups: every window flipped
+(``cam.flip_floor=0``) and contiguous (NCHW) tensors (``cam.channels_last=false``):
+
+    python bench/cam_speed.py --config configs/ksdd.yaml --run OUT/fold0-s0 --images 64
+    python bench/cam_speed.py --config configs/mtd.yaml --run OUT/run --images 64 \
+        --setting before:cam.flip_floor=0,cam.channels_last=false --setting nhwc:cam.flip_floor=0
 """
 
 from __future__ import annotations
@@ -18,18 +24,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+BASELINE = "before:cam.flip_floor=0,cam.channels_last=false"
+
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, required=True, help="the recipe the run was made with")
     p.add_argument("--run", type=Path, required=True, help="a run folder with a finished train-classifier stage")
-    p.add_argument("--images", type=int, default=32, help="images: three quarters defective, the rest OK")
+    p.add_argument("--images", type=int, default=64, help="images drawn at random from the run's index")
+    p.add_argument("--setting", action="append", default=[], help="NAME:KEY=VALUE,... (repeatable); the recipe is last")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="which images are drawn")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    import wsss.models.chunked as chunked
     from wsss.cam.extract import CamExtractor
     from wsss.cam.iem import extend_cams
     from wsss.config import load_config
@@ -37,15 +46,16 @@ def main(argv: list[str] | None = None) -> None:
     from wsss.data.index import read_train_index
     from wsss.models.classifier import load_dfc
 
-    cfg = load_config(args.config)
-    model, meta = load_dfc(args.run / "train-classifier", "cpu")
-    extractor = CamExtractor(model, meta["input_size"], int(meta["in_chans"]), cfg.cam, torch.device("cpu"))
+    settings = [s.split(":", 1) for s in (args.setting or [BASELINE])] + [["recipe", ""]]
     rows = read_train_index(args.run / "prepare" / "index.csv")
-    n_def = args.images * 3 // 4
-    chosen = [r for r in rows if r.labels][:n_def] + [r for r in rows if not r.labels][: args.images - n_def]
-    images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in chosen]
+    rng = np.random.default_rng(args.seed)
+    chosen = [rows[i] for i in sorted(rng.choice(len(rows), min(args.images, len(rows)), replace=False))]
+    configs = {name: load_config(args.config, [kv for kv in keys.split(",") if kv]) for name, keys in settings}
+    images = [read_image(r.path, configs["recipe"].dataset.high_bit_depth) for r in chosen]
 
-    def cam_pass() -> tuple[float, list[np.ndarray], np.ndarray]:
+    def cam_pass(cfg) -> tuple[float, list[np.ndarray], np.ndarray]:
+        model, meta = load_dfc(args.run / "train-classifier", "cpu")
+        extractor = CamExtractor(model, meta["input_size"], int(meta["in_chans"]), cfg.cam, torch.device("cpu"))
         t0 = time.perf_counter()
         cams, scores = extractor(images)
         active = [float(s.max()) >= cfg.cam.score_threshold for s in scores]
@@ -53,23 +63,30 @@ def main(argv: list[str] | None = None) -> None:
             cams, _ = extend_cams(extractor, images, cams, active, cfg.cam.iem)
         return time.perf_counter() - t0, cams, scores
 
-    chunk_pixels = chunked.CPU_PIXELS
-    runs: dict[str, list] = {"whole": [], "chunked": []}
+    runs: dict[str, list] = {name: [] for name in configs}
     for _ in range(args.repeats):
-        for name, pixels in (("whole", 1 << 62), ("chunked", chunk_pixels)):
-            chunked.CPU_PIXELS = pixels
-            runs[name].append(cam_pass())
-    whole, chunks = (min(r[0] for r in runs[k]) for k in ("whole", "chunked"))
-    cam_diff = max(float(np.abs(a - b).max()) for a, b in zip(runs["whole"][0][1], runs["chunked"][0][1], strict=True))
-    score_diff = float(np.abs(runs["whole"][0][2] - runs["chunked"][0][2]).max())
+        for name, cfg in configs.items():
+            runs[name].append(cam_pass(cfg))
+    best = {name: min(r[0] for r in rs) for name, rs in runs.items()}
+    _, ref_cams, ref_scores = runs["recipe"][0]
+    threshold = configs["recipe"].cam.score_threshold
+    n_def = sum(bool(r.labels) for r in chosen)
     print(
-        f"{args.config}, {len(images)} images at {meta['input_size']}, {args.threads} thread(s), {args.repeats} repeats"
+        f"{args.config}, {len(images)} images ({n_def} labelled defective) of {args.run}, "
+        f"{args.threads} thread(s), {args.repeats} repeats"
     )
-    print("| forward passes | seconds (best) | all repeats |")
-    print("|---|---|---|")
-    for name in ("whole", "chunked"):
-        print(f"| {name} | {min(r[0] for r in runs[name]):.1f} | {', '.join(f'{r[0]:.1f}' for r in runs[name])} |")
-    print(f"\nspeed-up {whole / chunks:.2f}x; largest difference: CAM {cam_diff:.2g}, sample score {score_diff:.2g}")
+    print("| setting | seconds (best) | all repeats | speed-up | CAM max diff | score max diff | calls changed |")
+    print("|---|---|---|---|---|---|---|")
+    first = next(iter(best.values()))
+    for name, rs in runs.items():
+        _, cams, scores = rs[0]
+        cam_diff = max(float(np.abs(a - b).max()) for a, b in zip(cams, ref_cams, strict=True))
+        score_diff = float(np.abs(scores - ref_scores).max())
+        calls = int(((scores.max(1) >= threshold) != (ref_scores.max(1) >= threshold)).sum())
+        print(
+            f"| {name} | {best[name]:.1f} | {', '.join(f'{r[0]:.1f}' for r in rs)} | {first / best[name]:.2f}x | "
+            f"{cam_diff:.3g} | {score_diff:.3g} | {calls} |"
+        )
 
 
 if __name__ == "__main__":

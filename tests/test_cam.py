@@ -91,6 +91,37 @@ def test_extractor_returns_maps_at_original_size_and_flip_averages():
     assert cam.shape == (96, 96) and cam[mask].mean() > 3 * cam[~mask].mean()
 
 
+def test_flipped_views_only_for_windows_that_may_be_defective():
+    """cam.flip_floor: a window scored under it keeps its unflipped view alone (map and score, as flips=false gives);
+    the others get the three views' average, as a floor of 0 gives for every window."""
+    img, _ = _scratch_image()
+    ok = np.clip(128 + np.random.default_rng(1).normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+    seen: list[int] = []
+
+    class Counting(DarknessDFC):
+        def forward(self, x):
+            seen.append(len(x))
+            return super().forward(x)
+
+    def extract(**kw):
+        seen.clear()
+        ext = CamExtractor(Counting(), (64, 64), 1, CamConfig(scales=[1.0], **kw), "cpu")
+        return (*ext([img, ok]), list(seen))
+
+    all_cams, all_scores, all_seen = extract(flip_floor=0.0)
+    one_cams, one_scores, one_seen = extract(flips=False)
+    cams, scores, seen_floor = extract(flip_floor=0.25)
+    assert one_scores[1, 0] < 0.25 <= one_scores[0, 0]  # the scratch may be defective, the texture is not
+    assert sum(all_seen) == 6 and sum(one_seen) == 2 and sum(seen_floor) == 4  # 3 + 1 views, not 3 + 3
+    np.testing.assert_allclose(cams[0], all_cams[0], atol=1e-6)
+    np.testing.assert_allclose(scores[0], all_scores[0], atol=1e-6)
+    np.testing.assert_array_equal(cams[1], one_cams[1])
+    np.testing.assert_array_equal(scores[1], one_scores[1])
+    # channels-last forward passes give the same maps up to float rounding
+    cl_cams, cl_scores, _ = extract(flip_floor=0.25, channels_last=False)
+    np.testing.assert_allclose(cl_cams[0], cams[0], atol=1e-5)
+
+
 def test_iem_grows_coverage_of_a_long_scratch():
     img, mask = _scratch_image()
     ext = CamExtractor(DarknessDFC(), (96, 96), 1, CamConfig(scales=[1.0], flips=False), "cpu")

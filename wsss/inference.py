@@ -33,6 +33,7 @@ from wsss.data.transforms import resize, to_channels, to_tensor
 from wsss.errors import ConfigError, StageError
 from wsss.evaluation.metrics import quantize_probs
 from wsss.models.chunked import forward_chunked
+from wsss.models.compile import channels_last_input, to_channels_last
 from wsss.models.segmenter import META_FILE, MODEL_FILE, Segmenter, gate_labels, load_segmenter
 from wsss.refine.guided import guided_probs
 
@@ -45,16 +46,16 @@ class Runner(Protocol):
 
 
 class TorchRunner:
-    """A :class:`Segmenter` in eval mode on ``device`` (bf16 autocast on CUDA when ``amp``)."""
+    """A :class:`Segmenter` in eval mode on ``device``, channels-last (bf16 autocast on CUDA when ``amp``)."""
 
     def __init__(self, model: Segmenter, device: str | torch.device = "cpu", amp: bool = False):
-        self.model, self.device = model.eval(), torch.device(device)
+        self.model, self.device = to_channels_last(model.eval()), torch.device(device)
         self.amp = amp and self.device.type == "cuda"
 
     @torch.no_grad()
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = forward_chunked(self.model, torch.from_numpy(x).to(self.device))
+            out = forward_chunked(self.model, channels_last_input(torch.from_numpy(x).to(self.device)))
         return out.mask_logits.float().cpu().numpy(), out.cls_logits.float().cpu().numpy()
 
 

@@ -44,6 +44,9 @@ class CamConfig:
     # x classifier.input_size
     scales: list[float] = num([0.75, 1.0, 1.5], gt=0, min_items=1, fix="positive factors, e.g. [1.0]")
     flips: bool = True  # also horizontally and vertically flipped views
+    # the flipped views only for windows whose unflipped score reaches this: a window scored below it is called OK
+    # (its map is zeroed by the gate) and its flips would cost two thirds of the stage for nothing. 0 = every window
+    flip_floor: float = num(0.25, ge=0, le=1, fix=PROBABILITY + " (0 = flip every window)")
     # [H, W] windows (original pixels); [0, 0] = off; auto = off unless images are shrunk over 4x (wsss/auto.py)
     tile_size: list[int] | str = num("auto", ge=0, lengths=(2,), auto=True, fix="[H, W] >= 0 ([0, 0] = off), or auto")
     # overlap of neighbouring windows, fraction of the window
@@ -59,3 +62,4 @@ class CamConfig:
     iem: IEMConfig = field(default_factory=IEMConfig)
     batch_size: int = num(8, ge=1, fix=ONE)  # images per forward batch (every view of each)
     compile: bool = False  # torch.compile the DFC for the CAM forward passes (GPU; off on the CPU by default)
+    channels_last: bool = True  # the NHWC memory format for the forward passes (wsss/models/compile.py)

@@ -7,6 +7,11 @@ bilinearly to the window's original size and averaged over views; windows are pa
 Sample scores are the mean over views of sigmoid(s_k); with tiling an image's score is its highest window's (a
 defect in one window makes the image defective).
 
+The flipped views cost two forward passes each window, and most windows of an inspection set are OK: their maps are
+zeroed by the gate, only their scores are kept. So a window whose unflipped score is under ``cam.flip_floor`` keeps
+its unflipped view alone (map and score); the others get all three. With the default floor (half the default
+score threshold) no image of KSDD or MTD changed its call (docs/benchmarks.md).
+
 The raw CAM returned here is ``relu`` of the averaged score map, in logit units and unnormalised: the `cam` stage
 divides by a dataset-level scale afterwards (never per-image min-max, which would give OK images full-strength maps).
 """
@@ -25,7 +30,7 @@ from wsss.cam.config import CamConfig
 from wsss.cam.methods import get_cam_method
 from wsss.data.transforms import resize, to_channels, to_tensor
 from wsss.models.classifier import DFC
-from wsss.models.compile import maybe_compile
+from wsss.models.compile import channels_last_input, maybe_compile, to_channels_last
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class CamExtractor:
         self, model: DFC, input_size: Sequence[int], in_chans: int, cfg: CamConfig, device: torch.device | str
     ):
         self.model, self.cfg, self.in_chans = model, cfg, in_chans
+        model = to_channels_last(model, cfg.channels_last)
         self.net = maybe_compile(model, cfg.compile, "cam.compile")  # forward passes only
         self.method = get_cam_method(cfg.method)
         self.device = torch.device(device)
@@ -84,13 +90,24 @@ class CamExtractor:
             (max(stride, round(input_size[0] * s)), max(stride, round(input_size[1] * s))) for s in cfg.scales
         ]
 
+    def _views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class maps and probabilities of a batch (``cam.method``), on the model's device and memory format."""
+        return self.method(self.model, self.net, channels_last_input(x.to(self.device), self.cfg.channels_last))
+
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flip-averaged class maps (B, K, h, w) and probabilities (B, K) of a batch at one scale (``cam.method``)."""
-        views = [x, x.flip(-1), x.flip(-2)] if self.cfg.flips else [x]
-        maps, p = self.method(self.model, self.net, torch.cat(views).to(self.device))
-        cams, probs = maps.chunk(len(views)), p.chunk(len(views))
-        unflipped = [cams[0]] + ([cams[1].flip(-1), cams[2].flip(-2)] if self.cfg.flips else [])
-        return torch.stack(unflipped).mean(0).cpu(), torch.stack(probs).mean(0).cpu()
+        """Flip-averaged class maps (B, K, h, w) and probabilities (B, K) of a batch at one scale: the flipped views
+        only for the windows whose unflipped score reaches ``cam.flip_floor``."""
+        maps, probs = self._views(x)
+        flip = probs.max(1).values >= self.cfg.flip_floor
+        if self.cfg.flips and bool(flip.any()):
+            sel = flip.nonzero().flatten()
+            xs = x[sel.cpu()]
+            m, p = self._views(torch.cat([xs.flip(-1), xs.flip(-2)]))
+            (mh, mv), (ph, pv) = m.chunk(2), p.chunk(2)
+            maps, probs = maps.clone(), probs.clone()
+            maps[sel] = (maps[sel] + mh.flip(-1) + mv.flip(-2)) / 3
+            probs[sel] = (probs[sel] + ph + pv) / 3
+        return maps.cpu(), probs.cpu()
 
     def __call__(self, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
         """Raw CAMs, each (K, H, W) float32 >= 0 at its image's size, and sample scores (N, K) in [0, 1]."""

@@ -16,6 +16,7 @@ import math
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from wsss.train.config import AugmentConfig
 
@@ -70,6 +71,38 @@ class Augment:
         m[:, 2] += (tx, ty)
         out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
         return _keep_shape(img, out)
+
+
+class FeatureAugment:
+    """The geometric part of :class:`Augment` (flips, rot90 of square maps, the affine warp) on a ``(C, h, w)`` feature
+    map, for training on cached features (``classifier.cache_features``). The photometric steps have no feature-space
+    counterpart and are left out. Draws from ``rng`` in :class:`Augment`'s order for its geometric steps."""
+
+    def __init__(self, cfg: AugmentConfig):
+        self.cfg = cfg
+
+    def __call__(self, f: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        c = self.cfg
+        if c.flips:
+            if rng.random() < 0.5:
+                f = f.flip(-1)
+            if rng.random() < 0.5:
+                f = f.flip(-2)
+        if c.rot90 and f.shape[-1] == f.shape[-2]:
+            f = torch.rot90(f, int(rng.integers(4)), dims=(-2, -1))
+        if c.affine_degrees > 0 or c.affine_scale > 0 or c.affine_translate > 0:
+            angle = math.radians(rng.uniform(-c.affine_degrees, c.affine_degrees))
+            scale = rng.uniform(1 - c.affine_scale, 1 + c.affine_scale)
+            tx, ty = rng.uniform(-c.affine_translate, c.affine_translate, size=2)
+            # output -> input sampling grid in normalised coordinates ([-1, 1] across each side, so a rotation in
+            # pixels is rescaled by the aspect ratio): the inverse of "scale, rotate, then shift"
+            h, w = f.shape[-2:]
+            cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+            theta = torch.tensor([[cos, -sin * h / w, -2 * tx], [sin * w / h, cos, -2 * ty]], dtype=torch.float32)
+            theta[:, 2] = theta[:, :2] @ theta[:, 2]
+            grid = F.affine_grid(theta[None], [1, *f.shape], align_corners=False)
+            f = F.grid_sample(f[None].float(), grid, padding_mode="reflection", align_corners=False)[0].to(f.dtype)
+        return f.contiguous()
 
 
 def _keep_shape(ref: np.ndarray, out: np.ndarray) -> np.ndarray:

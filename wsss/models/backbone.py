@@ -63,6 +63,7 @@ class Backbone(nn.Module):
         self.nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"  # Swin, MambaOut, ... give channels-last maps
         self.input_norm = "fixed"
         self.frozen: list[nn.Module] = []  # modules kept in eval mode with no gradients (freeze_stages)
+        self.frozen_stage: str | None = None  # the last frozen feature stage's module name (freeze_stages, n > 0)
         # x -> x * scale + shift turns the data side's normalisation into the weights' own; not saved in state_dicts
         self.register_buffer("in_scale", torch.ones(1, in_chans, 1, 1), persistent=False)
         self.register_buffer("in_shift", torch.zeros(1, in_chans, 1, 1), persistent=False)
@@ -100,6 +101,7 @@ class Backbone(nn.Module):
             last = max(i for i, name in enumerate(names) if name == target or name.startswith(target + "."))
             ancestors = {name for name in names if target.startswith(name + ".")}
             self.frozen = [m for name, m in named[: last + 1] if name not in ancestors]
+            self.frozen_stage = target
         for m in self.frozen:
             for p in m.parameters(recurse=False):
                 p.requires_grad_(False)

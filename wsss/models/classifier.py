@@ -78,7 +78,10 @@ class DFC(nn.Module):
         self.projection = ProjectionHead(channels, clm_hidden, clm_dim) if clm_dim > 0 else None
 
     def forward(self, x: torch.Tensor) -> DFCOutput:
-        features = self.backbone(x)
+        return self.head(self.backbone(x))
+
+    def head(self, features: torch.Tensor) -> DFCOutput:
+        """The CAM head and pooling on the backbone's features (what :meth:`forward` does after the backbone)."""
         cams = self.cam_head(features)
         return DFCOutput(logits=lse_pool(cams.float(), self.lse_r), cams=cams, features=features)
 

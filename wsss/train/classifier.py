@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,16 @@ from wsss.cam.gcm import crop_and_resize, crop_boxes
 from wsss.config.tree import Config
 from wsss.data.classifier_data import ImageDataset, target_classes
 from wsss.data.index import read_dataset_info, read_train_index
-from wsss.data.transforms import Augment
+from wsss.data.transforms import Augment, FeatureAugment
 from wsss.errors import StageError
 from wsss.evaluation.metrics import auroc, average_precision
 from wsss.models.chunked import forward_chunked
 from wsss.models.classifier import DFC, META_FILE, MODEL_FILE, build_dfc, model_meta
-from wsss.models.compile import maybe_compile
+from wsss.models.compile import channels_last_input, maybe_compile, to_channels_last
+from wsss.models.prefix import FrozenSplit, split_frozen
 from wsss.models.state import save_state_dict
 from wsss.progress import progress
+from wsss.train.feature_cache import FeatureDataset, SuffixDFC, cache_bytes
 from wsss.train.loop import Loop, train_pass
 from wsss.train.losses import gcm_consistency, supervised_infonce
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
@@ -85,24 +88,36 @@ class ClassifierTrainer:
             "seed": self.seed,
             "high_bit_depth": cfg.dataset.high_bit_depth,
         }
-        self.train_set = ImageDataset(train_rows, augment=Augment(self.ccfg.augment), **common)
-        self.val_set = ImageDataset(val_rows, **common) if val_rows else None
+        torch.manual_seed(self.seed)
+        self.model = build_dfc(self.ccfg, len(self.classes), self.in_chans).to(self.device)
+        self.model = to_channels_last(self.model, self.ccfg.channels_last)
+        # with classifier.cache_features, the frozen stages run once per image and the rest trains on their features
+        self.split = self._feature_split(train_rows, val_rows, size)
+        augment = None if self.split is not None else Augment(self.ccfg.augment)
+        self.train_set: ImageDataset | FeatureDataset = ImageDataset(train_rows, augment=augment, **common)
+        self.val_set: ImageDataset | FeatureDataset | None = ImageDataset(val_rows, **common) if val_rows else None
         datasets = [d for d in (self.train_set, self.val_set) if d is not None]
         if sum(d.cache_bytes() for d in datasets) <= self.ccfg.cache_mb * 2**20:
             for d in datasets:
                 d.preload(threads=max(2, self.ccfg.workers))
+        if self.split is not None:
+            self.model.eval()
+            feature_set = partial(FeatureDataset, split=self.split, device=self.device, batch_size=self.ccfg.batch_size)
+            feature_set = partial(feature_set, channels_last=self.ccfg.channels_last)
+            self.train_set = feature_set(self.train_set, augment=FeatureAugment(self.ccfg.augment))
+            self.val_set = feature_set(self.val_set, augment=None) if self.val_set is not None else None
         targets = self.train_set.targets()
         self.sampler = make_train_sampler(self.ccfg.balance, targets.max(1) > 0, self.seed)
         self.pos_weight = pos_weight(targets).to(self.device) if self.ccfg.balance == "pos_weight" else None
-
-        torch.manual_seed(self.seed)
-        self.model = build_dfc(self.ccfg, len(self.classes), self.in_chans).to(self.device)
-        if self.ccfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.net = self.model
+        # what the training and validation forward passes run: the whole DFC, or its part after the frozen stages
+        self.scorer: torch.nn.Module = self.model if self.split is None else SuffixDFC(self.model, self.split)
+        # GCM's boxes are in the coordinates of what the network is fed (image pixels, or the prefix's map); the CAM's
+        # are at the backbone's stride
+        self.box_scale = (self.split.stride if self.split is not None else 1) / self.model.backbone.stride
+        self.net = self.scorer
         if dist.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.net = torch.nn.parallel.DistributedDataParallel(self.scorer, device_ids=ids)
         # training forward passes go through this one (classifier.compile); everything else (state_dicts,
         # parameters, no_sync, validation) uses the eager self.model / self.net
         self.train_net = maybe_compile(self.net, self.ccfg.compile, "classifier.compile")
@@ -114,6 +129,27 @@ class ClassifierTrainer:
         self.amp = self.ccfg.amp and self.device.type == "cuda"
 
     # ----------------------------------------------------------------------------------------------- data
+    def _feature_split(self, train_rows: list, val_rows: list, size: tuple[int, ...]) -> FrozenSplit | None:
+        """The DFC's backbone split at its frozen stages when ``classifier.cache_features`` can apply, else None (said
+        once, with the reason)."""
+        if not self.ccfg.cache_features:
+            return None
+        split = split_frozen(self.model.backbone, self.in_chans)
+        why = ""
+        if dist.is_distributed():
+            why = "one process only (DDP trains the whole network)"
+        elif split is None:
+            why = "no frozen stages to cache (backbone.freeze > 0), or they are no chain of modules in this backbone"
+        else:
+            channels = int(split.prefix(torch.zeros(1, self.in_chans, *size, device=self.device)).shape[1])
+            needed = sum(cache_bytes(len(rows), size, split.stride, channels) for rows in (train_rows, val_rows))
+            if needed > self.ccfg.cache_mb * 2**20:
+                why = f"the features need {needed / 2**20:.0f} MiB, over classifier.cache_mb"
+        if why:
+            self.echo(f"train-classifier: classifier.cache_features off: {why}; training on images")
+            return None
+        return split
+
     def loader(self, epoch: int) -> DataLoader:
         return epoch_loader(
             self.train_set, self.sampler, epoch, self.seed, self.ccfg.batch_size, self.ccfg.workers, self.device
@@ -121,7 +157,7 @@ class ClassifierTrainer:
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.ccfg.channels_last else x
+        return channels_last_input(x, self.ccfg.channels_last)
 
     # ----------------------------------------------------------------------------------------------- steps
     def _half_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], Any]:
@@ -153,7 +189,7 @@ class ClassifierTrainer:
             with autocast:
                 loss_c, parts_c, out_c = self._half_loss(crop_and_resize(x, boxes), y)
                 if gcm.consistency_weight > 0:
-                    loss_g = gcm_consistency(out_c.cams, cams, boxes, 1.0 / self.model.backbone.stride)
+                    loss_g = gcm_consistency(out_c.cams, cams, boxes, self.box_scale)
                     loss_c = loss_c + gcm.consistency_weight * loss_g
                     parts["loss_gcm"] = loss_g.item()
             (loss_c * 0.5).backward()
@@ -182,7 +218,7 @@ class ClassifierTrainer:
             return {"val_loss": float("nan"), "val_ap": float("nan"), "val_auroc": float("nan")}
         self.net.eval()
         s, lab, loss = score_dataset(
-            self.model,
+            self.scorer,
             self.val_set,
             self.device,
             self.ccfg.batch_size,
@@ -252,8 +288,7 @@ def score_dataset(
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     for batch in progress(loader, desc="score", total=len(loader), unit="batch"):
         x, y = batch["image"].to(device), batch["target"].to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = channels_last_input(x, channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = forward_chunked(model, x).logits.float()
         loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").item() / y.shape[1]

@@ -95,11 +95,16 @@ class ClassifierConfig:
     # early stopping: epochs without a better validation score (select)
     patience: int = num(8, ge=1, fix="at least 1 epoch")
     amp: bool = False  # bf16 autocast (GPU)
-    channels_last: bool = False
+    # the NHWC memory format: faster convolutions on CPUs and GPUs alike, same results up to float rounding
+    channels_last: bool = True
     compile: bool = False  # torch.compile the model for training (GPU; off on the CPU by default)
     workers: int = num(0, ge=0, fix="DataLoader processes >= 0 (0 = load in the main process)")
     # keep the resized train/val images in memory when they fit in this many MiB; 0 = off
     cache_mb: int = num(2048, ge=0, fix="MiB >= 0 (0 = no cache)")
+    # compute the frozen stages' features (backbone.freeze) once per image and train the rest on them, augmented
+    # geometrically in feature space (flips, rot90, the affine warp; no photometric jitter): wsss/train/feature_cache.py.
+    # Needs backbone.freeze > 0, one process, and the features within cache_mb; otherwise training reads images
+    cache_features: bool = False
     # this stage's seed (weights, data order, augmentation); null = run.seed. Set alone, it re-trains this stage and
     # keeps the stages before it: how a benchmark measures one stage's share of the seed spread
     seed: int | None = num(None, ge=0, fix=SEED + ", or null (run.seed)")
@@ -201,7 +206,7 @@ class SegTrainConfig:
     cls_source: str = choices("head", "mask", default="head")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     amp: bool = False
-    channels_last: bool = False
+    channels_last: bool = True  # the NHWC memory format (as classifier.channels_last)
     compile: bool = False  # torch.compile the model for training (GPU; off on the CPU by default)
     workers: int = num(0, ge=0, fix="DataLoader processes >= 0 (0 = load in the main process)")
     # defects are rare: "sampler" draws half defective images per epoch, "pos_weight" weighs the image BCE instead

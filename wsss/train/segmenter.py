@@ -39,7 +39,7 @@ from wsss.errors import ConfigError, DataError, StageError
 from wsss.evaluation.metrics import SegAccumulator
 from wsss.labels import IGNORE
 from wsss.models.chunked import forward_chunked
-from wsss.models.compile import maybe_compile
+from wsss.models.compile import channels_last_input, maybe_compile, to_channels_last
 from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_labels, segmenter_meta
 from wsss.models.state import save_state_dict
 from wsss.refine.pseudo import CONFIDENCE_FILE
@@ -186,8 +186,7 @@ class SegmenterTrainer:
         if scfg.init_from:
             self._init_from(Path(scfg.init_from), section)
         self.model = self.model.to(self.device)
-        if scfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = to_channels_last(self.model, scfg.channels_last)
         self.net: torch.nn.Module = self.model
         if dist.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -251,7 +250,7 @@ class SegmenterTrainer:
 
     def _input(self, batch: dict[str, Any]) -> torch.Tensor:
         x = batch["image"].to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.scfg.channels_last else x
+        return channels_last_input(x, self.scfg.channels_last)
 
     def losses(self, out, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Every loss term of one batch (on the device) and their weighted sum, ``"loss"``."""
