@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from wsss.config.tree import Config
+from wsss.models.compile import channels_last_input, to_channels_last
 
 REPEATS = 2  # timed repetitions of each unit after one warm-up (the median is kept)
 CRF_WINDOW = 512 * 512  # the CRF is timed on at most this many pixels
@@ -55,9 +56,13 @@ def _median_seconds(fn: Callable[[], None]) -> float:
     return float(np.median(times))
 
 
-def _net_seconds(model: torch.nn.Module, size: tuple[int, int], chans: int, train: bool) -> float:
-    """Seconds per image of a training step (``train``) or an inference forward of ``model`` at ``size``."""
-    x = torch.randn(TIMING_BATCH, chans, *size)
+def _net_seconds(
+    model: torch.nn.Module, size: tuple[int, int], chans: int, train: bool, channels_last: bool = True
+) -> float:
+    """Seconds per image of a training step (``train``) or an inference forward of ``model`` at ``size``, in the
+    memory format the stage runs it in."""
+    model = to_channels_last(model, channels_last)
+    x = channels_last_input(torch.randn(TIMING_BATCH, chans, *size), channels_last)
 
     def step() -> None:
         if train:
@@ -104,15 +109,16 @@ def unit_seconds(cfg: Config, chans: int, median: tuple[int, int], classes: int 
 
     torch.manual_seed(0)
     dfc = build_dfc(cfg.classifier, classes, chans)
+    size = tuple(cfg.classifier.input_size)
     units = {
-        "classifier_step": _net_seconds(dfc, tuple(cfg.classifier.input_size), chans, train=True),
-        "classifier_forward": _net_seconds(dfc, tuple(cfg.classifier.input_size), chans, train=False),
+        "classifier_step": _net_seconds(dfc, size, chans, train=True, channels_last=cfg.classifier.channels_last),
+        "classifier_forward": _net_seconds(dfc, size, chans, train=False, channels_last=cfg.cam.channels_last),
     }
     for section in ("retrain", "segmenter"):
         scfg = getattr(cfg, section)
         net = build_segmenter(scfg, classes, chans, section=section)
-        units[f"{section}_step"] = _net_seconds(net, _window(scfg), chans, train=True)
-        units[f"{section}_forward"] = _net_seconds(net, tuple(scfg.input_size), chans, train=False)
+        units[f"{section}_step"] = _net_seconds(net, _window(scfg), chans, True, scfg.channels_last)
+        units[f"{section}_forward"] = _net_seconds(net, tuple(scfg.input_size), chans, False, scfg.channels_last)
     units["crf"] = _crf_seconds(cfg, median, chans)
     return units
 
@@ -121,13 +127,17 @@ def stage_seconds(cfg: Config, counts: Counts, units: dict[str, float], median: 
     """Each stage's estimated seconds from its counts of the timed ``units``."""
     c, n = cfg, counts
     called = n.defective * n.total
-    views = (3 if c.cam.flips else 1) * len(c.cam.scales)  # as is, flipped left-right and up-down
+    # every window as is; flipped left-right and up-down only where it may be defective (cam.flip_floor: counted as
+    # the images called defective)
+    flipped = 2 if c.cam.flips else 0
+    flip_share = 1.0 if c.cam.flip_floor <= 0 else n.defective
     tiles = 1
     if c.cam.tile_size and c.cam.tile_size[0] > 0:  # overlapping windows over the median image
         step = [max(1.0, t * (1 - c.cam.tile_overlap)) for t in c.cam.tile_size]
         tiles = math.prod(max(1, math.ceil((m - t) / s) + 1) for m, t, s in zip(median, c.cam.tile_size, step))
     iem = c.cam.iem.rounds if c.cam.iem.enabled else 0
-    cam = units["classifier_forward"] * tiles * (views * n.total + views * iem * called)
+    views = len(c.cam.scales) * (1 + flipped * flip_share)  # per image, on average
+    cam = units["classifier_forward"] * tiles * (views * n.total + len(c.cam.scales) * (1 + flipped) * iem * called)
     crf_workers = max(1, min(c.pseudo.workers or torch.get_num_threads(), torch.get_num_threads()))
     out = {
         "train-classifier": c.classifier.epochs
