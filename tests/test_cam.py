@@ -354,3 +354,51 @@ def test_cam_methods_are_registered_and_grad_cam_is_the_score_map_under_mean_poo
     ext = CamExtractor(model, (32, 40), 1, CamConfig(scales=[1.0], method="grad-cam"), "cpu")
     cams, scores = ext([np.random.default_rng(0).integers(0, 255, (32, 40), dtype=np.uint8)])
     assert cams[0].shape == (2, 32, 40) and (cams[0] >= 0).all() and scores.shape == (1, 2)
+
+
+def test_a_seed_ensemble_trains_its_members_once_and_averages_their_cams(
+    prepared_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """classifier.ensemble=2: two DFCs of different seeds; a stage killed in the second member resumes it without
+    training the first again; the CAMs are the members' mean, view by view."""
+    from wsss.models.classifier import ensemble_size, load_dfc, load_dfcs
+    from wsss.train.classifier import ClassifierTrainer
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepared_run / "prepare", run_dir / "prepare")
+    overrides = [*[f"dataset.synthetic.{k}={v}" for k, v in TINY.items()], *TINY_DFC, "classifier.epochs=1"]
+    cfg = load_config(None, [*overrides, "classifier.ensemble=2"])
+    seeds: list[int] = []
+    fit = ClassifierTrainer.fit
+
+    def dies_in_member_two(self):
+        seeds.append(self.seed)
+        if len(seeds) == 2:
+            raise KeyboardInterrupt  # killed while the second member trains
+        return fit(self)
+
+    monkeypatch.setattr(ClassifierTrainer, "fit", dies_in_member_two)
+    with pytest.raises(KeyboardInterrupt):
+        Run(run_dir, cfg, echo=lambda *_: None).run_stage("train-classifier")
+    monkeypatch.setattr(ClassifierTrainer, "fit", lambda self: seeds.append(self.seed) or fit(self))
+    Run(run_dir, cfg, echo=lambda *_: None).run_stage("train-classifier")
+    assert seeds == [0, 10007, 10007]  # member 0 once, member 1 again after the kill
+    out = run_dir / "train-classifier"
+    assert ensemble_size(out) == 2 and not list(out.rglob("checkpoints"))
+    (m0, _), (m1, _) = load_dfc(out), load_dfc(out / "members" / "1")
+    assert not torch.equal(m0.cam_head.weight, m1.cam_head.weight)
+
+    img, _ = _scratch_image(64)
+    ccfg = CamConfig(scales=[1.0], flip_floor=0.0)
+    cams, scores = CamExtractor(load_dfcs(out)[0], (64, 64), 1, ccfg, "cpu")([img])
+    (c0, s0), (c1, s1) = (CamExtractor(m, (64, 64), 1, ccfg, "cpu")([img]) for m in (m0, m1))
+    np.testing.assert_allclose(scores, (s0 + s1) / 2, atol=1e-6)
+    # the maps are averaged before the relu, view by view: the ensemble's view is the members' mean
+    x = torch.randn(3, 1, 64, 64)
+    ens, one, two = (CamExtractor(m, (64, 64), 1, ccfg, "cpu") for m in (load_dfcs(out)[0], m0, m1))
+    (me, pe), (ma, pa), (mb, pb) = ens._views(x), one._views(x), two._views(x)
+    torch.testing.assert_close(me, (ma + mb) / 2)
+    torch.testing.assert_close(pe, (pa + pb) / 2)
+    assert cams[0].shape == c0[0].shape == c1[0].shape
+    Run(run_dir, cfg, echo=lambda *_: None).run_stage("cam")
+    assert (run_dir / "cam" / "scores.csv").is_file()

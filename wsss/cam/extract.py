@@ -67,32 +67,46 @@ def tile_size(cfg: CamConfig) -> Sequence[int]:
 
 
 class CamExtractor:
-    """Multi-scale, flip-averaged CAMs of a trained DFC, batched over images and windows.
+    """Multi-scale, flip-averaged CAMs of a trained DFC (or the average of several: a seed ensemble, as
+    ``classifier.ensemble`` trains), batched over images and windows.
 
     Args:
-        model: the DFC (eval mode).
+        model: the DFC (eval mode), or a sequence of DFCs of the same classes, input and stride whose maps and
+            probabilities are averaged view by view.
         input_size: the classifier's (H, W); scales multiply it.
         in_chans: the classifier's input channels (images are converted to it).
         cfg: the `cam` section (scales, flips, tiling, batch size, compile).
     """
 
     def __init__(
-        self, model: DFC, input_size: Sequence[int], in_chans: int, cfg: CamConfig, device: torch.device | str
+        self,
+        model: DFC | Sequence[DFC],
+        input_size: Sequence[int],
+        in_chans: int,
+        cfg: CamConfig,
+        device: torch.device | str,
     ):
-        self.model, self.cfg, self.in_chans = model, cfg, in_chans
-        model = to_channels_last(model, cfg.channels_last)
-        self.net = maybe_compile(model, cfg.compile, "cam.compile")  # forward passes only
+        self.models = [
+            to_channels_last(m, cfg.channels_last) for m in (model if isinstance(model, Sequence) else [model])
+        ]
+        self.model, self.cfg, self.in_chans = self.models[0], cfg, in_chans
+        self.nets = [maybe_compile(m, cfg.compile, "cam.compile") for m in self.models]  # forward passes only
         self.method = get_cam_method(cfg.method)
         self.device = torch.device(device)
-        self.num_classes = model.num_classes
-        stride = int(getattr(model.backbone, "stride", 8))
+        self.num_classes = self.model.num_classes
+        stride = int(getattr(self.model.backbone, "stride", 8))
         self.sizes = [
             (max(stride, round(input_size[0] * s)), max(stride, round(input_size[1] * s))) for s in cfg.scales
         ]
 
     def _views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class maps and probabilities of a batch (``cam.method``), on the model's device and memory format."""
-        return self.method(self.model, self.net, channels_last_input(x.to(self.device), self.cfg.channels_last))
+        """Class maps and probabilities of a batch (``cam.method``), on the model's device and memory format; the
+        ensemble's mean over its members."""
+        x = channels_last_input(x.to(self.device), self.cfg.channels_last)
+        outs = [self.method(m, net, x) for m, net in zip(self.models, self.nets, strict=True)]
+        if len(outs) == 1:
+            return outs[0]
+        return torch.stack([o[0] for o in outs]).mean(0), torch.stack([o[1] for o in outs]).mean(0)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flip-averaged class maps (B, K, h, w) and probabilities (B, K) of a batch at one scale: the flipped views

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.errors import StageError
 from wsss.models.backbone import backbone_meta, create_backbone
 from wsss.models.config import BackboneConfig
 from wsss.models.model_dir import load_model_dir
@@ -127,6 +128,44 @@ def model_meta(ccfg: ClassifierConfig, classes: list[str], in_chans: int, stride
         "lse_r": ccfg.lse_r,
         "clm": {"enabled": ccfg.clm.enabled, "dim": ccfg.clm.dim, "hidden": ccfg.clm.hidden},
     }
+
+
+MEMBERS_DIR = "members"  # the ensemble's other members (classifier.ensemble): members/<k>/, k = 1..K-1
+MEMBER_SEED_STEP = 10007  # member k trains with the classifier's seed + k * this: no two runs' seeds share a member
+
+
+def member_dirs(model_dir: str | Path, ensemble: int) -> list[Path]:
+    """The folders of an ensemble's ``ensemble`` DFCs: ``model_dir`` itself (member 0), then ``members/<k>``."""
+    model_dir = Path(model_dir)
+    return [model_dir] + [model_dir / MEMBERS_DIR / str(k) for k in range(1, ensemble)]
+
+
+def ensemble_size(model_dir: str | Path) -> int:
+    """How many DFCs a `train-classifier` folder holds: member 0 and each ``members/<k>`` with a ``dfc.json``."""
+    k = 1
+    while (Path(model_dir) / MEMBERS_DIR / str(k) / META_FILE).is_file():
+        k += 1
+    return k
+
+
+def load_dfcs(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[list[DFC], dict]:
+    """Every trained DFC of a `train-classifier` folder (an ensemble's members, in order; each in eval mode) and
+    member 0's meta. Members must agree on what the CAM stage relies on (classes, channels, input size, stride)."""
+    ensemble = ensemble_size(model_dir)
+    models, metas = [], []
+    for d in member_dirs(model_dir, ensemble):
+        model, meta = load_dfc(d, device)
+        models.append(model)
+        metas.append(meta)
+    same = ("classes", "in_chans", "input_size", "stride")
+    for d, meta in zip(member_dirs(model_dir, ensemble)[1:], metas[1:], strict=True):
+        if any(meta[k] != metas[0][k] for k in same):
+            raise StageError(
+                d / META_FILE,
+                f"this ensemble member's {', '.join(same)} differ from member 0's",
+                "re-run `wsss run-stage train-classifier --force`",
+            )
+    return models, metas[0]
 
 
 def load_dfc(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[DFC, dict[str, Any]]:

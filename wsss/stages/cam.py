@@ -1,5 +1,7 @@
 """`cam`: class activation maps of every indexed image from the trained DFC, extended by IEM (METHOD.md 2-3).
 
+With a seed ensemble (``classifier.ensemble``), every view's maps and scores are the mean of its members'.
+
 Two streaming passes, so memory stays flat however many images there are:
 
 1. per group of images (a few batches): multi-scale + flip CAMs at the original size, IEM for images called
@@ -62,7 +64,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.cam.io import CAMS_DIR, META_FILE, SCORES_FILE, write_cam, write_scores
     from wsss.data.images import read_image
     from wsss.data.index import read_train_index
-    from wsss.models.classifier import load_dfc
+    from wsss.models.classifier import load_dfcs
     from wsss.progress import progress
     from wsss.resume import RowLog, log_name
 
@@ -70,10 +72,10 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     index = inputs["prepare"] / "index.csv"
     model_dir = inputs["train-classifier"]
     device = dist.resolve_device(cfg.run.device)
-    model, meta = load_dfc(model_dir, device)
+    models, meta = load_dfcs(model_dir, device)  # one DFC, or a seed ensemble's (classifier.ensemble)
     _check_classes(meta, index, model_dir)
     classes = list(meta["classes"])
-    extractor = CamExtractor(model, meta["input_size"], int(meta["in_chans"]), ccfg, device)
+    extractor = CamExtractor(models, meta["input_size"], int(meta["in_chans"]), ccfg, device)
     rows_all = read_train_index(index)
 
     # pass 1: raw extended CAMs, streamed to disk batch by batch (resumable); under torchrun each rank takes every

@@ -4,7 +4,7 @@ In a pipeline with the `pretrain` stage, the backbone starts from its ``backbone
 pretraining, METHOD.md 7b) in place of ``classifier.backbone.weights``.
 
 Writes ``dfc.safetensors`` (the best epoch's state_dict), ``dfc.json`` (what rebuilds the model) and
-``metrics.csv``. Checkpoints live in ``checkpoints/`` while the stage runs, so a killed run resumes from its last
+``metrics.csv``; with ``classifier.ensemble`` = K > 1, members 1..K-1 (other seeds) the same in ``members/<k>/``. Checkpoints live in ``checkpoints/`` while the stage runs, so a killed run resumes from its last
 epoch; they are removed when training has finished.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from wsss.atomic import write_json
 from wsss.config.tree import Config
 from wsss.models.weights import weight_files
 from wsss.stages import Stage, in_pipeline, register_stage
@@ -27,8 +28,23 @@ def with_pretrained_backbone(cfg: Config, weights: Path) -> Config:
     return dataclasses.replace(cfg, classifier=dataclasses.replace(cfg.classifier, backbone=backbone))
 
 
+FINISHED = "finished.json"  # a member's training summary, written when it has finished (a resumed stage skips it)
+
+
+def member_config(cfg: Config, k: int) -> Config:
+    """``cfg`` for ensemble member ``k``: the classifier's seed + ``k * MEMBER_SEED_STEP`` (member 0 is ``cfg``)."""
+    from wsss.models.classifier import MEMBER_SEED_STEP
+
+    if k == 0:
+        return cfg
+    return dataclasses.replace(
+        cfg, classifier=dataclasses.replace(cfg.classifier, seed=cfg.seed("classifier") + k * MEMBER_SEED_STEP)
+    )
+
+
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
+    from wsss.models.classifier import member_dirs
     from wsss.models.model_dir import PRETRAINED_FILE as PRETRAINED
     from wsss.train.classifier import META_FILE, MODEL_FILE, ClassifierTrainer
     from wsss.train.loop import CHECKPOINT, METRICS_FILE
@@ -37,11 +53,21 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         cfg = with_pretrained_backbone(cfg, inputs["pretrain"] / PRETRAINED)
         if dist.is_main():
             click.echo(f"train-classifier: backbone from the pretrain stage ({inputs['pretrain'] / PRETRAINED})")
-    trainer = ClassifierTrainer(cfg, inputs["prepare"] / "index.csv", out, echo=click.echo)
-    summary = trainer.fit()
-    if dist.is_main():  # under torchrun every rank trains (DDP); rank 0 alone writes
-        click.echo(f"best epoch {summary['best_epoch'] + 1}: validation image AP {summary['best_val_ap']:.4f}")
-        shutil.rmtree(out / CHECKPOINT.parent, ignore_errors=True)
+    k_all = cfg.classifier.ensemble
+    for k, member in enumerate(member_dirs(out, k_all)):
+        if (member / FINISHED).is_file():  # trained before a kill
+            continue
+        if k_all > 1 and dist.is_main():
+            click.echo(f"train-classifier: ensemble member {k + 1} of {k_all}")
+        trainer = ClassifierTrainer(member_config(cfg, k), inputs["prepare"] / "index.csv", member, echo=click.echo)
+        summary = trainer.fit()
+        if dist.is_main():  # under torchrun every rank trains (DDP); rank 0 alone writes
+            click.echo(f"best epoch {summary['best_epoch'] + 1}: validation image AP {summary['best_val_ap']:.4f}")
+            write_json(member / FINISHED, summary)
+        dist.barrier()
+    if dist.is_main():
+        for member in member_dirs(out, k_all):
+            shutil.rmtree(member / CHECKPOINT.parent, ignore_errors=True)
     return {"model": out / MODEL_FILE, "meta": out / META_FILE, "metrics": out / METRICS_FILE}
 
 
