@@ -1,7 +1,7 @@
-"""The package's import structure: no circles among module-level imports, and a CLI that starts without torch.
+"""The package's import structure: no circles among its modules' imports, and a CLI that starts without torch.
 
-Only imports that run when a module is loaded count (module level, ``try`` bodies); imports inside functions and
-under ``if TYPE_CHECKING`` are deferred on purpose and cannot form a circle at import time.
+Every import counts, those inside functions too (a circle hidden in a function is still a circle in the design);
+only imports under ``if TYPE_CHECKING`` are left out, since they never run.
 """
 
 from __future__ import annotations
@@ -21,24 +21,23 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _top_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
-    found: list[ast.Import | ast.ImportFrom] = []
-    for node in tree.body:
+def _imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement of a module, wherever it sits, except under ``if TYPE_CHECKING``."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            continue
-        body = node.body if isinstance(node, ast.Try) else [node]
-        found += [n for n in body if isinstance(n, ast.Import | ast.ImportFrom)]
-    return found
+            skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom) and id(n) not in skip]
 
 
 def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
-    """module -> the package's modules it imports at load time (``from a import b`` counts ``a.b`` when b is one)."""
+    """module -> the package's modules it imports (``from a import b`` counts ``a.b`` when b is one)."""
     paths = {_module_name(p): p for p in package.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in paths.items():
         own_package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str] = set()
-        for node in _top_level_imports(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 targets |= {a.name for a in node.names}
                 continue

@@ -11,9 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsss.errors import ConfigError
 from wsss.stages import load_stages
+
+if TYPE_CHECKING:
+    from wsss.config.tree import Config
 
 PIPELINE_DIR = Path(__file__).resolve().parents[1] / "pipelines"
 
@@ -72,3 +76,33 @@ def select(pipeline: Pipeline, start: str | None, stop: str | None) -> list[str]
     if i >= j:
         raise ConfigError(f"--from {start} --to {stop}", "empty range", "--from must come before --to")
     return stages[i:j]
+
+
+def in_pipeline(cfg: Config, stage: str) -> bool:
+    """Whether the configured pipeline (``run.pipeline``) runs ``stage``: optional stages (``pretrain``) feed their
+    consumers only in pipelines that have them."""
+    return stage in load_pipeline(cfg.run.pipeline).stages
+
+
+def mask_source(cfg: Config, consumer: str, explicit: str, key: str) -> str:
+    """The stage whose ``masks/`` ``consumer`` reads: ``explicit`` (the config value at ``key``) if set, else the
+    last mask-writing stage before ``consumer`` in the configured pipeline (all of it if ``consumer`` is not in it)."""
+    stages = load_stages()
+    if explicit:
+        stage = stages.get(explicit)
+        if stage is None or not stage.writes_masks or explicit == consumer:
+            valid = [s.name for s in stages.values() if s.writes_masks and s.name != consumer]
+            raise ConfigError(
+                key, f"{explicit!r} is not a stage that writes masks", f"mask-writing stages: {', '.join(valid)}"
+            )
+        return explicit
+    pipeline = load_pipeline(cfg.run.pipeline)
+    before = pipeline.stages[: pipeline.stages.index(consumer)] if consumer in pipeline.stages else pipeline.stages
+    writers = [s for s in before if stages[s].writes_masks and s != consumer]
+    if not writers:
+        raise ConfigError(
+            key,
+            f"pipeline {pipeline.name!r} has no stage that writes masks before {consumer}",
+            f"set {key} to a mask-writing stage",
+        )
+    return writers[-1]

@@ -21,7 +21,8 @@ import click
 from wsss.config.tree import Config, EvaluateConfig
 from wsss.errors import ConfigError
 from wsss.evaluation.report import pct
-from wsss.stages import Stage, mask_source, published, register_stage
+from wsss.pipelines import mask_source
+from wsss.stages import Stage, published, register_stage
 
 
 def masks_stage(cfg: Config) -> str:

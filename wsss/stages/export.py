@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from wsss.config.tree import Config
-from wsss.stages import Stage, mask_source, published, register_stage
+from wsss.pipelines import mask_source
+from wsss.stages import Stage, published, register_stage
 
 
 def masks_input(cfg: Config) -> str:

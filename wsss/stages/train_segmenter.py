@@ -32,7 +32,8 @@ import numpy as np
 from wsss.config.tree import Config
 from wsss.mask_format import write_labelmap
 from wsss.models.weights import weight_files
-from wsss.stages import Stage, mask_margin, mask_source, register_stage
+from wsss.pipelines import mask_source
+from wsss.stages import Stage, mask_margin, register_stage
 
 
 def masks_input(cfg: Config) -> str:
