@@ -1,8 +1,10 @@
 """Benchmark: the `train-classifier` stage at a recipe's settings against other settings, side by side in one process.
 
-Trains the classifier of a prepared run once per setting and repetition, interleaved, so the machine's load falls on
-every setting alike, and prints each setting's seconds for the whole fit (feature caching, every epoch and its
-validation included), its speed-up against the first setting, and the kept epoch's validation image AP and loss.
+Trains the classifier of a prepared run once per setting, interleaved epoch by epoch (every setting's first epoch,
+then every setting's second, ...), so the machine's load falls on every setting alike. Prints each setting's
+seconds for the whole training (building the trainer, which caches the features where a setting asks for it, then
+every epoch and its validation), its speed-up against the first setting, and the last epoch's validation image AP
+and loss.
 By default the baseline is the stage before its two speed-ups, contiguous (NCHW) tensors and no feature cache:
 
     python bench/classifier_speed.py --config configs/ksdd.yaml --run OUT/fold0-s0 --out OUT/speed
@@ -14,7 +16,6 @@ By default the baseline is the stage before its two speed-ups, contiguous (NCHW)
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -29,7 +30,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run", type=Path, required=True, help="a run folder with a finished prepare stage")
     p.add_argument("--out", type=Path, required=True, help="scratch folder for the trained classifiers")
     p.add_argument("--setting", action="append", default=[], help="NAME:KEY=VALUE,... (repeatable); the recipe is last")
-    p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -39,26 +39,30 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = [s.split(":", 1) for s in (args.setting or [BASELINE])] + [["recipe", ""]]
     index = args.run / "prepare" / "index.csv"
-    seconds: dict[str, list[float]] = {name: [] for name, _ in settings}
-    summary: dict[str, dict] = {}
-    for _ in range(args.repeats):
-        for name, keys in settings:
-            cfg = load_config(args.config, [kv for kv in keys.split(",") if kv])
-            out = args.out / name
-            shutil.rmtree(out, ignore_errors=True)
+    seconds: dict[str, float] = {}
+    trainers: dict[str, ClassifierTrainer] = {}
+    for name, keys in settings:
+        cfg = load_config(args.config, [kv for kv in keys.split(",") if kv])
+        t0 = time.perf_counter()
+        trainers[name] = ClassifierTrainer(cfg, index, args.out / name, echo=lambda *_: None)
+        seconds[name] = time.perf_counter() - t0
+    epochs = {t.ccfg.epochs for t in trainers.values()}
+    if len(epochs) != 1:
+        p.error(f"the settings train for different numbers of epochs ({sorted(epochs)}): compare equal work")
+    last: dict[str, dict] = {}
+    for epoch in range(epochs.pop()):
+        for name, t in trainers.items():
             t0 = time.perf_counter()
-            summary[name] = ClassifierTrainer(cfg, index, out, echo=lambda *_: None).fit()
-            seconds[name].append(time.perf_counter() - t0)
-    print(f"{args.config}, prepared run {args.run}, {args.threads} thread(s), {args.repeats} repeat(s)")
-    print("| setting | seconds (best) | all repeats | speed-up | kept epoch | its validation AP |")
-    print("|---|---|---|---|---|---|")
-    first = min(next(iter(seconds.values())))
-    for name, ts in seconds.items():
-        s = summary[name]
-        print(
-            f"| {name} | {min(ts):.0f} | {', '.join(f'{t:.0f}' for t in ts)} | {first / min(ts):.2f}x "
-            f"| {s['best_epoch'] + 1} of {s['epochs_run']} | {s['best_val_ap']:.4f} |"
-        )
+            t.train_epoch(epoch)
+            last[name] = t.validate()
+            seconds[name] += time.perf_counter() - t0
+    print(f"{args.config}, prepared run {args.run}, {args.threads} thread(s), interleaved by epoch")
+    print("| setting | seconds | speed-up | last epoch's validation AP | its loss |")
+    print("|---|---|---|---|---|")
+    first = next(iter(seconds.values()))
+    for name, sec in seconds.items():
+        v = last[name]
+        print(f"| {name} | {sec:.0f} | {first / sec:.2f}x | {v['val_ap']:.4f} | {v['val_loss']:.4f} |")
 
 
 if __name__ == "__main__":

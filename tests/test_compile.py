@@ -147,7 +147,7 @@ def test_compiled_cam_extractor_gives_the_eager_cams(eager_backend: None):
     eager = CamExtractor(model, (64, 64), 1, cfg.cam, "cpu")
     cfg.cam.compile = True
     compiled = CamExtractor(model, (64, 64), 1, cfg.cam, "cpu")
-    assert eager.net is model and compiled.net._orig_mod is model
+    assert eager.nets == [model] and compiled.nets[0]._orig_mod is model
     (cams_a, scores_a), (cams_b, scores_b) = eager(images), compiled(images)
     np.testing.assert_allclose(scores_b, scores_a, atol=1e-5)
     for a, b in zip(cams_a, cams_b, strict=True):
