@@ -147,8 +147,44 @@ def test_compiled_cam_extractor_gives_the_eager_cams(eager_backend: None):
     eager = CamExtractor(model, (64, 64), 1, cfg.cam, "cpu")
     cfg.cam.compile = True
     compiled = CamExtractor(model, (64, 64), 1, cfg.cam, "cpu")
-    assert eager.nets == [model] and compiled.nets[0]._orig_mod is model
+    assert eager.nets == eager.models and compiled.nets[0]._orig_mod is compiled.models[0]
     (cams_a, scores_a), (cams_b, scores_b) = eager(images), compiled(images)
     np.testing.assert_allclose(scores_b, scores_a, atol=1e-5)
     for a, b in zip(cams_a, cams_b, strict=True):
         np.testing.assert_allclose(b, a, atol=1e-4)
+
+
+def test_batchnorm_folds_into_its_convolution_for_inference_only_where_the_outputs_stay():
+    """fold_batchnorm: no BatchNorm left after a convolution, the same outputs up to rounding, the model untouched;
+    a block whose children are registered out of forward order keeps its own layers (folded_if_equal)."""
+    from wsss.models.backbone import create_backbone
+    from wsss.models.compile import fold_batchnorm, folded_if_equal
+
+    cfg = load_config(None).classifier.backbone
+    cfg.weights, cfg.stages = None, 4
+    torch.manual_seed(0)
+    backbone = create_backbone(cfg, 1).eval()
+    for m in backbone.modules():  # statistics away from the identity, as training leaves them
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 1, 64, 96)
+    folded = fold_batchnorm(backbone)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), backbone(x), rtol=1e-4, atol=1e-4)
+    assert folded_if_equal(backbone, x) is not backbone
+
+    class OutOfOrder(torch.nn.Module):  # conv then bn registered, but the forward normalises before convolving
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.conv(self.bn(x))
+
+    block = OutOfOrder().eval()
+    block.bn.running_mean.fill_(1.0)
+    assert folded_if_equal(block, torch.randn(2, 4, 8, 8)) is block

@@ -33,7 +33,7 @@ from wsss.data.transforms import resize, to_channels, to_tensor
 from wsss.errors import ConfigError, StageError
 from wsss.evaluation.metrics import quantize_probs
 from wsss.models.chunked import forward_chunked
-from wsss.models.compile import channels_last_input, to_channels_last
+from wsss.models.compile import channels_last_input, folded_if_equal, to_channels_last
 from wsss.models.segmenter import META_FILE, MODEL_FILE, Segmenter, gate_labels, load_segmenter
 from wsss.refine.guided import guided_probs
 
@@ -46,10 +46,14 @@ class Runner(Protocol):
 
 
 class TorchRunner:
-    """A :class:`Segmenter` in eval mode on ``device``, channels-last (bf16 autocast on CUDA when ``amp``)."""
+    """A :class:`Segmenter` in eval mode on ``device``, channels-last and with its BatchNorms folded (bf16 autocast
+    on CUDA when ``amp``)."""
 
     def __init__(self, model: Segmenter, device: str | torch.device = "cpu", amp: bool = False):
-        self.model, self.device = to_channels_last(model.eval()), torch.device(device)
+        self.device = torch.device(device)
+        example = torch.randn(1, int(model.backbone.in_chans), 64, 64, device=self.device)
+        # each BatchNorm folded into its convolution where that gives the same outputs (wsss/models/compile.py)
+        self.model = folded_if_equal(to_channels_last(model.eval()), channels_last_input(example))
         self.amp = amp and self.device.type == "cuda"
 
     @torch.no_grad()

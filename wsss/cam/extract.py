@@ -30,7 +30,7 @@ from wsss.cam.config import CamConfig
 from wsss.cam.methods import get_cam_method
 from wsss.data.transforms import resize, to_channels, to_tensor
 from wsss.models.classifier import DFC
-from wsss.models.compile import channels_last_input, maybe_compile, to_channels_last
+from wsss.models.compile import channels_last_input, folded_if_equal, maybe_compile, to_channels_last
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,10 @@ class CamExtractor:
         cfg: CamConfig,
         device: torch.device | str,
     ):
-        self.models = [
-            to_channels_last(m, cfg.channels_last) for m in (model if isinstance(model, Sequence) else [model])
-        ]
+        members = model if isinstance(model, Sequence) else [model]
+        example = channels_last_input(torch.randn(1, in_chans, *input_size), cfg.channels_last).to(device)
+        # forward passes only: each BatchNorm folded into its convolution where that gives the same maps
+        self.models = [folded_if_equal(to_channels_last(m, cfg.channels_last), example) for m in members]
         self.model, self.cfg, self.in_chans = self.models[0], cfg, in_chans
         self.nets = [maybe_compile(m, cfg.compile, "cam.compile") for m in self.models]  # forward passes only
         self.method = get_cam_method(cfg.method)
