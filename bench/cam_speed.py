@@ -7,12 +7,13 @@ OK images come in the data set's own proportion (what the stage meets). Prints e
 the repetitions, since the machine is shared), its speed-up against the first, and how far its CAMs, sample scores
 and calls (score >= ``cam.score_threshold``) are from the recipe's.
 
-By default the baseline is the stage as it was before its two speed-ups: every window flipped
-(``cam.flip_floor=0``) and contiguous (NCHW) tensors (``cam.channels_last=false``):
+By default the baseline is the stage as it was before its three speed-ups: every window flipped
+(``cam.flip_floor=0``), contiguous (NCHW) tensors (``cam.channels_last=false``) and BatchNorms not folded into their
+convolutions (``unfolded``, a switch of this benchmark, not a setting):
 
     python bench/cam_speed.py --config configs/ksdd.yaml --run OUT/fold0-s0 --images 64
     python bench/cam_speed.py --config configs/mtd.yaml --run OUT/run --images 64 \
-        --setting before:cam.flip_floor=0,cam.channels_last=false --setting nhwc:cam.flip_floor=0
+        --setting before:cam.flip_floor=0,cam.channels_last=false,unfolded --setting nhwc:cam.flip_floor=0,unfolded
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-BASELINE = "before:cam.flip_floor=0,cam.channels_last=false"
+BASELINE = "before:cam.flip_floor=0,cam.channels_last=false,unfolded"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from wsss.cam import extract
     from wsss.cam.extract import CamExtractor
     from wsss.cam.iem import extend_cams
     from wsss.config import load_config
@@ -50,12 +52,19 @@ def main(argv: list[str] | None = None) -> None:
     rows = read_train_index(args.run / "prepare" / "index.csv")
     rng = np.random.default_rng(args.seed)
     chosen = [rows[i] for i in sorted(rng.choice(len(rows), min(args.images, len(rows)), replace=False))]
-    configs = {name: load_config(args.config, [kv for kv in keys.split(",") if kv]) for name, keys in settings}
+    configs = {name: load_config(args.config, [kv for kv in keys.split(",") if "=" in kv]) for name, keys in settings}
+    unfolded = {name for name, keys in settings if "unfolded" in keys.split(",")}
     images = [read_image(r.path, configs["recipe"].dataset.high_bit_depth) for r in chosen]
 
-    def cam_pass(cfg) -> tuple[float, list[np.ndarray], np.ndarray]:
+    def cam_pass(name: str, cfg) -> tuple[float, list[np.ndarray], np.ndarray]:
         model, meta = load_dfc(args.run / "train-classifier", "cpu")
-        extractor = CamExtractor(model, meta["input_size"], int(meta["in_chans"]), cfg.cam, torch.device("cpu"))
+        fold = extract.folded_if_equal
+        if name in unfolded:
+            extract.folded_if_equal = lambda m, _x: m
+        try:
+            extractor = CamExtractor(model, meta["input_size"], int(meta["in_chans"]), cfg.cam, torch.device("cpu"))
+        finally:
+            extract.folded_if_equal = fold
         t0 = time.perf_counter()
         cams, scores = extractor(images)
         active = [float(s.max()) >= cfg.cam.score_threshold for s in scores]
@@ -66,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, list] = {name: [] for name in configs}
     for _ in range(args.repeats):
         for name, cfg in configs.items():
-            runs[name].append(cam_pass(cfg))
+            runs[name].append(cam_pass(name, cfg))
     best = {name: min(r[0] for r in rs) for name, rs in runs.items()}
     _, ref_cams, ref_scores = runs["recipe"][0]
     threshold = configs["recipe"].cam.score_threshold
