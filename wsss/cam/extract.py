@@ -8,9 +8,9 @@ Sample scores are the mean over views of sigmoid(s_k); with tiling an image's sc
 defect in one window makes the image defective).
 
 The flipped views cost two forward passes each window, and most windows of an inspection set are OK: their maps are
-zeroed by the gate, only their scores are kept. So a window whose unflipped score is under ``cam.flip_floor`` keeps
-its unflipped view alone (map and score); the others get all three. With the default floor (half the default
-score threshold) no image of KSDD or MTD changed its call (docs/benchmarks.md).
+zeroed by the gate, only their scores are kept. With ``cam.flip_floor`` > 0 a window whose unflipped score is under
+it keeps its unflipped view alone (map and score); the others get all three. Off by default: the masks and calls
+stay, but single-view scores rank the uncertain images less well (docs/benchmarks.md).
 
 The raw CAM returned here is ``relu`` of the averaged score map, in logit units and unnormalised: the `cam` stage
 divides by a dataset-level scale afterwards (never per-image min-max, which would give OK images full-strength maps).
