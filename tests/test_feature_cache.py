@@ -35,6 +35,7 @@ def test_the_split_gives_the_backbones_output_and_shares_its_parameters(name: st
         whole = backbone(x)
         f = split.prefix(x)
         assert f.shape[-2:] == (96 // split.stride, 64 // split.stride)
+        assert f.shape[1] == split.channels
         torch.testing.assert_close(split.suffix(f), whole)
         # a trainable parameter changed through the backbone changes the suffix too: they are the same tensors
         p = next(p for p in backbone.parameters() if p.requires_grad)

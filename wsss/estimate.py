@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from wsss.config.tree import Config
-from wsss.models.compile import channels_last_input, to_channels_last
+from wsss.models.compile import channels_last_input, output_tensors, to_channels_last
 
 REPEATS = 2  # timed repetitions of each unit after one warm-up (the median is kept)
 CRF_WINDOW = 512 * 512  # the CRF is timed on at most this many pixels
@@ -68,7 +68,7 @@ def _net_seconds(
         if train:
             model.train()
             out = model(x)
-            sum(t.float().mean() for t in _tensors(out)).backward()
+            sum(t.float().mean() for t in output_tensors(out) if t.requires_grad).backward()
             model.zero_grad(set_to_none=True)
         else:
             model.eval()
@@ -76,11 +76,6 @@ def _net_seconds(
                 model(x)
 
     return _median_seconds(step) / TIMING_BATCH
-
-
-def _tensors(out: object) -> list[torch.Tensor]:
-    values = vars(out).values() if hasattr(out, "__dict__") else (out if isinstance(out, (tuple, list)) else [out])
-    return [v for v in values if isinstance(v, torch.Tensor) and v.requires_grad]
 
 
 def _crf_seconds(cfg: Config, size: tuple[int, int], chans: int) -> float:

@@ -79,9 +79,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         names = list(parent._modules)
         for a, b in zip(names, names[1:], strict=False):
             conv, bn = parent._modules[a], parent._modules[b]
-            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats):
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
                 continue
-            if bn.running_mean is None or conv.out_channels != bn.num_features:
+            if bn.running_mean is None or conv.out_channels != bn.num_features:  # no running statistics to fold
                 continue
             _fold_into(conv, bn)
             rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
@@ -97,7 +97,7 @@ def folded_if_equal(model: nn.Module, example: torch.Tensor) -> nn.Module:
     model = model.eval()
     folded = fold_batchnorm(model)
     try:
-        a, b = _outputs(model(example)), _outputs(folded(example))
+        a, b = output_tensors(model(example)), output_tensors(folded(example))
     except RuntimeError:
         return model
     same = len(a) == len(b) and all(
@@ -108,7 +108,8 @@ def folded_if_equal(model: nn.Module, example: torch.Tensor) -> nn.Module:
     return folded if same else model
 
 
-def _outputs(out: object) -> list[torch.Tensor]:
+def output_tensors(out: object) -> list[torch.Tensor]:
+    """The tensors of a network's output: a tensor, a tuple or list, or a dataclass of them (DFC, segmenter)."""
     if isinstance(out, torch.Tensor):
         return [out]
     values = vars(out).values() if hasattr(out, "__dict__") else out

@@ -33,9 +33,9 @@ class FrozenSplit:
         if backbone.frozen_stage is None:
             raise ValueError("the backbone has no frozen feature stage (backbone.freeze > 0)")
         self.backbone = backbone
-        self.boundary = dict(backbone.model.named_modules())[backbone.frozen_stage]
-        frozen = {id(m) for m in backbone.frozen}
         named = dict(backbone.model.named_modules())
+        self.boundary = named[backbone.frozen_stage]
+        frozen = {id(m) for m in backbone.frozen}
         # the frozen modules whose parent is not frozen: what the suffix passes through
         self.tops = [
             name
@@ -43,7 +43,8 @@ class FrozenSplit:
             if name and id(m) in frozen and id(named[name.rpartition(".")[0]]) not in frozen
         ]
         self.suffix_model = _pass_through(backbone.model, self.tops)
-        self.stride = 0  # the prefix's output stride, measured by split_frozen
+        self.stride = 0  # the prefix's output stride and channels, measured by split_frozen
+        self.channels = 0
 
     @torch.no_grad()
     def prefix(self, x: Tensor) -> Tensor:
@@ -90,7 +91,7 @@ def split_frozen(backbone: Backbone, in_chans: int, size: tuple[int, int] = (64,
                 parts = split.suffix(f)
             except (RuntimeError, TypeError, IndexError):  # the frozen modules did not form a chain
                 return None
-            split.stride = size[0] // int(f.shape[-2])
+            split.stride, split.channels = size[0] // int(f.shape[-2]), int(f.shape[1])
             ok = parts.shape == whole.shape and torch.allclose(parts, whole, rtol=1e-4, atol=1e-4)
     finally:
         backbone.train(was_training)
@@ -100,22 +101,21 @@ def split_frozen(backbone: Backbone, in_chans: int, size: tuple[int, int] = (64,
 def _pass_through(model: nn.Module, names: list[str]) -> nn.Module:
     """A shallow copy of ``model`` whose modules ``names`` are replaced by ``nn.Identity`` (the containers on their
     paths copied too); every other module, and so every parameter, is shared with ``model``."""
-    root = _copy_container(model)
+    copies: set[int] = set()  # the containers copied already (two frozen stages share their parent)
+
+    def own(module: nn.Module) -> nn.Module:
+        if id(module) in copies:
+            return module
+        new = copy.copy(module)
+        new._modules = dict(module._modules)
+        copies.add(id(new))
+        return new
+
+    root = own(model)
     for name in names:
         *path, last = name.split(".")
         node = root
         for part in path:
-            child = _copy_container(node._modules[part])
-            node._modules[part] = child
-            node = child
+            node._modules[part] = node = own(node._modules[part])
         node._modules[last] = nn.Identity()
     return root
-
-
-def _copy_container(module: nn.Module) -> nn.Module:
-    if getattr(module, "_wsss_pass_through_copy", False):
-        return module
-    new = copy.copy(module)
-    new._modules = dict(module._modules)
-    new._wsss_pass_through_copy = True
-    return new

@@ -4,8 +4,9 @@ In a pipeline with the `pretrain` stage, the backbone starts from its ``backbone
 pretraining, METHOD.md 7b) in place of ``classifier.backbone.weights``.
 
 Writes ``dfc.safetensors`` (the best epoch's state_dict), ``dfc.json`` (what rebuilds the model) and
-``metrics.csv``; with ``classifier.ensemble`` = K > 1, members 1..K-1 (other seeds) the same in ``members/<k>/``. Checkpoints live in ``checkpoints/`` while the stage runs, so a killed run resumes from its last
-epoch; they are removed when training has finished.
+``metrics.csv``; with ``classifier.ensemble`` = K > 1, members 1..K-1 (other seeds) the same in ``members/<k>/``.
+Checkpoints live in ``checkpoints/`` while the stage runs, so a killed run resumes from its last epoch (a member
+that has finished is skipped); they are removed when training has finished.
 """
 
 from __future__ import annotations

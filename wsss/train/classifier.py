@@ -102,8 +102,13 @@ class ClassifierTrainer:
                 d.preload(threads=max(2, self.ccfg.workers))
         if self.split is not None:
             self.model.eval()
-            feature_set = partial(FeatureDataset, split=self.split, device=self.device, batch_size=self.ccfg.batch_size)
-            feature_set = partial(feature_set, channels_last=self.ccfg.channels_last)
+            feature_set = partial(
+                FeatureDataset,
+                split=self.split,
+                device=self.device,
+                batch_size=self.ccfg.batch_size,
+                channels_last=self.ccfg.channels_last,
+            )
             self.train_set = feature_set(self.train_set, augment=FeatureAugment(self.ccfg.augment))
             self.val_set = feature_set(self.val_set, augment=None) if self.val_set is not None else None
         targets = self.train_set.targets()
@@ -141,8 +146,7 @@ class ClassifierTrainer:
         elif split is None:
             why = "no frozen stages to cache (backbone.freeze > 0), or they are no chain of modules in this backbone"
         else:
-            channels = int(split.prefix(torch.zeros(1, self.in_chans, *size, device=self.device)).shape[1])
-            needed = sum(cache_bytes(len(rows), size, split.stride, channels) for rows in (train_rows, val_rows))
+            needed = sum(cache_bytes(len(rows), size, split.stride, split.channels) for rows in (train_rows, val_rows))
             if needed > self.ccfg.cache_mb * 2**20:
                 why = f"the features need {needed / 2**20:.0f} MiB, over classifier.cache_mb"
         if why:

@@ -66,6 +66,7 @@ class FeatureDataset(Dataset):
         if images.augment is not None:
             raise ValueError("the cache holds un-augmented images' features: pass an ImageDataset without augment")
         self.images, self.augment = images, augment
+        self._targets = images.targets()
         feats = []
         for start in progress(range(0, len(images), batch_size), desc="cache features", unit="batch"):
             idx = range(start, min(start + batch_size, len(images)))
@@ -81,12 +82,12 @@ class FeatureDataset(Dataset):
         self.images.set_epoch(epoch)
 
     def targets(self) -> np.ndarray:
-        return self.images.targets()
+        return self._targets.copy()
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         index = int(index) % len(self) if index < 0 else int(index)
         f = self.features[index].float()
         if self.augment is not None:
             f = self.augment(f, self.images.rng(index))
-        target = torch.from_numpy(self.images.targets()[index].copy())
+        target = torch.from_numpy(self._targets[index].copy())
         return {"image": f, "target": target, "index": index}
