@@ -76,7 +76,15 @@ def test_init_tiles_the_cams_of_large_images(tmp_path: Path):
     assert 0 < tiles[0] < 1800 and 0 < tiles[1] < 2700  # windows of the part, each seen closer than the whole
 
 
-def test_inits_recipe_runs_on_colour_strips(tmp_path: Path):
+COLOUR_OPTIONS = {
+    "recipe": [],
+    # the classifier's options off in the recipes: its frozen stem's features cached, and a seed ensemble of two
+    "cached-ensemble": ["classifier.backbone.freeze=1", "classifier.cache_features=true", "classifier.ensemble=2"],
+}
+
+
+@pytest.mark.parametrize("options", COLOUR_OPTIONS)
+def test_inits_recipe_runs_on_colour_strips(tmp_path: Path, options: str):
     """The whole pipeline of the recipe init writes, on RGB 1:3 strips, with tiny models so it runs in seconds."""
     v = small(dataclasses.replace(VARIANTS["strips"], colour=True, defects=("blob",)), n=12)
     out, _ = _init(tmp_path, v)
@@ -95,11 +103,14 @@ def test_inits_recipe_runs_on_colour_strips(tmp_path: Path):
         "cam.iem.rounds=1",
     ]
     tiny += ["pseudo.crf.iterations=2", "cam.score_threshold=0.01", "export.formats=[png]"]
+    tiny += COLOUR_OPTIONS[options]
     r = CliRunner().invoke(
         cli, ["run", "--config", str(out), "--run-dir", str(tmp_path / "run"), *sum((["--set", s] for s in tiny), [])]
     )
     assert r.exit_code == 0, r.output
     run_dir = tmp_path / "run"
+    assert (run_dir / "train-classifier" / "members" / "1" / "dfc.safetensors").is_file() == (options != "recipe")
+    assert "cache_features off" not in r.output  # the colour images' features were cached, not read per epoch
     assert (run_dir / "overview.png").is_file()
     masks = sorted((run_dir / "train-segmenter" / "masks").glob("*.png"))
     assert masks and all(cv2.imread(str(m), cv2.IMREAD_UNCHANGED).shape == (v.height, v.width) for m in masks)
