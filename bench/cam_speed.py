@@ -7,13 +7,15 @@ OK images come in the data set's own proportion (what the stage meets). Prints e
 the repetitions, since the machine is shared), its speed-up against the first, and how far its CAMs, sample scores
 and calls (score >= ``cam.score_threshold``) are from the recipe's.
 
-By default the baseline is the stage as it was before its two speed-ups: contiguous (NCHW) tensors
-(``cam.channels_last=false``) and BatchNorms not folded into their convolutions (``unfolded``, a switch of this
-benchmark, not a setting); ``cam.flip_floor`` (off in the recipes) can be measured as a setting of its own:
+By default the baseline is the stage as it was before its three speed-ups: contiguous (NCHW) tensors
+(``cam.channels_last=false``), and two switches of this benchmark, not settings: BatchNorms not folded into their
+convolutions (``unfolded``) and forward passes over whole batches of views instead of CPU-sized chunks
+(``unchunked``). ``cam.flip_floor`` (off in the recipes) can be measured as a setting of its own:
 
     python bench/cam_speed.py --config configs/ksdd.yaml --run OUT/fold0-s0 --images 64
     python bench/cam_speed.py --config configs/mtd.yaml --run OUT/run --images 64 --repeats 3 \
-        --setting before:cam.channels_last=false,unfolded --setting nhwc:unfolded --setting floor:cam.flip_floor=0.25
+        --setting before:cam.channels_last=false,unfolded,unchunked --setting chunked:cam.channels_last=false,unfolded \
+        --setting floor:cam.flip_floor=0.25
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-BASELINE = "before:cam.channels_last=false,unfolded"
+BASELINE = "before:cam.channels_last=false,unfolded,unchunked"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="which images are drawn")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+
+    from classifier_speed import unchunked
 
     from wsss.cam import extract
     from wsss.cam.extract import CamExtractor
@@ -54,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     chosen = [rows[i] for i in sorted(rng.choice(len(rows), min(args.images, len(rows)), replace=False))]
     configs = {name: load_config(args.config, [kv for kv in keys.split(",") if "=" in kv]) for name, keys in settings}
     unfolded = {name for name, keys in settings if "unfolded" in keys.split(",")}
+    whole = {name for name, keys in settings if "unchunked" in keys.split(",")}
     images = [read_image(r.path, configs["recipe"].dataset.high_bit_depth) for r in chosen]
 
     def cam_pass(name: str, cfg) -> tuple[float, list[np.ndarray], np.ndarray]:
@@ -66,10 +71,11 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             extract.folded_if_equal = fold
         t0 = time.perf_counter()
-        cams, scores = extractor(images)
-        active = [float(s.max()) >= cfg.cam.score_threshold for s in scores]
-        if cfg.cam.iem.enabled and any(active):
-            cams, _ = extend_cams(extractor, images, cams, active, cfg.cam.iem)
+        with unchunked(name in whole):
+            cams, scores = extractor(images)
+            active = [float(s.max()) >= cfg.cam.score_threshold for s in scores]
+            if cfg.cam.iem.enabled and any(active):
+                cams, _ = extend_cams(extractor, images, cams, active, cfg.cam.iem)
         return time.perf_counter() - t0, cams, scores
 
     runs: dict[str, list] = {name: [] for name in configs}

@@ -5,23 +5,44 @@ then every setting's second, ...), so the machine's load falls on every setting 
 seconds for the whole training (building the trainer, which caches the features where a setting asks for it, then
 every epoch and its validation), its speed-up against the first setting, and the last epoch's validation image AP
 and loss.
-By default the baseline is the stage before its two speed-ups, contiguous (NCHW) tensors and no feature cache:
+
+By default the baseline is the stage before its speed-ups: contiguous (NCHW) tensors, no feature cache, and two
+switches of this benchmark (not settings): ``whole``, the frozen stages run in the training step's whole batch
+instead of image by image without gradients, and ``unchunked``, every forward pass without gradients (validation)
+over the whole batch instead of CPU-sized chunks:
 
     python bench/classifier_speed.py --config configs/ksdd.yaml --run OUT/fold0-s0 --out OUT/speed
     python bench/classifier_speed.py --config configs/ksdd.yaml --run OUT/fold0-s0 --out OUT/speed \\
-        --setting before:classifier.channels_last=false,classifier.cache_features=false \\
-        --setting nhwc:classifier.cache_features=false --setting cache:classifier.cache_features=true
+        --setting before:classifier.channels_last=false,whole,unchunked \\
+        --setting nhwc:whole --setting cache:classifier.cache_features=true
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-BASELINE = "before:classifier.channels_last=false,classifier.cache_features=false"
+BASELINE = "before:classifier.channels_last=false,classifier.cache_features=false,whole,unchunked"
+SWITCHES = {"whole", "unchunked"}
+
+
+@contextlib.contextmanager
+def unchunked(on: bool) -> Iterator[None]:
+    """Forward passes without gradients over whole batches (as before they ran in CPU-sized chunks) while ``on``."""
+    from wsss.models import chunked
+
+    kept = chunked.CPU_PIXELS
+    if on:
+        chunked.CPU_PIXELS = 2**62
+    try:
+        yield
+    finally:
+        chunked.CPU_PIXELS = kept
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,10 +62,14 @@ def main(argv: list[str] | None = None) -> None:
     index = args.run / "prepare" / "index.csv"
     seconds: dict[str, float] = {}
     trainers: dict[str, ClassifierTrainer] = {}
+    switches = {name: set(keys.split(",")) & SWITCHES for name, keys in settings}
     for name, keys in settings:
-        cfg = load_config(args.config, [kv for kv in keys.split(",") if kv])
+        cfg = load_config(args.config, [kv for kv in keys.split(",") if "=" in kv])
         t0 = time.perf_counter()
-        trainers[name] = ClassifierTrainer(cfg, index, args.out / name, echo=lambda *_: None)
+        with unchunked("unchunked" in switches[name]):
+            t = trainers[name] = ClassifierTrainer(cfg, index, args.out / name, echo=lambda *_: None)
+        if "whole" in switches[name]:
+            t.net = t.train_net = t.scorer  # the whole DFC in the training step
         seconds[name] = time.perf_counter() - t0
     epochs = {t.ccfg.epochs for t in trainers.values()}
     if len(epochs) != 1:
@@ -53,8 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     for epoch in range(epochs.pop()):
         for name, t in trainers.items():
             t0 = time.perf_counter()
-            t.train_epoch(epoch)
-            last[name] = t.validate()
+            with unchunked("unchunked" in switches[name]):
+                t.train_epoch(epoch)
+                last[name] = t.validate()
             seconds[name] += time.perf_counter() - t0
     print(f"{args.config}, prepared run {args.run}, {args.threads} thread(s), interleaved by epoch")
     print("| setting | seconds | speed-up | last epoch's validation AP | its loss |")

@@ -12,11 +12,14 @@ from test_train_classifier import config
 
 from wsss.config import load_config
 from wsss.data.transforms import FeatureAugment
+from wsss.models import chunked as chunked_module
 from wsss.models.backbone import create_backbone
+from wsss.models.chunked import forward_chunked
 from wsss.models.classifier import load_dfc
 from wsss.models.prefix import split_frozen
 from wsss.train.classifier import ClassifierTrainer, score_dataset
 from wsss.train.config import AugmentConfig
+from wsss.train.feature_cache import PrefixFirstDFC
 
 
 def _backbone(name: str, freeze: int, stages: int = 0):
@@ -84,3 +87,43 @@ def test_a_dfc_trained_on_cached_features_is_an_ordinary_dfc(prepared_run: Path,
         config("classifier.epochs=1", "classifier.cache_features=true"), index, tmp_path / "no", log.append
     )
     assert any("cache_features off" in line and "frozen" in line for line in log)
+
+
+def test_training_on_images_runs_the_frozen_prefix_image_by_image_with_the_whole_models_gradients(
+    prepared_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Without the cache, the trainer's forward pass runs the frozen prefix chunk by chunk without gradients: its
+    outputs, loss and every trainable parameter's gradient are the whole DFC's on the same batch."""
+    index = prepared_run / "prepare" / "index.csv"
+    trainer = ClassifierTrainer(
+        config("classifier.epochs=1", "classifier.backbone.freeze=1"), index, tmp_path / "c", echo=lambda *_: None
+    )
+    assert isinstance(trainer.net, PrefixFirstDFC)
+    trainer.net.train()
+    x = torch.stack([trainer.train_set[i]["image"] for i in range(3)])
+    monkeypatch.setattr(chunked_module, "CPU_PIXELS", x.shape[-2] * x.shape[-1])  # one image per chunk
+
+    def loss_and_grads(net: torch.nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        trainer.model.zero_grad(set_to_none=True)
+        out = net(x)
+        loss = out.logits.square().sum() + out.cams.mean()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        return loss.detach(), grads
+
+    assert forward_chunked_sizes(x) == 3  # the batch really is split
+    loss_p, grads_p = loss_and_grads(trainer.net)
+    loss_w, grads_w = loss_and_grads(trainer.model)
+    torch.testing.assert_close(loss_p, loss_w, rtol=1e-5, atol=1e-5)
+    assert grads_p.keys() == grads_w.keys() and any(n.startswith("backbone.") for n in grads_w)
+    for name, grad in grads_w.items():
+        torch.testing.assert_close(grads_p[name], grad, rtol=1e-4, atol=1e-5)
+    # the frozen stages got no gradient and kept their statistics
+    assert all(p.grad is None for m in trainer.model.backbone.frozen for p in m.parameters(recurse=False))
+
+
+def forward_chunked_sizes(x: torch.Tensor) -> int:
+    """How many chunks forward_chunked splits ``x`` into on a CPU."""
+    calls: list[int] = []
+    forward_chunked(lambda c: calls.append(len(c)) or c, x)
+    return len(calls)

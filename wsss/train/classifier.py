@@ -39,7 +39,7 @@ from wsss.models.compile import channels_last_input, maybe_compile, to_channels_
 from wsss.models.prefix import FrozenSplit, split_frozen
 from wsss.models.state import save_state_dict
 from wsss.progress import progress
-from wsss.train.feature_cache import FeatureDataset, SuffixDFC, cache_bytes
+from wsss.train.feature_cache import FeatureDataset, PrefixFirstDFC, SuffixDFC, cache_bytes
 from wsss.train.loop import Loop, train_pass
 from wsss.train.losses import gcm_consistency, supervised_infonce
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
@@ -119,10 +119,14 @@ class ClassifierTrainer:
         # GCM's boxes are in the coordinates of what the network is fed (image pixels, or the prefix's map); the CAM's
         # are at the backbone's stride
         self.box_scale = (self.split.stride if self.split is not None else 1) / self.model.backbone.stride
-        self.net = self.scorer
+        # training on images: the frozen prefix runs without gradients, image by image on a CPU (PrefixFirstDFC)
+        trained = self.scorer
+        if self.split is None and (prefix := split_frozen(self.model.backbone, self.in_chans)) is not None:
+            trained = PrefixFirstDFC(self.model, prefix)
+        self.net = trained
         if dist.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.scorer, device_ids=ids)
+            self.net = torch.nn.parallel.DistributedDataParallel(trained, device_ids=ids)
         # training forward passes go through this one (classifier.compile); everything else (state_dicts,
         # parameters, no_sync, validation) uses the eager self.model / self.net
         self.train_net = maybe_compile(self.net, self.ccfg.compile, "classifier.compile")

@@ -41,6 +41,25 @@ class SuffixDFC(nn.Module):
         return self.dfc.head(self.split.suffix(f))
 
 
+class PrefixFirstDFC(nn.Module):
+    """The DFC on images, its frozen prefix run without gradients in CPU-sized chunks: ``forward(x)`` is ``dfc(x)``.
+
+    The frozen stages keep their BatchNorm statistics (eval mode) while the rest trains, so each image's prefix
+    features do not depend on the other images of the batch, and computing them one image at a time
+    (:func:`~wsss.models.chunked.forward_chunked`) changes nothing but float rounding. No autograd graph is kept for
+    them (they have no gradients). The rest of the network, whose BatchNorms need the whole batch, runs on the whole
+    batch. What the classifier trains through when its features are not cached.
+    """
+
+    def __init__(self, dfc: DFC, split: FrozenSplit):
+        super().__init__()
+        self.dfc = dfc
+        self.split = split
+
+    def forward(self, x: torch.Tensor) -> DFCOutput:
+        return self.dfc.head(self.split.suffix(forward_chunked(self.split.prefix, x)))
+
+
 def cache_bytes(images: int, size: tuple[int, ...], stride: int, channels: int) -> int:
     """Memory the features of ``images`` images of ``size`` (H, W) need: float16 maps at the prefix's stride."""
     h, w = (-(-int(s) // max(1, stride)) for s in size)
