@@ -10,6 +10,8 @@ and the segmenter learns from them, as ``--mode`` says:
 
 - ``round``: ``wsss review-round --epochs E`` (fine-tuning from the run's segmenter: minutes); N = 0 is the same
   fine-tuning without reviewed masks, so the gain is the masks', not the extra epochs';
+- ``loop``: ``wsss review-round --tune --epochs E``: the settings tuned on the reviewed masks, the labelling stages
+  they make stale re-run (the retrain round with the reviewed masks), then the round; N = 0 is the control above;
 - ``retrain``: ``wsss run-stage train-segmenter --set segmenter.reviewed=...``: the recipe's full training.
 
 Prints test mIoU_def and pixel AP per N and choice (mean over the runs given and the random draws) and writes
@@ -21,7 +23,6 @@ Prints test mIoU_def and pixel AP per N and choice (mean over the runs given and
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -30,7 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="folder for the copies and review_gain.json")
     p.add_argument("--n", default="0,5,10,20,40", help="numbers of reviewed training images")
     p.add_argument("--draws", type=int, default=3, help="random draws per N")
-    p.add_argument("--mode", choices=["round", "retrain"], default="round")
+    p.add_argument("--mode", choices=["round", "loop", "retrain"], default="round")
     p.add_argument("--epochs", type=int, default=3, help="review-round epochs (--mode round)")
     p.add_argument("--choices", default="confidence,random")
     p.add_argument(
@@ -69,24 +69,22 @@ def fold_sets(run: Path) -> list[str]:
     return ["--set", f"prepare.split.fold={fold}"]
 
 
-def ranked_ids(run: Path, choice: str, draw: int) -> list[str]:
-    """Training ids in the order the simulated reviewer takes them."""
+def ranked_ids(run: Path, choice: str, draw: int) -> list[str] | None:
+    """Training ids in the order the simulated reviewer takes them: None = least confident first (the masks the
+    segmenter trained on; :func:`wsss.review_round.simulated_review`)."""
     from wsss.data.index import read_train_index
 
+    if choice != "random":
+        return None
     ids = [r.id for r in read_train_index(run / "prepare" / "index.csv", "train")]
-    if choice == "random":
-        return list(np.random.default_rng(draw).permutation(ids))
-    masks_stage = json.loads((run / "train-segmenter" / "manifest.json").read_text())["config"]["segmenter"]["masks"]
-    with open(run / (masks_stage or "retrain") / "confidence.csv", newline="") as f:
-        conf = {r["id"]: float(r["confidence"]) for r in csv.DictReader(f)}
-    return sorted(ids, key=lambda i: (conf.get(i, 1.0), i))
+    return list(np.random.default_rng(draw).permutation(ids))
 
 
 def one(run: Path, args: argparse.Namespace, choice: str, draw: int, n: int) -> dict[str, float]:
     from wsss.config import load_config
-    from wsss.data.images import read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.evaluation import evaluate_stage
+    from wsss.review_round import simulated_review
 
     tag = "".join(f"-{key.split('.')[-1]}{value}" for key, _, value in (s.partition("=") for s in args.sets))
     copy = args.out / f"{run.name}-{args.mode}{tag}-{choice}{draw}-n{n}"
@@ -94,24 +92,13 @@ def one(run: Path, args: argparse.Namespace, choice: str, draw: int, n: int) -> 
         shutil.rmtree(copy, ignore_errors=True)
         for stage in COPY:
             shutil.copytree(run / stage, copy / stage)
-        index = run / "prepare" / "index.csv"
-        info = read_dataset_info(index)
-        masks = {r.id: r.mask for r in read_eval_index(index, split="train")}
-        chosen = [i for i in ranked_ids(run, choice, draw) if masks.get(i) is not None][:n]
         base = ["-c", str(args.config), "--run-dir", str(copy), *fold_sets(run)]
         base += [a for s in args.sets for a in ("--set", s)]
-        if chosen:
-            folder = copy / "simulated-review"
-            folder.mkdir()
-            for i in chosen:
-                cv2.imwrite(
-                    str(folder / f"{i}.png"), read_mask(masks[i], threshold=info.mask_threshold).astype(np.uint8)
-                )
-            wsss("import-review", "--format", "png", str(folder), "--run", str(copy))
+        chosen = simulated_review(copy, n, lambda *_: None, ranked_ids(run, choice, draw)) if n else []
         t0 = time.perf_counter()
-        if args.mode == "round" and chosen:
-            wsss("review-round", *base, "--epochs", str(args.epochs))
-        elif args.mode == "round":  # the control: the same fine-tuning without reviewed masks
+        if args.mode in ("round", "loop") and chosen:
+            wsss("review-round", *(["--tune"] if args.mode == "loop" else []), *base, "--epochs", str(args.epochs))
+        elif args.mode in ("round", "loop"):  # the control: the same fine-tuning without reviewed masks
             before = copy / "before-control"
             shutil.copytree(copy / "train-segmenter", before)
             sets = [f"segmenter.init_from={before}", f"segmenter.epochs={args.epochs}", "segmenter.warmup_epochs=0"]

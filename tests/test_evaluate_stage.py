@@ -176,7 +176,8 @@ def test_demo_runs_every_stage(tmp_path: Path):
     tiny += ["retrain.rounds=1", "retrain.backbone.freeze=0", "segmenter.backbone.freeze=0", "segmenter.epochs=2"]
     tiny += ["segmenter.crop=[32, 32]"]  # windows of half the input side, as the demo's 128 px of 256
     tiny += ["prepare.split.train=0.6", "prepare.split.test=0.2"]  # 24 parts: the demo's 40% would train on 10
-    r = invoke("demo", "--run-dir", str(tmp_path / "demo"), *(a for s in tiny for a in ("--set", s)))
+    sets = [a for s in tiny for a in ("--set", s)]
+    r = invoke("demo", "--run-dir", str(tmp_path / "demo"), "--review", "3", *sets)
     assert r.exit_code == 0, r.output
     assert r.output.startswith("demo: the default recipe (") and "24 generated parts (noise" in r.output
     assert "prepare: done" in r.output and "| train |" in r.output and "train-classifier: done" in r.output
@@ -194,6 +195,21 @@ def test_demo_runs_every_stage(tmp_path: Path):
     assert f"review page: {tmp_path / 'demo' / 'export' / 'index.html'}" in r.output
     shape = cv2.imread(str(overview)).shape
     assert shape[1:] == grid_shape(1)[1:] and shape[0] in {grid_shape(n)[0] for n in (1, 2, 3)}
+
+    # then a simulated reviewer and the review loop, on a copy: the demo's own run stays as trained
+    loop = tmp_path / "demo" / "review-loop"
+    review = json.loads((loop / "review.json").read_text())
+    assert len(review["reviewed"]) == 3 and len(list((loop / "reviewed" / "masks").glob("*.png"))) == 3
+    line = next(x for x in r.output.splitlines() if x.startswith("review loop: 3 corrected masks take"))
+    before = review["figures"]["as trained"]["miou_def"]
+    assert f"from {100 * before:.2f}%" in line
+    own = json.loads((tmp_path / "demo" / "train-segmenter" / "manifest.json").read_text())["config"]["segmenter"]
+    assert own["reviewed"] is None and own["init_from"] is None
+    seg = json.loads((loop / "train-segmenter" / "manifest.json").read_text())["config"]["segmenter"]
+    assert seg["reviewed"] == str(loop / "reviewed")
+    # a second demo resumes: nothing re-runs, the loop's result is reported again
+    again = invoke("demo", "--run-dir", str(tmp_path / "demo"), "--review", "3", *sets)
+    assert again.exit_code == 0 and line in again.output and "simulated reviewer" not in again.output
 
 
 def _write_probs(run_dir: Path, folder: Path) -> None:

@@ -91,8 +91,8 @@ def test_init_from_refuses_a_segmenter_of_other_classes(round_run: Path, tmp_pat
 
 
 def test_the_review_loop_tunes_reruns_with_the_reviewed_masks_and_fine_tunes(round_run: Path, tmp_path):
-    """`wsss review-round --tune`: tune on the reviewed masks, a tuned recipe carrying them, the retrain round and the
-    segmenter re-run with them, then the round; the three evaluations printed."""
+    """`wsss review-round --tune`: tune on the reviewed masks, a tuned recipe carrying them, the retrain round re-run
+    with them, then the round fine-tunes the segmenter from its trained weights; both evaluations printed."""
     import yaml
 
     import_truth(round_run, tmp_path)
@@ -113,4 +113,7 @@ def test_the_review_loop_tunes_reruns_with_the_reviewed_masks_and_fine_tunes(rou
         assert manifest["config"][section]["reviewed"] == reviewed, stage
     assert "re-running" in r.output and (round_run / "review-rounds" / "round-1" / "report.json").is_file()
     table = r.output[r.output.index("review loop (test split)") :]
-    assert all(f"| {row} |" in table for row in ("as trained", "re-run", "round"))
+    assert all(f"| {row} |" in table for row in ("as trained", "after the loop"))
+    seg = json.loads((round_run / "train-segmenter" / "manifest.json").read_text())["config"]["segmenter"]
+    assert seg["init_from"] == str(round_run / "review-rounds" / "round-1" / "before")  # fine-tuned, not re-trained
+    assert "re-running" in r.output and "train-segmenter" not in r.output.split("re-running", 1)[1].splitlines()[0]

@@ -18,12 +18,16 @@ AP is still reported and the mask metrics are n/a.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import cv2
+import numpy as np
 
 from wsss.atomic import write_json
 from wsss.config.tree import Config, load_config
@@ -159,9 +163,11 @@ def review_loop(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The whole review loop in one command (`wsss review-round --tune`): tune the settings on the reviewed masks
-    (``RUN/review-rounds/tuned.yaml``), re-run the stages that those settings and the reviewed masks make stale (the
-    retrain round and the segmenter learn from the reviewed masks), then one review round; prints the segmenter's
-    figures as trained, after the re-run and after the round."""
+    (``RUN/review-rounds/tuned.yaml``), re-run the labelling stages before the segmenter that those settings and the
+    reviewed masks make stale (the retrain round learns from the reviewed masks and keeps them as its masks of those
+    images), then one review round, which fine-tunes the segmenter from its trained weights on the new masks and the
+    reviewed ones (minutes, where training it again would take as long as the run's own training); prints the
+    segmenter's figures as trained and after the loop."""
     from wsss.pipelines import load_pipeline
     from wsss.runs import Run
     from wsss.stages import get_stage
@@ -182,11 +188,54 @@ def review_loop(
     cfg = load_config(tuned, [])
     run = Run(run_dir, cfg, echo=echo)
     stages = list(load_pipeline(cfg.run.pipeline).stages)
-    stale = [name for name in stages if run.status(get_stage(name)) != "done"]
+    labelling = stages[: stages.index("train-segmenter")] if "train-segmenter" in stages else stages
+    stale = [name for name in labelling if run.status(get_stage(name)) != "done"]
     echo(f"review loop: {len(choices)} setting group(s) adopted; re-running {', '.join(stale) or 'nothing'}")
-    run.run_pipeline(stages)
-    figures["re-run"] = _evaluate(cfg, run_dir, seg, split)
+    run.run_pipeline(labelling)
     report = review_round(tuned, run_dir, (), epochs, split, echo)
-    figures["round"] = report["after"]
+    figures["after the loop"] = report["after"]
     echo("\n".join(_table(f"review loop ({split} split):", figures)))
-    return {"figures": figures, "tuned": str(tuned), "round": report["round"]}
+    return {"figures": figures, "tuned": str(tuned), "round": report["round"], "adopted": len(choices)}
+
+
+def simulated_review(
+    run_dir: Path, n: int, echo: Callable[[str], None] = print, order: Sequence[str] | None = None
+) -> list[str]:
+    """A stand-in for the person who reviews: the ground-truth masks of the first ``n`` training images of ``order``
+    (by default the least confident first, the review page's order: the ``confidence.csv`` of the newest labelling
+    stage that wrote one) imported as corrected masks (`wsss import-review --format png`) into ``RUN/reviewed/``;
+    returns their ids. Images without a ground-truth mask are passed over.
+
+    Only for generated data and benchmarks (`wsss demo`, bench/review_gain.py), where it simulates what a person
+    would draw: the masks it imports are ground truth, so nothing measured after it on those images is unseen.
+    """
+    from wsss.data.images import read_mask
+    from wsss.data.index import read_dataset_info, read_eval_index
+    from wsss.export.review_import import import_review
+
+    run_dir = Path(run_dir)
+    index = run_dir / "prepare" / "index.csv"
+    info = read_dataset_info(index)
+    truth = {r.id: r.mask for r in read_eval_index(index, split="train") if r.mask is not None}
+    if order is None:
+        confidence: dict[str, float] = {}
+        for stage in ("retrain", "pseudo-labels"):
+            path = run_dir / stage / "confidence.csv"
+            if path.is_file():
+                with open(path, newline="") as f:
+                    confidence = {r["id"]: float(r["confidence"]) for r in csv.DictReader(f)}
+                break
+        if not confidence:
+            raise StageError(run_dir, "no labelling stage wrote confidence.csv", "run the pipeline to pseudo-labels")
+        order = sorted(truth, key=lambda i: (confidence.get(i, 1.0), i))
+    chosen = [i for i in order if i in truth][:n]
+    folder = run_dir / "simulated-review"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for i in chosen:
+        mask = read_mask(truth[i], threshold=info.mask_threshold).astype(np.uint8)
+        if not cv2.imwrite(str(folder / f"{i}.png"), mask):
+            raise StageError(folder / f"{i}.png", "could not write the mask", "check the disk and permissions")
+    import_review("png", folder, run_dir)
+    echo(f"simulated reviewer: corrected {len(chosen)} training images ({folder})")
+    return chosen
