@@ -67,7 +67,14 @@ def main(argv: list[str] | None = None) -> None:
         if name in unfolded:
             extract.folded_if_equal = lambda m, _x: m
         try:
-            extractor = CamExtractor(model, meta["input_size"], int(meta["in_chans"]), cfg.cam, torch.device("cpu"))
+            extractor = CamExtractor(
+                model,
+                meta["input_size"],
+                int(meta["in_chans"]),
+                cfg.cam,
+                torch.device("cpu"),
+                meta.get("fit", "stretch"),
+            )
         finally:
             extract.folded_if_equal = fold
         t0 = time.perf_counter()

@@ -57,7 +57,9 @@ class TeacherPath:
 
         model, meta = load_dfc(run_dir / "train-classifier", "cpu")
         self.cfg, self.scale = cfg, float(read_cam_meta(run_dir / "cam")["scale"])
-        self.extractor = CamExtractor(model, meta["input_size"], int(meta["in_chans"]), cfg.cam, "cpu")
+        self.extractor = CamExtractor(
+            model, meta["input_size"], int(meta["in_chans"]), cfg.cam, "cpu", meta.get("fit", "stretch")
+        )
 
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         from wsss.cam.extract import normalise_cam

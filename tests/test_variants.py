@@ -117,3 +117,48 @@ def test_inits_recipe_runs_on_colour_strips(tmp_path: Path, options: str):
     cfg = Run(run_dir, load_config(out, tiny), echo=lambda *_: None).cfg
     h, w = cfg.segmenter.input_size
     assert w / h == pytest.approx(3, rel=0.2) and cfg.segmenter.crop != [0, 0]  # zoomed, trained on windows
+
+
+def test_padded_inputs_run_the_pipeline_on_parts_of_mixed_aspect_ratios(tmp_path: Path):
+    """`dataset.fit: pad` on strips of which half are turned upright (1:3 and 3:1 parts in one set): every network
+    records that its inputs were padded, and every mask and CAM comes back at its own image's size."""
+    import json
+
+    v = small(dataclasses.replace(VARIANTS["strips"], defects=("blob",)), n=12)
+    data = generate(tmp_path / "data", v)
+    rows = list(csv.DictReader(data.open()))
+    for r in rows[::2]:  # every other part upright
+        for key in ("path", "mask"):
+            if r[key]:
+                p = data.parent / r[key]
+                cv2.imwrite(str(p), np.ascontiguousarray(np.rot90(cv2.imread(str(p), cv2.IMREAD_UNCHANGED))))
+    out = tmp_path / "recipe.yaml"
+    r = CliRunner().invoke(cli, ["init", "--kind", "csv", "--root", str(data), "--out", str(out), "--no-estimate"])
+    assert r.exit_code == 0, r.output
+    tiny = [
+        f"{s}.backbone.{k}={val}"
+        for s in ("classifier", "retrain", "segmenter")
+        for k, val in (("name", "test_resnet"), ("weights", "null"), ("stages", 0), ("freeze", 0))
+    ]
+    tiny += [f"{s}.max_pixels=12288" for s in ("classifier", "retrain", "segmenter")]
+    tiny += ["classifier.epochs=4", "classifier.warmup_epochs=0", "retrain.epochs=1", "segmenter.epochs=1"]
+    tiny += ["cam.iem.rounds=1", "pseudo.crf.iterations=2", "cam.score_threshold=0.01", "export.formats=[png]"]
+    tiny += ["dataset.fit=pad"]
+    run_dir = tmp_path / "run"
+    r = CliRunner().invoke(
+        cli, ["run", "--config", str(out), "--run-dir", str(run_dir), *sum((["--set", s] for s in tiny), [])]
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads((run_dir / "train-classifier" / "dfc.json").read_text())["fit"] == "pad"
+    for stage in ("retrain", "train-segmenter"):
+        assert json.loads((run_dir / stage / "segmenter.json").read_text())["fit"] == "pad", stage
+    shapes = {
+        Path(r["path"]).stem: cv2.imread(str(data.parent / r["path"]), cv2.IMREAD_UNCHANGED).shape[:2] for r in rows
+    }
+    assert len(set(shapes.values())) == 2
+    for stage in ("pseudo-labels", "retrain", "train-segmenter"):
+        masks = sorted((run_dir / stage / "masks").glob("*.png"))
+        assert len(masks) == len(rows), stage
+        for m in masks:
+            sid = next(k for k in shapes if m.stem.endswith(k))
+            assert cv2.imread(str(m), cv2.IMREAD_UNCHANGED).shape == shapes[sid], (stage, m.name)

@@ -27,9 +27,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from wsss.data.transforms import resize, to_channels, to_tensor
+from wsss.data.transforms import Placement, fit_image, placement, to_channels, to_tensor, unfit
 from wsss.errors import ConfigError, StageError
 from wsss.evaluation.metrics import quantize_probs
 from wsss.models.chunked import forward_chunked
@@ -136,6 +135,7 @@ class Predictor:
         self.in_chans = int(meta["in_chans"])
         self.stride = int(meta.get("stride", 32))
         self.size = tuple(meta["input_size"]) if size == "model" else (None if size is None else tuple(size))
+        self.fit = str(meta.get("fit", "stretch"))  # how the segmenter's training placed its images (dataset.fit)
         self.threshold = float(meta.get("score_threshold", 0.5) if score_threshold is None else score_threshold)
         guided = meta.get("guided") or {}  # absent in segmenters trained before guided upsampling existed: off
         self.guided_radius, self.guided_eps = float(guided.get("radius", 0.0)), float(guided.get("eps", 1e-4))
@@ -146,13 +146,18 @@ class Predictor:
         """The padded network input (C, Hp, Wp) of one image, and nothing else: sizes come from the image."""
         img = to_channels(image, self.in_chans)
         if self.size is not None:
-            img = resize(img, self.size)
+            img = fit_image(img, self.size, self.fit)
         h, w = img.shape[:2]
         ph, pw = -h % self.stride, -w % self.stride
         if ph or pw:
             pad = ((0, ph), (0, pw)) + ((0, 0),) * (img.ndim - 2)
             img = np.pad(img, pad, mode="reflect" if min(h, w) > max(ph, pw) else "edge")
         return to_tensor(img).numpy()
+
+    def _placement(self, image: np.ndarray) -> Placement:
+        """Where ``image`` sits in the network input (all of it, unless padded to keep its aspect ratio)."""
+        h, w = self._network_size(image)
+        return placement(image.shape, (h, w), self.fit if self.size is not None else "stretch")
 
     def _network_size(self, image: np.ndarray) -> tuple[int, int]:
         return self.size if self.size is not None else image.shape[:2]
@@ -186,7 +191,7 @@ class Predictor:
             cls = 1.0 / (1.0 + np.exp(-cls_logits.astype(np.float32)))
             for j, i in enumerate(idx):
                 logits = torch.from_numpy(np.ascontiguousarray(mask_logits[j : j + 1, :, :h, :w], np.float32))
-                up = F.interpolate(logits, size=images[i].shape[:2], mode="bilinear", align_corners=False)
+                up = unfit(logits, self._placement(images[i]), images[i].shape[:2])
                 probs = torch.softmax(up[0], dim=0).numpy()
                 probs = self.guide(images[i], probs, (h, w))
                 out[i] = Prediction(gate_labels(probs, cls[j], self.threshold), probs, cls[j].astype(np.float32))

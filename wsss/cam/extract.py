@@ -23,12 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from wsss.auto import AUTO
 from wsss.cam.config import CamConfig
 from wsss.cam.methods import get_cam_method
-from wsss.data.transforms import resize, to_channels, to_tensor
+from wsss.data.transforms import fit_image, placement, to_channels, to_tensor, unfit
 from wsss.models.classifier import DFC
 from wsss.models.compile import channels_last_input, folded_if_equal, maybe_compile, to_channels_last
 
@@ -76,6 +75,8 @@ class CamExtractor:
         input_size: the classifier's (H, W); scales multiply it.
         in_chans: the classifier's input channels (images are converted to it).
         cfg: the `cam` section (scales, flips, tiling, batch size, compile).
+        fit: how a window meets the input size, as the classifier was trained (``dataset.fit``, its ``dfc.json``):
+            stretched, or padded to keep its aspect ratio (the maps of the padding are cut away).
     """
 
     def __init__(
@@ -85,12 +86,13 @@ class CamExtractor:
         in_chans: int,
         cfg: CamConfig,
         device: torch.device | str,
+        fit: str = "stretch",
     ):
         members = model if isinstance(model, Sequence) else [model]
         example = channels_last_input(torch.randn(1, in_chans, *input_size), cfg.channels_last).to(device)
         # forward passes only: each BatchNorm folded into its convolution where that gives the same maps
         self.models = [folded_if_equal(to_channels_last(m, cfg.channels_last), example) for m in members]
-        self.model, self.cfg, self.in_chans = self.models[0], cfg, in_chans
+        self.model, self.cfg, self.in_chans, self.fit = self.models[0], cfg, in_chans, fit
         self.nets = [maybe_compile(m, cfg.compile, "cam.compile") for m in self.models]  # forward passes only
         self.method = get_cam_method(cfg.method)
         self.device = torch.device(device)
@@ -139,12 +141,12 @@ class CamExtractor:
         for size in self.sizes:
             for start in range(0, len(items), self.cfg.batch_size):
                 chunk = range(start, min(start + self.cfg.batch_size, len(items)))
-                x = torch.stack([to_tensor(resize(crops[j], size)) for j in chunk])
+                x = torch.stack([to_tensor(fit_image(crops[j], size, self.fit)) for j in chunk])
                 maps, probs = self._forward(x)
                 win_scores[start : chunk.stop] += probs.numpy() / n_scales
                 for j, m in zip(chunk, maps, strict=True):
                     i, w = items[j]
-                    up = F.interpolate(m[None], size=(w.y1 - w.y0, w.x1 - w.x0), mode="bilinear", align_corners=False)
+                    up = unfit(m[None], placement(crops[j].shape, size, self.fit), (w.y1 - w.y0, w.x1 - w.x0))
                     canvas[i][:, w.y0 : w.y1, w.x0 : w.x1] += up[0].numpy() / n_scales
                     weight[i][w.y0 : w.y1, w.x0 : w.x1] += 1.0 / n_scales
         scores = np.zeros((len(images), k), np.float32)

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from wsss.data.images import read_image
 from wsss.data.index import TrainRow
-from wsss.data.transforms import Augment, resize, to_channels, to_tensor
+from wsss.data.transforms import Augment, fit_image, to_channels, to_tensor
 
 BINARY_CLASSES = ("defect",)
 
@@ -66,6 +66,7 @@ class ImageDataset(Dataset):
         augment: applied to training images only; None for validation.
         seed: the run's seed.
         high_bit_depth: passed to :func:`~wsss.data.images.read_image` (``dataset.high_bit_depth``).
+        fit: how an image meets ``input_size`` (``dataset.fit``: stretch or pad, :func:`~wsss.data.transforms.fit_image`).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class ImageDataset(Dataset):
         augment: Augment | None = None,
         seed: int = 0,
         high_bit_depth: str = "refuse",
+        fit: str = "stretch",
     ):
         for r in rows:
             if type(r) is not TrainRow:
@@ -97,6 +99,7 @@ class ImageDataset(Dataset):
         self.augment = augment
         self.seed = int(seed)
         self.high_bit_depth = high_bit_depth
+        self.fit = fit
         self._targets = label_matrix(self.rows, self.classes)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._cache: list | None = None  # what load() returns, per sample, once preloaded
@@ -125,7 +128,7 @@ class ImageDataset(Dataset):
         if self._cache is not None:
             return self._cache[index]
         img = read_image(self.rows[index].path, self.high_bit_depth)
-        return resize(to_channels(img, self.in_chans), self.input_size)
+        return fit_image(to_channels(img, self.in_chans), self.input_size, self.fit)
 
     def cache_bytes(self) -> int:
         """Memory :meth:`preload` needs: every image at ``input_size``."""

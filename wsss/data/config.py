@@ -43,6 +43,10 @@ class DatasetConfig:
     categories: list[str] = field(default_factory=list)  # mvtec categories / dagm classes (empty: all)
     extensions: list[str] = field(default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"])
     high_bit_depth: str = choices("refuse", "scale", default="refuse")  # 16-bit images: refuse or scale to 8
+    # how an image meets a network's input size (classifier, CAM, retrain, segmenter, predict): stretch = resized to
+    # it; pad = scaled to fit inside, keeping its aspect ratio, centred on a flat fill of its mean (parts far from the
+    # median aspect ratio keep their defects' shapes; the padding is no training target)
+    fit: str = choices("stretch", "pad", default="stretch")
     encoding: str = "utf-8"  # kind csv: the CSV's text encoding (e.g. latin-1, cp1252 for files saved by Excel)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

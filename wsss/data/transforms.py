@@ -12,6 +12,7 @@ from scratch on gray industrial textures, where ImageNet statistics mean nothing
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -118,6 +119,75 @@ def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     shrink = h <= img.shape[0] and w <= img.shape[1]
     out = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     return out.reshape((h, w, *img.shape[2:]))
+
+
+FITS = ("stretch", "pad")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an image sits in a network input of ``size`` (H, W): the rows ``y0:y1`` and columns ``x0:x1``.
+    Stretched, it fills the input; padded, it keeps its aspect ratio, centred, and the rest is padding."""
+
+    size: tuple[int, int]
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+
+    @property
+    def padded(self) -> bool:
+        return (self.y0, self.x0, self.y1, self.x1) != (0, 0, *self.size)
+
+
+def placement(shape: tuple[int, ...], size: tuple[int, int], fit: str = "stretch") -> Placement:
+    """Where an image of ``shape`` (H, W, ...) goes in an input of ``size`` under ``fit`` (:data:`FITS`):
+    ``stretch`` resizes it to the whole input; ``pad`` scales it by one factor to fit inside and centres it."""
+    h, w = int(size[0]), int(size[1])
+    if fit == "stretch":
+        return Placement((h, w), 0, 0, h, w)
+    if fit != "pad":
+        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+    s = min(h / shape[0], w / shape[1])
+    rh, rw = min(h, max(1, round(shape[0] * s))), min(w, max(1, round(shape[1] * s)))
+    y0, x0 = (h - rh) // 2, (w - rw) // 2
+    return Placement((h, w), y0, x0, y0 + rh, x0 + rw)
+
+
+def fit_image(img: np.ndarray, size: tuple[int, int], fit: str = "stretch", fill: float | None = None) -> np.ndarray:
+    """``img`` in an input of ``size`` (H, W) as :func:`placement` says: :func:`resize` when stretched; padded, the
+    image resized into its place and the rest filled with ``fill`` (default: the image's mean, a neutral flat
+    surface that holds no edge a defect could be mistaken for)."""
+    where = placement(img.shape, size, fit)
+    if not where.padded:
+        return resize(img, size)
+    inner = resize(img, (where.y1 - where.y0, where.x1 - where.x0))
+    value = np.asarray(img.reshape(-1, *img.shape[2:]).mean(0) if fill is None else fill)
+    out = np.empty((*where.size, *img.shape[2:]), img.dtype)
+    out[...] = np.rint(value).astype(img.dtype) if np.issubdtype(img.dtype, np.integer) else value
+    out[where.y0 : where.y1, where.x0 : where.x1] = inner
+    return out
+
+
+def fit_mask(mask: np.ndarray, size: tuple[int, int], fit: str, shape: tuple[int, ...], fill: int) -> np.ndarray:
+    """A label mask of the image of ``shape`` placed as :func:`fit_image` places the image (nearest neighbour),
+    the padding set to ``fill`` (the ignore label: no pixel of the padding is a training target)."""
+    where = placement(shape, size, fit)
+    inner = cv2.resize(mask, (where.x1 - where.x0, where.y1 - where.y0), interpolation=cv2.INTER_NEAREST)
+    out = np.full(where.size, fill, mask.dtype)
+    out[where.y0 : where.y1, where.x0 : where.x1] = inner.reshape(where.y1 - where.y0, where.x1 - where.x0)
+    return out
+
+
+def unfit(maps: torch.Tensor, where: Placement, shape: tuple[int, int]) -> torch.Tensor:
+    """Maps ``(B, C, h, w)`` computed on an input placed as ``where`` (at any resolution of that input) back on the
+    image's own ``shape`` (H, W), bilinearly: the image's region cut out of the padded input, then resized."""
+    if where.padded:
+        sy, sx = maps.shape[-2] / where.size[0], maps.shape[-1] / where.size[1]
+        if sy != 1 or sx != 1:  # the region is cut at the input's resolution, not at a coarse map's cells
+            maps = F.interpolate(maps, size=where.size, mode="bilinear", align_corners=False)
+        maps = maps[..., where.y0 : where.y1, where.x0 : where.x1]
+    return F.interpolate(maps, size=tuple(shape), mode="bilinear", align_corners=False)
 
 
 def to_channels(img: np.ndarray, in_chans: int) -> np.ndarray:

@@ -254,7 +254,8 @@ def _handled(infos: list[ImageInfo]) -> list[str]:
     if ratios[-1] > ASPECT_SPREAD * ratios[0]:
         out.append(
             f"{len(shapes)} different image sizes (aspect H/W {ratios[0]:.2f}..{ratios[-1]:.2f}): every image is "
-            "resized to the input size, so parts far from the median aspect ratio are stretched"
+            "resized to the input size, so parts far from the median aspect ratio are stretched (dataset.fit: pad keeps "
+            "their shapes)"
         )
     gray = sum(i.channels == 1 for i in infos)
     if 0 < gray < len(infos):

@@ -75,7 +75,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     models, meta = load_dfcs(model_dir, device)  # one DFC, or a seed ensemble's (classifier.ensemble)
     _check_classes(meta, index, model_dir)
     classes = list(meta["classes"])
-    extractor = CamExtractor(models, meta["input_size"], int(meta["in_chans"]), ccfg, device)
+    fit = meta.get("fit", "stretch")  # as the classifier was trained
+    extractor = CamExtractor(models, meta["input_size"], int(meta["in_chans"]), ccfg, device, fit)
     rows_all = read_train_index(index)
 
     # pass 1: raw extended CAMs, streamed to disk batch by batch (resumable); under torchrun each rank takes every

@@ -117,6 +117,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
                 # the margin the previous labelling drew is ignored (round 1: the pseudo-labels stage's)
                 margin=mask_margin(cfg, "pseudo-labels" if k == 1 else "retrain"),
                 reviewed_dir=reviewed,
+                fit=cfg.dataset.fit,
             ).fit()
         if dist.is_main():  # under torchrun every rank trained (DDP); rank 0 predicts and labels, the others wait
             predictor = torch_predictor(*load_segmenter(rdir / "model", device), device)

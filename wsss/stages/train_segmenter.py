@@ -157,6 +157,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             reviewed_repeat=scfg.reviewed_repeat,
             # the margin the mask stage drew is ignored; a self-training round's own masks have none
             margin=mask_margin(cfg, masks_input(cfg)) if k == 1 else 0,
+            fit=cfg.dataset.fit,
         )
 
     for k in range(1, scfg.rounds):  # self-training rounds before the last (segmenter.rounds)

@@ -87,6 +87,7 @@ class ClassifierTrainer:
             "in_chans": self.in_chans,
             "seed": self.seed,
             "high_bit_depth": cfg.dataset.high_bit_depth,
+            "fit": cfg.dataset.fit,
         }
         torch.manual_seed(self.seed)
         self.model = build_dfc(self.ccfg, len(self.classes), self.in_chans).to(self.device)
@@ -249,6 +250,8 @@ class ClassifierTrainer:
     def fit(self) -> dict[str, Any]:
         """Train (resuming from ``out/checkpoints/last.pt`` if present); returns a summary."""
         meta = model_meta(self.ccfg, self.classes, self.in_chans, self.model.backbone.stride)
+        if self.cfg.dataset.fit != "stretch":  # how its inputs were placed (the CAM stage places them alike)
+            meta["fit"] = self.cfg.dataset.fit
 
         def save_best(epoch: int) -> None:
             save_state_dict(self.model, self.out / MODEL_FILE)

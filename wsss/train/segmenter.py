@@ -109,6 +109,8 @@ class SegmenterTrainer:
         reviewed_repeat: a reviewed image is drawn this many times as often as the others of its kind in an epoch.
         margin: the pixels the mask stage grew ``masks_dir``'s defect regions by (:func:`wsss.stages.mask_margin`):
             their inner ring is ignored, in training and in the validation masks that choose the epoch.
+        fit: how an image meets ``input_size`` (``dataset.fit``: stretch, or pad keeping its aspect ratio); recorded
+            in ``segmenter.json`` so that predictions place images alike.
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class SegmenterTrainer:
         reviewed_dir: Path | None = None,
         reviewed_repeat: int = 1,
         margin: int = 0,
+        fit: str = "stretch",
     ):
         self.scfg, self.out, self.seed, self.classes = scfg, Path(out), int(seed), list(classes)
         self.teacher, self.patience, self.score_threshold = teacher, patience, score_threshold
@@ -150,7 +153,8 @@ class SegmenterTrainer:
         common = {"classes": self.classes, "input_size": size, "in_chans": self.in_chans, "seed": self.seed}
         common |= {"high_bit_depth": high_bit_depth, "reviewed_dir": reviewed_dir}
         common |= {"missed_defects": scfg.missed_defects, "ok_background": scfg.ok_background}
-        common |= {"margin": margin}
+        common |= {"margin": margin, "fit": fit}
+        self.input_fit = fit
         inject = {}
         if scfg.inject.enabled:
             check_inject(scfg, section)
@@ -316,6 +320,8 @@ class SegmenterTrainer:
         from, when no epoch of a fine-tuning validated better)."""
         save_state_dict(self.kept, self.out / MODEL_FILE)
         meta = segmenter_meta(self.scfg, self.classes, self.in_chans, self.score_threshold)
+        if self.input_fit != "stretch":
+            meta["fit"] = self.input_fit
         write_json(self.out / META_FILE, meta | {"epochs": self.scfg.epochs, "seed": self.seed, "kept_epoch": epoch})
 
     def _selection_key(self, row: dict[str, float], epoch: int) -> list[float]:

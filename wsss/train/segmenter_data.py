@@ -19,7 +19,7 @@ import torch
 from wsss.data.classifier_data import ImageDataset
 from wsss.data.images import read_image
 from wsss.data.index import TrainRow
-from wsss.data.transforms import Augment, resize, to_channels, to_tensor
+from wsss.data.transforms import Augment, fit_image, fit_mask, to_channels, to_tensor
 from wsss.errors import DataError
 from wsss.labels import IGNORE
 from wsss.refine.pseudo import class_probs, margin_ignored
@@ -149,8 +149,9 @@ class PseudoMaskDataset(ImageDataset):
         confidence: Mapping[str, float] | None = None,
         crop: Sequence[int] = (0, 0),
         margin: int = 0,
+        fit: str = "stretch",
     ):
-        super().__init__(rows, classes, input_size, in_chans, augment, seed, high_bit_depth)
+        super().__init__(rows, classes, input_size, in_chans, augment, seed, high_bit_depth, fit)
         self.margin = int(margin)
         self.crop = tuple(int(v) for v in crop) if min(crop) > 0 else None
         if self.crop is not None and (self.crop[0] > input_size[0] or self.crop[1] > input_size[1]):
@@ -248,15 +249,16 @@ class PseudoMaskDataset(ImageDataset):
             mask = margin_ignored(mask, self.margin)
         if index in self.rejected or (self.missed_defects == "ignore" and self.missed(index, mask)):
             mask = np.full_like(mask, IGNORE)
-        h, w = self.input_size
         cam = None
         if self.teacher is not None:
             from wsss.cam.io import cam_path, read_cam
 
             full = read_cam(cam_path(self.teacher.cam_dir, self.rows[index].id), img.shape[:2], len(self.classes))
-            small = np.stack([resize(np.ascontiguousarray(c), self.input_size) for c in full], axis=-1)
-            cam = np.clip(np.rint(small * 255.0), 0, 255).astype(np.uint8)
-        return resize(img, self.input_size), cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST), cam
+            small = [fit_image(np.ascontiguousarray(c), self.input_size, self.fit, fill=0.0) for c in full]
+            cam = np.clip(np.rint(np.stack(small, axis=-1) * 255.0), 0, 255).astype(np.uint8)
+        # padded (dataset.fit: pad), the padding is ignore in the mask and background in the teacher's CAM
+        size = self.input_size
+        return fit_image(img, size, self.fit), fit_mask(mask, size, self.fit, img.shape, IGNORE), cam
 
     def missed(self, index: int, mask: np.ndarray) -> bool:
         """Whether the pseudo-mask of sample ``index`` has no pixel of a class its image label names.
