@@ -171,8 +171,9 @@ class Predictor:
         eps: float | None = None,
     ) -> np.ndarray:
         """``probs`` (K+1, H0, W0) of ``image`` after guided upsampling at ``radius`` (network-input pixels, scaled
-        by the image's size over ``network_size``; default the predictor's ``guided_radius``; 0 = unchanged) with
-        regularisation ``eps`` (default the predictor's ``guided_eps``)."""
+        by the image's size over ``network_size``, the size the image had in the network's input; default the
+        predictor's ``guided_radius``; 0 = unchanged) with regularisation ``eps`` (default the predictor's
+        ``guided_eps``)."""
         radius = self.guided_radius if radius is None else radius
         if radius <= 0:
             return probs
@@ -191,9 +192,10 @@ class Predictor:
             cls = 1.0 / (1.0 + np.exp(-cls_logits.astype(np.float32)))
             for j, i in enumerate(idx):
                 logits = torch.from_numpy(np.ascontiguousarray(mask_logits[j : j + 1, :, :h, :w], np.float32))
-                up = unfit(logits, self._placement(images[i]), images[i].shape[:2])
+                where = self._placement(images[i])
+                up = unfit(logits, where, images[i].shape[:2])
                 probs = torch.softmax(up[0], dim=0).numpy()
-                probs = self.guide(images[i], probs, (h, w))
+                probs = self.guide(images[i], probs, (where.y1 - where.y0, where.x1 - where.x0))
                 out[i] = Prediction(gate_labels(probs, cls[j], self.threshold), probs, cls[j].astype(np.float32))
         return [p for p in out if p is not None]
 
