@@ -121,6 +121,38 @@ def test_a_default_that_changed_behaviour_makes_older_stages_stale():
     assert settings_match(recorded, load_config(None, ["segmenter.cls_lse_r=0"]), sections)
 
 
+def test_a_section_a_stage_no_longer_reads_cannot_make_it_stale():
+    """train-segmenter once hashed pseudo.margin and retrain.margin; the margin now travels with the masks it reads,
+    so a manifest that recorded them stays up to date whatever they hold, while a section it reads still counts."""
+    from wsss.config import section_dict
+    from wsss.staleness import settings_match
+
+    before = ("segmenter", "pseudo.bg_prior", "pseudo.margin", "retrain.margin", "run.seed")
+    now = ("segmenter", "pseudo.bg_prior", "run.seed")
+    recorded = json.loads(json.dumps(section_dict(load_config(None, ["pseudo.margin=2"]), before), default=str))
+    assert settings_match(recorded, load_config(None), now)
+    assert not settings_match(recorded, load_config(None), before)
+    assert not settings_match(recorded, load_config(None, ["pseudo.bg_prior=0.2"]), now)
+
+
+def test_the_margin_a_mask_stage_drew_is_read_from_its_manifest(tmp_path: Path):
+    from wsss.stages import recorded_margin
+
+    def stage(name: str, config: dict) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps({"stage": name, "status": "done", "config": config}))
+        return folder
+
+    assert recorded_margin(stage("pseudo-labels", {"pseudo": {"margin": 2}})) == 2
+    assert recorded_margin(stage("retrain", {"pseudo": {"margin": 2}, "retrain": {"margin": None}})) == 2
+    (tmp_path / "retrain" / "manifest.json").unlink()
+    (tmp_path / "retrain").rmdir()
+    assert recorded_margin(stage("retrain", {"pseudo": {"margin": 2}, "retrain": {"margin": 0}})) == 0
+    assert recorded_margin(stage("train-segmenter", {"segmenter": {}})) == 0  # draws none
+    assert recorded_margin(tmp_path / "nothing") == 0
+
+
 def test_nested_sections_keep_their_own_defaults(tmp_path: Path):
     """A YAML section that sets one key of a nested section keeps that section's field defaults, not the class's."""
     path = tmp_path / "r.yaml"

@@ -58,12 +58,15 @@ def _before(sections: tuple[str, ...]) -> dict[str, Any]:
 def settings_match(recorded: dict[str, Any] | None, cfg: Config, sections: tuple[str, ...]) -> bool:
     """Whether the sections a manifest recorded (``section_dict`` as saved to JSON) are ``cfg``'s.
 
-    Options added to wsss after the manifest was written count as unchanged while they hold the behaviour from
-    before they existed: their default, by the rule for adding options, or their :data:`BEHAVIOUR_BEFORE` entry. So
+    Sections the stage no longer reads are left out. Options added to wsss after the manifest was written count as
+    unchanged while they hold the behaviour from before they existed: their default, by the rule for adding options, or their :data:`BEHAVIOUR_BEFORE` entry. So
     upgrading wsss does not invalidate finished stages unless a default changed what they compute; setting a new
     option away from that value does.
     """
     if not isinstance(recorded, dict):
         return False
     current = _plain(section_dict(cfg, sections))
+    # a section the stage recorded but no longer reads (its value reaches the stage another way now, e.g. with its
+    # input's files) cannot make it stale; an option gone from a section it reads still does
+    recorded = {k: v for k, v in recorded.items() if k in current}
     return _same_settings(recorded, current, _before(sections))

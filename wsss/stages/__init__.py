@@ -8,6 +8,7 @@ same way; nothing is listed before it is implemented.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,11 +99,29 @@ def published(out: Path) -> Path:
 
 
 def mask_margin(cfg: Config, stage: str) -> int:
-    """The pixels ``stage`` grew its masks' defect regions by (``pseudo.margin``, or ``retrain.margin`` where set for
-    the retrain round's masks; 0 for a stage that draws no margin). A segmenter trained on those masks ignores that
-    inner ring (:func:`wsss.refine.pseudo.margin_ignored`)."""
+    """The pixels ``stage`` grows its masks' defect regions by under ``cfg`` (``pseudo.margin``, or ``retrain.margin``
+    where set for the retrain round's masks; 0 for a stage that draws no margin)."""
     if stage == "pseudo-labels":
         return cfg.pseudo.margin
     if stage == "retrain":
         return cfg.pseudo.margin if cfg.retrain.margin is None else cfg.retrain.margin
+    return 0
+
+
+def recorded_margin(stage_dir: Path) -> int:
+    """The pixels the finished mask stage in ``stage_dir`` grew its masks' defect regions by, as its manifest records
+    the settings it ran with (0 for a stage that draws no margin, or one written before margins existed). The margin
+    travels with the masks: a segmenter trained on them ignores that inner ring
+    (:func:`wsss.refine.pseudo.margin_ignored`) whatever the settings of the run that reads them."""
+    try:
+        manifest = json.loads((Path(stage_dir) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0
+    config = manifest.get("config") or {}
+    pseudo = (config.get("pseudo") or {}).get("margin", 0)
+    if manifest.get("stage") == "pseudo-labels":
+        return int(pseudo)
+    if manifest.get("stage") == "retrain":
+        own = (config.get("retrain") or {}).get("margin")
+        return int(pseudo if own is None else own)
     return 0

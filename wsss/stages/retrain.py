@@ -25,7 +25,7 @@ import click
 from wsss.config.tree import Config
 from wsss.mask_format import write_labelmap
 from wsss.models.weights import weight_files
-from wsss.stages import Stage, mask_margin, register_stage
+from wsss.stages import Stage, mask_margin, recorded_margin, register_stage
 
 
 def _round1_unary(cfg: Config, inputs: dict[str, Path]) -> Callable:
@@ -115,7 +115,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
                 click.echo,
                 cfg.dataset.high_bit_depth,
                 # the margin the previous labelling drew is ignored (round 1: the pseudo-labels stage's)
-                margin=mask_margin(cfg, "pseudo-labels" if k == 1 else "retrain"),
+                margin=recorded_margin(inputs["pseudo-labels"]) if k == 1 else mask_margin(cfg, "retrain"),
                 reviewed_dir=reviewed,
                 fit=cfg.dataset.fit,
             ).fit()

@@ -33,7 +33,7 @@ from wsss.config.tree import Config
 from wsss.mask_format import write_labelmap
 from wsss.models.weights import weight_files
 from wsss.pipelines import mask_source
-from wsss.stages import Stage, mask_margin, register_stage
+from wsss.stages import Stage, recorded_margin, register_stage
 
 
 def masks_input(cfg: Config) -> str:
@@ -156,7 +156,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             reviewed_dir=reviewed,
             reviewed_repeat=scfg.reviewed_repeat,
             # the margin the mask stage drew is ignored; a self-training round's own masks have none
-            margin=mask_margin(cfg, masks_input(cfg)) if k == 1 else 0,
+            margin=recorded_margin(inputs[masks_input(cfg)]) if k == 1 else 0,
             fit=cfg.dataset.fit,
         )
 
@@ -223,7 +223,8 @@ STAGE = register_stage(
     Stage(
         name="train-segmenter",
         run=run,
-        sections=("segmenter", "pseudo.bg_prior", "pseudo.margin", "retrain.margin", "run.seed"),
+        # the teacher's background prior; the masks' margin travels with them (recorded_margin)
+        sections=("segmenter", "pseudo.bg_prior", "run.seed"),
         inputs=lambda cfg: ("prepare", "cam", masks_input(cfg)),
         external=lambda cfg: (
             weight_files(cfg.segmenter.backbone.weights)
