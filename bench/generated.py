@@ -1,6 +1,6 @@
 """Benchmark: the recipe `wsss init` writes, run as is on generated data sets of the kinds a team brings (colour
-photographs, wide strips, large images, square textures, faint regions: :mod:`wsss.data.variants`), which no recipe
-was tuned on. Per data set: generate it (once), `wsss init --kind csv`, `wsss run` in a subprocess, then the test
+photographs, wide strips, large images, square textures, faint regions, pits of a few pixels:
+:mod:`wsss.data.variants`), which no recipe was tuned on. Per data set: generate it (once), `wsss init --kind csv`, `wsss run` in a subprocess, then the test
 split's figures of every mask-writing stage (bench/recipe.py's scoring), each stage's time, and the run's
 ``overview.png`` (image, pseudo-mask, segmenter, ground truth) to look at.
 

@@ -1,5 +1,6 @@
 """Generated data sets of the kinds a team brings, beyond the demo's gray 128 px squares: colour photographs, wide
-strips, large images with small defects, square textures, and faint regions instead of dark lines.
+strips, large images with small defects, square textures, faint regions instead of dark lines, and pits of a few
+pixels on large images (gray and colour).
 
 Each :class:`Variant` reuses the demo generator's surfaces and defect shapes (:mod:`wsss.data.synthetic`), on an
 ``height`` x ``width`` image: the surface is cut from a square one of the longer side, and each defect is drawn
@@ -30,6 +31,7 @@ TINT = 0.15  # a colour surface's channels differ from its gray level by up to t
 DEFECT_HUE = (0.4, 1.6)  # a colour defect's change per channel, relative to its gray change
 DIRECT_MAX = 768  # surfaces up to this side are generated directly; larger ones magnified from this side
 GRAIN = (3.0, 6.0)  # the fine grain of a magnified surface, gray levels
+MIN_WINDOW = 8  # px: the smallest window a defect is drawn in (a blob's radius is up to 0.3 of it, at least 2 px)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,12 @@ VARIANTS: dict[str, Variant] = {
                 what="square textures"),
         Variant("faint", 384, 384, False, 384, ("stain",), ("noise", "gravel"),
                 what="faint soft-edged regions (stains), no lines"),
+        # blobs drawn in 24 px windows: 4-14 px across (radius 2-7 px), 0.001-0.01% of the image, as MTD's blowholes
+        # and the pits of machined parts
+        Variant("pits", 960, 1280, False, 24, ("blob",), ("brushed", "stripes", "noise"),
+                what="pits of 4-14 px on large machined surfaces (1280 x 960)"),
+        Variant("pits-colour", 960, 1280, True, 24, ("blob",), ("gravel", "brick", "noise"),
+                what="pits of 4-14 px on large colour photographs of surfaces (1280 x 960)"),
     )
 }  # fmt: skip
 
@@ -73,10 +81,11 @@ def get_variant(name: str) -> Variant:
 
 def small(v: Variant, factor: float = 4, n: int = 8) -> Variant:
     """``v`` shrunk by ``factor`` per side (less where its shorter side would fall below 64 px: the aspect ratio is
-    kept), with ``n`` images of each kind: the tests' size."""
+    kept; defect windows not below :data:`MIN_WINDOW`), with ``n`` images of each kind: the tests' size."""
     f = min(factor, min(v.height, v.width) / 64)
+    window = max(MIN_WINDOW, round(v.window / f))  # the smallest defects keep a few pixels
     return dataclasses.replace(
-        v, height=round(v.height / f), width=round(v.width / f), window=round(v.window / f), n_ok=n, n_defect=n
+        v, height=round(v.height / f), width=round(v.width / f), window=window, n_ok=n, n_defect=n
     )
 
 
