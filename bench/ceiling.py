@@ -160,11 +160,12 @@ def gt_segmenter(run: Path, config: Path, out: Path, overrides: list[str] | None
 
 
 def ladder(run: Path, split: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    from wsss.artifacts.scores import read_scores
     from wsss.cam.io import read_cam
     from wsss.config import load_config
     from wsss.data.images import read_image, read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
-    from wsss.evaluation import read_prob_map, read_scores
+    from wsss.evaluation import read_prob_map
     from wsss.evaluation.metrics import PROB_HALF
 
     index = run / "prepare" / "index.csv"

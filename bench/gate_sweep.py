@@ -79,9 +79,10 @@ def load_run(
 ) -> tuple[list[np.ndarray], list[float], list[np.ndarray]]:
     """The split's ungated probability maps (stored levels), image scores (``scores_from``) and ground truths (empty
     for OK images) of one finished run."""
+    from wsss.artifacts.scores import read_scores
     from wsss.data.images import read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
-    from wsss.evaluation import read_prob_map, read_scores
+    from wsss.evaluation import read_prob_map
 
     stage = run / "train-segmenter"
     meta = stage / "segmenter.json"

@@ -90,8 +90,8 @@ def pool_speedup(run_dir: Path, cfg, n: int) -> dict[str, float]:
     """Seconds to label the same ``n`` images with 1 worker and with every core, in this run."""
     import tempfile
 
+    from wsss.artifacts.scores import read_scores
     from wsss.cam.io import cam_path, read_cam_meta
-    from wsss.evaluation import read_scores
     from wsss.parallel import usable_cores
     from wsss.refine.pseudo import LabelTask, label_all
 

@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from pseudo_masks import BASE, add_config_options, config, pool_speedup  # noqa: E402
 
+from wsss.artifacts.scores import read_scores  # noqa: E402
 from wsss.cam.io import cam_path, read_cam, read_cam_meta  # noqa: E402
 from wsss.data.images import read_image, read_mask  # noqa: E402
 from wsss.data.index import read_dataset_info, read_eval_index  # noqa: E402
-from wsss.evaluation import read_scores  # noqa: E402
 from wsss.evaluation.metrics import SegAccumulator  # noqa: E402
 from wsss.refine.pseudo import label_image  # noqa: E402
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from wsss.artifacts.scores import read_scores
 from wsss.config import EvaluateConfig
 from wsss.data.index import DatasetInfo, EvalRow
 from wsss.errors import DataError, ManyErrors
-from wsss.evaluation import evaluate_masks, read_prob_map, read_scores, write_report
+from wsss.evaluation import evaluate_masks, read_prob_map, write_report
 from wsss.evaluation.metrics import PROB_LEVELS, auroc, average_precision
 from wsss.mask_format import write_labelmap
 

@@ -85,10 +85,10 @@ class Scored:
 
 def reviewed_items(run_dir: Path, cfg: Config, with_retrain: bool) -> tuple[list[Item], int, int]:
     """The reviewed images with a defect pixel, and the counts of reviewed images without one and of rejected ones."""
-    from wsss.cam.io import SCORES_FILE, read_cam, read_cam_meta
+    from wsss.artifacts.scores import SCORES_FILE, read_scores
+    from wsss.cam.io import read_cam, read_cam_meta
     from wsss.data.images import read_image
     from wsss.data.index import read_train_index
-    from wsss.evaluation import read_scores
     from wsss.export.review_import import REJECTED_FILE, REVIEWED_DIR
     from wsss.mask_format import read_mask_png
 

@@ -19,7 +19,6 @@ from wsss.array_files import load_float32, save_float16
 from wsss.errors import DataError
 
 META_FILE = "anomaly.json"
-SCORES_FILE = "scores.csv"
 FIX = "re-run the anomaly stage: `wsss run-stage anomaly --force`"
 
 

@@ -7,20 +7,17 @@ dataset-level normalisation and the sample-score gate (an image called OK has an
 
 from __future__ import annotations
 
-import csv
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from wsss.array_files import load_float32, save_float16
-from wsss.atomic import atomic_path
 from wsss.errors import DataError
 
 CAMS_DIR = "cams"
-SCORES_FILE = "scores.csv"
 META_FILE = "cam.json"
 FIX = "re-run the cam stage: `wsss run-stage cam --force`"
 
@@ -49,35 +46,6 @@ def read_cam(path: Path, shape: Sequence[int] | None = None, classes: int | None
     if shape is not None and tuple(cam.shape[1:]) != tuple(shape):
         raise DataError(path, f"CAM is {cam.shape[1:]} but its image is {tuple(shape)}", FIX)
     return cam
-
-
-SCORE_COLUMNS = ("id", "score", "iem_rounds", "peak")
-
-
-def write_scores(
-    path: Path, rows: Iterable[dict[str, Any]], classes: Sequence[str], columns: Sequence[str] = SCORE_COLUMNS
-) -> None:
-    """``scores.csv``: ``columns`` (the cam stage's: id, score = max over classes, IEM rounds used, raw CAM peak),
-    then per-class scores ``score_<class>`` if K > 1."""
-    with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*columns, *class_score_columns(classes)], extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-
-
-def class_score_columns(classes: Sequence[str]) -> list[str]:
-    """The per-class score columns of a ``scores.csv`` (none for a single class: ``score`` is its score)."""
-    return [f"score_{c}" for c in classes] if len(classes) > 1 else []
-
-
-def read_class_scores(path: Path, classes: Sequence[str]) -> dict[str, np.ndarray]:
-    """Per image id, the (K,) per-class sample scores of a ``scores.csv`` written by :func:`write_scores`."""
-    from wsss.evaluation import read_scores
-
-    columns = class_score_columns(classes) or ["score"]
-    per_column = [read_scores(path, c) for c in columns]
-    return {sid: np.array([col[sid] for col in per_column], np.float32) for sid in per_column[0]}
 
 
 def read_cam_meta(cam_dir: Path) -> dict[str, Any]:

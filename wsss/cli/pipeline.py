@@ -298,8 +298,8 @@ def _overview(run, reports: dict, cfg, stages: list[str]) -> Path | None:
     report from :func:`_stage_summary`), beside the ground truth and the pseudo-masks; without ground truth, the
     images the last stage is surest, midway and least sure are defective. None when the run has no pseudo-masks or
     nothing to show."""
+    from wsss.artifacts.scores import read_scores
     from wsss.data.index import read_eval_index
-    from wsss.evaluation import read_scores
     from wsss.export.overview import pick_by_score, pick_rows, write_overview
 
     pseudo = run.stage_dir("pseudo-labels") / "masks"

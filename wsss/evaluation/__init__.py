@@ -6,7 +6,7 @@ truth. ``inputs.py`` reads and checks what is evaluated, ``metrics.py`` holds th
 from __future__ import annotations
 
 from wsss.evaluation.evaluate import evaluate_masks, evaluate_stage
-from wsss.evaluation.inputs import check_masks, prob_file, read_pred_mask, read_prob_map, read_scores
+from wsss.evaluation.inputs import check_masks, prob_file, read_pred_mask, read_prob_map
 from wsss.evaluation.report import REPORT_FILES, ClassResult, EvalReport, ImageResult, pct, write_report
 
 __all__ = [
@@ -21,6 +21,5 @@ __all__ = [
     "prob_file",
     "read_pred_mask",
     "read_prob_map",
-    "read_scores",
     "write_report",
 ]

@@ -5,9 +5,6 @@ of its ground truth (or, without one, of its image). All problems are raised tog
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 from pathlib import Path
 
 import numpy as np
@@ -32,47 +29,6 @@ PROB_TOLERANCE = 1e-6  # float maps may overshoot [0, 1] by this much (rounding)
 def _first_ids(ids: list[str]) -> str:
     more = f", ... ({len(ids) - SHOW_IDS} more)" if len(ids) > SHOW_IDS else ""
     return ", ".join(ids[:SHOW_IDS]) + more
-
-
-def read_scores(path: Path, column: str = "score") -> dict[str, float]:
-    """Sample scores from a CSV with ``id`` and ``column`` (default ``score``) columns (other columns are ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "scores file not found", "pass the scores.csv written by the cam or segmenter stage")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataError(path, "not a text (UTF-8) CSV file", "pass the scores.csv written by a stage") from None
-    scores: dict[str, float] = {}
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in next(reader, [])]
-    missing = [c for c in ("id", column) if c not in header]
-    if missing:
-        raise DataError(
-            f"{path}:1",
-            f"missing column(s) {', '.join(missing)} in header {header}",
-            f"the first line must name the columns, including id and {column}",
-        )
-    i_id, i_score = header.index("id"), header.index(column)
-    for row in reader:
-        line = f"{path}:{reader.line_num}"
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) <= max(i_id, i_score):
-            raise DataError(line, f"{len(row)} values, header has {len(header)}", "give every row all columns")
-        sid, cell = row[i_id].strip(), row[i_score].strip()
-        if not sid:
-            raise DataError(line, "empty id", "give every row the image id used in the index")
-        try:
-            value = float(cell)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise DataError(line, f"score {cell!r} of {sid!r} is not a finite number", "write a number such as 0.73")
-        if sid in scores:
-            raise DataError(line, f"duplicate id {sid!r}", "keep one score per image")
-        scores[sid] = value
-    return scores
 
 
 def read_pred_mask(path: Path) -> np.ndarray:

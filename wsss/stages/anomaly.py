@@ -48,7 +48,7 @@ def embedder_for(cfg: Config, inputs: dict[str, Path], device):
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
-    from wsss.anomaly.io import META_FILE, SCORES_FILE, anomaly_path, write_map
+    from wsss.anomaly.io import META_FILE, anomaly_path, write_map
     from wsss.anomaly.patchcore import (
         QUANTILES,
         anomaly_grid,
@@ -58,8 +58,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         ok_training_images,
         upsample,
     )
+    from wsss.artifacts.scores import SCORES_FILE, write_scores
     from wsss.atomic import write_json
-    from wsss.cam.io import write_scores
     from wsss.data.images import read_image
     from wsss.data.index import read_train_index
     from wsss.progress import progress

@@ -59,9 +59,10 @@ def _check_classes(meta: dict, index: Path, model_dir: Path) -> None:
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
+    from wsss.artifacts.scores import SCORES_FILE, write_scores
     from wsss.cam.extract import CamExtractor, normalise_cam
     from wsss.cam.iem import extend_cams
-    from wsss.cam.io import CAMS_DIR, META_FILE, SCORES_FILE, write_cam, write_scores
+    from wsss.cam.io import CAMS_DIR, META_FILE, write_cam
     from wsss.data.images import read_image
     from wsss.data.index import read_train_index
     from wsss.models.classifier import load_dfcs

@@ -83,8 +83,9 @@ def evaluate_index(
 ):
     """Evaluate ``masks_dir`` (and the probability maps of ``probs_dir``) against the index's ground truth and
     write the report files into ``out``."""
+    from wsss.artifacts.scores import read_scores
     from wsss.data.index import read_dataset_info, read_eval_index
-    from wsss.evaluation import evaluate_masks, read_scores, write_report
+    from wsss.evaluation import evaluate_masks, write_report
 
     split = None if cfg.split == "all" else cfg.split
     rows = read_eval_index(index_csv, split=split)

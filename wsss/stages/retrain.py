@@ -60,10 +60,10 @@ def keep_reviewed(reviewed: Path | None, ids: list[str], masks: Path, rows: list
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
-    from wsss.cam.io import SCORES_FILE, cam_path, read_cam, read_cam_meta, write_cam
+    from wsss.artifacts.scores import SCORES_FILE, read_scores
+    from wsss.cam.io import cam_path, read_cam, read_cam_meta, write_cam
     from wsss.data.images import read_image
     from wsss.data.index import read_dataset_info, read_train_index
-    from wsss.evaluation import read_scores
     from wsss.inference import torch_predictor
     from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter
     from wsss.progress import progress

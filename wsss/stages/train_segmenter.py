@@ -101,7 +101,8 @@ def _write_round_masks(
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
-    from wsss.cam.io import SCORES_FILE, read_cam_meta, read_class_scores, write_scores
+    from wsss.artifacts.scores import SCORES_FILE, read_class_scores, write_scores
+    from wsss.cam.io import read_cam_meta
     from wsss.data.images import read_image
     from wsss.data.index import read_dataset_info, read_train_index
     from wsss.inference import torch_predictor, write_prob_png
