@@ -11,13 +11,14 @@ import pytest
 import torch
 from test_segmenter import SIZE, make_data, rcfg
 
+from wsss.artifacts.masks import CONFIDENCE_FILE, read_confidence
 from wsss.config import InjectConfig, load_config
 from wsss.data.index import read_train_index
 from wsss.data.synthetic import DEFECTS, make_texture
 from wsss.errors import ConfigError
 from wsss.labels import IGNORE
 from wsss.train.inject import Injector, PasteSource, paste, paste_sources, procedural
-from wsss.train.segmenter import CONFIDENCE_FILE, SegmenterTrainer, read_confidence
+from wsss.train.segmenter import SegmenterTrainer
 from wsss.train.segmenter_data import PseudoMaskDataset
 
 ON = InjectConfig(enabled=True, prob=1.0)
@@ -177,7 +178,7 @@ def test_min_confidence_selects_the_paste_sources(tmp_path: Path):
 
 
 def test_trainer_checks_inject_settings_and_reads_the_confidence_table(tmp_path: Path):
-    from wsss.refine.pseudo import CONFIDENCE_FILE as STAGE_FILE  # what the mask stages write
+    from wsss.artifacts.masks import CONFIDENCE_FILE as STAGE_FILE  # what the mask stages write
 
     assert CONFIDENCE_FILE == STAGE_FILE
     rows, masks, _ = make_data(tmp_path, n_defect=3, n_ok=3)

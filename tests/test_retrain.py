@@ -9,12 +9,12 @@ import json
 import numpy as np
 import pytest
 
+from wsss.artifacts.masks import read_pseudo_mask
 from wsss.config import load_config
 from wsss.data.images import read_image
 from wsss.data.index import read_train_index
 from wsss.errors import ConfigError
 from wsss.stages import get_stage
-from wsss.train.segmenter_data import read_pseudo_mask
 
 
 def test_full_pipeline_writes_valid_masks_and_evaluates(full_run):

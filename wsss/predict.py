@@ -163,10 +163,10 @@ def predict_images(
     ``warn`` prints the warning about images whose channels are not the model's.
     """
     from wsss import distributed as dist
+    from wsss.artifacts.masks import write_mask
     from wsss.data.images import HIGH_BIT_DEPTH, read_image
     from wsss.export.overlay import overlay, write_rgb_png
     from wsss.inference import write_prob_png
-    from wsss.refine.pseudo import write_mask
 
     if batch < 1:
         raise ConfigError("--batch", f"invalid batch size {batch}", "use 1 or more")

@@ -125,8 +125,8 @@ def check_masks(
 def import_review(fmt: str, path: Path, run_dir: Path, mask_format: str = "auto") -> ImportSummary:
     """Import the corrected masks of ``path`` (in format ``fmt``) into ``run_dir``; see the module docstring.
     ``mask_format`` (auto, labels or binary) says what the values of a png folder mean."""
+    from wsss.artifacts.masks import write_mask
     from wsss.data.index import read_train_index
-    from wsss.refine.pseudo import write_mask
 
     path, run_dir = Path(path), Path(run_dir)
     index = run_dir / "prepare" / "index.csv"
@@ -248,9 +248,9 @@ def read_decisions(path: Path) -> dict[str, Any]:
 
 def import_decisions(path: Path, run_dir: Path) -> DecisionsSummary:
     """Import the review page's decisions file ``path`` into ``run_dir``; see the module docstring."""
+    from wsss.artifacts.masks import write_mask
     from wsss.data.index import read_train_index
     from wsss.evaluation import read_pred_mask
-    from wsss.refine.pseudo import write_mask
 
     path, run_dir = Path(path), Path(run_dir)
     index = run_dir / "prepare" / "index.csv"

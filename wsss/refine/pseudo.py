@@ -46,14 +46,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from wsss.atomic import atomic_path
+from wsss.artifacts.masks import write_mask
 from wsss.errors import StageError, WsssError
 from wsss.labels import IGNORE  # the uncertain pixels: ignored in training
 from wsss.parallel import pool_size
 from wsss.progress import progress
 from wsss.refine.config import PseudoConfig
 
-CONFIDENCE_FILE = "confidence.csv"  # a mask stage's per-image confidence table (rank reviews and paste sources by it)
 CONFIDENCE_RING = 3  # pixels the defect region is dilated by before averaging its confidence
 CAM_FLOOR = 1e-5  # the CAM is clipped to [CAM_FLOOR, 1] so every class keeps a finite unary energy
 SHOW_IDS = 5  # ids named in an error message
@@ -208,15 +207,6 @@ def cam_core(cam: np.ndarray, p: np.ndarray, fraction: float) -> tuple[np.ndarra
     labels = np.zeros(cam.shape[1:], np.uint8)
     labels[core] = k + 1
     return labels, float(p[k + 1][core].mean())
-
-
-def write_mask(path: Path, mask: np.ndarray) -> None:
-    """Write a uint8 mask as PNG atomically (encoded in memory, so the temporary name needs no .png suffix)."""
-    ok, buf = cv2.imencode(".png", mask)
-    if not ok:
-        raise StageError(path, "could not encode the mask as PNG", "check that the mask is a 2-D uint8 array")
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_bytes(buf.tobytes())
 
 
 def label_one(task: LabelTask) -> dict[str, Any]:

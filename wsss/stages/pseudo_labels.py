@@ -45,12 +45,12 @@ def _cam_meta(cam_dir: Path) -> tuple[list[str], float]:
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
     from wsss.anomaly.io import anomaly_path, read_range
+    from wsss.artifacts.masks import CONFIDENCE_FILE, write_confidence
     from wsss.artifacts.scores import SCORES_FILE, read_scores
     from wsss.atomic import atomic_path
     from wsss.cam.io import FIX, cam_path
     from wsss.data.index import read_train_index
-    from wsss.refine.confidence import write_confidence
-    from wsss.refine.pseudo import CONFIDENCE_FILE, LabelTask, label_all
+    from wsss.refine.pseudo import LabelTask, label_all
     from wsss.resume import RowLog, log_name
 
     t0 = time.perf_counter()

@@ -60,6 +60,7 @@ def keep_reviewed(reviewed: Path | None, ids: list[str], masks: Path, rows: list
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
+    from wsss.artifacts.masks import CONFIDENCE_FILE, write_confidence
     from wsss.artifacts.scores import SCORES_FILE, read_scores
     from wsss.cam.io import cam_path, read_cam, read_cam_meta, write_cam
     from wsss.data.images import read_image
@@ -67,8 +68,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.inference import torch_predictor
     from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter
     from wsss.progress import progress
-    from wsss.refine.confidence import write_confidence
-    from wsss.refine.pseudo import CONFIDENCE_FILE, LabelTask, label_all
+    from wsss.refine.pseudo import LabelTask, label_all
     from wsss.train.segmenter import SegmenterTrainer
     from wsss.train.segmenter_data import reviewed_masks
 

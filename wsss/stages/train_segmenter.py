@@ -73,13 +73,13 @@ def _write_round_masks(
 ) -> None:
     """Round masks (:func:`round_mask`) of ``rows`` into ``out/masks``, their ``confidence.csv`` (paste sources for
     `segmenter.inject`), then the ``done`` marker (a kill before it predicts them all again)."""
+    from wsss.artifacts.masks import CONFIDENCE_FILE, write_mask
     from wsss.atomic import atomic_path
     from wsss.data.classifier_data import label_matrix
     from wsss.data.images import read_image
     from wsss.inference import torch_predictor
     from wsss.models.segmenter import load_segmenter
     from wsss.progress import progress
-    from wsss.refine.pseudo import CONFIDENCE_FILE, write_mask
 
     predictor = torch_predictor(*load_segmenter(model_dir, device), device)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -101,6 +101,7 @@ def _write_round_masks(
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
+    from wsss.artifacts.masks import write_mask
     from wsss.artifacts.scores import SCORES_FILE, read_class_scores, write_scores
     from wsss.cam.io import read_cam_meta
     from wsss.data.images import read_image
@@ -108,7 +109,6 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.inference import torch_predictor, write_prob_png
     from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter
     from wsss.progress import progress
-    from wsss.refine.pseudo import write_mask
     from wsss.train.loop import CHECKPOINT, METRICS_FILE
     from wsss.train.segmenter import SegmenterTrainer
     from wsss.train.segmenter_data import Teacher, reviewed_masks

@@ -21,7 +21,6 @@ killed run resumes exactly: data order and augmentation are seeded by (seed, epo
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,17 +31,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from wsss import distributed as dist
+from wsss.artifacts.masks import CONFIDENCE_FILE, read_confidence
 from wsss.atomic import write_json
 from wsss.data.index import TrainRow
 from wsss.data.transforms import Augment
-from wsss.errors import ConfigError, DataError, StageError
+from wsss.errors import ConfigError, StageError
 from wsss.evaluation.metrics import SegAccumulator
 from wsss.labels import IGNORE
 from wsss.models.chunked import forward_chunked
 from wsss.models.compile import channels_last_input, maybe_compile, to_channels_last
 from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_labels, segmenter_meta
 from wsss.models.state import save_state_dict
-from wsss.refine.pseudo import CONFIDENCE_FILE
 from wsss.train.average import WeightAverage
 from wsss.train.config import SegTrainConfig
 from wsss.train.loop import NO_KEY, Loop, train_pass
@@ -65,17 +64,6 @@ COLUMNS = (
     "images_per_s",
     "seconds",
 )
-
-
-def read_confidence(path: Path) -> dict[str, float]:
-    """Per id, the pseudo-mask confidence of a mask stage's ``confidence.csv``; {} when the stage wrote none."""
-    if not Path(path).is_file():
-        return {}
-    try:
-        with open(path, newline="") as f:
-            return {r["id"]: float(r["confidence"]) for r in csv.DictReader(f)}
-    except (KeyError, ValueError) as e:
-        raise DataError(path, f"unreadable confidence table ({e})", "re-run the stage that wrote it") from e
 
 
 def check_inject(scfg: SegTrainConfig, section: str) -> None:

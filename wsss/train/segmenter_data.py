@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
+from wsss.artifacts.masks import MASK_FIX, pseudo_mask_path, read_pseudo_mask
 from wsss.data.classifier_data import ImageDataset
 from wsss.data.images import read_image
 from wsss.data.index import TrainRow
@@ -26,7 +26,6 @@ from wsss.refine.pseudo import class_probs, margin_ignored
 from wsss.train.config import InjectConfig
 from wsss.train.inject import Injector, PasteSource, paste_sources
 
-MASK_FIX = "re-run `wsss run-stage pseudo-labels`"
 REJECTED_FILE = "rejected.txt"  # beside reviewed/masks: ids whose pseudo-mask a reviewer rejected (import-review)
 
 
@@ -76,32 +75,6 @@ class Teacher:
     kd_weight: float
     temperature: float
     score_weight: float
-
-
-def pseudo_mask_path(masks_dir: Path, sample_id: str) -> Path:
-    return Path(masks_dir) / f"{sample_id}.png"
-
-
-def read_pseudo_mask(path: Path, shape: Sequence[int] | None = None, num_classes: int | None = None) -> np.ndarray:
-    """A pseudo-mask as ``uint8`` (H, W); ``shape`` (H, W) and the value range {0..K, 255} are checked when given.
-
-    A missing, unreadable, mis-sized or out-of-range file is a DataError naming it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "pseudo-mask missing for a training image", MASK_FIX)
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None or mask.ndim != 2 or mask.dtype != np.uint8:
-        what = "unreadable pseudo-mask" if mask is None else f"pseudo-mask is {mask.dtype} {mask.shape}, not 8-bit gray"
-        raise DataError(path, what, MASK_FIX)
-    if shape is not None and mask.shape != tuple(shape[:2]):
-        raise DataError(path, f"pseudo-mask is {mask.shape} but its image is {tuple(shape[:2])}", MASK_FIX)
-    if num_classes is not None:
-        bad = np.unique(mask[(mask > num_classes) & (mask != IGNORE)])
-        if bad.size:
-            what = f"pseudo-mask values {bad[:5].tolist()} are neither 0..{num_classes} nor {IGNORE} (ignore)"
-            raise DataError(path, what, MASK_FIX)
-    return mask
 
 
 class PseudoMaskDataset(ImageDataset):

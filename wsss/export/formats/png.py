@@ -25,7 +25,7 @@ class PngFormat(ReviewFormat):
     default_file = "masks"
 
     def write(self, package: Path, items: Sequence[ReviewItem], labels: LabelMap) -> Path:
-        from wsss.refine.pseudo import write_mask
+        from wsss.artifacts.masks import write_mask
 
         out = package / self.default_file
         for item in items:
