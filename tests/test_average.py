@@ -15,6 +15,7 @@ from wsss.errors import ConfigError
 from wsss.models.segmenter import load_segmenter
 from wsss.train.average import WeightAverage
 from wsss.train.segmenter import SegmenterTrainer
+from wsss.train.segmenter_data import SegmenterData
 
 
 def test_the_average_is_the_plain_mean_until_the_horizon_then_exponential():
@@ -50,10 +51,7 @@ def _trainer(tmp_path: Path, out: str, **kw) -> SegmenterTrainer:
     train = [r for i, r in enumerate(rows) if i % 4]
     shared = {f.name: getattr(rcfg(epochs=4), f.name) for f in dataclasses.fields(SegTrainConfig)}
     cfg = SegmenterConfig(**shared | kw)
-    return SegmenterTrainer(
-        cfg, train, masks, ["defect"], 1, tmp_path / out, device="cpu", echo=lambda *_: None,
-        val_rows=val, patience=1, section="segmenter",
-    )  # fmt: skip
+    return SegmenterTrainer(cfg, SegmenterData(train, masks, ["defect"], 1, val_rows=val), tmp_path / out, device="cpu", echo=lambda *_: None, patience=1, section="segmenter")  # fmt: skip
 
 
 def test_select_last_trains_every_epoch_and_keeps_the_average(tmp_path: Path):

@@ -125,10 +125,13 @@ def test_compiled_segmenter_training_saves_plain_keys(tmp_path: Path, eager_back
 
     from wsss.models.segmenter import build_segmenter
     from wsss.train.segmenter import SegmenterTrainer
+    from wsss.train.segmenter_data import SegmenterData
 
     rows, masks, _ = make_data(tmp_path, n_defect=4, n_ok=2)
     scfg = rcfg(epochs=1, compile=True)
-    trainer = SegmenterTrainer(scfg, rows, masks, ["defect"], 1, tmp_path / "out", device="cpu", echo=lambda *_: None)
+    trainer = SegmenterTrainer(
+        scfg, SegmenterData(rows, masks, ["defect"], 1), tmp_path / "out", device="cpu", echo=lambda *_: None
+    )
     assert trainer.train_net._orig_mod is trainer.model
     trainer.fit()
     weights = load_file(tmp_path / "out" / "segmenter.safetensors")

@@ -19,7 +19,7 @@ from wsss.errors import ConfigError
 from wsss.labels import IGNORE
 from wsss.train.inject import Injector, PasteSource, paste, paste_sources, procedural
 from wsss.train.segmenter import SegmenterTrainer
-from wsss.train.segmenter_data import PseudoMaskDataset
+from wsss.train.segmenter_data import PseudoMaskDataset, SegmenterData
 
 ON = InjectConfig(enabled=True, prob=1.0)
 
@@ -187,15 +187,17 @@ def test_trainer_checks_inject_settings_and_reads_the_confidence_table(tmp_path:
     kw = {"device": "cpu", "echo": lambda *_: None}
     bad = rcfg(inject=dataclasses.replace(ON, paste_weight=0.0, procedural_weight=0.0))
     with pytest.raises(ConfigError, match="retrain.inject.paste_weight"):
-        SegmenterTrainer(bad, rows, masks, ["defect"], 1, tmp_path / "out", **kw)
+        SegmenterTrainer(bad, SegmenterData(rows, masks, ["defect"], 1), tmp_path / "out", **kw)
     bad = rcfg(inject=dataclasses.replace(ON, contrast=[5.0, 2.0]))
     with pytest.raises(ConfigError, match="retrain.inject.contrast"):
-        SegmenterTrainer(bad, rows, masks, ["defect"], 1, tmp_path / "out", **kw)
+        SegmenterTrainer(bad, SegmenterData(rows, masks, ["defect"], 1), tmp_path / "out", **kw)
     nothing = rcfg(inject=dataclasses.replace(ON, min_confidence=1.0))  # no source, and two classes: nothing to inject
     with pytest.raises(ConfigError, match="retrain.inject"):
         two = [dataclasses.replace(r, labels=("a",) if r.labels else ()) for r in rows]
-        SegmenterTrainer(nothing, two, masks, ["a", "b"], 1, tmp_path / "out", **kw)
-    trainer = SegmenterTrainer(rcfg(epochs=1, inject=ON), rows, masks, ["defect"], 1, tmp_path / "out", **kw)
+        SegmenterTrainer(nothing, SegmenterData(two, masks, ["a", "b"], 1), tmp_path / "out", **kw)
+    trainer = SegmenterTrainer(
+        rcfg(epochs=1, inject=ON), SegmenterData(rows, masks, ["defect"], 1), tmp_path / "out", **kw
+    )
     assert trainer.train_set.injector is not None and len(trainer.train_set.injector.sources) == 3
     assert trainer.fit()["epochs_run"] == 1
 
@@ -233,7 +235,9 @@ def test_injected_samples_skip_both_distillation_terms(tmp_path: Path):
     from wsss.train.segmenter_data import Teacher
 
     rows, masks, _ = make_data(tmp_path, n_defect=2, n_ok=2)
-    trainer = SegmenterTrainer(rcfg(), rows, masks, ["defect"], 1, tmp_path / "out", device="cpu", echo=lambda *_: None)
+    trainer = SegmenterTrainer(
+        rcfg(), SegmenterData(rows, masks, ["defect"], 1), tmp_path / "out", device="cpu", echo=lambda *_: None
+    )
     trainer.teacher = Teacher(tmp_path, {}, bg_prior=0.4, kd_weight=1.0, temperature=2.0, score_weight=1.0)
     torch.manual_seed(0)
     out = SimpleNamespace(mask_logits=torch.randn(2, 2, 4, 4), cls_logits=torch.randn(2, 1))

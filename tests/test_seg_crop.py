@@ -12,7 +12,7 @@ from test_segmenter import SIZE, make_data, rcfg
 
 from wsss.errors import ConfigError
 from wsss.train.segmenter import SegmenterTrainer
-from wsss.train.segmenter_data import PseudoMaskDataset
+from wsss.train.segmenter_data import PseudoMaskDataset, SegmenterData
 
 CROP = (16, 12)
 
@@ -80,7 +80,9 @@ def test_a_class_the_window_leaves_out_is_dropped_from_the_target(tmp_path: Path
 def test_a_crop_larger_than_the_input_is_refused_with_its_key(tmp_path: Path):
     rows, masks, _ = make_data(tmp_path, n_defect=2, n_ok=2)
     with pytest.raises(ConfigError, match=r"segmenter\.crop"):
-        SegmenterTrainer(rcfg(crop=[SIZE + 8, 8]), rows, masks, ["defect"], 1, tmp_path / "out", section="segmenter")
+        SegmenterTrainer(
+            rcfg(crop=[SIZE + 8, 8]), SegmenterData(rows, masks, ["defect"], 1), tmp_path / "out", section="segmenter"
+        )
     with pytest.raises(ValueError, match="larger than input_size"):
         PseudoMaskDataset(rows, masks, ["defect"], (SIZE, SIZE), crop=(SIZE, SIZE + 1))
 
@@ -91,7 +93,7 @@ def test_a_segmenter_trained_on_crops_predicts_whole_images_at_input_size(tmp_pa
 
     rows, masks, _ = make_data(tmp_path, n_defect=4, n_ok=2)
     out = tmp_path / "out"
-    SegmenterTrainer(rcfg(epochs=1, crop=[16, 16]), rows, masks, ["defect"], 1, out, device="cpu").fit()
+    SegmenterTrainer(rcfg(epochs=1, crop=[16, 16]), SegmenterData(rows, masks, ["defect"], 1), out, device="cpu").fit()
     model, meta = load_segmenter(out)
     assert meta["input_size"] == [SIZE, SIZE]
     image = cv2.imread(str(rows[0].path), cv2.IMREAD_UNCHANGED)

@@ -18,7 +18,7 @@ from wsss.inference import torch_predictor
 from wsss.models.segmenter import build_segmenter, load_segmenter
 from wsss.train.losses import segmentation_loss
 from wsss.train.segmenter import SegmenterTrainer
-from wsss.train.segmenter_data import PseudoMaskDataset
+from wsss.train.segmenter_data import PseudoMaskDataset, SegmenterData
 
 SIZE = 32
 
@@ -106,7 +106,7 @@ def test_lse_head_is_saved_in_the_meta_and_old_metas_load_as_average(tmp_path: P
 
     rows, masks, _ = make_data(tmp_path / "data", n_defect=2, n_ok=2)
     out = tmp_path / "out"
-    SegmenterTrainer(rcfg(epochs=1, cls_lse_r=5.0), rows, masks, ["defect"], 1, out, device="cpu").fit()
+    SegmenterTrainer(rcfg(epochs=1, cls_lse_r=5.0), SegmenterData(rows, masks, ["defect"], 1), out, device="cpu").fit()
     model, meta = load_segmenter(out)
     assert meta["cls_lse_r"] == 5.0 and model.cls_lse_r == 5.0
     meta.pop("cls_lse_r")  # a segmenter.json written before the pooling was configurable
@@ -126,7 +126,7 @@ def test_mask_sourced_image_logits_pool_the_masks_log_odds_and_round_trip(tmp_pa
     assert torch.allclose(out.cls_logits, lse_pool(log_odds, 5.0), atol=1e-5)
     rows, masks, _ = make_data(tmp_path / "data", n_defect=2, n_ok=2)
     scfg = rcfg(epochs=1, cls_lse_r=5.0, cls_source="mask")
-    SegmenterTrainer(scfg, rows, masks, ["defect"], 1, tmp_path / "out", device="cpu").fit()
+    SegmenterTrainer(scfg, SegmenterData(rows, masks, ["defect"], 1), tmp_path / "out", device="cpu").fit()
     loaded, meta = load_segmenter(tmp_path / "out")
     assert meta["cls_source"] == "mask" and loaded.cls_head is None
     with pytest.raises(ValueError, match="cls_source"):
@@ -268,7 +268,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[TrainR
     root = tmp_path_factory.mktemp("seg")
     rows, masks, truth = make_data(root, n_defect=8, n_ok=4)
     SegmenterTrainer(
-        rcfg(epochs=20), rows, masks, ["defect"], 1, root / "out", device="cpu", echo=lambda *_: None
+        rcfg(epochs=20), SegmenterData(rows, masks, ["defect"], 1), root / "out", device="cpu", echo=lambda *_: None
     ).fit()
     return root / "out", rows, truth
 
@@ -313,7 +313,9 @@ def test_resume_continues_at_the_right_epoch_with_identical_weights(tmp_path: Pa
     cfg = rcfg(epochs=3)
 
     def trainer(name: str, echo=lambda *_: None) -> SegmenterTrainer:
-        return SegmenterTrainer(cfg, rows, masks, ["defect"], 1, tmp_path / name, seed=1, device="cpu", echo=echo)
+        return SegmenterTrainer(
+            cfg, SegmenterData(rows, masks, ["defect"], 1), tmp_path / name, seed=1, device="cpu", echo=echo
+        )
 
     trainer("straight").fit()
     original = SegmenterTrainer.train_epoch
@@ -350,10 +352,7 @@ def test_reviewed_images_are_drawn_reviewed_repeat_times_as_often(tmp_path: Path
     cv2.imwrite(str(human / "s01.png"), cv2.imread(str(masks / "s01.png"), cv2.IMREAD_UNCHANGED))
     counts = {}
     for repeat in (1, 5):
-        trainer = SegmenterTrainer(
-            rcfg(epochs=1, balance="sampler"), rows, masks, ["defect"], 1, tmp_path / f"out{repeat}", device="cpu",
-            echo=lambda *_: None, reviewed_dir=human, reviewed_repeat=repeat,
-        )  # fmt: skip
+        trainer = SegmenterTrainer(rcfg(epochs=1, balance="sampler"), SegmenterData(rows, masks, ["defect"], 1, reviewed_dir=human, reviewed_repeat=repeat), tmp_path / f"out{repeat}", device="cpu", echo=lambda *_: None)  # fmt: skip
         drawn = []
         for epoch in range(30):
             trainer.sampler.set_epoch(epoch)

@@ -21,7 +21,7 @@ from wsss.evaluation.metrics import PROB_HALF
 from wsss.models.segmenter import gate_labels, load_segmenter
 from wsss.train.losses import distillation_kl, score_distillation
 from wsss.train.segmenter import SegmenterTrainer
-from wsss.train.segmenter_data import PseudoMaskDataset, Teacher
+from wsss.train.segmenter_data import PseudoMaskDataset, SegmenterData, Teacher
 
 
 def test_distillation_kl_is_zero_when_the_student_matches_the_teacher_and_positive_otherwise():
@@ -89,10 +89,7 @@ def test_distilled_segmenter_beats_its_initial_validation_seg_miou(tmp_path: Pat
     teacher = Teacher(tmp_path / "cam", scores, bg_prior=0.4, kd_weight=0.5, temperature=2.0, score_weight=0.5)
     shared = {f.name: getattr(rcfg(epochs=15), f.name) for f in dataclasses.fields(SegTrainConfig)}
     cfg = SegmenterConfig(**shared)
-    trainer = SegmenterTrainer(
-        cfg, train, masks, ["defect"], 1, tmp_path / "out", device="cpu", echo=lambda *_: None,
-        teacher=teacher, val_rows=val, patience=100, section="segmenter",
-    )  # fmt: skip
+    trainer = SegmenterTrainer(cfg, SegmenterData(train, masks, ["defect"], 1, teacher=teacher, val_rows=val), tmp_path / "out", device="cpu", echo=lambda *_: None, patience=100, section="segmenter")  # fmt: skip
     initial = trainer.validate()["val_seg_miou"]
     summary = trainer.fit()
     with open(tmp_path / "out" / "metrics.csv") as f:
@@ -262,10 +259,12 @@ def test_validation_scores_the_reviewed_training_images_by_their_human_masks(tmp
     drawn[2:6, 2:6] = 1
     cv2.imwrite(str(human / f"{reviewed.id}.png"), drawn)
     cfg = rcfg(epochs=1)
-    plain = SegmenterTrainer(cfg, train, masks, ["defect"], 1, tmp_path / "a", device="cpu", val_rows=val)
+    plain = SegmenterTrainer(
+        cfg, SegmenterData(train, masks, ["defect"], 1, val_rows=val), tmp_path / "a", device="cpu"
+    )
     assert [r.id for r in plain.val_set.rows] == [r.id for r in val]
     with_human = SegmenterTrainer(
-        cfg, train, masks, ["defect"], 1, tmp_path / "b", device="cpu", val_rows=val, reviewed_dir=human
+        cfg, SegmenterData(train, masks, ["defect"], 1, val_rows=val, reviewed_dir=human), tmp_path / "b", device="cpu"
     )
     assert [r.id for r in with_human.val_set.rows] == [r.id for r in val] + [reviewed.id]
     assert np.array_equal(with_human.val_set[len(val)]["mask"].numpy(), drawn)

@@ -70,7 +70,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.progress import progress
     from wsss.refine.pseudo import LabelTask, label_all
     from wsss.train.segmenter import SegmenterTrainer
-    from wsss.train.segmenter_data import reviewed_masks
+    from wsss.train.segmenter_data import SegmenterData, reviewed_masks
 
     rcfg = cfg.retrain
     reviewed = reviewed_masks(rcfg.reviewed, "retrain.reviewed")
@@ -103,22 +103,18 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         rdir = out / f"round{k}"
         click.echo(f"retrain: round {k}/{rcfg.rounds}: training the segmenter on {masks}")
         if not (rdir / "model" / MODEL_FILE).is_file():  # else: trained before a kill, predicting was interrupted
-            SegmenterTrainer(
-                rcfg,
+            data = SegmenterData(
                 train_rows,
                 masks,
                 classes,
                 in_chans,
-                rdir / "model",
-                cfg.seed("retrain") + k - 1,
-                device,
-                click.echo,
-                cfg.dataset.high_bit_depth,
+                reviewed_dir=reviewed,
                 # the margin the previous labelling drew is ignored (round 1: the pseudo-labels stage's)
                 margin=recorded_margin(inputs["pseudo-labels"]) if k == 1 else mask_margin(cfg, "retrain"),
-                reviewed_dir=reviewed,
+                high_bit_depth=cfg.dataset.high_bit_depth,
                 fit=cfg.dataset.fit,
-            ).fit()
+            )
+            SegmenterTrainer(rcfg, data, rdir / "model", cfg.seed("retrain") + k - 1, device, click.echo).fit()
         if dist.is_main():  # under torchrun every rank trained (DDP); rank 0 predicts and labels, the others wait
             predictor = torch_predictor(*load_segmenter(rdir / "model", device), device)
             fused_dir = rdir / "fused"

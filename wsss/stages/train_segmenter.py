@@ -111,7 +111,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.progress import progress
     from wsss.train.loop import CHECKPOINT, METRICS_FILE
     from wsss.train.segmenter import SegmenterTrainer
-    from wsss.train.segmenter_data import Teacher, reviewed_masks
+    from wsss.train.segmenter_data import SegmenterData, Teacher, reviewed_masks
 
     scfg = cfg.segmenter
     index = inputs["prepare"] / "index.csv"
@@ -137,28 +137,31 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     val_rows = [r for r in rows if r.split == "val"]
 
     def trainer(k: int, masks_dir: Path, model_dir: Path) -> SegmenterTrainer:
-        return SegmenterTrainer(
-            scfg,
+        data = SegmenterData(
             train_rows,
             masks_dir,
             classes,
             scfg.backbone.in_chans or read_dataset_info(index).channels,
-            model_dir,
-            cfg.seed("segmenter") + k - 1,
-            device,
-            click.echo,
-            cfg.dataset.high_bit_depth,
-            teacher=teacher,
             val_rows=val_rows,
-            patience=scfg.patience,
-            val_every=scfg.val_every,
-            score_threshold=scfg.score_threshold,
-            section="segmenter",
+            teacher=teacher,
             reviewed_dir=reviewed,
             reviewed_repeat=scfg.reviewed_repeat,
             # the margin the mask stage drew is ignored; a self-training round's own masks have none
             margin=recorded_margin(inputs[masks_input(cfg)]) if k == 1 else 0,
+            high_bit_depth=cfg.dataset.high_bit_depth,
             fit=cfg.dataset.fit,
+        )
+        return SegmenterTrainer(
+            scfg,
+            data,
+            model_dir,
+            cfg.seed("segmenter") + k - 1,
+            device,
+            click.echo,
+            patience=scfg.patience,
+            val_every=scfg.val_every,
+            score_threshold=scfg.score_threshold,
+            section="segmenter",
         )
 
     for k in range(1, scfg.rounds):  # self-training rounds before the last (segmenter.rounds)

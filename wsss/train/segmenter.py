@@ -21,7 +21,7 @@ killed run resumes exactly: data order and augmentation are seeded by (seed, epo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from torch.utils.data import DataLoader
 from wsss import distributed as dist
 from wsss.artifacts.masks import CONFIDENCE_FILE, read_confidence
 from wsss.atomic import write_json
-from wsss.data.index import TrainRow
 from wsss.data.transforms import Augment
 from wsss.errors import ConfigError, StageError
 from wsss.evaluation.metrics import SegAccumulator
@@ -48,7 +47,7 @@ from wsss.train.loop import NO_KEY, Loop, train_pass
 from wsss.train.losses import distillation_kl, score_distillation, segmentation_loss
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
-from wsss.train.segmenter_data import PseudoMaskDataset, Teacher
+from wsss.train.segmenter_data import PseudoMaskDataset, SegmenterData
 
 GRAD_CLIP = 5.0  # max gradient norm
 COLUMNS = (
@@ -87,50 +86,35 @@ class SegmenterTrainer:
 
     Args:
         scfg: the `retrain` or `segmenter` section.
-        teacher: distil from this teacher (METHOD.md 6); None = pseudo-masks and labels only.
-        val_rows: validation images (with pseudo-masks in ``masks_dir``) for best-epoch keeping and early stopping.
+        data: the images, their mask set and what comes with it (:class:`~wsss.train.segmenter_data.SegmenterData`).
+        out: the folder it writes.
         patience: stop after this many epochs without a better validation Seg_mIoU (0 = never).
         val_every: validate every this many epochs (and the last one), as `segmenter.val_every`.
         score_threshold: the gate used for validation predictions (and recorded in ``segmenter.json``).
         section: the config section, for error messages.
-        reviewed_dir: masks a person corrected (``<run>/reviewed/masks``); they replace those images' pseudo-masks.
-        reviewed_repeat: a reviewed image is drawn this many times as often as the others of its kind in an epoch.
-        margin: the pixels the mask stage grew ``masks_dir``'s defect regions by (:func:`wsss.stages.mask_margin`):
-            their inner ring is ignored, in training and in the validation masks that choose the epoch.
-        fit: how an image meets ``input_size`` (``dataset.fit``: stretch, or pad keeping its aspect ratio); recorded
-            in ``segmenter.json`` so that predictions place images alike.
     """
 
     def __init__(
         self,
         scfg: SegTrainConfig,
-        rows_train: Sequence[TrainRow],
-        masks_dir: Path,
-        classes: Sequence[str],
-        in_chans: int,
+        data: SegmenterData,
         out: Path,
         seed: int = 0,
         device: str | torch.device = "auto",
         echo: Callable[[str], None] = print,
-        high_bit_depth: str = "refuse",
         cache_mb: int = 2048,
-        teacher: Teacher | None = None,
-        val_rows: Sequence[TrainRow] = (),
         patience: int = 0,
         val_every: int = 1,
         score_threshold: float = 0.5,
         section: str = "retrain",
-        reviewed_dir: Path | None = None,
-        reviewed_repeat: int = 1,
-        margin: int = 0,
-        fit: str = "stretch",
     ):
-        self.scfg, self.out, self.seed, self.classes = scfg, Path(out), int(seed), list(classes)
+        rows_train, masks_dir, teacher = data.rows, data.masks_dir, data.teacher
+        self.scfg, self.out, self.seed, self.classes = scfg, Path(out), int(seed), list(data.classes)
         self.teacher, self.patience, self.score_threshold = teacher, patience, score_threshold
         self.val_every = val_every
         self.echo = echo if dist.is_main() else (lambda *_: None)
         self.device = dist.resolve_device(device) if isinstance(device, str) else torch.device(device)
-        self.in_chans = scfg.backbone.in_chans or in_chans
+        self.in_chans = scfg.backbone.in_chans or data.in_chans
         size = tuple(scfg.input_size)
         if len(size) != 2 or min(size) < 1:
             raise ConfigError(
@@ -139,10 +123,10 @@ class SegmenterTrainer:
         if not rows_train:
             raise StageError(masks_dir, "no training images to train the segmenter on", "check the train split")
         common = {"classes": self.classes, "input_size": size, "in_chans": self.in_chans, "seed": self.seed}
-        common |= {"high_bit_depth": high_bit_depth, "reviewed_dir": reviewed_dir}
+        common |= {"high_bit_depth": data.high_bit_depth, "reviewed_dir": data.reviewed_dir}
         common |= {"missed_defects": scfg.missed_defects, "ok_background": scfg.ok_background}
-        common |= {"margin": margin, "fit": fit}
-        self.input_fit = fit
+        common |= {"margin": data.margin, "fit": data.fit}
+        self.input_fit = data.fit
         inject = {}
         if scfg.inject.enabled:
             check_inject(scfg, section)
@@ -161,7 +145,7 @@ class SegmenterTrainer:
         # training images with their human masks), so a fine-tuning that learns them is not judged by the pseudo-masks
         # of the validation images alone, which the model it starts from was selected to match
         human = [rows_train[i] for i in sorted(self.train_set.reviewed)]
-        val_rows = [*val_rows, *human] if val_rows else []
+        val_rows = [*data.val_rows, *human] if data.val_rows else []
         self.val_set = PseudoMaskDataset(val_rows, masks_dir, **common) if val_rows else None
         datasets = [d for d in (self.train_set, self.val_set) if d is not None]
         if sum(d.cache_bytes() for d in datasets) <= cache_mb * 2**20:
@@ -169,7 +153,7 @@ class SegmenterTrainer:
                 d.preload(threads=max(2, scfg.workers))
         targets = self.train_set.targets()
         repeats = np.ones(len(targets), np.int64)
-        repeats[sorted(self.train_set.reviewed)] = reviewed_repeat
+        repeats[sorted(self.train_set.reviewed)] = data.reviewed_repeat
         self.sampler = make_train_sampler(scfg.balance, targets.max(1) > 0, self.seed, repeats)
         self.pos_weight = pos_weight(targets).to(self.device) if scfg.balance == "pos_weight" else None
 

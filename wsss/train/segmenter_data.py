@@ -77,6 +77,40 @@ class Teacher:
     score_weight: float
 
 
+@dataclass(frozen=True)
+class SegmenterData:
+    """What a segmenter learns from: training images with their mask set, and what comes with it.
+
+    Attributes:
+        rows: the training images (:class:`~wsss.data.index.TrainRow`: no ground truth).
+        masks_dir: their mask set (``<id>.png``, :mod:`wsss.artifacts.masks`).
+        classes: the defect classes (mask value k = ``classes[k - 1]``).
+        in_chans: the images' channels (a backbone's own ``in_chans`` wins).
+        val_rows: validation images (with masks in ``masks_dir``) for best-epoch keeping and early stopping.
+        teacher: distil from this teacher (METHOD.md 6); None = masks and labels only.
+        reviewed_dir: masks a person corrected (``<run>/reviewed/masks``); they replace those images' masks.
+        reviewed_repeat: a reviewed image is drawn this many times as often as the others of its kind in an epoch.
+        margin: the pixels the mask stage grew ``masks_dir``'s defect regions by
+            (:func:`wsss.stages.recorded_margin`): their inner ring is ignored, in training and in the validation
+            masks that choose the epoch.
+        high_bit_depth: ``dataset.high_bit_depth``.
+        fit: how an image meets the input size (``dataset.fit``: stretch, or pad keeping its aspect ratio); recorded
+            in ``segmenter.json`` so that predictions place images alike.
+    """
+
+    rows: Sequence[TrainRow]
+    masks_dir: Path
+    classes: Sequence[str]
+    in_chans: int
+    val_rows: Sequence[TrainRow] = ()
+    teacher: Teacher | None = None
+    reviewed_dir: Path | None = None
+    reviewed_repeat: int = 1
+    margin: int = 0
+    high_bit_depth: str = "refuse"
+    fit: str = "stretch"
+
+
 class PseudoMaskDataset(ImageDataset):
     """Training images with their pseudo-masks (``masks_dir/<id>.png``), image-level targets and teacher targets.
 
