@@ -9,7 +9,9 @@ same rule as `pseudo-labels` (dense CRF, ignore regions, gating by the DFC's sam
 on these masks. Writes the last round's ``masks/``, ``confidence.csv``, ``scores.csv`` (the DFC's, for evaluation)
 and its segmenter (``segmenter.safetensors`` + ``segmenter.json``).
 
-A killed run resumes: the segmenter from its epoch checkpoint, prediction after the last fused map written.
+The rounds are :func:`wsss.train.self_training.self_training`'s, as the segmenter's own rounds are. A killed run
+resumes: a finished round is skipped, the segmenter from its epoch checkpoint, prediction after the last fused map
+written.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.refine.pseudo import LabelTask, label_all
     from wsss.train.segmenter import SegmenterTrainer
     from wsss.train.segmenter_data import SegmenterData, reviewed_masks
+    from wsss.train.self_training import remove_rounds, round_dir, self_training
 
     rcfg = cfg.retrain
     reviewed = reviewed_masks(rcfg.reviewed, "retrain.reviewed")
@@ -98,73 +101,80 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         bg_prior=cfg.pseudo.bg_prior if rcfg.bg_prior is None else rcfg.bg_prior,
         margin=mask_margin(cfg, "retrain"),
     )
-    label_rows: list[dict] = []
-    for k in range(1, rcfg.rounds + 1):
-        rdir = out / f"round{k}"
-        click.echo(f"retrain: round {k}/{rcfg.rounds}: training the segmenter on {masks}")
-        if not (rdir / "model" / MODEL_FILE).is_file():  # else: trained before a kill, predicting was interrupted
-            data = SegmenterData(
-                train_rows,
-                masks,
-                classes,
-                in_chans,
-                reviewed_dir=reviewed,
-                # the margin the previous labelling drew is ignored (round 1: the pseudo-labels stage's)
-                margin=recorded_margin(inputs["pseudo-labels"]) if k == 1 else mask_margin(cfg, "retrain"),
-                high_bit_depth=cfg.dataset.high_bit_depth,
-                fit=cfg.dataset.fit,
+
+    def train(k: int, masks_dir: Path, model_dir: Path) -> None:
+        data = SegmenterData(
+            train_rows,
+            masks_dir,
+            classes,
+            in_chans,
+            reviewed_dir=reviewed,
+            # the margin the previous labelling drew is ignored (round 1: the pseudo-labels stage's)
+            margin=recorded_margin(inputs["pseudo-labels"]) if k == 1 else mask_margin(cfg, "retrain"),
+            high_bit_depth=cfg.dataset.high_bit_depth,
+            fit=cfg.dataset.fit,
+        )
+        SegmenterTrainer(rcfg, data, model_dir, cfg.seed("retrain") + k - 1, device, click.echo).fit()
+
+    def relabel(k: int, model_dir: Path, rdir: Path) -> None:
+        """The round's segmenter fused with the CAM, then the labelling rule (on rank 0)."""
+        predictor = torch_predictor(*load_segmenter(model_dir, device), device)
+        fused_dir = rdir / "fused"
+        fused_dir.mkdir(parents=True, exist_ok=True)
+        todo = [r for r in rows if not (fused_dir / f"{r.id}.npz").is_file()]
+        t0 = time.perf_counter()
+        for start in progress(range(0, len(todo), rcfg.batch_size), desc=f"predict round {k}", unit="batch"):
+            batch = todo[start : start + rcfg.batch_size]
+            images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
+            for r, img, pred in zip(batch, images, predictor(images), strict=True):
+                cam = unary_map(r.id, read_cam(cam_path(cam_dir, r.id), img.shape[:2], len(classes)))
+                write_cam(fused_dir / f"{r.id}.npz", fuse(pred.probs[1:], cam, w))
+        predict_s = time.perf_counter() - t0
+        tasks = [
+            LabelTask(
+                r.id,
+                r.path,
+                fused_dir / f"{r.id}.npz",
+                rdir / "masks" / f"{r.id}.png",
+                called[r.id],
+                len(classes),
+                pcfg,
+                cfg.dataset.high_bit_depth,
             )
-            SegmenterTrainer(rcfg, data, rdir / "model", cfg.seed("retrain") + k - 1, device, click.echo).fit()
-        if dist.is_main():  # under torchrun every rank trained (DDP); rank 0 predicts and labels, the others wait
-            predictor = torch_predictor(*load_segmenter(rdir / "model", device), device)
-            fused_dir = rdir / "fused"
-            fused_dir.mkdir(parents=True, exist_ok=True)
-            todo = [r for r in rows if not (fused_dir / f"{r.id}.npz").is_file()]
-            t0 = time.perf_counter()
-            for start in progress(range(0, len(todo), rcfg.batch_size), desc=f"predict round {k}", unit="batch"):
-                batch = todo[start : start + rcfg.batch_size]
-                images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
-                for r, img, pred in zip(batch, images, predictor(images), strict=True):
-                    cam = unary_map(r.id, read_cam(cam_path(cam_dir, r.id), img.shape[:2], len(classes)))
-                    write_cam(fused_dir / f"{r.id}.npz", fuse(pred.probs[1:], cam, w))
-            predict_s = time.perf_counter() - t0
-            tasks = [
-                LabelTask(
-                    r.id,
-                    r.path,
-                    fused_dir / f"{r.id}.npz",
-                    rdir / "masks" / f"{r.id}.png",
-                    called[r.id],
-                    len(classes),
-                    pcfg,
-                    cfg.dataset.high_bit_depth,
-                )
-                for r in rows
-            ]
-            (rdir / "masks").mkdir(exist_ok=True)
-            t0 = time.perf_counter()
-            label_rows = label_all(tasks, cfg.pseudo.workers, click.echo)
-            keep_reviewed(reviewed, human, rdir / "masks", label_rows)
-            # the next round's paste sources (retrain.inject) are chosen by these masks' confidence
-            write_confidence(rdir / CONFIDENCE_FILE, label_rows, scores)
-            click.echo(
-                f"retrain: round {k}: predicted {len(todo) / max(predict_s, 1e-9):.1f} images/s, "
-                f"labelled {len(tasks) / max(time.perf_counter() - t0, 1e-9):.2f} images/s"
-            )
-            shutil.rmtree(fused_dir)
-        dist.barrier()
-        masks = rdir / "masks"
+            for r in rows
+        ]
+        (rdir / "masks").mkdir(exist_ok=True)
+        t0 = time.perf_counter()
+        label_rows = label_all(tasks, cfg.pseudo.workers, click.echo)
+        keep_reviewed(reviewed, human, rdir / "masks", label_rows)
+        # the next round's paste sources (retrain.inject) are chosen by these masks' confidence
+        write_confidence(rdir / CONFIDENCE_FILE, label_rows, scores)
+        click.echo(
+            f"retrain: round {k}: predicted {len(todo) / max(predict_s, 1e-9):.1f} images/s, "
+            f"labelled {len(tasks) / max(time.perf_counter() - t0, 1e-9):.2f} images/s"
+        )
+        shutil.rmtree(fused_dir)
+
+    self_training(
+        out,
+        rcfg.rounds,
+        masks,
+        train,
+        relabel,
+        announce=lambda k, masks_dir: click.echo(
+            f"retrain: round {k}/{rcfg.rounds}: training the segmenter on {masks_dir}"
+        ),
+    )
     outputs = {"masks": out / "masks", "confidence": out / CONFIDENCE_FILE, "model": out / MODEL_FILE}
     if not dist.is_main():
         return outputs
-    last = out / f"round{rcfg.rounds}"
+    last = round_dir(out, rcfg.rounds)
     shutil.move(last / "masks", out / "masks")
     write_labelmap(out / "masks", classes)
     for name in (MODEL_FILE, META_FILE):
         shutil.move(last / "model" / name, out / name)
-    for k in range(1, rcfg.rounds + 1):
-        shutil.rmtree(out / f"round{k}")
-    write_confidence(out / CONFIDENCE_FILE, label_rows, scores)
+    shutil.move(last / CONFIDENCE_FILE, out / CONFIDENCE_FILE)
+    remove_rounds(out, rcfg.rounds)
     shutil.copyfile(cam_dir / SCORES_FILE, out / SCORES_FILE)
     return outputs
 

@@ -40,10 +40,6 @@ def masks_input(cfg: Config) -> str:
     return mask_source(cfg, "train-segmenter", cfg.segmenter.masks, "segmenter.masks")
 
 
-ROUND_TRAINED = "trained"  # written in round<k>/ once its segmenter finished training
-ROUND_DONE = "done"  # written in round<k>/ once its masks and confidence.csv are complete
-
-
 def round_mask(probs: np.ndarray, labelled: Sequence[int]) -> tuple[np.ndarray, float]:
     """A self-training round's mask of one image from the previous round's per-pixel class probabilities ``probs``
     ``(K+1, H, W)`` and the classes ``labelled`` (1..K) its image label names, with its ``confidence.csv`` value.
@@ -71,8 +67,8 @@ def round_mask(probs: np.ndarray, labelled: Sequence[int]) -> tuple[np.ndarray, 
 def _write_round_masks(
     model_dir: Path, rows, classes: Sequence[str], out: Path, device, batch_size: int, high_bit_depth: str
 ) -> None:
-    """Round masks (:func:`round_mask`) of ``rows`` into ``out/masks``, their ``confidence.csv`` (paste sources for
-    `segmenter.inject`), then the ``done`` marker (a kill before it predicts them all again)."""
+    """Round masks (:func:`round_mask`) of ``rows`` into ``out/masks`` and their ``confidence.csv`` (paste sources for
+    `segmenter.inject`)."""
     from wsss.artifacts.masks import CONFIDENCE_FILE, write_mask
     from wsss.atomic import atomic_path
     from wsss.data.classifier_data import label_matrix
@@ -95,8 +91,6 @@ def _write_round_masks(
             conf_rows.append(f"{r.id},{confidence:.6g}")
     with atomic_path(out / CONFIDENCE_FILE) as tmp:
         tmp.write_text("id,confidence\n" + "".join(f"{line}\n" for line in conf_rows))
-    with atomic_path(out / ROUND_DONE) as tmp:
-        tmp.write_text("")
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
@@ -112,6 +106,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss.train.loop import CHECKPOINT, METRICS_FILE
     from wsss.train.segmenter import SegmenterTrainer
     from wsss.train.segmenter_data import SegmenterData, Teacher, reviewed_masks
+    from wsss.train.self_training import remove_rounds, self_training
 
     scfg = cfg.segmenter
     index = inputs["prepare"] / "index.csv"
@@ -164,27 +159,17 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             section="segmenter",
         )
 
-    for k in range(1, scfg.rounds):  # self-training rounds before the last (segmenter.rounds)
-        rdir = out / f"round{k}"
-        if not (rdir / ROUND_DONE).is_file():
-            click.echo(f"train-segmenter: round {k}/{scfg.rounds}: training on {masks}")
-            if not (rdir / ROUND_TRAINED).is_file():  # else: trained before a kill, its masks were not done
-                trainer(k, masks, rdir / "model").fit()
-                if dist.is_main():
-                    shutil.rmtree(rdir / "model" / CHECKPOINT.parent, ignore_errors=True)
-                    (rdir / ROUND_TRAINED).write_text("")
-            if dist.is_main():
-                _write_round_masks(
-                    rdir / "model",
-                    train_rows + val_rows,
-                    classes,
-                    rdir,
-                    device,
-                    scfg.batch_size,
-                    cfg.dataset.high_bit_depth,
-                )
-            dist.barrier()
-        masks = rdir / "masks"
+    # self-training rounds before the last (segmenter.rounds): each relabels the training and validation images
+    masks = self_training(
+        out,
+        scfg.rounds - 1,
+        masks,
+        train=lambda k, masks_dir, model_dir: trainer(k, masks_dir, model_dir).fit(),
+        relabel=lambda _k, model_dir, rdir: _write_round_masks(
+            model_dir, train_rows + val_rows, classes, rdir, device, scfg.batch_size, cfg.dataset.high_bit_depth
+        ),
+        announce=lambda k, masks_dir: click.echo(f"train-segmenter: round {k}/{scfg.rounds}: training on {masks_dir}"),
+    )
     if scfg.rounds > 1:
         click.echo(f"train-segmenter: round {scfg.rounds}/{scfg.rounds}: training on {masks}")
     summary = trainer(scfg.rounds, masks, out).fit()
@@ -218,8 +203,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     write_scores(out / SCORES_FILE, score_rows, classes, columns=("id", "score"))
     click.echo(f"train-segmenter: segmented {len(rows)} images, {len(rows) / (time.perf_counter() - t0):.1f} images/s")
     shutil.rmtree(out / CHECKPOINT.parent, ignore_errors=True)
-    for k in range(1, scfg.rounds):
-        shutil.rmtree(out / f"round{k}", ignore_errors=True)
+    remove_rounds(out, scfg.rounds - 1)
     return outputs
 
 
