@@ -84,7 +84,10 @@ def test_the_tuned_recipe_changes_only_the_adopted_settings_with_their_figures(t
     source = tmp_path / "line" / "recipe.yaml"
     source.parent.mkdir()
     (tmp_path / "data").mkdir()
-    source.write_text("run: {name: line}\ndataset: {kind: folder, root: ../data}\npseudo: {bg_prior: 0.3}\n")
+    source.write_text(
+        "run: {name: line}\ndataset: {kind: folder, root: ../data}\npseudo: {bg_prior: 0.3}\n"
+        "classifier: {backbone: {weights: imagenet}}\n"  # a registered weights name, not a path
+    )
     base = [0.2, 0.4, 0.5, 0.3]
     ranked = compare([_scored("pseudo", 0.3, base), _scored("pseudo", 0.4, [v + 0.1 for v in base])])
     out = write_recipe(
@@ -98,3 +101,4 @@ def test_the_tuned_recipe_changes_only_the_adopted_settings_with_their_figures(t
     assert data["dataset"]["root"] == str((tmp_path / "data").resolve()) and data["prepare"]["split"]["seed"] == 3
     cfg = load_config(out)
     assert cfg.pseudo.bg_prior == 0.4 and cfg.prepare.split.seed == 3 and cfg.run.name == "line"
+    assert data["classifier"]["backbone"]["weights"] == "imagenet" == cfg.classifier.backbone.weights

@@ -301,8 +301,8 @@ def _set(data: dict, dotted: str, value: Any) -> None:
 
 def _absolute_paths(data: dict, cls: type, base: Path) -> None:
     """Every path setting of the recipe ``data`` (fields marked ``path``, e.g. ``dataset.root``) made absolute, as
-    the loader resolves it against the recipe's folder ``base``."""
-    from wsss.config.load import resolve_path
+    the loader resolves it against the recipe's folder ``base`` (registered weights names stay names)."""
+    from wsss.config.load import is_weights_name, resolve_path
 
     for f in dataclasses.fields(cls):
         value = data.get(f.name) if isinstance(data, dict) else None
@@ -311,8 +311,8 @@ def _absolute_paths(data: dict, cls: type, base: Path) -> None:
         default = f.default_factory() if callable(f.default_factory) else f.default
         if dataclasses.is_dataclass(default):  # a section
             _absolute_paths(value, type(default), base)
-        elif f.metadata.get("path") and isinstance(value, str) and value:
-            data[f.name] = resolve_path(value, base)
+        elif f.metadata.get("path") and isinstance(value, str) and value and not is_weights_name(value):
+            data[f.name] = resolve_path(value, base)  # a registered weights name (imagenet) is no path
 
 
 def _comment_keys(text: str, notes: dict[str, str]) -> str:
