@@ -247,3 +247,38 @@ def torch_predictor(
     """A :class:`Predictor` over a loaded segmenter and its ``segmenter.json`` meta."""
     meta = meta | {"stride": max(seg.backbone.reductions)}
     return Predictor(TorchRunner(seg, device), meta, size, score_threshold, guided_radius)
+
+
+def segment_rows(
+    predictor: Predictor,
+    rows: Sequence[Any],
+    out: Path,
+    classes: Sequence[str],
+    batch_size: int,
+    high_bit_depth: str = "refuse",
+) -> float:
+    """Segment the index ``rows`` (anything with ``id`` and ``path``) into a stage's mask set and score table:
+    ``out/masks/<id>.png`` (with its labelmap), ``out/probs/<id>.png`` (the ungated defect probability) and
+    ``out/scores.csv`` (the image head's score, per class with several); returns the images per second."""
+    import time
+
+    from wsss.artifacts.masks import write_mask
+    from wsss.artifacts.scores import SCORES_FILE, write_scores
+    from wsss.data.images import read_image
+    from wsss.mask_format import write_labelmap
+    from wsss.progress import progress
+
+    (out / "masks").mkdir(exist_ok=True)
+    (out / "probs").mkdir(exist_ok=True)
+    write_labelmap(out / "masks", classes)
+    score_rows, t0 = [], time.perf_counter()
+    for start in progress(range(0, len(rows), batch_size), desc="predict", unit="batch"):
+        batch = rows[start : start + batch_size]
+        images = [read_image(r.path, high_bit_depth) for r in batch]
+        for r, pred in zip(batch, predictor(images), strict=True):
+            write_mask(out / "masks" / f"{r.id}.png", pred.labels)
+            write_prob_png(out / "probs" / f"{r.id}.png", pred.defect_probability())
+            row = {"id": r.id, "score": float(pred.cls_probs.max())}
+            score_rows.append(row | {f"score_{c}": float(v) for c, v in zip(classes, pred.cls_probs, strict=True)})
+    write_scores(out / SCORES_FILE, score_rows, classes, columns=("id", "score"))
+    return len(rows) / max(time.perf_counter() - t0, 1e-9)

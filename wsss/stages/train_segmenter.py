@@ -21,7 +21,6 @@ run resumes from its epoch checkpoint.
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,14 +94,11 @@ def _write_round_masks(
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
-    from wsss.artifacts.masks import write_mask
-    from wsss.artifacts.scores import SCORES_FILE, read_class_scores, write_scores
+    from wsss.artifacts.scores import SCORES_FILE, read_class_scores
     from wsss.cam.io import read_cam_meta
-    from wsss.data.images import read_image
     from wsss.data.index import read_dataset_info, read_train_index
-    from wsss.inference import torch_predictor, write_prob_png
+    from wsss.inference import segment_rows, torch_predictor
     from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter
-    from wsss.progress import progress
     from wsss.train.loop import CHECKPOINT, METRICS_FILE
     from wsss.train.segmenter import SegmenterTrainer
     from wsss.train.segmenter_data import SegmenterData, Teacher, reviewed_masks
@@ -188,20 +184,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     click.echo(f"train-segmenter: {kept} of {summary['epochs_run']}")
 
     predictor = torch_predictor(*load_segmenter(out, device), device)
-    (out / "masks").mkdir(exist_ok=True)
-    (out / "probs").mkdir(exist_ok=True)
-    write_labelmap(out / "masks", classes)
-    score_rows, t0 = [], time.perf_counter()
-    for start in progress(range(0, len(rows), scfg.batch_size), desc="predict", unit="batch"):
-        batch = rows[start : start + scfg.batch_size]
-        images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
-        for r, pred in zip(batch, predictor(images), strict=True):
-            write_mask(out / "masks" / f"{r.id}.png", pred.labels)
-            write_prob_png(out / "probs" / f"{r.id}.png", pred.defect_probability())
-            row = {"id": r.id, "score": float(pred.cls_probs.max())}
-            score_rows.append(row | {f"score_{c}": float(v) for c, v in zip(classes, pred.cls_probs, strict=True)})
-    write_scores(out / SCORES_FILE, score_rows, classes, columns=("id", "score"))
-    click.echo(f"train-segmenter: segmented {len(rows)} images, {len(rows) / (time.perf_counter() - t0):.1f} images/s")
+    speed = segment_rows(predictor, rows, out, classes, scfg.batch_size, cfg.dataset.high_bit_depth)
+    click.echo(f"train-segmenter: segmented {len(rows)} images, {speed:.1f} images/s")
     shutil.rmtree(out / CHECKPOINT.parent, ignore_errors=True)
     remove_rounds(out, scfg.rounds - 1)
     return outputs
