@@ -99,3 +99,15 @@ def test_a_segmenter_trained_on_crops_predicts_whole_images_at_input_size(tmp_pa
     image = cv2.imread(str(rows[0].path), cv2.IMREAD_UNCHANGED)
     pred = torch_predictor(model, meta)([image])[0]
     assert pred.labels.shape == image.shape and pred.probs.shape == (2, *image.shape)
+
+
+def test_padded_inputs_crop_windows_that_hold_the_image(tmp_path: Path):
+    """`dataset.fit: pad`: square parts in an input four times as wide sit between wide bands of padding (ignore);
+    every window still holds pixels of the part, defect-free ones included."""
+    rows, masks, _ = make_data(tmp_path, n_defect=2, n_ok=3)
+    ds = PseudoMaskDataset(rows, masks, ["defect"], (SIZE, 4 * SIZE), seed=5, crop=CROP, fit="pad")
+    for epoch in range(8):
+        ds.set_epoch(epoch)
+        for i in range(len(rows)):
+            mask = ds[i]["mask"].numpy()
+            assert mask.shape == CROP and (mask != 255).any(), (epoch, i)

@@ -287,14 +287,17 @@ class PseudoMaskDataset(ImageDataset):
         """A ``crop``-sized window of sample ``index`` (image, mask, teacher CAM) and its image target.
 
         With defect pixels in its mask (pseudo, human or injected) the window holds one of them, drawn at random
-        and placed at a random position in the window, so the image label stays true; otherwise it is anywhere. A
+        and placed at a random position in the window, so the image label stays true; otherwise it is anywhere (padded
+        inputs: anywhere it holds a pixel of the image). A
         class whose pixels the mask shows but the window leaves out is dropped from the target; a labelled class
         the mask lacks (a missed defect) is kept: where it is is not known."""
         rng = np.random.default_rng([self.seed, self.epoch, index, CROP_STREAM])
         (ch, cw), (h, w) = self.crop, mask.shape[:2]
         defect = np.flatnonzero(((mask > 0) & (mask != IGNORE)).ravel())
-        if defect.size:
-            y, x = divmod(int(defect[rng.integers(defect.size)]), w)
+        # padded (dataset.fit: pad), a window without a defect still holds part of the image, not padding alone
+        inside = np.flatnonzero((mask != IGNORE).ravel()) if not defect.size and self.fit == "pad" else defect
+        if inside.size:
+            y, x = divmod(int(inside[rng.integers(inside.size)]), w)
             top = int(np.clip(y - rng.integers(ch), 0, h - ch))
             left = int(np.clip(x - rng.integers(cw), 0, w - cw))
         else:
