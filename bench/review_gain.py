@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-COPY = ("prepare", "train-classifier", "cam", "pseudo-labels", "retrain", "train-segmenter")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,14 +83,13 @@ def one(run: Path, args: argparse.Namespace, choice: str, draw: int, n: int) -> 
     from wsss.config import load_config
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.evaluation import evaluate_stage
-    from wsss.review_round import simulated_review
+    from wsss.review_round import copy_stages, simulated_review
 
     tag = "".join(f"-{key.split('.')[-1]}{value}" for key, _, value in (s.partition("=") for s in args.sets))
     copy = args.out / f"{run.name}-{args.mode}{tag}-{choice}{draw}-n{n}"
     if not (copy / "train-segmenter" / "manifest.json").is_file() or not (copy / "done").is_file():
         shutil.rmtree(copy, ignore_errors=True)
-        for stage in COPY:
-            shutil.copytree(run / stage, copy / stage)
+        copy_stages(run, copy)
         base = ["-c", str(args.config), "--run-dir", str(copy), *fold_sets(run)]
         base += [a for s in args.sets for a in ("--set", s)]
         chosen = simulated_review(copy, n, lambda *_: None, ranked_ids(run, choice, draw)) if n else []

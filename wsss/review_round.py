@@ -18,7 +18,6 @@ AP is still reported and the mask metrics are n/a.
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import time
@@ -26,7 +25,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from wsss.atomic import write_json
@@ -198,6 +196,19 @@ def review_loop(
     return {"figures": figures, "tuned": str(tuned), "round": report["round"], "adopted": len(choices)}
 
 
+# the stages a review works on, in pipeline order: what a copy of a finished run needs (the demo's review loop,
+# bench/review_gain.py)
+REVIEWED_STAGES = ("prepare", "train-classifier", "cam", "pseudo-labels", "retrain", "train-segmenter")
+
+
+def copy_stages(run_dir: Path, dest: Path) -> None:
+    """Copy the finished run ``run_dir``'s :data:`REVIEWED_STAGES` (those it has) into ``dest``, so a review loop or
+    round can run there while the run stays as trained."""
+    for name in REVIEWED_STAGES:
+        if (Path(run_dir) / name).is_dir():
+            shutil.copytree(Path(run_dir) / name, Path(dest) / name)
+
+
 def simulated_review(
     run_dir: Path, n: int, echo: Callable[[str], None] = print, order: Sequence[str] | None = None
 ) -> list[str]:
@@ -209,6 +220,7 @@ def simulated_review(
     Only for generated data and benchmarks (`wsss demo`, bench/review_gain.py), where it simulates what a person
     would draw: the masks it imports are ground truth, so nothing measured after it on those images is unseen.
     """
+    from wsss.artifacts.masks import CONFIDENCE_FILE, read_confidence, write_mask
     from wsss.data.images import read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.export.review_import import import_review
@@ -218,13 +230,8 @@ def simulated_review(
     info = read_dataset_info(index)
     truth = {r.id: r.mask for r in read_eval_index(index, split="train") if r.mask is not None}
     if order is None:
-        confidence: dict[str, float] = {}
-        for stage in ("retrain", "pseudo-labels"):
-            path = run_dir / stage / "confidence.csv"
-            if path.is_file():
-                with open(path, newline="") as f:
-                    confidence = {r["id"]: float(r["confidence"]) for r in csv.DictReader(f)}
-                break
+        tables = [run_dir / s / CONFIDENCE_FILE for s in ("retrain", "pseudo-labels")]
+        confidence = next((read_confidence(t) for t in tables if t.is_file()), {})
         if not confidence:
             raise StageError(run_dir, "no labelling stage wrote confidence.csv", "run the pipeline to pseudo-labels")
         order = sorted(truth, key=lambda i: (confidence.get(i, 1.0), i))
@@ -233,9 +240,7 @@ def simulated_review(
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for i in chosen:
-        mask = read_mask(truth[i], threshold=info.mask_threshold).astype(np.uint8)
-        if not cv2.imwrite(str(folder / f"{i}.png"), mask):
-            raise StageError(folder / f"{i}.png", "could not write the mask", "check the disk and permissions")
+        write_mask(folder / f"{i}.png", read_mask(truth[i], threshold=info.mask_threshold).astype(np.uint8))
     import_review("png", folder, run_dir)
     echo(f"simulated reviewer: corrected {len(chosen)} training images ({folder})")
     return chosen

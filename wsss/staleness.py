@@ -59,9 +59,9 @@ def settings_match(recorded: dict[str, Any] | None, cfg: Config, sections: tuple
     """Whether the sections a manifest recorded (``section_dict`` as saved to JSON) are ``cfg``'s.
 
     Sections the stage no longer reads are left out. Options added to wsss after the manifest was written count as
-    unchanged while they hold the behaviour from before they existed: their default, by the rule for adding options, or their :data:`BEHAVIOUR_BEFORE` entry. So
-    upgrading wsss does not invalidate finished stages unless a default changed what they compute; setting a new
-    option away from that value does.
+    unchanged while they hold the behaviour from before they existed: their default, by the rule for adding options,
+    or their :data:`BEHAVIOUR_BEFORE` entry. So upgrading wsss does not invalidate finished stages unless a default
+    changed what they compute; setting a new option away from that value does.
     """
     if not isinstance(recorded, dict):
         return False

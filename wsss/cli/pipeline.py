@@ -202,17 +202,14 @@ def _demo_review(run, cfg: Config, n: int) -> None:
     import shutil
 
     from wsss.atomic import atomic_write_text, write_json
-    from wsss.review_round import review_loop, simulated_review
+    from wsss.review_round import copy_stages, review_loop, simulated_review
 
     copy = run.dir / "review-loop"
     done = copy / "review.json"
     if not done.is_file():
         click.echo(f"\nreview loop on a copy of the run ({copy}):")
         shutil.rmtree(copy, ignore_errors=True)
-        stages = ("prepare", "train-classifier", "cam", "pseudo-labels", "retrain", "train-segmenter")
-        for name in stages:
-            if run.stage_dir(name).is_dir():
-                shutil.copytree(run.stage_dir(name), copy / name)
+        copy_stages(run.dir, copy)
         recipe = copy / "recipe.yaml"
         atomic_write_text(recipe, "# the demo's recipe (wsss demo)\n" + dump_yaml(dataclasses.asdict(cfg)))
         ids = simulated_review(copy, n, click.echo)

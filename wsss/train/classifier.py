@@ -93,7 +93,8 @@ class ClassifierTrainer:
         self.model = build_dfc(self.ccfg, len(self.classes), self.in_chans).to(self.device)
         self.model = to_channels_last(self.model, self.ccfg.channels_last)
         # with classifier.cache_features, the frozen stages run once per image and the rest trains on their features
-        self.split = self._feature_split(train_rows, val_rows, size)
+        frozen = split_frozen(self.model.backbone, self.in_chans)  # None: nothing frozen, or no chain of modules
+        self.split = self._feature_split(frozen, train_rows, val_rows, size)
         augment = None if self.split is not None else Augment(self.ccfg.augment)
         self.train_set: ImageDataset | FeatureDataset = ImageDataset(train_rows, augment=augment, **common)
         self.val_set: ImageDataset | FeatureDataset | None = ImageDataset(val_rows, **common) if val_rows else None
@@ -122,8 +123,8 @@ class ClassifierTrainer:
         self.box_scale = (self.split.stride if self.split is not None else 1) / self.model.backbone.stride
         # training on images: the frozen prefix runs without gradients, image by image on a CPU (PrefixFirstDFC)
         trained = self.scorer
-        if self.split is None and (prefix := split_frozen(self.model.backbone, self.in_chans)) is not None:
-            trained = PrefixFirstDFC(self.model, prefix)
+        if self.split is None and frozen is not None:
+            trained = PrefixFirstDFC(self.model, frozen)
         self.net = trained
         if dist.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -139,12 +140,13 @@ class ClassifierTrainer:
         self.amp = self.ccfg.amp and self.device.type == "cuda"
 
     # ----------------------------------------------------------------------------------------------- data
-    def _feature_split(self, train_rows: list, val_rows: list, size: tuple[int, ...]) -> FrozenSplit | None:
-        """The DFC's backbone split at its frozen stages when ``classifier.cache_features`` can apply, else None (said
-        once, with the reason)."""
+    def _feature_split(
+        self, split: FrozenSplit | None, train_rows: list, val_rows: list, size: tuple[int, ...]
+    ) -> FrozenSplit | None:
+        """``split`` (the DFC's backbone split at its frozen stages) when ``classifier.cache_features`` can apply,
+        else None (said once, with the reason)."""
         if not self.ccfg.cache_features:
             return None
-        split = split_frozen(self.model.backbone, self.in_chans)
         why = ""
         if dist.is_distributed():
             why = "one process only (DDP trains the whole network)"
