@@ -68,8 +68,9 @@ def run_pair(args: argparse.Namespace, fold: str, seed: str) -> tuple[Path, Path
     tuned_sets = [f"prepare.split.fold={fold}"] if fold else []
     sets = [x for s in [*tuned_sets, f"run.seed={seed}"] for x in ("--set", s)]
     log = args.out / f"{name}.log"
-    if not (tuned_dir / "train-segmenter" / "manifest.json").is_file():
-        wsss(args, log, "run", "--config", str(args.tuned), "--run-dir", str(tuned_dir), *sets)
+    tuned_done = (tuned_dir / "train-segmenter" / "manifest.json").is_file()
+    if not tuned_done:  # its split first: the CSV copies it, and the two recipes can then run side by side
+        wsss(args, log, "run", "--config", str(args.tuned), "--run-dir", str(tuned_dir), "--to", "prepare", *sets)
     if not recipe.exists():
         subprocess.run(
             [sys.executable, str(ROOT / "bench" / "csv_dataset.py"), "--kind", args.kind, "--root", str(args.root)]
@@ -77,7 +78,11 @@ def run_pair(args: argparse.Namespace, fold: str, seed: str) -> tuple[Path, Path
             check=True,
         )
         wsss(args, log, "init", "--kind", "csv", "--root", str(csv_dir / "labels.csv"), "--out", str(recipe))
-    wsss(args, log, "run", "--config", str(recipe), "--run-dir", str(init_dir), "--set", f"run.seed={seed}")
+    runs = {"init": ["run", "--config", str(recipe), "--run-dir", str(init_dir), "--set", f"run.seed={seed}"]}
+    if not tuned_done:
+        runs["tuned"] = ["run", "--config", str(args.tuned), "--run-dir", str(tuned_dir), *sets]
+    with ThreadPoolExecutor(len(runs) if args.side_by_side else 1) as pool:
+        list(pool.map(lambda item: wsss(args, args.out / f"{name}.{item[0]}.log", *item[1]), runs.items()))
     return tuned_dir, init_dir, recipe
 
 
@@ -100,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", type=int, default=1, help="fold/seed pairs side by side")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run (0 = the environment's)")
     p.add_argument("--collect", action="store_true", help="only score finished runs")
+    p.add_argument(
+        "--one-at-a-time", dest="side_by_side", action="store_false", help="run a pair's two recipes one after another"
+    )
     args = p.parse_args(argv)
     args.root, args.tuned = args.root.resolve(), args.tuned.resolve()
     args.tuned_out, args.out = args.tuned_out.resolve(), args.out.resolve()
