@@ -38,10 +38,10 @@ from pseudo_masks import BASE, METRICS, add_config_options, config, fmt, reuse_s
 
 from wsss.anomaly.io import anomaly_path, read_map, read_range  # noqa: E402
 from wsss.anomaly.patchcore import normalise  # noqa: E402
+from wsss.config.pipelines import load_pipeline  # noqa: E402
 from wsss.data.images import read_mask  # noqa: E402
 from wsss.data.index import read_dataset_info, read_eval_index  # noqa: E402
 from wsss.evaluation.metrics import SegAccumulator, auroc  # noqa: E402
-from wsss.pipelines import load_pipeline  # noqa: E402
 from wsss.runs import Run  # noqa: E402
 
 # thresholds tried on the validation split: these quantiles of its defective images' raw map values

@@ -159,10 +159,10 @@ def region_unary(cam: np.ndarray, anomaly: np.ndarray, start: float) -> np.ndarr
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from wsss.anomaly.fusion import unary_map
     from wsss.config import PseudoConfig
     from wsss.labels import IGNORE
     from wsss.refine.pseudo import label_image
+    from wsss.refine.unary import unary_map
     from wsss.stages.retrain import fuse
 
     unaries = args.unary.split(",")

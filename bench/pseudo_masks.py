@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from classifier import bench_overrides, input_size  # noqa: E402  (the classifier benchmark's runs, reusable)
 
 from wsss.config import load_config  # noqa: E402
+from wsss.config.pipelines import load_pipeline  # noqa: E402
 from wsss.data.index import read_train_index  # noqa: E402
-from wsss.pipelines import load_pipeline  # noqa: E402
 from wsss.runs import Run  # noqa: E402
 from wsss.stages import get_stage  # noqa: E402
 

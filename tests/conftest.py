@@ -85,7 +85,7 @@ def full_run(prepared_run: Path, tmp_path_factory: pytest.TempPathFactory):
     """A run folder where the `full` pipeline (every stage of the method) has run on the tiny set; and its config."""
     import shutil
 
-    from wsss.pipelines import load_pipeline
+    from wsss.config.pipelines import load_pipeline
     from wsss.runs import Run
 
     run_dir = tmp_path_factory.mktemp("full")

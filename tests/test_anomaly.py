@@ -13,7 +13,6 @@ import pytest
 import torch
 from conftest import FAST, TINY
 
-from wsss.anomaly.fusion import unary_map
 from wsss.anomaly.io import anomaly_path, read_map, read_meta
 from wsss.anomaly.patchcore import MemoryBank, calibrate, greedy_coreset, normalise, pooled_percentile
 from wsss.config import AnomalyConfig, PseudoConfig, load_config
@@ -22,6 +21,7 @@ from wsss.data.index import read_dataset_info, read_eval_index
 from wsss.errors import ConfigError, StageError
 from wsss.evaluation.metrics import auroc
 from wsss.refine.pseudo import label_image
+from wsss.refine.unary import unary_map
 from wsss.runs import Run
 from wsss.train.pretrain import energy_cosine_loss
 

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from wsss.cli import cli
 from wsss.data.index import read_eval_index
-from wsss.runs import hash_outputs, read_manifest
+from wsss.hashing import read_manifest
+from wsss.runs import hash_outputs
 
 
 @pytest.fixture()
@@ -252,8 +253,8 @@ def test_a_run_without_ground_truth_ends_with_every_stages_time_and_an_overview_
     import shutil
 
     from wsss.cli.pipeline import _overview, _stage_summary
+    from wsss.config.pipelines import load_pipeline
     from wsss.export.overview import grid_shape
-    from wsss.pipelines import load_pipeline
     from wsss.runs import Run
 
     run_dir, cfg = full_run

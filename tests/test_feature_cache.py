@@ -11,6 +11,7 @@ import torch
 from test_train_classifier import config
 
 from wsss.config import load_config
+from wsss.data.config import AugmentConfig
 from wsss.data.transforms import FeatureAugment
 from wsss.models import chunked as chunked_module
 from wsss.models.backbone import create_backbone
@@ -18,7 +19,6 @@ from wsss.models.chunked import forward_chunked
 from wsss.models.classifier import load_dfc
 from wsss.models.prefix import split_frozen
 from wsss.train.classifier import ClassifierTrainer, score_dataset
-from wsss.train.config import AugmentConfig
 from wsss.train.feature_cache import PrefixFirstDFC
 
 

@@ -262,3 +262,16 @@ def test_ctrl_c_exits_130_and_leaves_the_stage_interrupted_to_resume(recipe: Pat
     assert json.loads((run_dir / "toy-a.partial" / "manifest.json").read_text())["status"] == "running"
     out = invoke("status", "--config", str(recipe), "--run-dir", str(run_dir)).output
     assert "toy-a              interrupted" in out
+
+
+def test_a_pipeline_naming_an_unknown_stage_is_refused_before_anything_runs(tmp_path: Path):
+    """The pipeline file is read with the recipe; its stage names are checked against the stage table when a run is
+    opened, and the error names the pipeline, the unknown stage and the registered ones."""
+    (tmp_path / "typo.yaml").write_text("stages: [toy-a, toy-c]\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"run: {{name: toy, pipeline: {tmp_path / 'typo.yaml'}}}\n")
+    run_dir = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--run-dir", str(run_dir)])
+    assert r.exit_code != 0
+    assert "pipeline 'typo'" in r.output and "toy-c" in r.output and "toy-a" in r.output
+    assert not (run_dir / "toy-a").exists() and not (run_dir / "toy-a.partial").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from wsss.config import Config
-from wsss.pipelines import PIPELINE_DIR, load_pipeline
+from wsss.config.pipelines import PIPELINE_DIR, load_pipeline
 from wsss.stages import STAGE_MODULES, load_stages
 
 # the built-in stages (tests register toy stages of their own in the same table)

@@ -1,5 +1,5 @@
-"""Content hashes: a file's sha256, read in 1 MiB chunks (weights files, stage outputs, review packages), and the
-check that a stage's output file is still the one its manifest recorded."""
+"""Content hashes: a file's sha256, read in 1 MiB chunks (weights files, stage outputs, review packages); a stage's
+manifest, and the check that a stage's output file is still the one its manifest recorded."""
 
 from __future__ import annotations
 
@@ -10,6 +10,19 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"  # a finished stage's record, beside its outputs (wsss/runs.py)
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    """A stage folder's manifest, or None where it has none (or one that is unreadable, not UTF-8 or not JSON: as
+    good as none)."""
+    p = Path(stage_dir) / MANIFEST
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def file_sha256(path: Path) -> str:

@@ -166,7 +166,7 @@ def review_loop(
     images), then one review round, which fine-tunes the segmenter from its trained weights on the new masks and the
     reviewed ones (minutes, where training it again would take as long as the run's own training); prints the
     segmenter's figures as trained and after the loop."""
-    from wsss.pipelines import load_pipeline
+    from wsss.config.pipelines import load_pipeline
     from wsss.runs import Run
     from wsss.stages import get_stage
     from wsss.tune import tune_run

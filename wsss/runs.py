@@ -33,11 +33,12 @@ import click
 from wsss import __version__
 from wsss.atomic import atomic_write_text, write_json
 from wsss.config.load import dump_yaml
+from wsss.config.pipelines import load_pipeline
 from wsss.config.tree import Config, section_dict, section_hash
 from wsss.errors import StageError
-from wsss.hashing import MANIFEST, file_changed, file_record
+from wsss.hashing import MANIFEST, file_changed, file_record, read_manifest
 from wsss.locks import lock_held, stage_lock
-from wsss.stages import Stage, get_stage
+from wsss.stages import Stage, check_pipeline, get_stage
 from wsss.staleness import settings_match
 
 INTERRUPTED = "interrupted"  # a partial attempt whose process is gone; the next run resumes it
@@ -46,16 +47,6 @@ PACKAGES = ("torch", "torchvision", "timm", "numpy", "opencv-python-headless", "
 
 
 # ------------------------------------------------------------------------------------------------ file helpers
-def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
-    p = stage_dir / MANIFEST
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON: as good as no manifest
-        return None
-
-
 def hash_outputs(stage_dir: Path) -> tuple[dict[str, dict[str, Any]], str]:
     """Content hash, size and modification time of every file in a stage folder (manifest and config excluded) and
     their combined digest (of the hashes and sizes: a copy of the folder has the same digest)."""
@@ -141,6 +132,7 @@ class Run:
     """One run folder: finds stage folders, decides what is up to date and runs stages atomically."""
 
     def __init__(self, run_dir: Path, cfg: Config, echo=click.echo):
+        check_pipeline(load_pipeline(cfg.run.pipeline))  # every stage it names is registered
         self.dir = Path(run_dir)
         self.raw_cfg = cfg  # as loaded: `auto` settings unresolved
         self.echo = echo

@@ -25,7 +25,7 @@ from wsss.stages import load_stages
 @set_option
 def stages(config: Path | None, overrides: tuple[str, ...]) -> None:
     """List the registered stages (with the stages each reads under the recipe) and the pipeline definitions."""
-    from wsss.pipelines import available, load_pipeline
+    from wsss.config.pipelines import available, load_pipeline
 
     cfg = load_config(config, overrides)
     click.echo(
@@ -67,7 +67,7 @@ def run_pipeline(
 ) -> None:
     """Run the config's pipeline in order, skipping up-to-date stages."""
     from wsss import distributed as dist
-    from wsss.pipelines import load_pipeline, select
+    from wsss.config.pipelines import load_pipeline, select
 
     cfg = load_config(config, overrides)
     run = run_folder(cfg, run_dir)
@@ -94,7 +94,7 @@ def run_pipeline(
 def status(config: Path, run_dir: Path | None, overrides: tuple[str, ...]) -> None:
     """Show each pipeline stage's state in the run folder (done, stale, missing, blocked, running, interrupted,
     failed)."""
-    from wsss.pipelines import load_pipeline
+    from wsss.config.pipelines import load_pipeline
     from wsss.runs import CORRUPT, INTERRUPTED
     from wsss.stages import get_stage
 
@@ -166,7 +166,7 @@ def demo(run_dir: Path | None, force: bool, review: int, overrides: tuple[str, .
     the data is generated and its masks are known, a simulated reviewer corrects the least confident training images
     and the review loop (tune, re-run, fine-tune) shows what those masks are worth."""
     from wsss.config import DEMO_SETTINGS
-    from wsss.pipelines import load_pipeline
+    from wsss.config.pipelines import load_pipeline
 
     cfg = load_config(None, (*DEMO_SETTINGS, *overrides))
     click.echo(_demo_line(cfg))
@@ -252,7 +252,7 @@ def _stage_summary(run, stages: list[str], cfg) -> tuple[str, dict]:
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.evaluation import evaluate_stage
     from wsss.evaluation.report import pct
-    from wsss.runs import read_manifest
+    from wsss.hashing import read_manifest
 
     index = run.stage_dir("prepare") / "index.csv"
     rows = read_eval_index(index, split=None if cfg.evaluate.split == "all" else cfg.evaluate.split)

@@ -39,13 +39,12 @@ from wsss.config.tree import (
     section_value,
     validate,
 )
-from wsss.data.config import DatasetConfig, PrepareConfig, SplitConfig, SyntheticConfig
+from wsss.data.config import AugmentConfig, DatasetConfig, PrepareConfig, SplitConfig, SyntheticConfig
 from wsss.export.config import ExportConfig
 from wsss.fields import Range, Rule
 from wsss.models.config import BackboneConfig
 from wsss.refine.config import CRFConfig, GuidedConfig, PseudoConfig
 from wsss.train.config import (
-    AugmentConfig,
     ClassifierConfig,
     CLMConfig,
     GCMConfig,

@@ -16,10 +16,13 @@ import yaml
 from wsss.anomaly.config import AnomalyConfig
 from wsss.cam.config import CamConfig
 from wsss.config.load import build, check_fields, closest_key, coerce, read_yaml, resolve_path
+from wsss.config.pipelines import load_pipeline
+from wsss.data.base import ADAPTERS
 from wsss.data.config import DatasetConfig, PrepareConfig
 from wsss.errors import ConfigError
+from wsss.evaluation.config import EvaluateConfig
 from wsss.export.config import ExportConfig
-from wsss.fields import PROBABILITY, SEED, Rule, choices, folder_name, num
+from wsss.fields import SEED, Rule, choices, folder_name, num
 from wsss.models.weights import is_weights_name
 from wsss.refine.config import PseudoConfig
 from wsss.train.config import ClassifierConfig, PretrainConfig, RetrainConfig, SegmenterConfig
@@ -37,21 +40,6 @@ class RunConfig:
     pipeline: str = "full"  # pipeline definition in pipelines/ (see `wsss stages`)
     seed: int = num(0, ge=0, fix=SEED + " (numpy's generators refuse negative seeds)")
     device: str = choices("auto", "cpu", "cuda", default="auto")
-
-
-@dataclass
-class EvaluateConfig:
-    """`evaluate`: METHOD.md section 8 metrics of a masks folder against ground truth."""
-
-    masks: str = ""  # stage whose masks/ folder to evaluate; empty = the pipeline's last mask-writing stage
-    scores: str = ""  # stage whose scores.csv gives sample scores; empty = the masks stage's own, if any
-    split: str = choices("test", "val", "train", "all", default="test")
-    # sample decision: defective iff score >= threshold
-    score_threshold: float = num(0.5, ge=0, le=1, fix=PROBABILITY)
-    ignore_as: str = choices("background", "defect", default="background")  # how 255 (ignore) pixels count
-    # what the masks' values mean: auto = the folder's labelmap.txt, else a wsss stage's masks are labels (255 =
-    # ignore), else decided from the values (0/255 only on a one-class dataset = binary); see wsss/mask_format.py
-    mask_format: str = choices("auto", "labels", "binary", default="auto")
 
 
 @dataclass
@@ -92,8 +80,6 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         cfg = build(Config, data, "", str(path), path.parent.resolve())
     for item in overrides:
         apply_override(cfg, item)
-    from wsss.pipelines import load_pipeline
-
     pipeline = load_pipeline(cfg.run.pipeline)
     if pipeline.settings:  # an ablation's settings beat the recipe; the command line beats both
         for item in pipeline.settings:
@@ -148,8 +134,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "prepare.split", f"fold {s.fold} of {s.folds} folds is invalid", "use folds >= 2 and 0 <= fold < folds"
         )
-    from wsss.data.base import ADAPTERS
-
     ADAPTERS.lookup(cfg.dataset.kind, "dataset.kind")  # an unknown kind: the registry's error, with a close match
     if cfg.dataset.kind != "synthetic" and not cfg.dataset.root:
         raise ConfigError(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss.train.config import AugmentConfig
+from wsss.data.config import AugmentConfig
 
 MEAN = 0.5
 STD = 0.25

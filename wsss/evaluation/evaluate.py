@@ -38,10 +38,10 @@ import numpy as np
 
 import wsss.evaluation.metrics as metrics
 from wsss.artifacts.scores import read_scores
-from wsss.config.tree import EvaluateConfig
 from wsss.data.images import read_mask
 from wsss.data.index import DatasetInfo, EvalRow
 from wsss.errors import DataError, raise_all
+from wsss.evaluation.config import EvaluateConfig
 from wsss.evaluation.inputs import check_masks, prob_file, read_pred_mask, read_prob_map
 from wsss.evaluation.report import ClassResult, EvalReport, ImageResult
 from wsss.labels import IGNORE

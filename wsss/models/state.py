@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import safetensors.torch
 import timm
@@ -17,9 +16,6 @@ from torch import Tensor, nn
 
 from wsss.atomic import atomic_path
 from wsss.errors import ConfigError
-
-if TYPE_CHECKING:
-    from wsss.models.backbone import Backbone
 
 _HEAD_NAMES = frozenset({"fc", "head", "head_dist", "heads", "classifier", "last_linear"})
 _SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -50,7 +46,7 @@ def _listing(label: str, keys: list[str]) -> str:
     return f"{len(keys)} {label}: {', '.join(keys[:10])}{', ...' if len(keys) > 10 else ''}" if keys else ""
 
 
-def load_backbone_weights(backbone: Backbone, path: str | Path, where: str = "weights") -> None:
+def load_backbone_weights(backbone: nn.Module, path: str | Path, where: str = "weights") -> None:
     """Load a local state_dict file into ``backbone``; a 3-channel first conv is summed for 1-channel input.
 
     Head keys are ignored; any other missing, unexpected or mismatched key is a ConfigError listing them.
@@ -58,7 +54,7 @@ def load_backbone_weights(backbone: Backbone, path: str | Path, where: str = "we
     load_backbone_state(backbone, load_state_dict_file(path, where), str(path), where)
 
 
-def load_backbone_state(backbone: Backbone, sd: dict[str, Tensor], source: str, where: str) -> None:
+def load_backbone_state(backbone: nn.Module, sd: dict[str, Tensor], source: str, where: str) -> None:
     """Load state_dict ``sd`` (read from ``source``) into ``backbone``, as :func:`load_backbone_weights` describes."""
     for prefix in ("module.", "backbone.", "model."):  # DDP; a model holding a .backbone (DFC); a Backbone
         if any(k.startswith(prefix) for k in sd) and (prefix == "backbone." or all(k.startswith(prefix) for k in sd)):

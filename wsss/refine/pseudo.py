@@ -22,7 +22,7 @@ Per image:
    the classifier found.
 
 With anomaly priors (``pseudo.unary`` anomaly or fusion, METHOD.md 7a) the "CAM" of steps 1-6 is
-:func:`wsss.anomaly.fusion.unary_map` of the CAM and the anomaly map; the gate of step 6 stays the classifier's.
+:func:`wsss.refine.unary.unary_map` of the CAM and the anomaly map; the gate of step 6 stays the classifier's.
 
 Confidence (ours), used to rank images for review: the mean winning probability over the defect region dilated by
 :data:`CONFIDENCE_RING` pixels, so both a hesitant interior and a soft edge lower it; an image called defective whose
@@ -220,8 +220,8 @@ def label_one(task: LabelTask) -> dict[str, Any]:
     image = read_image(task.image, task.high_bit_depth)
     cam = read_cam(task.cam, shape=image.shape[:2], classes=task.classes)
     if task.cfg.unary != "cam":
-        from wsss.anomaly.fusion import unary_map
         from wsss.anomaly.io import read_anomaly
+        from wsss.refine.unary import unary_map
 
         if task.anomaly is None:
             raise ValueError(f"pseudo.unary={task.cfg.unary} but no anomaly map was given for {task.id}")

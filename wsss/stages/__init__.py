@@ -8,12 +8,14 @@ same way; nothing is listed before it is implemented.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wsss.config.pipelines import Pipeline, load_pipeline
+from wsss.errors import ConfigError
+from wsss.hashing import read_manifest
 from wsss.registry import Registry
 
 if TYPE_CHECKING:
@@ -92,6 +94,47 @@ def get_stage(name: str) -> Stage:
     return STAGES.lookup(name)
 
 
+def check_pipeline(pipeline: Pipeline) -> Pipeline:
+    """``pipeline`` if every stage it names is registered, else a ConfigError naming the unknown ones."""
+    stages = load_stages()
+    unknown = [s for s in pipeline.stages if s not in stages]
+    if unknown:
+        raise ConfigError(
+            f"pipeline {pipeline.name!r}", f"unknown stage(s) {unknown}", f"registered stages: {', '.join(stages)}"
+        )
+    return pipeline
+
+
+def in_pipeline(cfg: Config, stage: str) -> bool:
+    """Whether the configured pipeline (``run.pipeline``) runs ``stage``: optional stages (``pretrain``) feed their
+    consumers only in pipelines that have them."""
+    return stage in load_pipeline(cfg.run.pipeline).stages
+
+
+def mask_source(cfg: Config, consumer: str, explicit: str, key: str) -> str:
+    """The stage whose ``masks/`` ``consumer`` reads: ``explicit`` (the config value at ``key``) if set, else the
+    last mask-writing stage before ``consumer`` in the configured pipeline (all of it if ``consumer`` is not in it)."""
+    stages = load_stages()
+    if explicit:
+        stage = stages.get(explicit)
+        if stage is None or not stage.writes_masks or explicit == consumer:
+            valid = [s.name for s in stages.values() if s.writes_masks and s.name != consumer]
+            raise ConfigError(
+                key, f"{explicit!r} is not a stage that writes masks", f"mask-writing stages: {', '.join(valid)}"
+            )
+        return explicit
+    pipeline = load_pipeline(cfg.run.pipeline)
+    before = pipeline.stages[: pipeline.stages.index(consumer)] if consumer in pipeline.stages else pipeline.stages
+    writers = [s for s in before if stages[s].writes_masks and s != consumer]
+    if not writers:
+        raise ConfigError(
+            key,
+            f"pipeline {pipeline.name!r} has no stage that writes masks before {consumer}",
+            f"set {key} to a mask-writing stage",
+        )
+    return writers[-1]
+
+
 def published(out: Path) -> Path:
     """Where a stage's output folder ``out`` (``<stage>.partial``) will be once the runner publishes it: the path
     to show users in messages."""
@@ -113,10 +156,7 @@ def recorded_margin(stage_dir: Path) -> int:
     the settings it ran with (0 for a stage that draws no margin, or one written before margins existed). The margin
     travels with the masks: a segmenter trained on them ignores that inner ring
     (:func:`wsss.refine.pseudo.margin_ignored`) whatever the settings of the run that reads them."""
-    try:
-        manifest = json.loads((Path(stage_dir) / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return 0
+    manifest = read_manifest(Path(stage_dir)) or {}
     config = manifest.get("config") or {}
     pseudo = (config.get("pseudo") or {}).get("margin", 0)
     if manifest.get("stage") == "pseudo-labels":

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import click
 
-from wsss.config.tree import Config, EvaluateConfig
+from wsss.config.tree import Config
 from wsss.errors import ConfigError
+from wsss.evaluation.config import EvaluateConfig
 from wsss.evaluation.report import pct
-from wsss.pipelines import mask_source
-from wsss.stages import Stage, published, register_stage
+from wsss.stages import Stage, mask_source, published, register_stage
 
 
 def masks_stage(cfg: Config) -> str:
@@ -42,7 +42,7 @@ def _inputs(cfg: Config) -> tuple[str, ...]:
 
 def stage_folder(path: Path) -> Path | None:
     """The run stage folder that ``path`` is or lies in (a folder whose ``manifest.json`` names its stage), if any."""
-    from wsss.runs import read_manifest
+    from wsss.hashing import read_manifest
 
     path = Path(path).resolve()
     for folder in (path, *path.parents):

@@ -9,8 +9,7 @@ from pathlib import Path
 import click
 
 from wsss.config.tree import Config
-from wsss.pipelines import mask_source
-from wsss.stages import Stage, published, register_stage
+from wsss.stages import Stage, mask_source, published, register_stage
 
 
 def masks_input(cfg: Config) -> str:
@@ -18,7 +17,7 @@ def masks_input(cfg: Config) -> str:
 
 
 def _inputs(cfg: Config) -> tuple[str, ...]:
-    from wsss.pipelines import load_pipeline
+    from wsss.config.pipelines import load_pipeline
 
     stages = load_pipeline(cfg.run.pipeline).stages
     before = stages[: stages.index("export")] if "export" in stages else stages

@@ -4,7 +4,7 @@ Writes ``masks/<id>.png`` for every indexed image (0 background, k class k, 255 
 :mod:`wsss.refine.pseudo`), ``confidence.csv`` (id, score, confidence, defect_fraction, ignore_fraction; sort by
 confidence to pick images for review) and a copy of the cam stage's ``scores.csv``, so that `evaluate` finds the
 sample scores beside the masks. Never reads ground-truth masks. With ``pseudo.unary`` anomaly or fusion it also reads
-the `anomaly` stage's maps (METHOD.md 7a; :mod:`wsss.anomaly.fusion`).
+the `anomaly` stage's maps (METHOD.md 7a; :mod:`wsss.refine.unary`).
 
 Resumable: each finished image appends its row to ``rows.jsonl``; a re-run after a kill skips images whose PNG and
 row both exist, and the log is removed when the stage finishes.

@@ -34,8 +34,8 @@ def _round1_unary(cfg: Config, inputs: dict[str, Path]) -> Callable:
     """``(id, cam) -> map``: the `pseudo-labels` unary of an image (its CAM, or its fusion with the anomaly map)."""
     if cfg.pseudo.unary == "cam":
         return lambda sid, cam: cam
-    from wsss.anomaly.fusion import unary_map
     from wsss.anomaly.io import anomaly_path, read_anomaly, read_range
+    from wsss.refine.unary import unary_map
 
     lo, hi = read_range(inputs["anomaly"])
 

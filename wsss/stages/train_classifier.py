@@ -20,8 +20,7 @@ import click
 from wsss.atomic import write_json
 from wsss.config.tree import Config
 from wsss.models.weights import weight_files
-from wsss.pipelines import in_pipeline
-from wsss.stages import Stage, register_stage
+from wsss.stages import Stage, in_pipeline, register_stage
 
 
 def with_pretrained_backbone(cfg: Config, weights: Path) -> Config:

@@ -31,8 +31,7 @@ import numpy as np
 from wsss.config.tree import Config
 from wsss.mask_format import write_labelmap
 from wsss.models.weights import weight_files
-from wsss.pipelines import mask_source
-from wsss.stages import Stage, recorded_margin, register_stage
+from wsss.stages import Stage, mask_source, recorded_margin, register_stage
 
 
 def masks_input(cfg: Config) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from wsss.anomaly.config import AnomalyConfig
+from wsss.data.config import AugmentConfig
 from wsss.fields import (
     DECAY,
     LR,
@@ -25,22 +26,6 @@ from wsss.fields import (
 )
 from wsss.models.config import BackboneConfig
 from wsss.refine.config import GuidedConfig
-
-
-@dataclass
-class AugmentConfig:
-    """Training augmentations suited to textures (applied on the fly, never to validation images)."""
-
-    flips: bool = True
-    rot90: bool = True  # only when the input is square
-    affine_degrees: float = num(10.0, ge=0, le=180, fix="degrees in [0, 180] (0 = no rotation)")
-    affine_scale: float = num(0.1, ge=0, lt=1, fix="a fraction in [0, 1) (0 = no scaling)")  # scale in [1 - s, 1 + s]
-    # fraction of the size
-    affine_translate: float = num(0.05, ge=0, le=1, fix="a fraction of the size in [0, 1] (0 = no shift)")
-    brightness: float = num(0.15, ge=0, le=1, fix="a fraction of the range in [0, 1] (0 = off)")
-    contrast: float = num(0.15, ge=0, le=1, fix="a fraction in [0, 1] (0 = off)")
-    gamma: float = num(0.15, ge=0, fix="a log-gamma range >= 0 (0 = off)")
-    blur_prob: float = num(0.1, ge=0, le=1, fix=PROBABILITY + " (0 = off)")
 
 
 @dataclass

@@ -11,15 +11,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from wsss.config.load import read_yaml
 from wsss.errors import ConfigError
-from wsss.stages import load_stages
 
-if TYPE_CHECKING:
-    from wsss.config.tree import Config
-
-PIPELINE_DIR = Path(__file__).resolve().parents[1] / "pipelines"
+PIPELINE_DIR = Path(__file__).resolve().parents[2] / "pipelines"
 
 
 @dataclass(frozen=True)
@@ -35,7 +31,8 @@ def available() -> list[str]:
 
 
 def load_pipeline(name: str) -> Pipeline:
-    """Load a pipeline by name (from ``pipelines/``) or by path; every stage must be registered."""
+    """Load a pipeline by name (from ``pipelines/``) or by path. Its stage names are checked against the stage table
+    where a run is opened (:func:`wsss.stages.check_pipeline`): the table lies above the config."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else PIPELINE_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(
@@ -43,15 +40,12 @@ def load_pipeline(name: str) -> Pipeline:
             f"pipeline {name!r} not found ({path})",
             f"available pipelines: {', '.join(available()) or 'none'}; or give a YAML path",
         )
-    from wsss.config.load import read_yaml
-
     data = read_yaml(path) or {}
     stages = data.get("stages")
     if not isinstance(stages, list) or not stages:
         raise ConfigError(path, "a pipeline needs a non-empty `stages:` list", "list stage names in run order")
-    unknown = [s for s in stages if s not in load_stages()]
-    if unknown:
-        raise ConfigError(path, f"unknown stage(s) {unknown}", f"registered stages: {', '.join(load_stages())}")
+    if not all(isinstance(s, str) for s in stages):
+        raise ConfigError(path, "`stages:` must list stage names", "e.g. stages: [prepare, train-classifier, cam]")
     settings = data.get("set") or {}
     if not isinstance(settings, dict):
         raise ConfigError(path, "`set:` must map config keys to values", "e.g. set: {cam.iem.enabled: false}")
@@ -76,33 +70,3 @@ def select(pipeline: Pipeline, start: str | None, stop: str | None) -> list[str]
     if i >= j:
         raise ConfigError(f"--from {start} --to {stop}", "empty range", "--from must come before --to")
     return stages[i:j]
-
-
-def in_pipeline(cfg: Config, stage: str) -> bool:
-    """Whether the configured pipeline (``run.pipeline``) runs ``stage``: optional stages (``pretrain``) feed their
-    consumers only in pipelines that have them."""
-    return stage in load_pipeline(cfg.run.pipeline).stages
-
-
-def mask_source(cfg: Config, consumer: str, explicit: str, key: str) -> str:
-    """The stage whose ``masks/`` ``consumer`` reads: ``explicit`` (the config value at ``key``) if set, else the
-    last mask-writing stage before ``consumer`` in the configured pipeline (all of it if ``consumer`` is not in it)."""
-    stages = load_stages()
-    if explicit:
-        stage = stages.get(explicit)
-        if stage is None or not stage.writes_masks or explicit == consumer:
-            valid = [s.name for s in stages.values() if s.writes_masks and s.name != consumer]
-            raise ConfigError(
-                key, f"{explicit!r} is not a stage that writes masks", f"mask-writing stages: {', '.join(valid)}"
-            )
-        return explicit
-    pipeline = load_pipeline(cfg.run.pipeline)
-    before = pipeline.stages[: pipeline.stages.index(consumer)] if consumer in pipeline.stages else pipeline.stages
-    writers = [s for s in before if stages[s].writes_masks and s != consumer]
-    if not writers:
-        raise ConfigError(
-            key,
-            f"pipeline {pipeline.name!r} has no stage that writes masks before {consumer}",
-            f"set {key} to a mask-writing stage",
-        )
-    return writers[-1]
