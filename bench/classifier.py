@@ -156,12 +156,12 @@ def throughput(args, dataset: str, fold: int | None, index: Path, variants: list
     """
     import torch
 
-    from wsss.train.classifier import ClassifierTrainer
+    from wsss.stages.train_classifier import classifier_trainer
 
     trainers = {}
     for v in variants:
         cfg = load_config(ROOT / "configs" / f"{dataset}.yaml", bench_overrides(args, dataset, fold, v))
-        trainers[v] = ClassifierTrainer(cfg, index, args.out / "throughput-unused", echo=lambda *_: None)
+        trainers[v] = classifier_trainer(cfg, index, args.out / "throughput-unused", echo=lambda *_: None)
     batches = {v: iter(t.loader(0)) for v, t in trainers.items()}
     per_image: dict[str, list[float]] = {v: [] for v in variants}
     gen = torch.Generator().manual_seed(0)

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     from wsss.config import load_config
+    from wsss.stages.train_classifier import classifier_trainer
     from wsss.train.classifier import ClassifierTrainer
 
     settings = [s.split(":", 1) for s in (args.setting or [BASELINE])] + [["recipe", ""]]
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_config(args.config, [kv for kv in keys.split(",") if "=" in kv])
         t0 = time.perf_counter()
         with unchunked("unchunked" in switches[name]):
-            t = trainers[name] = ClassifierTrainer(cfg, index, args.out / name, echo=lambda *_: None)
+            t = trainers[name] = classifier_trainer(cfg, index, args.out / name, echo=lambda *_: None)
         if "whole" in switches[name]:
             t.net = t.train_net = t.scorer  # the whole DFC in the training step
         seconds[name] = time.perf_counter() - t0

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from wsss.config import load_config
-    from wsss.models.classifier import build_dfc
+    from wsss.train.classifier import build_dfc
 
     cfg = load_config(args.config)
     h, w = cfg.classifier.input_size

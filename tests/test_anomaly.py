@@ -171,9 +171,9 @@ def test_pseudo_labels_fuse_the_anomaly_maps(full_run, tmp_path: Path):
 
 
 def test_pretrain_runs_and_its_weights_load_into_the_dfc(prepared_run: Path, tmp_path: Path):
-    from wsss.models.classifier import build_dfc
     from wsss.models.state import load_state_dict_file
     from wsss.stages.train_classifier import with_pretrained_backbone
+    from wsss.train.classifier import build_dfc
 
     shutil.copytree(prepared_run / "prepare", tmp_path / "prepare")
     teacher = [o.replace("anomaly.", "pretrain.anomaly.") for o in ANOMALY if "features" not in o]

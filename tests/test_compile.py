@@ -20,9 +20,9 @@ from torch import nn
 import wsss.models.compile as compile_mod
 from wsss.cam.extract import CamExtractor
 from wsss.config import load_config
-from wsss.models.classifier import build_dfc
 from wsss.models.compile import maybe_compile
-from wsss.train.classifier import ClassifierTrainer
+from wsss.stages.train_classifier import classifier_trainer
+from wsss.train.classifier import ClassifierTrainer, build_dfc
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_compiled_classifier_training_saves_plain_keys(prepared_run: Path, tmp_p
     `_orig_mod.` in any key."""
     index = prepared_run / "prepare" / "index.csv"
     cfg = load_config(None, [*TINY_CLASSIFIER, "classifier.epochs=2", "classifier.compile=true"])
-    trainer = ClassifierTrainer(cfg, index, tmp_path / "compiled", echo=lambda *_: None)
+    trainer = classifier_trainer(cfg, index, tmp_path / "compiled", echo=lambda *_: None)
     assert trainer.train_net._orig_mod is trainer.net is trainer.model
     calls = []
     trainer.train_net.register_forward_pre_hook(lambda *_: calls.append(1))  # the compiled module does the steps
@@ -86,7 +86,7 @@ def test_compiled_classifier_training_saves_plain_keys(prepared_run: Path, tmp_p
         assert keys and not any("_orig_mod" in k for k in keys)
     build_dfc(cfg.classifier, 1, 1).load_state_dict(weights)  # strict: the exact keys of the plain model
     cfg.classifier.compile = False
-    ClassifierTrainer(cfg, index, tmp_path / "eager", echo=lambda *_: None).fit()
+    classifier_trainer(cfg, index, tmp_path / "eager", echo=lambda *_: None).fit()
     eager = load_file(tmp_path / "eager" / "dfc.safetensors")
     assert all(torch.allclose(weights[k], eager[k], atol=1e-5) for k in eager)
 
@@ -123,8 +123,7 @@ def test_compiled_ddp_training_over_two_processes(prepared_run: Path, tmp_path: 
 def test_compiled_segmenter_training_saves_plain_keys(tmp_path: Path, eager_backend: None):
     from test_segmenter import make_data, rcfg
 
-    from wsss.models.segmenter import build_segmenter
-    from wsss.train.segmenter import SegmenterTrainer
+    from wsss.train.segmenter import SegmenterTrainer, build_segmenter
     from wsss.train.segmenter_data import SegmenterData
 
     rows, masks, _ = make_data(tmp_path, n_defect=4, n_ok=2)

@@ -18,7 +18,8 @@ from wsss.models.backbone import create_backbone
 from wsss.models.chunked import forward_chunked
 from wsss.models.classifier import load_dfc
 from wsss.models.prefix import split_frozen
-from wsss.train.classifier import ClassifierTrainer, score_dataset
+from wsss.stages.train_classifier import classifier_trainer
+from wsss.train.classifier import score_dataset
 from wsss.train.feature_cache import PrefixFirstDFC
 
 
@@ -69,7 +70,7 @@ def test_a_dfc_trained_on_cached_features_is_an_ordinary_dfc(prepared_run: Path,
     logged for its epoch (up to the cache's float16); a backbone with nothing frozen says so and trains on images."""
     index = prepared_run / "prepare" / "index.csv"
     cfg = config("classifier.epochs=2", "classifier.backbone.freeze=1", "classifier.cache_features=true")
-    trainer = ClassifierTrainer(cfg, index, tmp_path / "cached", echo=lambda *_: None)
+    trainer = classifier_trainer(cfg, index, tmp_path / "cached", echo=lambda *_: None)
     assert trainer.split is not None
     f = trainer.train_set[0]["image"]
     assert f.shape[-2:] == tuple(s // trainer.split.stride for s in cfg.classifier.input_size)
@@ -78,12 +79,12 @@ def test_a_dfc_trained_on_cached_features_is_an_ordinary_dfc(prepared_run: Path,
     lines = (tmp_path / "cached" / "metrics.csv").read_text().splitlines()
     rows = [dict(zip(lines[0].split(","), line.split(","), strict=True)) for line in lines[1:]]
     kept = next(r for r in rows if int(r["epoch"]) == meta["epoch"])
-    images = ClassifierTrainer(config("classifier.epochs=1"), index, tmp_path / "plain", echo=lambda *_: None)
+    images = classifier_trainer(config("classifier.epochs=1"), index, tmp_path / "plain", echo=lambda *_: None)
     _, _, loss = score_dataset(model, images.val_set)
     assert loss == pytest.approx(float(kept["val_loss"]), rel=2e-2, abs=1e-3)
 
     log: list[str] = []
-    ClassifierTrainer(
+    classifier_trainer(
         config("classifier.epochs=1", "classifier.cache_features=true"), index, tmp_path / "no", log.append
     )
     assert any("cache_features off" in line and "frozen" in line for line in log)
@@ -95,7 +96,7 @@ def test_training_on_images_runs_the_frozen_prefix_image_by_image_with_the_whole
     """Without the cache, the trainer's forward pass runs the frozen prefix chunk by chunk without gradients: its
     outputs, loss and every trainable parameter's gradient are the whole DFC's on the same batch."""
     index = prepared_run / "prepare" / "index.csv"
-    trainer = ClassifierTrainer(
+    trainer = classifier_trainer(
         config("classifier.epochs=1", "classifier.backbone.freeze=1"), index, tmp_path / "c", echo=lambda *_: None
     )
     assert isinstance(trainer.net, PrefixFirstDFC)

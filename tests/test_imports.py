@@ -92,6 +92,27 @@ def test_no_import_cycles():
     assert cycle is None, "import circle: " + " -> ".join(cycle or [])
 
 
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The module graph seen from above: each top-level package of wsss (``wsss.train``, ...) or top-level module
+    (``wsss.runs``) one node, an edge where any of its modules imports one of the other's."""
+
+    def top(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    out: dict[str, set[str]] = {}
+    for a, targets in graph.items():
+        out.setdefault(top(a), set()).update(top(b) for b in targets if top(b) != top(a))
+    return out
+
+
+def test_packages_stand_in_layers():
+    """No circle between packages either: each package (its config module included) can be laid out above all that
+    it imports, so no import runs back up from a lower layer to a higher one."""
+    assert find_cycle(package_graph({"wsss.a.x": {"wsss.b.y"}, "wsss.b.y": {"wsss.a.z"}})) is not None
+    cycle = find_cycle(package_graph(import_graph()))
+    assert cycle is None, "packages importing each other: " + " -> ".join(cycle or [])
+
+
 @pytest.mark.parametrize("module", ["wsss.cli", "wsss.config"])
 def test_startup_does_not_import_torch(module):
     """`wsss --help` and config checks stay fast: torch (and OpenCV) load only in the commands that use them."""

@@ -15,9 +15,9 @@ from wsss.config import BackboneConfig, RetrainConfig
 from wsss.data.index import TrainRow
 from wsss.errors import DataError
 from wsss.inference import torch_predictor
-from wsss.models.segmenter import build_segmenter, load_segmenter
+from wsss.models.segmenter import load_segmenter
 from wsss.train.losses import segmentation_loss
-from wsss.train.segmenter import SegmenterTrainer
+from wsss.train.segmenter import SegmenterTrainer, build_segmenter
 from wsss.train.segmenter_data import PseudoMaskDataset, SegmenterData
 
 SIZE = 32

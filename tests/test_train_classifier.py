@@ -14,6 +14,7 @@ from wsss.config import load_config
 from wsss.data.images import read_mask
 from wsss.data.index import read_eval_index
 from wsss.runs import Run
+from wsss.stages.train_classifier import classifier_trainer
 from wsss.train.classifier import ClassifierTrainer, build_dfc
 
 TINY = [
@@ -55,7 +56,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     )
     run = Run(run_dir, cfg, echo=lambda *_: None)
     run.run_stage("prepare")
-    ClassifierTrainer(cfg, run_dir / "prepare" / "index.csv", run_dir / "dfc", echo=lambda *_: None).fit()
+    classifier_trainer(cfg, run_dir / "prepare" / "index.csv", run_dir / "dfc", echo=lambda *_: None).fit()
     return run_dir, cfg
 
 
@@ -83,7 +84,7 @@ def test_module_switches(prepared_run: Path, tmp_path: Path, clm: bool, gcm: boo
         f"classifier.gcm.enabled={str(gcm).lower()}",
         f"classifier.gcm.consistency_weight={consistency}",
     )
-    trainer = ClassifierTrainer(cfg, prepared_run / "prepare" / "index.csv", tmp_path, echo=lambda *_: None)
+    trainer = classifier_trainer(cfg, prepared_run / "prepare" / "index.csv", tmp_path, echo=lambda *_: None)
     assert (trainer.model.projection is not None) == clm
     trainer.fit()
     row = (tmp_path / "metrics.csv").read_text().splitlines()[1].split(",")
@@ -96,9 +97,9 @@ def test_resume_continues_at_the_right_epoch_with_identical_state(
 ):
     index = prepared_run / "prepare" / "index.csv"
     cfg = config("classifier.epochs=3", "classifier.patience=100")
-    ClassifierTrainer(cfg, index, tmp_path / "straight", echo=lambda *_: None).fit()
+    classifier_trainer(cfg, index, tmp_path / "straight", echo=lambda *_: None).fit()
 
-    killed = ClassifierTrainer(cfg, index, tmp_path / "resumed", echo=lambda *_: None)
+    killed = classifier_trainer(cfg, index, tmp_path / "resumed", echo=lambda *_: None)
     calls = {"n": 0}
     original = ClassifierTrainer.validate
 
@@ -113,7 +114,7 @@ def test_resume_continues_at_the_right_epoch_with_identical_state(
         killed.fit()
     monkeypatch.setattr(ClassifierTrainer, "validate", original)
     log: list[str] = []
-    ClassifierTrainer(cfg, index, tmp_path / "resumed", echo=log.append).fit()
+    classifier_trainer(cfg, index, tmp_path / "resumed", echo=log.append).fit()
     assert "resuming after epoch 1" in log
     a, b = load_file(tmp_path / "straight" / "dfc.safetensors"), load_file(tmp_path / "resumed" / "dfc.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

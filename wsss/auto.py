@@ -17,7 +17,7 @@ The rules (constants here, budgets in the config):
   windows the segmenter trains on, at the cost of an unzoomed one), within ``input_size``; else off.
 - ``cam.tile_size``: off, unless the classifier sees the median image shrunk by more than :data:`TILE_ABOVE` per
   side; then the CAM looks at windows that show each part at :data:`TILE_ZOOM` times the classifier's magnification.
-- ``pseudo.crf.bilateral_sxy``: :data:`CRF_REACH` of the median image's shorter side (50 px on KSDD's 500 px
+- ``pseudo.crf.bilateral_sxy``: :data:`wsss.refine.config.CRF_REACH` of the median image's shorter side (50 px on KSDD's 500 px
   parts, 13 px on the 128 px demo): the appearance kernel reaches across a part, not across the whole image.
 - IEM's dilation is already a fraction of each image's shorter side (``cam.iem.dilation``).
 """
@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 from wsss.data.stats import SizeStats
 from wsss.errors import ConfigError
+from wsss.fields import AUTO
+from wsss.refine.config import CRF_REACH, auto_crf_reach
 
 if TYPE_CHECKING:
     from wsss.config.tree import Config
 
-AUTO = "auto"
 MULTIPLE = 32
 TILE_ABOVE = 4.0
 TILE_ZOOM = 2.0
-CRF_REACH = 0.1
 ASPECT_TOLERANCE = 0.05  # auto input sizes keep the median image's aspect ratio within 5%...
 MIN_AREA = 0.7  # ...unless that costs more than 30% of the pixels the budget allows (then: the nearest aspect)
 INPUT_SECTIONS = ("classifier", "retrain", "segmenter")
@@ -84,11 +84,6 @@ def auto_tiles(median: tuple[int, int], input_size: Sequence[int]) -> list[int]:
         min(median[0], round(input_size[0] * shrink / TILE_ZOOM)),
         min(median[1], round(input_size[1] * shrink / TILE_ZOOM)),
     ]
-
-
-def auto_crf_reach(size: Sequence[int]) -> float:
-    """The bilateral kernel's reach for images of ``size`` (H, W): :data:`CRF_REACH` of the shorter side."""
-    return round(CRF_REACH * min(size[0], size[1]), 1)
 
 
 def is_auto(value: Any) -> bool:

@@ -99,8 +99,8 @@ def _window(section) -> tuple[int, int]:
 
 def unit_seconds(cfg: Config, chans: int, median: tuple[int, int], classes: int = 1) -> dict[str, float]:
     """The timed units (seconds per image) of a resolved config (no ``auto`` left), on this machine."""
-    from wsss.models.classifier import build_dfc
-    from wsss.models.segmenter import build_segmenter
+    from wsss.train.classifier import build_dfc
+    from wsss.train.segmenter import build_segmenter
 
     torch.manual_seed(0)
     dfc = build_dfc(cfg.classifier, classes, chans)

@@ -23,6 +23,9 @@ def path_field(default: str | None = None) -> Any:
     return field(default=default, metadata={"path": True})
 
 
+AUTO = "auto"  # the value of a setting left to the data: resolved from the training images (wsss.auto)
+
+
 @dataclass(frozen=True)
 class Range:
     """The values a numeric setting accepts, declared with its field (:func:`num`) and enforced by :func:`wsss.config.validate`.
@@ -46,7 +49,7 @@ class Range:
         if value is None:
             return True
         if isinstance(value, str):
-            return self.auto and value == "auto"
+            return self.auto and value == AUTO
         if isinstance(value, (list, tuple)):
             n = len(value)
             return (not self.lengths or n in self.lengths) and n >= self.min_items and all(map(self._number, value))

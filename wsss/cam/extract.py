@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wsss.auto import AUTO
 from wsss.cam.config import CamConfig
 from wsss.cam.methods import get_cam_method
 from wsss.data.transforms import fit_image, placement, to_channels, to_tensor, unfit
+from wsss.fields import AUTO
 from wsss.models.classifier import DFC
 from wsss.models.compile import channels_last_input, folded_if_equal, maybe_compile, to_channels_last
 

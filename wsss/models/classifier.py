@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.errors import StageError
-from wsss.models.backbone import backbone_meta, create_backbone
+from wsss.models.backbone import create_backbone
 from wsss.models.config import BackboneConfig
 from wsss.models.model_dir import load_model_dir
-from wsss.train.config import ClassifierConfig
 
 MODEL_FILE = "dfc.safetensors"  # the trained DFC's state_dict
 META_FILE = "dfc.json"  # what rebuilds it (model_meta)
@@ -109,27 +108,6 @@ class DFC(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------- build and load
-def build_dfc(ccfg: ClassifierConfig, num_classes: int, in_chans: int) -> DFC:
-    """A DFC as configured (backbone weights from the configured local file, if any)."""
-    backbone = create_backbone(ccfg.backbone, in_chans)
-    clm_dim = ccfg.clm.dim if ccfg.clm.enabled else 0
-    return DFC(backbone, num_classes, lse_r=ccfg.lse_r, clm_dim=clm_dim, clm_hidden=ccfg.clm.hidden)
-
-
-def model_meta(ccfg: ClassifierConfig, classes: list[str], in_chans: int, stride: int) -> dict[str, Any]:
-    """Everything needed to rebuild the trained DFC from its state_dict (saved as ``dfc.json``)."""
-    backbone = backbone_meta(ccfg.backbone, in_chans)
-    return {
-        "backbone": backbone,
-        "classes": classes,
-        "in_chans": in_chans,
-        "stride": stride,
-        "input_size": list(ccfg.input_size),
-        "lse_r": ccfg.lse_r,
-        "clm": {"enabled": ccfg.clm.enabled, "dim": ccfg.clm.dim, "hidden": ccfg.clm.hidden},
-    }
-
-
 MEMBERS_DIR = "members"  # the ensemble's other members (classifier.ensemble): members/<k>/, k = 1..K-1
 MEMBER_SEED_STEP = 10007  # member k trains with the classifier's seed + k * this: no two runs' seeds share a member
 

@@ -18,11 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.models.backbone import Backbone, backbone_meta, create_backbone
+from wsss.models.backbone import Backbone, create_backbone
 from wsss.models.classifier import lse_pool
 from wsss.models.config import BackboneConfig
 from wsss.models.model_dir import load_model_dir
-from wsss.train.config import SegTrainConfig
 
 MODEL_FILE = "segmenter.safetensors"  # the trained segmenter's state_dict
 META_FILE = "segmenter.json"  # what rebuilds it (segmenter_meta)
@@ -126,30 +125,6 @@ class Segmenter(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------- build and load
-def build_segmenter(scfg: SegTrainConfig, num_classes: int, in_chans: int, section: str = "retrain") -> Segmenter:
-    """A segmenter as configured by a `retrain` or `segmenter` section (encoder weights from its local file, if any)."""
-    backbone = create_backbone(scfg.backbone, in_chans, section=f"{section}.backbone")
-    return Segmenter(backbone, num_classes, scfg.decoder_channels, scfg.cls_lse_r, scfg.cls_source)
-
-
-def segmenter_meta(
-    scfg: SegTrainConfig, classes: Sequence[str], in_chans: int, score_threshold: float = 0.5
-) -> dict[str, Any]:
-    """Everything needed to rebuild and run the trained segmenter (saved as ``segmenter.json``)."""
-    chans = scfg.backbone.in_chans or in_chans
-    return {
-        "backbone": backbone_meta(scfg.backbone, chans),
-        "classes": list(classes),
-        "in_chans": chans,
-        "input_size": list(scfg.input_size),
-        "decoder_channels": scfg.decoder_channels,
-        "cls_lse_r": float(scfg.cls_lse_r),
-        "cls_source": scfg.cls_source,
-        "score_threshold": float(score_threshold),
-        "guided": {"radius": float(scfg.guided.radius), "eps": float(scfg.guided.eps)},
-    }
-
-
 def gate_labels(probs: np.ndarray, cls_probs: np.ndarray, threshold: float) -> np.ndarray:
     """Per-pixel labels (H, W) uint8 from class probabilities (K+1, H, W), gated by the image-level decision.
 

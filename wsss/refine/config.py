@@ -5,6 +5,7 @@ Loaded, checked and overridden by :mod:`wsss.config` (which re-exports every cla
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from wsss.fields import (
@@ -12,6 +13,13 @@ from wsss.fields import (
     choices,
     num,
 )
+
+CRF_REACH = 0.1  # the bilateral kernel's reach, a fraction of the shorter image side (``bilateral_sxy: auto``)
+
+
+def auto_crf_reach(size: Sequence[int]) -> float:
+    """The bilateral kernel's reach for images of ``size`` (H, W): :data:`CRF_REACH` of the shorter side."""
+    return round(CRF_REACH * min(size[0], size[1]), 1)
 
 
 @dataclass

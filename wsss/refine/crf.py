@@ -11,8 +11,8 @@ import dataclasses
 import cv2
 import numpy as np
 
-from wsss.auto import AUTO, auto_crf_reach
-from wsss.refine.config import CRFConfig
+from wsss.fields import AUTO
+from wsss.refine.config import CRFConfig, auto_crf_reach
 
 
 def _check_image(image: np.ndarray) -> None:

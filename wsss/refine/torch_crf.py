@@ -37,8 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss.auto import AUTO, auto_crf_reach
-from wsss.refine.config import CRFConfig
+from wsss.fields import AUTO
+from wsss.refine.config import CRFConfig, auto_crf_reach
 
 CLIP = 1e-5  # as pydensecrf2's unary_from_softmax(clip=1e-5)
 CELLS_PER_SIGMA = 2  # grid resolution: two cells per kernel standard deviation in every dimension

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,6 +23,9 @@ from wsss.atomic import write_json
 from wsss.config.tree import Config
 from wsss.models.weights import weight_files
 from wsss.stages import Stage, in_pipeline, register_stage
+
+if TYPE_CHECKING:
+    from wsss.train.classifier import ClassifierTrainer
 
 
 def with_pretrained_backbone(cfg: Config, weights: Path) -> Config:
@@ -43,11 +48,20 @@ def member_config(cfg: Config, k: int) -> Config:
     )
 
 
+def classifier_trainer(cfg: Config, index: Path, out: Path, echo: Callable[[str], None] = print) -> ClassifierTrainer:
+    """The trainer of the recipe ``cfg``'s classifier, on the `prepare` index ``index``, into ``out``."""
+    from wsss.train.classifier import ClassifierTrainer  # torch: loaded where a stage runs, not with the stage table
+
+    return ClassifierTrainer(
+        cfg.classifier, cfg.dataset, index, out, seed=cfg.seed("classifier"), device=cfg.run.device, echo=echo
+    )
+
+
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     from wsss import distributed as dist
     from wsss.models.classifier import member_dirs
     from wsss.models.model_dir import PRETRAINED_FILE as PRETRAINED
-    from wsss.train.classifier import META_FILE, MODEL_FILE, ClassifierTrainer
+    from wsss.train.classifier import META_FILE, MODEL_FILE
     from wsss.train.loop import CHECKPOINT, METRICS_FILE
 
     if "pretrain" in inputs:
@@ -60,7 +74,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             continue
         if k_all > 1 and dist.is_main():
             click.echo(f"train-classifier: ensemble member {k + 1} of {k_all}")
-        trainer = ClassifierTrainer(member_config(cfg, k), inputs["prepare"] / "index.csv", member, echo=click.echo)
+        trainer = classifier_trainer(member_config(cfg, k), inputs["prepare"] / "index.csv", member, echo=click.echo)
         summary = trainer.fit()
         if dist.is_main():  # under torchrun every rank trains (DDP); rank 0 alone writes
             click.echo(f"best epoch {summary['best_epoch'] + 1}: validation image AP {summary['best_val_ap']:.4f}")

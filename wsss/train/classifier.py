@@ -27,18 +27,20 @@ from torch.utils.data import DataLoader
 from wsss import distributed as dist
 from wsss.atomic import write_json
 from wsss.cam.gcm import crop_and_resize, crop_boxes
-from wsss.config.tree import Config
 from wsss.data.classifier_data import ImageDataset, target_classes
+from wsss.data.config import DatasetConfig
 from wsss.data.index import read_dataset_info, read_train_index
 from wsss.data.transforms import Augment, FeatureAugment
 from wsss.errors import StageError
 from wsss.evaluation.metrics import auroc, average_precision
+from wsss.models.backbone import backbone_meta, create_backbone
 from wsss.models.chunked import forward_chunked
-from wsss.models.classifier import DFC, META_FILE, MODEL_FILE, build_dfc, model_meta
+from wsss.models.classifier import DFC, META_FILE, MODEL_FILE
 from wsss.models.compile import channels_last_input, maybe_compile, to_channels_last
 from wsss.models.prefix import FrozenSplit, split_frozen
 from wsss.models.state import save_state_dict
 from wsss.progress import progress
+from wsss.train.config import ClassifierConfig
 from wsss.train.feature_cache import FeatureDataset, PrefixFirstDFC, SuffixDFC, cache_bytes
 from wsss.train.loop import Loop, train_pass
 from wsss.train.losses import gcm_consistency, supervised_infonce
@@ -60,14 +62,46 @@ COLUMNS = (
 )
 
 
-class ClassifierTrainer:
-    """Trains one DFC into ``out`` from the index of a finished `prepare` stage."""
+# --------------------------------------------------------------------------------------------- built from its section
+def build_dfc(ccfg: ClassifierConfig, num_classes: int, in_chans: int) -> DFC:
+    """A DFC as configured (backbone weights from the configured local file, if any)."""
+    backbone = create_backbone(ccfg.backbone, in_chans)
+    clm_dim = ccfg.clm.dim if ccfg.clm.enabled else 0
+    return DFC(backbone, num_classes, lse_r=ccfg.lse_r, clm_dim=clm_dim, clm_hidden=ccfg.clm.hidden)
 
-    def __init__(self, cfg: Config, index: Path, out: Path, echo: Callable[[str], None] = print):
-        self.cfg, self.ccfg, self.out = cfg, cfg.classifier, Path(out)
-        self.seed = cfg.seed("classifier")
+
+def model_meta(ccfg: ClassifierConfig, classes: list[str], in_chans: int, stride: int) -> dict[str, Any]:
+    """Everything needed to rebuild the trained DFC from its state_dict (saved as ``dfc.json``)."""
+    backbone = backbone_meta(ccfg.backbone, in_chans)
+    return {
+        "backbone": backbone,
+        "classes": classes,
+        "in_chans": in_chans,
+        "stride": stride,
+        "input_size": list(ccfg.input_size),
+        "lse_r": ccfg.lse_r,
+        "clm": {"enabled": ccfg.clm.enabled, "dim": ccfg.clm.dim, "hidden": ccfg.clm.hidden},
+    }
+
+
+class ClassifierTrainer:
+    """Trains one DFC of the ``classifier`` section ``ccfg`` into ``out`` from the index of a finished `prepare` stage
+    (``dataset``: how its images are read and placed)."""
+
+    def __init__(
+        self,
+        ccfg: ClassifierConfig,
+        dataset: DatasetConfig,
+        index: Path,
+        out: Path,
+        seed: int = 0,
+        device: str = "auto",
+        echo: Callable[[str], None] = print,
+    ):
+        self.ccfg, self.fit_mode, self.out = ccfg, dataset.fit, Path(out)
+        self.seed = seed
         self.echo = echo if dist.is_main() else (lambda *_: None)
-        self.device = dist.resolve_device(cfg.run.device)
+        self.device = dist.resolve_device(device)
         info = read_dataset_info(index)
         self.classes = target_classes(info.classes, self.ccfg.binary)
         self.in_chans = self.ccfg.backbone.in_chans or info.channels
@@ -86,8 +120,8 @@ class ClassifierTrainer:
             "input_size": size,
             "in_chans": self.in_chans,
             "seed": self.seed,
-            "high_bit_depth": cfg.dataset.high_bit_depth,
-            "fit": cfg.dataset.fit,
+            "high_bit_depth": dataset.high_bit_depth,
+            "fit": dataset.fit,
         }
         torch.manual_seed(self.seed)
         self.model = build_dfc(self.ccfg, len(self.classes), self.in_chans).to(self.device)
@@ -252,8 +286,8 @@ class ClassifierTrainer:
     def fit(self) -> dict[str, Any]:
         """Train (resuming from ``out/checkpoints/last.pt`` if present); returns a summary."""
         meta = model_meta(self.ccfg, self.classes, self.in_chans, self.model.backbone.stride)
-        if self.cfg.dataset.fit != "stretch":  # how its inputs were placed (the CAM stage places them alike)
-            meta["fit"] = self.cfg.dataset.fit
+        if self.fit_mode != "stretch":  # how its inputs were placed (the CAM stage places them alike)
+            meta["fit"] = self.fit_mode
 
         def save_best(epoch: int) -> None:
             save_state_dict(self.model, self.out / MODEL_FILE)

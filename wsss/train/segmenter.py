@@ -21,7 +21,7 @@ killed run resumes exactly: data order and augmentation are seeded by (seed, epo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,10 @@ from wsss.data.transforms import Augment
 from wsss.errors import ConfigError, StageError
 from wsss.evaluation.metrics import SegAccumulator
 from wsss.labels import IGNORE
+from wsss.models.backbone import backbone_meta, create_backbone
 from wsss.models.chunked import forward_chunked
 from wsss.models.compile import channels_last_input, maybe_compile, to_channels_last
-from wsss.models.segmenter import META_FILE, MODEL_FILE, build_segmenter, gate_labels, segmenter_meta
+from wsss.models.segmenter import META_FILE, MODEL_FILE, Segmenter, gate_labels
 from wsss.models.state import save_state_dict
 from wsss.train.average import WeightAverage
 from wsss.train.config import SegTrainConfig
@@ -63,6 +64,31 @@ COLUMNS = (
     "images_per_s",
     "seconds",
 )
+
+
+# --------------------------------------------------------------------------------------------- built from its section
+def build_segmenter(scfg: SegTrainConfig, num_classes: int, in_chans: int, section: str = "retrain") -> Segmenter:
+    """A segmenter as configured by a `retrain` or `segmenter` section (encoder weights from its local file, if any)."""
+    backbone = create_backbone(scfg.backbone, in_chans, section=f"{section}.backbone")
+    return Segmenter(backbone, num_classes, scfg.decoder_channels, scfg.cls_lse_r, scfg.cls_source)
+
+
+def segmenter_meta(
+    scfg: SegTrainConfig, classes: Sequence[str], in_chans: int, score_threshold: float = 0.5
+) -> dict[str, Any]:
+    """Everything needed to rebuild and run the trained segmenter (saved as ``segmenter.json``)."""
+    chans = scfg.backbone.in_chans or in_chans
+    return {
+        "backbone": backbone_meta(scfg.backbone, chans),
+        "classes": list(classes),
+        "in_chans": chans,
+        "input_size": list(scfg.input_size),
+        "decoder_channels": scfg.decoder_channels,
+        "cls_lse_r": float(scfg.cls_lse_r),
+        "cls_source": scfg.cls_source,
+        "score_threshold": float(score_threshold),
+        "guided": {"radius": float(scfg.guided.radius), "eps": float(scfg.guided.eps)},
+    }
 
 
 def check_inject(scfg: SegTrainConfig, section: str) -> None:
