@@ -36,8 +36,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from pseudo_masks import BASE, METRICS, add_config_options, config, fmt, reuse_stages  # noqa: E402
 
-from wsss.anomaly.io import anomaly_path, read_map, read_range  # noqa: E402
-from wsss.anomaly.patchcore import normalise  # noqa: E402
+from wsss.anomaly.io import (  # noqa: E402
+    anomaly_path,
+    normalise,  # noqa: E402
+    read_map,
+    read_range,
+)
 from wsss.config.pipelines import load_pipeline  # noqa: E402
 from wsss.data.images import read_mask  # noqa: E402
 from wsss.data.index import read_dataset_info, read_eval_index  # noqa: E402

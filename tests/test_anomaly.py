@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import FAST, TINY
 
-from wsss.anomaly.io import anomaly_path, read_map, read_meta
-from wsss.anomaly.patchcore import MemoryBank, calibrate, greedy_coreset, normalise, pooled_percentile
+from wsss.anomaly.io import anomaly_path, normalise, read_map, read_meta
+from wsss.anomaly.patchcore import MemoryBank, calibrate, greedy_coreset, pooled_percentile
 from wsss.config import AnomalyConfig, PseudoConfig, load_config
 from wsss.data.images import read_image, read_mask
 from wsss.data.index import read_dataset_info, read_eval_index

@@ -141,6 +141,44 @@ def test_no_stage_imports_another_stage():
         assert not others, f"{path.name} imports {sorted(others)}"
 
 
+def lazy_imports(path: Path) -> list[tuple[int, str | None]]:
+    """Each import inside a function of ``path``: its line and its reason, the comment right above its block of
+    imports (blank lines and a ``try:`` line between them allowed), or None where it has none."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for fn in ast.walk(ast.parse("\n".join(lines))):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                i = node.lineno - 2
+                while i >= 0 and (not lines[i].strip() or lines[i].strip().startswith(("import ", "from ", "try:"))):
+                    i -= 1
+                above = lines[i].strip() if i >= 0 else ""
+                out.append((node.lineno, above.lstrip("# ") if above.startswith("#") else None))
+    return out
+
+
+def test_lazy_import_probe_reads_reasons(tmp_path: Path):
+    mod = tmp_path / "m.py"
+    mod.write_text("def f():\n    # heavy: only here\n    import a\n    import b\n\n\ndef g():\n    import c\n")
+    assert lazy_imports(mod) == [(3, "heavy: only here"), (4, "heavy: only here"), (8, None)]
+
+
+def test_every_import_inside_a_function_says_why():
+    """Imports sit at the top of their module; one inside a function is kept only for a dependency that is optional,
+    platform-bound or too heavy for the place that imports the module (`wsss --help`, the config checks), and says
+    so in a comment above it."""
+    bare = [
+        f"{p.relative_to(PACKAGE.parent)}:{line}"
+        for p in sorted(PACKAGE.rglob("*.py"))
+        for line, reason in lazy_imports(p)
+        if not reason
+    ]
+    assert not bare, f"imports inside functions without a reason: {bare}"
+    assert sum(len(lazy_imports(p)) for p in PACKAGE.rglob("*.py")) <= 30  # the exception, not the habit
+
+
 def test_no_module_over_400_lines():
     long = {
         str(p.relative_to(PACKAGE.parent)): n

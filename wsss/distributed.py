@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from wsss.errors import ConfigError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -52,8 +54,6 @@ def resolve_device(name: str, where: str = "run.device") -> torch.device:
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        from wsss.errors import ConfigError
-
         raise ConfigError(where, "cuda requested but no CUDA device is available", f"set {where} to auto or cpu")
     return torch.device("cuda", rank() % torch.cuda.device_count())
 

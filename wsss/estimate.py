@@ -26,6 +26,9 @@ import torch
 
 from wsss.config.tree import Config
 from wsss.models.compile import channels_last_input, output_tensors, to_channels_last
+from wsss.refine.crf import dense_crf
+from wsss.train.classifier import build_dfc
+from wsss.train.segmenter import build_segmenter
 
 REPEATS = 2  # timed repetitions of each unit after one warm-up (the median is kept)
 CRF_WINDOW = 512 * 512  # the CRF is timed on at most this many pixels
@@ -81,7 +84,6 @@ def _net_seconds(
 def _crf_seconds(cfg: Config, size: tuple[int, int], chans: int) -> float:
     """Seconds of one dense CRF on an image of ``size``: timed on a window of at most :data:`CRF_WINDOW` pixels and
     scaled by the pixel count (the mean field is linear in it), at the recipe's ``pseudo.crf.scale``."""
-    from wsss.refine.crf import dense_crf
 
     s = min(1.0, math.sqrt(CRF_WINDOW / (size[0] * size[1])))
     h, w = max(8, round(size[0] * s)), max(8, round(size[1] * s))
@@ -99,8 +101,6 @@ def _window(section) -> tuple[int, int]:
 
 def unit_seconds(cfg: Config, chans: int, median: tuple[int, int], classes: int = 1) -> dict[str, float]:
     """The timed units (seconds per image) of a resolved config (no ``auto`` left), on this machine."""
-    from wsss.train.classifier import build_dfc
-    from wsss.train.segmenter import build_segmenter
 
     torch.manual_seed(0)
     dfc = build_dfc(cfg.classifier, classes, chans)

@@ -20,20 +20,28 @@ The model is anything with the :class:`Runner` call: :class:`TorchRunner` (a
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 import torch
 
+from wsss.artifacts.masks import write_mask
+from wsss.artifacts.scores import SCORES_FILE, write_scores
+from wsss.atomic import atomic_path
+from wsss.data.images import read_image
 from wsss.data.transforms import Placement, fit_image, placement, to_channels, to_tensor, unfit
 from wsss.errors import ConfigError, StageError
 from wsss.evaluation.metrics import quantize_probs
+from wsss.mask_format import write_labelmap
 from wsss.models.chunked import forward_chunked
 from wsss.models.compile import channels_last_input, folded_if_equal, to_channels_last
 from wsss.models.segmenter import META_FILE, MODEL_FILE, Segmenter, gate_labels, load_segmenter
+from wsss.progress import progress
 from wsss.refine.guided import guided_probs
 
 ONNX_META_KEY = "wsss"  # ONNX metadata_props key holding the segmenter's meta (JSON)
@@ -66,6 +74,7 @@ class OnnxRunner:
     """An exported segmenter run by onnxruntime (``pip install wsss[export]``)."""
 
     def __init__(self, path: Path, device: str = "cpu"):
+        # optional (the `export` extra): without it, an error that names the install
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -100,9 +109,6 @@ class Prediction:
 
 def write_prob_png(path: Path, prob: np.ndarray) -> None:
     """Write a probability map (H, W) in [0, 1] atomically as a 16-bit grayscale PNG, value ``round(p * 65535)``."""
-    import cv2
-
-    from wsss.atomic import atomic_path
 
     ok, buf = cv2.imencode(".png", quantize_probs(prob))
     if not ok:
@@ -260,13 +266,6 @@ def segment_rows(
     """Segment the index ``rows`` (anything with ``id`` and ``path``) into a stage's mask set and score table:
     ``out/masks/<id>.png`` (with its labelmap), ``out/probs/<id>.png`` (the ungated defect probability) and
     ``out/scores.csv`` (the image head's score, per class with several); returns the images per second."""
-    import time
-
-    from wsss.artifacts.masks import write_mask
-    from wsss.artifacts.scores import SCORES_FILE, write_scores
-    from wsss.data.images import read_image
-    from wsss.mask_format import write_labelmap
-    from wsss.progress import progress
 
     (out / "masks").mkdir(exist_ok=True)
     (out / "probs").mkdir(exist_ok=True)

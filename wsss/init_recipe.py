@@ -19,11 +19,14 @@ from pathlib import Path
 import yaml
 
 from wsss.atomic import atomic_write_text
-from wsss.auto import resolved_lines
+from wsss.auto import resolve_auto, resolved_lines
 from wsss.config.tree import Config, apply_override, load_config
+from wsss.data.base import create_adapter
+from wsss.data.splits import assign_splits
 from wsss.data.stats import SizeStats
-from wsss.data.validate import warning_lines
+from wsss.data.validate import validate_samples, warning_lines
 from wsss.errors import ConfigError
+from wsss.estimate import Counts, lines, stage_seconds, unit_seconds
 
 # What a recipe starts from: the settings measured on KSDD on a 2-core CPU (configs/ksdd.yaml, README results): the
 # pretrained Lite0 cut after stride 16 with its stem to stride 8 frozen, few epochs, single-scale CAMs, KSDD's
@@ -107,9 +110,6 @@ def _config(kind: str, root: Path) -> Config:
 
 def scan(kind: str, root: Path) -> tuple[Config, DatasetSummary]:
     """Scan and validate ``root`` as `prepare` will; raises every problem at once (ManyErrors / DataError)."""
-    from wsss.data.base import create_adapter
-    from wsss.data.splits import assign_splits
-    from wsss.data.validate import validate_samples
 
     cfg = _config(kind, root)
     if not Path(root).exists():
@@ -216,8 +216,6 @@ def write_recipe(
 
 def expected_time(recipe: Path, summary: DatasetSummary) -> list[str]:
     """The recipe's expected wall time per stage on this machine, from its timed units and the data's counts."""
-    from wsss.auto import resolve_auto
-    from wsss.estimate import Counts, lines, stage_seconds, unit_seconds
 
     cfg = resolve_auto(load_config(recipe), summary.sizes)
     n = summary.split_counts

@@ -18,6 +18,7 @@ def _lock_path(run_dir: Path, stage: str) -> Path:
 def _try_lock(f: Any) -> bool | None:
     """Take the exclusive lock of open file ``f`` without waiting: False when another process holds it, None where
     the platform has no ``flock``. The lock goes when ``f`` is closed, or with its process, however that ends."""
+    # POSIX only: elsewhere no lock is taken
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on POSIX

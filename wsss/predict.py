@@ -28,9 +28,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wsss import distributed as dist
+from wsss.artifacts.masks import write_mask
 from wsss.atomic import atomic_path, atomic_write_text
+from wsss.data.images import HIGH_BIT_DEPTH, image_size, read_image
 from wsss.errors import ConfigError, DataError, ManyErrors, WsssError
-from wsss.inference import Predictor
+from wsss.export.overlay import overlay, write_rgb_png
+from wsss.inference import Predictor, write_prob_png
 from wsss.mask_format import write_labelmap
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -91,7 +95,6 @@ def find_images(inputs: Sequence[Path], skip: Sequence[Path] = ()) -> list[tuple
 def screen_images(found: Sequence[tuple[Path, str]], max_megapixels: float) -> None:
     """Check every image's name and header before anything is written (see the module docstring): a ManyErrors
     listing each unusable file."""
-    from wsss.data.images import image_size
 
     errors: list[WsssError] = []
     for path, _ in found:
@@ -162,11 +165,6 @@ def predict_images(
     defect-probability maps (``probs/``). ``max_megapixels``: larger images are refused (:func:`screen_images`);
     ``warn`` prints the warning about images whose channels are not the model's.
     """
-    from wsss import distributed as dist
-    from wsss.artifacts.masks import write_mask
-    from wsss.data.images import HIGH_BIT_DEPTH, read_image
-    from wsss.export.overlay import overlay, write_rgb_png
-    from wsss.inference import write_prob_png
 
     if batch < 1:
         raise ConfigError("--batch", f"invalid batch size {batch}", "use 1 or more")
@@ -227,7 +225,6 @@ def predict_images(
 
 def _merge_ranks(out: Path, columns: list[str], mine: PredictSummary, order: list[str]) -> PredictSummary:
     """Rank 0: every rank's rows in input order into predictions.csv; every rank: the summary of all ranks."""
-    from wsss import distributed as dist
 
     totals = dist.all_gather_object((mine.images, mine.defective, mine.failed))
     summary = PredictSummary(sum(t[0] for t in totals), sum(t[1] for t in totals), [e for t in totals for e in t[2]])

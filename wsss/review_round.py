@@ -27,17 +27,24 @@ from typing import Any
 
 import numpy as np
 
+from wsss.artifacts.masks import CONFIDENCE_FILE, read_confidence, write_mask
 from wsss.atomic import write_json
+from wsss.config.pipelines import load_pipeline
 from wsss.config.tree import Config, load_config
+from wsss.data.images import read_mask
+from wsss.data.index import read_dataset_info, read_eval_index
 from wsss.errors import ConfigError, StageError
+from wsss.evaluation import evaluate_stage
+from wsss.export.review_import import import_review
+from wsss.runs import Run
+from wsss.stages import get_stage
+from wsss.tune import tune_run
 
 ROUNDS = "review-rounds"
 METRICS = (("ap", "image AP"), ("miou_def", "mIoU_def"), ("seg_recall_0_5", "Seg_Recall@0.5"), ("pixel_ap", "pixel AP"))
 
 
 def _evaluate(cfg: Config, run_dir: Path, stage_dir: Path, split: str) -> dict[str, float | None]:
-    from wsss.data.index import read_dataset_info, read_eval_index
-    from wsss.evaluation import evaluate_stage
 
     index = run_dir / "prepare" / "index.csv"
     rows = read_eval_index(index, split=split)
@@ -72,7 +79,6 @@ def review_round(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run one review round on ``run_dir`` (see the module docstring); returns the round's report."""
-    from wsss.runs import Run
 
     run_dir = Path(run_dir)
     seg = run_dir / "train-segmenter"
@@ -166,10 +172,6 @@ def review_loop(
     images), then one review round, which fine-tunes the segmenter from its trained weights on the new masks and the
     reviewed ones (minutes, where training it again would take as long as the run's own training); prints the
     segmenter's figures as trained and after the loop."""
-    from wsss.config.pipelines import load_pipeline
-    from wsss.runs import Run
-    from wsss.stages import get_stage
-    from wsss.tune import tune_run
 
     run_dir = Path(run_dir)
     if config is None:
@@ -220,10 +222,6 @@ def simulated_review(
     Only for generated data and benchmarks (`wsss demo`, bench/review_gain.py), where it simulates what a person
     would draw: the masks it imports are ground truth, so nothing measured after it on those images is unseen.
     """
-    from wsss.artifacts.masks import CONFIDENCE_FILE, read_confidence, write_mask
-    from wsss.data.images import read_mask
-    from wsss.data.index import read_dataset_info, read_eval_index
-    from wsss.export.review_import import import_review
 
     run_dir = Path(run_dir)
     index = run_dir / "prepare" / "index.csv"

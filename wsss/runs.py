@@ -31,10 +31,15 @@ from typing import Any
 import click
 
 from wsss import __version__
+from wsss import distributed as dist
 from wsss.atomic import atomic_write_text, write_json
+from wsss.auto import has_auto, resolve_auto
 from wsss.config.load import dump_yaml
 from wsss.config.pipelines import load_pipeline
 from wsss.config.tree import Config, section_dict, section_hash
+from wsss.data.images import image_size
+from wsss.data.index import read_dataset_info, read_train_index
+from wsss.data.stats import SizeStats
 from wsss.errors import StageError
 from wsss.hashing import MANIFEST, file_changed, file_record, read_manifest
 from wsss.locks import lock_held, stage_lock
@@ -118,9 +123,6 @@ def _now() -> str:
 def _train_sizes(index: Path):
     """The training images' size statistics of a ``dataset.json`` written before it recorded them (an older wsss):
     read from the image headers, so upgrading does not re-run `prepare` and everything after it."""
-    from wsss.data.images import image_size
-    from wsss.data.index import read_train_index
-    from wsss.data.stats import SizeStats
 
     rows = read_train_index(index)
     train = [r for r in rows if r.split == "train"] or rows  # header reads only for the images the stats need
@@ -143,8 +145,6 @@ class Run:
         """The config every stage sees: ``auto`` settings resolved from the finished prepare's ``dataset.json``
         (:mod:`wsss.auto`), so manifests record, and staleness compares, the values actually used. Before prepare
         has run they stay ``auto`` (prepare reads none of them)."""
-        from wsss.auto import has_auto, resolve_auto
-        from wsss.data.index import read_dataset_info
 
         if not has_auto(self.raw_cfg):
             return self.raw_cfg
@@ -254,7 +254,6 @@ class Run:
         runs on rank 0 while the others wait. Rank 0 publishes once every rank has finished, so a rank that dies
         (which ends the whole process group) leaves no ``done`` manifest.
         """
-        from wsss import distributed as dist  # torch: imported when a stage runs, not with the CLI
 
         stage = get_stage(name)
         final = self.stage_dir(name)
@@ -298,7 +297,6 @@ class Run:
 
     def _begin(self, stage: Stage, force: bool) -> dict[str, Any] | None:
         """Decide whether ``stage`` runs; if so, prepare its partial folder and ``running`` manifest (rank 0)."""
-        from wsss import distributed as dist
 
         name, final = stage.name, self.stage_dir(stage.name)
         self._recover(name)

@@ -34,11 +34,24 @@ from typing import Any
 import numpy as np
 import yaml
 
-from wsss.config.load import read_yaml
+from wsss.artifacts.scores import SCORES_FILE, read_scores
+from wsss.atomic import atomic_write_text
+from wsss.cam.io import read_cam, read_cam_meta
+from wsss.config.load import is_weights_name, read_yaml, resolve_path
 from wsss.config.tree import Config, load_config
+from wsss.data.images import read_image
+from wsss.data.index import read_train_index
 from wsss.errors import ConfigError, StageError
+from wsss.evaluation.metrics import iou
+from wsss.export.review_import import REJECTED_FILE, REVIEWED_DIR
+from wsss.inference import torch_predictor
 from wsss.labels import IGNORE
+from wsss.mask_format import read_mask_png
+from wsss.models.segmenter import MODEL_FILE, load_segmenter
+from wsss.parallel import pool_size
 from wsss.refine.config import PseudoConfig
+from wsss.refine.pseudo import label_image
+from wsss.runs import Run
 
 BOOTSTRAP = 2000  # resamples of the reviewed images
 LEVEL = 0.90  # the interval's coverage: a change is adopted when the lower end of its gain is above zero
@@ -85,12 +98,6 @@ class Scored:
 
 def reviewed_items(run_dir: Path, cfg: Config, with_retrain: bool) -> tuple[list[Item], int, int]:
     """The reviewed images with a defect pixel, and the counts of reviewed images without one and of rejected ones."""
-    from wsss.artifacts.scores import SCORES_FILE, read_scores
-    from wsss.cam.io import read_cam, read_cam_meta
-    from wsss.data.images import read_image
-    from wsss.data.index import read_train_index
-    from wsss.export.review_import import REJECTED_FILE, REVIEWED_DIR
-    from wsss.mask_format import read_mask_png
 
     masks_dir = run_dir / REVIEWED_DIR / "masks"
     files = sorted(masks_dir.glob("*.png")) if masks_dir.is_dir() else []
@@ -108,9 +115,6 @@ def reviewed_items(run_dir: Path, cfg: Config, with_retrain: bool) -> tuple[list
     scores = read_scores(run_dir / "cam" / SCORES_FILE)
     predictor = None
     if with_retrain:
-        from wsss.inference import torch_predictor
-        from wsss.models.segmenter import load_segmenter
-
         predictor = torch_predictor(*load_segmenter(run_dir / "retrain"))
     items, empty = [], 0
     for f in files:
@@ -182,7 +186,6 @@ def _config(cfg: Config, c: Candidate) -> PseudoConfig:
 def _iou(item: Item, mask: np.ndarray) -> float:
     """The IoU (:func:`wsss.evaluation.metrics.iou`) of a candidate's mask, the reviewer's uncertain pixels left out
     of both sides; the mask's own ignore pixels count as background, as `evaluate` counts them."""
-    from wsss.evaluation.metrics import iou
 
     keep = ~item.unsure
     return iou((mask > 0) & (mask != IGNORE) & keep, item.truth & keep)
@@ -197,7 +200,6 @@ def _keep(items: Sequence[Item]) -> None:
 
 
 def _score_one(job: tuple[int, PseudoConfig, float | None]) -> float:
-    from wsss.refine.pseudo import label_image
 
     i, pcfg, weight = job
     item = _ITEMS[i]
@@ -267,7 +269,6 @@ def write_recipe(
 ) -> Path:
     """The recipe ``source`` with the command line's ``overrides`` (``key=value``) and the adopted settings changed
     (``choices``: (the recipe's own, the adopted) per rule), each adopted one with its figure in a comment."""
-    from wsss.atomic import atomic_write_text
 
     data = read_yaml(source) or {}
     for item in overrides:
@@ -302,7 +303,6 @@ def _set(data: dict, dotted: str, value: Any) -> None:
 def _absolute_paths(data: dict, cls: type, base: Path) -> None:
     """Every path setting of the recipe ``data`` (fields marked ``path``, e.g. ``dataset.root``) made absolute, as
     the loader resolves it against the recipe's folder ``base`` (registered weights names stay names)."""
-    from wsss.config.load import is_weights_name, resolve_path
 
     for f in dataclasses.fields(cls):
         value = data.get(f.name) if isinstance(data, dict) else None
@@ -342,9 +342,6 @@ def tune_run(
 ) -> list[tuple[Scored, Scored]]:
     """`wsss tune`: measure the candidates on ``run_dir``'s reviewed masks, print each rule's table and choice, and
     with ``out`` write the recipe with the adopted settings; returns the adopted (the recipe's own, the adopted)."""
-    from wsss.models.segmenter import MODEL_FILE
-    from wsss.parallel import pool_size
-    from wsss.runs import Run
 
     cfg = load_config(config, list(overrides))
     run = Run(run_dir, cfg)

@@ -2,7 +2,7 @@
 
 ``<id>.npz`` holds ``map``: float16 (H, W) at the image's original size, the raw smoothed nearest-neighbour distance
 (not normalised, so pixel AUROC keeps its full ranking). ``anomaly.json`` holds the dataset-level ``lo`` and ``hi``
-that :func:`wsss.anomaly.patchcore.normalise` maps to [0, 1]; :func:`read_anomaly` applies them. Files are written
+that :func:`normalise` maps to [0, 1]; :func:`read_anomaly` applies them. Files are written
 atomically.
 """
 
@@ -20,6 +20,12 @@ from wsss.errors import DataError
 
 META_FILE = "anomaly.json"
 FIX = "re-run the anomaly stage: `wsss run-stage anomaly --force`"
+
+
+def normalise(raw: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """A raw distance map in [0, 1]: 0 at or below ``lo`` (normal), 1 at or above ``hi`` (as anomalous as a typical
+    defect); dataset-level constants, never per image (an OK image must not get a full-strength map)."""
+    return np.clip((raw.astype(np.float32) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
 
 
 def anomaly_path(anomaly_dir: Path, sample_id: str) -> Path:
@@ -59,6 +65,5 @@ def read_range(anomaly_dir: Path) -> tuple[float, float]:
 
 def read_anomaly(path: Path, lo: float, hi: float, shape: Sequence[int] | None = None) -> np.ndarray:
     """The normalised (H, W) anomaly map in [0, 1] (``lo``, ``hi`` from ``anomaly.json``)."""
-    from wsss.anomaly.patchcore import normalise
 
     return normalise(read_map(path, shape), lo, hi)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from wsss.anomaly.config import AnomalyConfig
 from wsss.data.transforms import resize, to_channels, to_tensor
-from wsss.errors import StageError
+from wsss.errors import ConfigError, StageError
 from wsss.models.backbone import Backbone
 from wsss.progress import progress
 
@@ -50,8 +50,6 @@ class PatchEmbedder:
         n = len(backbone.channels)
         bad = [i for i in cfg.layers if not -n <= i < n]
         if bad:
-            from wsss.errors import ConfigError
-
             raise ConfigError(where, f"stage(s) {bad} out of range", f"{backbone.name} has stages 0..{n - 1} here")
         self.layers = [i % n for i in cfg.layers]
         self.backbone = backbone.eval().to(device)
@@ -167,19 +165,13 @@ def pooled_percentile(quantiles: Sequence[Sequence[float]], q: float) -> float:
     return float(np.percentile(np.concatenate([np.asarray(x, np.float64) for x in quantiles]), q))
 
 
-def normalise(raw: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """A raw distance map in [0, 1]: 0 at or below ``lo`` (normal), 1 at or above ``hi`` (as anomalous as a typical
-    defect); dataset-level constants, never per image (an OK image must not get a full-strength map)."""
-    return np.clip((raw.astype(np.float32) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-
-
 def calibrate(
     ok_quantiles: Sequence[Sequence[float]],
     defect_peaks: Sequence[float],
     ok_peaks: Sequence[float],
     cfg: AnomalyConfig,
 ) -> tuple[float, float, str]:
-    """Dataset-level (lo, hi) of :func:`normalise` from image labels only, and a warning ("" when none).
+    """Dataset-level (lo, hi) of :func:`wsss.anomaly.io.normalise` from image labels only, and a warning ("" when none).
 
     lo = the ``ok_percentile`` percentile of the OK training images' pixels (leave-one-out maps); hi = the
     ``norm_percentile`` percentile of the defective training images' peaks (the highest OK peak when there is no

@@ -91,6 +91,7 @@ force_option = click.option("--force", is_flag=True, help="re-run even if up to 
 
 def run_folder(cfg: Config, run_dir: Path | None):
     """The run folder's runner; under torchrun, this process joins the process group (rank 0 alone prints)."""
+    # torch and OpenCV load here, with the command that uses them: `wsss --help` starts without them
     from wsss import distributed as dist
     from wsss.runs import Run
 

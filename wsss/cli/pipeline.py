@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import click
 
+from wsss.artifacts.scores import read_scores
+from wsss.atomic import atomic_write_text, write_json
 from wsss.cli.group import (
     StageChoice,
     cli,
@@ -16,8 +21,13 @@ from wsss.cli.group import (
     run_folder,
     set_option,
 )
-from wsss.config import Config, dump_yaml, load_config
-from wsss.stages import load_stages
+from wsss.config import DEMO_SETTINGS, Config, dump_yaml, load_config
+from wsss.config.pipelines import available, load_pipeline, select
+from wsss.data.index import read_dataset_info, read_eval_index
+from wsss.evaluation import evaluate_stage
+from wsss.evaluation.report import pct
+from wsss.hashing import read_manifest
+from wsss.stages import get_stage, load_stages
 
 
 @cli.command()
@@ -25,7 +35,6 @@ from wsss.stages import load_stages
 @set_option
 def stages(config: Path | None, overrides: tuple[str, ...]) -> None:
     """List the registered stages (with the stages each reads under the recipe) and the pipeline definitions."""
-    from wsss.config.pipelines import available, load_pipeline
 
     cfg = load_config(config, overrides)
     click.echo(
@@ -48,6 +57,7 @@ def stages(config: Path | None, overrides: tuple[str, ...]) -> None:
 @set_option
 def run_stage(stage: str, config: Path, run_dir: Path | None, force: bool, overrides: tuple[str, ...]) -> None:
     """Run one STAGE (its inputs must have finished)."""
+    # torch and OpenCV load here, with the command that uses them: `wsss --help` starts without them
     from wsss import distributed as dist
 
     cfg = load_config(config, overrides)
@@ -66,8 +76,8 @@ def run_pipeline(
     config: Path, start: str | None, stop: str | None, run_dir: Path | None, force: bool, overrides: tuple[str, ...]
 ) -> None:
     """Run the config's pipeline in order, skipping up-to-date stages."""
+    # torch and OpenCV load here, with the command that uses them: `wsss --help` starts without them
     from wsss import distributed as dist
-    from wsss.config.pipelines import load_pipeline, select
 
     cfg = load_config(config, overrides)
     run = run_folder(cfg, run_dir)
@@ -94,9 +104,8 @@ def run_pipeline(
 def status(config: Path, run_dir: Path | None, overrides: tuple[str, ...]) -> None:
     """Show each pipeline stage's state in the run folder (done, stale, missing, blocked, running, interrupted,
     failed)."""
-    from wsss.config.pipelines import load_pipeline
+    # torch and OpenCV load here, with the command that uses them: `wsss --help` starts without them
     from wsss.runs import CORRUPT, INTERRUPTED
-    from wsss.stages import get_stage
 
     cfg = load_config(config, overrides)
     run = run_folder(cfg, run_dir)
@@ -121,6 +130,7 @@ def show_config(config: Path | None, run_dir: Path | None, overrides: tuple[str,
 
     ``auto`` settings show the values the run's prepare stage resolved them to (the run folder of --run-dir, else
     runs/<run.name>), or stay ``auto`` until prepare has run."""
+    # torch and OpenCV load here, with the command that uses them: `wsss --help` starts without them
     from wsss.runs import Run
 
     cfg = load_config(config, overrides)
@@ -140,6 +150,7 @@ def show_config(config: Path | None, run_dir: Path | None, overrides: tuple[str,
 )
 def init(kind: str, root: Path, out: Path, force: bool, estimate: bool) -> None:
     """Scan a dataset, print what it holds, and write a recipe for it (sizes resolved from its images)."""
+    # torch and OpenCV load here, with the command that uses them: `wsss --help` starts without them
     from wsss.init_recipe import write_recipe
 
     path, summary, expected = write_recipe(kind, root, out, force, estimate)
@@ -165,9 +176,6 @@ def demo(run_dir: Path | None, force: bool, review: int, overrides: tuple[str, .
     it, every pipeline stage end to end; then print each stage's figures and write an overview picture. Then, since
     the data is generated and its masks are known, a simulated reviewer corrects the least confident training images
     and the review loop (tune, re-run, fine-tune) shows what those masks are worth."""
-    from wsss.config import DEMO_SETTINGS
-    from wsss.config.pipelines import load_pipeline
-
     cfg = load_config(None, (*DEMO_SETTINGS, *overrides))
     click.echo(_demo_line(cfg))
     run = run_folder(cfg, run_dir)
@@ -197,11 +205,8 @@ def _demo_review(run, cfg: Config, n: int) -> None:
     and resumes as usual): ``n`` masks from :func:`~wsss.review_round.simulated_review`, then
     :func:`~wsss.review_round.review_loop` with the demo's recipe written as a file; prints the segmenter's test
     mIoU_def before and after. A finished copy is reported again, not re-run."""
-    import dataclasses
-    import json
-    import shutil
 
-    from wsss.atomic import atomic_write_text, write_json
+    # torch and OpenCV load here, with the command that uses them: `wsss --help` starts without them
     from wsss.review_round import copy_stages, review_loop, simulated_review
 
     copy = run.dir / "review-loop"
@@ -249,10 +254,6 @@ def _stage_summary(run, stages: list[str], cfg) -> tuple[str, dict]:
     side by side (METHOD.md 8): what each step of the method gives, so a poor final row is seen next to the
     pseudo-masks it learned from; with each stage's pixel AP (where it writes probs/). Also each stage's report, by
     stage name (none without ground truth)."""
-    from wsss.data.index import read_dataset_info, read_eval_index
-    from wsss.evaluation import evaluate_stage
-    from wsss.evaluation.report import pct
-    from wsss.hashing import read_manifest
 
     index = run.stage_dir("prepare") / "index.csv"
     rows = read_eval_index(index, split=None if cfg.evaluate.split == "all" else cfg.evaluate.split)
@@ -295,8 +296,7 @@ def _overview(run, reports: dict, cfg, stages: list[str]) -> Path | None:
     report from :func:`_stage_summary`), beside the ground truth and the pseudo-masks; without ground truth, the
     images the last stage is surest, midway and least sure are defective. None when the run has no pseudo-masks or
     nothing to show."""
-    from wsss.artifacts.scores import read_scores
-    from wsss.data.index import read_eval_index
+    # torch and OpenCV load here, with the command that uses them: `wsss --help` starts without them
     from wsss.export.overview import pick_by_score, pick_rows, write_overview
 
     pseudo = run.stage_dir("pseudo-labels") / "masks"

@@ -13,8 +13,12 @@ from wsss.cli.group import (
     run_dir_option,
     set_option,
 )
-from wsss.config import load_config
+from wsss.config import EvaluateConfig, ExportConfig, load_config
 from wsss.errors import ConfigError
+from wsss.evaluation.report import REPORT_FILES
+from wsss.hashing import MANIFEST
+from wsss.progress import progress
+from wsss.stages.evaluate import evaluate_index, report_dir
 
 
 @cli.command()
@@ -73,9 +77,6 @@ def evaluate(
     Every mask (and --probs map) is checked first (present, readable, one 8-bit channel, the size of its ground truth
     or image): all problems are listed at once and nothing is written. A stage's folder is never written to: by default the report
     of runs/<name>/<stage>/masks goes to runs/<name>/evaluate-<stage>/."""
-    from wsss.config import EvaluateConfig
-    from wsss.evaluation.report import REPORT_FILES
-    from wsss.stages.evaluate import evaluate_index, report_dir
 
     cfg = EvaluateConfig(split=split, score_threshold=threshold, ignore_as=ignore_as, mask_format=mask_format)
     out = report_dir(masks, out)
@@ -150,10 +151,10 @@ def predict(
 ) -> None:
     """Segment IMAGES (files or folders) with a trained segmenter: masks, defect-probability maps (probs/), overlays
     and predictions.csv in --out."""
+    # torch and OpenCV load here, with the command that uses them: `wsss --help` starts without them
     from wsss import distributed as dist
     from wsss.inference import load_predictor
     from wsss.predict import predict_images, raise_failures
-    from wsss.progress import progress
 
     dist.init_from_env()  # under torchrun the images are sharded across ranks
     predictor = load_predictor(
@@ -199,13 +200,11 @@ def export() -> None:
 )
 def export_review(run_dir: Path, masks: str | None, out: Path, formats: str, coco_mode: str, image_prefix: str) -> None:
     """Write a review package of a run's masks: overlays, index.html and the annotation tools' import files."""
-    from wsss.config import ExportConfig
+    # torch and OpenCV load here, with the command that uses them: `wsss --help` starts without them
     from wsss.export.review import build_review, run_source
-    from wsss.progress import progress
 
     if out.exists() and not out.is_dir():
         raise ConfigError(out, "exists and is not a folder", "choose another --out folder")
-    from wsss.hashing import MANIFEST
 
     stage = next((d for d in (out.resolve(), *out.resolve().parents) if (d / MANIFEST).is_file()), None)
     if stage is not None:  # a stage's folder belongs to its manifest: a package there would overwrite its outputs
@@ -239,6 +238,7 @@ def import_review_cmd(fmt: str, file: Path, run_dir: Path, mask_format: str) -> 
     --format decisions imports the review page's "Download decisions" file: accepted images' pseudo-masks become
     human masks, rejected images go to RUN/reviewed/rejected.txt (no mask loss in train-segmenter); masks corrected
     in a tool win. A file whose run's masks changed since the export is refused."""
+    # torch and OpenCV load here, with the command that uses them: `wsss --help` starts without them
     from wsss.export.review_import import import_decisions, import_review
 
     if fmt == "decisions":
@@ -274,6 +274,7 @@ def import_review_cmd(fmt: str, file: Path, run_dir: Path, mask_format: str) -> 
 def tune(config: Path, run_dir: Path | None, out: Path | None, overrides: tuple[str, ...]) -> None:
     """Choose the pseudo-labelling settings on the run's reviewed masks (`wsss import-review`): each candidate's
     mIoU_def with a bootstrap interval; a setting changes only where the interval says it is better."""
+    # torch and OpenCV load here, with the command that uses them: `wsss --help` starts without them
     from wsss.tune import tune_run
 
     cfg = load_config(config, overrides)
@@ -301,6 +302,7 @@ def review_round_cmd(
     """Fine-tune the run's segmenter on its reviewed masks (`wsss import-review`) and print before / after.
 
     The segmenter before the round and the report are kept in RUN/review-rounds/round-<k>/."""
+    # torch and OpenCV load here, with the command that uses them: `wsss --help` starts without them
     from wsss.review_round import review_loop, review_round
 
     cfg = load_config(config, overrides)
@@ -322,6 +324,7 @@ def review_round_cmd(
 @click.option("--opset", type=click.IntRange(min=7), default=18, show_default=True)
 def export_onnx_cmd(model: Path, out: Path, opset: int) -> None:
     """Export the segmenter to ONNX (dynamic batch and size) and check it against PyTorch with onnxruntime."""
+    # torch and OpenCV load here, with the command that uses them: `wsss --help` starts without them
     from wsss.export.onnx import export_onnx
 
     report = export_onnx(model, out, opset=opset)

@@ -12,6 +12,7 @@ from functools import cache
 
 import cv2
 import numpy as np
+from skimage import data
 
 PHOTOS = ("brick", "gravel", "grass")
 
@@ -28,7 +29,6 @@ PHOTO_STD = (6.0, 10.0)
 @cache
 def photograph(name: str) -> np.ndarray:
     """The scikit-image photograph ``name`` (uint8 grayscale), read from the installed wheel's data folder."""
-    from skimage import data
 
     img = getattr(data, name)()
     return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)

@@ -65,6 +65,7 @@ def _check_inputs(meta: dict, stride: int) -> list[np.ndarray]:
 
 def export_onnx(model_path: Path, out: Path, tolerance: float = TOLERANCE, opset: int = OPSET) -> ExportReport:
     """Export the segmenter at ``model_path`` (run folder, stage folder or .safetensors) to ``out`` and verify it."""
+    # optional (the `export` extra): without it, an error that names the install
     try:
         import onnx
     except ImportError as e:

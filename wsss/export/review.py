@@ -32,12 +32,20 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
+from wsss.atomic import atomic_path
+from wsss.cam.io import cam_path, read_cam, read_cam_meta
+from wsss.data.images import exif_orientation, read_image, read_mask
+from wsss.data.index import read_dataset_info, read_eval_index
 from wsss.errors import ConfigError, DataError
+from wsss.evaluation import read_pred_mask
+from wsss.evaluation.metrics import iou
 from wsss.export.config import ExportConfig
 from wsss.export.formats import ReviewItem, get_format
 from wsss.export.formats.coco import CocoFormat
 from wsss.export.formats.labelstudio import LabelStudioFormat
+from wsss.export.html import write_page
 from wsss.export.overlay import overlay, write_rgb_png
 from wsss.hashing import file_sha256
 from wsss.labels import IGNORE, LabelMap, class_colour
@@ -102,8 +110,6 @@ def package_identity(masks_stage: Path) -> dict[str, Any]:
 
 def review_classes(run_dir: Path) -> list[str]:
     """The classes the run's masks use (the cam stage's, else the dataset's)."""
-    from wsss.cam.io import read_cam_meta
-    from wsss.data.index import read_dataset_info
 
     if (Path(run_dir) / "cam" / "cam.json").is_file():
         return list(read_cam_meta(Path(run_dir) / "cam")["classes"])
@@ -149,7 +155,6 @@ def _heat(cam: np.ndarray) -> np.ndarray:
 
 
 def _write_rgba(path: Path, rgba: np.ndarray) -> None:
-    from wsss.atomic import atomic_path
 
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
     if not ok:
@@ -161,9 +166,6 @@ def _write_rgba(path: Path, rgba: np.ndarray) -> None:
 def _shown_as_read(src: Path) -> bool:
     """Whether a browser shows the file as wsss reads it: no alpha or transparency (which wsss drops), no CMYK, no
     16-bit values (which wsss scales)."""
-    from PIL import Image
-
-    from wsss.data.images import exif_orientation
 
     with Image.open(src) as im:  # a browser may or may not apply EXIF orientation: such a file is re-encoded
         return im.mode in ("1", "L", "P", "RGB") and "transparency" not in im.info and exif_orientation(im) == 1
@@ -185,12 +187,6 @@ def build_review(
     src: ReviewSource, out: Path, cfg: ExportConfig, progress_fn: Callable = lambda it, **_: it
 ) -> dict[str, Path]:
     """Write the review package of ``src`` into ``out``; returns the artifacts written by name."""
-    from wsss.cam.io import cam_path, read_cam
-    from wsss.data.images import read_image, read_mask
-    from wsss.data.index import read_dataset_info, read_eval_index
-    from wsss.evaluation import read_pred_mask
-    from wsss.evaluation.metrics import iou
-    from wsss.export.html import write_page
 
     unknown = [f for f in cfg.formats if f not in ("png", "coco", "cvat", "labelstudio")]
     if unknown:

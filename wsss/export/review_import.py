@@ -46,9 +46,12 @@ from typing import Any
 
 import numpy as np
 
+from wsss.artifacts.masks import write_mask
 from wsss.atomic import atomic_write_text
 from wsss.data.images import image_size
+from wsss.data.index import read_train_index
 from wsss.errors import ConfigError, DataError, ManyErrors, WsssError
+from wsss.evaluation import read_pred_mask
 from wsss.export.formats import ImageSizes, get_format
 from wsss.export.review import DECISIONS_FORMAT, DECISIONS_VERSION, masks_digest, review_classes
 from wsss.labels import LabelMap
@@ -125,8 +128,6 @@ def check_masks(
 def import_review(fmt: str, path: Path, run_dir: Path, mask_format: str = "auto") -> ImportSummary:
     """Import the corrected masks of ``path`` (in format ``fmt``) into ``run_dir``; see the module docstring.
     ``mask_format`` (auto, labels or binary) says what the values of a png folder mean."""
-    from wsss.artifacts.masks import write_mask
-    from wsss.data.index import read_train_index
 
     path, run_dir = Path(path), Path(run_dir)
     index = run_dir / "prepare" / "index.csv"
@@ -248,9 +249,6 @@ def read_decisions(path: Path) -> dict[str, Any]:
 
 def import_decisions(path: Path, run_dir: Path) -> DecisionsSummary:
     """Import the review page's decisions file ``path`` into ``run_dir``; see the module docstring."""
-    from wsss.artifacts.masks import write_mask
-    from wsss.data.index import read_train_index
-    from wsss.evaluation import read_pred_mask
 
     path, run_dir = Path(path), Path(run_dir)
     index = run_dir / "prepare" / "index.csv"

@@ -15,7 +15,8 @@ from timm.models import adapt_input_conv
 from torch import Tensor, nn
 
 from wsss.atomic import atomic_path
-from wsss.errors import ConfigError
+from wsss.errors import ConfigError, StageError
+from wsss.hashing import file_changed, recorded_by
 
 _HEAD_NAMES = frozenset({"fc", "head", "head_dist", "heads", "classifier", "last_linear"})
 _SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -118,8 +119,6 @@ def load_trained_state(model: nn.Module, path: str | Path, fix: str) -> None:
     Any missing, unexpected or differently shaped key (a checkpoint from another config: class count, backbone) is a
     StageError naming the file and the keys, instead of torch's RuntimeError.
     """
-    from wsss.errors import StageError
-    from wsss.hashing import file_changed, recorded_by
 
     found = recorded_by(Path(path))
     if found is not None:  # a finished stage's own file: it must still be the one its manifest recorded

@@ -147,6 +147,7 @@ def map_by_position(source: dict[str, Tensor], target: dict[str, Tensor], where:
 
 def load_named(name: str, model: str, where: str) -> tuple[dict[str, Tensor], NamedWeights]:
     """The state_dict of weights ``name`` for timm ``model``, in timm's keys (the plain model, head included)."""
+    # torch, timm and the state-dict reader load here: the config checks weight names through this module at startup
     import timm
     import torch
 

@@ -10,6 +10,8 @@ import dataclasses
 
 import cv2
 import numpy as np
+import pydensecrf.densecrf as dcrf
+from pydensecrf.utils import unary_from_softmax
 
 from wsss.fields import AUTO
 from wsss.refine.config import CRFConfig, auto_crf_reach
@@ -53,11 +55,10 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarra
     if cfg.scale < 1:
         return _downsampled(image, probs, cfg)
     if cfg.backend == "torch":
+        # torch loads only for this backend: the labelling workers of the default one start without it
         from wsss.refine.torch_crf import dense_crf_fast
 
         return dense_crf_fast(image, probs, cfg, cfg.device)  # which copies the image
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
 
     crf = dcrf.DenseCRF2D(w, h, c)
     unary = unary_from_softmax(np.ascontiguousarray(probs, dtype=np.float32), clip=1e-5)

@@ -46,12 +46,17 @@ from typing import Any
 import cv2
 import numpy as np
 
+from wsss.anomaly.io import read_anomaly
 from wsss.artifacts.masks import write_mask
+from wsss.cam.io import read_cam
+from wsss.data.images import read_image
 from wsss.errors import StageError, WsssError
 from wsss.labels import IGNORE  # the uncertain pixels: ignored in training
 from wsss.parallel import pool_size
 from wsss.progress import progress
 from wsss.refine.config import PseudoConfig
+from wsss.refine.crf import dense_crf
+from wsss.refine.unary import unary_map
 
 CONFIDENCE_RING = 3  # pixels the defect region is dilated by before averaging its confidence
 CAM_FLOOR = 1e-5  # the CAM is clipped to [CAM_FLOOR, 1] so every class keeps a finite unary energy
@@ -169,8 +174,6 @@ def label_image(image: np.ndarray, cam: np.ndarray, cfg: PseudoConfig, called_de
     classes = cam.shape[0]
     p = class_probs(cam, cfg.bg_prior)
     if cfg.method == "crf":
-        from wsss.refine.crf import dense_crf
-
         p = dense_crf(image, p, cfg.crf)
     labels = p.argmax(axis=0).astype(np.uint8)
     p_max = p.max(axis=0)
@@ -214,15 +217,10 @@ def label_one(task: LabelTask) -> dict[str, Any]:
 
     Top-level, so that pool workers can run it. A missing or corrupt image or CAM is a DataError naming the file.
     """
-    from wsss.cam.io import read_cam
-    from wsss.data.images import read_image
 
     image = read_image(task.image, task.high_bit_depth)
     cam = read_cam(task.cam, shape=image.shape[:2], classes=task.classes)
     if task.cfg.unary != "cam":
-        from wsss.anomaly.io import read_anomaly
-        from wsss.refine.unary import unary_map
-
         if task.anomaly is None:
             raise ValueError(f"pseudo.unary={task.cfg.unary} but no anomaly map was given for {task.id}")
         cam = unary_map(cam, read_anomaly(task.anomaly, *task.anomaly_range, shape=image.shape[:2]), task.cfg)

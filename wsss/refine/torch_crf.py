@@ -33,10 +33,12 @@ import math
 import operator
 import warnings
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss.errors import ConfigError
 from wsss.fields import AUTO
 from wsss.refine.config import CRFConfig, auto_crf_reach
 
@@ -67,7 +69,6 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
         b, c, h, w = x.shape
         y = F.conv2d(x.reshape(b * c, 1, h, w), k.view(1, 1, 1, -1), padding=(0, k.numel() // 2))
         return F.conv2d(y, k.view(1, 1, -1, 1), padding=(k.numel() // 2, 0)).view(b, c, h, w)
-    import cv2
 
     size = 2 * max(1, int(math.ceil(3 * sigma))) + 1
     a = x.detach().float().cpu().numpy()
@@ -221,8 +222,6 @@ def _equal_channels(images: torch.Tensor) -> bool:
 def dense_crf_fast(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig, device: str = "cpu") -> np.ndarray:
     """:func:`dense_crf_torch` for one numpy image (H, W[, 3]) uint8 and probabilities (C, H, W): float32 (C, H, W)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from wsss.errors import ConfigError
-
         raise ConfigError("pseudo.crf.device", "cuda requested but no CUDA device is available", "use cpu")
     img = torch.from_numpy(np.array(image, copy=True, order="C"))[None].to(device)  # read-only inputs included
     p = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))[None].to(device)

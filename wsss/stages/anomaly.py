@@ -19,26 +19,40 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
+from wsss import distributed as dist
+from wsss.anomaly.io import META_FILE, anomaly_path, normalise, write_map
+from wsss.anomaly.patchcore import (
+    QUANTILES,
+    PatchEmbedder,
+    anomaly_grid,
+    calibrate,
+    ok_bank,
+    ok_training_images,
+    upsample,
+)
+from wsss.artifacts.scores import SCORES_FILE, write_scores
+from wsss.atomic import write_json
 from wsss.config.tree import Config
+from wsss.data.images import read_image
+from wsss.data.index import read_dataset_info, read_train_index
+from wsss.models.backbone import create_backbone
+from wsss.models.classifier import load_dfc
 from wsss.models.weights import weight_files
+from wsss.progress import progress
+from wsss.resume import RowLog, log_name
 from wsss.stages import Stage, register_stage
 
 
 def embedder_for(cfg: Config, inputs: dict[str, Path], device):
     """The patch embedder the config asks for: the trained DFC's backbone, or ``anomaly.backbone``."""
-    from wsss.anomaly.patchcore import PatchEmbedder
-    from wsss.data.index import read_dataset_info
-    from wsss.models.backbone import create_backbone
 
     acfg = cfg.anomaly
     if acfg.features == "dfc":
-        from wsss.models.classifier import load_dfc
-
         model, meta = load_dfc(inputs["train-classifier"], device)
         size = acfg.input_size or meta["input_size"]
         return PatchEmbedder(model.backbone, acfg, size, int(meta["in_chans"]), device)
-    import torch
 
     info = read_dataset_info(inputs["prepare"] / "index.csv")
     torch.manual_seed(cfg.run.seed)
@@ -47,23 +61,6 @@ def embedder_for(cfg: Config, inputs: dict[str, Path], device):
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-    from wsss import distributed as dist
-    from wsss.anomaly.io import META_FILE, anomaly_path, write_map
-    from wsss.anomaly.patchcore import (
-        QUANTILES,
-        anomaly_grid,
-        calibrate,
-        normalise,
-        ok_bank,
-        ok_training_images,
-        upsample,
-    )
-    from wsss.artifacts.scores import SCORES_FILE, write_scores
-    from wsss.atomic import write_json
-    from wsss.data.images import read_image
-    from wsss.data.index import read_train_index
-    from wsss.progress import progress
-    from wsss.resume import RowLog, log_name
 
     acfg = cfg.anomaly
     index = inputs["prepare"] / "index.csv"

@@ -29,9 +29,20 @@ from pathlib import Path
 import click
 import numpy as np
 
+from wsss import distributed as dist
+from wsss.artifacts.scores import SCORES_FILE, write_scores
 from wsss.atomic import atomic_path, write_json
+from wsss.cam.extract import CamExtractor, normalise_cam
+from wsss.cam.iem import extend_cams
+from wsss.cam.io import CAMS_DIR, META_FILE, write_cam
 from wsss.config.tree import Config
+from wsss.data.classifier_data import BINARY_CLASSES
+from wsss.data.images import read_image
+from wsss.data.index import read_dataset_info, read_train_index
 from wsss.errors import StageError
+from wsss.models.classifier import load_dfcs
+from wsss.progress import progress
+from wsss.resume import RowLog, log_name
 from wsss.stages import Stage, register_stage
 
 RAW_DIR = "raw"
@@ -42,8 +53,6 @@ LIFT_OK_PERCENTILE = 99.0  # cam.lift's floor: this percentile of the OK trainin
 
 
 def _check_classes(meta: dict, index: Path, model_dir: Path) -> None:
-    from wsss.data.classifier_data import BINARY_CLASSES
-    from wsss.data.index import read_dataset_info
 
     info = read_dataset_info(index)
     classes = meta["classes"]
@@ -58,16 +67,6 @@ def _check_classes(meta: dict, index: Path, model_dir: Path) -> None:
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-    from wsss import distributed as dist
-    from wsss.artifacts.scores import SCORES_FILE, write_scores
-    from wsss.cam.extract import CamExtractor, normalise_cam
-    from wsss.cam.iem import extend_cams
-    from wsss.cam.io import CAMS_DIR, META_FILE, write_cam
-    from wsss.data.images import read_image
-    from wsss.data.index import read_train_index
-    from wsss.models.classifier import load_dfcs
-    from wsss.progress import progress
-    from wsss.resume import RowLog, log_name
 
     ccfg = cfg.cam
     index = inputs["prepare"] / "index.csv"

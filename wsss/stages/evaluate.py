@@ -18,10 +18,14 @@ from pathlib import Path
 
 import click
 
+from wsss.artifacts.scores import read_scores
 from wsss.config.tree import Config
+from wsss.data.index import read_dataset_info, read_eval_index
 from wsss.errors import ConfigError
+from wsss.evaluation import evaluate_masks, write_report
 from wsss.evaluation.config import EvaluateConfig
 from wsss.evaluation.report import pct
+from wsss.hashing import read_manifest
 from wsss.stages import Stage, mask_source, published, register_stage
 
 
@@ -42,7 +46,6 @@ def _inputs(cfg: Config) -> tuple[str, ...]:
 
 def stage_folder(path: Path) -> Path | None:
     """The run stage folder that ``path`` is or lies in (a folder whose ``manifest.json`` names its stage), if any."""
-    from wsss.hashing import read_manifest
 
     path = Path(path).resolve()
     for folder in (path, *path.parents):
@@ -83,9 +86,6 @@ def evaluate_index(
 ):
     """Evaluate ``masks_dir`` (and the probability maps of ``probs_dir``) against the index's ground truth and
     write the report files into ``out``."""
-    from wsss.artifacts.scores import read_scores
-    from wsss.data.index import read_dataset_info, read_eval_index
-    from wsss.evaluation import evaluate_masks, write_report
 
     split = None if cfg.split == "all" else cfg.split
     rows = read_eval_index(index_csv, split=split)

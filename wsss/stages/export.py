@@ -8,7 +8,10 @@ from pathlib import Path
 
 import click
 
+from wsss.config.pipelines import load_pipeline
 from wsss.config.tree import Config
+from wsss.export.review import ReviewSource, build_review, review_classes
+from wsss.progress import progress
 from wsss.stages import Stage, mask_source, published, register_stage
 
 
@@ -17,7 +20,6 @@ def masks_input(cfg: Config) -> str:
 
 
 def _inputs(cfg: Config) -> tuple[str, ...]:
-    from wsss.config.pipelines import load_pipeline
 
     stages = load_pipeline(cfg.run.pipeline).stages
     before = stages[: stages.index("export")] if "export" in stages else stages
@@ -26,8 +28,6 @@ def _inputs(cfg: Config) -> tuple[str, ...]:
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-    from wsss.export.review import ReviewSource, build_review, review_classes
-    from wsss.progress import progress
 
     report = inputs["evaluate"] / "report.json" if "evaluate" in inputs else None
     src = ReviewSource(

@@ -16,6 +16,7 @@ from wsss.data.base import DatasetAdapter, Sample, create_adapter
 from wsss.data.index import SPLITS, DatasetInfo, EvalRow, write_dataset_info, write_index
 from wsss.data.splits import assign_splits
 from wsss.data.stats import SizeStats
+from wsss.data.validate import validate_samples, warning_lines
 from wsss.stages import Stage, register_stage
 
 
@@ -39,7 +40,6 @@ def split_table(rows: list[EvalRow]) -> dict[str, dict[str, int]]:
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-    from wsss.data.validate import validate_samples, warning_lines
 
     adapter = make_adapter(cfg, out)
     samples: list[Sample] = adapter.scan()

@@ -20,30 +20,29 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
+from wsss import distributed as dist
+from wsss.anomaly.patchcore import QUANTILES, PatchEmbedder, anomaly_grid, calibrate, ok_bank, ok_training_images
+from wsss.atomic import write_json
 from wsss.config.tree import Config
+from wsss.data.images import read_image
+from wsss.data.index import read_dataset_info, read_train_index
+from wsss.data.transforms import resize, to_channels, to_tensor
+from wsss.models.backbone import create_backbone
 from wsss.models.model_dir import PRETRAINED_FILE as MODEL_FILE
+from wsss.models.state import save_state_dict
 from wsss.models.weights import weight_files
+from wsss.progress import progress
 from wsss.stages import Stage, register_stage
+from wsss.train.checkpoint import write_metrics
+from wsss.train.pretrain import normalised_targets, pretrain_backbone
 
 META_FILE = "pretrain.json"
 METRICS_FILE = "metrics.csv"
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-    import torch
-
-    from wsss import distributed as dist
-    from wsss.anomaly.patchcore import QUANTILES, PatchEmbedder, anomaly_grid, calibrate, ok_bank, ok_training_images
-    from wsss.atomic import write_json
-    from wsss.data.images import read_image
-    from wsss.data.index import read_dataset_info, read_train_index
-    from wsss.data.transforms import resize, to_channels, to_tensor
-    from wsss.models.backbone import create_backbone
-    from wsss.models.state import save_state_dict
-    from wsss.progress import progress
-    from wsss.train.checkpoint import write_metrics
-    from wsss.train.pretrain import normalised_targets, pretrain_backbone
 
     pcfg, acfg = cfg.pretrain, cfg.pretrain.anomaly
     index = inputs["prepare"] / "index.csv"

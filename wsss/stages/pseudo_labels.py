@@ -23,14 +23,22 @@ from pathlib import Path
 
 import click
 
+from wsss import distributed as dist
+from wsss.anomaly.io import anomaly_path, read_range
+from wsss.artifacts.masks import CONFIDENCE_FILE, write_confidence
+from wsss.artifacts.scores import SCORES_FILE, read_scores
+from wsss.atomic import atomic_path
+from wsss.cam.io import FIX, META_FILE, cam_path, read_cam_meta
 from wsss.config.tree import Config
+from wsss.data.index import read_train_index
 from wsss.errors import DataError, StageError
 from wsss.mask_format import write_labelmap
+from wsss.refine.pseudo import LabelTask, label_all
+from wsss.resume import RowLog, log_name
 from wsss.stages import Stage, register_stage
 
 
 def _cam_meta(cam_dir: Path) -> tuple[list[str], float]:
-    from wsss.cam.io import FIX, META_FILE, read_cam_meta
 
     meta = read_cam_meta(cam_dir)
     try:
@@ -43,15 +51,6 @@ def _cam_meta(cam_dir: Path) -> tuple[list[str], float]:
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-    from wsss import distributed as dist
-    from wsss.anomaly.io import anomaly_path, read_range
-    from wsss.artifacts.masks import CONFIDENCE_FILE, write_confidence
-    from wsss.artifacts.scores import SCORES_FILE, read_scores
-    from wsss.atomic import atomic_path
-    from wsss.cam.io import FIX, cam_path
-    from wsss.data.index import read_train_index
-    from wsss.refine.pseudo import LabelTask, label_all
-    from wsss.resume import RowLog, log_name
 
     t0 = time.perf_counter()
     index = read_train_index(inputs["prepare"] / "index.csv")

@@ -24,18 +24,31 @@ from pathlib import Path
 
 import click
 
+from wsss import distributed as dist
+from wsss.anomaly.io import anomaly_path, read_anomaly, read_range
+from wsss.artifacts.masks import CONFIDENCE_FILE, write_confidence
+from wsss.artifacts.scores import SCORES_FILE, read_scores
+from wsss.cam.io import cam_path, read_cam, read_cam_meta, write_cam
 from wsss.config.tree import Config
+from wsss.data.images import read_image
+from wsss.data.index import read_dataset_info, read_train_index
+from wsss.inference import torch_predictor
 from wsss.mask_format import write_labelmap
+from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter
 from wsss.models.weights import weight_files
+from wsss.progress import progress
+from wsss.refine.pseudo import LabelTask, label_all
+from wsss.refine.unary import unary_map
 from wsss.stages import Stage, mask_margin, recorded_margin, register_stage
+from wsss.train.segmenter import SegmenterTrainer
+from wsss.train.segmenter_data import SegmenterData, reviewed_masks
+from wsss.train.self_training import remove_rounds, round_dir, self_training
 
 
 def _round1_unary(cfg: Config, inputs: dict[str, Path]) -> Callable:
     """``(id, cam) -> map``: the `pseudo-labels` unary of an image (its CAM, or its fusion with the anomaly map)."""
     if cfg.pseudo.unary == "cam":
         return lambda sid, cam: cam
-    from wsss.anomaly.io import anomaly_path, read_anomaly, read_range
-    from wsss.refine.unary import unary_map
 
     lo, hi = read_range(inputs["anomaly"])
 
@@ -61,19 +74,6 @@ def keep_reviewed(reviewed: Path | None, ids: list[str], masks: Path, rows: list
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-    from wsss import distributed as dist
-    from wsss.artifacts.masks import CONFIDENCE_FILE, write_confidence
-    from wsss.artifacts.scores import SCORES_FILE, read_scores
-    from wsss.cam.io import cam_path, read_cam, read_cam_meta, write_cam
-    from wsss.data.images import read_image
-    from wsss.data.index import read_dataset_info, read_train_index
-    from wsss.inference import torch_predictor
-    from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter
-    from wsss.progress import progress
-    from wsss.refine.pseudo import LabelTask, label_all
-    from wsss.train.segmenter import SegmenterTrainer
-    from wsss.train.segmenter_data import SegmenterData, reviewed_masks
-    from wsss.train.self_training import remove_rounds, round_dir, self_training
 
     rcfg = cfg.retrain
     reviewed = reviewed_masks(rcfg.reviewed, "retrain.reviewed")

@@ -19,10 +19,15 @@ from typing import TYPE_CHECKING
 
 import click
 
+from wsss import distributed as dist
 from wsss.atomic import write_json
 from wsss.config.tree import Config
+from wsss.models.classifier import MEMBER_SEED_STEP, member_dirs
+from wsss.models.model_dir import PRETRAINED_FILE as PRETRAINED
 from wsss.models.weights import weight_files
 from wsss.stages import Stage, in_pipeline, register_stage
+from wsss.train.classifier import META_FILE, MODEL_FILE, ClassifierTrainer
+from wsss.train.loop import CHECKPOINT, METRICS_FILE
 
 if TYPE_CHECKING:
     from wsss.train.classifier import ClassifierTrainer
@@ -39,7 +44,6 @@ FINISHED = "finished.json"  # a member's training summary, written when it has f
 
 def member_config(cfg: Config, k: int) -> Config:
     """``cfg`` for ensemble member ``k``: the classifier's seed + ``k * MEMBER_SEED_STEP`` (member 0 is ``cfg``)."""
-    from wsss.models.classifier import MEMBER_SEED_STEP
 
     if k == 0:
         return cfg
@@ -50,7 +54,6 @@ def member_config(cfg: Config, k: int) -> Config:
 
 def classifier_trainer(cfg: Config, index: Path, out: Path, echo: Callable[[str], None] = print) -> ClassifierTrainer:
     """The trainer of the recipe ``cfg``'s classifier, on the `prepare` index ``index``, into ``out``."""
-    from wsss.train.classifier import ClassifierTrainer  # torch: loaded where a stage runs, not with the stage table
 
     return ClassifierTrainer(
         cfg.classifier, cfg.dataset, index, out, seed=cfg.seed("classifier"), device=cfg.run.device, echo=echo
@@ -58,11 +61,6 @@ def classifier_trainer(cfg: Config, index: Path, out: Path, echo: Callable[[str]
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-    from wsss import distributed as dist
-    from wsss.models.classifier import member_dirs
-    from wsss.models.model_dir import PRETRAINED_FILE as PRETRAINED
-    from wsss.train.classifier import META_FILE, MODEL_FILE
-    from wsss.train.loop import CHECKPOINT, METRICS_FILE
 
     if "pretrain" in inputs:
         cfg = with_pretrained_backbone(cfg, inputs["pretrain"] / PRETRAINED)

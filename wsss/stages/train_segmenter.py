@@ -28,10 +28,26 @@ import click
 import cv2
 import numpy as np
 
+from wsss import distributed as dist
+from wsss.artifacts.masks import CONFIDENCE_FILE, write_mask
+from wsss.artifacts.scores import SCORES_FILE, read_class_scores
+from wsss.atomic import atomic_path
+from wsss.cam.io import read_cam_meta
 from wsss.config.tree import Config
+from wsss.data.classifier_data import label_matrix
+from wsss.data.images import read_image
+from wsss.data.index import read_dataset_info, read_train_index
+from wsss.inference import segment_rows, torch_predictor
 from wsss.mask_format import write_labelmap
+from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter
 from wsss.models.weights import weight_files
+from wsss.progress import progress
+from wsss.refine.pseudo import CONFIDENCE_RING
 from wsss.stages import Stage, mask_source, recorded_margin, register_stage
+from wsss.train.loop import CHECKPOINT, METRICS_FILE
+from wsss.train.segmenter import SegmenterTrainer
+from wsss.train.segmenter_data import SegmenterData, Teacher, reviewed_masks
+from wsss.train.self_training import remove_rounds, self_training
 
 
 def masks_input(cfg: Config) -> str:
@@ -47,7 +63,6 @@ def round_mask(probs: np.ndarray, labelled: Sequence[int]) -> tuple[np.ndarray, 
     there even where the image head doubted it), and its confidence is the mean winning probability on its defect
     pixels and a ring around them, as `pseudo-labels` rates its masks (the background's mean when the mask is empty).
     """
-    from wsss.refine.pseudo import CONFIDENCE_RING
 
     if not len(labelled):
         return np.zeros(probs.shape[1:], np.uint8), 1.0
@@ -67,13 +82,6 @@ def _write_round_masks(
 ) -> None:
     """Round masks (:func:`round_mask`) of ``rows`` into ``out/masks`` and their ``confidence.csv`` (paste sources for
     `segmenter.inject`)."""
-    from wsss.artifacts.masks import CONFIDENCE_FILE, write_mask
-    from wsss.atomic import atomic_path
-    from wsss.data.classifier_data import label_matrix
-    from wsss.data.images import read_image
-    from wsss.inference import torch_predictor
-    from wsss.models.segmenter import load_segmenter
-    from wsss.progress import progress
 
     predictor = torch_predictor(*load_segmenter(model_dir, device), device)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -92,16 +100,6 @@ def _write_round_masks(
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-    from wsss import distributed as dist
-    from wsss.artifacts.scores import SCORES_FILE, read_class_scores
-    from wsss.cam.io import read_cam_meta
-    from wsss.data.index import read_dataset_info, read_train_index
-    from wsss.inference import segment_rows, torch_predictor
-    from wsss.models.segmenter import META_FILE, MODEL_FILE, load_segmenter
-    from wsss.train.loop import CHECKPOINT, METRICS_FILE
-    from wsss.train.segmenter import SegmenterTrainer
-    from wsss.train.segmenter_data import SegmenterData, Teacher, reviewed_masks
-    from wsss.train.self_training import remove_rounds, self_training
 
     scfg = cfg.segmenter
     index = inputs["prepare"] / "index.csv"

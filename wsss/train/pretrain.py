@@ -21,8 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss.anomaly.io import normalise
 from wsss.models.backbone import Backbone
 from wsss.train.config import PretrainConfig
+from wsss.train.schedule import warmup_cosine
 
 TARGET_FLOOR = 0.1
 
@@ -48,7 +50,6 @@ def pretrain_backbone(
 ) -> list[dict]:
     """Train ``student`` in place on ``images`` (N, C, H, W, normalised) against ``targets`` (N, h, w) in [0, 1];
     returns one metrics row per epoch (epoch, loss, seconds)."""
-    from wsss.train.schedule import warmup_cosine
 
     n = len(student.channels)
     chosen = [i % n for i in cfg.stages] if cfg.stages else list(range(n))
@@ -85,6 +86,5 @@ def pretrain_backbone(
 
 def normalised_targets(grids: Sequence[np.ndarray], lo: float, hi: float) -> torch.Tensor:
     """(N, h, w) float32 targets in [0, 1] from the teacher's raw (h, w) distance grids."""
-    from wsss.anomaly.patchcore import normalise
 
     return torch.from_numpy(np.stack([normalise(g, lo, hi) for g in grids]))

@@ -21,6 +21,7 @@ killed run resumes exactly: data order and augmentation are seeded by (seed, epo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from wsss.models.backbone import backbone_meta, create_backbone
 from wsss.models.chunked import forward_chunked
 from wsss.models.compile import channels_last_input, maybe_compile, to_channels_last
 from wsss.models.segmenter import META_FILE, MODEL_FILE, Segmenter, gate_labels
-from wsss.models.state import save_state_dict
+from wsss.models.state import load_trained_state, save_state_dict
 from wsss.train.average import WeightAverage
 from wsss.train.config import SegTrainConfig
 from wsss.train.loop import NO_KEY, Loop, train_pass
@@ -208,9 +209,6 @@ class SegmenterTrainer:
 
     def _init_from(self, folder: Path, section: str) -> None:
         """Load ``folder``'s trained segmenter weights into the freshly built model (``section.init_from``)."""
-        import json
-
-        from wsss.models.state import load_trained_state
 
         key = f"{section}.init_from"
         fix = f"point {key} at a train-segmenter (or retrain) folder of a run with the same recipe and classes"

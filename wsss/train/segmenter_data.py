@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from wsss.artifacts.masks import MASK_FIX, pseudo_mask_path, read_pseudo_mask
+from wsss.cam.io import cam_path, read_cam
 from wsss.data.classifier_data import ImageDataset
 from wsss.data.images import read_image
 from wsss.data.index import TrainRow
 from wsss.data.transforms import Augment, fit_image, fit_mask, to_channels, to_tensor
-from wsss.errors import DataError
+from wsss.errors import ConfigError, DataError
 from wsss.labels import IGNORE
 from wsss.refine.pseudo import class_probs, margin_ignored
 from wsss.train.config import InjectConfig
@@ -32,7 +33,6 @@ REJECTED_FILE = "rejected.txt"  # beside reviewed/masks: ids whose pseudo-mask a
 def reviewed_masks(folder: str | Path | None, key: str) -> Path | None:
     """The masks of a `wsss import-review` folder (``<run>/reviewed``) named by setting ``key``, or None when unset;
     a ConfigError when it holds no ``masks/``."""
-    from wsss.errors import ConfigError
 
     if not folder:
         return None
@@ -258,8 +258,6 @@ class PseudoMaskDataset(ImageDataset):
             mask = np.full_like(mask, IGNORE)
         cam = None
         if self.teacher is not None:
-            from wsss.cam.io import cam_path, read_cam
-
             full = read_cam(cam_path(self.teacher.cam_dir, self.rows[index].id), img.shape[:2], len(self.classes))
             small = [fit_image(np.ascontiguousarray(c), self.input_size, self.fit, fill=0.0) for c in full]
             cam = np.clip(np.rint(np.stack(small, axis=-1) * 255.0), 0, 255).astype(np.uint8)

@@ -17,8 +17,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from wsss.data.images import image_size
 from wsss.errors import ConfigError, DataError, WsssError, raise_all
 from wsss.labels import LabelMap
 from wsss.registry import Registry
@@ -62,8 +64,6 @@ class ImageSizes:
         if sid not in self.paths:
             return f"not in the run's index: {sid}"
         if sid not in self._known:
-            from wsss.data.images import image_size
-
             try:
                 self._known[sid] = image_size(self.paths[sid])
             except DataError as e:
@@ -128,7 +128,6 @@ def get_format(name: str) -> ReviewFormat:
 
 def components(mask: np.ndarray, values: Iterable[int]) -> Iterable[tuple[int, np.ndarray]]:
     """``(value, bool region)`` per 8-connected component of each of ``values`` in ``mask`` (instances)."""
-    import cv2
 
     for v in values:
         n, comp = cv2.connectedComponents((mask == v).astype(np.uint8), connectivity=8)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_util
 
 from wsss.atomic import atomic_write_text
 from wsss.errors import DataError
@@ -31,7 +32,6 @@ FIX = "pass the COCO instances JSON exported from the review (images, annotation
 
 def encode_rle(region: np.ndarray) -> dict:
     """A bool mask as COCO compressed RLE with ASCII ``counts``."""
-    from pycocotools import mask as mask_util
 
     rle = mask_util.encode(np.asfortranarray(region.astype(np.uint8)))
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
@@ -66,7 +66,6 @@ def decode_segmentation(seg, height: int, width: int) -> np.ndarray:
     """A COCO segmentation (compressed or uncompressed RLE, or polygons) as a bool (H, W) mask. Everything is
     checked before pycocotools sees it (its C decoder trusts the run lengths): an RLE's size must be the image's
     and its runs must cover exactly its pixels; a polygon is a list of at least three x, y points."""
-    from pycocotools import mask as mask_util
 
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")

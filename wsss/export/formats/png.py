@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from wsss.artifacts.masks import write_mask
 from wsss.errors import DataError, WsssError
 from wsss.export.formats import ImageSizes, ReviewFormat, ReviewItem, register_format
 from wsss.labels import LabelMap
@@ -25,7 +26,6 @@ class PngFormat(ReviewFormat):
     default_file = "masks"
 
     def write(self, package: Path, items: Sequence[ReviewItem], labels: LabelMap) -> Path:
-        from wsss.artifacts.masks import write_mask
 
         out = package / self.default_file
         for item in items:
