@@ -208,11 +208,11 @@ def test_energy_cosine_loss():
 def test_a_killed_anomaly_stage_resumes_with_the_same_maps(
     anomaly_run: Path, prepared_run: Path, tmp_path: Path, monkeypatch, capsys
 ):
-    import wsss.anomaly.io as aio
+    import wsss.stages.anomaly as stage
 
     shutil.copytree(prepared_run / "prepare", tmp_path / "prepare")
     cfg = load_config(None, [*FAST, *ANOMALY])
-    original, written = aio.write_map, []
+    original, written = stage.write_map, []
 
     def dies_after_five(path, raw):
         if len(written) == 5:
@@ -220,10 +220,10 @@ def test_a_killed_anomaly_stage_resumes_with_the_same_maps(
         written.append(path)
         return original(path, raw)
 
-    monkeypatch.setattr(aio, "write_map", dies_after_five)
+    monkeypatch.setattr(stage, "write_map", dies_after_five)
     with pytest.raises(RuntimeError, match="killed"):
         Run(tmp_path, cfg, echo=quiet).run_stage("anomaly")
-    monkeypatch.setattr(aio, "write_map", original)
+    monkeypatch.setattr(stage, "write_map", original)
     capsys.readouterr()
     out = Run(tmp_path, cfg, echo=quiet).run_stage("anomaly")
     assert f"anomaly: resuming, 5 of {TINY['n_ok'] + TINY['n_defect']} images already done" in capsys.readouterr().out

@@ -157,7 +157,7 @@ def test_a_dying_rank_fails_the_stage_and_a_rerun_redoes_only_the_missing_images
     capsys.readouterr()
     Run(run_dir, load_config(None, [*FAST, "pseudo.workers=1"]), echo=lambda *_: None).run_stage("pseudo-labels")
     out = capsys.readouterr().out
-    assert f"resuming, {logged} image(s) already labelled" in out and f"labelling {total - logged} image(s)" in out
+    assert f"resuming, {logged} of {total} images already done" in out and f"labelling {total - logged} image(s)" in out
     _same_outputs(run_dir / "pseudo-labels", full / "pseudo-labels")
 
 

@@ -82,7 +82,7 @@ def test_retrain_bg_prior_and_margin_replace_the_pseudo_settings_for_the_fused_m
 
     from conftest import FAST
 
-    import wsss.refine.pseudo
+    import wsss.stages.retrain
     import wsss.train.segmenter
     from wsss.runs import Run
 
@@ -95,7 +95,7 @@ def test_retrain_bg_prior_and_margin_replace_the_pseudo_settings_for_the_fused_m
         seen.append({(t.cfg.bg_prior, t.cfg.margin) for t in tasks})
         raise Labelled
 
-    monkeypatch.setattr(wsss.refine.pseudo, "label_all", capture)
+    monkeypatch.setattr(wsss.stages.retrain, "label_all", capture)
     trained_with: list[int] = []
     init = wsss.train.segmenter.SegmenterTrainer.__init__
 

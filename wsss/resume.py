@@ -7,15 +7,20 @@ stage deletes the log when it finishes.
 
 Under torchrun each rank appends to its own ``rows.<rank>.jsonl`` (:func:`log_name`), and :meth:`RowLog.done_in`
 reads every log of the folder, so a re-run with any number of ranks (one included) redoes exactly what is missing.
+:class:`ImagePass` is that protocol for a stage: its share of the images, the log, the barriers.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from wsss import distributed as dist
+from wsss.progress import progress
 
 ROWS_FILE = "rows.jsonl"
 
@@ -71,3 +76,67 @@ class RowLog:
     ) -> None:
         self._f.close()
         self._f = None
+
+
+class ImagePass:
+    """One resumable pass of a stage over its images, shared among torchrun's ranks.
+
+    On creation it reads what earlier attempts finished (:meth:`RowLog.done_in`) and gives this rank every
+    world-th image still to do (:attr:`todo`). Inside ``with``, the stage writes each image's artifact and then
+    :meth:`record`\\ s its row; on leaving, every rank waits for the others and :attr:`done` holds every image's row,
+    whoever did it. :meth:`finish` deletes the logs once the stage's outputs are complete.
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        rows: Sequence[Any],
+        artifact: Callable[[str], Path],
+        name: str,
+        echo: Callable[[str], None] = print,
+    ):
+        self.out, self.artifact, self.name = Path(out), artifact, name
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.done = RowLog.done_in(self.out, artifact)
+        self.todo = [r for r in rows if r.id not in self.done][self.rank :: self.world]
+        self.seconds = 0.0
+        dist.barrier()  # every rank has its share of the same list before any rank logs a new image
+        if self.done and self.rank == 0:
+            echo(f"{name}: resuming, {len(self.done)} of {len(rows)} images already done")
+        self._log: RowLog | None = None
+
+    def batches(self, size: int) -> Iterator[list[Any]]:
+        """This rank's images still to do, ``size`` at a time, with a progress bar."""
+        for start in progress(range(0, len(self.todo), size), desc=self.name, unit="batch"):
+            yield self.todo[start : start + size]
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Log one finished image (its artifact written)."""
+        assert self._log is not None, "record() inside `with ImagePass(...)`"
+        self.done[str(row["id"])] = row
+        self._log.append(row)
+
+    @property
+    def images_per_s(self) -> float:
+        """Throughput of this pass, all ranks together."""
+        return len(self.todo) * self.world / max(self.seconds, 1e-9)
+
+    def __enter__(self) -> ImagePass:
+        self._log = RowLog(self.out / log_name(self.rank, self.world)).__enter__()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._log is not None
+        self._log.__exit__(exc_type, exc, tb)
+        self._log = None
+        self.seconds = time.perf_counter() - self._t0
+        if exc_type is None:
+            dist.barrier()  # every rank's images are written and logged
+            self.done = RowLog.done_in(self.out, self.artifact)
+
+    def finish(self) -> None:
+        """Delete the logs: the stage's outputs are complete."""
+        RowLog.remove_all(self.out)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from wsss import distributed as dist
+from wsss.anomaly.config import AnomalyConfig
 from wsss.anomaly.io import META_FILE, anomaly_path, normalise, write_map
 from wsss.anomaly.patchcore import (
     QUANTILES,
@@ -40,8 +41,7 @@ from wsss.data.index import read_dataset_info, read_train_index
 from wsss.models.backbone import create_backbone
 from wsss.models.classifier import load_dfc
 from wsss.models.weights import weight_files
-from wsss.progress import progress
-from wsss.resume import RowLog, log_name
+from wsss.resume import ImagePass
 from wsss.stages import Stage, register_stage
 
 
@@ -80,21 +80,29 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     )
 
     out.mkdir(parents=True, exist_ok=True)
-    done = RowLog.done_in(out, lambda i: anomaly_path(out, i))
-    todo = [r for r in rows if r.id not in done]
-    if done:
-        click.echo(f"anomaly: resuming, {len(done)} of {len(rows)} images already done")
-    with RowLog(out / log_name()) as log:
-        for start in progress(range(0, len(todo), acfg.batch_size), desc="anomaly", unit="batch"):
-            batch = todo[start : start + acfg.batch_size]
+    maps = ImagePass(out, rows, lambda i: anomaly_path(out, i), "anomaly", click.echo)
+    with maps:
+        for batch in maps.batches(acfg.batch_size):
             images = [read(r) for r in batch]
             for r, img, emb in zip(batch, images, embedder(images), strict=True):
                 grid = anomaly_grid(emb, bank, acfg, owner_of.get(r.id, -1))
                 write_map(anomaly_path(out, r.id), upsample(grid, img.shape[:2]))
-                row = {"id": r.id, "score": float(grid.max()), "quantiles": np.quantile(grid, QUANTILES).tolist()}
-                done[r.id] = row
-                log.append(row)
+                maps.record(
+                    {"id": r.id, "score": float(grid.max()), "quantiles": np.quantile(grid, QUANTILES).tolist()}
+                )
+    lo, hi = _calibrate_and_write(out, rows, ok, maps.done, acfg, embedder, int(bank.features.shape[0]))
+    maps.finish()
+    click.echo(
+        f"anomaly: {len(rows)} maps, normalisation lo {lo:.4g} hi {hi:.4g}, {time.perf_counter() - t0:.1f} s in all"
+    )
+    return {"maps": out, "scores": out / SCORES_FILE, "meta": out / META_FILE}
 
+
+def _calibrate_and_write(
+    out: Path, rows: list, ok: list, done: dict, acfg: AnomalyConfig, embedder: PatchEmbedder, bank_patches: int
+) -> tuple[float, float]:
+    """The dataset-level normalisation (lo, hi) from the maps' peaks and quantiles, then ``scores.csv`` (each image's
+    raw and normalised peak) and ``anomaly.json``."""
     train = [r for r in rows if r.split == "train"]
     lo, hi, warning = calibrate(
         [done[r.id]["quantiles"] for r in ok],
@@ -119,17 +127,13 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             "layers": embedder.layers,
             "input_size": list(embedder.size),
             "feature_dim": embedder.dim,
-            "bank_patches": int(bank.features.shape[0]),
+            "bank_patches": bank_patches,
             "ok_images": len(ok),
             "images": len(rows),
             "warning": warning,
         },
     )
-    RowLog.remove_all(out)
-    click.echo(
-        f"anomaly: {len(rows)} maps, normalisation lo {lo:.4g} hi {hi:.4g}, {time.perf_counter() - t0:.1f} s in all"
-    )
-    return {"maps": out, "scores": out / SCORES_FILE, "meta": out / META_FILE}
+    return lo, hi
 
 
 STAGE = register_stage(

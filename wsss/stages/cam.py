@@ -23,7 +23,6 @@ scale, thresholds).
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import click
@@ -32,6 +31,7 @@ import numpy as np
 from wsss import distributed as dist
 from wsss.artifacts.scores import SCORES_FILE, write_scores
 from wsss.atomic import atomic_path, write_json
+from wsss.cam.config import CamConfig
 from wsss.cam.extract import CamExtractor, normalise_cam
 from wsss.cam.iem import extend_cams
 from wsss.cam.io import CAMS_DIR, META_FILE, write_cam
@@ -42,7 +42,7 @@ from wsss.data.index import read_dataset_info, read_train_index
 from wsss.errors import StageError
 from wsss.models.classifier import load_dfcs
 from wsss.progress import progress
-from wsss.resume import RowLog, log_name
+from wsss.resume import ImagePass
 from wsss.stages import Stage, register_stage
 
 RAW_DIR = "raw"
@@ -67,52 +67,71 @@ def _check_classes(meta: dict, index: Path, model_dir: Path) -> None:
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-
     ccfg = cfg.cam
     index = inputs["prepare"] / "index.csv"
     model_dir = inputs["train-classifier"]
     device = dist.resolve_device(cfg.run.device)
     models, meta = load_dfcs(model_dir, device)  # one DFC, or a seed ensemble's (classifier.ensemble)
     _check_classes(meta, index, model_dir)
-    classes = list(meta["classes"])
     fit = meta.get("fit", "stretch")  # as the classifier was trained
     extractor = CamExtractor(models, meta["input_size"], int(meta["in_chans"]), ccfg, device, fit)
-    rows_all = read_train_index(index)
+    rows = read_train_index(index)
 
-    # pass 1: raw extended CAMs, streamed to disk batch by batch (resumable); under torchrun each rank takes every
-    # world-th image still to do, with its own log
-    rank, world = dist.rank(), dist.world_size()
+    # pass 1: raw extended CAMs, streamed to disk group by group (resumable; under torchrun, shared among ranks)
     raw_dir = out / RAW_DIR
     raw_dir.mkdir(parents=True, exist_ok=True)
-    done = RowLog.done_in(out, lambda i: raw_dir / f"{i}.npy")
-    todo = [r for r in rows_all if r.id not in done][rank::world]
-    dist.barrier()  # every rank has its share of the same list before any rank logs a new image
-    if done and rank == 0:
-        click.echo(f"cam: resuming, {len(done)} of {len(rows_all)} images already done")
-    t0 = time.perf_counter()
-    with RowLog(out / log_name(rank, world)) as log:
-        step = ccfg.batch_size * GROUP_BATCHES
-        for start in progress(range(0, len(todo), step), desc="cam", unit="group"):
-            batch = todo[start : start + step]
-            images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
-            cams, scores = extractor(images)
-            active = [float(s.max()) >= ccfg.score_threshold for s in scores]
-            rounds = [0] * len(batch)
-            if ccfg.iem.enabled and any(active):
-                cams, rounds = extend_cams(extractor, images, cams, active, ccfg.iem)
-            for r, cam, s, n in zip(batch, cams, scores, rounds, strict=True):
-                with atomic_path(raw_dir / f"{r.id}.npy") as tmp, open(tmp, "wb") as f:
-                    np.save(f, cam.astype(np.float16))
-                row = {"id": r.id, "score": float(s.max()), "scores": [float(v) for v in s]}
-                row |= {"iem_rounds": n, "peak": float(cam.max())}
-                done[r.id] = row
-                log.append(row)
-    seconds = time.perf_counter() - t0
-    dist.barrier()  # every rank's raw CAMs are written and logged
-    done = RowLog.done_in(out, lambda i: raw_dir / f"{i}.npy")
+    extraction = ImagePass(out, rows, lambda i: raw_dir / f"{i}.npy", "cam", click.echo)
+    with extraction:
+        for batch in extraction.batches(ccfg.batch_size * GROUP_BATCHES):
+            for row in _extend(extractor, batch, raw_dir, cfg):
+                extraction.record(row)
+    done = extraction.done
 
-    # pass 2: dataset-level normalisation and gating (every rank computes the same scale, normalises its share)
-    peaks = [done[r.id]["peak"] for r in rows_all if r.split == "train" and r.labels]
+    # pass 2: one dataset-level scale; each rank normalises and gates its share
+    scale, lift = _dataset_scale(rows, done, ccfg, index, model_dir)
+    cams_dir = out / CAMS_DIR
+    cams_dir.mkdir(exist_ok=True)
+    for r in progress(rows[dist.rank() :: dist.world_size()], desc="normalise", unit="img"):
+        cam = normalise_cam(np.load(raw_dir / f"{r.id}.npy"), done[r.id]["scores"], scale, ccfg.score_threshold, lift)
+        write_cam(cams_dir / f"{r.id}.npz", cam)
+    dist.barrier()
+    outputs = {"cams": cams_dir, "scores": out / SCORES_FILE, "meta": out / META_FILE}
+    if dist.rank() == 0:
+        _write_tables(out, rows, done, list(meta["classes"]), scale, lift, ccfg)
+        shutil.rmtree(raw_dir)
+        extraction.finish()
+        called = [done[r.id] for r in rows if done[r.id]["score"] >= ccfg.score_threshold]
+        click.echo(
+            f"cam: {len(rows)} images, {len(called)} called defective "
+            f"(mean IEM rounds {np.mean([c['iem_rounds'] for c in called] or [0]):.2f}), "
+            f"scale {scale:.3g}, {extraction.images_per_s:.2f} images/s"
+        )
+    return outputs
+
+
+def _extend(extractor: CamExtractor, batch: list, raw_dir: Path, cfg: Config) -> list[dict]:
+    """The raw CAMs of ``batch`` (extended by IEM where called defective), saved as float16 ``raw/<id>.npy``, and
+    their log rows: sample scores, IEM rounds, the CAM's peak."""
+    ccfg = cfg.cam
+    images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
+    cams, scores = extractor(images)
+    active = [float(s.max()) >= ccfg.score_threshold for s in scores]
+    rounds = [0] * len(batch)
+    if ccfg.iem.enabled and any(active):
+        cams, rounds = extend_cams(extractor, images, cams, active, ccfg.iem)
+    rows = []
+    for r, cam, s, n in zip(batch, cams, scores, rounds, strict=True):
+        with atomic_path(raw_dir / f"{r.id}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, cam.astype(np.float16))
+        rows.append({"id": r.id, "score": float(s.max()), "scores": [float(v) for v in s], "iem_rounds": n})
+        rows[-1]["peak"] = float(cam.max())
+    return rows
+
+
+def _dataset_scale(rows: list, done: dict, ccfg: CamConfig, index: Path, model_dir: Path) -> tuple[float, float | None]:
+    """The CAM scale (``norm_percentile`` of the defective training images' peaks) and ``cam.lift``'s floor (the
+    OK training images' peak percentile; None with the lift off)."""
+    peaks = [done[r.id]["peak"] for r in rows if r.split == "train" and r.labels]
     if not peaks:
         raise StageError(index, "no defective training images to set the CAM scale from", "check prepare.split")
     scale = float(np.percentile(peaks, ccfg.norm_percentile))
@@ -122,46 +141,21 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             "the classifier's CAMs are zero on every defective training image",
             "check the classifier's validation AP in its metrics.csv and retrain it",
         )
-    ok_peaks = [done[r.id]["peak"] for r in rows_all if r.split == "train" and not r.labels]
+    ok_peaks = [done[r.id]["peak"] for r in rows if r.split == "train" and not r.labels]
     floor = float(np.percentile(ok_peaks, LIFT_OK_PERCENTILE)) if ok_peaks else 0.0
-    lift = floor if ccfg.lift else None
-    cams_dir = out / CAMS_DIR
-    cams_dir.mkdir(exist_ok=True)
-    for r in progress(rows_all[rank::world], desc="normalise", unit="img"):
-        raw = np.load(raw_dir / f"{r.id}.npy")
-        cam = normalise_cam(raw, done[r.id]["scores"], scale, ccfg.score_threshold, lift)
-        write_cam(cams_dir / f"{r.id}.npz", cam)
-    dist.barrier()
-    outputs = {"cams": cams_dir, "scores": out / SCORES_FILE, "meta": out / META_FILE}
-    if rank != 0:
-        return outputs
-    score_rows = []
-    for r in rows_all:
-        row = done[r.id]
-        score_rows.append(row | {f"score_{c}": v for c, v in zip(classes, row["scores"], strict=True)})
+    return scale, floor if ccfg.lift else None
+
+
+def _write_tables(
+    out: Path, rows: list, done: dict, classes: list[str], scale: float, lift: float | None, ccfg: CamConfig
+) -> None:
+    """``scores.csv`` (each image's sample scores) and ``cam.json`` (the classes, the scale and the gate)."""
+    score_rows = [
+        done[r.id] | {f"score_{c}": v for c, v in zip(classes, done[r.id]["scores"], strict=True)} for r in rows
+    ]
     write_scores(out / SCORES_FILE, score_rows, classes)
-    write_json(
-        out / META_FILE,
-        {
-            "classes": classes,
-            "scale": scale,
-            "norm_percentile": ccfg.norm_percentile,
-            "lift_floor": lift,
-            "score_threshold": ccfg.score_threshold,
-            "images": len(rows_all),
-        },
-    )
-    shutil.rmtree(raw_dir)
-    RowLog.remove_all(out)
-    n_def = sum(done[r.id]["score"] >= ccfg.score_threshold for r in rows_all)
-    mean_rounds = np.mean(
-        [done[r.id]["iem_rounds"] for r in rows_all if done[r.id]["score"] >= ccfg.score_threshold] or [0]
-    )
-    click.echo(
-        f"cam: {len(rows_all)} images, {n_def} called defective (mean IEM rounds {mean_rounds:.2f}), "
-        f"scale {scale:.3g}, {len(todo) * world / max(seconds, 1e-9):.2f} images/s"
-    )
-    return outputs
+    meta = {"classes": classes, "scale": scale, "norm_percentile": ccfg.norm_percentile, "lift_floor": lift}
+    write_json(out / META_FILE, meta | {"score_threshold": ccfg.score_threshold, "images": len(rows)})
 
 
 STAGE = register_stage(

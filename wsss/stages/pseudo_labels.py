@@ -34,7 +34,7 @@ from wsss.data.index import read_train_index
 from wsss.errors import DataError, StageError
 from wsss.mask_format import write_labelmap
 from wsss.refine.pseudo import LabelTask, label_all
-from wsss.resume import RowLog, log_name
+from wsss.resume import ImagePass
 from wsss.stages import Stage, register_stage
 
 
@@ -67,13 +67,13 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
 
     masks = out / "masks"
     masks.mkdir(parents=True, exist_ok=True)
-    rank, world = dist.rank(), dist.world_size()
+    rank = dist.rank()
     if rank == 0:
         for stray in masks.glob(".*.tmp"):  # temporary files of writes cut short by a kill
             stray.unlink(missing_ok=True)
         write_labelmap(masks, classes)  # what the values mean, for `wsss evaluate` and annotation tools
     dist.barrier()
-    done = RowLog.done_in(out, lambda i: masks / f"{i}.png")
+    labelling = ImagePass(out, index, lambda i: masks / f"{i}.png", "pseudo-labels", click.echo)
     tasks = [
         LabelTask(
             id=r.id,
@@ -87,31 +87,25 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             anomaly=anomaly_path(anomaly_dir, r.id) if anomaly_dir else None,
             anomaly_range=anomaly_range,
         )
-        for r in index
-        if r.id not in done
-    ][rank::world]
-    dist.barrier()  # every rank has its share of the same list before any rank logs a new image
-    if done and rank == 0:
-        click.echo(f"pseudo-labels: resuming, {len(done)} image(s) already labelled")
-    with RowLog(out / log_name(rank, world)) as log:
-        label_all(tasks, cfg.pseudo.workers, click.echo, on_done=log.append)
-    dist.barrier()  # every rank's images are labelled and logged
+        for r in labelling.todo
+    ]
+    with labelling:
+        label_all(tasks, cfg.pseudo.workers, click.echo, on_done=labelling.record)
     outputs = {"masks": masks, "confidence": out / CONFIDENCE_FILE, "scores": out / SCORES_FILE}
     if rank != 0:
         return outputs
-    by_id = RowLog.done_in(out, lambda i: masks / f"{i}.png")
-    rows = [by_id[r.id] for r in index]
+    rows = [labelling.done[r.id] for r in index]
     write_confidence(out / CONFIDENCE_FILE, rows, scores)
     with atomic_path(out / SCORES_FILE) as tmp:
         shutil.copyfile(scores_csv, tmp)
-    RowLog.remove_all(out)
+    labelling.finish()
 
     seconds = time.perf_counter() - t0
     called = [r for r in rows if scores[r["id"]] >= threshold]
     mean_conf = f"{sum(r['confidence'] for r in called) / len(called):.3f}" if called else "-"
     click.echo(
         f"pseudo-labels: {len(rows)} images, {len(called)} called defective (mean confidence {mean_conf}), "
-        f"{seconds:.1f} s, {len(tasks) * world / max(seconds, 1e-9):.2f} images/s"
+        f"{seconds:.1f} s, {labelling.images_per_s:.2f} images/s"
     )
     return outputs
 

@@ -74,61 +74,82 @@ def keep_reviewed(reviewed: Path | None, ids: list[str], masks: Path, rows: list
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-
-    rcfg = cfg.retrain
-    reviewed = reviewed_masks(rcfg.reviewed, "retrain.reviewed")
-    human = sorted(p.stem for p in reviewed.glob("*.png")) if reviewed is not None else []
-    if human:
-        click.echo(f"retrain: {len(human)} human-reviewed mask(s) from {reviewed} replace their pseudo-masks")
-    index = inputs["prepare"] / "index.csv"
-    cam_dir = inputs["cam"]
-    meta = read_cam_meta(cam_dir)
-    classes = list(meta["classes"])
-    scores = read_scores(cam_dir / SCORES_FILE)
-    called = {sid: s >= float(meta["score_threshold"]) for sid, s in scores.items()}
-    in_chans = rcfg.backbone.in_chans or read_dataset_info(index).channels
-    rows = read_train_index(index)
-    train_rows = [r for r in rows if r.split == "train"]
-    device = dist.resolve_device(cfg.run.device)
-    masks = inputs["pseudo-labels"] / "masks"
-    w = rcfg.fuse_weight
-    # with anomaly priors, the round-1 unary (CAM fused with the anomaly map) stands in for the CAM in the fused map,
-    # which is then labelled as a plain map
-    unary_map = _round1_unary(cfg, inputs)
-    pcfg = dataclasses.replace(
-        cfg.pseudo,
-        unary="cam",
-        bg_prior=cfg.pseudo.bg_prior if rcfg.bg_prior is None else rcfg.bg_prior,
-        margin=mask_margin(cfg, "retrain"),
+    rounds = RetrainRounds(cfg, inputs)
+    if rounds.human:
+        click.echo(
+            f"retrain: {len(rounds.human)} human-reviewed mask(s) from {rounds.reviewed} replace their pseudo-masks"
+        )
+    self_training(
+        out,
+        cfg.retrain.rounds,
+        inputs["pseudo-labels"] / "masks",
+        rounds.train,
+        rounds.relabel,
+        announce=lambda k, masks_dir: click.echo(
+            f"retrain: round {k}/{cfg.retrain.rounds}: training the segmenter on {masks_dir}"
+        ),
     )
+    outputs = {"masks": out / "masks", "confidence": out / CONFIDENCE_FILE, "model": out / MODEL_FILE}
+    if dist.is_main():  # the last round's masks, confidence and segmenter are the stage's
+        last = round_dir(out, cfg.retrain.rounds)
+        shutil.move(last / "masks", out / "masks")
+        write_labelmap(out / "masks", rounds.classes)
+        for src in (last / "model" / MODEL_FILE, last / "model" / META_FILE, last / CONFIDENCE_FILE):
+            shutil.move(src, out / src.name)
+        remove_rounds(out, cfg.retrain.rounds)
+        shutil.copyfile(inputs["cam"] / SCORES_FILE, out / SCORES_FILE)
+    return outputs
 
-    def train(k: int, masks_dir: Path, model_dir: Path) -> None:
+
+class RetrainRounds:
+    """What every round of the stage shares (the images, the DFC's calls, the reviewed masks, the labelling
+    settings of the fused map) and its two steps: :meth:`train` a segmenter, :meth:`relabel` with it."""
+
+    def __init__(self, cfg: Config, inputs: dict[str, Path]):
+        self.cfg, self.rcfg, self.inputs = cfg, cfg.retrain, inputs
+        self.reviewed = reviewed_masks(self.rcfg.reviewed, "retrain.reviewed")
+        self.human = sorted(p.stem for p in self.reviewed.glob("*.png")) if self.reviewed is not None else []
+        index = inputs["prepare"] / "index.csv"
+        self.cam_dir = inputs["cam"]
+        meta = read_cam_meta(self.cam_dir)
+        self.classes = list(meta["classes"])
+        self.scores = read_scores(self.cam_dir / SCORES_FILE)
+        self.called = {sid: s >= float(meta["score_threshold"]) for sid, s in self.scores.items()}
+        self.in_chans = self.rcfg.backbone.in_chans or read_dataset_info(index).channels
+        self.rows = read_train_index(index)
+        self.device = dist.resolve_device(cfg.run.device)
+        # with anomaly priors, the round-1 unary (CAM fused with the anomaly map) stands in for the CAM in the fused
+        # map, which is then labelled as a plain map
+        self.unary = _round1_unary(cfg, inputs)
+        self.pcfg = dataclasses.replace(
+            cfg.pseudo,
+            unary="cam",
+            bg_prior=cfg.pseudo.bg_prior if self.rcfg.bg_prior is None else self.rcfg.bg_prior,
+            margin=mask_margin(cfg, "retrain"),
+        )
+
+    def train(self, k: int, masks_dir: Path, model_dir: Path) -> None:
+        """Round ``k``'s segmenter, on ``masks_dir``'s masks of the training split, into ``model_dir``."""
+        cfg = self.cfg
         data = SegmenterData(
-            train_rows,
+            [r for r in self.rows if r.split == "train"],
             masks_dir,
-            classes,
-            in_chans,
-            reviewed_dir=reviewed,
+            self.classes,
+            self.in_chans,
+            reviewed_dir=self.reviewed,
             # the margin the previous labelling drew is ignored (round 1: the pseudo-labels stage's)
-            margin=recorded_margin(inputs["pseudo-labels"]) if k == 1 else mask_margin(cfg, "retrain"),
+            margin=recorded_margin(self.inputs["pseudo-labels"]) if k == 1 else mask_margin(cfg, "retrain"),
             high_bit_depth=cfg.dataset.high_bit_depth,
             fit=cfg.dataset.fit,
         )
-        SegmenterTrainer(rcfg, data, model_dir, cfg.seed("retrain") + k - 1, device, click.echo).fit()
+        SegmenterTrainer(self.rcfg, data, model_dir, cfg.seed("retrain") + k - 1, self.device, click.echo).fit()
 
-    def relabel(k: int, model_dir: Path, rdir: Path) -> None:
-        """The round's segmenter fused with the CAM, then the labelling rule (on rank 0)."""
-        predictor = torch_predictor(*load_segmenter(model_dir, device), device)
+    def relabel(self, k: int, model_dir: Path, rdir: Path) -> None:
+        """The round's segmenter fused with the CAM, then the labelling rule (on rank 0): ``rdir/masks`` and the
+        masks' confidence, by which the next round chooses its paste sources (``retrain.inject``)."""
         fused_dir = rdir / "fused"
-        fused_dir.mkdir(parents=True, exist_ok=True)
-        todo = [r for r in rows if not (fused_dir / f"{r.id}.npz").is_file()]
         t0 = time.perf_counter()
-        for start in progress(range(0, len(todo), rcfg.batch_size), desc=f"predict round {k}", unit="batch"):
-            batch = todo[start : start + rcfg.batch_size]
-            images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
-            for r, img, pred in zip(batch, images, predictor(images), strict=True):
-                cam = unary_map(r.id, read_cam(cam_path(cam_dir, r.id), img.shape[:2], len(classes)))
-                write_cam(fused_dir / f"{r.id}.npz", fuse(pred.probs[1:], cam, w))
+        predicted = self._predict_fused(k, model_dir, fused_dir)
         predict_s = time.perf_counter() - t0
         tasks = [
             LabelTask(
@@ -136,47 +157,38 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
                 r.path,
                 fused_dir / f"{r.id}.npz",
                 rdir / "masks" / f"{r.id}.png",
-                called[r.id],
-                len(classes),
-                pcfg,
-                cfg.dataset.high_bit_depth,
+                self.called[r.id],
+                len(self.classes),
+                self.pcfg,
+                self.cfg.dataset.high_bit_depth,
             )
-            for r in rows
+            for r in self.rows
         ]
         (rdir / "masks").mkdir(exist_ok=True)
         t0 = time.perf_counter()
-        label_rows = label_all(tasks, cfg.pseudo.workers, click.echo)
-        keep_reviewed(reviewed, human, rdir / "masks", label_rows)
-        # the next round's paste sources (retrain.inject) are chosen by these masks' confidence
-        write_confidence(rdir / CONFIDENCE_FILE, label_rows, scores)
+        label_rows = label_all(tasks, self.cfg.pseudo.workers, click.echo)
+        keep_reviewed(self.reviewed, self.human, rdir / "masks", label_rows)
+        write_confidence(rdir / CONFIDENCE_FILE, label_rows, self.scores)
         click.echo(
-            f"retrain: round {k}: predicted {len(todo) / max(predict_s, 1e-9):.1f} images/s, "
+            f"retrain: round {k}: predicted {predicted / max(predict_s, 1e-9):.1f} images/s, "
             f"labelled {len(tasks) / max(time.perf_counter() - t0, 1e-9):.2f} images/s"
         )
         shutil.rmtree(fused_dir)
 
-    self_training(
-        out,
-        rcfg.rounds,
-        masks,
-        train,
-        relabel,
-        announce=lambda k, masks_dir: click.echo(
-            f"retrain: round {k}/{rcfg.rounds}: training the segmenter on {masks_dir}"
-        ),
-    )
-    outputs = {"masks": out / "masks", "confidence": out / CONFIDENCE_FILE, "model": out / MODEL_FILE}
-    if not dist.is_main():
-        return outputs
-    last = round_dir(out, rcfg.rounds)
-    shutil.move(last / "masks", out / "masks")
-    write_labelmap(out / "masks", classes)
-    for name in (MODEL_FILE, META_FILE):
-        shutil.move(last / "model" / name, out / name)
-    shutil.move(last / CONFIDENCE_FILE, out / CONFIDENCE_FILE)
-    remove_rounds(out, rcfg.rounds)
-    shutil.copyfile(cam_dir / SCORES_FILE, out / SCORES_FILE)
-    return outputs
+    def _predict_fused(self, k: int, model_dir: Path, fused_dir: Path) -> int:
+        """Every image's fused map (``fuse_weight`` x the segmenter's defect probabilities + the rest x the CAM) in
+        ``fused_dir``, resuming after the last one written; returns how many it predicted."""
+        predictor = torch_predictor(*load_segmenter(model_dir, self.device), self.device)
+        fused_dir.mkdir(parents=True, exist_ok=True)
+        todo = [r for r in self.rows if not (fused_dir / f"{r.id}.npz").is_file()]
+        size = self.rcfg.batch_size
+        for start in progress(range(0, len(todo), size), desc=f"predict round {k}", unit="batch"):
+            batch = todo[start : start + size]
+            images = [read_image(r.path, self.cfg.dataset.high_bit_depth) for r in batch]
+            for r, img, pred in zip(batch, images, predictor(images), strict=True):
+                cam = self.unary(r.id, read_cam(cam_path(self.cam_dir, r.id), img.shape[:2], len(self.classes)))
+                write_cam(fused_dir / f"{r.id}.npz", fuse(pred.probs[1:], cam, self.rcfg.fuse_weight))
+        return len(todo)
 
 
 STAGE = register_stage(

@@ -100,72 +100,24 @@ def _write_round_masks(
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
-
     scfg = cfg.segmenter
-    index = inputs["prepare"] / "index.csv"
-    cam_dir = inputs["cam"]
-    classes = list(read_cam_meta(cam_dir)["classes"])
-    masks = inputs[masks_input(cfg)] / "masks"
-    rows = read_train_index(index)
-    teacher = Teacher(
-        cam_dir=cam_dir,
-        scores=read_class_scores(cam_dir / SCORES_FILE, classes),
-        bg_prior=cfg.pseudo.bg_prior,
-        kd_weight=scfg.kd_weight,
-        temperature=scfg.kd_temperature,
-        score_weight=scfg.score_kd_weight,
-    )
-    device = dist.resolve_device(cfg.run.device)
-    reviewed = reviewed_masks(cfg.segmenter.reviewed, "segmenter.reviewed")
-    click.echo(f"train-segmenter: distilling into {scfg.backbone.name} from {masks}")
-    if reviewed is not None:
-        n = len(list(reviewed.glob("*.png")))
-        click.echo(f"train-segmenter: {n} human-reviewed mask(s) from {reviewed} replace their pseudo-masks")
-    train_rows = [r for r in rows if r.split == "train"]
-    val_rows = [r for r in rows if r.split == "val"]
-
-    def trainer(k: int, masks_dir: Path, model_dir: Path) -> SegmenterTrainer:
-        data = SegmenterData(
-            train_rows,
-            masks_dir,
-            classes,
-            scfg.backbone.in_chans or read_dataset_info(index).channels,
-            val_rows=val_rows,
-            teacher=teacher,
-            reviewed_dir=reviewed,
-            reviewed_repeat=scfg.reviewed_repeat,
-            # the margin the mask stage drew is ignored; a self-training round's own masks have none
-            margin=recorded_margin(inputs[masks_input(cfg)]) if k == 1 else 0,
-            high_bit_depth=cfg.dataset.high_bit_depth,
-            fit=cfg.dataset.fit,
-        )
-        return SegmenterTrainer(
-            scfg,
-            data,
-            model_dir,
-            cfg.seed("segmenter") + k - 1,
-            device,
-            click.echo,
-            patience=scfg.patience,
-            val_every=scfg.val_every,
-            score_threshold=scfg.score_threshold,
-            section="segmenter",
-        )
-
+    d = Distillation(cfg, inputs)
+    click.echo(f"train-segmenter: distilling into {scfg.backbone.name} from {d.masks}")
+    if d.reviewed is not None:
+        n = len(list(d.reviewed.glob("*.png")))
+        click.echo(f"train-segmenter: {n} human-reviewed mask(s) from {d.reviewed} replace their pseudo-masks")
     # self-training rounds before the last (segmenter.rounds): each relabels the training and validation images
     masks = self_training(
         out,
         scfg.rounds - 1,
-        masks,
-        train=lambda k, masks_dir, model_dir: trainer(k, masks_dir, model_dir).fit(),
-        relabel=lambda _k, model_dir, rdir: _write_round_masks(
-            model_dir, train_rows + val_rows, classes, rdir, device, scfg.batch_size, cfg.dataset.high_bit_depth
-        ),
+        d.masks,
+        train=lambda k, masks_dir, model_dir: d.trainer(k, masks_dir, model_dir).fit(),
+        relabel=d.relabel,
         announce=lambda k, masks_dir: click.echo(f"train-segmenter: round {k}/{scfg.rounds}: training on {masks_dir}"),
     )
     if scfg.rounds > 1:
         click.echo(f"train-segmenter: round {scfg.rounds}/{scfg.rounds}: training on {masks}")
-    summary = trainer(scfg.rounds, masks, out).fit()
+    summary = d.trainer(scfg.rounds, masks, out).fit()
     outputs = {
         "model": out / MODEL_FILE,
         "meta": out / META_FILE,
@@ -179,13 +131,76 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     best = summary["best_epoch"]
     kept = f"best epoch {best + 1}" if best >= 0 else "the weights it started from validate best (no epoch beat them)"
     click.echo(f"train-segmenter: {kept} of {summary['epochs_run']}")
-
-    predictor = torch_predictor(*load_segmenter(out, device), device)
-    speed = segment_rows(predictor, rows, out, classes, scfg.batch_size, cfg.dataset.high_bit_depth)
-    click.echo(f"train-segmenter: segmented {len(rows)} images, {speed:.1f} images/s")
+    predictor = torch_predictor(*load_segmenter(out, d.device), d.device)
+    speed = segment_rows(predictor, d.rows, out, d.classes, scfg.batch_size, cfg.dataset.high_bit_depth)
+    click.echo(f"train-segmenter: segmented {len(d.rows)} images, {speed:.1f} images/s")
     shutil.rmtree(out / CHECKPOINT.parent, ignore_errors=True)
     remove_rounds(out, scfg.rounds - 1)
     return outputs
+
+
+class Distillation:
+    """What the segmenter's training rounds share (the images, the masks they start from, the CAM teacher, the
+    reviewed masks) and their two steps: a :meth:`trainer` per round, :meth:`relabel` between rounds."""
+
+    def __init__(self, cfg: Config, inputs: dict[str, Path]):
+        self.cfg, self.inputs = cfg, inputs
+        scfg = cfg.segmenter
+        self.index = inputs["prepare"] / "index.csv"
+        cam_dir = inputs["cam"]
+        self.classes = list(read_cam_meta(cam_dir)["classes"])
+        self.masks = inputs[masks_input(cfg)] / "masks"
+        self.rows = read_train_index(self.index)
+        self.teacher = Teacher(
+            cam_dir=cam_dir,
+            scores=read_class_scores(cam_dir / SCORES_FILE, self.classes),
+            bg_prior=cfg.pseudo.bg_prior,
+            kd_weight=scfg.kd_weight,
+            temperature=scfg.kd_temperature,
+            score_weight=scfg.score_kd_weight,
+        )
+        self.device = dist.resolve_device(cfg.run.device)
+        self.reviewed = reviewed_masks(scfg.reviewed, "segmenter.reviewed")
+        self.train_rows = [r for r in self.rows if r.split == "train"]
+        self.val_rows = [r for r in self.rows if r.split == "val"]
+
+    def trainer(self, k: int, masks_dir: Path, model_dir: Path) -> SegmenterTrainer:
+        """Round ``k``'s trainer, on ``masks_dir``'s masks, into ``model_dir``."""
+        cfg, scfg = self.cfg, self.cfg.segmenter
+        data = SegmenterData(
+            self.train_rows,
+            masks_dir,
+            self.classes,
+            scfg.backbone.in_chans or read_dataset_info(self.index).channels,
+            val_rows=self.val_rows,
+            teacher=self.teacher,
+            reviewed_dir=self.reviewed,
+            reviewed_repeat=scfg.reviewed_repeat,
+            # the margin the mask stage drew is ignored; a self-training round's own masks have none
+            margin=recorded_margin(self.inputs[masks_input(cfg)]) if k == 1 else 0,
+            high_bit_depth=cfg.dataset.high_bit_depth,
+            fit=cfg.dataset.fit,
+        )
+        return SegmenterTrainer(
+            scfg,
+            data,
+            model_dir,
+            cfg.seed("segmenter") + k - 1,
+            self.device,
+            click.echo,
+            patience=scfg.patience,
+            val_every=scfg.val_every,
+            score_threshold=scfg.score_threshold,
+            section="segmenter",
+        )
+
+    def relabel(self, k: int, model_dir: Path, rdir: Path) -> None:
+        """The round's masks of the training and validation images (:func:`round_mask`) into ``rdir``."""
+        rows = self.train_rows + self.val_rows
+        scfg = self.cfg.segmenter
+        _write_round_masks(
+            model_dir, rows, self.classes, rdir, self.device, scfg.batch_size, self.cfg.dataset.high_bit_depth
+        )
 
 
 STAGE = register_stage(
