@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from wsss.artifacts.masks import REJECTED_FILE
 from wsss.artifacts.scores import SCORES_FILE, read_scores
 from wsss.atomic import atomic_write_text
 from wsss.cam.io import read_cam, read_cam_meta
@@ -43,7 +44,7 @@ from wsss.data.images import read_image
 from wsss.data.index import read_train_index
 from wsss.errors import ConfigError, StageError
 from wsss.evaluation.metrics import iou
-from wsss.export.review_import import REJECTED_FILE, REVIEWED_DIR
+from wsss.export.review_import import REVIEWED_DIR
 from wsss.inference import torch_predictor
 from wsss.labels import IGNORE
 from wsss.mask_format import read_mask_png

@@ -20,6 +20,9 @@ from wsss.labels import IGNORE
 
 CONFIDENCE_FILE = "confidence.csv"  # a mask stage's per-image confidence table (rank reviews and paste sources by it)
 MASK_FIX = "re-run `wsss run-stage pseudo-labels`"
+# beside a review's masks (<run>/reviewed/masks): the ids whose pseudo-mask a reviewer rejected (`wsss import-review`);
+# they train with no mask loss (wsss.train.mask_parts)
+REJECTED_FILE = "rejected.txt"
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:

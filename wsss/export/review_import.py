@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from wsss.artifacts.masks import write_mask
+from wsss.artifacts.masks import REJECTED_FILE, write_mask
 from wsss.atomic import atomic_write_text
 from wsss.data.images import image_size
 from wsss.data.index import read_train_index
@@ -59,7 +59,6 @@ from wsss.mask_format import FORMATS, write_labelmap
 
 REVIEWED_DIR = "reviewed"
 RECORD_FILE = "reviewed.json"
-REJECTED_FILE = "rejected.txt"  # ids whose pseudo-mask a reviewer rejected: no mask loss (wsss.train.segmenter_data)
 DECISIONS = ("accept", "reject")
 DECISIONS_FIX = 'pass the file the review page\'s "Download decisions" button saved'
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsss.artifacts.masks import MASK_FIX, pseudo_mask_path, read_pseudo_mask
+from wsss.artifacts.masks import MASK_FIX, read_pseudo_mask
 from wsss.cam.io import cam_path, read_cam
 from wsss.data.classifier_data import ImageDataset
 from wsss.data.images import read_image
@@ -23,11 +23,10 @@ from wsss.data.index import TrainRow
 from wsss.data.transforms import Augment, fit_image, fit_mask, to_channels, to_tensor
 from wsss.errors import ConfigError, DataError
 from wsss.labels import IGNORE
-from wsss.refine.pseudo import class_probs, margin_ignored
+from wsss.refine.pseudo import class_probs
 from wsss.train.config import InjectConfig
 from wsss.train.inject import Injector, PasteSource, paste_sources
-
-REJECTED_FILE = "rejected.txt"  # beside reviewed/masks: ids whose pseudo-mask a reviewer rejected (import-review)
+from wsss.train.mask_parts import DefectCrop, MaskChoice, paired_geometry
 
 
 def reviewed_masks(folder: str | Path | None, key: str) -> Path | None:
@@ -46,10 +45,7 @@ def reviewed_masks(folder: str | Path | None, key: str) -> Path | None:
     return masks
 
 
-# what a pseudo-mask that misses a labelled defect trains as (see PseudoMaskDataset.missed)
-MISSED_DEFECTS = ("background", "ignore")
 INJECT_STREAM = 1  # appended to (seed, epoch, index): injection draws from its own stream, not augmentation's
-CROP_STREAM = 2  # and training crops from theirs
 
 
 @dataclass(frozen=True)
@@ -75,6 +71,22 @@ class Teacher:
     kd_weight: float
     temperature: float
     score_weight: float
+
+    def cam_at(self, sid: str, shape: tuple[int, ...], k: int, input_size: Sequence[int], fit: str) -> np.ndarray:
+        """Image ``sid``'s extended CAM (of an image of ``shape``) placed at ``input_size`` as the image is
+        (``fit``; padding is background), as ``uint8`` (H, W, K): what the dataset caches."""
+        full = read_cam(cam_path(self.cam_dir, sid), shape[:2], k)
+        small = [fit_image(np.ascontiguousarray(c), input_size, fit, fill=0.0) for c in full]
+        return np.clip(np.rint(np.stack(small, axis=-1) * 255.0), 0, 255).astype(np.uint8)
+
+    def targets(self, sid: str, cam: np.ndarray) -> dict[str, torch.Tensor]:
+        """The item's teacher targets from its ``uint8`` (H, W, K) CAM: ``"teacher"`` (K+1, H, W) class
+        probabilities and ``"teacher_score"`` (K,), the DFC's sample probabilities."""
+        chw = np.ascontiguousarray(cam.transpose(2, 0, 1)).astype(np.float32) / 255.0
+        return {
+            "teacher": torch.from_numpy(class_probs(chw, self.bg_prior)),
+            "teacher_score": torch.as_tensor(self.scores[sid], dtype=torch.float32),
+        }
 
 
 @dataclass(frozen=True)
@@ -117,7 +129,7 @@ class PseudoMaskDataset(ImageDataset):
     Each item is ``{"image": (C, H, W) float, "mask": (H, W) int64 (0..K, 255 = ignore), "target": (K,) float,
     "index": int, "reviewed": 1.0 for a human mask else 0.0, "injected": 1.0 for an injected defect else 0.0}`` at
     ``input_size`` (with ``missed_defects="ignore"`` a mask that misses a labelled defect is all ignore, see
-    :meth:`missed`; so is the mask of an image a reviewer rejected, see :meth:`rejected_ids`); with a ``teacher`` also
+    :meth:`missed`; so is the mask of an image a reviewer rejected, see :func:`wsss.train.mask_parts.rejected_ids`); with a ``teacher`` also
     ``"teacher": (K+1, H, W)`` class probabilities and ``"teacher_score": (K,)``. Only lossless geometry (flips,
     rot90 on square inputs) is applied, to image, mask and teacher map alike, so they stay aligned; the photometric
     part of ``augment`` touches the image only. Seeding, epochs, targets and the in-memory cache are
@@ -159,23 +171,10 @@ class PseudoMaskDataset(ImageDataset):
         fit: str = "stretch",
     ):
         super().__init__(rows, classes, input_size, in_chans, augment, seed, high_bit_depth, fit)
-        self.margin = int(margin)
-        self.crop = tuple(int(v) for v in crop) if min(crop) > 0 else None
-        if self.crop is not None and (self.crop[0] > input_size[0] or self.crop[1] > input_size[1]):
-            raise ValueError(f"crop {list(self.crop)} is larger than input_size {list(input_size)}")
-        if missed_defects not in MISSED_DEFECTS:
-            raise ValueError(f"missed_defects must be one of {MISSED_DEFECTS}, got {missed_defects!r}")
-        self.missed_defects = missed_defects
-        self.ok_background_on = ok_background
-        self.masks_dir = Path(masks_dir)
-        self.reviewed = {  # images a person corrected (`wsss import-review`): their masks replace the pseudo-masks
-            i
-            for i, r in enumerate(self.rows)
-            if reviewed_dir is not None and (Path(reviewed_dir) / f"{r.id}.png").is_file()
-        }
-        self.reviewed_dir = Path(reviewed_dir) if reviewed_dir is not None else None
-        rejected = self.rejected_ids(self.reviewed_dir)
-        self.rejected = {i for i, r in enumerate(self.rows) if r.id in rejected and i not in self.reviewed}
+        self.choice = MaskChoice(self.rows, masks_dir, reviewed_dir, margin, missed_defects, ok_background)
+        self.crop = DefectCrop((int(crop[0]), int(crop[1])), fit == "pad") if min(crop) > 0 else None
+        if self.crop is not None and (self.crop.size[0] > input_size[0] or self.crop.size[1] > input_size[1]):
+            raise ValueError(f"crop {list(self.crop.size)} is larger than input_size {list(input_size)}")
         self.teacher = teacher
         self.photometric = None
         if augment is not None:
@@ -221,30 +220,34 @@ class PseudoMaskDataset(ImageDataset):
                 break
         return sources[: self.inject.max_sources]
 
-    @staticmethod
-    def rejected_ids(reviewed_dir: Path | None) -> set[str]:
-        """The ids of ``rejected.txt`` beside ``reviewed_dir`` (``<run>/reviewed/masks``): images whose pseudo-mask a
-        reviewer rejected (`wsss import-review --format decisions`).
+    @property
+    def masks_dir(self) -> Path:
+        """The mask set the samples train on (where no person's mask replaces one)."""
+        return self.choice.masks_dir
 
-        Their mask is all ignore, so CE and Dice skip them, but their image label still trains the image head (and,
-        when distilling, the teacher's soft targets): the reviewer judged the mask, not the label. A human mask of the
-        same image wins (it is not rejected), and an OK image that was rejected is not forced to background."""
-        path = Path(reviewed_dir).parent / REJECTED_FILE if reviewed_dir is not None else None
-        if path is None or not path.is_file():
-            return set()
-        return {ln for ln in path.read_text(encoding="utf-8").splitlines() if ln}
+    @property
+    def margin(self) -> int:
+        return self.choice.margin
+
+    @property
+    def reviewed(self) -> set[int]:
+        """The samples a person corrected: they train on the human mask."""
+        return self.choice.reviewed
+
+    @property
+    def rejected(self) -> set[int]:
+        return self.choice.rejected
 
     def ok_background(self, index: int) -> bool:
-        """Whether sample ``index`` trains as all background: an OK image (no label, no human mask, not rejected),
-        with ``ok_background`` or injection on."""
-        on = self.ok_background_on or self.inject is not None
-        return on and index not in self.reviewed and index not in self.rejected and not self._targets[index].any()
+        """Whether sample ``index`` trains as all background (:meth:`MaskChoice.ok_background`; always with
+        injection on)."""
+        return self.choice.ok_background(index, self._targets[index], forced=self.inject is not None)
 
     def mask_path(self, index: int) -> Path:
-        """The human mask of a reviewed image, else its pseudo-mask."""
-        if index in self.reviewed and self.reviewed_dir is not None:
-            return pseudo_mask_path(self.reviewed_dir, self.rows[index].id)
-        return pseudo_mask_path(self.masks_dir, self.rows[index].id)
+        return self.choice.path(index)
+
+    def missed(self, index: int, mask: np.ndarray) -> bool:
+        return self.choice.missed(index, mask, self._targets[index])
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:  # type: ignore[override]
         """Image, pseudo-mask and teacher CAM (``uint8`` (H, W, K), or None) of sample ``index`` at ``input_size``."""
@@ -252,61 +255,13 @@ class PseudoMaskDataset(ImageDataset):
             return self._cache[index]
         img = to_channels(read_image(self.rows[index].path, self.high_bit_depth), self.in_chans)
         mask = read_pseudo_mask(self.mask_path(index), img.shape[:2], len(self.classes))
-        if self.margin and index not in self.reviewed:
-            mask = margin_ignored(mask, self.margin)
-        if index in self.rejected or (self.missed_defects == "ignore" and self.missed(index, mask)):
-            mask = np.full_like(mask, IGNORE)
+        mask = self.choice.counted(index, mask, self._targets[index])
         cam = None
         if self.teacher is not None:
-            full = read_cam(cam_path(self.teacher.cam_dir, self.rows[index].id), img.shape[:2], len(self.classes))
-            small = [fit_image(np.ascontiguousarray(c), self.input_size, self.fit, fill=0.0) for c in full]
-            cam = np.clip(np.rint(np.stack(small, axis=-1) * 255.0), 0, 255).astype(np.uint8)
+            cam = self.teacher.cam_at(self.rows[index].id, img.shape, len(self.classes), self.input_size, self.fit)
         # padded (dataset.fit: pad), the padding is ignore in the mask and background in the teacher's CAM
         size = self.input_size
         return fit_image(img, size, self.fit), fit_mask(mask, size, self.fit, img.shape, IGNORE), cam
-
-    def missed(self, index: int, mask: np.ndarray) -> bool:
-        """Whether the pseudo-mask of sample ``index`` has no pixel of a class its image label names.
-
-        Pseudo-labelling missed that defect (the CRF erased a weak CAM, or the CAM was empty), so "background" there
-        is not known, and trained as is such masks push the student to erase defects. With
-        ``missed_defects="ignore"`` the whole mask is ignore (the image still trains the classification head and,
-        when distilling, the teacher's soft targets); OK images and human-reviewed masks are always trained as is.
-        Off by default: on KSDD it did not help (docs/lab-notes/benchmarks-log.md).
-        """
-        if index in self.reviewed:
-            return False
-        labelled = np.flatnonzero(self._targets[index] > 0) + 1  # class k is mask value k
-        return bool(labelled.size) and not np.isin(labelled, mask).all()
-
-    def crop_sample(
-        self, index: int, img: np.ndarray, mask: np.ndarray, cam: np.ndarray | None, target: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-        """A ``crop``-sized window of sample ``index`` (image, mask, teacher CAM) and its image target.
-
-        With defect pixels in its mask (pseudo, human or injected) the window holds one of them, drawn at random
-        and placed at a random position in the window, so the image label stays true; otherwise it is anywhere (padded
-        inputs: anywhere it holds a pixel of the image). A
-        class whose pixels the mask shows but the window leaves out is dropped from the target; a labelled class
-        the mask lacks (a missed defect) is kept: where it is is not known."""
-        rng = np.random.default_rng([self.seed, self.epoch, index, CROP_STREAM])
-        (ch, cw), (h, w) = self.crop, mask.shape[:2]
-        defect = np.flatnonzero(((mask > 0) & (mask != IGNORE)).ravel())
-        # padded (dataset.fit: pad), a window without a defect still holds part of the image, not padding alone
-        inside = np.flatnonzero((mask != IGNORE).ravel()) if not defect.size and self.fit == "pad" else defect
-        if inside.size:
-            y, x = divmod(int(inside[rng.integers(inside.size)]), w)
-            top = int(np.clip(y - rng.integers(ch), 0, h - ch))
-            left = int(np.clip(x - rng.integers(cw), 0, w - cw))
-        else:
-            top, left = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
-        window = (slice(top, top + ch), slice(left, left + cw))
-        shown = {int(v) for v in np.unique(mask) if 0 < v != IGNORE}
-        kept = {int(v) for v in np.unique(mask[window]) if 0 < v != IGNORE}
-        target = target.copy()
-        for k in shown - kept:
-            target[k - 1] = 0.0
-        return img[window], mask[window], None if cam is None else cam[window], target
 
     def cache_bytes(self) -> int:
         per_pixel = 1 + (len(self.classes) if self.teacher is not None else 0)
@@ -326,18 +281,10 @@ class PseudoMaskDataset(ImageDataset):
                     target[present - 1] = 1.0
                     injected = True
         if self.crop is not None:
-            img, mask, cam, target = self.crop_sample(index, img, mask, cam, target)
+            img, mask, cam, target = self.crop((self.seed, self.epoch, index), img, mask, cam, target)
         if self.augment is not None and self.photometric is not None:  # both or neither
             rng, cfg = self.rng(index), self.augment.cfg
-            arrays = [img, mask] + ([cam] if cam is not None else [])
-            if cfg.flips:
-                if rng.random() < 0.5:
-                    arrays = [a[:, ::-1] for a in arrays]
-                if rng.random() < 0.5:
-                    arrays = [a[::-1] for a in arrays]
-            if cfg.rot90 and img.shape[0] == img.shape[1]:
-                k = int(rng.integers(4))
-                arrays = [np.rot90(a, k) for a in arrays]
+            arrays = paired_geometry([img, mask] + ([cam] if cam is not None else []), rng, cfg.flips, cfg.rot90)
             img, mask = self.photometric(np.ascontiguousarray(arrays[0]), rng), arrays[1]
             cam = arrays[2] if cam is not None else None
         item = {
@@ -349,7 +296,5 @@ class PseudoMaskDataset(ImageDataset):
             "injected": torch.tensor(float(injected)),
         }
         if self.teacher is not None and cam is not None:
-            chw = np.ascontiguousarray(cam.transpose(2, 0, 1)).astype(np.float32) / 255.0
-            item["teacher"] = torch.from_numpy(class_probs(chw, self.teacher.bg_prior))
-            item["teacher_score"] = torch.as_tensor(self.teacher.scores[self.rows[index].id], dtype=torch.float32)
+            item |= self.teacher.targets(self.rows[index].id, cam)
         return item
