@@ -80,6 +80,18 @@ def test_a_change_is_adopted_only_when_its_interval_is_above_zero():
     assert coin[1].gain > 0 and coin[1].low < 0 and adopted(coin) is None
 
 
+def test_a_command_line_path_in_the_tuned_recipe_is_the_one_the_command_line_meant(tmp_path: Path, monkeypatch):
+    """A relative path given with --set is relative to where the command runs, not to the recipe's folder: a review
+    loop run as `wsss demo` from a fresh folder (run folder runs/demo) names its reviewed masks so."""
+    source = tmp_path / "runs" / "demo" / "recipe.yaml"
+    source.parent.mkdir(parents=True)
+    source.write_text("run: {name: demo}\ndataset: {kind: synthetic}\n")
+    monkeypatch.chdir(tmp_path)
+    out = write_recipe(source, tmp_path / "tuned.yaml", [], 4, ["retrain.reviewed=runs/demo/reviewed"])
+    written = yaml.safe_load(out.read_text())["retrain"]["reviewed"]
+    assert written == str((tmp_path / "runs" / "demo" / "reviewed").resolve())
+
+
 def test_the_tuned_recipe_changes_only_the_adopted_settings_with_their_figures(tmp_path: Path):
     source = tmp_path / "line" / "recipe.yaml"
     source.parent.mkdir()

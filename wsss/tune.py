@@ -272,10 +272,13 @@ def write_recipe(
     (``choices``: (the recipe's own, the adopted) per rule), each adopted one with its figure in a comment."""
 
     data = read_yaml(source) or {}
+    _absolute_paths(data, Config, Path(source).resolve().parent)  # the new recipe may live in another folder
     for item in overrides:
         key, _, raw = item.partition("=")
-        _set(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    _absolute_paths(data, Config, Path(source).resolve().parent)  # the new recipe may live in another folder
+        one: dict = {}
+        _set(one, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        _absolute_paths(one, Config, Path.cwd())  # a command line's paths are relative to where it runs, as --set's
+        _set(data, key.strip(), _get(one, key.strip()))
     notes: dict[str, str] = {}
     for own, s in choices:
         before = dict(own.candidate.settings)
@@ -299,6 +302,13 @@ def _set(data: dict, dotted: str, value: Any) -> None:
     for part in path:
         node = node.setdefault(part, {})
     node[last] = value
+
+
+def _get(data: dict, dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 def _absolute_paths(data: dict, cls: type, base: Path) -> None:
