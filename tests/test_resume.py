@@ -28,3 +28,44 @@ def test_rows_survive_and_torn_or_orphan_rows_are_redone(tmp_path: Path):
     RowLog.remove_all(tmp_path)
     assert not log.path.exists()
     RowLog.remove_all(tmp_path)  # idempotent
+
+
+def _images(n: int) -> list:
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(id=f"img{i}") for i in range(n)]
+
+
+def test_an_image_pass_shares_what_is_left_among_ranks_and_resumes(tmp_path: Path, monkeypatch):
+    """Rank 1 of 2 takes every other image still to do and logs to its own file; a stage that rank 0 runs alone
+    (shared=False) takes them all and waits for no rank."""
+    import wsss.resume as resume
+
+    barriers = []
+    monkeypatch.setattr(resume.dist, "rank", lambda: 1)
+    monkeypatch.setattr(resume.dist, "world_size", lambda: 2)
+    monkeypatch.setattr(resume.dist, "barrier", lambda: barriers.append(1))
+    art = tmp_path / "art"
+    art.mkdir()
+    rows = _images(7)
+    with RowLog(tmp_path / "rows.1.jsonl") as log:  # an earlier attempt finished img0
+        (art / "img0").write_text("x")
+        log.append({"id": "img0"})
+    shared = resume.ImagePass(tmp_path, rows, lambda i: art / i, "toy")
+    assert [r.id for r in shared.todo] == ["img2", "img4", "img6"] and len(barriers) == 1
+    with shared:
+        for batch in shared.batches(2):
+            for r in batch:
+                (art / r.id).write_text("x")
+                shared.record({"id": r.id})
+    assert len(barriers) == 2 and set(shared.done) == {"img0", "img2", "img4", "img6"}
+    assert (tmp_path / "rows.1.jsonl").is_file()
+    alone = resume.ImagePass(tmp_path, rows, lambda i: art / i, "toy", shared=False)
+    assert [r.id for r in alone.todo] == ["img1", "img3", "img5"] and len(barriers) == 2
+    with alone:
+        for r in alone.todo:
+            (art / r.id).write_text("x")
+            alone.record({"id": r.id})
+    assert len(barriers) == 2 and set(alone.done) == {r.id for r in rows}
+    alone.finish()
+    assert not list(tmp_path.glob("rows*.jsonl"))

@@ -83,8 +83,11 @@ class ImagePass:
 
     On creation it reads what earlier attempts finished (:meth:`RowLog.done_in`) and gives this rank every
     world-th image still to do (:attr:`todo`). Inside ``with``, the stage writes each image's artifact and then
-    :meth:`record`\\ s its row; on leaving, every rank waits for the others and :attr:`done` holds every image's row,
+    logs its row (:meth:`record`); on leaving, every rank waits for the others and :attr:`done` holds every image's row,
     whoever did it. :meth:`finish` deletes the logs once the stage's outputs are complete.
+
+    ``shared=False`` for a stage that rank 0 runs alone (one not registered ``distributed``): it takes every image
+    and waits for no other rank.
     """
 
     def __init__(
@@ -94,13 +97,14 @@ class ImagePass:
         artifact: Callable[[str], Path],
         name: str,
         echo: Callable[[str], None] = print,
+        shared: bool = True,
     ):
-        self.out, self.artifact, self.name = Path(out), artifact, name
-        self.rank, self.world = dist.rank(), dist.world_size()
+        self.out, self.artifact, self.name, self.shared = Path(out), artifact, name, shared
+        self.rank, self.world = (dist.rank(), dist.world_size()) if shared else (0, 1)
         self.done = RowLog.done_in(self.out, artifact)
         self.todo = [r for r in rows if r.id not in self.done][self.rank :: self.world]
         self.seconds = 0.0
-        dist.barrier()  # every rank has its share of the same list before any rank logs a new image
+        self._barrier()  # every rank has its share of the same list before any rank logs a new image
         if self.done and self.rank == 0:
             echo(f"{name}: resuming, {len(self.done)} of {len(rows)} images already done")
         self._log: RowLog | None = None
@@ -134,8 +138,12 @@ class ImagePass:
         self._log = None
         self.seconds = time.perf_counter() - self._t0
         if exc_type is None:
-            dist.barrier()  # every rank's images are written and logged
+            self._barrier()  # every rank's images are written and logged
             self.done = RowLog.done_in(self.out, self.artifact)
+
+    def _barrier(self) -> None:
+        if self.shared:
+            dist.barrier()
 
     def finish(self) -> None:
         """Delete the logs: the stage's outputs are complete."""

@@ -80,7 +80,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     )
 
     out.mkdir(parents=True, exist_ok=True)
-    maps = ImagePass(out, rows, lambda i: anomaly_path(out, i), "anomaly", click.echo)
+    maps = ImagePass(out, rows, lambda i: anomaly_path(out, i), "anomaly", click.echo, shared=False)  # rank 0 alone
     with maps:
         for batch in maps.batches(acfg.batch_size):
             images = [read(r) for r in batch]
