@@ -66,13 +66,11 @@ def recorded_by(path: Path, levels: int = 4) -> tuple[Path, dict[str, Any], dict
     running)."""
     path = Path(os.path.abspath(path))
     for folder in list(path.parents)[:levels]:
-        manifest = folder / MANIFEST
-        if not manifest.is_file():
+        if not (folder / MANIFEST).is_file():
             continue
-        try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        data = read_manifest(folder)
+        if data is None:
             return None
-        record = (data.get("files") or {}).get(path.relative_to(folder).as_posix()) if isinstance(data, dict) else None
+        record = (data.get("files") or {}).get(path.relative_to(folder).as_posix())
         return (folder, data, record) if isinstance(record, dict) and data.get("status") == "done" else None
     return None

@@ -137,7 +137,7 @@ class ImagePass:
         self._log.__exit__(exc_type, exc, tb)
         self._log = None
         self.seconds = time.perf_counter() - self._t0
-        if exc_type is None:
+        if exc_type is None and self.world > 1:  # the other ranks' rows are in their logs
             self._barrier()  # every rank's images are written and logged
             self.done = RowLog.done_in(self.out, self.artifact)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from wsss.artifacts.masks import CONFIDENCE_FILE, read_confidence, write_mask
+from wsss.artifacts.masks import CONFIDENCE_FILE, REJECTED_FILE, read_confidence, write_mask
 from wsss.atomic import write_json
 from wsss.config.pipelines import load_pipeline
 from wsss.config.tree import Config, load_config
@@ -36,6 +36,7 @@ from wsss.data.index import read_dataset_info, read_eval_index
 from wsss.errors import ConfigError, StageError
 from wsss.evaluation import evaluate_stage
 from wsss.export.review_import import import_review
+from wsss.hashing import read_manifest
 from wsss.runs import Run
 from wsss.stages import get_stage
 from wsss.tune import tune_run
@@ -58,14 +59,13 @@ def _evaluate(cfg: Config, run_dir: Path, stage_dir: Path, split: str) -> dict[s
 
 def _require_segmenter(seg: Path) -> None:
     """A StageError unless ``seg`` is a finished `train-segmenter` stage."""
-    manifest = seg / "manifest.json"
-    if not manifest.is_file() or json.loads(manifest.read_text()).get("status") != "done":
+    if (read_manifest(seg) or {}).get("status") != "done":
         raise StageError(seg, "no finished train-segmenter stage in this run", "run the pipeline first (`wsss run`)")
 
 
 def _reviewed_counts(reviewed: Path) -> tuple[int, int]:
     masks = len(list((reviewed / "masks").glob("*.png"))) if (reviewed / "masks").is_dir() else 0
-    rejected = reviewed / "rejected.txt"
+    rejected = reviewed / REJECTED_FILE
     n_rejected = len([ln for ln in rejected.read_text().splitlines() if ln]) if rejected.is_file() else 0
     return masks, n_rejected
 

@@ -123,8 +123,15 @@ def _extend(extractor: CamExtractor, batch: list, raw_dir: Path, cfg: Config) ->
     for r, cam, s, n in zip(batch, cams, scores, rounds, strict=True):
         with atomic_path(raw_dir / f"{r.id}.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, cam.astype(np.float16))
-        rows.append({"id": r.id, "score": float(s.max()), "scores": [float(v) for v in s], "iem_rounds": n})
-        rows[-1]["peak"] = float(cam.max())
+        rows.append(
+            {
+                "id": r.id,
+                "score": float(s.max()),
+                "scores": [float(v) for v in s],
+                "iem_rounds": n,
+                "peak": float(cam.max()),
+            }
+        )
     return rows
 
 

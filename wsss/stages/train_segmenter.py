@@ -146,11 +146,12 @@ class Distillation:
     def __init__(self, cfg: Config, inputs: dict[str, Path]):
         self.cfg, self.inputs = cfg, inputs
         scfg = cfg.segmenter
-        self.index = inputs["prepare"] / "index.csv"
+        index = inputs["prepare"] / "index.csv"
         cam_dir = inputs["cam"]
         self.classes = list(read_cam_meta(cam_dir)["classes"])
         self.masks = inputs[masks_input(cfg)] / "masks"
-        self.rows = read_train_index(self.index)
+        self.rows = read_train_index(index)
+        self.in_chans = scfg.backbone.in_chans or read_dataset_info(index).channels
         self.teacher = Teacher(
             cam_dir=cam_dir,
             scores=read_class_scores(cam_dir / SCORES_FILE, self.classes),
@@ -171,7 +172,7 @@ class Distillation:
             self.train_rows,
             masks_dir,
             self.classes,
-            scfg.backbone.in_chans or read_dataset_info(self.index).channels,
+            self.in_chans,
             val_rows=self.val_rows,
             teacher=self.teacher,
             reviewed_dir=self.reviewed,
