@@ -396,9 +396,81 @@ def test_a_seed_ensemble_trains_its_members_once_and_averages_their_cams(
     # the maps are averaged before the relu, view by view: the ensemble's view is the members' mean
     x = torch.randn(3, 1, 64, 64)
     ens, one, two = (CamExtractor(m, (64, 64), 1, ccfg, "cpu") for m in (load_dfcs(out)[0], m0, m1))
-    (me, pe), (ma, pa), (mb, pb) = ens._views(x), one._views(x), two._views(x)
+    (me, pe), (ma, pa), (mb, pb) = ens.views(x), one.views(x), two.views(x)
     torch.testing.assert_close(me, (ma + mb) / 2)
     torch.testing.assert_close(pe, (pa + pb) / 2)
     assert cams[0].shape == c0[0].shape == c1[0].shape
     Run(run_dir, cfg, echo=lambda *_: None).run_stage("cam")
     assert (run_dir / "cam" / "scores.csv").is_file()
+
+
+def _shifting_dfc(shift: int) -> nn.Module:
+    """A DFC whose class map is its input moved ``shift`` pixels right and down (a delta kernel off its centre)."""
+    from wsss.models.classifier import DFC
+
+    conv = nn.Conv2d(1, 1, 9, padding=4, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 4 - shift, 4 - shift] = 1.0
+    conv.out_channels, conv.stride = 1, 1
+    model = DFC(conv, num_classes=1, lse_r=5.0).eval()
+    with torch.no_grad():
+        model.cam_head.weight.fill_(1.0)
+        model.cam_head.bias.zero_()
+    return model
+
+
+def test_flip_consistency_is_one_for_a_map_on_the_defect_and_falls_as_the_map_moves_beside_it():
+    """A class map that sits on the defect does not move under flips (consistency 1); one moved beside it lands on
+    the other side once flipped back, and the further it moves the lower the score; an empty map counts 0."""
+    from wsss.cam.consistency import flip_consistency
+
+    img, _ = _scratch_image(64)
+    ink = 255 - img  # the scratch bright on a dark surface: the map is the defect
+    images = [ink, np.ascontiguousarray(ink.T)]
+    cfg = CamConfig(channels_last=False)
+    on, near, far = (flip_consistency(_shifting_dfc(s), images, (64, 64), 1, cfg) for s in (0, 1, 4))
+    assert on == pytest.approx(1.0, abs=1e-5)
+    assert 1.0 > near > far
+    assert flip_consistency(_shifting_dfc(0), [np.zeros((64, 64), np.uint8)], (64, 64), 1, cfg) == 0.0
+    with pytest.raises(ValueError, match="at least one image"):
+        flip_consistency(_shifting_dfc(0), [], (64, 64), 1, cfg)
+
+
+def test_a_flip_consistent_ensemble_keeps_its_most_consistent_member(prepared_run: Path, tmp_path: Path):
+    """classifier.ensemble_pick=flip-consistent: the stage records each member's flip consistency and keeps the
+    highest; the cam stage and the anomaly stage's classifier then take that member alone; back to the mean, the
+    record goes."""
+    from wsss.cam.consistency import flip_consistency
+    from wsss.models.classifier import ENSEMBLE_FILE, load_dfc, load_dfcs, main_member
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepared_run / "prepare", run_dir / "prepare")
+    overrides = [*[f"dataset.synthetic.{k}={v}" for k, v in TINY.items()], *TINY_DFC, "classifier.epochs=1"]
+    cfg = load_config(None, [*overrides, "classifier.ensemble=2", "classifier.ensemble_pick=flip-consistent"])
+    Run(run_dir, cfg, echo=lambda *_: None).run_stage("train-classifier")
+    out = run_dir / "train-classifier"
+    record = json.loads((out / ENSEMBLE_FILE).read_text())
+    scores = record["consistency"]
+    assert len(scores) == 2 and all(0 <= s <= 1 for s in scores)
+    assert record["kept"] == int(np.argmax(scores))
+    kept_dir = out if record["kept"] == 0 else out / "members" / "1"
+    assert main_member(out) == kept_dir
+    # the score is the member's own: recomputed on the same images
+    rows = [r for r in read_train_index(run_dir / "prepare" / "index.csv", "train") if r.labels]
+    model, meta = load_dfc(kept_dir)
+    again = flip_consistency(model, [read_image(r.path) for r in rows], meta["input_size"], 1, CamConfig())
+    assert again == pytest.approx(max(scores), abs=1e-4)
+    models, _ = load_dfcs(out)
+    assert len(models) == 1 and torch.equal(models[0].cam_head.weight, model.cam_head.weight)
+    Run(run_dir, cfg, echo=lambda *_: None).run_stage("cam")
+    assert (run_dir / "cam" / "scores.csv").is_file()
+    # a record that names no member of the folder is refused with the fix
+    (out / ENSEMBLE_FILE).write_text(json.dumps(record | {"kept": 5}))
+    with pytest.raises(StageError, match=r"ensemble\.json.*kept member 5.*train-classifier --force"):
+        load_dfcs(out)
+    # the mean again: every member counts and the record is gone
+    mean = load_config(None, [*overrides, "classifier.ensemble=2"])
+    Run(run_dir, mean, echo=lambda *_: None).run_stage("train-classifier")
+    assert not (run_dir / "train-classifier" / ENSEMBLE_FILE).exists()
+    assert len(load_dfcs(run_dir / "train-classifier")[0]) == 2

@@ -102,7 +102,7 @@ class CamExtractor:
             (max(stride, round(input_size[0] * s)), max(stride, round(input_size[1] * s))) for s in cfg.scales
         ]
 
-    def _views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Class maps and probabilities of a batch (``cam.method``), on the model's device and memory format; the
         ensemble's mean over its members."""
         x = channels_last_input(x.to(self.device), self.cfg.channels_last)
@@ -114,12 +114,12 @@ class CamExtractor:
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flip-averaged class maps (B, K, h, w) and probabilities (B, K) of a batch at one scale: the flipped views
         only for the windows whose unflipped score reaches ``cam.flip_floor``."""
-        maps, probs = self._views(x)
+        maps, probs = self.views(x)
         flip = probs.max(1).values >= self.cfg.flip_floor
         if self.cfg.flips and bool(flip.any()):
             sel = flip.nonzero().flatten()
             xs = x[sel.cpu()]
-            m, p = self._views(torch.cat([xs.flip(-1), xs.flip(-2)]))
+            m, p = self.views(torch.cat([xs.flip(-1), xs.flip(-2)]))
             (mh, mv), (ph, pv) = m.chunk(2), p.chunk(2)
             maps, probs = maps.clone(), probs.clone()
             maps[sel] = (maps[sel] + mh.flip(-1) + mv.flip(-2)) / 3

@@ -6,6 +6,7 @@ The CLM projection head embeds CAM-weighted foreground and background features f
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,35 @@ def member_dirs(model_dir: str | Path, ensemble: int) -> list[Path]:
     return [model_dir] + [model_dir / MEMBERS_DIR / str(k) for k in range(1, ensemble)]
 
 
+ENSEMBLE_FILE = "ensemble.json"  # classifier.ensemble_pick's record: every member's score and the member kept
+
+
+def kept_member(model_dir: str | Path) -> int | None:
+    """The member an ensemble keeps alone (``classifier.ensemble_pick``), or None where every member counts."""
+    path = Path(model_dir) / ENSEMBLE_FILE
+    if not path.is_file():
+        return None
+    try:
+        kept = json.loads(path.read_text())["kept"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StageError(
+            path, f"unreadable ensemble record ({e})", "re-run `wsss run-stage train-classifier --force`"
+        ) from e
+    if not isinstance(kept, int) or not 0 <= kept < ensemble_size(model_dir):
+        raise StageError(
+            path,
+            f"kept member {kept!r} is not one of this folder's members",
+            "re-run `wsss run-stage train-classifier --force`",
+        )
+    return kept
+
+
+def main_member(model_dir: str | Path) -> Path:
+    """The folder of the one DFC a consumer of a single classifier takes: the kept member, or member 0."""
+    kept = kept_member(model_dir)
+    return member_dirs(model_dir, ensemble_size(model_dir))[kept or 0]
+
+
 def ensemble_size(model_dir: str | Path) -> int:
     """How many DFCs a `train-classifier` folder holds: member 0 and each ``members/<k>`` with a ``dfc.json``."""
     k = 1
@@ -127,16 +157,20 @@ def ensemble_size(model_dir: str | Path) -> int:
 
 
 def load_dfcs(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[list[DFC], dict]:
-    """Every trained DFC of a `train-classifier` folder (an ensemble's members, in order; each in eval mode) and
-    member 0's meta. Members must agree on what the CAM stage relies on (classes, channels, input size, stride)."""
-    ensemble = ensemble_size(model_dir)
+    """Every trained DFC of a `train-classifier` folder (an ensemble's members, in order; each in eval mode), or the
+    one member it keeps (``ensemble.json``), and the first one's meta. Members must agree on what the CAM stage relies
+    on (classes, channels, input size, stride)."""
+    dirs = member_dirs(model_dir, ensemble_size(model_dir))
+    kept = kept_member(model_dir)
+    if kept is not None:
+        dirs = [dirs[kept]]
     models, metas = [], []
-    for d in member_dirs(model_dir, ensemble):
+    for d in dirs:
         model, meta = load_dfc(d, device)
         models.append(model)
         metas.append(meta)
     same = ("classes", "in_chans", "input_size", "stride")
-    for d, meta in zip(member_dirs(model_dir, ensemble)[1:], metas[1:], strict=True):
+    for d, meta in zip(dirs[1:], metas[1:], strict=True):
         if any(meta[k] != metas[0][k] for k in same):
             raise StageError(
                 d / META_FILE,

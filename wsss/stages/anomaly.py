@@ -39,7 +39,7 @@ from wsss.config.tree import Config
 from wsss.data.images import read_image
 from wsss.data.index import read_dataset_info, read_train_index
 from wsss.models.backbone import create_backbone
-from wsss.models.classifier import load_dfc
+from wsss.models.classifier import load_dfc, main_member
 from wsss.models.weights import weight_files
 from wsss.resume import ImagePass
 from wsss.stages import Stage, register_stage
@@ -50,7 +50,7 @@ def embedder_for(cfg: Config, inputs: dict[str, Path], device):
 
     acfg = cfg.anomaly
     if acfg.features == "dfc":
-        model, meta = load_dfc(inputs["train-classifier"], device)
+        model, meta = load_dfc(main_member(inputs["train-classifier"]), device)
         size = acfg.input_size or meta["input_size"]
         return PatchEmbedder(model.backbone, acfg, size, int(meta["in_chans"]), device)
 

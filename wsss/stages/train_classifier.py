@@ -4,7 +4,9 @@ In a pipeline with the `pretrain` stage, the backbone starts from its ``backbone
 pretraining, METHOD.md 7b) in place of ``classifier.backbone.weights``.
 
 Writes ``dfc.safetensors`` (the best epoch's state_dict), ``dfc.json`` (what rebuilds the model) and
-``metrics.csv``; with ``classifier.ensemble`` = K > 1, members 1..K-1 (other seeds) the same in ``members/<k>/``.
+``metrics.csv``; with ``classifier.ensemble`` = K > 1, members 1..K-1 (other seeds) the same in ``members/<k>/``, and
+with ``classifier.ensemble_pick: flip-consistent`` ``ensemble.json``: each member's flip consistency and the one the
+`cam` stage takes (:mod:`wsss.cam.consistency`).
 Checkpoints live in ``checkpoints/`` while the stage runs, so a killed run resumes from its last epoch (a member
 that has finished is skipped); they are removed when training has finished.
 """
@@ -15,22 +17,24 @@ import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
+import numpy as np
 
 from wsss import distributed as dist
 from wsss.atomic import write_json
+from wsss.cam.config import CamConfig
+from wsss.cam.consistency import flip_consistency
 from wsss.config.tree import Config
-from wsss.models.classifier import MEMBER_SEED_STEP, member_dirs
+from wsss.data.images import read_image
+from wsss.data.index import read_train_index
+from wsss.errors import StageError
+from wsss.models.classifier import ENSEMBLE_FILE, MEMBER_SEED_STEP, load_dfc, member_dirs
 from wsss.models.model_dir import PRETRAINED_FILE as PRETRAINED
 from wsss.models.weights import weight_files
 from wsss.stages import Stage, in_pipeline, register_stage
 from wsss.train.classifier import META_FILE, MODEL_FILE, ClassifierTrainer
 from wsss.train.loop import CHECKPOINT, METRICS_FILE
-
-if TYPE_CHECKING:
-    from wsss.train.classifier import ClassifierTrainer
 
 
 def with_pretrained_backbone(cfg: Config, weights: Path) -> Config:
@@ -60,6 +64,37 @@ def classifier_trainer(cfg: Config, index: Path, out: Path, echo: Callable[[str]
     )
 
 
+# the defective training images pick_consistent reads at most (spread evenly over them): a few hundred rank the members
+CONSISTENCY_IMAGES = 256
+
+
+def pick_consistent(cfg: Config, index: Path, members: list[Path]) -> dict:
+    """``classifier.ensemble_pick: flip-consistent``: each member's flip consistency on the defective training images
+    (:mod:`wsss.cam.consistency`; image labels only) and the member kept, the most consistent."""
+    rows = [r for r in read_train_index(index, "train") if r.labels]
+    if not rows:
+        raise StageError(index, "no defective training images to pick the ensemble's member on", "check prepare.split")
+    rows = [
+        rows[i]
+        for i in np.unique(np.linspace(0, len(rows) - 1, min(len(rows), CONSISTENCY_IMAGES)).round().astype(int))
+    ]
+    images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in rows]
+    ccfg = CamConfig(channels_last=cfg.classifier.channels_last)
+    device = dist.resolve_device(cfg.run.device)
+    scores = []
+    for member in members:
+        model, meta = load_dfc(member, device)
+        fit = meta.get("fit", "stretch")
+        scores.append(flip_consistency(model, images, meta["input_size"], int(meta["in_chans"]), ccfg, device, fit))
+    kept = int(np.argmax(scores))
+    click.echo(
+        "train-classifier: flip consistency of the members "
+        + ", ".join(f"{s:.3f}" for s in scores)
+        + f" on {len(images)} defective training images; member {kept + 1} kept"
+    )
+    return {"pick": "flip-consistent", "images": len(images), "consistency": scores, "kept": kept}
+
+
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
 
     if "pretrain" in inputs:
@@ -79,8 +114,14 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             write_json(member / FINISHED, summary)
         dist.barrier()
     if dist.is_main():
+        record = out / ENSEMBLE_FILE
+        if k_all > 1 and cfg.classifier.ensemble_pick == "flip-consistent":
+            write_json(record, pick_consistent(cfg, inputs["prepare"] / "index.csv", member_dirs(out, k_all)))
+        else:
+            record.unlink(missing_ok=True)
         for member in member_dirs(out, k_all):
             shutil.rmtree(member / CHECKPOINT.parent, ignore_errors=True)
+    dist.barrier()
     return {"model": out / MODEL_FILE, "meta": out / META_FILE, "metrics": out / METRICS_FILE}
 
 

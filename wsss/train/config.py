@@ -86,10 +86,14 @@ class ClassifierConfig:
     workers: int = num(0, ge=0, fix="DataLoader processes >= 0 (0 = load in the main process)")
     # keep the resized train/val images in memory when they fit in this many MiB; 0 = off
     cache_mb: int = num(2048, ge=0, fix="MiB >= 0 (0 = no cache)")
-    # train this many DFCs (the k-th with the classifier's seed + 10007 k, in members/<k>/); the cam stage averages
-    # their maps and scores. The classifier's seed moves every later stage (docs/benchmarks.md): an ensemble averages
-    # it out, at k times the classifier's and the CAM stage's cost
+    # train this many DFCs (the k-th with the classifier's seed + 10007 k, in members/<k>/). The classifier's seed
+    # moves every later stage (docs/benchmarks.md); what the cam stage takes of the K is ensemble_pick
     ensemble: int = num(1, ge=1, fix="1 (one classifier) or more")
+    # "mean": every member's maps and scores averaged (k times the CAM stage's cost; members that disagree on where
+    # a defect ends spread each map); "flip-consistent": the one member whose CAMs move least when the defective
+    # training images are flipped (wsss/cam/consistency.py, labels only), so a classifier whose CAM sits beside the
+    # defects is dropped, at k times the classifier's cost only
+    ensemble_pick: str = choices("mean", "flip-consistent", default="mean")
     # compute the frozen stages' features (backbone.freeze) once per image and train the rest on them, augmented
     # geometrically in feature space (flips, rot90, the affine warp; no photometric jitter): wsss/train/feature_cache.py.
     # Needs backbone.freeze > 0, one process, and the features within cache_mb; otherwise training reads images
