@@ -66,7 +66,8 @@ def test_loss_decreases_and_outputs_are_written(trained):
     assert len(rows) == 13 and rows[0].startswith("epoch,lr,loss,loss_cls")
     loss_cls = [float(r.split(",")[3]) for r in rows[1:]]
     assert np.mean(loss_cls[-3:]) < 0.7 * np.mean(loss_cls[:3]), loss_cls
-    assert max(float(r.split(",")[7]) for r in rows[1:]) >= 0.9  # validation image AP
+    head = rows[0].split(",")
+    assert max(float(r.split(",")[head.index("val_ap")]) for r in rows[1:]) >= 0.9  # validation image AP
     meta = json.loads((run_dir / "dfc" / "dfc.json").read_text())
     assert meta["classes"] == ["defect"] and meta["in_chans"] == 1 and meta["stride"] == 8
     assert meta["backbone"]["weights"] is None
@@ -87,9 +88,49 @@ def test_module_switches(prepared_run: Path, tmp_path: Path, clm: bool, gcm: boo
     trainer = classifier_trainer(cfg, prepared_run / "prepare" / "index.csv", tmp_path, echo=lambda *_: None)
     assert (trainer.model.projection is not None) == clm
     trainer.fit()
-    row = (tmp_path / "metrics.csv").read_text().splitlines()[1].split(",")
-    loss_clm, loss_gcm = float(row[4]), float(row[5])
+    head, row = (line.split(",") for line in (tmp_path / "metrics.csv").read_text().splitlines()[:2])
+    loss_clm, loss_gcm = float(row[head.index("loss_clm")]), float(row[head.index("loss_gcm")])
     assert (loss_clm != 0.0) == clm and (loss_gcm > 0.0) == (gcm and consistency > 0)
+    assert float(row[head.index("loss_eq")]) == 0.0  # classifier.equivariance off
+
+
+def test_flip_equivariance_is_zero_for_maps_that_do_not_move_and_counts_defective_images_only():
+    from wsss.train.losses import flip_equivariance
+
+    cams = torch.zeros(3, 1, 8, 8)
+    cams[:, 0, 3:5, 3:5] = 4.0  # on the centre: the same flipped back
+    moved = torch.zeros(3, 1, 8, 8)
+    moved[:, 0, 0:2, 3:5] = 4.0  # the flipped view's map, flipped back, lands elsewhere
+    moved[2] = cams[2]  # the third image's map stays
+    defective = torch.tensor([True, True, False])
+    assert float(flip_equivariance(cams, cams.clone(), defective)) == 0.0
+    away = float(flip_equivariance(cams, moved, defective))
+    assert away == pytest.approx(8 / 64)  # 8 cells differ by the peak, over 64 cells
+    # scale-free: the same maps ten times stronger give the same loss
+    assert float(flip_equivariance(10 * cams, 10 * moved, defective)) == pytest.approx(away)
+    # only the defective images count; none defective gives 0 with a gradient path
+    assert float(flip_equivariance(cams, moved, torch.tensor([False, False, True]))) == 0.0
+    assert float(flip_equivariance(cams, moved, torch.tensor([True, False, True]))) == pytest.approx(away / 2)
+    assert float(flip_equivariance(cams, moved, torch.zeros(3, dtype=torch.bool))) == 0.0
+    x = cams.clone().requires_grad_()
+    flip_equivariance(x, moved, defective).backward()
+    assert x.grad[2].abs().sum() == 0 and x.grad[0].abs().sum() > 0
+
+
+def test_equivariance_training_logs_its_loss_and_lowers_it(prepared_run: Path, tmp_path: Path):
+    """classifier.equivariance > 0: each step also trains the flipped batch and logs the equivariance loss, which
+    training lowers; off, the column stays 0."""
+    index = prepared_run / "prepare" / "index.csv"
+    for weight in (0.0, 1.0):
+        out = tmp_path / f"eq{weight}"
+        cfg = config("classifier.epochs=3", "classifier.patience=100", f"classifier.equivariance={weight}")
+        classifier_trainer(cfg, index, out, echo=lambda *_: None).fit()
+        head, *rows = (line.split(",") for line in (out / "metrics.csv").read_text().splitlines())
+        eq = [float(r[head.index("loss_eq")]) for r in rows]
+        if weight:
+            assert eq[0] > 0 and eq[-1] < eq[0], eq
+        else:
+            assert eq == [0.0] * 3
 
 
 def test_resume_continues_at_the_right_epoch_with_identical_state(

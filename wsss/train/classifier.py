@@ -4,7 +4,9 @@ One step: the batch goes through the DFC (BCE on the LSE-pooled scores, plus CLM
 embeddings); with GCM, crops around each defective image's current CAM peak (random crops for OK images) form a
 second half-batch with the same labels (plus the optional consistency loss). The two halves are two
 forward/backward passes whose gradients accumulate (``no_sync`` on the first under DDP), so the step costs
-about twice a plain one and needs no extra CAM pass.
+about twice a plain one and needs no extra CAM pass. With ``classifier.equivariance`` the first half also trains on
+its images flipped, and the two views' CAMs, flipped back, are pulled together (a CAM beside the defect moves under
+a flip).
 
 Every epoch: validation image AP and loss (the epoch kept and early stopping follow ``classifier.select``), ``metrics.csv``, and
 a checkpoint (model, optimizer, schedule, counters) from which a killed run resumes exactly: data order,
@@ -43,7 +45,7 @@ from wsss.progress import progress
 from wsss.train.config import ClassifierConfig
 from wsss.train.feature_cache import FeatureDataset, PrefixFirstDFC, SuffixDFC, cache_bytes
 from wsss.train.loop import Loop, train_pass
-from wsss.train.losses import gcm_consistency, supervised_infonce
+from wsss.train.losses import flip_equivariance, gcm_consistency, supervised_infonce
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
 from wsss.train.schedule import warmup_cosine
 
@@ -54,6 +56,7 @@ COLUMNS = (
     "loss_cls",
     "loss_clm",
     "loss_gcm",
+    "loss_eq",
     "val_loss",
     "val_ap",
     "val_auroc",
@@ -216,6 +219,23 @@ class ClassifierTrainer:
             parts["loss_clm"] = loss_clm.item()
         return loss, parts, out
 
+    def _flipped_view(
+        self, x: torch.Tensor, y: torch.Tensor, out: Any, parts: dict[str, float], gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``classifier.equivariance``: the batch flipped (one flip per step, drawn from ``gen``) trains beside it, its
+        loss parts averaged into ``parts``; returns its loss and the flip-equivariance loss between the two views'
+        CAMs (None: off)."""
+        parts["loss_eq"] = 0.0
+        if self.ccfg.equivariance <= 0:
+            return None
+        dim = -1 if float(torch.rand(1, generator=gen)) < 0.5 else -2
+        loss_f, parts_f, out_f = self._half_loss(x.flip(dim), y)
+        loss_e = flip_equivariance(out.cams, out_f.cams.flip(dim), y.max(1).values > 0)
+        for k in ("loss_cls", "loss_clm"):  # mean over the two views
+            parts[k] = (parts[k] + parts_f[k]) / 2
+        parts["loss_eq"] = loss_e.item()
+        return loss_f, loss_e
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
         gcm = self.ccfg.gcm
@@ -224,6 +244,9 @@ class ClassifierTrainer:
         with sync_later:
             with autocast:
                 loss, parts, out = self._half_loss(x, y)
+                flipped = self._flipped_view(x, y, out, parts, gen)
+                if flipped is not None:  # the two views' losses averaged, plus the equivariance term
+                    loss = (loss + flipped[0]) / 2 + self.ccfg.equivariance * flipped[1]
             (loss * (0.5 if gcm.enabled else 1.0)).backward()
         total, parts["loss_gcm"] = loss.item(), 0.0
         if gcm.enabled:

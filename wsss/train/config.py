@@ -66,6 +66,11 @@ class ClassifierConfig:
     clm: CLMConfig = field(default_factory=CLMConfig)
     gcm: GCMConfig = field(default_factory=GCMConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # weight of the flip-equivariance loss: each step also trains on the batch flipped (horizontally or vertically,
+    # drawn per step), and the CAMs of a defective image's two views, flipped back, are pulled together
+    # (wsss.train.losses.flip_equivariance). A CAM beside the defect moves under flips, one on it does not
+    # (wsss/cam/consistency.py). 0 = off; on, a training step costs twice as much
+    equivariance: float = num(0.0, ge=0, fix=WEIGHT)
     epochs: int = num(30, ge=1, fix=ONE)
     batch_size: int = num(16, ge=1, fix=ONE)
     lr: float = num(1e-3, gt=0, fix=LR)

@@ -59,6 +59,22 @@ def gcm_consistency(
     return F.mse_loss(torch.sigmoid(crop_cams.float()), torch.sigmoid(region))
 
 
+def flip_equivariance(cams: torch.Tensor, flipped_back: torch.Tensor, defective: torch.Tensor) -> torch.Tensor:
+    """How far a batch's CAMs move when the images are flipped (``classifier.equivariance``).
+
+    ``cams`` (B, K, h, w) are the class maps of the images, ``flipped_back`` those of the flipped images flipped back
+    onto them; the loss is the mean absolute difference of their positive parts, each image divided by the larger of
+    its two peaks (detached, so the loss moves where the maps fire, not their scale), over the images labelled
+    ``defective`` (B,) only: an OK image's map is pulled to zero by the classification loss already. 0 without any.
+    A CAM on the defect does not move under a flip; one beside it lands on the other side (wsss/cam/consistency.py).
+    """
+    if not bool(defective.any()):
+        return cams.sum() * 0.0
+    a, b = cams[defective].float().relu(), flipped_back[defective].float().relu()
+    peak = torch.maximum(a.flatten(1).amax(1), b.flatten(1).amax(1)).detach().clamp_min(1e-6)
+    return ((a - b).abs().flatten(1).mean(1) / peak).mean()
+
+
 def segmentation_loss(
     mask_logits: torch.Tensor, mask: torch.Tensor, dice_weight: float = 1.0, dice_over: str = "batch"
 ) -> torch.Tensor:
