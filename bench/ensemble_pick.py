@@ -28,17 +28,13 @@ from recipe import score  # noqa: E402
 
 
 def consistency(run: Path) -> float:
-    from wsss.cam.config import CamConfig
-    from wsss.cam.consistency import flip_consistency
+    """The run's classifier's flip consistency on its defective training images, as the pick scores a member."""
+    from wsss.cam.consistency import member_consistency
     from wsss.data.images import read_image
     from wsss.data.index import read_train_index
-    from wsss.models.classifier import load_dfc
 
     rows = [r for r in read_train_index(run / "prepare" / "index.csv", "train") if r.labels]
-    model, meta = load_dfc(run / "train-classifier")
-    images = [read_image(r.path) for r in rows]
-    fit = meta.get("fit", "stretch")
-    return flip_consistency(model, images, meta["input_size"], int(meta["in_chans"]), CamConfig(), "cpu", fit)
+    return member_consistency(run / "train-classifier", [read_image(r.path) for r in rows])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -441,7 +441,7 @@ def test_a_flip_consistent_ensemble_keeps_its_most_consistent_member(prepared_ru
     """classifier.ensemble_pick=flip-consistent: the stage records each member's flip consistency and keeps the
     highest; the cam stage and the anomaly stage's classifier then take that member alone; back to the mean, the
     record goes."""
-    from wsss.cam.consistency import flip_consistency
+    from wsss.cam.consistency import member_consistency
     from wsss.models.classifier import ENSEMBLE_FILE, load_dfc, load_dfcs, main_member
 
     run_dir = tmp_path / "run"
@@ -458,8 +458,8 @@ def test_a_flip_consistent_ensemble_keeps_its_most_consistent_member(prepared_ru
     assert main_member(out) == kept_dir
     # the score is the member's own: recomputed on the same images
     rows = [r for r in read_train_index(run_dir / "prepare" / "index.csv", "train") if r.labels]
-    model, meta = load_dfc(kept_dir)
-    again = flip_consistency(model, [read_image(r.path) for r in rows], meta["input_size"], 1, CamConfig())
+    model, _ = load_dfc(kept_dir)
+    again = member_consistency(kept_dir, [read_image(r.path) for r in rows])
     assert again == pytest.approx(max(scores), abs=1e-4)
     models, _ = load_dfcs(out)
     assert len(models) == 1 and torch.equal(models[0].cam_head.weight, model.cam_head.weight)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ import torch
 from wsss.cam.config import CamConfig
 from wsss.cam.extract import CamExtractor
 from wsss.data.transforms import fit_image, to_channels, to_tensor
-from wsss.models.classifier import DFC
+from wsss.models.classifier import DFC, load_dfc
 
 BATCH = 8
 
@@ -65,3 +66,14 @@ def flip_consistency(
             total += float(sims.sum())
             count += len(sims)
     return total / count
+
+
+def member_consistency(
+    model_dir: str | Path, images: Sequence[np.ndarray], device: torch.device | str = "cpu", channels_last: bool = True
+) -> float:
+    """:func:`flip_consistency` of the trained DFC in ``model_dir`` (one member's folder), at the input size, channels
+    and fit it was trained with."""
+    model, meta = load_dfc(model_dir, device)
+    cfg = CamConfig(channels_last=channels_last)
+    fit = meta.get("fit", "stretch")
+    return flip_consistency(model, images, meta["input_size"], int(meta["in_chans"]), cfg, device, fit)

@@ -23,13 +23,12 @@ import numpy as np
 
 from wsss import distributed as dist
 from wsss.atomic import write_json
-from wsss.cam.config import CamConfig
-from wsss.cam.consistency import flip_consistency
+from wsss.cam.consistency import member_consistency
 from wsss.config.tree import Config
 from wsss.data.images import read_image
 from wsss.data.index import read_train_index
 from wsss.errors import StageError
-from wsss.models.classifier import ENSEMBLE_FILE, MEMBER_SEED_STEP, load_dfc, member_dirs
+from wsss.models.classifier import ENSEMBLE_FILE, MEMBER_SEED_STEP, member_dirs
 from wsss.models.model_dir import PRETRAINED_FILE as PRETRAINED
 from wsss.models.weights import weight_files
 from wsss.stages import Stage, in_pipeline, register_stage
@@ -79,13 +78,8 @@ def pick_consistent(cfg: Config, index: Path, members: list[Path]) -> dict:
         for i in np.unique(np.linspace(0, len(rows) - 1, min(len(rows), CONSISTENCY_IMAGES)).round().astype(int))
     ]
     images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in rows]
-    ccfg = CamConfig(channels_last=cfg.classifier.channels_last)
     device = dist.resolve_device(cfg.run.device)
-    scores = []
-    for member in members:
-        model, meta = load_dfc(member, device)
-        fit = meta.get("fit", "stretch")
-        scores.append(flip_consistency(model, images, meta["input_size"], int(meta["in_chans"]), ccfg, device, fit))
+    scores = [member_consistency(m, images, device, cfg.classifier.channels_last) for m in members]
     kept = int(np.argmax(scores))
     click.echo(
         "train-classifier: flip consistency of the members "
