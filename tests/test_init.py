@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -136,6 +137,16 @@ def test_init_prints_the_recipes_expected_wall_time_from_timed_units(tmp_path: P
     more = stage_seconds(cfg.cfg, Counts(20, 4, 8, 0.5), units, (96, 40))
     assert all(more[k] == pytest.approx(2 * v) for k, v in base.items())
     assert base["train-classifier"] == pytest.approx(cfg.cfg.classifier.epochs * (10 + 2))
+    # a seed ensemble trains every member; the flip-consistent pick scores each (3 views of the 5 defective training
+    # images) and the cam stage runs the kept one; averaged members each run in the cam stage
+    c3 = dataclasses.replace(cfg.cfg.classifier, ensemble=3, ensemble_pick="flip-consistent")
+    picked = stage_seconds(dataclasses.replace(cfg.cfg, classifier=c3), Counts(10, 2, 4, 0.5), units, (96, 40))
+    assert picked["train-classifier"] == pytest.approx(3 * (base["train-classifier"] + 5 * 3))
+    assert picked["cam"] == pytest.approx(base["cam"])
+    c3 = dataclasses.replace(c3, ensemble_pick="mean")
+    mean = stage_seconds(dataclasses.replace(cfg.cfg, classifier=c3), Counts(10, 2, 4, 0.5), units, (96, 40))
+    assert mean["train-classifier"] == pytest.approx(3 * base["train-classifier"])
+    assert mean["cam"] == pytest.approx(3 * base["cam"])
 
 
 def _flat(data: dict, prefix: str = "") -> dict:
@@ -189,8 +200,6 @@ SIZES = {"ksdd": ((1257, 500), (1235, 500), (1285, 500), 223), "mtd": ((324, 271
 
 @pytest.mark.parametrize("kind", list(OVERRIDES))
 def test_the_tuned_recipes_are_what_init_writes_plus_their_overrides(tmp_path: Path, kind: str):
-    import dataclasses
-
     from wsss.auto import resolve_auto
     from wsss.data.stats import SizeStats
     from wsss.init_recipe import DatasetSummary, _config, recipe_text

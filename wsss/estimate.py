@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from wsss.cam.consistency import CONSISTENCY_IMAGES
 from wsss.config.tree import Config
 from wsss.models.compile import channels_last_input, output_tensors, to_channels_last
 from wsss.refine.crf import dense_crf
@@ -134,10 +135,15 @@ def stage_seconds(cfg: Config, counts: Counts, units: dict[str, float], median: 
     views = len(c.cam.scales) * (1 + flipped * flip_share)  # per image, on average
     cam = units["classifier_forward"] * tiles * (views * n.total + len(c.cam.scales) * (1 + flipped) * iem * called)
     crf_workers = max(1, min(c.pseudo.workers or torch.get_num_threads(), torch.get_num_threads()))
+    # a seed ensemble trains each member; the flip-consistent pick scores each on (at most CONSISTENCY_IMAGES of) the
+    # defective training images and their two flips, and the cam stage then runs the kept member alone
+    members = c.classifier.ensemble
+    picked = members > 1 and c.classifier.ensemble_pick == "flip-consistent"
+    one = c.classifier.epochs * (n.train * units["classifier_step"] + n.val * units["classifier_forward"])
+    scored = min(n.train * n.defective, CONSISTENCY_IMAGES) * 3 * units["classifier_forward"] if picked else 0.0
     out = {
-        "train-classifier": c.classifier.epochs
-        * (n.train * units["classifier_step"] + n.val * units["classifier_forward"]),
-        "cam": cam,
+        "train-classifier": members * (one + scored),
+        "cam": cam * (1 if picked else members),
         "pseudo-labels": called * units["crf"] / crf_workers,
     }
     for section, stage in (("retrain", "retrain"), ("segmenter", "train-segmenter")):

@@ -28,6 +28,8 @@ from wsss.data.transforms import fit_image, to_channels, to_tensor
 from wsss.models.classifier import DFC, load_dfc
 
 BATCH = 8
+# the defective training images the pick reads at most (spread evenly over them): a few hundred rank the members
+CONSISTENCY_IMAGES = 256
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import numpy as np
 
 from wsss import distributed as dist
 from wsss.atomic import write_json
-from wsss.cam.consistency import member_consistency
+from wsss.cam.consistency import CONSISTENCY_IMAGES, member_consistency
 from wsss.config.tree import Config
 from wsss.data.images import read_image
 from wsss.data.index import read_train_index
@@ -61,10 +61,6 @@ def classifier_trainer(cfg: Config, index: Path, out: Path, echo: Callable[[str]
     return ClassifierTrainer(
         cfg.classifier, cfg.dataset, index, out, seed=cfg.seed("classifier"), device=cfg.run.device, echo=echo
     )
-
-
-# the defective training images pick_consistent reads at most (spread evenly over them): a few hundred rank the members
-CONSISTENCY_IMAGES = 256
 
 
 def pick_consistent(cfg: Config, index: Path, members: list[Path]) -> dict:
