@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from pathlib import Path
 
 import cv2
@@ -78,7 +79,7 @@ def test_init_tiles_the_cams_of_large_images(tmp_path: Path):
 
 COLOUR_OPTIONS = {
     "recipe": [],
-    # the classifier's options off in the recipes: its frozen stem's features cached, and a seed ensemble of two
+    # the classifier's options off in the recipes: its frozen stem's features cached; a seed ensemble of two
     "cached-ensemble": ["classifier.backbone.freeze=1", "classifier.cache_features=true", "classifier.ensemble=2"],
 }
 
@@ -109,7 +110,11 @@ def test_inits_recipe_runs_on_colour_strips(tmp_path: Path, options: str):
     )
     assert r.exit_code == 0, r.output
     run_dir = tmp_path / "run"
-    assert (run_dir / "train-classifier" / "members" / "1" / "dfc.safetensors").is_file() == (options != "recipe")
+    # init's seed ensemble of 3 (2 with the options), the most flip-consistent member kept for the CAMs
+    members = 3 if options == "recipe" else 2
+    assert (run_dir / "train-classifier" / "members" / str(members - 1) / "dfc.safetensors").is_file()
+    picked = json.loads((run_dir / "train-classifier" / "ensemble.json").read_text())
+    assert picked["pick"] == "flip-consistent" and len(picked["consistency"]) == members
     assert "cache_features off" not in r.output  # the colour images' features were cached, not read per epoch
     assert (run_dir / "overview.png").is_file()
     masks = sorted((run_dir / "train-segmenter" / "masks").glob("*.png"))
@@ -122,8 +127,6 @@ def test_inits_recipe_runs_on_colour_strips(tmp_path: Path, options: str):
 def test_padded_inputs_run_the_pipeline_on_parts_of_mixed_aspect_ratios(tmp_path: Path):
     """`dataset.fit: pad` on strips of which half are turned upright (1:3 and 3:1 parts in one set): every network
     records that its inputs were padded, and every mask and CAM comes back at its own image's size."""
-    import json
-
     v = small(dataclasses.replace(VARIANTS["strips"], defects=("blob",)), n=12)
     data = generate(tmp_path / "data", v)
     rows = list(csv.DictReader(data.open()))
