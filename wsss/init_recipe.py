@@ -44,7 +44,7 @@ classifier:
   # three classifiers of different seeds, the one whose CAMs move least when the defective training images are
   # flipped kept (labels only): a classifier can call every image right with its CAM beside the defects. Validation
   # pseudo-masks, one classifier -> the pick of 3 (every 3 of 4-10 seeds): KSDD 32.81% -> 37.55% (3-fold mean), MTD
-  # 10.79% -> 13.14%, the demo 75.80% -> 78.26%; 3x the classifier's time (docs/benchmarks.md, the classifier's seed)
+  # 10.13% -> 11.78%, the demo 75.80% -> 78.26%; 3x the classifier's time (docs/benchmarks.md, the classifier's seed)
   ensemble: 3
   ensemble_pick: flip-consistent
 cam:
