@@ -27,22 +27,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe import score  # noqa: E402
 
 
-def consistency(run: Path) -> float:
+def consistency(run: Path, high_bit_depth: bool) -> float:
     """The run's classifier's flip consistency on its defective training images, as the pick scores a member."""
-    from wsss.cam.consistency import member_consistency
-    from wsss.data.images import read_image
-    from wsss.data.index import read_train_index
+    from wsss.cam.consistency import consistency_images, member_consistency
 
-    rows = [r for r in read_train_index(run / "prepare" / "index.csv", "train") if r.labels]
-    return member_consistency(run / "train-classifier", [read_image(r.path) for r in rows])
+    images = consistency_images(run / "prepare" / "index.csv", high_bit_depth)
+    return member_consistency(run / "train-classifier", images)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", type=Path, required=True, help="the recipe the runs ran (to read their splits)")
+    p.add_argument(
+        "--config", type=Path, required=True, help="the recipe the runs ran (its splits, its images' bit depth)"
+    )
     p.add_argument("--runs", action="append", required=True, help="a glob of one fold's run folders (repeatable)")
     p.add_argument("--k", type=int, default=3, help="ensemble size to simulate")
     args = p.parse_args(argv)
+    from wsss.config import load_config
+
+    high_bit_depth = load_config(args.config).dataset.high_bit_depth
     print("| fold runs | run | flip consistency | pseudo-masks val | test |\n|---|---|---|---|---|")
     picked = {"val": [], "test": []}
     single = {"val": [], "test": []}
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = [Path(r) for r in sorted(glob.glob(pattern)) if (Path(r) / "pseudo-labels" / "masks").is_dir()]
         rows = []
         for run in runs:
-            c = consistency(run)
+            c = consistency(run, high_bit_depth)
             figs = {s: score(run, args.config, [], s)[0]["pseudo-labels"]["miou_def"] for s in ("val", "test")}
             rows.append((run.name, c, figs))
             print(f"| {pattern} | {run.name} | {c:.3f} | {figs['val']:.2%} | {figs['test']:.2%} |")

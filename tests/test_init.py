@@ -146,8 +146,8 @@ def test_init_prints_the_recipes_expected_wall_time_from_timed_units(tmp_path: P
     picked = stage_seconds(cfg.cfg, Counts(10, 2, 4, 0.5), units, (96, 40))
     assert picked["train-classifier"] == pytest.approx(3 * (base["train-classifier"] + 5 * 3))
     assert picked["cam"] == pytest.approx(base["cam"])
-    c3 = dataclasses.replace(cfg.cfg.classifier, ensemble_pick="mean")
-    mean = stage_seconds(dataclasses.replace(cfg.cfg, classifier=c3), Counts(10, 2, 4, 0.5), units, (96, 40))
+    averaged = dataclasses.replace(cfg.cfg.classifier, ensemble_pick="mean")
+    mean = stage_seconds(dataclasses.replace(cfg.cfg, classifier=averaged), Counts(10, 2, 4, 0.5), units, (96, 40))
     assert mean["train-classifier"] == pytest.approx(3 * base["train-classifier"])
     assert mean["cam"] == pytest.approx(3 * base["cam"])
 

@@ -24,6 +24,8 @@ import torch
 
 from wsss.cam.config import CamConfig
 from wsss.cam.extract import CamExtractor
+from wsss.data.images import read_image
+from wsss.data.index import read_train_index
 from wsss.data.transforms import fit_image, to_channels, to_tensor
 from wsss.models.classifier import DFC, load_dfc
 
@@ -79,3 +81,11 @@ def member_consistency(
     cfg = CamConfig(channels_last=channels_last)
     fit = meta.get("fit", "stretch")
     return flip_consistency(model, images, meta["input_size"], int(meta["in_chans"]), cfg, device, fit)
+
+
+def consistency_images(index: str | Path, high_bit_depth: bool = False) -> list[np.ndarray]:
+    """The images the pick scores members on: the defective training images of a `prepare` index (labels only), at
+    most :data:`CONSISTENCY_IMAGES` of them spread evenly over the list; empty where there are none."""
+    rows = [r for r in read_train_index(index, "train") if r.labels]
+    keep = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), CONSISTENCY_IMAGES)).round().astype(int))
+    return [read_image(rows[i].path, high_bit_depth) for i in keep] if rows else []

@@ -23,10 +23,8 @@ import numpy as np
 
 from wsss import distributed as dist
 from wsss.atomic import write_json
-from wsss.cam.consistency import CONSISTENCY_IMAGES, member_consistency
+from wsss.cam.consistency import consistency_images, member_consistency
 from wsss.config.tree import Config
-from wsss.data.images import read_image
-from wsss.data.index import read_train_index
 from wsss.errors import StageError
 from wsss.models.classifier import ENSEMBLE_FILE, MEMBER_SEED_STEP, member_dirs
 from wsss.models.model_dir import PRETRAINED_FILE as PRETRAINED
@@ -66,14 +64,9 @@ def classifier_trainer(cfg: Config, index: Path, out: Path, echo: Callable[[str]
 def pick_consistent(cfg: Config, index: Path, members: list[Path]) -> dict:
     """``classifier.ensemble_pick: flip-consistent``: each member's flip consistency on the defective training images
     (:mod:`wsss.cam.consistency`; image labels only) and the member kept, the most consistent."""
-    rows = [r for r in read_train_index(index, "train") if r.labels]
-    if not rows:
+    images = consistency_images(index, cfg.dataset.high_bit_depth)
+    if not images:
         raise StageError(index, "no defective training images to pick the ensemble's member on", "check prepare.split")
-    rows = [
-        rows[i]
-        for i in np.unique(np.linspace(0, len(rows) - 1, min(len(rows), CONSISTENCY_IMAGES)).round().astype(int))
-    ]
-    images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in rows]
     device = dist.resolve_device(cfg.run.device)
     scores = [member_consistency(m, images, device, cfg.classifier.channels_last) for m in members]
     kept = int(np.argmax(scores))
