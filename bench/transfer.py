@@ -9,7 +9,8 @@ reaches. For each fold and seed:
 2. ``bench/csv_dataset.py`` writes the dataset as a plain CSV with a ``split`` column holding that run's split of
    each image (so both recipes train, choose and test on exactly the same images) and a ``group`` column;
 3. ``wsss init --kind csv`` writes its recipe for the CSV, and ``wsss run`` runs it unchanged (only ``run.seed``
-   is set) into ``OUT/init-fold<k>-s<seed>``.
+   is set) into ``OUT/init-fold<k>-s<seed>``. With ``--init-only`` the tuned recipe makes its split alone, and its
+   figures are the published runs' (the same split and seed at a commit that computes the same).
 
 Then both are scored on each split asked for, and one table gives, per recipe: the classifier's and the segmenter's
 image AP, the pseudo-mask, retrain and segmenter mIoU_def, the segmenter's pixel AP and the wall time, per run and
@@ -79,7 +80,7 @@ def run_pair(args: argparse.Namespace, fold: str, seed: str) -> tuple[Path, Path
         )
         wsss(args, log, "init", "--kind", "csv", "--root", str(csv_dir / "labels.csv"), "--out", str(recipe))
     runs = {"init": ["run", "--config", str(recipe), "--run-dir", str(init_dir), "--set", f"run.seed={seed}"]}
-    if not tuned_done:
+    if not tuned_done and not args.init_only:
         runs["tuned"] = ["run", "--config", str(args.tuned), "--run-dir", str(tuned_dir), *sets]
     with ThreadPoolExecutor(len(runs) if args.side_by_side else 1) as pool:
         list(pool.map(lambda item: wsss(args, args.out / f"{name}.{item[0]}.log", *item[1]), runs.items()))
@@ -108,6 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--one-at-a-time", dest="side_by_side", action="store_false", help="run a pair's two recipes one after another"
     )
+    p.add_argument(
+        "--init-only",
+        action="store_true",
+        help="run the init recipe alone (the tuned recipe's split is still made; its runs are scored where finished)",
+    )
     args = p.parse_args(argv)
     args.root, args.tuned = args.root.resolve(), args.tuned.resolve()
     args.tuned_out, args.out = args.tuned_out.resolve(), args.out.resolve()
@@ -125,12 +131,16 @@ def main(argv: list[str] | None = None) -> None:
         table: dict[str, list[dict[str, float]]] = {"tuned": [], "init": []}
         for (fold, seed), (tuned_dir, init_dir, recipe) in zip(jobs, pairs, strict=True):
             for which, run_dir, config in (("tuned", tuned_dir, args.tuned), ("init", init_dir, recipe)):
+                if not (run_dir / "train-segmenter" / "manifest.json").is_file():
+                    continue  # not run (--init-only) or not finished
                 f = figures(run_dir, config, split)
                 table[which].append(f)
                 cells = " | ".join(pct(f[k]) for k in labels)
                 print(f"| {which} | {fold or '-'} | {seed} | {cells} | {f['minutes']:.1f} |")
         if len(jobs) > 1:
             for which, rows in table.items():
+                if not rows:
+                    continue
                 cells = []
                 for k in [*labels, "minutes"]:
                     a = np.array([r[k] for r in rows])
