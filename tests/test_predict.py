@@ -245,3 +245,56 @@ def test_onnx_export_matches_pytorch_for_either_image_head_pooling(full_run, tmp
         r = invoke("export", "onnx", "--model", model, "--out", tmp_path / name)
         assert r.exit_code == 0, r.output
         assert float(r.output.rsplit("max abs diff ", 1)[1]) < 1e-3  # class logits are among the compared outputs
+
+
+class PositionRunner:
+    """A runner that is not flip-equivariant: its defect logit grows with the column and with the input's mean in
+    the top-left quarter, so each flipped view says something else; its image logit is that quarter's mean."""
+
+    def __call__(self, x: np.ndarray):
+        b, _, h, w = x.shape
+        corner = x[:, 0, : h // 2, : w // 2].mean(axis=(1, 2))
+        defect = np.linspace(-2, 2, w, dtype=np.float32)[None, None, :] + corner[:, None, None]
+        logits = np.stack([np.zeros((b, h, w), np.float32), np.broadcast_to(defect, (b, h, w))], axis=1)
+        return logits, corner[:, None].astype(np.float32)
+
+
+def test_flipped_views_average_the_flipped_back_logits_and_keep_the_padding_on_its_side():
+    from wsss.errors import ConfigError
+    from wsss.inference import Predictor
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (30, 45), dtype=np.uint8)  # not a multiple of the stride: padded bottom and right
+    meta = {"classes": ["defect"], "in_chans": 1, "input_size": [30, 45], "stride": 8}
+    plain = Predictor(PositionRunner(), meta)
+    x = plain._input(image)[None]
+    views = [PositionRunner()(v) for v in (x, x[..., ::-1], x[..., ::-1, :])]
+    expected_mask = (views[0][0] + views[1][0][..., ::-1] + views[2][0][..., ::-1, :]) / 3
+    expected_cls = (views[0][1] + views[1][1] + views[2][1]) / 3
+    flipped = Predictor(PositionRunner(), meta | {"flips": True})
+    mask, cls = flipped._run(x)
+    np.testing.assert_allclose(mask, expected_mask, atol=1e-6)
+    np.testing.assert_allclose(cls, expected_cls, atol=1e-6)
+    # the left-right view's column ramp cancels the plain one's: the mean map is flat along the row
+    assert np.ptp(mask[0, 1, 0, :45]) < np.ptp(plain._run(x)[0][0, 1, 0, :45]) / 2
+    p_plain, p_flip = plain([image])[0], flipped([image])[0]
+    assert p_plain.probs.shape == p_flip.probs.shape == (2, 30, 45) and not np.allclose(p_plain.probs, p_flip.probs)
+    # the constructor's override wins over the meta, both ways
+    np.testing.assert_allclose(Predictor(PositionRunner(), meta | {"flips": True}, flips=False)([image])[0].probs,
+                               p_plain.probs)  # fmt: skip
+    np.testing.assert_allclose(Predictor(PositionRunner(), meta, flips=True)([image])[0].probs, p_flip.probs)
+    with pytest.raises(ConfigError, match="flips must be true or false"):
+        Predictor(PositionRunner(), meta | {"flips": "yes"})
+
+
+def test_the_segmenter_records_flips_and_predict_can_switch_them(full_run, odd_images: Path, tmp_path: Path):
+    run_dir, _ = full_run
+    meta = json.loads((run_dir / "train-segmenter" / "segmenter.json").read_text())
+    assert meta["flips"] is False
+    probs = {}
+    for flag in ("--no-flips", "--flips"):
+        r = invoke("predict", "--model", run_dir, odd_images / "a.png", "--out", tmp_path / flag, "--no-overlays", flag)
+        assert r.exit_code == 0, r.output
+        probs[flag] = cv2.imread(str(tmp_path / flag / "probs" / "a.png"), cv2.IMREAD_UNCHANGED)
+    assert probs["--flips"].shape == probs["--no-flips"].shape == (37, 53)
+    assert not np.array_equal(probs["--flips"], probs["--no-flips"])

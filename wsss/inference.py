@@ -45,6 +45,7 @@ from wsss.progress import progress
 from wsss.refine.guided import guided_probs
 
 ONNX_META_KEY = "wsss"  # ONNX metadata_props key holding the segmenter's meta (JSON)
+FIX_META = "re-train the segmenter (`wsss run-stage train-segmenter --force`) or re-export it"
 
 
 class Runner(Protocol):
@@ -126,6 +127,7 @@ class Predictor:
         size: (H, W) network input; default the model's ``input_size``; None = each image's native size.
         score_threshold: overrides the meta's gate.
         guided_radius: overrides the meta's ``guided.radius`` (0 = plain bilinear upsampling).
+        flips: overrides the meta's ``flips`` (also the left-right and top-bottom flipped views, logits averaged).
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class Predictor:
         size: Sequence[int] | None | str = "model",
         score_threshold: float | None = None,
         guided_radius: float | None = None,
+        flips: bool | None = None,
     ):
         self.runner, self.meta = runner, meta
         self.classes = list(meta["classes"])
@@ -147,6 +150,9 @@ class Predictor:
         self.guided_radius, self.guided_eps = float(guided.get("radius", 0.0)), float(guided.get("eps", 1e-4))
         if guided_radius is not None:
             self.guided_radius = float(guided_radius)
+        self.flips = meta.get("flips", False) if flips is None else flips  # absent before flips existed: off
+        if not isinstance(self.flips, bool):
+            raise ConfigError("segmenter meta", f"flips must be true or false, got {self.flips!r}", FIX_META)
 
     def _input(self, image: np.ndarray) -> np.ndarray:
         """The padded network input (C, Hp, Wp) of one image, and nothing else: sizes come from the image."""
@@ -186,6 +192,20 @@ class Predictor:
         scale = (image.shape[0] / network_size[0] + image.shape[1] / network_size[1]) / 2
         return guided_probs(image, probs, radius * scale, self.guided_eps if eps is None else eps)
 
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The runner's mask and class logits of the batch ``x``; with ``flips``, the mean over the batch as it is
+        and flipped left-right and top-bottom (each view's mask logits flipped back first). The padding to the
+        stride moves to the other side in a flipped view and comes back with the flip, so the crop stays right."""
+        mask_logits, cls_logits = self.runner(x)
+        if not self.flips:
+            return mask_logits, cls_logits
+        mask_logits, cls_logits = mask_logits.astype(np.float32), cls_logits.astype(np.float32)
+        for axis in (-1, -2):
+            m, c = self.runner(np.ascontiguousarray(np.flip(x, axis)))
+            mask_logits += np.flip(m, axis)
+            cls_logits += c
+        return mask_logits / 3, cls_logits / 3
+
     def __call__(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Predictions for ``images`` (uint8, gray or RGB, any sizes), in order."""
         out: list[Prediction | None] = [None] * len(images)
@@ -194,7 +214,7 @@ class Predictor:
             groups.setdefault(self._network_size(im), []).append(i)
         for (h, w), idx in groups.items():
             x = np.stack([self._input(images[i]) for i in idx]).astype(np.float32)
-            mask_logits, cls_logits = self.runner(x)
+            mask_logits, cls_logits = self._run(x)
             cls = 1.0 / (1.0 + np.exp(-cls_logits.astype(np.float32)))
             for j, i in enumerate(idx):
                 logits = torch.from_numpy(np.ascontiguousarray(mask_logits[j : j + 1, :, :h, :w], np.float32))
@@ -230,6 +250,7 @@ def load_predictor(
     size: Sequence[int] | None | str = "model",
     score_threshold: float | None = None,
     guided_radius: float | None = None,
+    flips: bool | None = None,
 ) -> Predictor:
     """A :class:`Predictor` for ``--model``: an ``.onnx`` file, or a trained segmenter (see :func:`segmenter_dir`)."""
     model = Path(model)
@@ -237,9 +258,9 @@ def load_predictor(
         if not model.is_file():
             raise ConfigError(model, "ONNX file not found", "pass the file `wsss export onnx` wrote")
         runner = OnnxRunner(model, device)
-        return Predictor(runner, runner.meta, size, score_threshold, guided_radius)
+        return Predictor(runner, runner.meta, size, score_threshold, guided_radius, flips)
     seg, meta = load_segmenter(segmenter_dir(model), device)
-    return torch_predictor(seg, meta, device, size, score_threshold, guided_radius)
+    return torch_predictor(seg, meta, device, size, score_threshold, guided_radius, flips)
 
 
 def torch_predictor(
@@ -249,10 +270,11 @@ def torch_predictor(
     size: Sequence[int] | None | str = "model",
     score_threshold: float | None = None,
     guided_radius: float | None = None,
+    flips: bool | None = None,
 ) -> Predictor:
     """A :class:`Predictor` over a loaded segmenter and its ``segmenter.json`` meta."""
     meta = meta | {"stride": max(seg.backbone.reductions)}
-    return Predictor(TorchRunner(seg, device), meta, size, score_threshold, guided_radius)
+    return Predictor(TorchRunner(seg, device), meta, size, score_threshold, guided_radius, flips)
 
 
 def segment_rows(

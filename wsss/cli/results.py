@@ -119,6 +119,12 @@ def _size(value: str) -> tuple[int, int] | None | str:
     default=None,
     help="guided upsampling radius in network-input pixels, 0 = off (default: the model's segmenter.guided.radius)",
 )
+@click.option(
+    "--flips/--no-flips",
+    default=None,
+    help="also run each image flipped left-right and top-bottom, logits averaged: 3x the time (default: the "
+    "model's segmenter.flips)",
+)
 @click.option("--no-overlays", is_flag=True, help="write no overlays/")
 @click.option("--no-probs", is_flag=True, help="write no probs/ (16-bit defect-probability maps)")
 @click.option(
@@ -144,6 +150,7 @@ def predict(
     size: str,
     threshold: float | None,
     guided_radius: float | None,
+    flips: bool | None,
     no_overlays: bool,
     no_probs: bool,
     high_bit_depth: str,
@@ -158,7 +165,7 @@ def predict(
 
     dist.init_from_env()  # under torchrun the images are sharded across ranks
     predictor = load_predictor(
-        model, str(dist.resolve_device(device, "--device")), _size(size), threshold, guided_radius
+        model, str(dist.resolve_device(device, "--device")), _size(size), threshold, guided_radius, flips
     )
     summary = predict_images(
         predictor,

@@ -221,6 +221,10 @@ class SegTrainConfig:
     inject: InjectConfig = field(default_factory=InjectConfig)  # defects injected into OK training images
     # inference: the probabilities upsampled to each image's size follow its edges (guided filter)
     guided: GuidedConfig = field(default_factory=GuidedConfig)
+    # inference: the image also seen flipped left-right and top-bottom (the views training's flips drew), the three
+    # views' logits averaged (mask and image head): 3x the network's inference time. Recorded with the model, so
+    # `wsss predict` does the same; changing it re-runs the stage
+    flips: bool = False
     # start from this trained segmenter's weights (a folder with segmenter.safetensors + segmenter.json of the same
     # architecture and classes) instead of the backbone's pretrained weights: fine-tuning, e.g. after a review round
     init_from: str | None = path_field()

@@ -89,6 +89,7 @@ def segmenter_meta(
         "cls_source": scfg.cls_source,
         "score_threshold": float(score_threshold),
         "guided": {"radius": float(scfg.guided.radius), "eps": float(scfg.guided.eps)},
+        "flips": bool(scfg.flips),
     }
 
 
