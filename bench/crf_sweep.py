@@ -77,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["retrain", "train-segmenter"],
         help="whose segmenter --fuse reads: the retrain round's, or the distilled segmenter's (a CRF on its masks)",
     )
+    p.add_argument(
+        "--flips",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--fuse's segmenter also sees each image flipped, logits averaged (retrain.flips; default: as trained)",
+    )
     return p.parse_args(argv)
 
 
@@ -87,7 +93,7 @@ def lifted(cam: np.ndarray, scale: float, floor: float) -> np.ndarray:
     return normalise_cam(cam * scale, np.ones(cam.shape[0]), scale, 0.5, floor)
 
 
-def items(run: Path, split: str, with_anomaly: bool = False, segmenter_stage: str = ""):
+def items(run: Path, split: str, with_anomaly: bool = False, segmenter_stage: str = "", flips: bool | None = None):
     """Per defective image of ``split`` with a mask: id, image, stored CAM, ground truth, whether it was called
     defective, the dataset scale, the lift floor, and (``with_anomaly``) its normalised anomaly map, else None, or
     (``segmenter_stage``) the defect probabilities (K, H, W) of the segmenter that stage of the run trained."""
@@ -118,7 +124,7 @@ def items(run: Path, split: str, with_anomaly: bool = False, segmenter_stage: st
             raise SystemExit(
                 f"{run}: no finished {segmenter_stage} stage; run `wsss run-stage {segmenter_stage}` there or drop --fuse"
             )
-        predictor = torch_predictor(*load_segmenter(run / segmenter_stage))
+        predictor = torch_predictor(*load_segmenter(run / segmenter_stage), flips=flips)
     for r in all_rows:
         if r.split != split or not r.labels or r.mask is None:
             continue
@@ -177,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             args.split,
             with_anomaly=not weights and unaries != ["cam"],
             segmenter_stage=args.fuse_stage if weights else "",
+            flips=args.flips,
         )
     ]
     print(f"{len(data)} defective {args.split} images from {len(args.runs)} run(s)")
