@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe import score  # noqa: E402
 
 
-def consistency(run: Path, high_bit_depth: bool) -> float:
+def consistency(run: Path, high_bit_depth: str) -> float:
     """The run's classifier's flip consistency on its defective training images, as the pick scores a member."""
     from wsss.cam.consistency import consistency_images, member_consistency
 

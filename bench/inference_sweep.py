@@ -17,7 +17,6 @@ only. Choose on ``val``; ``test`` is for reporting.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from recipe import METRICS, pct  # noqa: E402  (bench/ is not a package)
+from recipe import pct, report_metrics  # noqa: E402  (bench/ is not a package)
 
 KEYS = {"flips": lambda v: {"true": True, "false": False}[v.lower()], "guided_radius": float, "threshold": float}
 
@@ -71,8 +70,7 @@ def measure(run: Path, stage: str, split: str, name: str, values: dict[str, obje
     folder.mkdir(parents=True)
     section = cfg.segmenter if stage == "train-segmenter" else cfg.retrain
     speed = segment_rows(predictor, rows, folder, predictor.classes, section.batch_size, cfg.dataset.high_bit_depth)
-    r = evaluate_stage(rows, info, folder, cfg.evaluate)
-    return {k: float("nan") if getattr(r, k) is None else float(getattr(r, k)) for k in METRICS} | {"img/s": speed}
+    return report_metrics(evaluate_stage(rows, info, folder, cfg.evaluate)) | {"img/s": speed}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,7 +87,6 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     table: dict[str, list[dict[str, float]]] = {name: [] for name, _ in settings}
     cols = ("miou_def", "seg_miou", "ap", "pixel_ap", "img/s")
     print(f"| run | setting | {' | '.join(cols)} |\n|---|---|" + "---|" * len(cols))

@@ -44,6 +44,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -133,9 +134,13 @@ def score(
         out = run_dir / stage
         if not (out / "masks").is_dir():
             continue
-        r = evaluate_stage(rows, info, out, cfg.evaluate)
-        metrics[stage] = {k: float("nan") if getattr(r, k) is None else float(getattr(r, k)) for k in METRICS}
+        metrics[stage] = report_metrics(evaluate_stage(rows, info, out, cfg.evaluate))
     return metrics, seconds
+
+
+def report_metrics(report: Any) -> dict[str, float]:
+    """The :data:`METRICS` of an evaluation report, NaN where it has none (no masks, no probabilities)."""
+    return {k: float("nan") if getattr(report, k) is None else float(getattr(report, k)) for k in METRICS}
 
 
 def pct(v: float) -> str:

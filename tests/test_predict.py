@@ -292,9 +292,13 @@ def test_the_segmenter_records_flips_and_predict_can_switch_them(full_run, odd_i
     meta = json.loads((run_dir / "train-segmenter" / "segmenter.json").read_text())
     assert meta["flips"] is False
     probs = {}
-    for flag in ("--no-flips", "--flips"):
-        r = invoke("predict", "--model", run_dir, odd_images / "a.png", "--out", tmp_path / flag, "--no-overlays", flag)
+    for flag in ("--no-flips", "--flips"):  # the folder holds gray and RGB images of odd sizes
+        r = invoke("predict", "--model", run_dir, odd_images, "--out", tmp_path / flag, "--no-overlays", flag)
         assert r.exit_code == 0, r.output
-        probs[flag] = cv2.imread(str(tmp_path / flag / "probs" / "a.png"), cv2.IMREAD_UNCHANGED)
-    assert probs["--flips"].shape == probs["--no-flips"].shape == (37, 53)
-    assert not np.array_equal(probs["--flips"], probs["--no-flips"])
+        probs[flag] = {
+            name: cv2.imread(str(tmp_path / flag / "probs" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+            for name in ("a", "b", "sub/c", "d")
+        }
+    for name, size in (("a", (37, 53)), ("b", (101, 67)), ("sub/c", (64, 64)), ("d", (45, 130))):
+        assert probs["--flips"][name].shape == probs["--no-flips"][name].shape == size
+        assert not np.array_equal(probs["--flips"][name], probs["--no-flips"][name])

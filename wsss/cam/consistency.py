@@ -83,9 +83,10 @@ def member_consistency(
     return flip_consistency(model, images, meta["input_size"], int(meta["in_chans"]), cfg, device, fit)
 
 
-def consistency_images(index: str | Path, high_bit_depth: bool = False) -> list[np.ndarray]:
+def consistency_images(index: str | Path, high_bit_depth: str = "refuse") -> list[np.ndarray]:
     """The images the pick scores members on: the defective training images of a `prepare` index (labels only), at
-    most :data:`CONSISTENCY_IMAGES` of them spread evenly over the list; empty where there are none."""
+    most :data:`CONSISTENCY_IMAGES` of them spread evenly over the list; empty where there are none. 16-bit images
+    are refused or scaled as ``high_bit_depth`` (``dataset.high_bit_depth``) says."""
     rows = [r for r in read_train_index(index, "train") if r.labels]
     keep = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), CONSISTENCY_IMAGES)).round().astype(int))
     return [read_image(rows[i].path, high_bit_depth) for i in keep] if rows else []
