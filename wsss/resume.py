@@ -140,6 +140,7 @@ class ImagePass:
         if exc_type is None and self.world > 1:  # the other ranks' rows are in their logs
             self._barrier()  # every rank's images are written and logged
             self.done = RowLog.done_in(self.out, self.artifact)
+            self._barrier()  # every rank has read every log before any rank's finish() deletes them
 
     def _barrier(self) -> None:
         if self.shared:
