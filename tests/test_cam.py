@@ -24,6 +24,7 @@ from wsss.data.images import read_image
 from wsss.data.index import read_train_index
 from wsss.errors import ConfigError, DataError, StageError
 from wsss.runs import Run
+from wsss.stages import get_stage
 from wsss.stages.cam import run as cam_stage
 
 
@@ -276,6 +277,32 @@ def test_cam_stage_refuses_a_classifier_of_another_config(cam_run, tmp_path: Pat
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(StageError, match="dfc.safetensors.*do not match"):
         cam_stage(cfg, {"prepare": bad / "prepare", "train-classifier": bad / "train-classifier"}, tmp_path / "o")
+
+
+def test_cam_output_stride_dilates_the_trained_classifier_for_finer_maps(cam_run, tmp_path: Path):
+    """``cam.output_stride`` rebuilds the DFC as trained (stride 16) at stride 8: the same weights, maps of twice the
+    side; the stage runs with it and is stale against the run's own `cam`."""
+    from wsss.models.classifier import load_dfc
+
+    run_dir, cfg = cam_run
+    (trained, meta), (fine, fine_meta) = (load_dfc(run_dir / "train-classifier", "cpu", s) for s in (0, 8))
+    assert meta["stride"] == 16 and fine_meta["stride"] == 8 and fine.backbone.stride == 8
+    for a, b in zip(trained.state_dict().values(), fine.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        coarse_map, fine_map = trained(x).cams, fine(x).cams
+    assert coarse_map.shape[-2:] == (4, 4) and fine_map.shape[-2:] == (8, 8)
+    out = tmp_path / "cam"
+    inputs = {"prepare": run_dir / "prepare", "train-classifier": run_dir / "train-classifier"}
+    cam_stage(dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, output_stride=8)), inputs, out)
+    assert len(list((out / "cams").glob("*.npz"))) == len(read_train_index(run_dir / "prepare" / "index.csv"))
+    fine_cfg = load_config(None, [*[f"dataset.synthetic.{k}={v}" for k, v in TINY.items()], *TINY_DFC,
+                                  "cam.output_stride=8"])  # fmt: skip
+    run = Run(run_dir, fine_cfg, echo=lambda *_: None)
+    assert run.status(get_stage("cam")) == "stale" and run.status(get_stage("train-classifier")) == "done"
+    with pytest.raises(ConfigError, match="cam.output_stride"):
+        load_config(None, ["cam.output_stride=4"])
 
 
 def test_cam_stage_resumes_after_a_kill(cam_run, tmp_path: Path):

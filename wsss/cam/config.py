@@ -49,6 +49,9 @@ class CamConfig:
     # to 1.7x as fast with the same masks and calls, but a single view ranks the uncertain images less well (KSDD
     # fold 0: test image AP 99.07% -> 95.31% at 0.25): docs/benchmarks.md
     flip_floor: float = num(0.0, ge=0, le=1, fix=PROBABILITY + " (0 = flip every window)")
+    # the classifier's output stride for its CAMs: 0 = as trained; 8 or 16 = the same weights with their deeper
+    # stages dilated (a finer map, more compute per view; a stage timm cannot dilate fails with a fix)
+    output_stride: int = num(0, among=(0, 8, 16, 32), fix="0 (as trained), 8, 16 or 32")
     # [H, W] windows (original pixels); [0, 0] = off; auto = off unless images are shrunk over 4x (wsss/auto.py)
     tile_size: list[int] | str = num("auto", ge=0, lengths=(2,), auto=True, fix="[H, W] >= 0 ([0, 0] = off), or auto")
     # overlap of neighbouring windows, fraction of the window

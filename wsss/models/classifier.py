@@ -156,17 +156,20 @@ def ensemble_size(model_dir: str | Path) -> int:
     return k
 
 
-def load_dfcs(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[list[DFC], dict]:
+def load_dfcs(
+    model_dir: str | Path, device: str | torch.device = "cpu", output_stride: int = 0
+) -> tuple[list[DFC], dict]:
     """Every trained DFC of a `train-classifier` folder (an ensemble's members, in order; each in eval mode), or the
     one member it keeps (``ensemble.json``), and the first one's meta. Members must agree on what the CAM stage relies
-    on (classes, channels, input size, stride)."""
+    on (classes, channels, input size, stride). ``output_stride`` (:func:`load_dfc`) rebuilds each at another
+    stride."""
     dirs = member_dirs(model_dir, ensemble_size(model_dir))
     kept = kept_member(model_dir)
     if kept is not None:
         dirs = [dirs[kept]]
     models, metas = [], []
     for d in dirs:
-        model, meta = load_dfc(d, device)
+        model, meta = load_dfc(d, device, output_stride)
         models.append(model)
         metas.append(meta)
     same = ("classes", "in_chans", "input_size", "stride")
@@ -180,14 +183,28 @@ def load_dfcs(model_dir: str | Path, device: str | torch.device = "cpu") -> tupl
     return models, metas[0]
 
 
-def load_dfc(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[DFC, dict[str, Any]]:
-    """The trained DFC in ``model_dir`` (``dfc.safetensors`` + ``dfc.json``), in eval mode, and its meta."""
+def load_dfc(
+    model_dir: str | Path, device: str | torch.device = "cpu", output_stride: int = 0
+) -> tuple[DFC, dict[str, Any]]:
+    """The trained DFC in ``model_dir`` (``dfc.safetensors`` + ``dfc.json``), in eval mode, and its meta.
+
+    ``output_stride`` > 0 rebuilds it at that output stride (the same weights, its deeper stages dilated or
+    un-dilated: a finer map from the network as trained, ``cam.output_stride``); its meta's ``stride`` is then the
+    rebuilt network's. A stride at which the network keeps other stages (one timm cannot dilate) fails to load."""
 
     def build(meta: dict[str, Any]) -> DFC:
         clm = meta["clm"]
-        backbone = create_backbone(BackboneConfig(**meta["backbone"]), int(meta["in_chans"]))
+        bcfg = BackboneConfig(**meta["backbone"])
+        if output_stride:
+            bcfg.output_stride = output_stride
+        backbone = create_backbone(bcfg, int(meta["in_chans"]))
         dim = clm["dim"] if clm["enabled"] else 0
         return DFC(backbone, len(meta["classes"]), float(meta["lse_r"]), dim, clm["hidden"])
 
     fix = "re-run `wsss run-stage train-classifier --force`"
-    return load_model_dir(model_dir, META_FILE, MODEL_FILE, build, "the classifier", fix, device)
+    if output_stride:
+        fix = f"set cam.output_stride to 0 (the stride it was trained at) or retrain it at {output_stride}"
+    model, meta = load_model_dir(model_dir, META_FILE, MODEL_FILE, build, "the classifier", fix, device)
+    if output_stride:
+        meta = meta | {"stride": int(model.backbone.stride)}
+    return model, meta

@@ -71,7 +71,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     index = inputs["prepare"] / "index.csv"
     model_dir = inputs["train-classifier"]
     device = dist.resolve_device(cfg.run.device)
-    models, meta = load_dfcs(model_dir, device)  # one DFC, or a seed ensemble's (classifier.ensemble)
+    # one DFC, or a seed ensemble's (classifier.ensemble), at cam.output_stride
+    models, meta = load_dfcs(model_dir, device, ccfg.output_stride)
     _check_classes(meta, index, model_dir)
     fit = meta.get("fit", "stretch")  # as the classifier was trained
     extractor = CamExtractor(models, meta["input_size"], int(meta["in_chans"]), ccfg, device, fit)
