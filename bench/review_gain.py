@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             results[choice][0] = results["confidence"][0]  # N = 0 is the same whatever the choice
     (args.out / "review_gain.json").write_text(json.dumps(results, indent=1))
     print(
-        f"\n{args.mode} ({args.epochs} epochs)" if args.mode == "round" else "\nretrain",
+        f"\n{args.mode} ({args.epochs} epochs)" if args.mode in ("round", "loop") else "\nretrain",
         f"over {len(args.runs)} run(s)",
         " ".join(f"--set {s}" for s in args.sets),
     )
