@@ -201,10 +201,10 @@ def load_dfc(
         dim = clm["dim"] if clm["enabled"] else 0
         return DFC(backbone, len(meta["classes"]), float(meta["lse_r"]), dim, clm["hidden"])
 
-    fix = "re-run `wsss run-stage train-classifier --force`"
-    if output_stride:
-        fix = f"set cam.output_stride to 0 (the stride it was trained at) or retrain it at {output_stride}"
+    fix = (
+        f"set cam.output_stride to 0 (the stride it was trained at) or retrain it at {output_stride}"
+        if output_stride
+        else "re-run `wsss run-stage train-classifier --force`"
+    )
     model, meta = load_model_dir(model_dir, META_FILE, MODEL_FILE, build, "the classifier", fix, device)
-    if output_stride:
-        meta = meta | {"stride": int(model.backbone.stride)}
-    return model, meta
+    return model, meta | {"stride": int(model.backbone.stride)}  # the trained one's, or the rebuilt one's
