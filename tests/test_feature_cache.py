@@ -18,9 +18,9 @@ from wsss.models.backbone import create_backbone
 from wsss.models.chunked import forward_chunked
 from wsss.models.classifier import load_dfc
 from wsss.models.prefix import split_frozen
-from wsss.stages.train_classifier import classifier_trainer
+from wsss.stages.train_classifier import classifier_trainer, member_config
 from wsss.train.classifier import score_dataset
-from wsss.train.feature_cache import PrefixFirstDFC
+from wsss.train.feature_cache import FeatureStore, PrefixFirstDFC
 
 
 def _backbone(name: str, freeze: int, stages: int = 0):
@@ -128,3 +128,23 @@ def forward_chunked_sizes(x: torch.Tensor) -> int:
     calls: list[int] = []
     forward_chunked(lambda c: calls.append(len(c)) or c, x)
     return len(calls)
+
+
+def test_a_feature_store_computes_the_features_once_for_members_with_the_same_frozen_stages(
+    prepared_run: Path, tmp_path: Path
+):
+    """Trainers given one store reuse its features when their frozen prefix holds the same weights (the ensemble's
+    members with pretrained frozen stages), and compute their own when it does not (random init of another seed)."""
+    index = prepared_run / "prepare" / "index.csv"
+    cfg = config("classifier.epochs=1", "classifier.backbone.freeze=1", "classifier.cache_features=true")
+    store = FeatureStore()
+    first = classifier_trainer(cfg, index, tmp_path / "a", echo=lambda *_: None, feature_store=store)
+    assert store.computed == 2  # the training and the validation images
+    again = classifier_trainer(cfg, index, tmp_path / "b", echo=lambda *_: None, feature_store=store)
+    assert store.computed == 2 and again.train_set.features is first.train_set.features
+    alone = classifier_trainer(cfg, index, tmp_path / "c", echo=lambda *_: None)
+    torch.testing.assert_close(alone.train_set.features, first.train_set.features)
+    # another seed draws other random frozen stages (no pretrained weights here): its features are its own
+    other = classifier_trainer(member_config(cfg, 1), index, tmp_path / "d", echo=lambda *_: None, feature_store=store)
+    assert store.computed == 4
+    assert not torch.equal(other.train_set.features, first.train_set.features)

@@ -15,6 +15,7 @@ and returns None where it does not hold, or where nothing is frozen.
 from __future__ import annotations
 
 import copy
+import hashlib
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +64,18 @@ class FrozenSplit:
         finally:
             handle.remove()
         return out[0]
+
+    def digest(self) -> str:
+        """sha256 of what the prefix computes with: the input normalisation and every frozen module's parameters and
+        buffers (equal digests, equal features for the same images)."""
+        h = hashlib.sha256()
+        tensors = [("in_scale", self.backbone.in_scale), ("in_shift", self.backbone.in_shift)]
+        for m in self.backbone.frozen:
+            tensors += [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
+        for name, t in tensors:
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     def suffix(self, f: Tensor) -> Tensor:
         """The backbone's output (its deepest map) computed from prefix features ``f``."""

@@ -31,6 +31,7 @@ from wsss.models.model_dir import PRETRAINED_FILE as PRETRAINED
 from wsss.models.weights import weight_files
 from wsss.stages import Stage, in_pipeline, register_stage
 from wsss.train.classifier import META_FILE, MODEL_FILE, ClassifierTrainer
+from wsss.train.feature_cache import FeatureStore
 from wsss.train.loop import CHECKPOINT, METRICS_FILE
 
 
@@ -53,11 +54,25 @@ def member_config(cfg: Config, k: int) -> Config:
     )
 
 
-def classifier_trainer(cfg: Config, index: Path, out: Path, echo: Callable[[str], None] = print) -> ClassifierTrainer:
-    """The trainer of the recipe ``cfg``'s classifier, on the `prepare` index ``index``, into ``out``."""
+def classifier_trainer(
+    cfg: Config,
+    index: Path,
+    out: Path,
+    echo: Callable[[str], None] = print,
+    feature_store: FeatureStore | None = None,
+) -> ClassifierTrainer:
+    """The trainer of the recipe ``cfg``'s classifier, on the `prepare` index ``index``, into ``out``; with
+    ``classifier.cache_features``, ``feature_store`` keeps the frozen stages' features for the next member."""
 
     return ClassifierTrainer(
-        cfg.classifier, cfg.dataset, index, out, seed=cfg.seed("classifier"), device=cfg.run.device, echo=echo
+        cfg.classifier,
+        cfg.dataset,
+        index,
+        out,
+        seed=cfg.seed("classifier"),
+        device=cfg.run.device,
+        echo=echo,
+        feature_store=feature_store,
     )
 
 
@@ -85,12 +100,14 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
         if dist.is_main():
             click.echo(f"train-classifier: backbone from the pretrain stage ({inputs['pretrain'] / PRETRAINED})")
     k_all = cfg.classifier.ensemble
+    store = FeatureStore()  # with classifier.cache_features, the members share their frozen stages' features
     for k, member in enumerate(member_dirs(out, k_all)):
         if (member / FINISHED).is_file():  # trained before a kill
             continue
         if k_all > 1 and dist.is_main():
             click.echo(f"train-classifier: ensemble member {k + 1} of {k_all}")
-        trainer = classifier_trainer(member_config(cfg, k), inputs["prepare"] / "index.csv", member, echo=click.echo)
+        index = inputs["prepare"] / "index.csv"
+        trainer = classifier_trainer(member_config(cfg, k), index, member, echo=click.echo, feature_store=store)
         summary = trainer.fit()
         if dist.is_main():  # under torchrun every rank trains (DDP); rank 0 alone writes
             click.echo(f"best epoch {summary['best_epoch'] + 1}: validation image AP {summary['best_val_ap']:.4f}")

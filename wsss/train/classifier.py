@@ -43,7 +43,7 @@ from wsss.models.prefix import FrozenSplit, split_frozen
 from wsss.models.state import save_state_dict
 from wsss.progress import progress
 from wsss.train.config import ClassifierConfig
-from wsss.train.feature_cache import FeatureDataset, PrefixFirstDFC, SuffixDFC, cache_bytes
+from wsss.train.feature_cache import FeatureDataset, FeatureStore, PrefixFirstDFC, SuffixDFC, cache_bytes
 from wsss.train.loop import Loop, train_pass
 from wsss.train.losses import flip_equivariance, gcm_consistency, supervised_infonce
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
@@ -100,6 +100,7 @@ class ClassifierTrainer:
         seed: int = 0,
         device: str = "auto",
         echo: Callable[[str], None] = print,
+        feature_store: FeatureStore | None = None,
     ):
         self.ccfg, self.fit_mode, self.out = ccfg, dataset.fit, Path(out)
         self.seed = seed
@@ -136,7 +137,10 @@ class ClassifierTrainer:
         self.train_set: ImageDataset | FeatureDataset = ImageDataset(train_rows, augment=augment, **common)
         self.val_set: ImageDataset | FeatureDataset | None = ImageDataset(val_rows, **common) if val_rows else None
         datasets = [d for d in (self.train_set, self.val_set) if d is not None]
-        if sum(d.cache_bytes() for d in datasets) <= self.ccfg.cache_mb * 2**20:
+        # the images are decoded once into memory, unless the store already holds every feature they would give
+        stored = self.split is not None and feature_store is not None
+        stored = stored and all(feature_store.holds(d, self.split) for d in datasets)
+        if not stored and sum(d.cache_bytes() for d in datasets) <= self.ccfg.cache_mb * 2**20:
             for d in datasets:
                 d.preload(threads=max(2, self.ccfg.workers))
         if self.split is not None:
@@ -147,6 +151,7 @@ class ClassifierTrainer:
                 device=self.device,
                 batch_size=self.ccfg.batch_size,
                 channels_last=self.ccfg.channels_last,
+                store=feature_store,
             )
             self.train_set = feature_set(self.train_set, augment=FeatureAugment(self.ccfg.augment))
             self.val_set = feature_set(self.val_set, augment=None) if self.val_set is not None else None

@@ -9,9 +9,17 @@ augmentations (brightness, contrast, gamma, blur) have no feature-space counterp
 
 The items keep the image dataset's layout (``image`` holds the feature map), so the samplers, loaders and
 validation of the image path serve both.
+
+A seed ensemble (``classifier.ensemble``) trains its members on the same images through the same frozen prefix (the
+pretrained weights; the seed draws only the trained part): a :class:`FeatureStore` passed to every member's trainer
+computes the features once for all of them. Its key is the prefix's weights and the images, so members whose frozen
+stages differ (random init from their own seeds) each get their own.
 """
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -60,6 +68,37 @@ class PrefixFirstDFC(nn.Module):
         return self.dfc.head(self.split.suffix(forward_chunked(self.split.prefix, x)))
 
 
+class FeatureStore:
+    """The frozen prefix's features, kept across trainers: one computation per (prefix weights, images, input size).
+
+    What :class:`FeatureDataset` reads instead of computing, when a trainer is given one: the `train-classifier`
+    stage gives its seed ensemble's members the same store (every member's frozen stages hold the same pretrained
+    weights), so the images go through them once for the whole ensemble."""
+
+    def __init__(self) -> None:
+        self._features: dict[str, torch.Tensor] = {}
+        self.computed = 0  # how many feature sets were computed (the rest were reused)
+
+    @staticmethod
+    def key(images: ImageDataset, split: FrozenSplit) -> str:
+        """What the features depend on: the prefix's weights and buffers, the images and how they are read."""
+        h = hashlib.sha256(split.digest().encode())
+        for r in images.rows:
+            h.update(f"{r.id}\0{r.path}\0".encode())
+        h.update(repr((images.input_size, images.in_chans, images.high_bit_depth, images.fit)).encode())
+        return h.hexdigest()
+
+    def holds(self, images: ImageDataset, split: FrozenSplit) -> bool:
+        return self.key(images, split) in self._features
+
+    def get(self, images: ImageDataset, split: FrozenSplit, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        key = self.key(images, split)
+        if key not in self._features:
+            self._features[key] = compute()
+            self.computed += 1
+        return self._features[key]
+
+
 def cache_bytes(images: int, size: tuple[int, ...], stride: int, channels: int) -> int:
     """Memory the features of ``images`` images of ``size`` (H, W) need: float16 maps at the prefix's stride."""
     h, w = (-(-int(s) // max(1, stride)) for s in size)
@@ -81,18 +120,23 @@ class FeatureDataset(Dataset):
         device: torch.device,
         batch_size: int = 8,
         channels_last: bool = True,
+        store: FeatureStore | None = None,
     ):
         if images.augment is not None:
             raise ValueError("the cache holds un-augmented images' features: pass an ImageDataset without augment")
         self.images, self.augment = images, augment
         self._targets = images.targets()
-        feats = []
-        for start in progress(range(0, len(images), batch_size), desc="cache features", unit="batch"):
-            idx = range(start, min(start + batch_size, len(images)))
-            x = torch.stack([to_tensor(images.load(i)) for i in idx]).to(device)
-            f = forward_chunked(split.prefix, channels_last_input(x, channels_last))
-            feats.append(f.to("cpu", torch.float16).contiguous())
-        self.features = torch.cat(feats) if feats else torch.zeros(0)
+
+        def compute() -> torch.Tensor:
+            feats = []
+            for start in progress(range(0, len(images), batch_size), desc="cache features", unit="batch"):
+                idx = range(start, min(start + batch_size, len(images)))
+                x = torch.stack([to_tensor(images.load(i)) for i in idx]).to(device)
+                f = forward_chunked(split.prefix, channels_last_input(x, channels_last))
+                feats.append(f.to("cpu", torch.float16).contiguous())
+            return torch.cat(feats) if feats else torch.zeros(0)
+
+        self.features = compute() if store is None else store.get(images, split, compute)
 
     def __len__(self) -> int:
         return len(self.images)
