@@ -4,7 +4,8 @@ Trains the classifier of a prepared run once per setting, interleaved epoch by e
 then every setting's second, ...), so the machine's load falls on every setting alike. Prints each setting's
 seconds for the whole training (building the trainer, which caches the features where a setting asks for it, then
 every epoch and its validation), its speed-up against the first setting, and the last epoch's validation image AP
-and loss.
+and loss. A recipe with a seed ensemble (``classifier.ensemble``) trains every member, as the stage does (their
+cached features computed once, in one store per setting); the AP and loss are the first member's.
 
 By default the baseline is the stage before its speed-ups: contiguous (NCHW) tensors, no feature cache, and two
 switches of this benchmark (not settings): ``whole``, the frozen stages run in the training step's whole batch
@@ -15,6 +16,8 @@ over the whole batch instead of CPU-sized chunks:
     python bench/classifier_speed.py --config configs/ksdd.yaml --run OUT/fold0-s0 --out OUT/speed \\
         --setting before:classifier.channels_last=false,whole,unchunked \\
         --setting nhwc:whole --setting cache:classifier.cache_features=true
+    python bench/classifier_speed.py --config configs/ksdd.yaml --run OUT/fold0-s0 --out OUT/speed \
+        --setting recipe: --setting cache:classifier.cache_features=true
 """
 
 from __future__ import annotations
@@ -56,34 +59,46 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     from wsss.config import load_config
-    from wsss.stages.train_classifier import classifier_trainer
+    from wsss.stages.train_classifier import classifier_trainer, member_config
     from wsss.train.classifier import ClassifierTrainer
+    from wsss.train.feature_cache import FeatureStore
 
-    settings = [s.split(":", 1) for s in (args.setting or [BASELINE])] + [["recipe", ""]]
+    settings = [s.split(":", 1) for s in (args.setting or [BASELINE])]
+    if "recipe" not in {name for name, _ in settings}:  # the recipe as it is, last unless placed by --setting recipe:
+        settings.append(["recipe", ""])
     index = args.run / "prepare" / "index.csv"
     seconds: dict[str, float] = {}
-    trainers: dict[str, ClassifierTrainer] = {}
+    trainers: dict[str, list[ClassifierTrainer]] = {}
     switches = {name: set(keys.split(",")) & SWITCHES for name, keys in settings}
     for name, keys in settings:
         cfg = load_config(args.config, [kv for kv in keys.split(",") if "=" in kv])
+        store = FeatureStore()  # as the stage: the members share the cached features
         t0 = time.perf_counter()
-        with unchunked("unchunked" in switches[name]):
-            t = trainers[name] = classifier_trainer(cfg, index, args.out / name, echo=lambda *_: None)
-        if "whole" in switches[name]:
-            t.net = t.train_net = t.scorer  # the whole DFC in the training step
+        trainers[name] = []
+        for k in range(cfg.classifier.ensemble):
+            with unchunked("unchunked" in switches[name]):
+                t = classifier_trainer(
+                    member_config(cfg, k), index, args.out / name / str(k), echo=lambda *_: None, feature_store=store
+                )
+            if "whole" in switches[name]:
+                t.net = t.train_net = t.scorer  # the whole DFC in the training step
+            trainers[name].append(t)
         seconds[name] = time.perf_counter() - t0
-    epochs = {t.ccfg.epochs for t in trainers.values()}
+    epochs = {t.ccfg.epochs for ts in trainers.values() for t in ts}
     if len(epochs) != 1:
         p.error(f"the settings train for different numbers of epochs ({sorted(epochs)}): compare equal work")
     last: dict[str, dict] = {}
     for epoch in range(epochs.pop()):
-        for name, t in trainers.items():
+        for name, ts in trainers.items():
             t0 = time.perf_counter()
             with unchunked("unchunked" in switches[name]):
-                t.train_epoch(epoch)
-                last[name] = t.validate()
+                for k, t in enumerate(ts):
+                    t.train_epoch(epoch)
+                    v = t.validate()
+                    last[name] = v if k == 0 else last[name]
             seconds[name] += time.perf_counter() - t0
-    print(f"{args.config}, prepared run {args.run}, {args.threads} thread(s), interleaved by epoch")
+    members = {name: len(ts) for name, ts in trainers.items()}
+    print(f"{args.config}, prepared run {args.run}, {args.threads} thread(s), interleaved by epoch, members {members}")
     print("| setting | seconds | speed-up | last epoch's validation AP | its loss |")
     print("|---|---|---|---|---|")
     first = next(iter(seconds.values()))
