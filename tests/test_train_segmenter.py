@@ -20,6 +20,7 @@ from wsss.errors import ConfigError
 from wsss.evaluation.metrics import PROB_HALF
 from wsss.models.segmenter import gate_labels, load_segmenter
 from wsss.train.losses import distillation_kl, score_distillation
+from wsss.train.schedule import epochs_for_steps
 from wsss.train.segmenter import SegmenterTrainer
 from wsss.train.segmenter_data import PseudoMaskDataset, SegmenterData, Teacher
 
@@ -268,3 +269,31 @@ def test_validation_scores_the_reviewed_training_images_by_their_human_masks(tmp
     )
     assert [r.id for r in with_human.val_set.rows] == [r.id for r in val] + [reviewed.id]
     assert np.array_equal(with_human.val_set[len(val)]["mask"].numpy(), drawn)
+
+
+def test_epochs_for_steps_trains_a_small_set_as_many_steps_as_asked():
+    assert epochs_for_steps(10, 9, 0) == 10  # off
+    assert epochs_for_steps(10, 9, 250) == 28  # ceil(250 / 9)
+    assert epochs_for_steps(10, 30, 250) == 10  # a large set already makes them
+    assert epochs_for_steps(10, 0, 250) == 10
+
+
+def test_min_steps_stretches_a_small_sets_epochs_and_patience(tmp_path: Path):
+    """With min_steps over what the epochs make, the trainer runs more epochs (and a patience stretched alike), says
+    so, and records the epochs it ran the schedule for; the cosine schedule reaches zero at the last of them."""
+    rows, masks, _ = make_data(tmp_path, n_defect=4, n_ok=2, seed=5)
+    val = [dataclasses.replace(r, split="val") for r in rows[:2]]
+    train = rows[2:]  # 4 images at batch 2: 2 steps an epoch
+    log: list[str] = []
+    cfg = dataclasses.replace(rcfg(epochs=2), batch_size=2, min_steps=7)
+    data = SegmenterData(train, masks, ["defect"], 1, val_rows=val)
+    trainer = SegmenterTrainer(cfg, data, tmp_path / "a", device="cpu", echo=log.append, patience=3)
+    assert len(trainer.loader(0)) == 2 and trainer.epochs == 4 and trainer.patience == 6
+    assert any("under min_steps 7: training 4 epochs, patience 6" in line for line in log)
+    summary = trainer.fit()
+    assert summary["epochs_run"] == 4
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+    _, meta = load_segmenter(tmp_path / "a")
+    assert meta["epochs"] == 4
+    plain = SegmenterTrainer(dataclasses.replace(cfg, min_steps=0), data, tmp_path / "b", device="cpu", patience=3)
+    assert plain.epochs == 2 and plain.patience == 3

@@ -29,6 +29,7 @@ from wsss.config.tree import Config
 from wsss.models.compile import channels_last_input, output_tensors, to_channels_last
 from wsss.refine.crf import dense_crf
 from wsss.train.classifier import build_dfc
+from wsss.train.schedule import epochs_for_steps
 from wsss.train.segmenter import build_segmenter
 
 REPEATS = 2  # timed repetitions of each unit after one warm-up (the median is kept)
@@ -149,7 +150,8 @@ def stage_seconds(cfg: Config, counts: Counts, units: dict[str, float], median: 
     for section, stage in (("retrain", "retrain"), ("segmenter", "train-segmenter")):
         s = getattr(c, section)
         rounds = getattr(s, "rounds", 1)
-        per_round = s.epochs * (n.train * units[f"{section}_step"] + n.val * units[f"{section}_forward"])
+        epochs = epochs_for_steps(s.epochs, math.ceil(n.train / s.batch_size), s.min_steps)  # as the trainer
+        per_round = epochs * (n.train * units[f"{section}_step"] + n.val * units[f"{section}_forward"])
         out[stage] = rounds * (per_round + n.total * units[f"{section}_forward"])  # then it predicts every image
     out["retrain"] += called * units["crf"] / crf_workers  # the relabelling's CRF
     return out

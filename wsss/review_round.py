@@ -109,6 +109,7 @@ def review_round(
         f"segmenter.reviewed={reviewed}",
         f"segmenter.init_from={before}",
         f"segmenter.epochs={epochs}",
+        "segmenter.min_steps=0",  # the epochs asked for, however few images the set has
         "segmenter.warmup_epochs=0",
     ]
     cfg = load_config(config, sets)

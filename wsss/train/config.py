@@ -186,6 +186,10 @@ class SegTrainConfig:
     )
     decoder_channels: int = num(64, ge=1, fix=ONE)
     epochs: int = num(15, ge=1, fix=ONE)
+    # at least this many optimizer steps: where `epochs` of the training set make fewer (a set of a few dozen images
+    # makes 9 steps an epoch at batch 8), the trainer runs ceil(min_steps / steps per epoch) epochs and stretches
+    # `patience` by the same factor, so a small set trains as long as a large one; 0 = `epochs` as written
+    min_steps: int = num(0, ge=0, fix="steps >= 0 (0 = the epochs as written)")
     batch_size: int = num(16, ge=1, fix=ONE)
     lr: float = num(1e-3, gt=0, fix=LR)
     weight_decay: float = num(1e-4, ge=0, fix=DECAY)

@@ -21,3 +21,10 @@ def warmup_cosine(
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def epochs_for_steps(epochs: int, steps_per_epoch: int, min_steps: int) -> int:
+    """``epochs``, or more where they make fewer than ``min_steps`` optimizer steps (``min_steps`` 0: ``epochs``)."""
+    if min_steps <= 0 or steps_per_epoch <= 0:
+        return epochs
+    return max(epochs, math.ceil(min_steps / steps_per_epoch))

@@ -22,6 +22,7 @@ killed run resumes exactly: data order and augmentation are seeded by (seed, epo
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from wsss.train.config import SegTrainConfig
 from wsss.train.loop import NO_KEY, Loop, train_pass
 from wsss.train.losses import distillation_kl, score_distillation, segmentation_loss
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
-from wsss.train.schedule import warmup_cosine
+from wsss.train.schedule import epochs_for_steps, warmup_cosine
 from wsss.train.segmenter_data import PseudoMaskDataset, SegmenterData
 
 GRAD_CLIP = 5.0  # max gradient norm
@@ -200,7 +201,14 @@ class SegmenterTrainer:
         self.train_net = maybe_compile(self.net, scfg.compile, f"{section}.compile")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=scfg.lr, weight_decay=scfg.weight_decay)
         steps = len(self.loader(0))
-        self.scheduler = warmup_cosine(self.optimizer, scfg.warmup_epochs * steps, scfg.epochs * steps)
+        self.epochs = epochs_for_steps(scfg.epochs, steps, scfg.min_steps)
+        if self.epochs > scfg.epochs:
+            self.patience = math.ceil(patience * self.epochs / scfg.epochs)
+            self.echo(
+                f"{section}: {scfg.epochs} epochs of {steps} steps are under min_steps {scfg.min_steps}: training "
+                f"{self.epochs} epochs" + (f", patience {self.patience}" if patience else "")
+            )
+        self.scheduler = warmup_cosine(self.optimizer, scfg.warmup_epochs * steps, self.epochs * steps)
         self.amp = scfg.amp and self.device.type == "cuda"
         # what validation scores and what is saved: the weights' moving average (segmenter.ema_epochs) or the weights
         self.average = WeightAverage(self.model, max(1.0, scfg.ema_epochs * steps)) if scfg.ema_epochs > 0 else None
@@ -286,7 +294,7 @@ class SegmenterTrainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.net.train()
-        return train_pass(self.model, self.loader(epoch), self.train_step, f"epoch {epoch + 1}/{self.scfg.epochs}")
+        return train_pass(self.model, self.loader(epoch), self.train_step, f"epoch {epoch + 1}/{self.epochs}")
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -319,7 +327,7 @@ class SegmenterTrainer:
         meta = segmenter_meta(self.scfg, self.classes, self.in_chans, self.score_threshold)
         if self.input_fit != "stretch":
             meta["fit"] = self.input_fit
-        write_json(self.out / META_FILE, meta | {"epochs": self.scfg.epochs, "seed": self.seed, "kept_epoch": epoch})
+        write_json(self.out / META_FILE, meta | {"epochs": self.epochs, "seed": self.seed, "kept_epoch": epoch})
 
     def _selection_key(self, row: dict[str, float], epoch: int) -> list[float]:
         """Larger is better: validation Seg_mIoU (an undefined one counts as 0), lower loss breaking ties. Without
@@ -337,7 +345,7 @@ class SegmenterTrainer:
             kept = kept if self.selects else "the last epoch is kept"
             val = f"  val Seg_mIoU {row['val_seg_miou']:.4f} ({kept})"
         return (
-            f"epoch {int(row['epoch']) + 1}/{self.scfg.epochs}: loss {row['loss']:.4f} (seg {row['loss_seg']:.4f}, "
+            f"epoch {int(row['epoch']) + 1}/{self.epochs}: loss {row['loss']:.4f} (seg {row['loss_seg']:.4f}, "
             f"cls {row['loss_cls']:.4f}){val}  {row['images_per_s']:.1f} img/s"
         )
 
@@ -345,7 +353,7 @@ class SegmenterTrainer:
         """Train (resuming from ``out/checkpoints/last.pt`` if present) and save the model; returns a summary."""
         st = Loop(
             self.out,
-            self.scfg.epochs,
+            self.epochs,
             self.model,
             self.optimizer,
             self.scheduler,
