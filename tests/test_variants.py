@@ -101,6 +101,7 @@ def test_inits_recipe_runs_on_colour_strips(tmp_path: Path, options: str):
         "classifier.warmup_epochs=0",
         "retrain.epochs=1",
         "segmenter.epochs=2",
+        "segmenter.min_steps=0",
         "cam.iem.rounds=1",
     ]
     tiny += ["pseudo.crf.iterations=2", "cam.score_threshold=0.01", "export.formats=[png]"]
@@ -145,6 +146,7 @@ def test_padded_inputs_run_the_pipeline_on_parts_of_mixed_aspect_ratios(tmp_path
     ]
     tiny += [f"{s}.max_pixels=12288" for s in ("classifier", "retrain", "segmenter")]
     tiny += ["classifier.epochs=4", "classifier.warmup_epochs=0", "retrain.epochs=1", "segmenter.epochs=1"]
+    tiny += ["segmenter.min_steps=0"]
     tiny += ["cam.iem.rounds=1", "pseudo.crf.iterations=2", "cam.score_threshold=0.01", "export.formats=[png]"]
     tiny += ["dataset.fit=pad"]
     run_dir = tmp_path / "run"

@@ -62,6 +62,7 @@ DEMO_SETTINGS: tuple[str, ...] = (
     "segmenter.zoom=2",
     "segmenter.crop=auto",
     "segmenter.epochs=20",
+    "segmenter.min_steps=250",  # init's floor for small sets: 20 epochs of 24 steps already make more
     "segmenter.patience=8",
     "segmenter.kd_weight=0",
     "segmenter.guided.radius=16",
