@@ -144,11 +144,12 @@ def test_init_prints_the_recipes_expected_wall_time_from_timed_units(tmp_path: P
     more = stage_seconds(one, Counts(20, 4, 8, 0.5), units, (96, 40))
     assert all(more[k] == pytest.approx(2 * v) for k, v in base.items())
     assert base["train-classifier"] == pytest.approx(cfg.cfg.classifier.epochs * (10 + 2))
-    # init's floor of segmenter steps: 10 training images at batch 8 make 2 steps an epoch, so 125 epochs of them
+    # init's floor of segmenter steps: 10 training images at batch 8 make 1 step an epoch (the partial batch is
+    # dropped, as the trainer's loader does), so 250 epochs of them
     s = cfg.cfg.segmenter
     assert s.min_steps == 250 and s.batch_size == 8 and s.rounds == 1
     floored = stage_seconds(cfg.cfg, Counts(10, 2, 4, 0.5), units, (96, 40))
-    assert floored["train-segmenter"] == pytest.approx(125 * (10 + 2) + 16)
+    assert floored["train-segmenter"] == pytest.approx(250 * (10 + 2) + 16)
     # init's seed ensemble trains every member; the flip-consistent pick scores each (3 views of the 5 defective
     # training images) and the cam stage runs the kept one; averaged members each run in the cam stage
     assert (cfg.cfg.classifier.ensemble, cfg.cfg.classifier.ensemble_pick) == (3, "flip-consistent")

@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, TensorDataset
 
-from wsss.train.sampling import BalancedDistributedSampler, make_train_sampler, pos_weight
+from wsss.train.sampling import (
+    BalancedDistributedSampler,
+    epoch_loader,
+    epoch_steps,
+    make_train_sampler,
+    pos_weight,
+)
 
 LABELS = np.array([True] * 6 + [False] * 45)  # 51 images, 12% defective
 
@@ -105,3 +111,13 @@ def test_pos_weight():
     rare = np.zeros((500, 1), np.float32)
     rare[0] = 1
     assert pos_weight(rare).item() == 100.0
+
+
+@pytest.mark.parametrize(("n", "batch"), [(10, 8), (16, 8), (17, 8), (8, 8), (5, 8), (223, 8)])
+def test_epoch_steps_counts_the_batches_the_epoch_loader_gives(n: int, batch: int):
+    """What the time estimate counts an epoch as is what the trainers' loader yields (a partial last batch dropped
+    when there is more than one batch)."""
+    data = TensorDataset(torch.arange(n))
+    data.set_epoch = lambda _epoch: None
+    loader = epoch_loader(data, None, 0, 0, batch, 0, torch.device("cpu"))
+    assert epoch_steps(n, batch) == len(loader) == sum(1 for _ in loader)

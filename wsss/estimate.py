@@ -29,6 +29,7 @@ from wsss.config.tree import Config
 from wsss.models.compile import channels_last_input, output_tensors, to_channels_last
 from wsss.refine.crf import dense_crf
 from wsss.train.classifier import build_dfc
+from wsss.train.sampling import epoch_steps
 from wsss.train.schedule import epochs_for_steps
 from wsss.train.segmenter import build_segmenter
 
@@ -150,7 +151,7 @@ def stage_seconds(cfg: Config, counts: Counts, units: dict[str, float], median: 
     for section, stage in (("retrain", "retrain"), ("segmenter", "train-segmenter")):
         s = getattr(c, section)
         rounds = getattr(s, "rounds", 1)
-        epochs = epochs_for_steps(s.epochs, math.ceil(n.train / s.batch_size), s.min_steps)  # as the trainer
+        epochs = epochs_for_steps(s.epochs, epoch_steps(n.train, s.batch_size), s.min_steps)  # as the trainer
         per_round = epochs * (n.train * units[f"{section}_step"] + n.val * units[f"{section}_forward"])
         out[stage] = rounds * (per_round + n.total * units[f"{section}_forward"])  # then it predicts every image
     out["retrain"] += called * units["crf"] / crf_workers  # the relabelling's CRF

@@ -72,7 +72,7 @@ segmenter:
   epochs: 10
   # at least 250 steps: 72 training images make 9 an epoch at batch 8, and on generated strips, square textures and
   # faint stains validation mIoU_def went 19.67 / 12.57 / 2.39% -> 24.04 / 17.34 / 13.03% (test 14.67 / 13.37 /
-  # 5.55% -> 20.78 / 11.01 / 12.13%); KSDD (280 steps), MTD and the demo train more already: nothing changes there
+  # 5.55% -> 20.78 / 11.01 / 12.13%); KSDD (270-280 steps), MTD and the demo train more already: nothing changes there
   min_steps: 250
   batch_size: 8
   patience: 4

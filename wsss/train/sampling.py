@@ -141,6 +141,14 @@ def pos_weight(targets: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(w, dtype=torch.float32)
 
 
+def epoch_steps(per_rank: int, batch_size: int) -> int:
+    """Batches in an epoch of :func:`epoch_loader` over ``per_rank`` items: a partial last batch is dropped when there
+    is more than one batch, so ``per_rank // batch_size`` then, else the one (partial) batch."""
+    if per_rank > batch_size:
+        return per_rank // batch_size
+    return 1 if per_rank > 0 else 0
+
+
 def epoch_loader(
     dataset, sampler: Sampler[int] | None, epoch: int, seed: int, batch_size: int, workers: int, device: torch.device
 ) -> DataLoader:
@@ -159,7 +167,7 @@ def epoch_loader(
         sampler=sampler,
         shuffle=sampler is None,
         generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
-        drop_last=per_rank > batch_size,
+        drop_last=per_rank > batch_size,  # the rule epoch_steps counts by
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
