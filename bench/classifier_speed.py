@@ -92,10 +92,11 @@ def main(argv: list[str] | None = None) -> None:
         for name, ts in trainers.items():
             t0 = time.perf_counter()
             with unchunked("unchunked" in switches[name]):
-                for k, t in enumerate(ts):
+                for t in ts:
                     t.train_epoch(epoch)
                     v = t.validate()
-                    last[name] = v if k == 0 else last[name]
+                    if t is ts[0]:  # the table reports the first member's validation
+                        last[name] = v
             seconds[name] += time.perf_counter() - t0
     members = {name: len(ts) for name, ts in trainers.items()}
     print(f"{args.config}, prepared run {args.run}, {args.threads} thread(s), interleaved by epoch, members {members}")
