@@ -160,7 +160,7 @@ def gt_segmenter(run: Path, config: Path, out: Path, overrides: list[str] | None
 
 
 def ladder(run: Path, split: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    from wsss.artifacts.scores import read_scores
+    from wsss.cam.gate import read_calls
     from wsss.cam.io import read_cam
     from wsss.config import load_config
     from wsss.data.images import read_image, read_mask
@@ -170,13 +170,12 @@ def ladder(run: Path, split: str, args: argparse.Namespace) -> dict[str, dict[st
 
     index = run / "prepare" / "index.csv"
     info = read_dataset_info(index)
-    meta = json.loads((run / "cam" / "cam.json").read_text())
-    scores = read_scores(run / "cam" / "scores.csv")
     rows = [r for r in read_eval_index(index) if r.split == split and r.labels and r.mask is not None]
     gts = {r.id: read_mask(r.mask, threshold=info.mask_threshold) for r in rows}
     rows = [r for r in rows if gts[r.id].any()]
     ids = [r.id for r in rows]
-    called = {i: scores[i] >= meta["score_threshold"] for i in ids}
+    calls = read_calls(run / "cam")
+    called = {i: calls[i] for i in ids}
     pseudo = load_config(run / "pseudo-labels" / "config.yaml").pseudo
     out: dict[str, dict[str, float]] = {}
     cams = {r.id: read_cam(run / "cam" / "cams" / f"{r.id}.npz", gts[r.id].shape) for r in rows}

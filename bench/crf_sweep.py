@@ -90,7 +90,7 @@ def lifted(cam: np.ndarray, scale: float, floor: float) -> np.ndarray:
     """The stored CAM (raw / scale, clipped at 1, of an image called defective) as ``cam.lift`` normalises it."""
     from wsss.cam.extract import normalise_cam
 
-    return normalise_cam(cam * scale, np.ones(cam.shape[0]), scale, 0.5, floor)
+    return normalise_cam(cam * scale, np.ones(cam.shape[0], bool), scale, floor)
 
 
 def items(run: Path, split: str, with_anomaly: bool = False, segmenter_stage: str = "", flips: bool | None = None):
@@ -98,6 +98,7 @@ def items(run: Path, split: str, with_anomaly: bool = False, segmenter_stage: st
     defective, the dataset scale, the lift floor, and (``with_anomaly``) its normalised anomaly map, else None, or
     (``segmenter_stage``) the defect probabilities (K, H, W) of the segmenter that stage of the run trained."""
     from wsss.anomaly.io import anomaly_path, read_anomaly, read_range
+    from wsss.cam.gate import read_calls
     from wsss.cam.io import read_cam
     from wsss.data.images import read_image, read_mask
     from wsss.data.index import read_dataset_info, read_eval_index
@@ -108,6 +109,7 @@ def items(run: Path, split: str, with_anomaly: bool = False, segmenter_stage: st
     with open(run / "cam" / "scores.csv", newline="") as f:
         rows = {r["id"]: r for r in csv.DictReader(f)}
     all_rows = read_eval_index(index)
+    calls = read_calls(run / "cam")
     from wsss.stages.cam import LIFT_OK_PERCENTILE
 
     ok_peaks = [float(rows[r.id]["peak"]) for r in all_rows if r.split == "train" and not r.labels]
@@ -128,7 +130,7 @@ def items(run: Path, split: str, with_anomaly: bool = False, segmenter_stage: st
     for r in all_rows:
         if r.split != split or not r.labels or r.mask is None:
             continue
-        called = float(rows[r.id]["score"]) >= meta["score_threshold"]
+        called = calls[r.id]
         image = read_image(r.path)
         cam = read_cam(run / "cam" / "cams" / f"{r.id}.npz", image.shape[:2])
         gt = read_mask(r.mask, threshold=info.mask_threshold)

@@ -90,15 +90,15 @@ def pool_speedup(run_dir: Path, cfg, n: int) -> dict[str, float]:
     """Seconds to label the same ``n`` images with 1 worker and with every core, in this run."""
     import tempfile
 
-    from wsss.artifacts.scores import read_scores
+    from wsss.cam.gate import read_calls
     from wsss.cam.io import cam_path, read_cam_meta
     from wsss.parallel import usable_cores
     from wsss.refine.pseudo import LabelTask, label_all
 
     rows = read_train_index(run_dir / "prepare" / "index.csv")
-    scores = read_scores(run_dir / "cam" / "scores.csv")
     meta = read_cam_meta(run_dir / "cam")
-    called = [r for r in rows if scores[r.id] >= meta["score_threshold"]][:n]
+    calls = read_calls(run_dir / "cam")
+    called = [r for r in rows if calls[r.id]][:n]
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for workers in (1, usable_cores()):

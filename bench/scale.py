@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from pseudo_masks import BASE, add_config_options, config, pool_speedup  # noqa: E402
 
-from wsss.artifacts.scores import read_scores  # noqa: E402
+from wsss.cam.gate import read_calls  # noqa: E402
 from wsss.cam.io import cam_path, read_cam, read_cam_meta  # noqa: E402
 from wsss.data.images import read_image, read_mask  # noqa: E402
 from wsss.data.index import read_dataset_info, read_eval_index  # noqa: E402
@@ -65,7 +65,7 @@ def crf_variants(cfg, device: str, scales: list[float]) -> dict:
 def crf_comparison(run_dir: Path, cfg, n: int, device: str, scales: list[float]) -> dict:
     """Every CRF variant on the same ``n`` test images (defective first): speed, agreement with pydensecrf2, quality."""
     meta = read_cam_meta(run_dir / "cam")
-    scores = read_scores(run_dir / "cam" / "scores.csv")
+    calls = read_calls(run_dir / "cam")
     info = read_dataset_info(run_dir / "prepare" / "index.csv")
     rows = sorted(read_eval_index(run_dir / "prepare" / "index.csv", "test"), key=lambda r: not r.labels)[:n]
     variants = crf_variants(cfg, device, scales)
@@ -74,7 +74,7 @@ def crf_comparison(run_dir: Path, cfg, n: int, device: str, scales: list[float])
     for r in rows:
         image = read_image(r.path)
         cam = read_cam(cam_path(run_dir / "cam", r.id), image.shape[:2], len(meta["classes"]))
-        called = scores[r.id] >= float(meta["score_threshold"])
+        called = calls[r.id]
         gt = read_mask(r.mask, info.mask_threshold) if r.mask else np.zeros(image.shape[:2], bool)
         masks = {}
         for name, pcfg in variants.items():  # interleaved image by image: background load falls on every variant

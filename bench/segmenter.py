@@ -67,12 +67,12 @@ class TeacherPath:
         from wsss.refine.pseudo import label_image
 
         ccfg = self.cfg.cam
-        cams, scores = self.extractor(images)
+        cams, scores = self.extractor(images)  # images to segment have no label: the score gates them
         active = [float(s.max()) >= ccfg.score_threshold for s in scores]
         if ccfg.iem.enabled and any(active):
             cams, _ = extend_cams(self.extractor, images, cams, active, ccfg.iem)
         return [
-            label_image(img, normalise_cam(cam, s, self.scale, ccfg.score_threshold), self.cfg.pseudo, a).mask
+            label_image(img, normalise_cam(cam, s >= ccfg.score_threshold, self.scale), self.cfg.pseudo, a).mask
             for img, cam, s, a in zip(images, cams, scores, active, strict=True)
         ]
 

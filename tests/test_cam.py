@@ -23,6 +23,7 @@ from wsss.config import CamConfig, IEMConfig, load_config
 from wsss.data.images import read_image
 from wsss.data.index import read_train_index
 from wsss.errors import ConfigError, DataError, StageError
+from wsss.mask_format import read_mask_png
 from wsss.runs import Run
 from wsss.stages import get_stage
 from wsss.stages.cam import run as cam_stage
@@ -249,18 +250,72 @@ def test_cam_stage_outputs(cam_run):
     with open(out / "scores.csv") as f:
         scores = {r["id"]: r for r in csv.DictReader(f)}
     assert set(scores) == {r.id for r in rows}
-    assert set(next(iter(scores.values()))) == {"id", "score", "iem_rounds", "peak"}
+    assert set(next(iter(scores.values()))) == {"id", "score", "iem_rounds", "peak", "called"}
+    assert meta["gate"] == "score"
     assert not (out / "raw").exists() and not (out / "rows.jsonl").exists()
     peaks_at_one = 0
     for r in rows:
         cam = read_cam(out / "cams" / f"{r.id}.npz", read_image(r.path).shape[:2], 1)
         assert cam.min() >= 0 and cam.max() <= 1
         s = float(scores[r.id]["score"])
+        assert scores[r.id]["called"] == str(int(s >= cfg.cam.score_threshold))  # the score gates every image
         if s < cfg.cam.score_threshold:
             assert cam.max() == 0 and scores[r.id]["iem_rounds"] == "0"  # called OK: empty, no IEM
         peaks_at_one += bool(np.isclose(cam.max(), 1.0, atol=1e-3))
     assert peaks_at_one < len(rows)  # a dataset-level scale, not per-image min-max
     assert cam.dtype == np.float32 and np.load(out / "cams" / f"{r.id}.npz")["cam"].dtype == np.float16
+
+
+def test_label_gate_keeps_the_cams_the_image_labels_name(cam_run, tmp_path: Path):
+    """cam.gate=labels: on the training and validation images the image label decides (the score may say
+    otherwise), on the test images the score; pseudo-labels and read_calls follow the stage's calls."""
+    from wsss.cam.gate import read_calls
+    from wsss.stages.pseudo_labels import run as pseudo_stage
+
+    run_dir, cfg = cam_run
+    # a gate no image's score reaches, so the labels alone can call an image defective
+    gated = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, gate="labels", score_threshold=1.0))
+    inputs = {"prepare": run_dir / "prepare", "train-classifier": run_dir / "train-classifier"}
+    cam_stage(gated, inputs, tmp_path / "cam")
+    assert json.loads((tmp_path / "cam" / "cam.json").read_text())["gate"] == "labels"
+    calls = read_calls(tmp_path / "cam")
+    rows = read_train_index(run_dir / "prepare" / "index.csv")
+    with open(tmp_path / "cam" / "scores.csv") as f:
+        iem = {r["id"]: int(r["iem_rounds"]) for r in csv.DictReader(f)}
+    assert {r.split for r in rows} >= {"train", "val", "test"}
+    for r in rows:
+        cam = read_cam(tmp_path / "cam" / "cams" / f"{r.id}.npz")
+        labelled = r.split in ("train", "val")
+        assert calls[r.id] == (labelled and r.defective)  # test images: the score, which never reaches 1.0
+        assert cam.any() == calls[r.id] and (calls[r.id] or iem[r.id] == 0)  # CAM and IEM for the calls only
+    pseudo_stage(gated, {"prepare": run_dir / "prepare", "cam": tmp_path / "cam"}, tmp_path / "pl")
+    for r in rows:
+        if not calls[r.id]:
+            assert not read_mask_png(tmp_path / "pl" / "masks" / f"{r.id}.png").any()
+    assert any(read_mask_png(tmp_path / "pl" / "masks" / f"{r.id}.png").any() for r in rows if calls[r.id])
+
+
+def test_present_classes_and_calls_of_an_older_table(tmp_path: Path):
+    from wsss.cam.gate import present_classes, read_calls
+    from wsss.data.index import TrainRow
+
+    def row(labels, split):
+        return TrainRow("a", tmp_path / "a.png", labels, split, "a", -1)
+
+    scores = [0.9, 0.1]
+    both = ["scratch", "pit"]
+    assert present_classes(row((), "train"), scores, both, 0.5).tolist() == [True, False]  # the score
+    assert present_classes(row(("pit",), "train"), scores, both, 0.5, "labels").tolist() == [False, True]
+    assert present_classes(row(("pit",), "val"), scores, both, 0.5, "labels").tolist() == [False, True]
+    assert present_classes(row(("pit",), "test"), scores, both, 0.5, "labels").tolist() == [True, False]
+    assert present_classes(row(("pit",), "train"), [0.2], ["defect"], 0.5, "labels").tolist() == [True]  # binary
+    # a scores.csv from before the gate was recorded: the score against cam.json's threshold
+    (tmp_path / "scores.csv").write_text("id,score,iem_rounds,peak\na,0.7,1,2.0\nb,0.3,0,1.0\n")
+    (tmp_path / "cam.json").write_text(json.dumps({"classes": ["defect"], "score_threshold": 0.5}))
+    assert read_calls(tmp_path) == {"a": True, "b": False}
+    (tmp_path / "cam.json").write_text(json.dumps({"classes": ["defect"]}))
+    with pytest.raises(DataError, match="cam.json.*score_threshold"):
+        read_calls(tmp_path)
 
 
 def test_cam_stage_refuses_a_classifier_of_another_config(cam_run, tmp_path: Path):
@@ -346,15 +401,15 @@ def test_lift_raises_weak_cams_of_called_defects_only():
     raw = np.zeros((2, 4, 4), np.float32)
     raw[0, 1, 1], raw[0, 2, 2] = 2.0, 1.0  # class 0: weak (peak 2 under the dataset scale 10), called present
     raw[1, 0, 0] = 20.0  # class 1: strong, called absent
-    scores = np.array([0.9, 0.2])
-    plain = normalise_cam(raw, scores, scale=10.0, threshold=0.5)
+    present = np.array([True, False])  # class 0 called present, class 1 absent
+    plain = normalise_cam(raw, present, scale=10.0)
     assert plain[0].max() == pytest.approx(0.2) and not plain[1].any()  # the dataset scale: stays under bg_prior
-    lifted = normalise_cam(raw, scores, scale=10.0, threshold=0.5, lift_floor=0.5)
+    lifted = normalise_cam(raw, present, scale=10.0, lift_floor=0.5)
     assert lifted[0, 1, 1] == 1.0 and lifted[0, 2, 2] == pytest.approx(0.5)  # by its own peak, shape kept
     assert not lifted[1].any()  # the gate still empties a class called absent
-    floor = normalise_cam(raw, scores, scale=10.0, threshold=0.5, lift_floor=4.0)
+    floor = normalise_cam(raw, present, scale=10.0, lift_floor=4.0)
     assert floor[0].max() == pytest.approx(0.5)  # never divided by less than the OK images' peaks
-    strong = normalise_cam(raw * 10, np.array([0.9, 0.9]), scale=10.0, threshold=0.5, lift_floor=0.5)
+    strong = normalise_cam(raw * 10, np.array([True, True]), scale=10.0, lift_floor=0.5)
     assert strong[1, 0, 0] == 1.0 and strong[0, 2, 2] == pytest.approx(1.0)  # peaks >= the scale: unchanged rule
 
 

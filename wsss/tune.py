@@ -35,9 +35,9 @@ import numpy as np
 import yaml
 
 from wsss.artifacts.masks import REJECTED_FILE
-from wsss.artifacts.scores import SCORES_FILE, read_scores
 from wsss.atomic import atomic_write_text
-from wsss.cam.io import read_cam, read_cam_meta
+from wsss.cam.gate import read_calls
+from wsss.cam.io import read_cam
 from wsss.config.load import is_weights_name, read_yaml, resolve_path
 from wsss.config.tree import Config, load_config
 from wsss.data.images import read_image
@@ -112,8 +112,7 @@ def reviewed_items(run_dir: Path, cfg: Config, with_retrain: bool) -> tuple[list
         if not (run_dir / stage / "manifest.json").is_file():
             raise StageError(run_dir / stage, f"the run has no finished {stage} stage", "run `wsss run` first")
     rows = {r.id: r for r in read_train_index(run_dir / "prepare" / "index.csv")}
-    meta = read_cam_meta(run_dir / "cam")
-    scores = read_scores(run_dir / "cam" / SCORES_FILE)
+    calls = read_calls(run_dir / "cam")  # the cam stage's gate (cam.gate)
     predictor = None
     if with_retrain:
         predictor = torch_predictor(*load_segmenter(run_dir / "retrain"))
@@ -130,7 +129,7 @@ def reviewed_items(run_dir: Path, cfg: Config, with_retrain: bool) -> tuple[list
         image = read_image(row.path, cfg.dataset.high_bit_depth)
         cam = read_cam(run_dir / "cam" / "cams" / f"{row.id}.npz", image.shape[:2])
         probs = predictor([image])[0].probs[1:] if predictor is not None else None
-        called = scores.get(row.id, 0.0) >= meta["score_threshold"]
+        called = calls.get(row.id, False)
         items.append(Item(row.id, image, cam, called, truth, mask == IGNORE, probs))
     rejected_file = run_dir / REVIEWED_DIR / REJECTED_FILE
     rejected = len(rejected_file.read_text().split()) if rejected_file.is_file() else 0

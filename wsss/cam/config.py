@@ -60,6 +60,10 @@ class CamConfig:
     norm_percentile: float = num(50.0, gt=0, le=100, fix="a percentile in (0, 100]")
     # images whose sample score is below get an all-zero CAM (called OK)
     score_threshold: float = num(0.5, ge=0, le=1, fix=PROBABILITY)
+    # what decides which images keep their CAM: score (the sample score against score_threshold, METHOD.md 2) or
+    # labels (on the training and validation images their image label, exact where the DFC errs; the score
+    # elsewhere): wsss/cam/gate.py
+    gate: str = choices("score", "labels", default="score")
     # a weak CAM of an image called defective (peak below the dataset scale) divided by its own peak, never by less
     # than the OK training images' 99th-percentile peak: it then reaches the background prior like a strong one
     # instead of vanishing (KSDD fold 0: 7 of 15 called-defective test images had their CAM under it)

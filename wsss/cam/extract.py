@@ -156,17 +156,18 @@ class CamExtractor:
         return cams, scores
 
 
-def normalise_cam(
-    raw: np.ndarray, scores: np.ndarray, scale: float, threshold: float, lift_floor: float | None = None
-) -> np.ndarray:
-    """A raw (K, H, W) CAM in [0, 1] by the dataset-level ``scale``, with every class whose sample score is below
-    ``threshold`` zeroed, so an image called OK has an all-zero CAM (METHOD.md section 2).
+def normalise_cam(raw: np.ndarray, present: np.ndarray, scale: float, lift_floor: float | None = None) -> np.ndarray:
+    """A raw (K, H, W) CAM in [0, 1] by the dataset-level ``scale``, with every class not ``present`` ((K,) bool, the
+    gate of :func:`wsss.cam.gate.present_classes`) zeroed, so an image called OK has an all-zero CAM (METHOD.md
+    section 2).
 
     ``lift_floor`` (``cam.lift``): a class called present whose CAM peak is below ``scale`` is divided by its own peak
     instead, but never by less than ``lift_floor``, so a weak but well-placed CAM reaches the level of a strong one
     while a CAM no stronger than the OK images' is not stretched. Never a per-image min-max: the gate still empties
     every class called absent, and strong CAMs keep the dataset scale."""
-    gate = np.asarray(scores, np.float32).reshape(-1) >= threshold
+    gate = np.asarray(present, bool).reshape(-1)
+    if gate.shape[0] != raw.shape[0]:
+        raise ValueError(f"{gate.shape[0]} gate values for a CAM of {raw.shape[0]} classes")
     divisor = np.full(raw.shape[0], scale, np.float32)
     if lift_floor is not None:
         peaks = raw.reshape(raw.shape[0], -1).max(1).astype(np.float32)

@@ -8,16 +8,17 @@ Two streaming passes, so memory stays flat however many images there are:
    defective, the raw extended CAM written to ``raw/<id>.npy`` (float16) and its row (scores, IEM rounds, peak)
    appended to ``rows.jsonl``. A killed run resumes after the last finished image.
 2. the dataset scale = the ``norm_percentile`` percentile of the CAM peaks of the *training* images labelled
-   defective (image labels only); every CAM is divided by it, clipped to [0, 1], gated by the sample score (a class
-   whose score is below ``score_threshold`` gets an all-zero map) and written to ``cams/<id>.npz``. With
+   defective (image labels only); every CAM is divided by it, clipped to [0, 1], gated (a class whose sample score is
+   below ``score_threshold`` gets an all-zero map; with ``cam.gate: labels`` the image label decides on the
+   training and validation images: :mod:`wsss.cam.gate`) and written to ``cams/<id>.npz``. With
    ``cam.lift`` a class called present whose peak is below the scale is divided by its own peak instead (never by
    less than the 99th percentile of the OK training images' peaks): see :func:`wsss.cam.extract.normalise_cam`.
 
 Under torchrun both passes are sharded across ranks (each rank its own log and GPU; every rank computes the same
 scale from all logs) and rank 0 writes the tables once all have finished.
 
-Outputs: ``cams/``, ``scores.csv`` (id, score, iem_rounds, peak, per-class scores when K > 1), ``cam.json`` (classes,
-scale, thresholds).
+Outputs: ``cams/``, ``scores.csv`` (id, score, iem_rounds, peak, called = the gate's decision, per-class scores when
+K > 1), ``cam.json`` (classes, scale, the gate and its threshold).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ import click
 import numpy as np
 
 from wsss import distributed as dist
-from wsss.artifacts.scores import SCORES_FILE, write_scores
+from wsss.artifacts.scores import SCORE_COLUMNS, SCORES_FILE, write_scores
 from wsss.atomic import atomic_path, write_json
 from wsss.cam.config import CamConfig
 from wsss.cam.extract import CamExtractor, normalise_cam
+from wsss.cam.gate import CALLED_COLUMN, present_classes
 from wsss.cam.iem import extend_cams
 from wsss.cam.io import CAMS_DIR, META_FILE, write_cam
 from wsss.config.tree import Config
@@ -84,24 +86,27 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     extraction = ImagePass(out, rows, lambda i: raw_dir / f"{i}.npy", "cam", click.echo)
     with extraction:
         for batch in extraction.batches(ccfg.batch_size * GROUP_BATCHES):
-            for row in _extend(extractor, batch, raw_dir, cfg):
+            for row in _extend(extractor, batch, raw_dir, cfg, list(meta["classes"])):
                 extraction.record(row)
     done = extraction.done
+    classes = list(meta["classes"])
+    present = {r.id: present_classes(r, done[r.id]["scores"], classes, ccfg.score_threshold, ccfg.gate) for r in rows}
 
     # pass 2: one dataset-level scale; each rank normalises and gates its share
     scale, lift = _dataset_scale(rows, done, ccfg, index, model_dir)
     cams_dir = out / CAMS_DIR
     cams_dir.mkdir(exist_ok=True)
     for r in progress(rows[dist.rank() :: dist.world_size()], desc="normalise", unit="img"):
-        cam = normalise_cam(np.load(raw_dir / f"{r.id}.npy"), done[r.id]["scores"], scale, ccfg.score_threshold, lift)
+        cam = normalise_cam(np.load(raw_dir / f"{r.id}.npy"), present[r.id], scale, lift)
         write_cam(cams_dir / f"{r.id}.npz", cam)
     dist.barrier()
     outputs = {"cams": cams_dir, "scores": out / SCORES_FILE, "meta": out / META_FILE}
     if dist.rank() == 0:
-        _write_tables(out, rows, done, list(meta["classes"]), scale, lift, ccfg)
+        calls = {sid: bool(p.any()) for sid, p in present.items()}
+        _write_tables(out, rows, done, calls, classes, scale, lift, ccfg)
         shutil.rmtree(raw_dir)
         extraction.finish()
-        called = [done[r.id] for r in rows if done[r.id]["score"] >= ccfg.score_threshold]
+        called = [done[r.id] for r in rows if calls[r.id]]
         click.echo(
             f"cam: {len(rows)} images, {len(called)} called defective "
             f"(mean IEM rounds {np.mean([c['iem_rounds'] for c in called] or [0]):.2f}), "
@@ -110,13 +115,16 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     return outputs
 
 
-def _extend(extractor: CamExtractor, batch: list, raw_dir: Path, cfg: Config) -> list[dict]:
-    """The raw CAMs of ``batch`` (extended by IEM where called defective), saved as float16 ``raw/<id>.npy``, and
-    their log rows: sample scores, IEM rounds, the CAM's peak."""
+def _extend(extractor: CamExtractor, batch: list, raw_dir: Path, cfg: Config, classes: list[str]) -> list[dict]:
+    """The raw CAMs of ``batch`` (extended by IEM where the gate keeps a class), saved as float16 ``raw/<id>.npy``,
+    and their log rows: sample scores, IEM rounds, the CAM's peak."""
     ccfg = cfg.cam
     images = [read_image(r.path, cfg.dataset.high_bit_depth) for r in batch]
     cams, scores = extractor(images)
-    active = [float(s.max()) >= ccfg.score_threshold for s in scores]
+    active = [
+        bool(present_classes(r, s, classes, ccfg.score_threshold, ccfg.gate).any())
+        for r, s in zip(batch, scores, strict=True)
+    ]
     rounds = [0] * len(batch)
     if ccfg.iem.enabled and any(active):
         cams, rounds = extend_cams(extractor, images, cams, active, ccfg.iem)
@@ -155,15 +163,27 @@ def _dataset_scale(rows: list, done: dict, ccfg: CamConfig, index: Path, model_d
 
 
 def _write_tables(
-    out: Path, rows: list, done: dict, classes: list[str], scale: float, lift: float | None, ccfg: CamConfig
+    out: Path,
+    rows: list,
+    done: dict,
+    calls: dict[str, bool],
+    classes: list[str],
+    scale: float,
+    lift: float | None,
+    ccfg: CamConfig,
 ) -> None:
-    """``scores.csv`` (each image's sample scores) and ``cam.json`` (the classes, the scale and the gate)."""
+    """``scores.csv`` (each image's sample scores and the gate's call) and ``cam.json`` (the classes, the scale and
+    the gate)."""
     score_rows = [
-        done[r.id] | {f"score_{c}": v for c, v in zip(classes, done[r.id]["scores"], strict=True)} for r in rows
+        done[r.id]
+        | {CALLED_COLUMN: int(calls[r.id])}
+        | {f"score_{c}": v for c, v in zip(classes, done[r.id]["scores"], strict=True)}
+        for r in rows
     ]
-    write_scores(out / SCORES_FILE, score_rows, classes)
+    write_scores(out / SCORES_FILE, score_rows, classes, columns=(*SCORE_COLUMNS, CALLED_COLUMN))
     meta = {"classes": classes, "scale": scale, "norm_percentile": ccfg.norm_percentile, "lift_floor": lift}
-    write_json(out / META_FILE, meta | {"score_threshold": ccfg.score_threshold, "images": len(rows)})
+    gate = {"gate": ccfg.gate, "score_threshold": ccfg.score_threshold}
+    write_json(out / META_FILE, meta | gate | {"images": len(rows)})
 
 
 STAGE = register_stage(

@@ -28,6 +28,7 @@ from wsss.anomaly.io import anomaly_path, read_range
 from wsss.artifacts.masks import CONFIDENCE_FILE, write_confidence
 from wsss.artifacts.scores import SCORES_FILE, read_scores
 from wsss.atomic import atomic_path
+from wsss.cam.gate import read_calls
 from wsss.cam.io import FIX, META_FILE, cam_path, read_cam_meta
 from wsss.config.tree import Config
 from wsss.data.index import read_train_index
@@ -38,25 +39,26 @@ from wsss.resume import ImagePass
 from wsss.stages import Stage, register_stage
 
 
-def _cam_meta(cam_dir: Path) -> tuple[list[str], float]:
+def _cam_classes(cam_dir: Path) -> list[str]:
 
     meta = read_cam_meta(cam_dir)
     try:
-        classes, threshold = list(meta["classes"]), float(meta["score_threshold"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(cam_dir / META_FILE, f"missing or invalid 'classes'/'score_threshold' ({e})", FIX) from None
+        classes = list(meta["classes"])
+    except (KeyError, TypeError) as e:
+        raise DataError(cam_dir / META_FILE, f"missing or invalid 'classes' ({e})", FIX) from None
     if not classes:
         raise DataError(cam_dir / META_FILE, "empty class list", FIX)
-    return classes, threshold
+    return classes
 
 
 def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
 
     t0 = time.perf_counter()
     index = read_train_index(inputs["prepare"] / "index.csv")
-    classes, threshold = _cam_meta(inputs["cam"])
+    classes = _cam_classes(inputs["cam"])
     scores_csv = inputs["cam"] / SCORES_FILE
     scores = read_scores(scores_csv)
+    calls = read_calls(inputs["cam"])  # the cam stage's gate (cam.gate)
     missing = [r.id for r in index if r.id not in scores]
     if missing:
         shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
@@ -80,7 +82,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             image=r.path,
             cam=cam_path(inputs["cam"], r.id),
             out=masks / f"{r.id}.png",
-            called_defective=scores[r.id] >= threshold,
+            called_defective=calls[r.id],
             classes=len(classes),
             cfg=cfg.pseudo,
             high_bit_depth=cfg.dataset.high_bit_depth,
@@ -101,7 +103,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     labelling.finish()
 
     seconds = time.perf_counter() - t0
-    called = [r for r in rows if scores[r["id"]] >= threshold]
+    called = [r for r in rows if calls[r["id"]]]
     mean_conf = f"{sum(r['confidence'] for r in called) / len(called):.3f}" if called else "-"
     click.echo(
         f"pseudo-labels: {len(rows)} images, {len(called)} called defective (mean confidence {mean_conf}), "

@@ -28,6 +28,7 @@ from wsss import distributed as dist
 from wsss.anomaly.io import anomaly_path, read_anomaly, read_range
 from wsss.artifacts.masks import CONFIDENCE_FILE, write_confidence
 from wsss.artifacts.scores import SCORES_FILE, read_scores
+from wsss.cam.gate import read_calls
 from wsss.cam.io import cam_path, read_cam, read_cam_meta, write_cam
 from wsss.config.tree import Config
 from wsss.data.images import read_image
@@ -114,7 +115,7 @@ class RetrainRounds:
         meta = read_cam_meta(self.cam_dir)
         self.classes = list(meta["classes"])
         self.scores = read_scores(self.cam_dir / SCORES_FILE)
-        self.called = {sid: s >= float(meta["score_threshold"]) for sid, s in self.scores.items()}
+        self.called = read_calls(self.cam_dir)  # the cam stage's gate (cam.gate)
         self.in_chans = self.rcfg.backbone.in_chans or read_dataset_info(index).channels
         self.rows = read_train_index(index)
         self.device = dist.resolve_device(cfg.run.device)
