@@ -79,6 +79,7 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     fit = meta.get("fit", "stretch")  # as the classifier was trained
     extractor = CamExtractor(models, meta["input_size"], int(meta["in_chans"]), ccfg, device, fit)
     rows = read_train_index(index)
+    classes = list(meta["classes"])
 
     # pass 1: raw extended CAMs, streamed to disk group by group (resumable; under torchrun, shared among ranks)
     raw_dir = out / RAW_DIR
@@ -86,10 +87,9 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     extraction = ImagePass(out, rows, lambda i: raw_dir / f"{i}.npy", "cam", click.echo)
     with extraction:
         for batch in extraction.batches(ccfg.batch_size * GROUP_BATCHES):
-            for row in _extend(extractor, batch, raw_dir, cfg, list(meta["classes"])):
+            for row in _extend(extractor, batch, raw_dir, cfg, classes):
                 extraction.record(row)
     done = extraction.done
-    classes = list(meta["classes"])
     present = {r.id: present_classes(r, done[r.id]["scores"], classes, ccfg.score_threshold, ccfg.gate) for r in rows}
 
     # pass 2: one dataset-level scale; each rank normalises and gates its share
