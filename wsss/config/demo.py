@@ -23,13 +23,15 @@ DEMO_SETTINGS: tuple[str, ...] = (
     "prepare.split.train=0.4",
     "prepare.split.test=0.4",
     # the default recipe as `wsss init` writes it: EfficientNet-Lite0 cut after stride 16, stem to stride 8 frozen;
-    # KSDD's pseudo-labelling settings (cam.lift, bg_prior 0.3, fallback 0.3, bilateral compat 40) and per-image Dice
+    # the image labels gating the training images' CAMs; KSDD's pseudo-labelling settings (cam.lift, bg_prior 0.3,
+    # fallback 0.3, bilateral compat 40) and per-image Dice
     "classifier.backbone.stages=4",
     "classifier.backbone.freeze=3",
     "classifier.gcm.enabled=false",
     "classifier.warmup_epochs=1",
     "cam.scales=[1.0]",
     "cam.lift=true",
+    "cam.gate=labels",
     "pseudo.bg_prior=0.3",
     "pseudo.fallback=0.3",
     "pseudo.crf.bilateral_compat=40",
