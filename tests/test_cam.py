@@ -296,7 +296,7 @@ def test_label_gate_keeps_the_cams_the_image_labels_name(cam_run, tmp_path: Path
 
 
 def test_present_classes_and_calls_of_an_older_table(tmp_path: Path):
-    from wsss.cam.gate import present_classes, read_calls
+    from wsss.cam.gate import present_classes, read_calls, score_errors_line
     from wsss.data.index import TrainRow
 
     def row(labels, split):
@@ -313,6 +313,13 @@ def test_present_classes_and_calls_of_an_older_table(tmp_path: Path):
     (tmp_path / "scores.csv").write_text("id,score,iem_rounds,peak\na,0.7,1,2.0\nb,0.3,0,1.0\n")
     (tmp_path / "cam.json").write_text(json.dumps({"classes": ["defect"], "score_threshold": 0.5}))
     assert read_calls(tmp_path) == {"a": True, "b": False}
+    rows = [row((), "train"), row(("pit",), "train"), row((), "test")]
+    rows = [dataclasses.replace(r, id=i) for r, i in zip(rows, "abc", strict=True)]
+    line = score_errors_line(rows, {"a": 0.7, "b": 0.3, "c": 0.9}, 0.5, "score")
+    assert "calls 1 of 1 OK training images defective and 1 of 1 defective ones OK" in line  # test images not counted
+    assert "`cam.gate: labels` lets" in line and "their labels decide (" in score_errors_line(
+        rows, {"a": 0.7, "b": 0.3, "c": 0.9}, 0.5, "labels"
+    )
     (tmp_path / "cam.json").write_text(json.dumps({"classes": ["defect"]}))
     with pytest.raises(DataError, match="cam.json.*score_threshold"):
         read_calls(tmp_path)

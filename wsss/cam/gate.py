@@ -41,6 +41,24 @@ def present_classes(
     return np.asarray(scores, np.float32).reshape(-1) >= threshold
 
 
+def score_errors_line(rows: Sequence[TrainRow], scores: dict[str, float], threshold: float, gate: str) -> str:
+    """One log line: how many training images the sample score alone calls wrong at ``threshold`` (OK ones called
+    defective, defective ones called OK), and what decides for them under ``gate``."""
+
+    train = [r for r in rows if r.split == "train"]
+    ok = [r for r in train if not r.defective]
+    bad = [r for r in train if r.defective]
+    fp = sum(scores[r.id] >= threshold for r in ok)
+    fn = sum(scores[r.id] < threshold for r in bad)
+    decides = (
+        "their labels decide (cam.gate: labels)" if gate == "labels" else "`cam.gate: labels` lets their labels decide"
+    )
+    return (
+        f"cam: at score_threshold {threshold:g} the classifier calls {fp} of {len(ok)} OK training images defective "
+        f"and {fn} of {len(bad)} defective ones OK; {decides}"
+    )
+
+
 def read_calls(cam_dir: Path) -> dict[str, bool]:
     """Per image id, whether the cam stage kept a CAM for it (any class passed its gate): the ``called`` column of
     its ``scores.csv``, or ``score >= score_threshold`` from ``cam.json`` for a table without that column."""

@@ -34,7 +34,7 @@ from wsss.artifacts.scores import SCORE_COLUMNS, SCORES_FILE, write_scores
 from wsss.atomic import atomic_path, write_json
 from wsss.cam.config import CamConfig
 from wsss.cam.extract import CamExtractor, normalise_cam
-from wsss.cam.gate import CALLED_COLUMN, present_classes
+from wsss.cam.gate import CALLED_COLUMN, present_classes, score_errors_line
 from wsss.cam.iem import extend_cams
 from wsss.cam.io import CAMS_DIR, META_FILE, write_cam
 from wsss.config.tree import Config
@@ -112,6 +112,8 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
             f"(mean IEM rounds {np.mean([c['iem_rounds'] for c in called] or [0]):.2f}), "
             f"scale {scale:.3g}, {extraction.images_per_s:.2f} images/s"
         )
+        scores = {r.id: done[r.id]["score"] for r in rows}
+        click.echo(score_errors_line(rows, scores, ccfg.score_threshold, ccfg.gate))
     return outputs
 
 
