@@ -47,18 +47,29 @@ def read_class_scores(path: Path, classes: Sequence[str]) -> dict[str, np.ndarra
     return {sid: np.array([col[sid] for col in per_column], np.float32) for sid in per_column[0]}
 
 
-def read_scores(path: Path, column: str = "score") -> dict[str, float]:
-    """Sample scores from a CSV with ``id`` and ``column`` (default ``score``) columns (other columns are ignored)."""
-    path = Path(path)
+def _open_table(path: Path) -> tuple[Any, list[str]]:
+    """A CSV reader over a scores file and its header's column names (stripped); a DataError naming a missing or
+    non-text file."""
     if not path.is_file():
         raise DataError(path, "scores file not found", "pass the scores.csv written by the cam or segmenter stage")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(path, "not a text (UTF-8) CSV file", "pass the scores.csv written by a stage") from None
-    scores: dict[str, float] = {}
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in next(reader, [])]
+    return reader, [h.strip() for h in next(reader, [])]
+
+
+def score_columns(path: Path) -> list[str]:
+    """The column names a scores CSV's header gives, read as :func:`read_scores` reads them."""
+    return _open_table(Path(path))[1]
+
+
+def read_scores(path: Path, column: str = "score") -> dict[str, float]:
+    """Sample scores from a CSV with ``id`` and ``column`` (default ``score``) columns (other columns are ignored)."""
+    path = Path(path)
+    reader, header = _open_table(path)
+    scores: dict[str, float] = {}
     missing = [c for c in ("id", column) if c not in header]
     if missing:
         raise DataError(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss.artifacts.scores import SCORES_FILE, read_scores
+from wsss.artifacts.scores import SCORES_FILE, read_scores, score_columns
 from wsss.cam.io import FIX, META_FILE, read_cam_meta
 from wsss.data.classifier_data import label_matrix
 from wsss.data.index import TrainRow
@@ -64,8 +64,7 @@ def read_calls(cam_dir: Path) -> dict[str, bool]:
     its ``scores.csv``, or ``score >= score_threshold`` from ``cam.json`` for a table without that column."""
 
     path = Path(cam_dir) / SCORES_FILE
-    header = path.read_text(encoding="utf-8-sig").split("\n", 1)[0] if path.is_file() else ""
-    if CALLED_COLUMN in [h.strip() for h in header.split(",")]:
+    if CALLED_COLUMN in score_columns(path):
         return {sid: v >= 0.5 for sid, v in read_scores(path, CALLED_COLUMN).items()}
     meta = read_cam_meta(cam_dir)
     try:
