@@ -106,11 +106,68 @@ def test_the_tuned_recipe_changes_only_the_adopted_settings_with_their_figures(t
         source, tmp_path / "elsewhere" / "tuned.yaml", [(ranked[0], ranked[1])], 4, ["prepare.split.seed=3"]
     )
     text = out.read_text()
-    line = next(x for x in text.splitlines() if x.strip().startswith("bg_prior:"))
-    assert line.startswith("  bg_prior: 0.4  # wsss tune: 0.3 -> 0.4, 35.0% -> 45.0% mIoU_def on 4 reviewed images")
+    line = next(x for x in text.splitlines() if "bg_prior:" in x)  # the source's own flow-style line, edited
+    assert line.startswith("pseudo: {bg_prior: 0.4}  # wsss tune: 0.3 -> 0.4, 35.0% -> 45.0% mIoU_def on 4 reviewed")
     assert "margin" not in text  # unchanged settings are not written
     data = yaml.safe_load(text)
     assert data["dataset"]["root"] == str((tmp_path / "data").resolve()) and data["prepare"]["split"]["seed"] == 3
     cfg = load_config(out)
     assert cfg.pseudo.bg_prior == 0.4 and cfg.prepare.split.seed == 3 and cfg.run.name == "line"
     assert data["classifier"]["backbone"]["weights"] == "imagenet" == cfg.classifier.backbone.weights
+
+
+def test_the_tuned_recipe_keeps_the_source_recipes_comments_and_order(tmp_path: Path):
+    """A recipe `wsss init` wrote carries a figure beside each setting: tuning changes the lines it adopts and adds
+    the keys it sets, and every other line stays as it was."""
+    source = Path(__file__).resolve().parents[1] / "configs" / "ksdd.yaml"
+    text = source.read_text()
+    local = tmp_path / "recipe.yaml"
+    local.write_text(text)  # in another folder: its relative dataset root is written resolved
+    base = [0.2, 0.4, 0.5, 0.3]
+    own_prior = load_config(source).pseudo.bg_prior
+    ranked = compare([_scored("pseudo", own_prior, base), _scored("pseudo", 0.45, [v + 0.1 for v in base])])
+    reviewed = tmp_path / "runs" / "reviewed"
+    out = write_recipe(local, tmp_path / "tuned.yaml", [(ranked[0], ranked[1])], 4, [f"segmenter.reviewed={reviewed}"])
+    new = out.read_text().splitlines()
+    old = text.splitlines()
+    # every line of the source is still there but the adopted one and the resolved root; the comments above all
+    changed = [line.split(":")[0].strip() for line in old if line not in new]
+    assert changed == ["root", "bg_prior"], changed
+    assert sum(line.lstrip().startswith("#") for line in new) > sum(line.lstrip().startswith("#") for line in old)
+    assert [line for line in new if line not in old and not line.startswith("# ")] == [
+        f"  root: {load_config(local).dataset.root}",
+        next(line for line in new if "bg_prior: 0.45" in line),
+        next(line for line in new if line.strip().startswith("reviewed:")),
+    ]
+    cfg = load_config(out)
+    assert cfg.pseudo.bg_prior == 0.45 and cfg.segmenter.reviewed == str(reviewed)
+    original = load_config(source)
+    assert cfg.segmenter.input_size == original.segmenter.input_size and cfg.cam == original.cam
+
+
+def test_recipe_text_edits_read_back_as_the_changed_recipe():
+    from wsss.config.edit import edit_recipe_text
+
+    text = (
+        "# a recipe\nrun: {name: line}  # the run folder\npseudo:\n  bg_prior: 0.3  # measured\n"
+        "  crf: {bilateral_sxy: auto, bilateral_compat: 40}  # -> 50\n\ncam:\n  scales:\n  - 1.0\n  lift: true\n"
+    )
+    changes = {
+        "pseudo.bg_prior": 0.4,  # a block key: its line, the note in place of its comment
+        "pseudo.crf.bilateral_compat": 30,  # inside a flow mapping: that line, its comment kept
+        "cam.scales": [1.0, 0.5],  # a block list: one flow line
+        "cam.tile_size": [0, 0],  # a key the section lacks
+        "retrain.fuse_weight": 0.7,  # a section the recipe lacks
+        "run.name": "a #b: c",  # a value that needs quoting
+    }
+    out = edit_recipe_text(text, changes, {"pseudo.bg_prior": "tuned", "pseudo.crf.bilateral_compat": "tuned too"})
+    assert out is not None
+    data = yaml.safe_load(out)
+    assert data["pseudo"] == {"bg_prior": 0.4, "crf": {"bilateral_sxy": "auto", "bilateral_compat": 30}}
+    assert data["cam"] == {"scales": [1.0, 0.5], "lift": True, "tile_size": [0, 0]}
+    assert data["retrain"] == {"fuse_weight": 0.7} and data["run"] == {"name": "a #b: c"}
+    lines = out.splitlines()
+    assert lines[0] == "# a recipe" and "  bg_prior: 0.4  # tuned" in lines
+    assert "  crf: {bilateral_sxy: auto, bilateral_compat: 30}  # -> 50; tuned too" in lines
+    # YAML the line editor does not follow is not edited: the caller writes the recipe from its data
+    assert edit_recipe_text("pseudo: {bg_prior: 0.3,\n  margin: 0.1}\n", {"pseudo.bg_prior": 0.4}) is None

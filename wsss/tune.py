@@ -22,6 +22,7 @@ they make stale.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import time
@@ -38,6 +39,7 @@ from wsss.artifacts.masks import REJECTED_FILE
 from wsss.atomic import atomic_write_text
 from wsss.cam.gate import read_calls
 from wsss.cam.io import read_cam
+from wsss.config.edit import edit_recipe_text
 from wsss.config.load import is_weights_name, read_yaml, resolve_path
 from wsss.config.tree import Config, load_config
 from wsss.data.images import read_image
@@ -270,7 +272,8 @@ def write_recipe(
     """The recipe ``source`` with the command line's ``overrides`` (``key=value``) and the adopted settings changed
     (``choices``: (the recipe's own, the adopted) per rule), each adopted one with its figure in a comment."""
 
-    data = read_yaml(source) or {}
+    original = read_yaml(source) or {}
+    data = copy.deepcopy(original)
     _absolute_paths(data, Config, Path(source).resolve().parent)  # the new recipe may live in another folder
     for item in overrides:
         key, _, raw = item.partition("=")
@@ -289,9 +292,15 @@ def write_recipe(
                 f"wsss tune: {before[key]} -> {value}, {100 * own.miou:.1f}% -> {100 * s.miou:.1f}% mIoU_def on {n} "
                 f"reviewed images ({LEVEL:.0%} interval of the gain [{100 * s.low:+.1f}, {100 * s.high:+.1f}] points)"
             )
-    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
     header = f"# {source.name} with the settings `wsss tune` chose on the run's reviewed masks\n"
-    atomic_write_text(out, header + _comment_keys(text, notes))
+    old = _leaves(original)
+    changes = {k: v for k, v in _leaves(data).items() if k not in old or old[k] != v}
+    # the source's own text with those lines changed (its comments kept); from the data where it cannot be edited so
+    text = edit_recipe_text(Path(source).read_text(encoding="utf-8"), changes, notes)
+    if text is None:
+        dumped = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+        text = _comment_keys(dumped, notes)
+    atomic_write_text(out, header + text)
     return out
 
 
@@ -301,6 +310,16 @@ def _set(data: dict, dotted: str, value: Any) -> None:
     for part in path:
         node = node.setdefault(part, {})
     node[last] = value
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    """The recipe ``data``'s settings by dotted key (a list is one setting)."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out |= _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    return out
 
 
 def _get(data: dict, dotted: str) -> Any:
