@@ -83,7 +83,7 @@ def one(run: Path, args: argparse.Namespace, choice: str, draw: int, n: int) -> 
     from wsss.config import load_config
     from wsss.data.index import read_dataset_info, read_eval_index
     from wsss.evaluation import evaluate_stage
-    from wsss.review_round import copy_stages, simulated_review
+    from wsss.review_round import copy_stages, fine_tune_settings, simulated_review
 
     tag = "".join(f"-{key.split('.')[-1]}{value}" for key, _, value in (s.partition("=") for s in args.sets))
     copy = args.out / f"{run.name}-{args.mode}{tag}-{choice}{draw}-n{n}"
@@ -99,7 +99,7 @@ def one(run: Path, args: argparse.Namespace, choice: str, draw: int, n: int) -> 
         elif args.mode in ("round", "loop"):  # the control: the same fine-tuning without reviewed masks
             before = copy / "before-control"
             shutil.copytree(copy / "train-segmenter", before)
-            sets = [f"segmenter.init_from={before}", f"segmenter.epochs={args.epochs}", "segmenter.warmup_epochs=0"]
+            sets = fine_tune_settings(before, args.epochs)  # the round's own, without the reviewed masks
             wsss("run-stage", "train-segmenter", *base, "--force", *sum((["--set", s] for s in sets), []))
         elif chosen:
             wsss("run-stage", "train-segmenter", *base, "--set", f"segmenter.reviewed={copy / 'reviewed'}")

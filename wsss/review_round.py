@@ -70,6 +70,14 @@ def _reviewed_counts(reviewed: Path) -> tuple[int, int]:
     return masks, n_rejected
 
 
+def fine_tune_settings(start: Path, epochs: int) -> list[str]:
+    """The `train-segmenter` settings of a round's fine-tuning from the weights in ``start``: ``epochs`` epochs
+    without warm-up, at the recipe's rate and step floor (``segmenter.min_steps``). The floor holds in a round as in
+    the training: a restarted optimizer needs those steps to settle, and three epochs of a small set make far fewer
+    (the demo: 72 steps, where its 250 took the segmenter from 77.61% to 82.25% instead of 72.32%)."""
+    return [f"segmenter.init_from={start}", f"segmenter.epochs={epochs}", "segmenter.warmup_epochs=0"]
+
+
 def review_round(
     config: Path | None,
     run_dir: Path,
@@ -104,14 +112,7 @@ def review_round(
     base = load_config(config, list(overrides))
     before_metrics = _evaluate(base, run_dir, seg, split)
 
-    sets = [
-        *overrides,
-        f"segmenter.reviewed={reviewed}",
-        f"segmenter.init_from={before}",
-        f"segmenter.epochs={epochs}",
-        "segmenter.min_steps=0",  # the epochs asked for, however few images the set has
-        "segmenter.warmup_epochs=0",
-    ]
+    sets = [*overrides, f"segmenter.reviewed={reviewed}", *fine_tune_settings(before, epochs)]
     cfg = load_config(config, sets)
     echo(f"review round {k}: {n_masks} reviewed mask(s), {n_rejected} rejected image(s); fine-tuning {epochs} epoch(s)")
     t0 = time.perf_counter()
