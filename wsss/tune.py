@@ -39,7 +39,7 @@ from wsss.artifacts.masks import REJECTED_FILE
 from wsss.atomic import atomic_write_text
 from wsss.cam.gate import read_calls
 from wsss.cam.io import read_cam
-from wsss.config.edit import edit_recipe_text
+from wsss.config.edit import changed_recipe_text
 from wsss.config.load import is_weights_name, read_yaml, resolve_path
 from wsss.config.tree import Config, load_config
 from wsss.data.images import read_image
@@ -293,14 +293,9 @@ def write_recipe(
                 f"reviewed images ({LEVEL:.0%} interval of the gain [{100 * s.low:+.1f}, {100 * s.high:+.1f}] points)"
             )
     header = f"# {source.name} with the settings `wsss tune` chose on the run's reviewed masks\n"
-    old = _leaves(original)
-    changes = {k: v for k, v in _leaves(data).items() if k not in old or old[k] != v}
-    # the source's own text with those lines changed (its comments kept); from the data where it cannot be edited so
-    text = edit_recipe_text(Path(source).read_text(encoding="utf-8"), changes, notes)
-    if text is None:
-        dumped = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
-        text = _comment_keys(dumped, notes)
-    atomic_write_text(out, header + text)
+    atomic_write_text(
+        out, header + changed_recipe_text(Path(source).read_text(encoding="utf-8"), original, data, notes)
+    )
     return out
 
 
@@ -310,16 +305,6 @@ def _set(data: dict, dotted: str, value: Any) -> None:
     for part in path:
         node = node.setdefault(part, {})
     node[last] = value
-
-
-def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
-    """The recipe ``data``'s settings by dotted key (a list is one setting)."""
-    if not isinstance(data, dict):
-        return {prefix: data}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out |= _leaves(value, f"{prefix}.{key}" if prefix else str(key))
-    return out
 
 
 def _get(data: dict, dotted: str) -> Any:
@@ -342,24 +327,6 @@ def _absolute_paths(data: dict, cls: type, base: Path) -> None:
             _absolute_paths(value, type(default), base)
         elif f.metadata.get("path") and isinstance(value, str) and value and not is_weights_name(value):
             data[f.name] = resolve_path(value, base)  # a registered weights name (imagenet) is no path
-
-
-def _comment_keys(text: str, notes: dict[str, str]) -> str:
-    """``text`` (block-style YAML) with ``# note`` after the line of each dotted key in ``notes``."""
-    out, stack = [], []
-    for line in text.splitlines():
-        stripped = line.lstrip(" ")
-        indent = len(line) - len(stripped)
-        if stripped and not stripped.startswith(("#", "- ")) and ":" in stripped:
-            while stack and stack[-1][0] >= indent:
-                stack.pop()
-            key = stripped.split(":", 1)[0].strip().strip("'\"")
-            stack.append((indent, key))
-            dotted = ".".join(k for _, k in stack)
-            if dotted in notes:
-                line = f"{line}  # {notes[dotted]}"
-        out.append(line)
-    return "\n".join(out) + "\n"
 
 
 def tune_run(

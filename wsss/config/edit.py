@@ -163,3 +163,43 @@ def edit_recipe_text(text: str, changes: dict[str, Any], notes: dict[str, str] |
         return out if yaml.safe_load(out) == expected else None
     except (yaml.YAMLError, ValueError, TypeError, AttributeError):
         return None
+
+
+def changed_recipe_text(text: str, original: dict, data: dict, notes: dict[str, str]) -> str:
+    """The recipe ``text`` (which loads as ``original``) changed to load as ``data``: its own lines edited where they
+    can be (:func:`edit_recipe_text`), else ``data`` written out whole; ``notes[key]`` as the comment of a changed
+    dotted key either way."""
+    old = _leaves(original)
+    changes = {k: v for k, v in _leaves(data).items() if k not in old or old[k] != v}
+    edited = edit_recipe_text(text, changes, notes)
+    if edited is not None:
+        return edited
+    return _comment_keys(yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True), notes)
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    """The recipe ``data``'s settings by dotted key (a list is one setting)."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out |= _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def _comment_keys(text: str, notes: dict[str, str]) -> str:
+    """``text`` (block-style YAML) with ``# note`` after the line of each dotted key in ``notes``."""
+    out, stack = [], []
+    for line in text.splitlines():
+        stripped = line.lstrip(" ")
+        indent = len(line) - len(stripped)
+        if stripped and not stripped.startswith(("#", "- ")) and ":" in stripped:
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            key = stripped.split(":", 1)[0].strip().strip("'\"")
+            stack.append((indent, key))
+            dotted = ".".join(k for _, k in stack)
+            if dotted in notes:
+                line = f"{line}  # {notes[dotted]}"
+        out.append(line)
+    return "\n".join(out) + "\n"
