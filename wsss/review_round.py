@@ -7,7 +7,8 @@ page's accept / reject decisions) the run folder holds ``reviewed/``. A round th
    ``review-rounds/round-<k>/before/``;
 2. re-runs `train-segmenter` with ``segmenter.reviewed`` = ``reviewed/`` (human masks replace those images'
    pseudo-masks, rejected images leave the mask loss) and ``segmenter.init_from`` = the snapshot: a fine-tuning of
-   ``epochs`` epochs from the weights the reviewer judged, not a training from ImageNet, so it takes minutes; those
+   ``epochs`` epochs (or more, to the recipe's ``segmenter.min_steps``: :func:`fine_tune_settings`) from the weights
+   the reviewer judged, not a training from ImageNet, so it takes minutes; those
    weights are validated first, and kept when no epoch validates better, so a round never ends below its start on
    the validation split;
 3. evaluates the new segmenter on the same split and writes ``review-rounds/round-<k>/report.json``.
