@@ -143,6 +143,8 @@ def test_the_tuned_recipe_keeps_the_source_recipes_comments_and_order(tmp_path: 
     assert cfg.pseudo.bg_prior == 0.45 and cfg.segmenter.reviewed == str(reviewed)
     original = load_config(source)
     assert cfg.segmenter.input_size == original.segmenter.input_size and cfg.cam == original.cam
+    again = write_recipe(out, tmp_path / "again.yaml", [], 4).read_text().splitlines()  # tuned twice: one header
+    assert again[1:] == new[1:] and again[0].startswith("# tuned.yaml with the settings `wsss tune` chose")
 
 
 def test_recipe_text_edits_read_back_as_the_changed_recipe():

@@ -292,10 +292,11 @@ def write_recipe(
                 f"wsss tune: {before[key]} -> {value}, {100 * own.miou:.1f}% -> {100 * s.miou:.1f}% mIoU_def on {n} "
                 f"reviewed images ({LEVEL:.0%} interval of the gain [{100 * s.low:+.1f}, {100 * s.high:+.1f}] points)"
             )
-    header = f"# {source.name} with the settings `wsss tune` chose on the run's reviewed masks\n"
-    atomic_write_text(
-        out, header + changed_recipe_text(Path(source).read_text(encoding="utf-8"), original, data, notes)
-    )
+    mark = " with the settings `wsss tune` chose on the run's reviewed masks\n"
+    text = Path(source).read_text(encoding="utf-8")
+    if text.startswith("# ") and mark in text.split("\n", 1)[0] + "\n":  # a tuned recipe tuned again: one header
+        text = text.split("\n", 1)[1]
+    atomic_write_text(out, f"# {source.name}{mark}" + changed_recipe_text(text, original, data, notes))
     return out
 
 
