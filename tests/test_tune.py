@@ -161,6 +161,7 @@ def test_recipe_text_edits_read_back_as_the_changed_recipe():
         "cam.tile_size": [0, 0],  # a key the section lacks
         "retrain.fuse_weight": 0.7,  # a section the recipe lacks
         "run.name": "a #b: c",  # a value that needs quoting
+        "dataset.root": "/data/line3...",  # a scalar ending as YAML's document end marker does
     }
     out = edit_recipe_text(text, changes, {"pseudo.bg_prior": "tuned", "pseudo.crf.bilateral_compat": "tuned too"})
     assert out is not None
@@ -168,6 +169,7 @@ def test_recipe_text_edits_read_back_as_the_changed_recipe():
     assert data["pseudo"] == {"bg_prior": 0.4, "crf": {"bilateral_sxy": "auto", "bilateral_compat": 30}}
     assert data["cam"] == {"scales": [1.0, 0.5], "lift": True, "tile_size": [0, 0]}
     assert data["retrain"] == {"fuse_weight": 0.7} and data["run"] == {"name": "a #b: c"}
+    assert data["dataset"] == {"root": "/data/line3..."}
     lines = out.splitlines()
     assert lines[0] == "# a recipe" and "  bg_prior: 0.4  # tuned" in lines
     assert "  crf: {bilateral_sxy: auto, bilateral_compat: 30}  # -> 50; tuned too" in lines

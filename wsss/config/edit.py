@@ -27,14 +27,10 @@ class _Key:
 
 
 def flow(value: Any) -> str:
-    """``value`` as one line of YAML flow style."""
-    return (
-        yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=float("inf"), allow_unicode=True)
-        .strip()
-        .removesuffix("\n...")
-        .removesuffix("...")
-        .strip()
-    )
+    """``value`` as one line of YAML flow style (a scalar without the document end marker PyYAML adds to it)."""
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=float("inf"), allow_unicode=True)
+    lines = text.rstrip("\n").split("\n")
+    return "\n".join(lines[:-1] if len(lines) > 1 and lines[-1] == "..." else lines).strip()
 
 
 def _split_comment(rest: str) -> tuple[str, str]:
