@@ -291,7 +291,13 @@ def tune(config: Path, run_dir: Path | None, out: Path | None, overrides: tuple[
 @cli.command("review-round")
 @config_option
 @run_dir_option
-@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True, help="fine-tuning epochs")
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="fine-tuning epochs (more where they make fewer steps than segmenter.min_steps)",
+)
 @click.option(
     "--split", type=click.Choice(["test", "val"]), default="test", show_default=True, help="split to evaluate"
 )
