@@ -39,7 +39,7 @@ from wsss.artifacts.masks import REJECTED_FILE
 from wsss.atomic import atomic_write_text
 from wsss.cam.gate import read_calls
 from wsss.cam.io import read_cam
-from wsss.config.edit import changed_recipe_text
+from wsss.config.edit import changed_recipe_text, set_dotted
 from wsss.config.load import is_weights_name, read_yaml, resolve_path
 from wsss.config.tree import Config, load_config
 from wsss.data.images import read_image
@@ -278,34 +278,27 @@ def write_recipe(
     for item in overrides:
         key, _, raw = item.partition("=")
         one: dict = {}
-        _set(one, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        set_dotted(one, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
         _absolute_paths(one, Config, Path.cwd())  # a command line's paths are relative to where it runs, as --set's
-        _set(data, key.strip(), _get(one, key.strip()))
+        set_dotted(data, key.strip(), _get(one, key.strip()))
     notes: dict[str, str] = {}
     for own, s in choices:
         before = dict(own.candidate.settings)
         for key, value in s.candidate.settings:
             if before[key] == value:
                 continue
-            _set(data, key, value)
+            set_dotted(data, key, value)
             notes[key] = (
                 f"wsss tune: {before[key]} -> {value}, {100 * own.miou:.1f}% -> {100 * s.miou:.1f}% mIoU_def on {n} "
                 f"reviewed images ({LEVEL:.0%} interval of the gain [{100 * s.low:+.1f}, {100 * s.high:+.1f}] points)"
             )
-    mark = " with the settings `wsss tune` chose on the run's reviewed masks\n"
+    mark = " with the settings `wsss tune` chose on the run's reviewed masks"
     text = Path(source).read_text(encoding="utf-8")
-    if text.startswith("# ") and mark in text.split("\n", 1)[0] + "\n":  # a tuned recipe tuned again: one header
-        text = text.split("\n", 1)[1]
-    atomic_write_text(out, f"# {source.name}{mark}" + changed_recipe_text(text, original, data, notes))
+    first, _, rest = text.partition("\n")
+    if first.startswith("# ") and first.endswith(mark):  # a tuned recipe tuned again: one header
+        text = rest
+    atomic_write_text(out, f"# {source.name}{mark}\n" + changed_recipe_text(text, original, data, notes))
     return out
-
-
-def _set(data: dict, dotted: str, value: Any) -> None:
-    *path, last = dotted.split(".")
-    node = data
-    for part in path:
-        node = node.setdefault(part, {})
-    node[last] = value
 
 
 def _get(data: dict, dotted: str) -> Any:

@@ -90,7 +90,9 @@ def _nested(path: list[str], value: Any) -> Any:
     return value
 
 
-def _set(data: dict, dotted: str, value: Any) -> None:
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """``data[a][b][c] = value`` for ``dotted`` ``a.b.c``, making (or replacing a non-mapping with) the sections on
+    the way."""
     *path, last = dotted.split(".")
     node = data
     for part in path:
@@ -98,6 +100,11 @@ def _set(data: dict, dotted: str, value: Any) -> None:
             node[part] = {}
         node = node[part]
     node[last] = value
+
+
+def _key_line(line: str, value: Any, comment: str) -> str:
+    """``line`` (``key: ...``) with ``value`` as its value, in flow style, and ``comment`` as its comment."""
+    return _with_comment(line.split(":", 1)[0] + ": " + flow(value), comment)
 
 
 def _with_comment(text: str, comment: str) -> str:
@@ -111,8 +118,7 @@ def _edit_one(lines: list[str], dotted: str, value: Any, note: str | None) -> li
     depth = next((d for d in range(len(parts), 0, -1) if ".".join(parts[:d]) in keys), 0)
     if depth == len(parts):  # the key itself: its value replaced on its line, its nested lines dropped
         key = keys[dotted]
-        head = lines[key.line][: key.indent] + lines[key.line][key.indent :].split(":", 1)[0] + ": " + flow(value)
-        return [*lines[: key.line], _with_comment(head, note or key.comment), *lines[key.end :]]
+        return [*lines[: key.line], _key_line(lines[key.line], value, note or key.comment), *lines[key.end :]]
     if depth > 0:
         owner = keys[".".join(parts[:depth])]
         rest = parts[depth:]
@@ -122,11 +128,9 @@ def _edit_one(lines: list[str], dotted: str, value: Any, note: str | None) -> li
             except yaml.YAMLError:
                 current = None
             current = copy.deepcopy(current) if isinstance(current, dict) else {}
-            _set(current, ".".join(rest), value)
-            line = lines[owner.line]
-            head = line[: owner.indent] + line[owner.indent :].split(":", 1)[0] + ": " + flow(current)
+            set_dotted(current, ".".join(rest), value)
             comment = "; ".join(c for c in (owner.comment, note) if c)
-            return [*lines[: owner.line], _with_comment(head, comment), *lines[owner.end :]]
+            return [*lines[: owner.line], _key_line(lines[owner.line], current, comment), *lines[owner.end :]]
         # a block mapping: the new key after its last nested line, at its children's indent
         children = [k for k in keys.values() if owner.line < k.line < owner.end and k.indent > owner.indent]
         indent = min((k.indent for k in children), default=owner.indent + 2)
@@ -153,7 +157,7 @@ def edit_recipe_text(text: str, changes: dict[str, Any], notes: dict[str, str] |
     lines = text.splitlines()
     try:
         for dotted, value in changes.items():
-            _set(expected, dotted, value)
+            set_dotted(expected, dotted, value)
             lines = _edit_one(lines, dotted, value, notes.get(dotted))
         out = "\n".join(lines) + "\n"
         return out if yaml.safe_load(out) == expected else None
@@ -185,17 +189,8 @@ def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def _comment_keys(text: str, notes: dict[str, str]) -> str:
     """``text`` (block-style YAML) with ``# note`` after the line of each dotted key in ``notes``."""
-    out, stack = [], []
-    for line in text.splitlines():
-        stripped = line.lstrip(" ")
-        indent = len(line) - len(stripped)
-        if stripped and not stripped.startswith(("#", "- ")) and ":" in stripped:
-            while stack and stack[-1][0] >= indent:
-                stack.pop()
-            key = stripped.split(":", 1)[0].strip().strip("'\"")
-            stack.append((indent, key))
-            dotted = ".".join(k for _, k in stack)
-            if dotted in notes:
-                line = f"{line}  # {notes[dotted]}"
-        out.append(line)
-    return "\n".join(out) + "\n"
+    lines = text.splitlines()
+    for dotted, key in _keys(lines).items():
+        if dotted in notes:
+            lines[key.line] = f"{lines[key.line]}  # {notes[dotted]}"
+    return "\n".join(lines) + "\n"
