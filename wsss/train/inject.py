@@ -25,11 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from wsss.data.synthetic import defect_shape
+from wsss.errors import ConfigError
 from wsss.labels import IGNORE
 from wsss.train.config import InjectConfig
 
@@ -169,3 +171,33 @@ class Injector:
             return paste(image, src, rng, self.cfg.scale, self.cfg.blend)
         kind = self.cfg.kinds[int(rng.integers(len(self.cfg.kinds)))]
         return procedural(image, rng, kind, self.cfg.contrast, int(self.procedural_label or 1))
+
+
+def check_inject(icfg: InjectConfig, section: str) -> None:
+    """The `inject` checks that involve several fields; each is a ConfigError naming its key."""
+    if icfg.paste_weight + icfg.procedural_weight <= 0:
+        raise ConfigError(
+            f"{section}.inject.paste_weight", "paste_weight and procedural_weight are both 0", "set one > 0"
+        )
+    if icfg.contrast[0] > icfg.contrast[1]:
+        raise ConfigError(f"{section}.inject.contrast", f"low > high in {list(icfg.contrast)}", "write [low, high]")
+
+
+def describe_injection(injector: Injector, n_ok: int, n_classes: int, section: str, masks_dir: Path) -> str:
+    """The log line of a training's injection into its ``n_ok`` OK images; a ConfigError when nothing can be
+    injected (no confident region to paste and no procedural defect for the classes)."""
+    kinds = []
+    if injector.sources:
+        kinds.append(f"{len(injector.sources)} pasted region(s)")
+    if injector.procedural_label is not None:
+        kinds.append("procedural defects")
+    if not injector.active:
+        raise ConfigError(
+            f"{section}.inject",
+            f"nothing to inject: no region of {masks_dir} reaches min_confidence {injector.cfg.min_confidence}"
+            + ("" if n_classes == 1 else " (procedural defects need a one-class dataset)"),
+            f"lower {section}.inject.min_confidence, set procedural_weight > 0, or set enabled=false",
+        )
+    return f"{section}: injecting defects into {n_ok} OK training image(s) (p={injector.cfg.prob}): " + " and ".join(
+        kinds
+    )

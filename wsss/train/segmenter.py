@@ -21,6 +21,7 @@ killed run resumes exactly: data order and augmentation are seeded by (seed, epo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from wsss.artifacts.masks import CONFIDENCE_FILE, read_confidence
 from wsss.atomic import write_json
 from wsss.data.transforms import Augment
 from wsss.errors import ConfigError, StageError
+from wsss.evaluation.bootstrap import segmentation_gain
 from wsss.evaluation.metrics import SegAccumulator
 from wsss.labels import IGNORE
 from wsss.models.backbone import backbone_meta, create_backbone
@@ -46,13 +48,16 @@ from wsss.models.segmenter import META_FILE, MODEL_FILE, Segmenter, gate_labels
 from wsss.models.state import load_trained_state, save_state_dict
 from wsss.train.average import WeightAverage
 from wsss.train.config import SegTrainConfig
-from wsss.train.loop import NO_KEY, Loop, train_pass
+from wsss.train.inject import check_inject, describe_injection
+from wsss.train.loop import CHECKPOINT, NO_KEY, Loop, train_pass
 from wsss.train.losses import distillation_kl, score_distillation, segmentation_loss
 from wsss.train.sampling import epoch_loader, make_train_sampler, pos_weight
 from wsss.train.schedule import epochs_for_steps, warmup_cosine
 from wsss.train.segmenter_data import PseudoMaskDataset, SegmenterData
 
 GRAD_CLIP = 5.0  # max gradient norm
+# a fine-tuning's validation of the weights it started from, per image, kept with the checkpoint for a resume
+START_VALIDATION = CHECKPOINT.parent / "start-validation.json"
 COLUMNS = (
     "epoch",
     "lr",
@@ -92,17 +97,6 @@ def segmenter_meta(
         "guided": {"radius": float(scfg.guided.radius), "eps": float(scfg.guided.eps)},
         "flips": bool(scfg.flips),
     }
-
-
-def check_inject(scfg: SegTrainConfig, section: str) -> None:
-    """The `inject` checks that involve several fields; each is a ConfigError naming its key."""
-    icfg = scfg.inject
-    if icfg.paste_weight + icfg.procedural_weight <= 0:
-        raise ConfigError(
-            f"{section}.inject.paste_weight", "paste_weight and procedural_weight are both 0", "set one > 0"
-        )
-    if icfg.contrast[0] > icfg.contrast[1]:
-        raise ConfigError(f"{section}.inject.contrast", f"low > high in {list(icfg.contrast)}", "write [low, high]")
 
 
 # ----------------------------------------------------------------------------------------------------- trainer
@@ -158,7 +152,7 @@ class SegmenterTrainer:
         self.input_fit = data.fit
         inject = {}
         if scfg.inject.enabled:
-            check_inject(scfg, section)
+            check_inject(scfg.inject, section)
             inject = {"inject": scfg.inject, "confidence": read_confidence(Path(masks_dir).parent / CONFIDENCE_FILE)}
         crop = tuple(scfg.crop)
         if min(crop) > 0 and (crop[0] > size[0] or crop[1] > size[1]):
@@ -169,7 +163,8 @@ class SegmenterTrainer:
             rows_train, masks_dir, augment=Augment(scfg.augment), teacher=teacher, crop=crop, **common, **inject
         )
         if self.train_set.injector is not None:
-            self._report_inject(section, masks_dir)
+            n_ok = int((self.train_set.targets().max(1) == 0).sum())
+            self.echo(describe_injection(self.train_set.injector, n_ok, len(self.classes), section, masks_dir))
         # the masks a person drew are the best ground truth a run has: validation scores them too (the reviewed
         # training images with their human masks), so a fine-tuning that learns them is not judged by the pseudo-masks
         # of the validation images alone, which the model it starts from was selected to match
@@ -215,6 +210,12 @@ class SegmenterTrainer:
         self.kept = self.average.module if self.average is not None else self.model
         # the best validation epoch is kept (and training stops early), or the last epoch
         self.selects = self.val_set is not None and scfg.select == "val"
+        # a fine-tuning validates the weights it starts from first (epoch -1) and keeps them unless an epoch is
+        # better by the bootstrap rule of `wsss tune` (:meth:`_selection_key`)
+        self.baseline = bool(scfg.init_from) and self.selects
+        self.last_val = SegAccumulator()  # the per-image counts of the latest validation
+        self.start_val: SegAccumulator | None = None  # ... of the weights a fine-tuning started from
+        self.gain: tuple[float, float, float] | None = None  # the latest epoch's gain over them, with its interval
 
     def _init_from(self, folder: Path, section: str) -> None:
         """Load ``folder``'s trained segmenter weights into the freshly built model (``section.init_from``)."""
@@ -229,28 +230,6 @@ class SegmenterTrainer:
             raise ConfigError(key, f"{folder} was trained for classes {classes}, this run has {self.classes}", fix)
         load_trained_state(self.model, folder / MODEL_FILE, fix)
         self.echo(f"{section}: starting from the weights in {folder}")
-
-    def _report_inject(self, section: str, masks_dir: Path) -> None:
-        injector = self.train_set.injector
-        assert injector is not None
-        n_ok = int((self.train_set.targets().max(1) == 0).sum())
-        kinds = []
-        if injector.sources:
-            kinds.append(f"{len(injector.sources)} pasted region(s)")
-        if injector.procedural_label is not None:
-            kinds.append("procedural defects")
-        if not injector.active:
-            raise ConfigError(
-                f"{section}.inject",
-                f"nothing to inject: no region of {masks_dir} reaches min_confidence "
-                f"{self.scfg.inject.min_confidence}"
-                + ("" if len(self.classes) == 1 else " (procedural defects need a one-class dataset)"),
-                f"lower {section}.inject.min_confidence, set procedural_weight > 0, or set enabled=false",
-            )
-        self.echo(
-            f"{section}: injecting defects into {n_ok} OK training image(s) (p={self.scfg.inject.prob}): "
-            + " and ".join(kinds)
-        )
 
     def loader(self, epoch: int) -> DataLoader:
         return epoch_loader(
@@ -318,6 +297,7 @@ class SegmenterTrainer:
                 valid = m != IGNORE
                 pred = gate_labels(p, c, self.score_threshold)
                 acc.add((pred > 0) & valid, (m > 0) & valid)
+        self.last_val = acc
         return {"val_loss": loss_sum / len(self.val_set), "val_seg_miou": acc.seg_miou()}
 
     def _save_model(self, epoch: int) -> None:
@@ -332,11 +312,26 @@ class SegmenterTrainer:
     def _selection_key(self, row: dict[str, float], epoch: int) -> list[float]:
         """Larger is better: validation Seg_mIoU (an undefined one counts as 0), lower loss breaking ties. Without
         validation rows, or with ``select: last``, no epoch is "best": the model is saved once, after the last epoch
-        (:meth:`fit`)."""
+        (:meth:`fit`).
+
+        A fine-tuning (``init_from``: a review round) keeps the weights it started from unless an epoch beats them
+        on the same validation images with the 90% bootstrap interval of its per-image IoU gain above zero, the
+        rule by which `wsss tune` adopts a setting. Five defective validation images and a few reviewed ones move
+        Seg_mIoU by points from one epoch to the next; a round that replaced its start on such a move could end
+        below where it began, and a round without new masks has nothing to gain but noise."""
         if not self.selects:
             return list(NO_KEY)
         miou = row["val_seg_miou"]
-        return [0.0 if np.isnan(miou) else miou, -row["val_loss"]]
+        key = [0.0 if np.isnan(miou) else miou, -row["val_loss"]]
+        if self.baseline and epoch < 0:
+            self.start_val = self.last_val
+            if dist.is_main():
+                write_json(self.out / START_VALIDATION, dataclasses.asdict(self.start_val))
+        elif self.baseline and self.start_val is not None:
+            self.gain = segmentation_gain(self.last_val, self.start_val)
+            if self.gain[1] <= 0:
+                return list(NO_KEY)
+        return key
 
     def _describe(self, row: dict[str, float], best_epoch: int) -> str:
         val = ""
@@ -344,6 +339,9 @@ class SegmenterTrainer:
             kept = f"best epoch {best_epoch + 1}" if best_epoch >= 0 else "best: the weights it started from"
             kept = kept if self.selects else "the last epoch is kept"
             val = f"  val Seg_mIoU {row['val_seg_miou']:.4f} ({kept})"
+            if self.gain is not None:
+                gain, low, high = self.gain
+                val += f", per-image gain over the start {gain:+.4f} [{low:+.4f}, {high:+.4f}]"
         return (
             f"epoch {int(row['epoch']) + 1}/{self.epochs}: loss {row['loss']:.4f} (seg {row['loss_seg']:.4f}, "
             f"cls {row['loss_cls']:.4f}){val}  {row['images_per_s']:.1f} img/s"
@@ -351,6 +349,8 @@ class SegmenterTrainer:
 
     def fit(self) -> dict[str, Any]:
         """Train (resuming from ``out/checkpoints/last.pt`` if present) and save the model; returns a summary."""
+        if self.baseline and (self.out / START_VALIDATION).is_file():  # a killed fine-tuning resumes with its start
+            self.start_val = SegAccumulator(**json.loads((self.out / START_VALIDATION).read_text()))
         st = Loop(
             self.out,
             self.epochs,
@@ -368,7 +368,7 @@ class SegmenterTrainer:
             stop_message="early stop: no better validation Seg_mIoU",
             echo=self.echo,
             average=self.average,
-            baseline=bool(self.scfg.init_from) and self.selects,  # a fine-tuning never ends below its start
+            baseline=self.baseline,  # a fine-tuning never ends below its start
         ).run()
         if not self.selects and dist.is_main():
             self._save_model(len(st.rows) - 1)
