@@ -18,6 +18,19 @@ def test_a_gain_on_every_image_has_an_interval_above_zero_and_a_mixed_one_does_n
     assert paired_gain(np.array([0.3, -0.1, 0.2])) == paired_gain(np.array([0.3, -0.1, 0.2]))  # seeded: repeatable
 
 
+def test_strata_count_once_each_however_many_images_they_have():
+    """Ten reviewed masks gaining much beside a hundred pseudo-masks losing a little: pooled, the pseudo-masks
+    outvote the reviewer; by strata each kind of reference counts once."""
+    rng = np.random.default_rng(1)
+    diff = np.concatenate([rng.uniform(0.2, 0.4, 10), rng.uniform(-0.1, 0.02, 100)])
+    strata = np.repeat([1, 0], [10, 100])
+    pooled, low, _ = paired_gain(diff)
+    assert low < 0 and pooled < 0.02
+    gain, low, high = paired_gain(diff, strata)
+    assert gain == pytest.approx((diff[:10].mean() + diff[10:].mean()) / 2) and 0 < low < gain < high
+    assert paired_gain(diff, np.zeros(110)) == paired_gain(diff)  # one stratum is the plain interval
+
+
 def counts(pairs: list[tuple[int, int]]) -> SegAccumulator:
     acc = SegAccumulator()
     for inter, union in pairs:

@@ -317,7 +317,7 @@ def test_a_fine_tuning_keeps_its_start_unless_an_epoch_is_better_beyond_the_nois
     tuned = SegmenterConfig(**shared | {"init_from": str(tmp_path / "start")})
     trainer = SegmenterTrainer(tuned, data, tmp_path / "round", **quiet)
     start_row = trainer.validate()
-    assert trainer.baseline and trainer._selection_key(start_row, -1) != NO_KEY
+    assert trainer.baseline and trainer._selection_key(start_row, -1) == [0.0, -start_row["val_loss"]]
 
     def accumulator(ious: list[float]) -> SegAccumulator:
         acc = SegAccumulator()
@@ -330,7 +330,7 @@ def test_a_fine_tuning_keeps_its_start_unless_an_epoch_is_better_beyond_the_nois
     row = start_row | {"val_seg_miou": 0.9, "val_loss": 0.0}  # far above the start's Seg_mIoU
     trainer.last_val = accumulator([0.9, 0.1, *[0.5] * (n - 2)])  # one image up, one down
     assert trainer._selection_key(row, 0) == NO_KEY
-    trainer.last_val = accumulator([0.6] * n)  # every image up
-    assert trainer._selection_key(row, 1) == [0.9, -0.0]
+    trainer.last_val = accumulator([0.6] * n)  # every image up: ranked by its gain over the start
+    assert trainer._selection_key(row, 1) == [pytest.approx(0.1), -0.0]
     saved = json.loads((tmp_path / "round" / START_VALIDATION).read_text())  # a resumed round compares the same
     assert SegAccumulator(**saved).inters and len(saved["inters"]) == n

@@ -171,6 +171,7 @@ class SegmenterTrainer:
         human = [rows_train[i] for i in sorted(self.train_set.reviewed)]
         val_rows = [*data.val_rows, *human] if data.val_rows else []
         self.val_set = PseudoMaskDataset(val_rows, masks_dir, **common) if val_rows else None
+        self.val_reviewed = np.arange(len(val_rows)) >= len(data.val_rows)  # the two kinds of reference
         datasets = [d for d in (self.train_set, self.val_set) if d is not None]
         if sum(d.cache_bytes() for d in datasets) <= cache_mb * 2**20:
             for d in datasets:
@@ -315,10 +316,14 @@ class SegmenterTrainer:
         (:meth:`fit`).
 
         A fine-tuning (``init_from``: a review round) keeps the weights it started from unless an epoch beats them
-        on the same validation images with the 90% bootstrap interval of its per-image IoU gain above zero, the
-        rule by which `wsss tune` adopts a setting. Five defective validation images and a few reviewed ones move
-        Seg_mIoU by points from one epoch to the next; a round that replaced its start on such a move could end
-        below where it began, and a round without new masks has nothing to gain but noise."""
+        with the 90% bootstrap interval of its per-image IoU gain above zero, the rule by which `wsss tune` adopts a
+        setting. Five defective validation images move Seg_mIoU by points from one epoch to the next; a round that
+        replaced its start on such a move could end below where it began, and a round without new masks has nothing
+        to gain but noise. The validation images' pseudo-masks and the reviewed images' human masks are two kinds of
+        reference, and each counts once (:func:`~wsss.evaluation.bootstrap.paired_gain`'s strata): a round on ten
+        reviewed masks must gain on them without a loss on the pseudo-masks that outweighs it, where a pooled mean
+        would let a hundred pseudo-masks, which the start was selected to match, outvote the person. The epochs
+        that pass are ranked by that gain."""
         if not self.selects:
             return list(NO_KEY)
         miou = row["val_seg_miou"]
@@ -327,10 +332,10 @@ class SegmenterTrainer:
             self.start_val = self.last_val
             if dist.is_main():
                 write_json(self.out / START_VALIDATION, dataclasses.asdict(self.start_val))
-        elif self.baseline and self.start_val is not None:
-            self.gain = segmentation_gain(self.last_val, self.start_val)
-            if self.gain[1] <= 0:
-                return list(NO_KEY)
+            return [0.0, key[1]]  # the start's gain over itself
+        if self.baseline and self.start_val is not None:
+            self.gain = segmentation_gain(self.last_val, self.start_val, self.val_reviewed)
+            return [self.gain[0], key[1]] if self.gain[1] > 0 else list(NO_KEY)
         return key
 
     def _describe(self, row: dict[str, float], best_epoch: int) -> str:
