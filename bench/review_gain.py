@@ -9,7 +9,7 @@ their ground-truth masks are imported with ``wsss import-review --format png`` i
 and the segmenter learns from them, as ``--mode`` says:
 
 - ``round``: ``wsss review-round --epochs E`` (fine-tuning from the run's segmenter: minutes); N = 0 is the same
-  fine-tuning without reviewed masks, so the gain is the masks', not the extra epochs';
+  round with an empty review, which keeps the segmenter as trained (a round is judged by reviewed masks alone);
 - ``loop``: ``wsss review-round --tune --epochs E``: the settings tuned on the reviewed masks, the labelling stages
   they make stale re-run (the retrain round with the reviewed masks), then the round; N = 0 is the control above;
 - ``retrain``: ``wsss run-stage train-segmenter --set segmenter.reviewed=...``: the recipe's full training.
@@ -99,7 +99,8 @@ def one(run: Path, args: argparse.Namespace, choice: str, draw: int, n: int) -> 
         elif args.mode in ("round", "loop"):  # the control: the same fine-tuning without reviewed masks
             before = copy / "before-control"
             shutil.copytree(copy / "train-segmenter", before)
-            sets = fine_tune_settings(before, args.epochs)  # the round's own, without the reviewed masks
+            (copy / "reviewed" / "masks").mkdir(parents=True)  # an empty review: the round with N = 0 masks
+            sets = [f"segmenter.reviewed={copy / 'reviewed'}", *fine_tune_settings(before, args.epochs)]
             wsss("run-stage", "train-segmenter", *base, "--force", *sum((["--set", s] for s in sets), []))
         elif chosen:
             wsss("run-stage", "train-segmenter", *base, "--set", f"segmenter.reviewed={copy / 'reviewed'}")

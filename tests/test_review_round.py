@@ -83,6 +83,11 @@ def test_a_round_trains_the_recipes_floor_of_optimizer_steps(round_run: Path, tm
 def test_a_round_needs_reviewed_masks_and_a_finished_segmenter(round_run: Path, tmp_path):
     with pytest.raises(ConfigError, match="no reviewed masks"):
         review_round(None, round_run, FAST, epochs=1)
+    (round_run / "reviewed" / "masks").mkdir(parents=True)
+    (round_run / "reviewed" / "rejected.txt").write_text("a\nb\n")
+    with pytest.raises(ConfigError, match=r"2 rejected image\(s\) only"):  # nothing to judge the round by
+        review_round(None, round_run, FAST, epochs=1)
+    shutil.rmtree(round_run / "reviewed")
     shutil.rmtree(round_run / "train-segmenter")
     import_truth(round_run, tmp_path)
     with pytest.raises(StageError, match="no finished train-segmenter"):

@@ -334,3 +334,11 @@ def test_a_fine_tuning_keeps_its_start_unless_an_epoch_is_better_beyond_the_nois
     assert trainer._selection_key(row, 1) == [pytest.approx(0.1), -0.0]
     saved = json.loads((tmp_path / "round" / START_VALIDATION).read_text())  # a resumed round compares the same
     assert SegAccumulator(**saved).inters and len(saved["inters"]) == n
+    # a review round whose review holds no mask has nothing but pseudo-masks to judge by: it keeps its start untrained
+    (tmp_path / "empty" / "masks").mkdir(parents=True)
+    empty = dataclasses.replace(data, reviewed_dir=tmp_path / "empty" / "masks")
+    summary = SegmenterTrainer(tuned, empty, tmp_path / "control", **quiet).fit()
+    assert summary["epochs_run"] == 0 and summary["best_epoch"] == -1
+    start, control = (load_segmenter(tmp_path / d)[0].state_dict() for d in ("start", "control"))
+    assert all(torch.equal(start[k], control[k]) for k in start)
+    assert json.loads((tmp_path / "control" / "segmenter.json").read_text())["kept_epoch"] == -1

@@ -95,11 +95,12 @@ def review_round(
     reviewed = run_dir / "reviewed"
     _require_segmenter(seg)
     n_masks, n_rejected = _reviewed_counts(reviewed)
-    if n_masks + n_rejected == 0:
+    if n_masks == 0:  # rejections say what is wrong, not what is right: nothing to judge the fine-tuning by
+        only = f" ({n_rejected} rejected image(s) only: a round is judged by masks a person drew or accepted)"
         raise ConfigError(
             reviewed,
-            "no reviewed masks or decisions in this run",
-            "export the review package (`wsss export review`), correct or triage it, then `wsss import-review`",
+            "no reviewed masks in this run" + (only if n_rejected else ""),
+            "export the review package (`wsss export review`), correct or accept some masks, then `wsss import-review`",
         )
     if epochs < 1:
         raise ConfigError("--epochs", f"got {epochs}", "use 1 or more")
