@@ -299,46 +299,26 @@ def test_min_steps_stretches_a_small_sets_epochs_and_patience(tmp_path: Path):
     assert plain.epochs == 2 and plain.patience == 3
 
 
-def test_a_fine_tuning_keeps_its_start_unless_an_epoch_is_better_beyond_the_noise(tmp_path: Path):
-    """With ``init_from`` (a review round) an epoch replaces the weights it started from only when its per-image IoU
-    gain over them on the validation images has a bootstrap interval above zero, as `wsss tune` adopts a setting: a
-    higher Seg_mIoU from one image up and another down is noise, and the start stays."""
-    from wsss.evaluation.metrics import SegAccumulator
-    from wsss.train.loop import NO_KEY
-    from wsss.train.segmenter import START_VALIDATION
-
+def test_a_review_round_without_a_reviewed_mask_keeps_its_start_untrained(tmp_path: Path):
+    """A fine-tuning with ``segmenter.reviewed`` set (a review round) is judged with the reviewed images' human masks;
+    with none among its images, only pseudo-masks would judge a fine-tuning on pseudo-masks, so the weights it
+    starts from are kept without training. Without ``reviewed`` a fine-tuning trains and validates as usual."""
     rows, masks, _ = make_data(tmp_path, n_defect=8, n_ok=4, seed=3)
     val = [dataclasses.replace(r, split="val") for r in rows[::2]]
     train = [r for i, r in enumerate(rows) if i % 2]
-    shared = {f.name: getattr(rcfg(epochs=1), f.name) for f in dataclasses.fields(SegTrainConfig)}
+    shared = {f.name: getattr(rcfg(epochs=2), f.name) for f in dataclasses.fields(SegTrainConfig)}
     data = SegmenterData(train, masks, ["defect"], 1, val_rows=val)
     quiet = {"device": "cpu", "echo": lambda *_: None, "section": "segmenter"}
     SegmenterTrainer(SegmenterConfig(**shared), data, tmp_path / "start", **quiet).fit()
     tuned = SegmenterConfig(**shared | {"init_from": str(tmp_path / "start")})
-    trainer = SegmenterTrainer(tuned, data, tmp_path / "round", **quiet)
-    start_row = trainer.validate()
-    assert trainer.baseline and trainer._selection_key(start_row, -1) == [0.0, -start_row["val_loss"]]
-
-    def accumulator(ious: list[float]) -> SegAccumulator:
-        acc = SegAccumulator()
-        for v in ious:
-            acc.add_counts(round(100 * v), 100, 100, 100)
-        return acc
-
-    n = len(val)
-    trainer.start_val = accumulator([0.5] * n)
-    row = start_row | {"val_seg_miou": 0.9, "val_loss": 0.0}  # far above the start's Seg_mIoU
-    trainer.last_val = accumulator([0.9, 0.1, *[0.5] * (n - 2)])  # one image up, one down
-    assert trainer._selection_key(row, 0) == NO_KEY
-    trainer.last_val = accumulator([0.6] * n)  # every image up: ranked by its gain over the start
-    assert trainer._selection_key(row, 1) == [pytest.approx(0.1), -0.0]
-    saved = json.loads((tmp_path / "round" / START_VALIDATION).read_text())  # a resumed round compares the same
-    assert SegAccumulator(**saved).inters and len(saved["inters"]) == n
-    # a review round whose review holds no mask has nothing but pseudo-masks to judge by: it keeps its start untrained
     (tmp_path / "empty" / "masks").mkdir(parents=True)
     empty = dataclasses.replace(data, reviewed_dir=tmp_path / "empty" / "masks")
-    summary = SegmenterTrainer(tuned, empty, tmp_path / "control", **quiet).fit()
+    lines: list[str] = []
+    summary = SegmenterTrainer(tuned, empty, tmp_path / "control", **quiet | {"echo": lines.append}).fit()
     assert summary["epochs_run"] == 0 and summary["best_epoch"] == -1
+    assert any("no reviewed mask to judge" in ln for ln in lines)
     start, control = (load_segmenter(tmp_path / d)[0].state_dict() for d in ("start", "control"))
     assert all(torch.equal(start[k], control[k]) for k in start)
     assert json.loads((tmp_path / "control" / "segmenter.json").read_text())["kept_epoch"] == -1
+    assert (tmp_path / "control" / "metrics.csv").read_text().startswith("epoch,")
+    assert SegmenterTrainer(tuned, data, tmp_path / "plain", **quiet).fit()["epochs_run"] == 2

@@ -9,9 +9,10 @@ page's accept / reject decisions) the run folder holds ``reviewed/``. A round th
    pseudo-masks, rejected images leave the mask loss) and ``segmenter.init_from`` = the snapshot: a fine-tuning of
    ``epochs`` epochs (or more, to the recipe's ``segmenter.min_steps``: :func:`fine_tune_settings`) from the weights
    the reviewer judged, not a training from ImageNet, so it takes minutes; those
-   weights are validated first, and kept unless an epoch beats them beyond the noise (the bootstrap rule of
-   `wsss tune`, on the per-image IoU of the validation and reviewed images), so a round never ends below its start
-   on the validation split, and a round without new masks keeps its start unless training on is clearly better;
+   weights are validated first, on the validation images' pseudo-masks and the reviewed images' masks, and kept
+   when no epoch validates better, so a round never ends below its start on the validation split; a review of
+   rejections only is refused: pseudo-masks alone cannot judge a fine-tuning on them
+   (:meth:`wsss.train.segmenter.SegmenterTrainer.fit`);
 3. evaluates the new segmenter on the same split and writes ``review-rounds/round-<k>/report.json``.
 
 The evaluation needs ground-truth masks on that split (a few test images a person drew once); without them image
@@ -130,7 +131,7 @@ def review_round(
         "rejected": n_rejected,
         "epochs": epochs,
         "seconds": round(seconds, 1),
-        "kept_epoch": kept,  # -1: no epoch beat the weights the round started from (beyond the noise)
+        "kept_epoch": kept,  # -1: no epoch validated better than the weights the round started from
         "before": before_metrics,
         "after": after_metrics,
         "settings": sets[len(overrides) :],
@@ -149,10 +150,7 @@ def format_report(report: dict[str, Any]) -> str:
     title = f"review round {report['round']} ({report['split']} split, {report['seconds']:.0f} s):"
     lines = _table(title, {when: report[when] for when in ("before", "after")})
     if report.get("kept_epoch") == -1:
-        lines.append(
-            "no epoch validated better than the segmenter the round started from beyond the noise of its validation "
-            "images: it is kept unchanged"
-        )
+        lines.append("no epoch validated better than the segmenter the round started from: it is kept unchanged")
     return "\n".join(lines)
 
 

@@ -45,7 +45,6 @@ from wsss.config.tree import Config, load_config
 from wsss.data.images import read_image
 from wsss.data.index import read_train_index
 from wsss.errors import ConfigError, StageError
-from wsss.evaluation.bootstrap import LEVEL, paired_gain
 from wsss.evaluation.metrics import iou
 from wsss.export.review_import import REVIEWED_DIR
 from wsss.inference import torch_predictor
@@ -56,6 +55,10 @@ from wsss.parallel import pool_size
 from wsss.refine.config import PseudoConfig
 from wsss.refine.pseudo import label_image
 from wsss.runs import Run
+
+BOOTSTRAP = 2000  # resamples of the reviewed images
+LEVEL = 0.90  # the interval's coverage: a change is adopted when the lower end of its gain is above zero
+SEED = 0
 
 
 @dataclass
@@ -231,8 +234,13 @@ def score_all(
 def compare(scored: list[Scored]) -> list[Scored]:
     """Each candidate's gain over the first (the recipe's own) with its bootstrap interval, best first."""
     base = scored[0].ious
+    rng = np.random.default_rng(SEED)
+    picks = rng.integers(0, len(base), size=(BOOTSTRAP, len(base)))
+    tail = (1 - LEVEL) / 2
     for s in scored:
-        s.gain, s.low, s.high = paired_gain(s.ious - base)
+        diff = s.ious - base
+        means = diff[picks].mean(axis=1)
+        s.gain, s.low, s.high = float(diff.mean()), *(float(q) for q in np.quantile(means, [tail, 1 - tail]))
     return [scored[0], *sorted(scored[1:], key=lambda s: (-s.gain, s.candidate.label()))]
 
 

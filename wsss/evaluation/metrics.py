@@ -175,8 +175,7 @@ class SegAccumulator:
     def __len__(self) -> int:
         return len(self.inters)
 
-    def ious(self) -> np.ndarray:
-        """IoU_i of every image, in the order added (1.0 where prediction and reference are both empty)."""
+    def _ious(self) -> np.ndarray:
         i, u = np.asarray(self.inters, dtype=np.float64), np.asarray(self.unions, dtype=np.float64)
         return np.divide(i, u, out=np.ones_like(i), where=u > 0)
 
@@ -188,7 +187,7 @@ class SegAccumulator:
         return int(self._defective().sum())
 
     def miou_def(self) -> float:
-        return _mean(self.ious()[self._defective()])
+        return _mean(self._ious()[self._defective()])
 
     def pooled_iou(self) -> float:
         union = sum(self.unions)
@@ -196,10 +195,10 @@ class SegAccumulator:
 
     def seg_miou(self) -> float:
         involved = self._defective() | (np.asarray(self.pred_areas, dtype=np.int64) > 0)
-        return _mean(self.ious()[involved])
+        return _mean(self._ious()[involved])
 
     def seg_recall(self, t: float) -> float:
-        ious = self.ious()[self._defective()]
+        ious = self._ious()[self._defective()]
         return float(np.mean(ious >= t)) if ious.size else NAN
 
     def summary(self, thresholds: tuple[float, ...] = SEG_RECALL_THRESHOLDS) -> dict[str, float]:
