@@ -136,3 +136,20 @@ def test_the_review_loop_tunes_reruns_with_the_reviewed_masks_and_fine_tunes(rou
     seg = json.loads((round_run / "train-segmenter" / "manifest.json").read_text())["config"]["segmenter"]
     assert seg["init_from"] == str(round_run / "review-rounds" / "round-1" / "before")  # fine-tuned, not re-trained
     assert "re-running" in r.output and "train-segmenter" not in r.output.split("re-running", 1)[1].splitlines()[0]
+
+
+def test_the_stage_says_a_round_with_an_empty_review_keeps_its_segmenter(round_run: Path, capsys):
+    """The benchmark's control: `train-segmenter` fine-tuning from the run's segmenter with an empty review keeps the
+    weights untrained, and the stage says so instead of claiming they validated best."""
+    from wsss.review_round import fine_tune_settings
+    from wsss.runs import Run
+
+    before = round_run / "before"
+    shutil.copytree(round_run / "train-segmenter", before)
+    (round_run / "reviewed" / "masks").mkdir(parents=True)
+    sets = [*FAST, f"segmenter.reviewed={round_run / 'reviewed'}", *fine_tune_settings(before, 1)]
+    Run(round_run, load_config(None, sets), echo=lambda *_: None).run_stage("train-segmenter", force=True)
+    out = capsys.readouterr().out
+    assert "the weights it started from are kept, untrained" in out and "validate best" not in out
+    new = (round_run / "train-segmenter" / "segmenter.safetensors").read_bytes()
+    assert new == (before / "segmenter.safetensors").read_bytes()

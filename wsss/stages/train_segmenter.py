@@ -129,8 +129,13 @@ def run(cfg: Config, inputs: dict[str, Path], out: Path) -> dict[str, Path]:
     if not dist.is_main():  # under torchrun every rank trained (DDP); rank 0 segments the images
         return outputs
     best = summary["best_epoch"]
-    kept = f"best epoch {best + 1}" if best >= 0 else "the weights it started from validate best (no epoch beat them)"
-    click.echo(f"train-segmenter: {kept} of {summary['epochs_run']}")
+    if summary["epochs_run"] == 0:  # a review round with no reviewed mask to judge it by
+        click.echo("train-segmenter: the weights it started from are kept, untrained")
+    else:
+        kept = (
+            f"best epoch {best + 1}" if best >= 0 else "the weights it started from validate best (no epoch beat them)"
+        )
+        click.echo(f"train-segmenter: {kept} of {summary['epochs_run']}")
     predictor = torch_predictor(*load_segmenter(out, d.device), d.device)
     speed = segment_rows(predictor, d.rows, out, d.classes, scfg.batch_size, cfg.dataset.high_bit_depth)
     click.echo(f"train-segmenter: segmented {len(d.rows)} images, {speed:.1f} images/s")
