@@ -9,9 +9,8 @@ and calls (score >= ``cam.score_threshold``) are from the recipe's.
 
 By default the baseline is the stage as it was before its three speed-ups: contiguous (NCHW) tensors
 (``cam.channels_last=false``), and two switches of this benchmark, not settings: BatchNorms not folded into their
-convolutions (``unfolded``: neither the whole network's nor its frozen stages') and forward passes over whole batches
-of views instead of CPU-sized chunks (``unchunked``). ``cam.flip_floor`` (off in the recipes) can be measured as a
-setting of its own:
+convolutions (``unfolded``) and forward passes over whole batches of views instead of CPU-sized chunks
+(``unchunked``). ``cam.flip_floor`` (off in the recipes) can be measured as a setting of its own:
 
     python bench/cam_speed.py --config configs/ksdd.yaml --run OUT/fold0-s0 --images 64
     python bench/cam_speed.py --config configs/mtd.yaml --run OUT/run --images 64 --repeats 3 \
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from classifier_speed import switched
+    from classifier_speed import unchunked
 
     from wsss.cam import extract
     from wsss.cam.extract import CamExtractor
@@ -58,13 +57,14 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     chosen = [rows[i] for i in sorted(rng.choice(len(rows), min(args.images, len(rows)), replace=False))]
     configs = {name: load_config(args.config, [kv for kv in keys.split(",") if "=" in kv]) for name, keys in settings}
-    switches = {name: set(keys.split(",")) & {"unfolded", "unchunked"} for name, keys in settings}
+    unfolded = {name for name, keys in settings if "unfolded" in keys.split(",")}
+    whole = {name for name, keys in settings if "unchunked" in keys.split(",")}
     images = [read_image(r.path, configs["recipe"].dataset.high_bit_depth) for r in chosen]
 
     def cam_pass(name: str, cfg) -> tuple[float, list[np.ndarray], np.ndarray]:
         model, meta = load_dfc(args.run / "train-classifier", "cpu")
         fold = extract.folded_if_equal
-        if "unfolded" in switches[name]:
+        if name in unfolded:
             extract.folded_if_equal = lambda m, _x: m
         try:
             extractor = CamExtractor(
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             extract.folded_if_equal = fold
         t0 = time.perf_counter()
-        with switched(switches[name]):
+        with unchunked(name in whole):
             cams, scores = extractor(images)
             active = [float(s.max()) >= cfg.cam.score_threshold for s in scores]
             if cfg.cam.iem.enabled and any(active):

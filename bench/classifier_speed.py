@@ -7,16 +7,15 @@ every epoch and its validation), its speed-up against the first setting, and the
 and loss. A recipe with a seed ensemble (``classifier.ensemble``) trains every member, as the stage does (their
 cached features computed once, in one store per setting); the AP and loss are the first member's.
 
-By default the baseline is the stage before its speed-ups: contiguous (NCHW) tensors, no feature cache, and three
+By default the baseline is the stage before its speed-ups: contiguous (NCHW) tensors, no feature cache, and two
 switches of this benchmark (not settings): ``whole``, the frozen stages run in the training step's whole batch
-instead of image by image without gradients, ``unchunked``, every forward pass without gradients (validation)
-over the whole batch instead of CPU-sized chunks, and ``unfolded``, the frozen stages' BatchNorms run as they are
-instead of folded into their convolutions:
+instead of image by image without gradients, and ``unchunked``, every forward pass without gradients (validation)
+over the whole batch instead of CPU-sized chunks:
 
     python bench/classifier_speed.py --config configs/ksdd.yaml --run OUT/fold0-s0 --out OUT/speed
     python bench/classifier_speed.py --config configs/ksdd.yaml --run OUT/fold0-s0 --out OUT/speed \\
-        --setting before:classifier.channels_last=false,whole,unchunked,unfolded \\
-        --setting nhwc:whole,unfolded --setting unfolded:unfolded --setting cache:classifier.cache_features=true
+        --setting before:classifier.channels_last=false,whole,unchunked \\
+        --setting nhwc:whole --setting cache:classifier.cache_features=true
     python bench/classifier_speed.py --config configs/ksdd.yaml --run OUT/fold0-s0 --out OUT/speed \
         --setting recipe: --setting cache:classifier.cache_features=true
 """
@@ -31,24 +30,22 @@ from pathlib import Path
 
 import torch
 
-BASELINE = "before:classifier.channels_last=false,classifier.cache_features=false,whole,unchunked,unfolded"
-SWITCHES = {"whole", "unchunked", "unfolded"}
+BASELINE = "before:classifier.channels_last=false,classifier.cache_features=false,whole,unchunked"
+SWITCHES = {"whole", "unchunked"}
 
 
 @contextlib.contextmanager
-def switched(switches: set[str]) -> Iterator[None]:
-    """While in the block: forward passes without gradients over whole batches (``unchunked``: as before they ran in
-    CPU-sized chunks) and the frozen BatchNorms unfolded (``unfolded``)."""
+def unchunked(on: bool) -> Iterator[None]:
+    """Forward passes without gradients over whole batches (as before they ran in CPU-sized chunks) while ``on``."""
     from wsss.models import chunked
-    from wsss.models.backbone import Backbone
 
-    kept = chunked.CPU_PIXELS, Backbone.fold_frozen
-    chunked.CPU_PIXELS = 2**62 if "unchunked" in switches else kept[0]
-    Backbone.fold_frozen = kept[1] and "unfolded" not in switches
+    kept = chunked.CPU_PIXELS
+    if on:
+        chunked.CPU_PIXELS = 2**62
     try:
         yield
     finally:
-        chunked.CPU_PIXELS, Backbone.fold_frozen = kept
+        chunked.CPU_PIXELS = kept
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         trainers[name] = []
         for k in range(cfg.classifier.ensemble):
-            with switched(switches[name]):
+            with unchunked("unchunked" in switches[name]):
                 t = classifier_trainer(
                     member_config(cfg, k), index, args.out / name / str(k), echo=lambda *_: None, feature_store=store
                 )
@@ -94,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     for epoch in range(epochs.pop()):
         for name, ts in trainers.items():
             t0 = time.perf_counter()
-            with switched(switches[name]):
+            with unchunked("unchunked" in switches[name]):
                 for t in ts:
                     t.train_epoch(epoch)
                     v = t.validate()

@@ -6,7 +6,6 @@ C compiler and stay fast; the real (inductor) backend is what a GPU run gets.
 
 from __future__ import annotations
 
-import copy
 import functools
 import warnings
 from pathlib import Path
@@ -191,78 +190,3 @@ def test_batchnorm_folds_into_its_convolution_for_inference_only_where_the_outpu
     block = OutOfOrder().eval()
     block.bn.running_mean.fill_(1.0)
     assert folded_if_equal(block, torch.randn(2, 4, 8, 8)) is block
-
-
-def _frozen_backbone(freeze: int):
-    """The default classifier backbone (Lite0, 4 stages, random weights) with ``freeze`` stages frozen and BatchNorm
-    statistics away from the identity, as pretrained weights have them."""
-    from wsss.models.backbone import create_backbone
-
-    cfg = load_config(None).classifier.backbone
-    cfg.weights, cfg.stages, cfg.freeze = None, 4, freeze
-    torch.manual_seed(0)
-    backbone = create_backbone(cfg, 1)
-    for m in backbone.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return backbone
-
-
-def test_training_runs_the_frozen_stages_folded_with_the_same_maps_and_gradients(monkeypatch: pytest.MonkeyPatch):
-    """The frozen BatchNorms are folded in forward passes (a view): the same maps and the same gradients on every
-    trainable parameter as the model run as it is, none on a frozen one, the state_dict's keys and values unchanged,
-    and the unfrozen BatchNorms still train (their running statistics move)."""
-    from wsss.models.backbone import Backbone
-
-    backbone = _frozen_backbone(2).train()
-    keys = {k: v.clone() for k, v in backbone.state_dict().items()}
-    x = torch.randn(4, 1, 64, 96)
-    grads, maps = [], []
-    for fold in (False, True):
-        monkeypatch.setattr(Backbone, "fold_frozen", fold)
-        b = copy.deepcopy(backbone)
-        b.zero_grad()
-        out = b.forward_stages(x)
-        sum(f.square().mean() for f in out).backward()
-        maps.append([f.detach() for f in out])
-        grads.append({n: p.grad for n, p in b.named_parameters() if p.requires_grad})
-        assert all(p.grad is None for p in b.parameters() if not p.requires_grad)
-        view = b.frozen_view(x)
-        assert (view is b.model) is not fold
-        if fold:  # the view shares every trainable module; its frozen BatchNorms are gone
-            bns = [m for m in view.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-            assert bns and all(any(p.requires_grad for p in m.parameters()) for m in bns)
-            assert {id(p) for p in view.parameters() if p.requires_grad} == {
-                id(p) for p in b.parameters() if p.requires_grad
-            }
-        assert set(b.state_dict()) == set(keys)
-        moved = [k for k, v in b.state_dict().items() if "running_mean" in k and not torch.equal(v, keys[k])]
-        assert moved and all(not k.startswith(("model.conv_stem", "model.bn1", "model.blocks.0.")) for k in moved)
-    for a, b in zip(*maps, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
-    assert grads[0].keys() == grads[1].keys() and grads[0]
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-3, atol=1e-5)
-
-
-def test_the_folded_view_follows_loaded_weights_and_is_not_copied():
-    """Weights loaded into the frozen stages rebuild the view (the maps follow them); a copy of the model builds its own
-    view instead of running the original's modules."""
-    backbone = _frozen_backbone(2).eval()
-    x = torch.randn(2, 1, 64, 96)
-    with torch.no_grad():
-        before = backbone.forward_stages(x)[0]
-        other = _frozen_backbone(2)
-        for m in other.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-        expected = copy.deepcopy(other).eval().forward_stages(x)[0]
-        backbone.load_state_dict(other.state_dict())
-        after = backbone.forward_stages(x)[0]
-    assert not torch.allclose(after, before, atol=1e-3)
-    torch.testing.assert_close(after, expected, rtol=1e-4, atol=1e-4)
-    copied = copy.deepcopy(backbone)
-    assert copied._view is None
-    view_modules = {id(m) for m in copied.frozen_view(x).modules()}
-    assert not view_modules & {id(m) for m in backbone.frozen_view(x).modules()}

@@ -21,11 +21,7 @@ summed first convolution (timm's ``adapt_input_conv``) and the channel means of 
 
 Freezing. ``BackboneConfig.freeze`` keeps the first N feature stages (from the stem) fixed: no gradients, and their
 BatchNorm statistics frozen (those modules stay in eval mode when the model trains), so a small in-domain training set
-cannot wash out the pretrained features and backward passes skip the high-resolution layers. Since those weights and
-statistics never change while the model trains, forward passes run a view of the model in which the frozen
-BatchNorms are folded into their convolutions (:func:`~wsss.models.compile.fold_frozen_batchnorm`): the same maps up
-to float rounding, the frozen stages 2-3x faster on a CPU. The view is checked against the model on the first batch
-and rebuilt when weights are loaded or moved; the model and its state_dict stay as they are.
+cannot wash out the pretrained features and backward passes skip the high-resolution layers.
 """
 
 from __future__ import annotations
@@ -42,7 +38,6 @@ from torch import Tensor, nn
 
 from wsss.data.transforms import MEAN, STD
 from wsss.errors import ConfigError
-from wsss.models.compile import fold_frozen_batchnorm, output_tensors
 from wsss.models.config import BackboneConfig
 from wsss.models.state import _SUFFIXES, load_backbone_state, load_backbone_weights
 from wsss.models.weights import IMAGENET_MEAN, IMAGENET_STD, is_weights_name, load_named, unknown_name
@@ -72,8 +67,6 @@ class Backbone(nn.Module):
         # x -> x * scale + shift turns the data side's normalisation into the weights' own; not saved in state_dicts
         self.register_buffer("in_scale", torch.ones(1, in_chans, 1, 1), persistent=False)
         self.register_buffer("in_shift", torch.zeros(1, in_chans, 1, 1), persistent=False)
-        self._view: tuple[nn.Module, list[tuple[nn.Module, nn.Module]]] | None = None  # see frozen_view
-        self.register_load_state_dict_post_hook(lambda m, _keys: m.drop_view())
 
     def set_input_norm(self, norm: str) -> None:
         """``fixed``: the data side's statistics as they are; ``imagenet``: converted to ImageNet's mean and std."""
@@ -120,53 +113,10 @@ class Backbone(nn.Module):
             m.eval()
         return self
 
-    # the frozen BatchNorms folded in forward passes (see the module docstring); False runs the model as it is
-    fold_frozen = True
-
-    def drop_view(self) -> None:
-        """Forget the folded view: the frozen weights were loaded, moved or changed; the next forward builds it anew."""
-        self._view = None
-
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # .to(), .cuda(), channels-last: new tensors
-        self.drop_view()
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {**state, "_view": None}  # copies and pickles build their own view
-
-    @torch.no_grad()
-    def frozen_view(self, example: Tensor) -> nn.Module:
-        """What forward passes run: ``self.model``, or the view of it whose frozen BatchNorms are folded, built on the
-        first call and kept when its maps equal the model's on ``example`` (its first image, normalised)."""
-        if not (self.fold_frozen and self.frozen):
-            return self.model
-        if self._view is None:
-            view, containers = fold_frozen_batchnorm(self.model, self.frozen)
-            if view is not self.model:
-                was = self.training
-                self.eval()
-                try:
-                    a, b = output_tensors(self.model(example[:1])), output_tensors(view(example[:1]))
-                finally:
-                    self.train(was)
-                same = len(a) == len(b) and all(
-                    x.shape == y.shape
-                    and torch.allclose(x.float(), y.float(), rtol=1e-3, atol=1e-4 * max(1.0, float(x.abs().max())))
-                    for x, y in zip(a, b, strict=True)
-                )
-                if not same:  # registered out of forward order, or a BatchNorm feeding more than its convolution
-                    view, containers = self.model, []
-            self._view = (view, containers)
-        view, containers = self._view
-        for c, original in containers:  # the copied containers follow the model's training flags
-            c.training = original.training
-        return view
-
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         if self.input_norm != "fixed":
             x = x * self.in_scale + self.in_shift
-        return [f.permute(0, 3, 1, 2) if self.nhwc else f for f in self.frozen_view(x)(x)]
+        return [f.permute(0, 3, 1, 2) if self.nhwc else f for f in self.model(x)]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_stages(x)[-1]

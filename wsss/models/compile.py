@@ -75,53 +75,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     running ones. The caller checks the copy against ``model`` (the registration order is not always the forward's).
     """
     folded = copy.deepcopy(model).eval()
-    for parent, a, b in _foldable_pairs(folded, None):
-        _fold_into(parent._modules[a], parent._modules[b])
-        parent._modules[b] = _after_fold(parent._modules[b])
-    return folded
-
-
-def fold_frozen_batchnorm(
-    model: nn.Module, frozen: list[nn.Module]
-) -> tuple[nn.Module, list[tuple[nn.Module, nn.Module]]]:
-    """A view of ``model`` for forward passes in which every BatchNorm of ``frozen`` that directly follows a
-    convolution of ``frozen`` is folded into a copy of that convolution, as :func:`fold_batchnorm` folds them.
-
-    A frozen BatchNorm normalises with its running statistics in training too (its module stays in eval mode), so the
-    fold is exact up to float rounding, and it holds as long as the frozen weights do. Every other module, and so
-    every trainable parameter, is ``model``'s own: gradients reach ``model``. The containers on the paths to the
-    folded pairs are shallow copies; returns the view and its (copy, original) containers, whose training flags the
-    caller keeps in step. ``model`` itself (and no containers) when there is nothing to fold.
-    """
-    pairs = list(_foldable_pairs(model, {id(m) for m in frozen}))
-    if not pairs:
-        return model, []
-    paths = {id(m): name for name, m in model.named_modules()}
-    copies: dict[int, tuple[nn.Module, nn.Module]] = {}
-
-    def own(module: nn.Module) -> nn.Module:
-        if id(module) not in copies:
-            new = copy.copy(module)
-            new._modules = dict(module._modules)
-            copies[id(module)] = (new, module)
-        return copies[id(module)][0]
-
-    root = own(model)
-    for parent, a, b in pairs:
-        node = root
-        for part in filter(None, paths[id(parent)].split(".")):
-            node._modules[part] = node = own(node._modules[part])
-        conv, bn = copy.deepcopy(parent._modules[a]), parent._modules[b]
-        _fold_into(conv, bn)
-        node._modules[a], node._modules[b] = conv.requires_grad_(False), _after_fold(bn)
-    return root, list(copies.values())
-
-
-def _foldable_pairs(model: nn.Module, within: set[int] | None) -> list[tuple[nn.Module, str, str]]:
-    """(parent, convolution's name, BatchNorm's name) of every BatchNorm with running statistics that directly follows
-    a convolution of its width among ``model``'s modules (both in ``within``, a set of module ids, unless None)."""
-    pairs = []
-    for parent in model.modules():
+    for parent in folded.modules():
         names = list(parent._modules)
         for a, b in zip(names, names[1:], strict=False):
             conv, bn = parent._modules[a], parent._modules[b]
@@ -129,15 +83,10 @@ def _foldable_pairs(model: nn.Module, within: set[int] | None) -> list[tuple[nn.
                 continue
             if bn.running_mean is None or conv.out_channels != bn.num_features:  # no running statistics to fold
                 continue
-            if within is None or (id(conv) in within and id(bn) in within):
-                pairs.append((parent, a, b))
-    return pairs
-
-
-def _after_fold(bn: nn.Module) -> nn.Module:
-    """What stays of a folded BatchNorm: its dropout and activation (timm's ``BatchNormAct2d``), else nothing."""
-    rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
-    return nn.Sequential(*rest) if rest else nn.Identity()
+            _fold_into(conv, bn)
+            rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+            parent._modules[b] = nn.Sequential(*rest) if rest else nn.Identity()
+    return folded
 
 
 @torch.no_grad()

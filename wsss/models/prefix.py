@@ -35,8 +35,7 @@ class FrozenSplit:
             raise ValueError("the backbone has no frozen feature stage (backbone.freeze > 0)")
         self.backbone = backbone
         named = dict(backbone.model.named_modules())
-        if backbone.frozen_stage not in named:
-            raise KeyError(backbone.frozen_stage)
+        self.boundary = named[backbone.frozen_stage]
         frozen = {id(m) for m in backbone.frozen}
         # the frozen modules whose parent is not frozen: what the suffix passes through
         self.tops = [
@@ -57,9 +56,7 @@ class FrozenSplit:
             out.append(o)
             raise _Stop
 
-        # the module the backbone's forward runs at the boundary: its folded view's copy where it has one
-        boundary = dict(self.backbone.frozen_view(x).named_modules())[self.backbone.frozen_stage]
-        handle = boundary.register_forward_hook(hook)
+        handle = self.boundary.register_forward_hook(hook)
         try:
             self.backbone.forward_stages(x)
         except _Stop:
