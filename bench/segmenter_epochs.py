@@ -2,8 +2,9 @@
 
 The `train-segmenter` stage keeps the epoch whose validation Seg_mIoU against the validation images' *pseudo-masks*
 is highest. This trains the stage's segmenter (its first round, as `wsss run` does) on a finished run and, after
-every epoch, segments the validation and test images with that epoch's weights as the stage would, then prints per
-epoch what each candidate judge sees (nothing but the pseudo-masks and the image labels) beside the ground truth:
+every epoch, segments the validation and test images with that epoch's weights (their moving average with
+``segmenter.ema_epochs``) as the stage would, then prints per epoch what each candidate judge sees (nothing but the
+pseudo-masks and the image labels) beside the ground truth:
 
 - ``pseudo``: the stage's own judge, validation Seg_mIoU against the pseudo-masks;
 - ``img AP``: the segmenter's image score ranked against the validation images' labels;
@@ -12,8 +13,8 @@ epoch what each candidate judge sees (nothing but the pseudo-masks and the image
 - ``OK px``: the mean defect area the masks put on OK validation images (lower is better, labels only);
 - the validation and test mIoU_def against the ground truth (what a judge should follow; test for the report only).
 
-Then which epoch each judge keeps (ties: the later epoch for ``last``, the earlier otherwise) and the validation and
-test figures it would give. Ground truth is read only here, for scoring.
+Then which epoch each judge keeps (of tied epochs the earliest), and ``last``, with the validation and test figures
+each would give. Ground truth is read only here, for scoring.
 
     python bench/segmenter_epochs.py --config configs/ksdd.yaml --run OUT/fold0-s0 --out OUT/epochs0
 """
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         meta = segmenter_meta(t.scfg, t.classes, t.in_chans, t.score_threshold)
         if t.input_fit != "stretch":
             meta["fit"] = t.input_fit
-        predictor = torch_predictor(copy.deepcopy(t.model).eval(), meta, d.device)
+        # what the stage validates and keeps: the weights, or their moving average (segmenter.ema_epochs)
+        predictor = torch_predictor(copy.deepcopy(t.kept).eval(), meta, d.device)
         segment_rows(predictor, val_rows + [r for r in d.rows if r.split == "test"], folder, d.classes, 8)
         scores = read_class_scores(folder / SCORES_FILE, d.classes)
         y = np.array([labels[r.id] for r in val_rows])
