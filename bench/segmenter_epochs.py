@@ -25,14 +25,11 @@ import argparse
 import copy
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,18 +50,19 @@ def main(argv: list[str] | None = None) -> None:
     from wsss.inference import segment_rows, torch_predictor
     from wsss.mask_format import read_mask_png
     from wsss.runs import Run
-    from wsss.stages.train_segmenter import Distillation
-    from wsss.train.segmenter import segmenter_meta
+    from wsss.stages import get_stage
+    from wsss.stages.train_segmenter import Distillation, masks_input
 
-    cfg = Run(args.run, load_config(args.config, args.set), echo=lambda *_: None).cfg
-    inputs = {s: args.run / s for s in ("prepare", "cam", "pseudo-labels", "retrain") if (args.run / s).is_dir()}
-    d = Distillation(cfg, inputs)
-    masks = inputs[cfg.segmenter.masks or ("retrain" if "retrain" in inputs else "pseudo-labels")] / "masks"
-    t = d.trainer(1, masks, args.out / "model")
+    run = Run(args.run, load_config(args.config, args.set), echo=lambda *_: None)
+    cfg = run.cfg  # `auto` sizes resolved from the run's prepare, as the stage sees them
+    d = Distillation(cfg, run.inputs_of(get_stage("train-segmenter")))
+    t = d.trainer(1, d.inputs[masks_input(cfg)] / "masks", args.out / "model")
+    meta = t.meta()
     index = args.run / "prepare" / "index.csv"
     info = read_dataset_info(index)
     evals = {split: read_eval_index(index, split=split) for split in ("val", "test")}
-    val_rows = [r for r in d.rows if r.split == "val"]
+    val_rows = d.val_rows
+    scored = val_rows + [r for r in d.rows if r.split == "test"]
     labels = {r.id: bool(r.labels) for r in val_rows}
     rows = []
     for epoch in range(t.epochs):
@@ -73,12 +71,9 @@ def main(argv: list[str] | None = None) -> None:
         folder = args.out / f"epoch{epoch + 1}"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        meta = segmenter_meta(t.scfg, t.classes, t.in_chans, t.score_threshold)
-        if t.input_fit != "stretch":
-            meta["fit"] = t.input_fit
         # what the stage validates and keeps: the weights, or their moving average (segmenter.ema_epochs)
         predictor = torch_predictor(copy.deepcopy(t.kept).eval(), meta, d.device)
-        segment_rows(predictor, val_rows + [r for r in d.rows if r.split == "test"], folder, d.classes, 8)
+        segment_rows(predictor, scored, folder, d.classes, cfg.segmenter.batch_size, cfg.dataset.high_bit_depth)
         scores = read_class_scores(folder / SCORES_FILE, d.classes)
         y = np.array([labels[r.id] for r in val_rows])
         s = np.array([float(np.max(scores[r.id])) for r in val_rows])

@@ -294,14 +294,18 @@ class SegmenterTrainer:
                 acc.add((pred > 0) & valid, (m > 0) & valid)
         return {"val_loss": loss_sum / len(self.val_set), "val_seg_miou": acc.seg_miou()}
 
+    def meta(self) -> dict[str, Any]:
+        """What rebuilds and runs the segmenter this trainer trains (``segmenter.json`` without the training record)."""
+        meta = segmenter_meta(self.scfg, self.classes, self.in_chans, self.score_threshold)
+        if self.input_fit != "stretch":
+            meta["fit"] = self.input_fit
+        return meta
+
     def _save_model(self, epoch: int) -> None:
         """Save the kept weights; ``kept_epoch`` in the meta says which epoch they are (-1: the weights it started
         from, when no epoch of a fine-tuning validated better)."""
         save_state_dict(self.kept, self.out / MODEL_FILE)
-        meta = segmenter_meta(self.scfg, self.classes, self.in_chans, self.score_threshold)
-        if self.input_fit != "stretch":
-            meta["fit"] = self.input_fit
-        write_json(self.out / META_FILE, meta | {"epochs": self.epochs, "seed": self.seed, "kept_epoch": epoch})
+        write_json(self.out / META_FILE, self.meta() | {"epochs": self.epochs, "seed": self.seed, "kept_epoch": epoch})
 
     def _selection_key(self, row: dict[str, float], epoch: int) -> list[float]:
         """Larger is better: validation Seg_mIoU (an undefined one counts as 0), lower loss breaking ties. Without
